@@ -1,0 +1,112 @@
+//! Audit records of capability calls: every denial and every write, with who asked,
+//! for which participant, on what target, and what happened. Written as JSON lines
+//! (one file, append-only) and to the `cfm::audit` log target.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+#[derive(Clone, Default)]
+pub struct Audit {
+    sink: Option<Arc<Mutex<File>>>,
+}
+
+/// One capability call worth recording.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent<'a> {
+    pub plugin: &'a str,
+    pub orchestration_id: &'a str,
+    pub activity_id: &'a str,
+    pub activity_type: &'a str,
+    pub participant_context_id: &'a str,
+    pub idempotency_key: &'a str,
+    pub capability: &'static str,
+    pub operation: &'static str,
+    pub target: &'a str,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", content = "effect", rename_all = "camelCase")]
+pub enum Decision {
+    Allowed(Effect),
+    Denied,
+}
+
+/// What an allowed write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Effect {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+    Absent,
+}
+
+impl Audit {
+    /// Appends records to `path` (created 0600 if missing).
+    pub fn to_file(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Self {
+            sink: Some(Arc::new(Mutex::new(file))),
+        })
+    }
+
+    pub fn record(&self, event: AuditEvent<'_>) {
+        match event.decision {
+            Decision::Denied => tracing::warn!(
+                target: "cfm::audit",
+                plugin = event.plugin,
+                participant = event.participant_context_id,
+                capability = event.capability,
+                operation = event.operation,
+                target_name = event.target,
+                "capability call denied"
+            ),
+            Decision::Allowed(effect) => tracing::debug!(
+                target: "cfm::audit",
+                plugin = event.plugin,
+                participant = event.participant_context_id,
+                capability = event.capability,
+                operation = event.operation,
+                target_name = event.target,
+                ?effect,
+                "capability call"
+            ),
+        }
+        let Some(sink) = &self.sink else { return };
+        #[derive(Serialize)]
+        struct Line<'a> {
+            time: String,
+            #[serde(flatten)]
+            event: &'a AuditEvent<'a>,
+        }
+        let line = Line {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            event: &event,
+        };
+        let Ok(mut json) = serde_json::to_vec(&line) else {
+            return;
+        };
+        json.push(b'\n');
+        // One write per record keeps lines whole; a poisoned lock still holds a usable file.
+        let mut file = sink.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = file.write_all(&json) {
+            tracing::error!(target: "cfm::audit", "cannot write the audit log: {e}");
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Cluster objects rendered as YAML manifests under the data directory, for the embedded
+//! default: `<root>/<namespace>/<Kind>/<name>.yaml` (`_cluster` for cluster-scoped objects),
+//! ready for `kubectl apply -R -f`. Production deployments use the Kubernetes API instead.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::bindings::cfm::plugin::types::Change;
+use crate::capability::BackendError;
+use crate::capability::files::{self, blocking};
+
+use super::{ClusterBackend, ObjectRef};
+
+pub struct ManifestCluster {
+    root: PathBuf,
+    /// Apply is read-compare-write; one writer at a time keeps it exact.
+    write: Mutex<()>,
+}
+
+impl ManifestCluster {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            write: Mutex::new(()),
+        }
+    }
+
+    fn file(&self, object: &ObjectRef) -> PathBuf {
+        let scope = if object.namespace.is_empty() {
+            "_cluster"
+        } else {
+            &object.namespace
+        };
+        self.root
+            .join(scope)
+            .join(&object.kind)
+            .join(format!("{}.yaml", object.name))
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterBackend for ManifestCluster {
+    async fn apply(&self, object: &ObjectRef, manifest: Value) -> Result<Change, BackendError> {
+        let _guard = self.write.lock().await;
+        let file = self.file(object);
+        let yaml = serde_yaml_ng::to_string(&manifest)
+            .map_err(|e| BackendError::Invalid(format!("cannot render the manifest: {e}")))?;
+        blocking(move || {
+            let before = files::read_optional(&file)?;
+            let before: Option<Value> = before.and_then(|b| serde_yaml_ng::from_slice(&b).ok());
+            if before.as_ref() == Some(&manifest) {
+                return Ok(Change::Unchanged);
+            }
+            files::write_atomic(&file, yaml.as_bytes())?;
+            Ok(if before.is_some() {
+                Change::Updated
+            } else {
+                Change::Created
+            })
+        })
+        .await
+    }
+
+    async fn get(&self, object: &ObjectRef) -> Result<Option<Value>, BackendError> {
+        let file = self.file(object);
+        let bytes = blocking(move || files::read_optional(&file)).await?;
+        bytes
+            .map(|b| {
+                serde_yaml_ng::from_slice(&b).map_err(|e| {
+                    BackendError::Unavailable(format!("stored manifest is corrupt: {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    async fn delete(&self, object: &ObjectRef) -> Result<bool, BackendError> {
+        let _guard = self.write.lock().await;
+        let file = self.file(object);
+        blocking(move || files::remove(&file)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn apply_is_idempotent_and_renders_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = ManifestCluster::new(dir.path().to_path_buf());
+        let manifest = json!({"apiVersion":"v1","kind":"ConfigMap",
+            "metadata":{"name":"cfg","namespace":"cfm-a"},"data":{"k":"v"}});
+        let object = ObjectRef::of_manifest(&manifest).unwrap();
+        assert_eq!(
+            cluster.apply(&object, manifest.clone()).await.unwrap(),
+            Change::Created
+        );
+        assert_eq!(
+            cluster.apply(&object, manifest.clone()).await.unwrap(),
+            Change::Unchanged
+        );
+        let yaml = std::fs::read_to_string(dir.path().join("cfm-a/ConfigMap/cfg.yaml")).unwrap();
+        assert!(yaml.contains("kind: ConfigMap"), "{yaml}");
+        assert_eq!(cluster.get(&object).await.unwrap(), Some(manifest));
+        assert!(cluster.delete(&object).await.unwrap());
+        assert_eq!(cluster.get(&object).await.unwrap(), None);
+    }
+}

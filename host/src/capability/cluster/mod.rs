@@ -1,0 +1,193 @@
+//! The `cluster` capability: grant check in front of a Kubernetes-style object store.
+
+pub mod manifests;
+
+use serde_json::Value;
+
+use crate::bindings::cfm::plugin::cluster::Host;
+use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
+use crate::runtime::Invocation;
+
+use super::BackendError;
+
+/// Where an object lives: `Namespace` objects are cluster-scoped, everything else is namespaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// The namespace a grant is checked against: a `Namespace` object by its own name.
+    pub fn grant_namespace(&self) -> &str {
+        if self.kind == "Namespace" {
+            &self.name
+        } else {
+            &self.namespace
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    /// Validates names the way the API server does (DNS labels / subdomains).
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Result<Self, BackendError> {
+        let invalid = |m: String| Err(BackendError::Invalid(m));
+        if kind.is_empty() || kind.len() > 63 || !kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return invalid(format!("'{kind}' is not a valid kind"));
+        }
+        if !is_dns_subdomain(name) {
+            return invalid(format!("'{name}' is not a valid object name"));
+        }
+        let namespace = if kind == "Namespace" {
+            if !is_dns_label(name) {
+                return invalid(format!("'{name}' is not a valid namespace name"));
+            }
+            String::new()
+        } else {
+            if !is_dns_label(namespace) {
+                return invalid(format!(
+                    "{kind} '{name}' needs a valid metadata.namespace, got '{namespace}'"
+                ));
+            }
+            namespace.to_string()
+        };
+        Ok(Self {
+            kind: kind.to_string(),
+            namespace,
+            name: name.to_string(),
+        })
+    }
+
+    /// Reads the identity of a JSON manifest.
+    pub fn of_manifest(manifest: &Value) -> Result<Self, BackendError> {
+        let field = |ptr: &str| manifest.pointer(ptr).and_then(Value::as_str);
+        if field("/apiVersion").is_none_or(str::is_empty) {
+            return Err(BackendError::Invalid(
+                "the manifest has no apiVersion".into(),
+            ));
+        }
+        let kind = field("/kind")
+            .ok_or_else(|| BackendError::Invalid("the manifest has no kind".into()))?;
+        let name = field("/metadata/name")
+            .ok_or_else(|| BackendError::Invalid("the manifest has no metadata.name".into()))?;
+        Self::new(kind, field("/metadata/namespace").unwrap_or(""), name)
+    }
+}
+
+/// A store of Kubernetes objects.
+#[async_trait::async_trait]
+pub trait ClusterBackend: Send + Sync {
+    async fn apply(&self, object: &ObjectRef, manifest: Value) -> Result<Change, BackendError>;
+    async fn get(&self, object: &ObjectRef) -> Result<Option<Value>, BackendError>;
+    async fn delete(&self, object: &ObjectRef) -> Result<bool, BackendError>;
+}
+
+impl Host for Invocation {
+    async fn apply(&mut self, manifest: String) -> Result<Change, CapabilityError> {
+        let manifest: Value = serde_json::from_str(&manifest)
+            .map_err(|e| CapabilityError::Invalid(format!("the manifest is not JSON: {e}")))?;
+        let object = ObjectRef::of_manifest(&manifest).map_err(invalid)?;
+        let allowed = self.allows(&object);
+        let backend = self.calls.backends.cluster.clone();
+        self.calls
+            .guarded(
+                "cluster",
+                "apply",
+                &object.describe(),
+                allowed,
+                backend.apply(&object, manifest),
+            )
+            .await
+    }
+
+    async fn get(
+        &mut self,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> Result<Option<String>, CapabilityError> {
+        let object = ObjectRef::new(&kind, &namespace, &name).map_err(invalid)?;
+        let allowed = self.allows(&object);
+        let backend = self.calls.backends.cluster.clone();
+        let read = async move { Ok(backend.get(&object).await?.map(|v| v.to_string())) };
+        let target = format!("{kind}/{namespace}/{name}");
+        self.calls
+            .guarded("cluster", "get", &target, allowed, read)
+            .await
+    }
+
+    async fn delete(
+        &mut self,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> Result<bool, CapabilityError> {
+        let object = ObjectRef::new(&kind, &namespace, &name).map_err(invalid)?;
+        let allowed = self.allows(&object);
+        let backend = self.calls.backends.cluster.clone();
+        self.calls
+            .guarded(
+                "cluster",
+                "delete",
+                &object.describe(),
+                allowed,
+                backend.delete(&object),
+            )
+            .await
+    }
+}
+
+impl Invocation {
+    fn allows(&self, object: &ObjectRef) -> bool {
+        self.calls
+            .grants
+            .allows_cluster(&object.kind, object.grant_namespace())
+    }
+}
+
+fn invalid(e: BackendError) -> CapabilityError {
+    CapabilityError::Invalid(e.to_string())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn manifests_need_identity_and_valid_names() {
+        let ok = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"cfm-x"}});
+        let object = ObjectRef::of_manifest(&ok).unwrap();
+        assert_eq!(object.grant_namespace(), "cfm-x");
+        let ns = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"cfm-x"}});
+        assert_eq!(
+            ObjectRef::of_manifest(&ns).unwrap().grant_namespace(),
+            "cfm-x"
+        );
+        for bad in [
+            json!({"kind":"ConfigMap","metadata":{"name":"a","namespace":"n"}}),
+            json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"}}),
+            json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"../a","namespace":"n"}}),
+            json!({"apiVersion":"v1","kind":"Config/Map","metadata":{"name":"a","namespace":"n"}}),
+            json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"UPPER"}}),
+        ] {
+            assert!(ObjectRef::of_manifest(&bad).is_err(), "{bad} was accepted");
+        }
+    }
+}

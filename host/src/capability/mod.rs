@@ -1,0 +1,157 @@
+//! Capabilities a plugin can be granted: one module per WIT interface, each with its
+//! grant check (`mod.rs`) and its backends side by side.
+//!
+//! The grant check sits in front of every backend, so swapping the embedded backends
+//! for Vault, Kubernetes or RFC 2136 later changes nothing a plugin may reach.
+
+pub mod cluster;
+pub mod dns;
+pub mod files;
+pub mod log;
+pub mod secrets;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::audit::{Audit, AuditEvent, Decision, Effect};
+use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
+use crate::grants::ScopedGrants;
+
+/// The backends capability calls end in.
+#[derive(Clone)]
+pub struct Backends {
+    pub secrets: Arc<dyn secrets::SecretsBackend>,
+    pub cluster: Arc<dyn cluster::ClusterBackend>,
+    pub dns: Arc<dyn dns::DnsBackend>,
+}
+
+impl Backends {
+    /// The embedded backends: everything kept in files under `data_dir`.
+    pub fn embedded(data_dir: &Path) -> Self {
+        Self {
+            secrets: Arc::new(secrets::embedded::EmbeddedSecrets::new(
+                data_dir.join("secrets"),
+            )),
+            cluster: Arc::new(cluster::manifests::ManifestCluster::new(
+                data_dir.join("cluster"),
+            )),
+            dns: Arc::new(dns::zonefile::ZoneFiles::new(data_dir.join("dns"))),
+        }
+    }
+}
+
+/// Why a backend call failed, before it is handed to the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<std::io::Error> for BackendError {
+    fn from(e: std::io::Error) -> Self {
+        BackendError::Unavailable(format!("storage error: {e}"))
+    }
+}
+
+/// Who is calling: the context every capability call is checked and audited in.
+pub struct CallContext {
+    pub plugin: Arc<str>,
+    pub orchestration_id: String,
+    pub activity_id: String,
+    pub activity_type: String,
+    pub participant_context_id: String,
+    pub idempotency_key: String,
+    pub grants: ScopedGrants,
+    pub backends: Backends,
+    pub audit: Audit,
+}
+
+impl CallContext {
+    /// Runs `call` if `allowed`, auditing the decision and, for writes, what changed.
+    async fn guarded<T, F>(
+        &self,
+        capability: &'static str,
+        operation: &'static str,
+        target: &str,
+        allowed: bool,
+        call: F,
+    ) -> Result<T, CapabilityError>
+    where
+        F: std::future::Future<Output = Result<T, BackendError>>,
+        T: Audited,
+    {
+        let event = |decision| AuditEvent {
+            plugin: &self.plugin,
+            orchestration_id: &self.orchestration_id,
+            activity_id: &self.activity_id,
+            activity_type: &self.activity_type,
+            participant_context_id: &self.participant_context_id,
+            idempotency_key: &self.idempotency_key,
+            capability,
+            operation,
+            target,
+            decision,
+        };
+        if !allowed {
+            self.audit.record(event(Decision::Denied));
+            return Err(CapabilityError::Denied(format!(
+                "{capability} {operation} on '{target}' is outside this plugin's grants"
+            )));
+        }
+        let value = call.await.map_err(|e| match e {
+            BackendError::Invalid(m) => CapabilityError::Invalid(m),
+            BackendError::Unavailable(m) => CapabilityError::Unavailable(m),
+        })?;
+        if let Some(effect) = value.effect() {
+            self.audit.record(event(Decision::Allowed(effect)));
+        }
+        Ok(value)
+    }
+}
+
+/// What a successful call changed, if it was a write worth an audit record.
+trait Audited {
+    fn effect(&self) -> Option<Effect>;
+}
+
+impl Audited for Change {
+    fn effect(&self) -> Option<Effect> {
+        Some(Effect::from(*self))
+    }
+}
+
+/// Deletions answer whether something was there.
+impl Audited for bool {
+    fn effect(&self) -> Option<Effect> {
+        Some(if *self {
+            Effect::Deleted
+        } else {
+            Effect::Absent
+        })
+    }
+}
+
+impl Audited for (String, Change) {
+    fn effect(&self) -> Option<Effect> {
+        Some(Effect::from(self.1))
+    }
+}
+
+/// Reads are not audited unless denied.
+impl Audited for Option<String> {
+    fn effect(&self) -> Option<Effect> {
+        None
+    }
+}
+
+impl From<Change> for Effect {
+    fn from(change: Change) -> Self {
+        match change {
+            Change::Created => Effect::Created,
+            Change::Updated => Effect::Updated,
+            Change::Unchanged => Effect::Unchanged,
+        }
+    }
+}

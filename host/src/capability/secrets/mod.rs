@@ -1,0 +1,76 @@
+//! The `secrets` capability: grant check in front of a secret store.
+
+pub mod embedded;
+
+use crate::bindings::cfm::plugin::secrets::Host;
+use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
+use crate::grants::normalize_secret_path;
+use crate::runtime::Invocation;
+
+use super::BackendError;
+
+/// A store of secret strings by path. Implementations must make `put_if_absent` atomic.
+#[async_trait::async_trait]
+pub trait SecretsBackend: Send + Sync {
+    async fn get(&self, path: &str) -> Result<Option<String>, BackendError>;
+    /// Returns the stored value (the existing one if there was one) and whether it was created.
+    async fn put_if_absent(
+        &self,
+        path: &str,
+        value: &str,
+    ) -> Result<(String, Change), BackendError>;
+    async fn put(&self, path: &str, value: &str) -> Result<Change, BackendError>;
+    async fn delete(&self, path: &str) -> Result<bool, BackendError>;
+}
+
+impl Host for Invocation {
+    async fn get(&mut self, path: String) -> Result<Option<String>, CapabilityError> {
+        let (path, allowed) = self.check(&path)?;
+        let backend = self.calls.backends.secrets.clone();
+        self.calls
+            .guarded("secrets", "get", &path, allowed, backend.get(&path))
+            .await
+    }
+
+    async fn put_if_absent(
+        &mut self,
+        path: String,
+        value: String,
+    ) -> Result<(String, Change), CapabilityError> {
+        let (path, allowed) = self.check(&path)?;
+        let backend = self.calls.backends.secrets.clone();
+        self.calls
+            .guarded(
+                "secrets",
+                "put-if-absent",
+                &path,
+                allowed,
+                backend.put_if_absent(&path, &value),
+            )
+            .await
+    }
+
+    async fn put(&mut self, path: String, value: String) -> Result<Change, CapabilityError> {
+        let (path, allowed) = self.check(&path)?;
+        let backend = self.calls.backends.secrets.clone();
+        self.calls
+            .guarded("secrets", "put", &path, allowed, backend.put(&path, &value))
+            .await
+    }
+
+    async fn delete(&mut self, path: String) -> Result<bool, CapabilityError> {
+        let (path, allowed) = self.check(&path)?;
+        let backend = self.calls.backends.secrets.clone();
+        self.calls
+            .guarded("secrets", "delete", &path, allowed, backend.delete(&path))
+            .await
+    }
+}
+
+impl Invocation {
+    fn check(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
+        let path = normalize_secret_path(raw).map_err(CapabilityError::Invalid)?;
+        let allowed = self.calls.grants.allows_secret(&path);
+        Ok((path, allowed))
+    }
+}

@@ -1,0 +1,83 @@
+//! Request bodies as clients send them. Server-owned fields (`id`, `version`, states
+//! and timestamps) are not part of these types, so a client can never set them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::model::{ActivitySpec, DataspaceSpec, Properties};
+
+#[derive(Debug, Deserialize)]
+pub struct NewTenant {
+    #[serde(default)]
+    pub properties: Properties,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewCell {
+    #[serde(default)]
+    pub external_id: String,
+    pub state: Option<String>,
+    #[serde(default)]
+    pub properties: Properties,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewDataspaceProfile {
+    #[serde(default)]
+    pub dataspace_spec: DataspaceSpec,
+    #[serde(default)]
+    pub properties: Properties,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewDataspaceDeployment {
+    /// Upstream sends the profile id in the body too; the path's id is authoritative.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub profile_id: String,
+    pub cell_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewParticipantProfileDeployment {
+    pub identifier: String,
+    pub cell_id: Option<String>,
+    #[serde(default)]
+    pub dataspace_profile_ids: Vec<String>,
+    #[serde(default)]
+    pub participant_roles: Map<String, Value>,
+    #[serde(default)]
+    pub vpa_properties: Map<String, Value>,
+    #[serde(default)]
+    pub properties: Properties,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Query {
+    #[serde(default)]
+    pub predicate: String,
+    #[serde(default)]
+    pub offset: i64,
+    #[serde(default)]
+    pub limit: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewOrchestrationDefinition {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "empty_object")]
+    pub schema: Value,
+    pub activities: BTreeMap<String, Vec<ActivitySpec>>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}

@@ -1,0 +1,216 @@
+//! Tenant Manager routes: tenants, cells, dataspace profiles, participant profiles.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::json::JsonBody;
+use super::requests::{
+    NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewParticipantProfileDeployment,
+    NewTenant,
+};
+use crate::query::Predicate;
+use crate::store::{Page, Paged};
+use crate::tenant::{cells, dataspaces, profiles, tenants};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tenants", get(list_tenants).post(create_tenant))
+        .route("/tenants/{id}", get(get_tenant))
+        .route(
+            "/tenants/{tid}/participant-profiles",
+            get(list_profiles).post(deploy_profile),
+        )
+        .route(
+            "/tenants/{tid}/participant-profiles/{pid}",
+            get(get_profile),
+        )
+        .route("/participant-profiles/query", post(query_profiles))
+        .route("/cells", get(list_cells).post(create_cell))
+        .route(
+            "/dataspace-profiles",
+            get(list_dataspaces).post(create_dataspace),
+        )
+        .route("/dataspace-profiles/{id}", get(get_dataspace))
+        .route(
+            "/dataspace-profiles/{id}/deployments",
+            post(deploy_dataspace),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+struct PageParams {
+    offset: Option<String>,
+    limit: Option<String>,
+}
+
+impl PageParams {
+    fn page(&self) -> ApiResult<Page> {
+        let number = |name: &str, v: &Option<String>| -> ApiResult<Option<i64>> {
+            v.as_deref()
+                .map(|s| {
+                    s.parse::<i64>().map_err(|_| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("{name} must be an integer, got '{s}'"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        Ok(Page::new(
+            number("offset", &self.offset)?,
+            number("limit", &self.limit)?,
+        ))
+    }
+}
+
+async fn list_tenants(
+    State(state): State<AppState>,
+    Query(params): Query<PageParams>,
+) -> ApiResult<impl IntoResponse> {
+    let page = params.page()?;
+    let paged = tenants::list(state.engine.db(), page).await?;
+    Ok((paging_headers("/tenants", &paged), Json(paged.items)))
+}
+
+async fn create_tenant(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewTenant>,
+) -> ApiResult<impl IntoResponse> {
+    let tenant = tenants::create(state.engine.db(), body.properties).await?;
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+async fn get_tenant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut conn = state.engine.db().acquire().await?;
+    Ok(Json(tenants::get(&mut conn, &id).await?))
+}
+
+async fn list_profiles(
+    State(state): State<AppState>,
+    Path(tid): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(profiles::list(state.engine.db(), &tid).await?))
+}
+
+async fn deploy_profile(
+    State(state): State<AppState>,
+    Path(tid): Path<String>,
+    JsonBody(body): JsonBody<NewParticipantProfileDeployment>,
+) -> ApiResult<impl IntoResponse> {
+    let new = profiles::NewDeployment {
+        identifier: body.identifier,
+        cell_id: body.cell_id,
+        dataspace_profile_ids: body.dataspace_profile_ids,
+        participant_roles: body.participant_roles,
+        vpa_properties: body.vpa_properties,
+        properties: body.properties,
+    };
+    let profile = profiles::deploy(&state.engine, &tid, new).await?;
+    Ok((StatusCode::ACCEPTED, Json(profile)))
+}
+
+async fn get_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(profiles::get(state.engine.db(), &tid, &pid).await?))
+}
+
+async fn query_profiles(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<super::requests::Query>,
+) -> ApiResult<impl IntoResponse> {
+    let predicate = Predicate::parse(&body.predicate)?;
+    let page = Page::new(Some(body.offset), Some(body.limit));
+    Ok(Json(
+        profiles::query(state.engine.db(), &predicate, page).await?,
+    ))
+}
+
+async fn list_cells(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(cells::list(state.engine.db()).await?))
+}
+
+async fn create_cell(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewCell>,
+) -> ApiResult<impl IntoResponse> {
+    let new = cells::NewCell {
+        external_id: body.external_id,
+        state: body.state,
+        properties: body.properties,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(cells::create(state.engine.db(), new).await?),
+    ))
+}
+
+async fn list_dataspaces(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(dataspaces::list(state.engine.db()).await?))
+}
+
+async fn create_dataspace(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewDataspaceProfile>,
+) -> ApiResult<impl IntoResponse> {
+    let profile =
+        dataspaces::create(state.engine.db(), body.dataspace_spec, body.properties).await?;
+    Ok((StatusCode::CREATED, Json(profile)))
+}
+
+async fn get_dataspace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut conn = state.engine.db().acquire().await?;
+    Ok(Json(dataspaces::get(&mut conn, &id).await?))
+}
+
+async fn deploy_dataspace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<NewDataspaceDeployment>,
+) -> ApiResult<impl IntoResponse> {
+    let deployment = dataspaces::deploy(state.engine.db(), &id, &body.cell_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(deployment)))
+}
+
+/// `X-Total-Count` and a `Link` header with self/first/prev/next/last pages.
+fn paging_headers<T>(path: &str, paged: &Paged<T>) -> HeaderMap {
+    let Page { offset, limit } = paged.page;
+    let total = paged.total;
+    let url = |offset: i64| format!("<{}{path}?offset={offset}&limit={limit}>", super::PREFIX);
+    let last = if total == 0 {
+        0
+    } else {
+        ((total - 1) / limit) * limit
+    };
+    let mut links = vec![
+        format!("{}; rel=\"self\"", url(offset)),
+        format!("{}; rel=\"first\"", url(0)),
+    ];
+    if offset > 0 {
+        links.push(format!("{}; rel=\"prev\"", url((offset - limit).max(0))));
+    }
+    if offset + limit < total {
+        links.push(format!("{}; rel=\"next\"", url(offset + limit)));
+    }
+    links.push(format!("{}; rel=\"last\"", url(last)));
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
+        headers.insert(header::LINK, v);
+    }
+    headers.insert("x-total-count", HeaderValue::from(total));
+    headers
+}

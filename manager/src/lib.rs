@@ -1,0 +1,65 @@
+//! cfm's manager: the Tenant Manager (REST API over tenants, cells, dataspace and
+//! participant profiles) and the Provision Manager (durable orchestration engine),
+//! sharing one database.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod model;
+pub mod provision;
+pub mod query;
+pub mod queue;
+pub mod seed;
+pub mod store;
+pub mod tenant;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cfm_protocol::ActivityExecutor;
+
+pub use error::{ManagerError, Result};
+pub use provision::{Engine, EngineSettings};
+
+/// A manager over one data directory (embedded SQLite database, signing key, token).
+pub struct Manager {
+    pub engine: Engine,
+    pub auth: auth::Auth,
+    pub token_path: PathBuf,
+}
+
+impl Manager {
+    /// Opens the data directory, creating the database, signing key and admin token on first use.
+    pub async fn open(data_dir: &Path, settings: EngineSettings) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| ManagerError::Io(format!("creating {}: {e}", data_dir.display())))?;
+        let db = store::open_sqlite(&data_dir.join("cfm.db")).await?;
+        let auth = auth::Auth::load_or_create(data_dir)?;
+        let token_path = auth.ensure_admin_token(data_dir)?;
+        Ok(Self {
+            engine: Engine::new(db, settings),
+            auth,
+            token_path,
+        })
+    }
+
+    pub async fn seed(&self) -> Result<bool> {
+        seed::seed(self.engine.db()).await
+    }
+
+    pub fn router(&self) -> axum::Router {
+        api::router(api::AppState {
+            engine: self.engine.clone(),
+            auth: self.auth.clone(),
+        })
+    }
+
+    /// The dispatcher feeding `executor` from the embedded queue.
+    pub fn dispatcher(
+        &self,
+        executor: Arc<dyn ActivityExecutor>,
+        concurrency: usize,
+    ) -> provision::dispatcher::Dispatcher {
+        provision::dispatcher::Dispatcher::new(self.engine.clone(), executor, concurrency)
+    }
+}

@@ -1,0 +1,275 @@
+//! Activity definitions and orchestration definitions (templates), validated on create.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::Row;
+
+use crate::error::{ManagerError, Result};
+use crate::model::{ActivityDefinition, ActivitySpec, OrchestrationDefinition, new_id, now};
+use crate::store::{Conn, Db, from_json, to_json};
+
+/// Creates or replaces an activity definition (upstream's upsert).
+pub async fn put_activity(conn: &mut Conn, definition: &ActivityDefinition) -> Result<()> {
+    if !is_type_name(&definition.activity_type) {
+        return Err(ManagerError::bad_request(format!(
+            "activity type '{}' must match ^[a-zA-Z0-9._-]+$",
+            definition.activity_type
+        )));
+    }
+    for (name, schema) in [
+        ("inputSchema", &definition.input_schema),
+        ("outputSchema", &definition.output_schema),
+    ] {
+        if !schema.is_object() {
+            return Err(ManagerError::bad_request(format!(
+                "{name} must be a JSON object"
+            )));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO activity_definitions (type, description, input_schema, output_schema) VALUES (?, ?, ?, ?)
+         ON CONFLICT (type) DO UPDATE SET description = excluded.description,
+           input_schema = excluded.input_schema, output_schema = excluded.output_schema",
+    )
+    .bind(&definition.activity_type)
+    .bind(&definition.description)
+    .bind(to_json(&definition.input_schema))
+    .bind(to_json(&definition.output_schema))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn list_activities(db: &Db) -> Result<Vec<ActivityDefinition>> {
+    let rows = sqlx::query(
+        "SELECT type, description, input_schema, output_schema FROM activity_definitions ORDER BY type",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ActivityDefinition {
+                activity_type: row.get("type"),
+                description: row.get("description"),
+                input_schema: from_json(row.get("input_schema"), "input schema")?,
+                output_schema: from_json(row.get("output_schema"), "output schema")?,
+            })
+        })
+        .collect()
+}
+
+/// Validates and stores a new orchestration definition under `id` (a new one if None).
+pub async fn create_orchestration(
+    conn: &mut Conn,
+    id: Option<String>,
+    description: String,
+    schema: serde_json::Value,
+    activities: BTreeMap<String, Vec<ActivitySpec>>,
+) -> Result<OrchestrationDefinition> {
+    let known: BTreeSet<String> = sqlx::query_scalar("SELECT type FROM activity_definitions")
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    validate(&activities, &known)?;
+    let definition = OrchestrationDefinition {
+        id: id.unwrap_or_else(new_id),
+        description,
+        schema,
+        activities,
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO orchestration_definitions (id, description, schema, activities, created_at)
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&definition.id)
+    .bind(&definition.description)
+    .bind(to_json(&definition.schema))
+    .bind(to_json(&definition.activities))
+    .bind(now())
+    .execute(conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(ManagerError::conflict(format!(
+            "orchestration definition '{}' already exists",
+            definition.id
+        )));
+    }
+    Ok(definition)
+}
+
+pub async fn list_orchestrations(db: &Db) -> Result<Vec<OrchestrationDefinition>> {
+    let mut conn = db.acquire().await?;
+    all(&mut conn).await
+}
+
+pub async fn get_orchestration(conn: &mut Conn, id: &str) -> Result<OrchestrationDefinition> {
+    let row = sqlx::query(SELECT_ONE)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| {
+            ManagerError::not_found(format!("orchestration definition '{id}' not found"))
+        })?;
+    read(&row)
+}
+
+/// The definition to run for `orchestration_type`: the newest one that defines it, so an
+/// operator replaces the default template by posting a new one.
+pub async fn select(
+    conn: &mut Conn,
+    orchestration_type: &str,
+) -> Result<Option<OrchestrationDefinition>> {
+    Ok(all(conn).await?.into_iter().rev().find(|d| {
+        d.activities
+            .get(orchestration_type)
+            .is_some_and(|a| !a.is_empty())
+    }))
+}
+
+/// Oldest first.
+async fn all(conn: &mut Conn) -> Result<Vec<OrchestrationDefinition>> {
+    let rows = sqlx::query(
+        "SELECT id, description, schema, activities FROM orchestration_definitions ORDER BY created_at, id",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(read).collect()
+}
+
+static SELECT_ONE: &str =
+    "SELECT id, description, schema, activities FROM orchestration_definitions WHERE id = ?";
+
+fn read(row: &sqlx::sqlite::SqliteRow) -> Result<OrchestrationDefinition> {
+    Ok(OrchestrationDefinition {
+        id: row.get("id"),
+        description: row.get("description"),
+        schema: from_json(row.get("schema"), "orchestration schema")?,
+        activities: from_json(row.get("activities"), "orchestration activities")?,
+    })
+}
+
+fn is_type_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Known types, unique ids, known dependencies, no cycles.
+fn validate(
+    activities: &BTreeMap<String, Vec<ActivitySpec>>,
+    known: &BTreeSet<String>,
+) -> Result<()> {
+    let bad = |m: String| Err(ManagerError::bad_request(m));
+    if activities.is_empty() {
+        return bad("activities must define at least one orchestration type".into());
+    }
+    for (orchestration_type, list) in activities {
+        if !is_type_name(orchestration_type) {
+            return bad(format!(
+                "orchestration type '{orchestration_type}' must match ^[a-zA-Z0-9._-]+$"
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        for activity in list {
+            let at = format!("activity '{}' of {orchestration_type}", activity.id);
+            if activity.id.is_empty() {
+                return bad(format!(
+                    "an activity of {orchestration_type} has an empty id"
+                ));
+            }
+            if !ids.insert(activity.id.as_str()) {
+                return bad(format!("{at} is defined twice"));
+            }
+            if !known.contains(&activity.activity_type) {
+                return bad(format!(
+                    "{at} has unknown activity type '{}'; create its activity definition first",
+                    activity.activity_type
+                ));
+            }
+        }
+        for activity in list {
+            for dep in &activity.depends_on {
+                if !ids.contains(dep.as_str()) || *dep == activity.id {
+                    return bad(format!(
+                        "activity '{}' of {orchestration_type} depends on unknown activity '{dep}'",
+                        activity.id
+                    ));
+                }
+            }
+        }
+        if let Some(stuck) = cycle(list) {
+            return bad(format!(
+                "the activities of {orchestration_type} form a dependency cycle through '{stuck}'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm: returns an activity on a cycle, if there is one.
+fn cycle(list: &[ActivitySpec]) -> Option<String> {
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    loop {
+        let ready: Vec<&str> = list
+            .iter()
+            .filter(|a| !done.contains(a.id.as_str()))
+            .filter(|a| a.depends_on.iter().all(|d| done.contains(d.as_str())))
+            .map(|a| a.id.as_str())
+            .collect();
+        if ready.is_empty() {
+            return list
+                .iter()
+                .find(|a| !done.contains(a.id.as_str()))
+                .map(|a| a.id.clone());
+        }
+        done.extend(ready);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, deps: &[&str]) -> ActivitySpec {
+        ActivitySpec {
+            id: id.into(),
+            activity_type: "t".into(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn check(list: Vec<ActivitySpec>) -> Result<()> {
+        let known = BTreeSet::from(["t".to_string()]);
+        validate(&BTreeMap::from([("deploy".to_string(), list)]), &known)
+    }
+
+    #[test]
+    fn valid_dag_passes() {
+        check(vec![
+            spec("a", &[]),
+            spec("b", &["a"]),
+            spec("c", &["a", "b"]),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn cycles_unknown_deps_and_types_are_named() {
+        let err = check(vec![spec("a", &["b"]), spec("b", &["a"])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cycle"), "{err}");
+        let err = check(vec![spec("a", &["zz"])]).unwrap_err().to_string();
+        assert!(err.contains("'zz'"), "{err}");
+        let mut unknown = spec("a", &[]);
+        unknown.activity_type = "nope".into();
+        let err = check(vec![unknown]).unwrap_err().to_string();
+        assert!(err.contains("'nope'"), "{err}");
+        let err = check(vec![spec("a", &[]), spec("a", &[])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice"), "{err}");
+    }
+}

@@ -1,0 +1,585 @@
+//! The orchestration engine: starts orchestrations and applies activity outcomes.
+//!
+//! An activity is dispatched as soon as all its dependencies are complete. Applying an
+//! outcome, recording what it changed, acknowledging its message and dispatching the
+//! activities it unblocks happen in one transaction: a crash before the commit leaves the
+//! message to be delivered again, a crash after leaves nothing to redo.
+
+use std::sync::Arc;
+
+use cfm_protocol::{ActivityOutcome, ActivityTask, keys};
+use serde_json::Value;
+use sqlx::Row;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::error::{ManagerError, Result};
+use crate::model::{
+    Orchestration, OrchestrationDefinition, OrchestrationState, Properties, Step, new_id, now,
+};
+use crate::queue::{self, ACTIVITY_TOPIC};
+use crate::store::{self, Conn, Db, from_json, to_json};
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Wall-clock budget of one activity attempt.
+    pub activity_timeout_ms: u64,
+    /// Retries an activity may ask for before it counts as failed.
+    pub max_retries: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Deliveries without a result (crashes mid-activity) before a message is given up.
+    pub max_deliveries: i64,
+    /// Longest reschedule delay honoured.
+    pub max_reschedule_ms: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            activity_timeout_ms: 60_000,
+            max_retries: 5,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            max_deliveries: 10,
+            max_reschedule_ms: 3_600_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    db: Db,
+    settings: EngineSettings,
+    wake: Arc<Notify>,
+}
+
+/// What to start: one orchestration type of a definition, with its base data.
+pub struct Start {
+    pub correlation_id: String,
+    pub orchestration_type: String,
+    pub definition: OrchestrationDefinition,
+    /// Must hold `cfm.participant.id` and `cfm.participant.contextId`.
+    pub processing_data: Properties,
+}
+
+/// An orchestration that has just completed or errored, as the tenant manager sees it.
+pub struct Finished<'a> {
+    pub id: &'a str,
+    pub correlation_id: &'a str,
+    pub orchestration_type: &'a str,
+    pub state: OrchestrationState,
+    pub output_data: &'a Properties,
+    pub error_detail: Option<&'a str>,
+}
+
+/// The orchestration row fields `apply` works with.
+struct Current {
+    correlation_id: String,
+    orchestration_type: String,
+    state: i64,
+    processing_data: Properties,
+    output_data: Properties,
+}
+
+struct StepRow {
+    activity_id: String,
+    activity_type: String,
+    depends_on: Vec<String>,
+    state: String,
+    attempt: i64,
+    retries: i64,
+}
+
+impl Engine {
+    pub fn new(db: Db, settings: EngineSettings) -> Self {
+        Self {
+            db,
+            settings,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Tells the dispatcher new work may be available; call after committing.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn wakeup(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Creates an orchestration and dispatches its first activities, inside the caller's
+    /// transaction. Returns its id.
+    pub async fn start(&self, conn: &mut Conn, start: Start) -> Result<String> {
+        let activities = start
+            .definition
+            .activities
+            .get(&start.orchestration_type)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                ManagerError::conflict(format!(
+                    "orchestration definition '{}' does not define {}",
+                    start.definition.id, start.orchestration_type
+                ))
+            })?;
+        let id = new_id();
+        let timestamp = now();
+        sqlx::query(
+            "INSERT INTO orchestrations (id, version, correlation_id, definition_id, orchestration_type, state,
+               state_timestamp, created_timestamp, processing_data, output_data)
+             VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, '{}')",
+        )
+        .bind(&id)
+        .bind(&start.correlation_id)
+        .bind(&start.definition.id)
+        .bind(&start.orchestration_type)
+        .bind(OrchestrationState::Running as i64)
+        .bind(&timestamp)
+        .bind(&timestamp)
+        .bind(to_json(&start.processing_data))
+        .execute(&mut *conn)
+        .await?;
+        for (position, activity) in activities.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state)
+                 VALUES (?, ?, ?, ?, ?, 'pending')",
+            )
+            .bind(&id)
+            .bind(&activity.id)
+            .bind(position as i64)
+            .bind(&activity.activity_type)
+            .bind(to_json(&activity.depends_on))
+            .execute(&mut *conn)
+            .await?;
+        }
+        self.dispatch_ready(conn, &id, &start.orchestration_type, &start.processing_data)
+            .await?;
+        tracing::info!(orchestration = %id, correlation = %start.correlation_id,
+            orchestration_type = %start.orchestration_type, "orchestration started");
+        Ok(id)
+    }
+
+    /// Applies the outcome of the attempt that `message_id` carried. Outcomes of stale
+    /// attempts (a redelivery whose twin already reported) are acknowledged and dropped.
+    pub async fn apply(
+        &self,
+        message_id: &str,
+        task: &ActivityTask,
+        outcome: ActivityOutcome,
+    ) -> Result<()> {
+        let span = tracing::info_span!("orchestration", id = %task.orchestration_id);
+        self.apply_in_span(message_id, task, outcome)
+            .instrument(span)
+            .await
+    }
+
+    async fn apply_in_span(
+        &self,
+        message_id: &str,
+        task: &ActivityTask,
+        outcome: ActivityOutcome,
+    ) -> Result<()> {
+        let mut tx = store::write(&self.db).await?;
+        queue::ack(&mut tx, message_id).await?;
+        let Some(current) = self.current(&mut tx, &task.orchestration_id).await? else {
+            tx.commit().await?;
+            return Ok(());
+        };
+        let step = steps(&mut tx, &task.orchestration_id)
+            .await?
+            .into_iter()
+            .find(|s| s.activity_id == task.activity_id);
+        let live = current.state == OrchestrationState::Running as i64;
+        let Some(step) =
+            step.filter(|s| live && s.state == "dispatched" && s.attempt == task.attempt as i64)
+        else {
+            tracing::debug!(activity = %task.activity_id, attempt = task.attempt, "stale outcome dropped");
+            tx.commit().await?;
+            return Ok(());
+        };
+        match outcome {
+            ActivityOutcome::Complete { output } => {
+                self.complete(&mut tx, task, current, output).await?;
+            }
+            ActivityOutcome::Reschedule { delay_ms, state } => {
+                let delay = delay_ms.min(self.settings.max_reschedule_ms);
+                self.dispatch(
+                    &mut tx,
+                    task,
+                    &current,
+                    task.attempt + 1,
+                    delay,
+                    Some(state),
+                )
+                .await?;
+            }
+            ActivityOutcome::Retry { reason }
+                if step.retries < self.settings.max_retries as i64 =>
+            {
+                sqlx::query("UPDATE orchestration_steps SET retries = retries + 1, last_error = ? WHERE orchestration_id = ? AND activity_id = ?")
+                    .bind(&reason)
+                    .bind(&task.orchestration_id)
+                    .bind(&task.activity_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let delay = self.backoff(step.retries as u32);
+                tracing::warn!(activity = %task.activity_id, delay_ms = delay, %reason, "activity will be retried");
+                self.dispatch(
+                    &mut tx,
+                    task,
+                    &current,
+                    task.attempt + 1,
+                    delay,
+                    task.state.clone(),
+                )
+                .await?;
+            }
+            ActivityOutcome::Retry { reason } => {
+                let reason = format!("gave up after {} retries: {reason}", step.retries);
+                self.fail(&mut tx, task, &current, &reason).await?;
+            }
+            ActivityOutcome::Fatal { reason } => {
+                self.fail(&mut tx, task, &current, &reason).await?;
+            }
+        }
+        tx.commit().await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Reads an orchestration with its steps.
+    pub async fn get(&self, id: &str) -> Result<Orchestration> {
+        let mut conn = self.db.acquire().await?;
+        let row = sqlx::query(
+            "SELECT id, correlation_id, definition_id, orchestration_type, state, state_timestamp,
+               created_timestamp, processing_data, output_data, error_detail
+             FROM orchestrations WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))?;
+        let step_rows = sqlx::query(
+            "SELECT activity_id, activity_type, depends_on, state, attempt, last_error, started_at, completed_at
+             FROM orchestration_steps WHERE orchestration_id = ? ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut steps = Vec::with_capacity(step_rows.len());
+        let mut completed = serde_json::Map::new();
+        for s in &step_rows {
+            let step = Step {
+                id: s.get("activity_id"),
+                activity_type: s.get("activity_type"),
+                depends_on: from_json(s.get("depends_on"), "step dependencies")?,
+                state: s.get("state"),
+                attempts: s.get("attempt"),
+                last_error: s.get("last_error"),
+                started_timestamp: s.get("started_at"),
+                completed_timestamp: s.get("completed_at"),
+            };
+            if step.state == "completed" {
+                completed.insert(step.id.clone(), Value::Bool(true));
+            }
+            steps.push(step);
+        }
+        Ok(Orchestration {
+            id: row.get("id"),
+            correlation_id: row.get("correlation_id"),
+            definition_id: row.get("definition_id"),
+            state: row.get("state"),
+            state_timestamp: row.get("state_timestamp"),
+            created_timestamp: row.get("created_timestamp"),
+            orchestration_type: row.get("orchestration_type"),
+            steps,
+            processing_data: from_json(row.get("processing_data"), "processing data")?,
+            output_data: from_json(row.get("output_data"), "output data")?,
+            completed,
+            error_detail: row.get("error_detail"),
+        })
+    }
+
+    async fn complete(
+        &self,
+        tx: &mut Conn,
+        task: &ActivityTask,
+        mut current: Current,
+        output: Properties,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE orchestration_steps SET state = 'completed', completed_at = ?, output = ?, last_error = NULL
+             WHERE orchestration_id = ? AND activity_id = ?",
+        )
+        .bind(now())
+        .bind(to_json(&output))
+        .bind(&task.orchestration_id)
+        .bind(&task.activity_id)
+        .execute(&mut *tx)
+        .await?;
+        for (key, value) in output {
+            current.processing_data.insert(key.clone(), value.clone());
+            current.output_data.insert(key, value);
+        }
+        sqlx::query("UPDATE orchestrations SET processing_data = ?, output_data = ?, version = version + 1 WHERE id = ?")
+            .bind(to_json(&current.processing_data))
+            .bind(to_json(&current.output_data))
+            .bind(&task.orchestration_id)
+            .execute(&mut *tx)
+            .await?;
+        let remaining = steps(tx, &task.orchestration_id)
+            .await?
+            .iter()
+            .filter(|s| s.state != "completed")
+            .count();
+        if remaining == 0 {
+            self.finish(
+                tx,
+                &task.orchestration_id,
+                &current,
+                OrchestrationState::Completed,
+                None,
+            )
+            .await
+        } else {
+            self.dispatch_ready(
+                tx,
+                &task.orchestration_id,
+                &current.orchestration_type,
+                &current.processing_data,
+            )
+            .await
+        }
+    }
+
+    async fn fail(
+        &self,
+        tx: &mut Conn,
+        task: &ActivityTask,
+        current: &Current,
+        reason: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE orchestration_steps SET state = 'failed', completed_at = ?, last_error = ?
+             WHERE orchestration_id = ? AND activity_id = ?",
+        )
+        .bind(now())
+        .bind(reason)
+        .bind(&task.orchestration_id)
+        .bind(&task.activity_id)
+        .execute(&mut *tx)
+        .await?;
+        // Nothing else of an errored orchestration should run.
+        queue::purge_prefix(tx, &format!("{}/", task.orchestration_id)).await?;
+        let detail = format!("activity '{}' failed: {reason}", task.activity_id);
+        tracing::warn!(activity = %task.activity_id, %reason, "orchestration errored");
+        self.finish(
+            tx,
+            &task.orchestration_id,
+            current,
+            OrchestrationState::Errored,
+            Some(&detail),
+        )
+        .await
+    }
+
+    async fn finish(
+        &self,
+        tx: &mut Conn,
+        id: &str,
+        current: &Current,
+        state: OrchestrationState,
+        error_detail: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE orchestrations SET state = ?, state_timestamp = ?, error_detail = ?, version = version + 1 WHERE id = ?",
+        )
+        .bind(state as i64)
+        .bind(now())
+        .bind(error_detail)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(orchestration = %id, state = ?state, "orchestration finished");
+        let finished = Finished {
+            id,
+            correlation_id: &current.correlation_id,
+            orchestration_type: &current.orchestration_type,
+            state,
+            output_data: &current.output_data,
+            error_detail,
+        };
+        crate::tenant::profiles::on_orchestration_finished(tx, &finished).await
+    }
+
+    /// Dispatches every pending activity whose dependencies are all complete.
+    async fn dispatch_ready(
+        &self,
+        tx: &mut Conn,
+        id: &str,
+        orchestration_type: &str,
+        data: &Properties,
+    ) -> Result<()> {
+        let all = steps(tx, id).await?;
+        let done: Vec<&str> = all
+            .iter()
+            .filter(|s| s.state == "completed")
+            .map(|s| s.activity_id.as_str())
+            .collect();
+        for step in all.iter().filter(|s| s.state == "pending") {
+            if step.depends_on.iter().all(|d| done.contains(&d.as_str())) {
+                let task = self.task(id, orchestration_type, step, data, 1, None);
+                self.publish(tx, &task, 0).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Dispatches a further attempt of the activity `task` ran.
+    async fn dispatch(
+        &self,
+        tx: &mut Conn,
+        task: &ActivityTask,
+        current: &Current,
+        attempt: u32,
+        delay_ms: u64,
+        state: Option<Value>,
+    ) -> Result<()> {
+        let step = StepRow {
+            activity_id: task.activity_id.clone(),
+            activity_type: task.activity_type.clone(),
+            depends_on: vec![],
+            state: "dispatched".into(),
+            attempt: attempt as i64,
+            retries: 0,
+        };
+        let next = self.task(
+            &task.orchestration_id,
+            &current.orchestration_type,
+            &step,
+            &current.processing_data,
+            attempt,
+            state,
+        );
+        self.publish(tx, &next, delay_ms).await
+    }
+
+    fn task(
+        &self,
+        id: &str,
+        orchestration_type: &str,
+        step: &StepRow,
+        data: &Properties,
+        attempt: u32,
+        state: Option<Value>,
+    ) -> ActivityTask {
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        ActivityTask {
+            orchestration_id: id.to_string(),
+            activity_id: step.activity_id.clone(),
+            activity_type: step.activity_type.clone(),
+            discriminator: orchestration_type.to_string(),
+            attempt,
+            participant_id: text(keys::PARTICIPANT_ID),
+            participant_context_id: text(keys::PARTICIPANT_CONTEXT_ID),
+            processing_data: data.clone(),
+            state,
+            timeout_ms: self.settings.activity_timeout_ms,
+        }
+    }
+
+    /// Writes the task's message into the outbox and marks its step dispatched.
+    async fn publish(&self, tx: &mut Conn, task: &ActivityTask, delay_ms: u64) -> Result<()> {
+        let message_id = format!(
+            "{}/{}/{}",
+            task.orchestration_id, task.activity_id, task.attempt
+        );
+        let available_at = queue::now_ms() + delay_ms as i64;
+        queue::publish(
+            tx,
+            &message_id,
+            ACTIVITY_TOPIC,
+            &to_json(task),
+            available_at,
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE orchestration_steps SET state = 'dispatched', attempt = ?, started_at = COALESCE(started_at, ?)
+             WHERE orchestration_id = ? AND activity_id = ?",
+        )
+        .bind(task.attempt as i64)
+        .bind(now())
+        .bind(&task.orchestration_id)
+        .bind(&task.activity_id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn current(&self, tx: &mut Conn, id: &str) -> Result<Option<Current>> {
+        let row = sqlx::query(
+            "SELECT correlation_id, orchestration_type, state, processing_data, output_data FROM orchestrations WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(tx)
+        .await?;
+        row.map(|row| {
+            Ok(Current {
+                correlation_id: row.get("correlation_id"),
+                orchestration_type: row.get("orchestration_type"),
+                state: row.get("state"),
+                processing_data: from_json(row.get("processing_data"), "processing data")?,
+                output_data: from_json(row.get("output_data"), "output data")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Exponential backoff with ±20% jitter, so retries of many activities spread out.
+    fn backoff(&self, retries: u32) -> u64 {
+        let base = self
+            .settings
+            .retry_base_ms
+            .saturating_mul(1u64 << retries.min(20))
+            .min(self.settings.retry_max_ms);
+        let jitter = rand::random_range(0.8..=1.2);
+        (base as f64 * jitter) as u64
+    }
+}
+
+async fn steps(conn: &mut Conn, id: &str) -> Result<Vec<StepRow>> {
+    let rows = sqlx::query(
+        "SELECT activity_id, activity_type, depends_on, state, attempt, retries
+         FROM orchestration_steps WHERE orchestration_id = ? ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StepRow {
+                activity_id: r.get("activity_id"),
+                activity_type: r.get("activity_type"),
+                depends_on: from_json(r.get("depends_on"), "step dependencies")?,
+                state: r.get("state"),
+                attempt: r.get("attempt"),
+                retries: r.get("retries"),
+            })
+        })
+        .collect()
+}

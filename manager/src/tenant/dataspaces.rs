@@ -1,0 +1,129 @@
+//! Dataspace profiles (per-dataspace settings and credential specs) and their
+//! deployments to cells.
+
+use sqlx::Row;
+
+use crate::error::{ManagerError, Result};
+use crate::model::{DataspaceDeployment, DataspaceProfile, DataspaceSpec, Properties, new_id, now};
+use crate::store::{Conn, Db, from_json, to_json};
+use crate::tenant::cells;
+
+pub async fn create(
+    db: &Db,
+    spec: DataspaceSpec,
+    properties: Properties,
+) -> Result<DataspaceProfile> {
+    let profile = DataspaceProfile {
+        id: new_id(),
+        version: 0,
+        dataspace_spec: spec,
+        deployments: vec![],
+        properties,
+    };
+    sqlx::query("INSERT INTO dataspace_profiles (id, version, dataspace_spec, properties) VALUES (?, ?, ?, ?)")
+        .bind(&profile.id)
+        .bind(profile.version)
+        .bind(to_json(&profile.dataspace_spec))
+        .bind(to_json(&profile.properties))
+        .execute(db)
+        .await?;
+    Ok(profile)
+}
+
+pub async fn get(conn: &mut Conn, id: &str) -> Result<DataspaceProfile> {
+    let row = sqlx::query(
+        "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| ManagerError::not_found(format!("dataspace profile '{id}' not found")))?;
+    let mut profile = read(&row)?;
+    profile.deployments = deployments(conn, id).await?;
+    Ok(profile)
+}
+
+pub async fn list(db: &Db) -> Result<Vec<DataspaceProfile>> {
+    let mut conn = db.acquire().await?;
+    let rows = sqlx::query(
+        "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut profiles = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut profile = read(row)?;
+        profile.deployments = deployments(&mut conn, &profile.id).await?;
+        profiles.push(profile);
+    }
+    Ok(profiles)
+}
+
+/// Deploys a dataspace profile to a cell (named by id or external id). Deploying it
+/// again to the same cell returns the existing deployment.
+pub async fn deploy(db: &Db, profile_id: &str, cell: &str) -> Result<DataspaceDeployment> {
+    let mut tx = crate::store::write(db).await?;
+    get(&mut tx, profile_id).await?;
+    let cell = cells::find(&mut tx, cell)
+        .await?
+        .ok_or_else(|| ManagerError::bad_request(format!("cell '{cell}' not found")))?;
+    let deployment = DataspaceDeployment {
+        id: new_id(),
+        version: 0,
+        state: "active".into(),
+        state_timestamp: now(),
+        cell_id: cell.id.clone(),
+        external_cell_id: cell.external_id.clone(),
+    };
+    sqlx::query(
+        "INSERT INTO dataspace_deployments (id, version, profile_id, cell_id, state, state_timestamp)
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (profile_id, cell_id) DO NOTHING",
+    )
+    .bind(&deployment.id)
+    .bind(deployment.version)
+    .bind(profile_id)
+    .bind(&cell.id)
+    .bind(&deployment.state)
+    .bind(&deployment.state_timestamp)
+    .execute(&mut *tx)
+    .await?;
+    let stored = deployments(&mut tx, profile_id)
+        .await?
+        .into_iter()
+        .find(|d| d.cell_id == cell.id)
+        .ok_or_else(|| ManagerError::Corrupt("deployment vanished".into()))?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+async fn deployments(conn: &mut Conn, profile_id: &str) -> Result<Vec<DataspaceDeployment>> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.version, d.state, d.state_timestamp, d.cell_id, c.external_id
+         FROM dataspace_deployments d JOIN cells c ON c.id = d.cell_id
+         WHERE d.profile_id = ? ORDER BY d.id",
+    )
+    .bind(profile_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| DataspaceDeployment {
+            id: row.get("id"),
+            version: row.get("version"),
+            state: row.get("state"),
+            state_timestamp: row.get("state_timestamp"),
+            cell_id: row.get("cell_id"),
+            external_cell_id: row.get("external_id"),
+        })
+        .collect())
+}
+
+fn read(row: &sqlx::sqlite::SqliteRow) -> Result<DataspaceProfile> {
+    Ok(DataspaceProfile {
+        id: row.get("id"),
+        version: row.get("version"),
+        dataspace_spec: from_json(row.get("dataspace_spec"), "dataspace spec")?,
+        deployments: vec![],
+        properties: from_json(row.get("properties"), "dataspace profile properties")?,
+    })
+}

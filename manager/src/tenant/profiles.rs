@@ -1,0 +1,365 @@
+//! Participant profiles: a participant's DID, roles, and the VPAs provisioned for it.
+//!
+//! Creating a profile places it in a cell, writes it with four `pending` VPAs and starts
+//! the deploy orchestration, all in one transaction. The engine calls
+//! [`on_orchestration_finished`] in the transaction that ends the orchestration, so a
+//! profile's state never disagrees with its orchestration.
+
+use cfm_protocol::{keys, orchestration_types};
+use serde_json::{Map, Value, json};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::error::{ManagerError, Result};
+use crate::model::{
+    CredentialSpec, OrchestrationState, ParticipantProfile, Properties, VPA_STATE_PROPERTY,
+    VPA_TYPES, Vpa, new_id, now,
+};
+use crate::provision::definitions;
+use crate::provision::engine::{Engine, Finished, Start};
+use crate::query::Predicate;
+use crate::store::{self, Conn, Db, from_json, to_json};
+use crate::tenant::{cells, dataspaces, tenants};
+
+/// A request to deploy a participant (upstream's NewParticipantProfileDeployment).
+#[derive(Debug, Clone, Default)]
+pub struct NewDeployment {
+    pub identifier: String,
+    pub cell_id: Option<String>,
+    pub dataspace_profile_ids: Vec<String>,
+    pub participant_roles: Map<String, Value>,
+    pub vpa_properties: Map<String, Value>,
+    pub properties: Properties,
+}
+
+pub async fn deploy(
+    engine: &Engine,
+    tenant_id: &str,
+    new: NewDeployment,
+) -> Result<ParticipantProfile> {
+    validate_did(&new.identifier)?;
+    for (profile, roles) in &new.participant_roles {
+        if !roles
+            .as_array()
+            .is_some_and(|r| r.iter().all(Value::is_string))
+        {
+            return Err(ManagerError::bad_request(format!(
+                "participantRoles['{profile}'] must be an array of strings"
+            )));
+        }
+    }
+    let mut tx = store::write(engine.db()).await?;
+    tenants::get(&mut tx, tenant_id).await?;
+    let mut dataspace_profiles = Vec::new();
+    for id in &new.dataspace_profile_ids {
+        let profile = dataspaces::get(&mut tx, id).await.map_err(|e| match e {
+            ManagerError::NotFound(_) => {
+                ManagerError::bad_request(format!("dataspace profile '{id}' does not exist"))
+            }
+            other => other,
+        })?;
+        dataspace_profiles.push(profile);
+    }
+    let cell = place(&mut tx, new.cell_id.as_deref(), &new.dataspace_profile_ids).await?;
+    let definition = definitions::select(&mut tx, orchestration_types::VPA_DEPLOY)
+        .await?
+        .ok_or_else(|| {
+            ManagerError::conflict(format!(
+                "no orchestration definition defines {}; create one first",
+                orchestration_types::VPA_DEPLOY
+            ))
+        })?;
+
+    let id = new_id();
+    let timestamp = now();
+    let vpas: Vec<Vpa> = VPA_TYPES
+        .iter()
+        .map(|vpa_type| Vpa {
+            id: new_id(),
+            version: 0,
+            state: "pending".into(),
+            state_timestamp: timestamp.clone(),
+            vpa_type: vpa_type.to_string(),
+            cell_id: cell.id.clone(),
+            properties: new
+                .vpa_properties
+                .get(*vpa_type)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+        })
+        .collect();
+    let profile = ParticipantProfile {
+        id: id.clone(),
+        version: 0,
+        identifier: new.identifier.clone(),
+        tenant_id: tenant_id.to_string(),
+        participant_roles: new.participant_roles.clone(),
+        vpas,
+        properties: new.properties,
+        error: false,
+        error_detail: None,
+    };
+    sqlx::query(
+        "INSERT INTO participant_profiles (id, version, tenant_id, identifier, cell_id, dataspace_profile_ids,
+           participant_roles, vpas, properties) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&profile.id)
+    .bind(&profile.tenant_id)
+    .bind(&profile.identifier)
+    .bind(&cell.id)
+    .bind(to_json(&new.dataspace_profile_ids))
+    .bind(to_json(&profile.participant_roles))
+    .bind(to_json(&profile.vpas))
+    .bind(to_json(&profile.properties))
+    .execute(&mut *tx)
+    .await?;
+
+    let credentials: Vec<&CredentialSpec> = dataspace_profiles
+        .iter()
+        .flat_map(|dp| {
+            let roles = new.participant_roles.get(&dp.id).and_then(Value::as_array);
+            dp.dataspace_spec
+                .credential_specs
+                .iter()
+                .filter(move |spec| {
+                    spec.role.is_empty()
+                        || roles.is_some_and(|r| {
+                            r.iter().any(|x| x.as_str() == Some(spec.role.as_str()))
+                        })
+                })
+        })
+        .collect();
+    let vpa_data: Vec<Value> = profile
+        .vpas
+        .iter()
+        .map(|vpa| {
+            json!({"id": vpa.id, "vpaType": vpa.vpa_type, "cellId": cell.id,
+                   "externalCellId": cell.external_id, "properties": vpa.properties})
+        })
+        .collect();
+    let mut data = Map::new();
+    data.insert(keys::PARTICIPANT_ID.into(), json!(profile.identifier));
+    // The participant context is the profile: one stable id through migrations and upgrades.
+    data.insert(keys::PARTICIPANT_CONTEXT_ID.into(), json!(profile.id));
+    data.insert(keys::VPA_DATA.into(), Value::Array(vpa_data));
+    data.insert(
+        keys::VPA_CREDENTIALS.into(),
+        serde_json::to_value(&credentials).unwrap_or_default(),
+    );
+    engine
+        .start(
+            &mut tx,
+            Start {
+                correlation_id: profile.id.clone(),
+                orchestration_type: orchestration_types::VPA_DEPLOY.into(),
+                definition,
+                processing_data: data,
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    engine.wake();
+    Ok(profile)
+}
+
+/// Reads a profile of `tenant_id`; one of another tenant is "not found".
+pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "{SELECT} WHERE id = ? AND tenant_id = ?"
+    )))
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
+    read(&row)
+}
+
+pub async fn list(db: &Db, tenant_id: &str) -> Result<Vec<ParticipantProfile>> {
+    let mut conn = db.acquire().await?;
+    tenants::get(&mut conn, tenant_id).await?;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "{SELECT} WHERE tenant_id = ? ORDER BY id"
+    )))
+    .bind(tenant_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(read).collect()
+}
+
+/// Profiles matching a predicate, sorted by id.
+pub async fn query(
+    db: &Db,
+    predicate: &Predicate,
+    page: store::Page,
+) -> Result<Vec<ParticipantProfile>> {
+    let (condition, params) = predicate.to_sql(&profile_column)?;
+    let sql = format!("{SELECT} WHERE {condition} ORDER BY id LIMIT ? OFFSET ?");
+    let query = crate::query::bind_all(sqlx::query(AssertSqlSafe(sql)), params);
+    let rows = query
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(db)
+        .await?;
+    rows.iter().map(read).collect()
+}
+
+/// Applies the end of a profile's orchestration to its VPAs.
+pub async fn on_orchestration_finished(conn: &mut Conn, finished: &Finished<'_>) -> Result<()> {
+    let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = ?")))
+        .bind(finished.correlation_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(());
+    };
+    let mut profile = read(&row)?;
+    let vpa_state = match (finished.orchestration_type, finished.state) {
+        (orchestration_types::VPA_DEPLOY, OrchestrationState::Completed) => "active",
+        (orchestration_types::VPA_DISPOSE, OrchestrationState::Completed) => "disposed",
+        (_, OrchestrationState::Errored) => "error",
+        _ => return Ok(()),
+    };
+    let timestamp = now();
+    for vpa in &mut profile.vpas {
+        vpa.state = vpa_state.into();
+        vpa.state_timestamp = timestamp.clone();
+        vpa.version += 1;
+    }
+    if vpa_state == "active" {
+        profile.properties.insert(
+            VPA_STATE_PROPERTY.into(),
+            Value::Object(finished.output_data.clone()),
+        );
+    }
+    let error = finished.state == OrchestrationState::Errored;
+    sqlx::query(
+        "UPDATE participant_profiles SET vpas = ?, properties = ?, error = ?, error_detail = ?, version = version + 1
+         WHERE id = ?",
+    )
+    .bind(to_json(&profile.vpas))
+    .bind(to_json(&profile.properties))
+    .bind(error)
+    .bind(finished.error_detail.filter(|_| error))
+    .bind(&profile.id)
+    .execute(&mut *conn)
+    .await?;
+    tracing::info!(profile = %profile.id, orchestration = %finished.id, state = vpa_state, "participant VPAs updated");
+    Ok(())
+}
+
+/// Picks the cell: the requested one when it exists, is active and serves the
+/// participant's dataspaces; otherwise the active serving cell with the fewest participants.
+/// Upstream clients send stale cell ids, so an unknown id falls back to placement.
+async fn place(
+    conn: &mut Conn,
+    requested: Option<&str>,
+    dataspace_profile_ids: &[String],
+) -> Result<crate::model::Cell> {
+    let candidates = sqlx::query(
+        "SELECT c.id, c.external_id,
+                (SELECT COUNT(*) FROM participant_profiles p WHERE p.cell_id = c.id) AS load
+         FROM cells c
+         WHERE c.state = 'active'
+           AND (?1 = '[]' OR EXISTS (SELECT 1 FROM dataspace_deployments d
+                  WHERE d.cell_id = c.id AND d.state = 'active'
+                    AND d.profile_id IN (SELECT value FROM json_each(?1))))
+         ORDER BY load, c.id",
+    )
+    .bind(to_json(dataspace_profile_ids))
+    .fetch_all(&mut *conn)
+    .await?;
+    let ids: Vec<String> = candidates.iter().map(|r| r.get("id")).collect();
+    let chosen = match requested {
+        Some(wanted) if !wanted.is_empty() => match cells::find(conn, wanted).await? {
+            Some(cell) if ids.contains(&cell.id) => Some(cell.id),
+            Some(cell) => {
+                return Err(ManagerError::conflict(format!(
+                    "cell '{wanted}' is {} or has no active deployment of the participant's dataspace profiles",
+                    cell.state
+                )));
+            }
+            None => ids.first().cloned(),
+        },
+        _ => ids.first().cloned(),
+    };
+    let id = chosen.ok_or_else(|| {
+        ManagerError::conflict(
+            "no active cell has an active deployment of the participant's dataspace profiles",
+        )
+    })?;
+    cells::find(conn, &id)
+        .await?
+        .ok_or_else(|| ManagerError::Corrupt(format!("cell '{id}' vanished")))
+}
+
+fn validate_did(identifier: &str) -> Result<()> {
+    let mut parts = identifier.splitn(3, ':');
+    let ok = parts.next() == Some("did")
+        && parts.next().is_some_and(|m| {
+            !m.is_empty()
+                && m.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        && parts
+            .next()
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+    if ok {
+        Ok(())
+    } else {
+        Err(ManagerError::bad_request(format!(
+            "identifier '{identifier}' is not a DID (did:<method>:<id>)"
+        )))
+    }
+}
+
+/// Query fields of profiles and the SQL they read.
+fn profile_column(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "id" => "id",
+        "identifier" => "identifier",
+        "tenantId" => "tenant_id",
+        "version" => "version",
+        "error" => "error",
+        _ => return None,
+    })
+}
+
+const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, vpas, properties, error, error_detail
+    FROM participant_profiles";
+
+fn read(row: &sqlx::sqlite::SqliteRow) -> Result<ParticipantProfile> {
+    Ok(ParticipantProfile {
+        id: row.get("id"),
+        version: row.get("version"),
+        identifier: row.get("identifier"),
+        tenant_id: row.get("tenant_id"),
+        participant_roles: from_json(row.get("participant_roles"), "participant roles")?,
+        vpas: from_json(row.get("vpas"), "vpas")?,
+        properties: from_json(row.get("properties"), "profile properties")?,
+        error: row.get("error"),
+        error_detail: row.get("error_detail"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_did;
+
+    #[test]
+    fn identifiers_must_be_dids() {
+        assert!(validate_did("did:web:provider.example").is_ok());
+        assert!(validate_did("did:web:localhost%3A8080:provider").is_ok());
+        for bad in [
+            "",
+            "did:",
+            "did:web",
+            "did:web:",
+            "web:x",
+            "did:Web:x",
+            "did:web:a b",
+        ] {
+            assert!(validate_did(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

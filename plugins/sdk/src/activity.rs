@@ -1,0 +1,362 @@
+//! The typed view of one activity invocation and the [`Plugin`] trait.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::{ActivityRequest, ActivityResult, Error, Reschedule};
+
+/// Well-known processing-data keys.
+pub mod keys {
+    /// The VPAs being provisioned: an array of [`Vpa`](crate::Vpa).
+    pub const VPA_DATA: &str = "cfm.vpa.data";
+    /// Output of the vault plugin: where the participant's API key is stored.
+    pub const CREDENTIAL_PATH: &str = "credentialPath";
+}
+
+/// Settings type for plugins that take none: accepts any settings table.
+pub type NoSettings = serde::de::IgnoredAny;
+
+/// The orchestration types a built-in plugin serves, from `request.discriminator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `cfm.orchestration.vpa.deploy`
+    Deploy,
+    /// `cfm.orchestration.vpa.dispose`
+    Dispose,
+}
+
+impl Operation {
+    /// Maps a discriminator onto an operation; anything else is fatal because
+    /// redelivering it will not make the plugin understand it.
+    pub fn from_discriminator(discriminator: &str) -> Result<Self, Error> {
+        match discriminator {
+            "cfm.orchestration.vpa.deploy" => Ok(Operation::Deploy),
+            "cfm.orchestration.vpa.dispose" => Ok(Operation::Dispose),
+            other => Err(Error::Fatal(format!(
+                "unsupported orchestration type '{other}': expected \
+                 cfm.orchestration.vpa.deploy or cfm.orchestration.vpa.dispose"
+            ))),
+        }
+    }
+}
+
+/// One virtual participant agent from `cfm.vpa.data`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vpa {
+    /// The VPA's id.
+    #[serde(default)]
+    pub id: String,
+    /// What kind of agent this is (for example a connector or credential service).
+    pub vpa_type: String,
+    /// The cell the VPA runs in.
+    #[serde(default)]
+    pub cell_id: String,
+    /// The cell's externally visible id, when it differs from `cell_id`.
+    #[serde(default)]
+    pub external_cell_id: Option<String>,
+    /// Free-form properties.
+    #[serde(default)]
+    pub properties: Option<Map<String, Value>>,
+}
+
+impl Vpa {
+    /// The first of `vpas`, whose cell hosts the participant. Fatal when there is
+    /// none: a deploy without VPAs has nothing to place.
+    pub fn primary(vpas: &[Vpa]) -> Result<&Vpa, Error> {
+        vpas.first().ok_or_else(|| {
+            Error::Fatal(format!(
+                "processing data has no VPA in '{}'",
+                keys::VPA_DATA
+            ))
+        })
+    }
+}
+
+/// A request with its JSON inputs parsed, handed to [`Plugin::deploy`] and
+/// [`Plugin::dispose`].
+#[derive(Debug)]
+pub struct Activity<S> {
+    request: ActivityRequest,
+    operation: Operation,
+    settings: S,
+    data: Map<String, Value>,
+}
+
+impl<S: DeserializeOwned> Activity<S> {
+    /// Parses the request's discriminator, settings and processing data.
+    pub fn parse(request: ActivityRequest) -> Result<Self, Error> {
+        let operation = Operation::from_discriminator(&request.discriminator)?;
+        let settings = parse_json(&request.settings, "settings")?;
+        let data = parse_json(&request.processing_data, "processing data")?;
+        Ok(Activity {
+            request,
+            operation,
+            settings,
+            data,
+        })
+    }
+}
+
+impl<S> Activity<S> {
+    /// The raw request.
+    pub fn request(&self) -> &ActivityRequest {
+        &self.request
+    }
+
+    /// Deploy or dispose.
+    pub fn operation(&self) -> Operation {
+        self.operation
+    }
+
+    /// The plugin's settings table.
+    pub fn settings(&self) -> &S {
+        &self.settings
+    }
+
+    /// The participant context being provisioned; grants are scoped by it.
+    pub fn participant_context_id(&self) -> &str {
+        &self.request.participant_context_id
+    }
+
+    /// The participant's DID.
+    pub fn participant_id(&self) -> &str {
+        &self.request.participant_id
+    }
+
+    /// Stable across redeliveries of this activity in this orchestration.
+    pub fn idempotency_key(&self) -> &str {
+        &self.request.idempotency_key
+    }
+
+    /// The whole processing data object.
+    pub fn data(&self) -> &Map<String, Value> {
+        &self.data
+    }
+
+    /// Reads processing-data `key` as a `T`; `None` when the key is absent or null.
+    pub fn data_value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        match self.data.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => T::deserialize(value)
+                .map(Some)
+                .map_err(|error| Error::json(format!("processing data '{key}'"), error)),
+        }
+    }
+
+    /// The VPAs in `cfm.vpa.data`; empty when the key is absent.
+    pub fn vpas(&self) -> Result<Vec<Vpa>, Error> {
+        Ok(self.data_value(keys::VPA_DATA)?.unwrap_or_default())
+    }
+
+    /// The state handed back by this activity's previous [`Outcome::Reschedule`].
+    pub fn state<T: DeserializeOwned>(&self) -> Result<Option<T>, Error> {
+        self.request
+            .state
+            .as_deref()
+            .map(|state| serde_json::from_str(state).map_err(|error| Error::json("state", error)))
+            .transpose()
+    }
+
+    /// The participant's own secrets folder, `participants/<participant-context-id>`,
+    /// which is what the default secrets grants are scoped to.
+    pub fn secrets_root(&self) -> String {
+        format!("participants/{}", self.participant_context_id())
+    }
+
+    /// The secret `name` inside [`Activity::secrets_root`].
+    pub fn secret_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.secrets_root())
+    }
+}
+
+/// How a successful invocation ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done, with an output object merged into the processing data.
+    Complete(Map<String, Value>),
+    /// Run again after `delay`, handing `state` back in [`Activity::state`].
+    Reschedule {
+        /// How long the engine waits before the next attempt.
+        delay: Duration,
+        /// Opaque to the engine.
+        state: Value,
+    },
+}
+
+impl Outcome {
+    /// Completes with `output`, which must serialize to a JSON object because the
+    /// engine merges it key by key into the processing data.
+    pub fn complete(output: impl Serialize) -> Result<Self, Error> {
+        match serde_json::to_value(output) {
+            Ok(Value::Object(map)) => Ok(Outcome::Complete(map)),
+            Ok(other) => Err(Error::Fatal(format!(
+                "plugin output must be a JSON object, not {other}"
+            ))),
+            Err(error) => Err(Error::json("plugin output", error)),
+        }
+    }
+
+    /// Completes with no output (`{}`).
+    pub fn empty() -> Self {
+        Outcome::Complete(Map::new())
+    }
+
+    /// Asks to run again after `delay` with `state`.
+    pub fn reschedule(delay: Duration, state: impl Serialize) -> Result<Self, Error> {
+        let state = serde_json::to_value(state).map_err(|error| Error::json("state", error))?;
+        Ok(Outcome::Reschedule { delay, state })
+    }
+}
+
+impl From<Outcome> for ActivityResult {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Complete(output) => {
+                ActivityResult::Complete(Value::Object(output).to_string())
+            }
+            Outcome::Reschedule { delay, state } => ActivityResult::Reschedule(Reschedule {
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                state: state.to_string(),
+            }),
+        }
+    }
+}
+
+/// An activity plugin serving the VPA deploy and dispose orchestrations.
+///
+/// Both operations may be redelivered after a crash or timeout, so every write
+/// must be idempotent: use `put-if-absent`, `apply`, `upsert`, and treat deleting
+/// something already gone as success.
+pub trait Plugin {
+    /// The plugin's `settings` table; give fields serde defaults so an empty table works.
+    type Settings: DeserializeOwned;
+
+    /// Handles `cfm.orchestration.vpa.deploy`.
+    fn deploy(activity: &Activity<Self::Settings>) -> Result<Outcome, Error>;
+
+    /// Handles `cfm.orchestration.vpa.dispose`, undoing what deploy did.
+    fn dispose(activity: &Activity<Self::Settings>) -> Result<Outcome, Error>;
+}
+
+/// Runs `P` on one request: what [`export_plugin!`](crate::export_plugin) wires
+/// the component's `execute` export to.
+pub fn execute<P: Plugin>(request: ActivityRequest) -> ActivityResult {
+    let outcome =
+        Activity::<P::Settings>::parse(request).and_then(|activity| match activity.operation() {
+            Operation::Deploy => P::deploy(&activity),
+            Operation::Dispose => P::dispose(&activity),
+        });
+    match outcome {
+        Ok(outcome) => outcome.into(),
+        Err(error) => error.into(),
+    }
+}
+
+/// Parses a JSON object input; the host may send an empty string for "nothing".
+fn parse_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, Error> {
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    serde_json::from_str(text).map_err(|error| Error::json(what, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CapabilityError;
+
+    fn request(discriminator: &str, settings: &str, data: &str) -> ActivityRequest {
+        ActivityRequest {
+            orchestration_id: "o1".into(),
+            activity_id: "a1".into(),
+            activity_type: "test".into(),
+            discriminator: discriminator.into(),
+            attempt: 1,
+            idempotency_key: "o1/a1".into(),
+            participant_id: "did:web:example".into(),
+            participant_context_id: "pc1".into(),
+            processing_data: data.into(),
+            settings: settings.into(),
+            state: None,
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Settings {
+        #[serde(default)]
+        zone: Option<String>,
+    }
+
+    struct Echo;
+
+    impl Plugin for Echo {
+        type Settings = Settings;
+
+        fn deploy(activity: &Activity<Settings>) -> Result<Outcome, Error> {
+            Outcome::complete(serde_json::json!({
+                "zone": activity.settings().zone,
+                "cell": Vpa::primary(&activity.vpas()?)?.cell_id,
+            }))
+        }
+
+        fn dispose(_: &Activity<Settings>) -> Result<Outcome, Error> {
+            Err(Error::Capability {
+                action: "delete".into(),
+                source: CapabilityError::Unavailable("down".into()),
+            })
+        }
+    }
+
+    const DEPLOY: &str = "cfm.orchestration.vpa.deploy";
+    const DISPOSE: &str = "cfm.orchestration.vpa.dispose";
+
+    #[test]
+    fn dispatches_and_parses() {
+        let data = r#"{"cfm.vpa.data":[{"id":"v","vpaType":"connector","cellId":"c1"}]}"#;
+        let ActivityResult::Complete(output) =
+            execute::<Echo>(request(DEPLOY, r#"{"zone":"z"}"#, data))
+        else {
+            panic!("expected complete");
+        };
+        assert_eq!(output, r#"{"cell":"c1","zone":"z"}"#);
+    }
+
+    #[test]
+    fn empty_settings_use_defaults_and_missing_vpas_are_fatal() {
+        let result = execute::<Echo>(request(DEPLOY, "", "{}"));
+        assert!(matches!(result, ActivityResult::Fatal(m) if m.contains("cfm.vpa.data")));
+    }
+
+    #[test]
+    fn unknown_discriminator_and_bad_json_are_fatal() {
+        assert!(matches!(
+            execute::<Echo>(request("other", "{}", "{}")),
+            ActivityResult::Fatal(m) if m.contains("'other'")
+        ));
+        assert!(matches!(
+            execute::<Echo>(request(DEPLOY, "[", "{}")),
+            ActivityResult::Fatal(m) if m.starts_with("invalid settings")
+        ));
+    }
+
+    #[test]
+    fn unavailable_capability_retries() {
+        assert!(matches!(
+            execute::<Echo>(request(DISPOSE, "{}", "{}")),
+            ActivityResult::Retry(m) if m == "delete: unavailable: down"
+        ));
+        let denied: ActivityResult = Error::Capability {
+            action: "delete".into(),
+            source: CapabilityError::Denied("no".into()),
+        }
+        .into();
+        assert!(matches!(denied, ActivityResult::Fatal(_)));
+    }
+
+    #[test]
+    fn outcome_must_be_an_object() {
+        assert!(Outcome::complete(3).is_err());
+    }
+}
