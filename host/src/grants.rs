@@ -125,7 +125,7 @@ impl ScopedGrants {
     pub fn allows_dns(&self, zone: &str, record_type: &str) -> bool {
         let zone = normalize_zone(zone);
         let record_type = record_type.to_ascii_uppercase();
-        self.dns_zones.iter().any(|z| *z == zone)
+        self.dns_zones.contains(&zone)
             && self
                 .dns_record_types
                 .iter()

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -440,9 +440,4 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// Output that is an empty JSON object, for plugins with nothing to report.
-pub fn empty_output() -> Map<String, Value> {
-    Map::new()
 }

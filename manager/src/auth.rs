@@ -64,15 +64,12 @@ impl Auth {
     pub fn load_or_create(data_dir: &Path) -> Result<Self> {
         let key_path = data_dir.join(KEY_FILE);
         let seed = match std::fs::read_to_string(&key_path) {
-            Ok(text) => {
-                let bytes = hex_decode(text.trim()).ok_or_else(|| {
-                    ManagerError::Io(format!("{} is not a hex Ed25519 seed", key_path.display()))
-                })?;
-                bytes
-            }
+            Ok(text) => hex::decode(text.trim()).map_err(|_| {
+                ManagerError::Io(format!("{} is not a hex Ed25519 seed", key_path.display()))
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let seed: [u8; 32] = rand::random();
-                write_private(&key_path, hex_encode(&seed).as_bytes())?;
+                write_private(&key_path, hex::encode(seed).as_bytes())?;
                 seed.to_vec()
             }
             Err(e) => {
@@ -153,20 +150,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

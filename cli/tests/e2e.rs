@@ -1,0 +1,442 @@
+//! End-to-end tests: the real `cfm serve` binary on a free loopback port with a
+//! temporary data directory, driven over HTTP like a user would.
+//!
+//! They need the built-in plugins (`scripts/build-plugins.sh`, which the test script runs).
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Server, read_audit};
+
+#[tokio::test]
+async fn walkthrough_turns_all_four_vpas_active() {
+    let server = Server::start(&[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-eu-1").await;
+    let tenant = api
+        .post_ok(
+            "/tenants",
+            json!({"properties": {"name": "Consumer Tenant"}}),
+            201,
+        )
+        .await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+
+    let profile = api
+        .post_ok(
+            &format!("/tenants/{tenant_id}/participant-profiles"),
+            json!({"identifier": "did:web:consumer.example", "cellId": env.cell_id,
+                   "dataspaceProfileIds": [env.dataspace_id],
+                   "participantRoles": {env.dataspace_id.clone(): ["manufacturer"]},
+                   "vpaProperties": {"cfm.issuer": {"key1": "value1"}}}),
+            202,
+        )
+        .await;
+    let types: Vec<&str> = profile["vpas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "cfm.connector",
+            "cfm.credentialservice",
+            "cfm.dataplane",
+            "cfm.issuer"
+        ]
+    );
+    assert!(
+        profile["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "pending")
+    );
+    assert_eq!(profile["vpas"][3]["properties"], json!({"key1": "value1"}));
+    assert_eq!(profile["error"], false);
+
+    let profile_id = profile["id"].as_str().unwrap().to_string();
+    let active = api
+        .wait_active(tenant_id, &profile_id, Duration::from_secs(30))
+        .await;
+    let pc = active["properties"]["cfm.vpa.state"]["participantContextId"]
+        .as_str()
+        .unwrap();
+    assert_eq!(pc, profile_id);
+
+    // The plugins' side effects are in the data directory.
+    let data = server.data_dir();
+    let secret =
+        std::fs::read_to_string(data.join(format!("secrets/participants/{pc}/api-key.secret")))
+            .unwrap();
+    assert_eq!(secret.len(), 64, "a 32-byte hex credential");
+    assert!(
+        !active.to_string().contains(&secret),
+        "the secret leaked into the API"
+    );
+    let config_map = std::fs::read_to_string(data.join(format!(
+        "cluster/cfm-{pc}/ConfigMap/participant-context.yaml"
+    )))
+    .unwrap();
+    assert!(
+        config_map.contains("did:web:consumer.example"),
+        "{config_map}"
+    );
+    assert!(
+        data.join(format!("cluster/_cluster/Namespace/cfm-{pc}.yaml"))
+            .exists()
+    );
+    let zone = std::fs::read_to_string(data.join("dns/participants.cfm.local.zone")).unwrap();
+    assert!(
+        zone.contains(&format!("{pc} 300 IN CNAME cell-eu-1.cells.cfm.local.")),
+        "{zone}"
+    );
+    assert!(
+        !server.log().contains(&secret),
+        "the secret leaked into the log"
+    );
+
+    // The orchestration is complete, with every step done once.
+    let found = api
+        .post_ok(
+            "/participant-profiles/query",
+            json!({"predicate": "identifier like '%consumer%'"}),
+            200,
+        )
+        .await;
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    let none = api
+        .post_ok(
+            "/participant-profiles/query",
+            json!({"predicate": "identifier like '%provider%'"}),
+            200,
+        )
+        .await;
+    assert_eq!(none, json!([]));
+    let tenants = api.get("/tenants?offset=0&limit=10").await;
+    assert_eq!(tenants.status(), 200);
+    assert_eq!(tenants.headers()["x-total-count"], "1");
+    assert!(
+        tenants.headers()["link"]
+            .to_str()
+            .unwrap()
+            .contains("rel=\"last\"")
+    );
+}
+
+#[tokio::test]
+async fn a_killed_server_resumes_every_orchestration_with_side_effects_once() {
+    const PARTICIPANTS: usize = 12;
+    // Two activities at a time and a 200 ms activity in every onboarding: the kill below
+    // lands while most orchestrations are still running.
+    let mut server = Server::start(&["--no-seed", "--concurrency", "2"]).await;
+    let api = server.client();
+    for activity_type in [
+        "cfm.vault.credentials",
+        "cfm.k8s.runtime",
+        "cfm.dns.routing",
+        "example.slow",
+    ] {
+        api.post_ok(
+            "/activity-definitions",
+            json!({"type": activity_type, "description": "test"}),
+            201,
+        )
+        .await;
+    }
+    api.post_ok(
+        "/orchestration-definitions",
+        json!({"activities": {"cfm.orchestration.vpa.deploy": [
+            {"id": "vault", "type": "cfm.vault.credentials"},
+            {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},
+            {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["slow"]},
+            {"id": "dns", "type": "cfm.dns.routing"}]}}),
+        201,
+    )
+    .await;
+    let env = api.dataspace_with_cell("cell-a").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap().to_string();
+    let mut ids = Vec::new();
+    for i in 0..PARTICIPANTS {
+        let profile = api
+            .post_ok(
+                &format!("/tenants/{tenant_id}/participant-profiles"),
+                json!({"identifier": format!("did:web:p{i}.example"), "dataspaceProfileIds": [env.dataspace_id]}),
+                202,
+            )
+            .await;
+        ids.push(profile["id"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pending_before_kill = api.count_not_active(&tenant_id).await;
+    server.kill();
+    assert!(
+        pending_before_kill > 0,
+        "every onboarding finished before the kill; the test proves nothing"
+    );
+
+    let server = server.restart().await;
+    let api = server.client();
+    for id in &ids {
+        let profile = api
+            .wait_active(&tenant_id, id, Duration::from_secs(60))
+            .await;
+        assert_eq!(profile["properties"]["cfm.vpa.state"]["slowDelayMs"], 200);
+    }
+
+    // Each object was created exactly once, however often its activity was delivered.
+    let mut created: HashMap<String, usize> = HashMap::new();
+    for record in read_audit(&server.data_dir()) {
+        if record["effect"] == "created" {
+            *created
+                .entry(record["target"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    for id in &ids {
+        for target in [
+            format!("participants/{id}/api-key"),
+            format!("participants/{id}/slow-marker"),
+            format!("Namespace//cfm-{id}"),
+            format!("ConfigMap/cfm-{id}/participant-context"),
+            format!("{id}.participants.cfm.local CNAME"),
+        ] {
+            assert_eq!(
+                created.get(&target),
+                Some(&1),
+                "{target} created {:?} times",
+                created.get(&target)
+            );
+        }
+    }
+    // The kill interrupted activities that had already written their marker; their
+    // redelivery found it and changed nothing.
+    let redelivered = read_audit(&server.data_dir())
+        .iter()
+        .filter(|r| r["operation"] == "put-if-absent" && r["effect"] == "unchanged")
+        .count();
+    assert!(
+        redelivered > 0,
+        "no activity was interrupted and redelivered"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_upstream_errors_and_never_a_500() {
+    let server = Server::start(&[]).await;
+    let api = server.client();
+
+    // Authentication and scopes.
+    let anonymous = api
+        .raw(reqwest::Method::GET, "/tenants", None, Some(""))
+        .await;
+    assert_eq!(anonymous.status(), 401);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"], "Unauthorized");
+    assert_eq!(body["code"], 401);
+    let forged = api
+        .raw(
+            reqwest::Method::GET,
+            "/tenants",
+            None,
+            Some("eyJhbGciOiJFZERTQSJ9.e30.AAAA"),
+        )
+        .await;
+    assert_eq!(forged.status(), 401);
+    let reader = server.token_with(&["tenant-manager-api:read"]);
+    assert_eq!(
+        api.raw(reqwest::Method::GET, "/tenants", None, Some(&reader))
+            .await
+            .status(),
+        200
+    );
+    let denied = api
+        .raw(reqwest::Method::POST, "/tenants", Some("{}"), Some(&reader))
+        .await;
+    assert_eq!(denied.status(), 403);
+    let body: Value = denied.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        "Access not granted: required scope 'tenant-manager-api:write' not present"
+    );
+    let health = reqwest::get(format!("{}/health", server.base()))
+        .await
+        .unwrap();
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"message": "OK"})
+    );
+
+    // Bad JSON.
+    let bad = api
+        .raw(
+            reqwest::Method::POST,
+            "/tenants",
+            Some("{\"properties\":"),
+            None,
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"], "Bad Request");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid JSON"),
+        "{body}"
+    );
+
+    // Client-sent ids and versions, unknown fields and duplicate keys are ignored.
+    let text = r#"{"id":"mine","version":7,"extra":1,"properties":{"a":1},"properties":{"a":2}}"#;
+    let created = api
+        .raw(reqwest::Method::POST, "/tenants", Some(text), None)
+        .await;
+    assert_eq!(created.status(), 201);
+    let tenant: Value = created.json().await.unwrap();
+    assert_ne!(tenant["id"], "mine");
+    assert_eq!(tenant["version"], 0);
+    assert_eq!(tenant["properties"], json!({"a": 2}));
+    let tenant_id = tenant["id"].as_str().unwrap();
+
+    // Typed errors for bad references.
+    assert_eq!(
+        api.get("/tenants/00000000-0000-0000-0000-000000000000")
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(api.get("/orchestrations/nope").await.status(), 404);
+    let profiles = format!("/tenants/{tenant_id}/participant-profiles");
+    let not_did = api
+        .raw(
+            reqwest::Method::POST,
+            &profiles,
+            Some(r#"{"identifier":"consumer"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(not_did.status(), 400);
+    let unknown_dataspace = api
+        .raw(
+            reqwest::Method::POST,
+            &profiles,
+            Some(r#"{"identifier":"did:web:x","dataspaceProfileIds":["nope"]}"#),
+            None,
+        )
+        .await;
+    assert_eq!(unknown_dataspace.status(), 400);
+    assert!(unknown_dataspace.text().await.unwrap().contains("'nope'"));
+    let no_cell = api
+        .raw(
+            reqwest::Method::POST,
+            &profiles,
+            Some(r#"{"identifier":"did:web:x"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(no_cell.status(), 409, "no cell exists yet");
+    assert_eq!(
+        api.get_json(&profiles).await,
+        json!([]),
+        "a refused profile left a record"
+    );
+    let predicate = api
+        .raw(
+            reqwest::Method::POST,
+            "/participant-profiles/query",
+            Some(r#"{"predicate":"identifier like"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(predicate.status(), 400);
+    assert!(predicate.text().await.unwrap().contains("position"));
+    let huge = format!(
+        "{{\"properties\":{{\"x\":\"{}\"}}}}",
+        "a".repeat(2 * 1024 * 1024)
+    );
+    assert_eq!(
+        api.raw(reqwest::Method::POST, "/tenants", Some(&huge), None)
+            .await
+            .status(),
+        413
+    );
+    let cycle = r#"{"activities":{"x":[{"id":"a","type":"cfm.vault.credentials","dependsOn":["b"]},{"id":"b","type":"cfm.vault.credentials","dependsOn":["a"]}]}}"#;
+    let cyclic = api
+        .raw(
+            reqwest::Method::POST,
+            "/orchestration-definitions",
+            Some(cycle),
+            None,
+        )
+        .await;
+    assert_eq!(cyclic.status(), 400);
+    let cell = r#"{"externalId":"dup"}"#;
+    assert_eq!(
+        api.raw(reqwest::Method::POST, "/cells", Some(cell), None)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        api.raw(reqwest::Method::POST, "/cells", Some(cell), None)
+            .await
+            .status(),
+        409
+    );
+
+    // No body, however malformed, makes a write route answer 5xx; errors keep the upstream body.
+    let routes = [
+        "/tenants".to_string(),
+        profiles.clone(),
+        "/participant-profiles/query".into(),
+        "/cells".into(),
+        "/dataspace-profiles".into(),
+        "/dataspace-profiles/nope/deployments".into(),
+        "/activity-definitions".into(),
+        "/orchestration-definitions".into(),
+    ];
+    let bodies = [
+        "",
+        "null",
+        "[]",
+        "42",
+        "\"s\"",
+        "{",
+        "{}",
+        r#"{"properties":[]}"#,
+        r#"{"identifier":5}"#,
+        r#"{"identifier":"did:web:x","cellId":7}"#,
+        r#"{"predicate":"((("}"#,
+        r#"{"type":"bad type!"}"#,
+        r#"{"activities":{}}"#,
+        r#"{"activities":{"t":[{"id":"a","type":"unknown"}]}}"#,
+        r#"{"dataspaceSpec":{"credentialSpecs":"x"}}"#,
+        r#"{"cellId":"nope","profileId":"x"}"#,
+        r#"{"identifier":"did:web:x","participantRoles":{"a":"b"}}"#,
+        "{\"\u{0}\":1}",
+    ];
+    for route in &routes {
+        for body in bodies {
+            let response = api
+                .raw(reqwest::Method::POST, route, Some(body), None)
+                .await;
+            let status = response.status();
+            assert!(
+                !status.is_server_error(),
+                "POST {route} {body:?} answered {status}"
+            );
+            let answer: Value = response.json().await.unwrap();
+            if status.is_client_error() {
+                assert_eq!(answer["code"], status.as_u16(), "{route} {body}");
+                assert!(answer["message"].is_string(), "{route} {body}");
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Starting, killing and talking to a real `cfm serve` process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    base: String,
+    token: String,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts `cfm serve` on a free loopback port with a fresh data directory.
+    pub async fn start(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(dir, args.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn spawn(dir: tempfile::TempDir, args: Vec<String>) -> Server {
+        let plugins = Path::new(env!("CARGO_BIN_EXE_cfm"))
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("plugins/plugins.toml");
+        assert!(
+            plugins.exists(),
+            "{} is missing: build the plugins with scripts/build-plugins.sh",
+            plugins.display()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("serve.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cfm"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut base = None;
+        let mut token_path = None;
+        while base.is_none() || token_path.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+                panic!("cfm serve exited before listening:\n{log}");
+            };
+            if let Some(url) = line.strip_prefix("cfm listening on ") {
+                base = Some(url.to_string());
+            } else if let Some(path) = line.strip_prefix("admin token: ") {
+                token_path = Some(PathBuf::from(path));
+            }
+        }
+        let token = std::fs::read_to_string(token_path.unwrap())
+            .unwrap()
+            .trim()
+            .to_string();
+        Server {
+            child,
+            dir,
+            base: base.unwrap(),
+            token,
+            args,
+        }
+    }
+
+    pub fn client(&self) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: format!("{}/api/v1alpha1", self.base),
+            token: self.token.clone(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// A token signed with this server's key, carrying only `scopes`.
+    pub fn token_with(&self, scopes: &[&str]) -> String {
+        let auth = cfm_manager::auth::Auth::load_or_create(&self.data_dir()).unwrap();
+        auth.issue("test", scopes, 600).unwrap()
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts a new process on the same data directory with the same arguments.
+    pub async fn restart(mut self) -> Server {
+        self.kill();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let args = std::mem::take(&mut self.args);
+        Self::spawn(dir, args)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- cfm serve log ---\n{}", self.log());
+        }
+    }
+}
+
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// A cell with an active deployment of a fresh dataspace profile.
+pub struct Environment {
+    pub cell_id: String,
+    pub dataspace_id: String,
+}
+
+impl Api {
+    /// `token`: None sends the admin token, `Some("")` none at all, `Some(t)` that one.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        match token.unwrap_or(&self.token) {
+            "" => request,
+            token => request.bearer_auth(token),
+        }
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.raw(reqwest::Method::GET, path, None, None).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn post_ok(&self, path: &str, body: Value, status: u16) -> Value {
+        let response = self
+            .raw(reqwest::Method::POST, path, Some(&body.to_string()), None)
+            .await;
+        let got = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "POST {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub async fn dataspace_with_cell(&self, external_id: &str) -> Environment {
+        let cell = self
+            .post_ok("/cells", json!({"externalId": external_id}), 201)
+            .await;
+        let dataspace = self
+            .post_ok(
+                "/dataspace-profiles",
+                json!({"dataspaceSpec": {"protocolStack": ["dsp-2025-1", "dcp-2025-1"],
+                       "credentialSpecs": [{"id": "membership", "type": "MembershipCredential",
+                                            "issuer": "did:web:issuer.example", "format": "vc20-bssl/jwt"}]}}),
+                201,
+            )
+            .await;
+        let env = Environment {
+            cell_id: cell["id"].as_str().unwrap().into(),
+            dataspace_id: dataspace["id"].as_str().unwrap().into(),
+        };
+        self.post_ok(
+            &format!("/dataspace-profiles/{}/deployments", env.dataspace_id),
+            json!({"profileId": env.dataspace_id, "cellId": external_id}),
+            202,
+        )
+        .await;
+        env
+    }
+
+    /// Polls a profile until its four VPAs are active; fails on error or timeout.
+    pub async fn wait_active(&self, tenant_id: &str, profile_id: &str, timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let profile = self
+                .get_json(&format!(
+                    "/tenants/{tenant_id}/participant-profiles/{profile_id}"
+                ))
+                .await;
+            assert_eq!(profile["error"], false, "{profile}");
+            let vpas = profile["vpas"].as_array().unwrap();
+            if vpas.len() == 4 && vpas.iter().all(|v| v["state"] == "active") {
+                return profile;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "not active after {timeout:?}: {profile}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn count_not_active(&self, tenant_id: &str) -> usize {
+        let profiles = self
+            .get_json(&format!("/tenants/{tenant_id}/participant-profiles"))
+            .await;
+        profiles
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["vpas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v["state"] != "active")
+            })
+            .count()
+    }
+}
+
+/// The audit records the agent host wrote.
+pub fn read_audit(data_dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(data_dir.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -1,0 +1,236 @@
+//! The agent host running the real built-in plugins (built by scripts/build-plugins.sh)
+//! against the embedded backends: grants, limits, digests and idempotency.
+
+use std::path::{Path, PathBuf};
+
+use cfm_host::runtime::HostOptions;
+use cfm_host::{AgentHost, Audit, Backends, HostConfig, HostError};
+use cfm_protocol::{ActivityOutcome, ActivityTask};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const PC: &str = "3f2a9c1e-0000-4000-8000-000000000001";
+
+fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("CFM_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    assert!(
+        dir.join("vault.wasm").exists(),
+        "{} has no plugins: run scripts/build-plugins.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn digest(name: &str) -> String {
+    hex::encode(Sha256::digest(
+        std::fs::read(plugin_dir().join(format!("{name}.wasm"))).unwrap(),
+    ))
+}
+
+/// A one-plugin configuration with the given extra TOML (limits, settings, grants).
+fn config(name: &str, activity_type: &str, extra: &str) -> HostConfig {
+    let text = format!(
+        "[[plugin]]\nname = \"{name}\"\npath = \"{name}.wasm\"\nsha256 = \"{}\"\nactivity-types = [\"{activity_type}\"]\n{extra}",
+        digest(name)
+    );
+    let mut config = HostConfig::parse(&text).unwrap();
+    config.base_dir = plugin_dir();
+    config
+}
+
+struct Harness {
+    host: AgentHost,
+    data: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new(config: HostConfig) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let audit = Audit::to_file(&data.path().join("audit.jsonl")).unwrap();
+        let host = AgentHost::new(
+            &config,
+            Backends::embedded(data.path()),
+            audit,
+            HostOptions::default(),
+        )
+        .unwrap();
+        Self { host, data }
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.data.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn task(activity_type: &str, pc: &str) -> ActivityTask {
+    let data = json!({
+        "cfm.participant.id": "did:web:p.example",
+        "cfm.participant.contextId": pc,
+        "cfm.vpa.data": [{"id": "v1", "vpaType": "cfm.connector", "cellId": "c1", "externalCellId": "cell-a", "properties": {}}],
+        "cfm.vpa.credentials": []
+    });
+    ActivityTask {
+        orchestration_id: "o1".into(),
+        activity_id: "a1".into(),
+        activity_type: activity_type.into(),
+        discriminator: "cfm.orchestration.vpa.deploy".into(),
+        attempt: 1,
+        participant_id: "did:web:p.example".into(),
+        participant_context_id: pc.into(),
+        processing_data: data.as_object().unwrap().clone(),
+        state: None,
+        timeout_ms: 30_000,
+    }
+}
+
+const VAULT_GRANT: &str =
+    "[plugin.grants]\nsecrets = [\"participants/{participantContextId}/**\"]\n";
+
+#[tokio::test]
+async fn a_redelivered_activity_creates_nothing_twice() {
+    let harness = Harness::new(config("vault", "cfm.vault.credentials", VAULT_GRANT));
+    let first = harness.host.run(&task("cfm.vault.credentials", PC)).await;
+    let ActivityOutcome::Complete { output } = &first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        output["credentialPath"],
+        format!("participants/{PC}/api-key")
+    );
+    let secret_file = harness
+        .data
+        .path()
+        .join(format!("secrets/participants/{PC}/api-key.secret"));
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+
+    let mut again = task("cfm.vault.credentials", PC);
+    again.attempt = 2;
+    assert_eq!(harness.host.run(&again).await, first);
+    assert_eq!(
+        std::fs::read_to_string(&secret_file).unwrap(),
+        secret,
+        "the credential was replaced"
+    );
+    let effects: Vec<Value> = harness
+        .audit()
+        .iter()
+        .map(|r| r["effect"].clone())
+        .collect();
+    assert_eq!(effects, [json!("created"), json!("unchanged")]);
+}
+
+#[tokio::test]
+async fn a_call_outside_the_grants_is_denied_and_audited() {
+    let grant = "[plugin.grants]\nsecrets = [\"participants/someone-else/**\"]\n";
+    let harness = Harness::new(config("vault", "cfm.vault.credentials", grant));
+    let outcome = harness.host.run(&task("cfm.vault.credentials", PC)).await;
+    let ActivityOutcome::Fatal { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("outside this plugin's grants"), "{reason}");
+    let audit = harness.audit();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["decision"], "denied");
+    assert_eq!(audit[0]["participantContextId"], PC);
+    assert_eq!(audit[0]["target"], format!("participants/{PC}/api-key"));
+    assert!(
+        !harness.data.path().join("secrets").exists(),
+        "something was written"
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_context_id_cannot_widen_a_templated_grant() {
+    let harness = Harness::new(config("vault", "cfm.vault.credentials", VAULT_GRANT));
+    let outcome = harness
+        .host
+        .run(&task("cfm.vault.credentials", "../other"))
+        .await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Fatal { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        !harness.data.path().join("secrets").exists(),
+        "something was written"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_past_its_deadline_is_stopped_and_retried() {
+    let extra = "[plugin.limits]\ntimeout-ms = 100\n[plugin.settings]\ndelayMs = 60000\n[plugin.grants]\nsecrets = [\"participants/{participantContextId}/**\"]\n";
+    let harness = Harness::new(config("slow", "example.slow", extra));
+    let started = std::time::Instant::now();
+    let outcome = harness.host.run(&task("example.slow", PC)).await;
+    let ActivityOutcome::Retry { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("did not finish within 100 ms"), "{reason}");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "the deadline did not stop the plugin"
+    );
+}
+
+#[test]
+fn a_changed_file_is_refused() {
+    let mut config = config("vault", "cfm.vault.credentials", VAULT_GRANT);
+    config.plugins[0].sha256 = "0".repeat(64);
+    let data = tempfile::tempdir().unwrap();
+    let err = AgentHost::new(
+        &config,
+        Backends::embedded(data.path()),
+        Audit::default(),
+        HostOptions::default(),
+    )
+    .err()
+    .expect("loaded a plugin with the wrong digest");
+    assert!(matches!(err, HostError::Digest { .. }), "{err}");
+    assert!(err.to_string().contains("refusing to load"), "{err}");
+}
+
+#[test]
+fn a_plugin_importing_an_ungranted_capability_is_refused() {
+    let config = config("vault", "cfm.vault.credentials", "");
+    let data = tempfile::tempdir().unwrap();
+    let err = AgentHost::new(
+        &config,
+        Backends::embedded(data.path()),
+        Audit::default(),
+        HostOptions::default(),
+    )
+    .err()
+    .expect("loaded a plugin without its grant");
+    assert!(err.to_string().contains("'secrets' capability"), "{err}");
+}
+
+#[tokio::test]
+async fn unknown_activity_types_and_dispose_are_handled() {
+    let harness = Harness::new(config("vault", "cfm.vault.credentials", VAULT_GRANT));
+    let outcome = harness.host.run(&task("nobody.serves.this", PC)).await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Fatal { ref reason } if reason.contains("no plugin serves"))
+    );
+
+    harness.host.run(&task("cfm.vault.credentials", PC)).await;
+    let mut dispose = task("cfm.vault.credentials", PC);
+    dispose.discriminator = "cfm.orchestration.vpa.dispose".into();
+    let outcome = harness.host.run(&dispose).await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Complete { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        !harness
+            .data
+            .path()
+            .join(format!("secrets/participants/{PC}/api-key.secret"))
+            .exists()
+    );
+}

@@ -1,0 +1,257 @@
+//! The orchestration engine end to end on a real SQLite database, with a scripted
+//! executor standing in for the agent host: dependency order, retry, reschedule and
+//! failure, as the participant profile sees them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cfm_manager::model::{ActivityDefinition, ActivitySpec, ParticipantProfile};
+use cfm_manager::provision::definitions;
+use cfm_manager::tenant::{cells, profiles, tenants};
+use cfm_manager::{EngineSettings, Manager};
+use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask};
+use serde_json::{Map, Value, json};
+
+type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
+
+/// Answers each task with the script and remembers every task it saw.
+struct Scripted {
+    script: Box<Script>,
+    seen: Mutex<Vec<ActivityTask>>,
+}
+
+#[async_trait::async_trait]
+impl ActivityExecutor for Scripted {
+    async fn execute(&self, task: ActivityTask) -> ActivityOutcome {
+        self.seen.lock().unwrap().push(task.clone());
+        (self.script)(&task)
+    }
+
+    fn activity_types(&self) -> Vec<String> {
+        vec![]
+    }
+}
+
+fn complete(output: Value) -> ActivityOutcome {
+    ActivityOutcome::Complete {
+        output: output.as_object().cloned().unwrap_or_default(),
+    }
+}
+
+struct Fixture {
+    manager: Manager,
+    executor: Arc<Scripted>,
+    tenant: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A database with activity types a, b, c; deploy = a → b, and c on its own.
+async fn fixture(
+    script: impl Fn(&ActivityTask) -> ActivityOutcome + Send + Sync + 'static,
+) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = EngineSettings {
+        retry_base_ms: 10,
+        retry_max_ms: 50,
+        max_retries: 2,
+        ..EngineSettings::default()
+    };
+    let manager = Manager::open(dir.path(), settings).await.unwrap();
+    let db = manager.engine.db().clone();
+    let mut conn = db.acquire().await.unwrap();
+    for t in ["a", "b", "c"] {
+        let definition = ActivityDefinition {
+            activity_type: t.into(),
+            description: String::new(),
+            input_schema: json!({}),
+            output_schema: json!({}),
+        };
+        definitions::put_activity(&mut conn, &definition)
+            .await
+            .unwrap();
+    }
+    let spec = |id: &str, deps: &[&str]| ActivitySpec {
+        id: id.into(),
+        activity_type: id.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+    };
+    let activities = BTreeMap::from([(
+        "cfm.orchestration.vpa.deploy".to_string(),
+        vec![spec("a", &[]), spec("b", &["a"]), spec("c", &[])],
+    )]);
+    definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
+        .await
+        .unwrap();
+    cells::create(
+        &db,
+        cells::NewCell {
+            external_id: "cell".into(),
+            state: None,
+            properties: Map::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let tenant = tenants::create(&db, Map::new()).await.unwrap().id;
+    let executor = Arc::new(Scripted {
+        script: Box::new(script),
+        seen: Mutex::new(vec![]),
+    });
+    tokio::spawn(manager.dispatcher(executor.clone(), 4).run());
+    Fixture {
+        manager,
+        executor,
+        tenant,
+        _dir: dir,
+    }
+}
+
+impl Fixture {
+    async fn deploy(&self) -> String {
+        let new = profiles::NewDeployment {
+            identifier: "did:web:p.example".into(),
+            ..Default::default()
+        };
+        profiles::deploy(&self.manager.engine, &self.tenant, new)
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// Waits until the profile's VPAs leave `pending`.
+    async fn settled(&self, id: &str) -> ParticipantProfile {
+        let started = Instant::now();
+        loop {
+            let profile = profiles::get(self.manager.engine.db(), &self.tenant, id)
+                .await
+                .unwrap();
+            if profile.vpas.iter().all(|v| v.state != "pending") {
+                return profile;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "still pending: {profile:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn orchestration(&self, profile_id: &str) -> cfm_manager::model::Orchestration {
+        let id: String =
+            sqlx::query_scalar("SELECT id FROM orchestrations WHERE correlation_id = ?")
+                .bind(profile_id)
+                .fetch_one(self.manager.engine.db())
+                .await
+                .unwrap();
+        self.manager.engine.get(&id).await.unwrap()
+    }
+
+    fn seen(&self) -> Vec<ActivityTask> {
+        self.executor.seen.lock().unwrap().clone()
+    }
+
+    async fn queued(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM queue")
+            .fetch_one(self.manager.engine.db())
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn activities_run_after_their_dependencies_and_see_their_outputs() {
+    let fx = fixture(|task| complete(json!({ format!("{}.out", task.activity_id): task.attempt })))
+        .await;
+    let id = fx.deploy().await;
+    let profile = fx.settled(&id).await;
+    assert!(
+        profile.vpas.iter().all(|v| v.state == "active"),
+        "{profile:?}"
+    );
+    assert_eq!(
+        profile.properties["cfm.vpa.state"],
+        json!({"a.out": 1, "b.out": 1, "c.out": 1})
+    );
+
+    let seen = fx.seen();
+    let position = |id: &str| seen.iter().position(|t| t.activity_id == id).unwrap();
+    assert!(position("a") < position("b"));
+    let b = &seen[position("b")];
+    assert_eq!(b.processing_data["a.out"], 1, "b did not see a's output");
+    assert_eq!(b.participant_context_id, id);
+    assert_eq!(b.processing_data["cfm.participant.id"], "did:web:p.example");
+    assert_eq!(
+        b.processing_data["cfm.vpa.data"].as_array().unwrap().len(),
+        4
+    );
+
+    let orchestration = fx.orchestration(&id).await;
+    assert_eq!(orchestration.state, 2);
+    assert!(orchestration.steps.iter().all(|s| s.state == "completed"));
+    assert_eq!(orchestration.completed.len(), 3);
+    assert_eq!(fx.queued().await, 0);
+}
+
+#[tokio::test]
+async fn retry_and_reschedule_run_the_activity_again_with_its_state() {
+    let fx = fixture(|task| match (task.activity_id.as_str(), task.attempt) {
+        ("a", 1) => ActivityOutcome::Retry {
+            reason: "flaky".into(),
+        },
+        ("b", 1) => ActivityOutcome::Reschedule {
+            delay_ms: 20,
+            state: json!({"poll": 1}),
+        },
+        ("b", 2) => {
+            assert_eq!(task.state, Some(json!({"poll": 1})));
+            complete(json!({"polled": true}))
+        }
+        _ => complete(json!({})),
+    })
+    .await;
+    let id = fx.deploy().await;
+    let profile = fx.settled(&id).await;
+    assert!(
+        profile.vpas.iter().all(|v| v.state == "active"),
+        "{profile:?}"
+    );
+    let orchestration = fx.orchestration(&id).await;
+    let attempts: Vec<i64> = orchestration.steps.iter().map(|s| s.attempts).collect();
+    assert_eq!(attempts, [2, 2, 1]);
+    assert_eq!(orchestration.output_data["polled"], true);
+}
+
+#[tokio::test]
+async fn a_failing_activity_errors_the_orchestration_and_the_profile() {
+    let fx = fixture(|task| match task.activity_id.as_str() {
+        "a" => ActivityOutcome::Retry {
+            reason: "backend down".into(),
+        },
+        _ => complete(json!({})),
+    })
+    .await;
+    let id = fx.deploy().await;
+    let profile = fx.settled(&id).await;
+    assert!(profile.error);
+    assert!(
+        profile.vpas.iter().all(|v| v.state == "error"),
+        "{profile:?}"
+    );
+    let detail = profile.error_detail.unwrap();
+    assert!(
+        detail.contains("gave up after 2 retries: backend down"),
+        "{detail}"
+    );
+
+    let orchestration = fx.orchestration(&id).await;
+    assert_eq!(orchestration.state, 3);
+    let a = &orchestration.steps[0];
+    assert_eq!((a.state.as_str(), a.attempts), ("failed", 3));
+    assert_eq!(
+        orchestration.steps[1].state, "pending",
+        "b ran although a failed"
+    );
+    assert_eq!(fx.queued().await, 0);
+    assert!(!fx.seen().iter().any(|t| t.activity_id == "b"));
+}
