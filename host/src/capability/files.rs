@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::bindings::cfm::plugin::types::Change;
+
 /// Replaces `path` with `bytes` atomically (temp file, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = write_temp(path, bytes)?;
@@ -22,6 +24,27 @@ pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` to `path` unless `same` finds the current content equivalent, and
+/// says which of the three happened.
+pub fn replace_unless(
+    path: &Path,
+    bytes: &[u8],
+    same: impl FnOnce(&[u8]) -> bool,
+) -> std::io::Result<Change> {
+    let before = read_optional(path)?;
+    match before {
+        Some(current) if same(&current) => Ok(Change::Unchanged),
+        existing => {
+            write_atomic(path, bytes)?;
+            Ok(if existing.is_some() {
+                Change::Updated
+            } else {
+                Change::Created
+            })
+        }
     }
 }
 

@@ -48,16 +48,8 @@ impl ClusterBackend for ManifestCluster {
         let yaml = serde_yaml_ng::to_string(&manifest)
             .map_err(|e| BackendError::Invalid(format!("cannot render the manifest: {e}")))?;
         blocking(move || {
-            let before = files::read_optional(&file)?;
-            let before: Option<Value> = before.and_then(|b| serde_yaml_ng::from_slice(&b).ok());
-            if before.as_ref() == Some(&manifest) {
-                return Ok(Change::Unchanged);
-            }
-            files::write_atomic(&file, yaml.as_bytes())?;
-            Ok(if before.is_some() {
-                Change::Updated
-            } else {
-                Change::Created
+            files::replace_unless(&file, yaml.as_bytes(), |current| {
+                serde_yaml_ng::from_slice::<Value>(current).is_ok_and(|v| v == manifest)
             })
         })
         .await

@@ -67,20 +67,17 @@ impl Host for Invocation {
         zone: String,
         record: ResourceRecord,
     ) -> Result<Change, CapabilityError> {
-        let zone = valid_zone(&zone)?;
-        let record = Record::new(&record.name, &record.record_type, record.ttl, &record.data)
-            .map_err(|e| CapabilityError::Invalid(e.to_string()))?;
-        let allowed = self.calls.grants.allows_dns(&zone, &record.record_type);
-        let target = format!("{}.{zone} {}", record.name, record.record_type);
+        let checked = self.check_record(
+            &zone,
+            &record.name,
+            &record.record_type,
+            record.ttl,
+            &record.data,
+        )?;
         let backend = self.calls.backends.dns.clone();
+        let call = backend.upsert(&checked.zone, checked.record);
         self.calls
-            .guarded(
-                "dns",
-                "upsert",
-                &target,
-                allowed,
-                backend.upsert(&zone, record),
-            )
+            .guarded("dns", "upsert", &checked.target, checked.allowed, call)
             .await
     }
 
@@ -90,21 +87,42 @@ impl Host for Invocation {
         name: String,
         record_type: String,
     ) -> Result<bool, CapabilityError> {
-        let zone = valid_zone(&zone)?;
-        let record = Record::new(&name, &record_type, 1, "-")
-            .map_err(|e| CapabilityError::Invalid(e.to_string()))?;
-        let allowed = self.calls.grants.allows_dns(&zone, &record.record_type);
-        let target = format!("{}.{zone} {}", record.name, record.record_type);
+        let checked = self.check_record(&zone, &name, &record_type, 1, "-")?;
         let backend = self.calls.backends.dns.clone();
+        let record = &checked.record;
+        let call = backend.remove(&checked.zone, &record.name, &record.record_type);
         self.calls
-            .guarded(
-                "dns",
-                "remove",
-                &target,
-                allowed,
-                backend.remove(&zone, &record.name, &record.record_type),
-            )
+            .guarded("dns", "remove", &checked.target, checked.allowed, call)
             .await
+    }
+}
+
+/// A record validated and checked against the grants, ready for the backend.
+struct Checked {
+    zone: String,
+    record: Record,
+    target: String,
+    allowed: bool,
+}
+
+impl Invocation {
+    fn check_record(
+        &self,
+        zone: &str,
+        name: &str,
+        record_type: &str,
+        ttl: u32,
+        data: &str,
+    ) -> Result<Checked, CapabilityError> {
+        let zone = valid_zone(zone)?;
+        let record = Record::new(name, record_type, ttl, data)
+            .map_err(|e| CapabilityError::Invalid(e.to_string()))?;
+        Ok(Checked {
+            allowed: self.calls.grants.allows_dns(&zone, &record.record_type),
+            target: format!("{}.{zone} {}", record.name, record.record_type),
+            zone,
+            record,
+        })
     }
 }
 

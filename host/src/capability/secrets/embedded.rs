@@ -53,15 +53,8 @@ impl SecretsBackend for EmbeddedSecrets {
         let file = self.file(path);
         let value = value.to_string();
         blocking(move || {
-            let before = files::read_optional(&file)?;
-            if before.as_deref() == Some(value.as_bytes()) {
-                return Ok(Change::Unchanged);
-            }
-            files::write_atomic(&file, value.as_bytes())?;
-            Ok(if before.is_some() {
-                Change::Updated
-            } else {
-                Change::Created
+            files::replace_unless(&file, value.as_bytes(), |current| {
+                current == value.as_bytes()
             })
         })
         .await

@@ -25,7 +25,7 @@ pub trait SecretsBackend: Send + Sync {
 
 impl Host for Invocation {
     async fn get(&mut self, path: String) -> Result<Option<String>, CapabilityError> {
-        let (path, allowed) = self.check(&path)?;
+        let (path, allowed) = self.check_secret(&path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded("secrets", "get", &path, allowed, backend.get(&path))
@@ -37,7 +37,7 @@ impl Host for Invocation {
         path: String,
         value: String,
     ) -> Result<(String, Change), CapabilityError> {
-        let (path, allowed) = self.check(&path)?;
+        let (path, allowed) = self.check_secret(&path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded(
@@ -51,7 +51,7 @@ impl Host for Invocation {
     }
 
     async fn put(&mut self, path: String, value: String) -> Result<Change, CapabilityError> {
-        let (path, allowed) = self.check(&path)?;
+        let (path, allowed) = self.check_secret(&path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded("secrets", "put", &path, allowed, backend.put(&path, &value))
@@ -59,7 +59,7 @@ impl Host for Invocation {
     }
 
     async fn delete(&mut self, path: String) -> Result<bool, CapabilityError> {
-        let (path, allowed) = self.check(&path)?;
+        let (path, allowed) = self.check_secret(&path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded("secrets", "delete", &path, allowed, backend.delete(&path))
@@ -68,7 +68,7 @@ impl Host for Invocation {
 }
 
 impl Invocation {
-    fn check(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
+    fn check_secret(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
         let path = normalize_secret_path(raw).map_err(CapabilityError::Invalid)?;
         let allowed = self.calls.grants.allows_secret(&path);
         Ok((path, allowed))
