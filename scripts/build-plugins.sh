@@ -28,6 +28,7 @@ plugins=(
     dns=cfm_plugin_dns
     issuer=cfm_plugin_issuer
     slow=cfm_plugin_example_slow
+    hostile=cfm_plugin_example_hostile
 )
 
 config="$out/plugins.toml"

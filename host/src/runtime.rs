@@ -73,6 +73,8 @@ pub struct Invocation {
     table: ResourceTable,
     limits: StoreLimits,
     pub(crate) calls: CallContext,
+    pub(crate) log_lines: u32,
+    pub(crate) logs_dropped: u32,
 }
 
 impl WasiView for Invocation {
@@ -178,6 +180,8 @@ impl AgentHost {
                 .trap_on_grow_failure(true)
                 .build(),
             calls,
+            log_lines: 0,
+            logs_dropped: 0,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -212,7 +216,16 @@ impl AgentHost {
                 .await
                 .map_err(|e| (false, e))
         };
-        match tokio::time::timeout(budget, call).await {
+        let finished = tokio::time::timeout(budget, call).await;
+        let dropped = store.data().logs_dropped;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "plugin logged more than {} lines; the rest were dropped",
+                crate::capability::log::MAX_LINES
+            );
+        }
+        match finished {
             Err(_) => ActivityOutcome::Retry {
                 reason: format!(
                     "plugin '{}' did not finish within {} ms",
@@ -390,15 +403,20 @@ fn outcome(plugin: &LoadedPlugin, result: ActivityResult) -> ActivityOutcome {
 }
 
 fn describe_trap(plugin: &str, error: &wasmtime::Error) -> String {
-    // A failed memory grow only shows in the error chain, not as a `Trap`.
-    let chain: Vec<String> = error.chain().map(|c| c.to_string()).collect();
-    if chain
-        .iter()
-        .any(|c| c.contains("memory") && c.contains("limit"))
+    // A failed memory grow shows only in the error chain, not as a `Trap`; the wasm
+    // backtrace is for the log, the engine gets the cause.
+    tracing::debug!("plugin '{plugin}' trapped: {error:?}");
+    if error
+        .chain()
+        .any(|c| c.to_string().contains("growing memory"))
     {
         return format!("plugin '{plugin}' exceeded its memory limit");
     }
-    format!("plugin '{plugin}' trapped: {}", chain.join(": "))
+    let cause = error
+        .downcast_ref::<wasmtime::Trap>()
+        .map(ToString::to_string)
+        .unwrap_or_else(|| error.root_cause().to_string());
+    format!("plugin '{plugin}' trapped: {cause}")
 }
 
 fn truncate(mut text: String) -> String {

@@ -234,3 +234,173 @@ async fn unknown_activity_types_and_dispose_are_handled() {
             .exists()
     );
 }
+
+/// The hostile example plugin in `mode`, with the same participant-scoped grants a
+/// well-behaved plugin would get.
+fn hostile(mode: &str, target: &str, limits: &str) -> HostConfig {
+    let extra = format!(
+        "[plugin.limits]\n{limits}\n[plugin.settings]\nmode = \"{mode}\"\ntarget = \"{target}\"\n\
+         [plugin.grants]\nsecrets = [\"participants/{{participantContextId}}/**\"]\n\
+         [plugin.grants.cluster]\nnamespaces = [\"cfm-{{participantContextId}}\"]\nkinds = [\"ConfigMap\"]\n"
+    );
+    config("hostile", "example.hostile", &extra)
+}
+
+async fn run_hostile(mode: &str, target: &str, limits: &str) -> (ActivityOutcome, Harness) {
+    let harness = Harness::new(hostile(mode, target, limits));
+    let outcome = harness.host.run(&task("example.hostile", PC)).await;
+    (outcome, harness)
+}
+
+fn fatal_reason(outcome: &ActivityOutcome) -> &str {
+    match outcome {
+        ActivityOutcome::Fatal { reason } => reason,
+        other => panic!("expected fatal, got {other:?}"),
+    }
+}
+
+fn capability_answer(outcome: &ActivityOutcome) -> (String, String) {
+    let ActivityOutcome::Complete { output } = outcome else {
+        panic!("{outcome:?}")
+    };
+    (
+        output["outcome"].as_str().unwrap().into(),
+        output["message"].as_str().unwrap().into(),
+    )
+}
+
+/// A single-threaded runtime: the spinning guest must yield, or the other invocation
+/// could never run before the spinner's deadline.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_plugin_is_stopped_and_does_not_starve_others() {
+    let mut config = hostile("spin", "", "timeout-ms = 1500");
+    config
+        .plugins
+        .extend(self::config("vault", "cfm.vault.credentials", VAULT_GRANT).plugins);
+    let harness = Harness::new(config);
+    let spinner = async {
+        let outcome = harness.host.run(&task("example.hostile", PC)).await;
+        (outcome, std::time::Instant::now())
+    };
+    let neighbour = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let outcome = harness.host.run(&task("cfm.vault.credentials", PC)).await;
+        (outcome, std::time::Instant::now())
+    };
+    let ((spun, spin_end), (neighbour, neighbour_end)) = tokio::join!(spinner, neighbour);
+    let ActivityOutcome::Retry { reason } = spun else {
+        panic!("{spun:?}")
+    };
+    assert!(reason.contains("did not finish within 1500 ms"), "{reason}");
+    assert!(
+        matches!(neighbour, ActivityOutcome::Complete { .. }),
+        "{neighbour:?}"
+    );
+    assert!(
+        neighbour_end < spin_end,
+        "the neighbour only ran after the spinner was stopped"
+    );
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_its_limit() {
+    let (outcome, harness) = run_hostile("memory", "", "memory-mib = 16").await;
+    assert!(
+        fatal_reason(&outcome).contains("exceeded its memory limit"),
+        "{outcome:?}"
+    );
+    // The host is still usable afterwards.
+    let again = harness.host.run(&task("example.hostile", PC)).await;
+    assert!(matches!(again, ActivityOutcome::Fatal { .. }));
+}
+
+#[tokio::test]
+async fn deep_recursion_traps_cleanly() {
+    let (outcome, _) = run_hostile("recursion", "", "").await;
+    let reason = fatal_reason(&outcome);
+    // Rust guests keep their stack in linear memory: overflowing it is an out-of-bounds
+    // access there, before wasmtime's own call-stack limit is reached.
+    assert!(reason.contains("trapped: wasm trap"), "{reason}");
+    assert!(!reason.contains("wasm backtrace"), "{reason}");
+}
+
+#[tokio::test]
+async fn oversized_output_is_refused() {
+    let (outcome, _) = run_hostile("huge-output", "", "max-output-kib = 1024").await;
+    assert!(
+        fatal_reason(&outcome).contains("over its limit"),
+        "{outcome:?}"
+    );
+}
+
+/// Collects everything the host logs during one test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn log_flooding_is_capped() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (outcome, _) = run_hostile("log-flood", "", "").await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Complete { .. }),
+        "{outcome:?}"
+    );
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let written = log.lines().filter(|l| l.contains("flood line")).count();
+    assert_eq!(written, cfm_host::capability::log::MAX_LINES as usize);
+    assert!(
+        log.contains("dropped=99800"),
+        "{}",
+        &log[log.len().saturating_sub(500)..]
+    );
+}
+
+#[tokio::test]
+async fn secrets_outside_the_participant_are_unreachable() {
+    let (outcome, harness) =
+        run_hostile("secret", &format!("participants/{PC}/../other/api-key"), "").await;
+    let (kind, message) = capability_answer(&outcome);
+    assert_eq!(kind, "invalid", "{message}");
+    assert!(
+        harness.audit().is_empty(),
+        "an invalid path reached the grant check"
+    );
+
+    let (outcome, harness) =
+        run_hostile("secret", "participants/other-participant/api-key", "").await;
+    assert_eq!(capability_answer(&outcome).0, "denied");
+    let audit = harness.audit();
+    assert_eq!(audit[0]["decision"], "denied");
+    assert_eq!(audit[0]["target"], "participants/other-participant/api-key");
+
+    let (outcome, _) = run_hostile("secret", &format!("participants/{PC}/own"), "").await;
+    assert_eq!(capability_answer(&outcome).0, "ok");
+}
+
+#[tokio::test]
+async fn cluster_objects_outside_granted_namespaces_are_denied() {
+    let (outcome, harness) = run_hostile("cluster", "kube-system", "").await;
+    assert_eq!(capability_answer(&outcome).0, "denied");
+    assert_eq!(harness.audit()[0]["target"], "ConfigMap/kube-system/stolen");
+    assert!(!harness.data.path().join("cluster").exists());
+
+    let (outcome, _) = run_hostile("cluster", &format!("cfm-{PC}"), "").await;
+    assert_eq!(capability_answer(&outcome).0, "ok");
+}

@@ -5,9 +5,17 @@ use crate::runtime::Invocation;
 
 /// Longest message kept; a plugin cannot flood the log with one call.
 const MAX_MESSAGE: usize = 4096;
+/// Lines one invocation may log; the rest are counted, not written, so a chatty or
+/// hostile plugin cannot drown the host's log or slow it down.
+pub const MAX_LINES: u32 = 200;
 
 impl Host for Invocation {
     async fn log(&mut self, level: Level, message: String) {
+        if self.log_lines >= MAX_LINES {
+            self.logs_dropped += 1;
+            return;
+        }
+        self.log_lines += 1;
         let mut end = message.len().min(MAX_MESSAGE);
         while !message.is_char_boundary(end) {
             end -= 1;
