@@ -163,6 +163,25 @@ impl Api {
         .unwrap()
     }
 
+    /// The status of a POST the server refuses before reading it all. The server then
+    /// closes the connection, so each try uses a connection of its own, and a reset seen
+    /// while the body is still being sent is retried, never counted as an answer.
+    pub async fn status_of_large_post(&self, path: &str, body: &str) -> u16 {
+        for _ in 0..5 {
+            let sent = reqwest::Client::new()
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            if let Ok(response) = sent {
+                return response.status().as_u16();
+            }
+        }
+        panic!("POST {path} never got an answer");
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.raw(reqwest::Method::GET, path, None, None).await
     }
