@@ -438,7 +438,7 @@ impl Engine {
             .collect();
         for step in all.iter().filter(|s| s.state == "pending") {
             if step.depends_on.iter().all(|d| done.contains(&d.as_str())) {
-                let task = self.task(id, orchestration_type, step, data, 1, None);
+                let task = self.first_attempt(id, orchestration_type, step, data);
                 self.publish(tx, &task, 0).await?;
             }
         }
@@ -455,33 +455,22 @@ impl Engine {
         delay_ms: u64,
         state: Option<Value>,
     ) -> Result<()> {
-        let step = StepRow {
-            activity_id: task.activity_id.clone(),
-            activity_type: task.activity_type.clone(),
-            depends_on: vec![],
-            state: "dispatched".into(),
-            attempt: attempt as i64,
-            retries: 0,
-        };
-        let next = self.task(
-            &task.orchestration_id,
-            &current.orchestration_type,
-            &step,
-            &current.processing_data,
+        let next = ActivityTask {
             attempt,
             state,
-        );
+            processing_data: current.processing_data.clone(),
+            ..task.clone()
+        };
         self.publish(tx, &next, delay_ms).await
     }
 
-    fn task(
+    /// The first attempt of a step; later attempts are derived from the previous one.
+    fn first_attempt(
         &self,
         id: &str,
         orchestration_type: &str,
         step: &StepRow,
         data: &Properties,
-        attempt: u32,
-        state: Option<Value>,
     ) -> ActivityTask {
         let text = |key: &str| {
             data.get(key)
@@ -494,11 +483,11 @@ impl Engine {
             activity_id: step.activity_id.clone(),
             activity_type: step.activity_type.clone(),
             discriminator: orchestration_type.to_string(),
-            attempt,
+            attempt: 1,
             participant_id: text(keys::PARTICIPANT_ID),
             participant_context_id: text(keys::PARTICIPANT_CONTEXT_ID),
             processing_data: data.clone(),
-            state,
+            state: None,
             timeout_ms: self.settings.activity_timeout_ms,
         }
     }

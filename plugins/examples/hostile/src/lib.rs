@@ -9,7 +9,7 @@ use serde_json::json;
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
 struct Settings {
-    /// spin | memory | recursion | huge-output | log-flood | secret | cluster
+    /// noop | spin | memory | recursion | huge-output | log-flood | secret | cluster
     mode: String,
     /// The secret path or namespace the capability modes reach for.
     target: String,
@@ -23,6 +23,8 @@ impl Plugin for Hostile {
     fn deploy(activity: &Activity<Settings>) -> Result<Outcome, Error> {
         let settings = activity.settings();
         match settings.mode.as_str() {
+            // The well-behaved baseline the benchmarks compare against.
+            "noop" => Ok(Outcome::empty()),
             "spin" => spin(),
             "memory" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
