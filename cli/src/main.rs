@@ -92,6 +92,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         audit,
         HostOptions {
             max_concurrent_invocations: args.concurrency as u32,
+            compile_cache: Some(args.data_dir.join("cache")),
         },
     )?;
     let dispatcher = tokio::spawn(manager.dispatcher(Arc::new(host), args.concurrency).run());

@@ -5,6 +5,9 @@
 //! below any capability call, and means no state leaks between participants.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -34,12 +37,15 @@ use crate::grants::Grants;
 pub struct HostOptions {
     /// Invocations running at once; more wait for a slot (and the pool is sized by it).
     pub max_concurrent_invocations: u32,
+    /// Where compiled plugins are kept between runs; None compiles at every start.
+    pub compile_cache: Option<PathBuf>,
 }
 
 impl Default for HostOptions {
     fn default() -> Self {
         Self {
             max_concurrent_invocations: 64,
+            compile_cache: None,
         }
     }
 }
@@ -110,7 +116,8 @@ impl AgentHost {
         let engine = engine(max_memory, options.max_concurrent_invocations)?;
         let mut by_activity_type = HashMap::new();
         for plugin in &config.plugins {
-            let loaded = Arc::new(load(&engine, config, plugin)?);
+            let cache = options.compile_cache.as_deref();
+            let loaded = Arc::new(load(&engine, config, plugin, cache)?);
             for activity_type in &plugin.activity_types {
                 by_activity_type.insert(activity_type.clone(), loaded.clone());
             }
@@ -283,6 +290,7 @@ fn load(
     engine: &Engine,
     config: &HostConfig,
     plugin: &PluginConfig,
+    cache: Option<&Path>,
 ) -> Result<LoadedPlugin, HostError> {
     let path = config.plugin_path(plugin);
     let failed = |message: String| HostError::Load {
@@ -302,7 +310,7 @@ fn load(
             actual,
         });
     }
-    let component = Component::new(engine, &bytes).map_err(|e| {
+    let component = compile(engine, &bytes, &actual, cache).map_err(|e| {
         failed(format!(
             "{} is not a valid component: {e:#}",
             path.display()
@@ -355,6 +363,45 @@ fn load(
         grants: plugin.grants.clone(),
         settings,
     })
+}
+
+/// Compiles a component, or loads the artifact a previous run compiled from the same
+/// bytes with the same engine settings and wasmtime version.
+fn compile(
+    engine: &Engine,
+    bytes: &[u8],
+    digest: &str,
+    cache: Option<&Path>,
+) -> wasmtime::Result<Component> {
+    let Some(dir) = cache else {
+        return Component::new(engine, bytes);
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let artifact = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+    // Read, not mapped: a mapped artifact that someone truncates would kill the host.
+    if let Ok(compiled) = std::fs::read(&artifact) {
+        // SAFETY: the cache holds only artifacts this host serialised itself (the folder
+        // is the host's own, 0700), named by the source's sha256 and the engine's
+        // compatibility hash, so the bytes match this engine. Bytes that fail wasmtime's
+        // own header checks are recompiled and replaced.
+        match unsafe { Component::deserialize(engine, &compiled) } {
+            Ok(component) => return Ok(component),
+            Err(e) => tracing::warn!("recompiling {}: {e:#}", artifact.display()),
+        }
+    }
+    let component = Component::new(engine, bytes)?;
+    let serialized = component.serialize()?;
+    let stored = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| crate::capability::files::write_atomic(&artifact, &serialized));
+    if let Err(e) = stored {
+        // A cache that cannot be written only costs start-up time.
+        tracing::warn!("cannot cache {}: {e}", artifact.display());
+    }
+    Ok(component)
 }
 
 /// Checks what a plugin returned against its limits and the contract.

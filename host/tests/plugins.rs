@@ -404,3 +404,56 @@ async fn cluster_objects_outside_granted_namespaces_are_denied() {
     let (outcome, _) = run_hostile("cluster", &format!("cfm-{PC}"), "").await;
     assert_eq!(capability_answer(&outcome).0, "ok");
 }
+
+#[tokio::test]
+async fn compiled_plugins_are_cached_and_a_corrupt_artifact_is_rebuilt() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = data.path().join("cache");
+    let options = || HostOptions {
+        compile_cache: Some(cache.clone()),
+        ..HostOptions::default()
+    };
+    let config = config("vault", "cfm.vault.credentials", VAULT_GRANT);
+    let load = || {
+        AgentHost::new(
+            &config,
+            Backends::embedded(data.path()),
+            Audit::default(),
+            options(),
+        )
+        .unwrap()
+    };
+    load();
+    let artifacts: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let artifact = &artifacts[0];
+    assert!(
+        artifact
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&digest("vault"))
+    );
+
+    // A cached artifact serves the next start.
+    let host = load();
+    let outcome = host.run(&task("cfm.vault.credentials", PC)).await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Complete { .. }),
+        "{outcome:?}"
+    );
+
+    // A damaged one is recompiled and replaced, not trusted.
+    std::fs::write(artifact, b"not a compiled component").unwrap();
+    let host = load();
+    let outcome = host.run(&task("cfm.vault.credentials", PC)).await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Complete { .. }),
+        "{outcome:?}"
+    );
+    assert!(std::fs::metadata(artifact).unwrap().len() > 1024);
+}
