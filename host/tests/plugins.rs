@@ -178,35 +178,31 @@ async fn a_plugin_past_its_deadline_is_stopped_and_retried() {
     );
 }
 
-#[test]
-fn a_changed_file_is_refused() {
-    let mut config = config("vault", "cfm.vault.credentials", VAULT_GRANT);
-    config.plugins[0].sha256 = "0".repeat(64);
+/// Loading `config` must fail; returns why.
+fn refused(config: &HostConfig) -> HostError {
     let data = tempfile::tempdir().unwrap();
-    let err = AgentHost::new(
-        &config,
+    AgentHost::new(
+        config,
         Backends::embedded(data.path()),
         Audit::default(),
         HostOptions::default(),
     )
     .err()
-    .expect("loaded a plugin with the wrong digest");
+    .expect("the host loaded a plugin it should refuse")
+}
+
+#[test]
+fn a_changed_file_is_refused() {
+    let mut config = config("vault", "cfm.vault.credentials", VAULT_GRANT);
+    config.plugins[0].sha256 = "0".repeat(64);
+    let err = refused(&config);
     assert!(matches!(err, HostError::Digest { .. }), "{err}");
     assert!(err.to_string().contains("refusing to load"), "{err}");
 }
 
 #[test]
 fn a_plugin_importing_an_ungranted_capability_is_refused() {
-    let config = config("vault", "cfm.vault.credentials", "");
-    let data = tempfile::tempdir().unwrap();
-    let err = AgentHost::new(
-        &config,
-        Backends::embedded(data.path()),
-        Audit::default(),
-        HostOptions::default(),
-    )
-    .err()
-    .expect("loaded a plugin without its grant");
+    let err = refused(&config("vault", "cfm.vault.credentials", ""));
     assert!(err.to_string().contains("'secrets' capability"), "{err}");
 }
 

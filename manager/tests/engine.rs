@@ -33,6 +33,10 @@ impl ActivityExecutor for Scripted {
     }
 }
 
+fn vpas_are(profile: &ParticipantProfile, state: &str) -> bool {
+    profile.vpas.iter().all(|v| v.state == state)
+}
+
 fn complete(output: Value) -> ActivityOutcome {
     ActivityOutcome::Complete {
         output: output.as_object().cloned().unwrap_or_default(),
@@ -165,10 +169,7 @@ async fn activities_run_after_their_dependencies_and_see_their_outputs() {
         .await;
     let id = fx.deploy().await;
     let profile = fx.settled(&id).await;
-    assert!(
-        profile.vpas.iter().all(|v| v.state == "active"),
-        "{profile:?}"
-    );
+    assert!(vpas_are(&profile, "active"), "{profile:?}");
     assert_eq!(
         profile.properties["cfm.vpa.state"],
         json!({"a.out": 1, "b.out": 1, "c.out": 1})
@@ -212,10 +213,7 @@ async fn retry_and_reschedule_run_the_activity_again_with_its_state() {
     .await;
     let id = fx.deploy().await;
     let profile = fx.settled(&id).await;
-    assert!(
-        profile.vpas.iter().all(|v| v.state == "active"),
-        "{profile:?}"
-    );
+    assert!(vpas_are(&profile, "active"), "{profile:?}");
     let orchestration = fx.orchestration(&id).await;
     let attempts: Vec<i64> = orchestration.steps.iter().map(|s| s.attempts).collect();
     assert_eq!(attempts, [2, 2, 1]);
