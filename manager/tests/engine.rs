@@ -232,10 +232,7 @@ async fn a_failing_activity_errors_the_orchestration_and_the_profile() {
     let id = fx.deploy().await;
     let profile = fx.settled(&id).await;
     assert!(profile.error);
-    assert!(
-        profile.vpas.iter().all(|v| v.state == "error"),
-        "{profile:?}"
-    );
+    assert!(vpas_are(&profile, "error"), "{profile:?}");
     let detail = profile.error_detail.unwrap();
     assert!(
         detail.contains("gave up after 2 retries: backend down"),
