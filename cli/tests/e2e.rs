@@ -127,6 +127,55 @@ async fn walkthrough_turns_all_four_vpas_active() {
             .unwrap()
             .contains("rel=\"last\"")
     );
+
+    // Decommissioning runs the dispose template and undoes what the deploy did.
+    let path = format!("/tenants/{tenant_id}/participant-profiles/{profile_id}");
+    let disposing = api.raw(reqwest::Method::DELETE, &path, None, None).await;
+    assert_eq!(disposing.status(), 202);
+    let disposing: Value = disposing.json().await.unwrap();
+    assert!(
+        disposing["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "disposing"),
+        "{disposing}"
+    );
+    api.wait_vpas(tenant_id, &profile_id, "disposed", Duration::from_secs(30))
+        .await;
+    assert!(
+        !data
+            .join(format!("secrets/participants/{pc}/api-key.secret"))
+            .exists()
+    );
+    assert!(
+        !data
+            .join(format!(
+                "cluster/cfm-{pc}/ConfigMap/participant-context.yaml"
+            ))
+            .exists()
+    );
+    assert!(
+        !data
+            .join(format!("cluster/_cluster/Namespace/cfm-{pc}.yaml"))
+            .exists()
+    );
+    let zone = std::fs::read_to_string(data.join("dns/participants.cfm.local.zone")).unwrap();
+    assert!(!zone.contains(&format!("{pc} 300 IN CNAME")), "{zone}");
+    // Asking again changes nothing; another tenant cannot see or dispose it.
+    let again = api.raw(reqwest::Method::DELETE, &path, None, None).await;
+    assert_eq!(again.status(), 202);
+    let other = api.post_ok("/tenants", json!({}), 201).await;
+    let foreign = format!(
+        "/tenants/{}/participant-profiles/{profile_id}",
+        other["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        api.raw(reqwest::Method::DELETE, &foreign, None, None)
+            .await
+            .status(),
+        404
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cfm_manager::model::{ActivityDefinition, ActivitySpec, ParticipantProfile};
 use cfm_manager::provision::definitions;
 use cfm_manager::tenant::{cells, profiles, tenants};
-use cfm_manager::{EngineSettings, Manager};
+use cfm_manager::{EngineSettings, Manager, ManagerError};
 use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask};
 use serde_json::{Map, Value, json};
 
@@ -249,4 +249,48 @@ async fn a_failing_activity_errors_the_orchestration_and_the_profile() {
     );
     assert_eq!(fx.queued().await, 0);
     assert!(!fx.seen().iter().any(|t| t.activity_id == "b"));
+}
+
+#[tokio::test]
+async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish() {
+    let fx = fixture(|task| match task.activity_id.as_str() {
+        // Keeps the first deploy pending for as long as the test looks.
+        "a" if task.participant_id == "did:web:slow.example" => ActivityOutcome::Reschedule {
+            delay_ms: 60_000,
+            state: json!({}),
+        },
+        _ => complete(json!({})),
+    })
+    .await;
+    let engine = &fx.manager.engine;
+    let slow = profiles::NewDeployment {
+        identifier: "did:web:slow.example".into(),
+        ..Default::default()
+    };
+    let pending = profiles::deploy(engine, &fx.tenant, slow).await.unwrap();
+    let err = profiles::dispose(engine, &fx.tenant, &pending.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::Conflict(_)), "{err}");
+
+    // This fixture's template has no dispose activities: nothing to undo.
+    let id = fx.deploy().await;
+    fx.settled(&id).await;
+    let disposed = profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
+    assert!(vpas_are(&disposed, "disposed"), "{disposed:?}");
+    let orchestrations: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations WHERE correlation_id = ?")
+            .bind(&id)
+            .fetch_one(engine.db())
+            .await
+            .unwrap();
+    assert_eq!(
+        orchestrations, 1,
+        "a dispose orchestration ran without a template"
+    );
+    let again = profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
+    assert_eq!(
+        again.version, disposed.version,
+        "a repeated dispose changed the profile"
+    );
 }

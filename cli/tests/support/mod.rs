@@ -230,6 +230,18 @@ impl Api {
 
     /// Polls a profile until its four VPAs are active; fails on error or timeout.
     pub async fn wait_active(&self, tenant_id: &str, profile_id: &str, timeout: Duration) -> Value {
+        self.wait_vpas(tenant_id, profile_id, "active", timeout)
+            .await
+    }
+
+    /// Polls a profile until its four VPAs are in `state`; fails on error or timeout.
+    pub async fn wait_vpas(
+        &self,
+        tenant_id: &str,
+        profile_id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Value {
         let started = Instant::now();
         loop {
             let profile = self
@@ -239,12 +251,12 @@ impl Api {
                 .await;
             assert_eq!(profile["error"], false, "{profile}");
             let vpas = profile["vpas"].as_array().unwrap();
-            if vpas.len() == 4 && vpas.iter().all(|v| v["state"] == "active") {
+            if vpas.len() == 4 && vpas.iter().all(|v| v["state"] == state) {
                 return profile;
             }
             assert!(
                 started.elapsed() < timeout,
-                "not active after {timeout:?}: {profile}"
+                "not {state} after {timeout:?}: {profile}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -28,7 +28,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/tenants/{tid}/participant-profiles/{pid}",
-            get(get_profile),
+            get(get_profile).delete(dispose_profile),
         )
         .route("/participant-profiles/query", post(query_profiles))
         .route("/cells", get(list_cells).post(create_cell))
@@ -124,6 +124,14 @@ async fn get_profile(
     Path((tid, pid)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(profiles::get(state.engine.db(), &tid, &pid).await?))
+}
+
+async fn dispose_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let profile = profiles::dispose(&state.engine, &tid, &pid).await?;
+    Ok((StatusCode::ACCEPTED, Json(profile)))
 }
 
 async fn query_profiles(

@@ -164,12 +164,71 @@ pub async fn deploy(
 
 /// Reads a profile of `tenant_id`; one of another tenant is "not found".
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
+    let mut conn = db.acquire().await?;
+    fetch(&mut conn, tenant_id, id).await
+}
+
+/// Starts decommissioning a participant: its dispose orchestration runs with everything
+/// its deploy learned, and the VPAs go `disposing`, then `disposed`. Without a dispose
+/// template there is nothing to undo and the VPAs are `disposed` at once. Asking again
+/// while that is under way or done changes nothing.
+pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
+    let mut tx = store::write(engine.db()).await?;
+    let mut profile = fetch(&mut tx, tenant_id, id).await?;
+    if profile
+        .vpas
+        .iter()
+        .any(|v| v.state == "disposing" || v.state == "disposed")
+    {
+        return Ok(profile);
+    }
+    if profile.vpas.iter().any(|v| v.state == "pending") {
+        return Err(ManagerError::conflict(format!(
+            "participant profile '{id}' is still being deployed; dispose it once its VPAs are active or in error"
+        )));
+    }
+    // The deploy's processing data holds the base keys and every deploy activity's output.
+    let data: Option<String> = sqlx::query_scalar(
+        "SELECT processing_data FROM orchestrations WHERE correlation_id = ? AND orchestration_type = ?
+         ORDER BY created_timestamp DESC LIMIT 1",
+    )
+    .bind(id)
+    .bind(orchestration_types::VPA_DEPLOY)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let data: Properties = match data {
+        Some(text) => from_json(&text, "deploy processing data")?,
+        None => {
+            return Err(ManagerError::Corrupt(format!(
+                "participant profile '{id}' has no deploy orchestration"
+            )));
+        }
+    };
+    match definitions::select(&mut tx, orchestration_types::VPA_DISPOSE).await? {
+        Some(definition) => {
+            set_vpa_state(&mut tx, &mut profile, "disposing", None).await?;
+            let start = Start {
+                correlation_id: id.to_string(),
+                orchestration_type: orchestration_types::VPA_DISPOSE.into(),
+                definition,
+                processing_data: data,
+            };
+            engine.start(&mut tx, start).await?;
+        }
+        None => set_vpa_state(&mut tx, &mut profile, "disposed", None).await?,
+    }
+    tx.commit().await?;
+    engine.wake();
+    Ok(profile)
+}
+
+async fn fetch(conn: &mut Conn, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
     let row = sqlx::query(AssertSqlSafe(format!(
         "{SELECT} WHERE id = ? AND tenant_id = ?"
     )))
     .bind(id)
     .bind(tenant_id)
-    .fetch_optional(db)
+    .fetch_optional(conn)
     .await?
     .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
     read(&row)
@@ -220,31 +279,48 @@ pub async fn on_orchestration_finished(conn: &mut Conn, finished: &Finished<'_>)
         (_, OrchestrationState::Errored) => "error",
         _ => return Ok(()),
     };
-    let timestamp = now();
-    for vpa in &mut profile.vpas {
-        vpa.state = vpa_state.into();
-        vpa.state_timestamp = timestamp.clone();
-        vpa.version += 1;
-    }
     if vpa_state == "active" {
         profile.properties.insert(
             VPA_STATE_PROPERTY.into(),
             Value::Object(finished.output_data.clone()),
         );
     }
-    let error = finished.state == OrchestrationState::Errored;
+    let error_detail = finished
+        .error_detail
+        .filter(|_| finished.state == OrchestrationState::Errored);
+    set_vpa_state(conn, &mut profile, vpa_state, error_detail).await?;
+    tracing::info!(profile = %profile.id, orchestration = %finished.id, state = vpa_state, "participant VPAs updated");
+    Ok(())
+}
+
+/// Moves every VPA of `profile` to `state` and stores the profile; an error detail
+/// marks the profile as failed.
+async fn set_vpa_state(
+    conn: &mut Conn,
+    profile: &mut ParticipantProfile,
+    state: &str,
+    error_detail: Option<&str>,
+) -> Result<()> {
+    let timestamp = now();
+    for vpa in &mut profile.vpas {
+        vpa.state = state.into();
+        vpa.state_timestamp = timestamp.clone();
+        vpa.version += 1;
+    }
+    profile.version += 1;
+    profile.error = error_detail.is_some();
+    profile.error_detail = error_detail.map(str::to_string);
     sqlx::query(
         "UPDATE participant_profiles SET vpas = ?, properties = ?, error = ?, error_detail = ?, version = version + 1
          WHERE id = ?",
     )
     .bind(to_json(&profile.vpas))
     .bind(to_json(&profile.properties))
-    .bind(error)
-    .bind(finished.error_detail.filter(|_| error))
+    .bind(profile.error)
+    .bind(&profile.error_detail)
     .bind(&profile.id)
     .execute(&mut *conn)
     .await?;
-    tracing::info!(profile = %profile.id, orchestration = %finished.id, state = vpa_state, "participant VPAs updated");
     Ok(())
 }
 
