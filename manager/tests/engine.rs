@@ -294,3 +294,63 @@ async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish() {
         "a repeated dispose changed the profile"
     );
 }
+
+#[tokio::test]
+async fn a_failed_deploy_is_compensated_by_the_dispose_template() {
+    let fx = fixture(
+        |task| match (task.discriminator.as_str(), task.activity_id.as_str()) {
+            ("cfm.orchestration.vpa.deploy", "b") => ActivityOutcome::Fatal {
+                reason: "quota exceeded".into(),
+            },
+            _ => complete(json!({ format!("{}.done", task.activity_id): true })),
+        },
+    )
+    .await;
+    let spec = |id: &str, deps: &[&str]| ActivitySpec {
+        id: id.into(),
+        activity_type: id.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+    };
+    let activities = BTreeMap::from([
+        (
+            "cfm.orchestration.vpa.deploy".to_string(),
+            vec![spec("a", &[]), spec("b", &["a"])],
+        ),
+        (
+            "cfm.orchestration.vpa.dispose".to_string(),
+            vec![spec("c", &[])],
+        ),
+    ]);
+    let mut conn = fx.manager.engine.db().acquire().await.unwrap();
+    definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let id = fx.deploy().await;
+    let started = Instant::now();
+    let profile = loop {
+        let profile = profiles::get(fx.manager.engine.db(), &fx.tenant, &id)
+            .await
+            .unwrap();
+        if vpas_are(&profile, "disposed") {
+            break profile;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{profile:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        profile.error,
+        "the failure that caused the dispose was lost"
+    );
+    assert!(profile.error_detail.unwrap().contains("quota exceeded"));
+    let dispose = fx
+        .seen()
+        .into_iter()
+        .find(|t| t.discriminator == "cfm.orchestration.vpa.dispose")
+        .expect("the dispose orchestration never ran");
+    assert_eq!(
+        dispose.processing_data["a.done"], true,
+        "compensation did not see what the deploy had done"
+    );
+}

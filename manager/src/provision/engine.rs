@@ -70,6 +70,8 @@ pub struct Finished<'a> {
     pub correlation_id: &'a str,
     pub orchestration_type: &'a str,
     pub state: OrchestrationState,
+    /// Base data plus every completed activity's output: what compensation starts from.
+    pub processing_data: &'a Properties,
     pub output_data: &'a Properties,
     pub error_detail: Option<&'a str>,
 }
@@ -416,10 +418,11 @@ impl Engine {
             correlation_id: &current.correlation_id,
             orchestration_type: &current.orchestration_type,
             state,
+            processing_data: &current.processing_data,
             output_data: &current.output_data,
             error_detail,
         };
-        crate::tenant::profiles::on_orchestration_finished(tx, &finished).await
+        crate::tenant::profiles::on_orchestration_finished(self, tx, &finished).await
     }
 
     /// Dispatches every pending activity whose dependencies are all complete.

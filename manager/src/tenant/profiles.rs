@@ -263,8 +263,14 @@ pub async fn query(
     rows.iter().map(read).collect()
 }
 
-/// Applies the end of a profile's orchestration to its VPAs.
-pub async fn on_orchestration_finished(conn: &mut Conn, finished: &Finished<'_>) -> Result<()> {
+/// Applies the end of a profile's orchestration to its VPAs. A failed deploy is
+/// compensated: the dispose template runs with everything the deploy got done, the VPAs
+/// go `disposing` then `disposed`, and the profile keeps the error that caused it.
+pub async fn on_orchestration_finished(
+    engine: &Engine,
+    conn: &mut Conn,
+    finished: &Finished<'_>,
+) -> Result<()> {
     let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = ?")))
         .bind(finished.correlation_id)
         .fetch_optional(&mut *conn)
@@ -273,28 +279,42 @@ pub async fn on_orchestration_finished(conn: &mut Conn, finished: &Finished<'_>)
         return Ok(());
     };
     let mut profile = read(&row)?;
+    let failed = finished.state == OrchestrationState::Errored;
+    let error_detail = finished.error_detail.filter(|_| failed);
     let vpa_state = match (finished.orchestration_type, finished.state) {
-        (orchestration_types::VPA_DEPLOY, OrchestrationState::Completed) => "active",
+        (orchestration_types::VPA_DEPLOY, OrchestrationState::Completed) => {
+            profile.properties.insert(
+                VPA_STATE_PROPERTY.into(),
+                Value::Object(finished.output_data.clone()),
+            );
+            "active"
+        }
         (orchestration_types::VPA_DISPOSE, OrchestrationState::Completed) => "disposed",
+        (orchestration_types::VPA_DEPLOY, OrchestrationState::Errored) => {
+            match definitions::select(conn, orchestration_types::VPA_DISPOSE).await? {
+                Some(definition) => {
+                    let start = Start {
+                        correlation_id: profile.id.clone(),
+                        orchestration_type: orchestration_types::VPA_DISPOSE.into(),
+                        definition,
+                        processing_data: finished.processing_data.clone(),
+                    };
+                    engine.start(conn, start).await?;
+                    "disposing"
+                }
+                None => "error",
+            }
+        }
         (_, OrchestrationState::Errored) => "error",
         _ => return Ok(()),
     };
-    if vpa_state == "active" {
-        profile.properties.insert(
-            VPA_STATE_PROPERTY.into(),
-            Value::Object(finished.output_data.clone()),
-        );
-    }
-    let error_detail = finished
-        .error_detail
-        .filter(|_| finished.state == OrchestrationState::Errored);
     set_vpa_state(conn, &mut profile, vpa_state, error_detail).await?;
     tracing::info!(profile = %profile.id, orchestration = %finished.id, state = vpa_state, "participant VPAs updated");
     Ok(())
 }
 
-/// Moves every VPA of `profile` to `state` and stores the profile; an error detail
-/// marks the profile as failed.
+/// Moves every VPA of `profile` to `state` and stores the profile. An error detail
+/// marks the profile as failed; without one, an earlier failure stays on record.
 async fn set_vpa_state(
     conn: &mut Conn,
     profile: &mut ParticipantProfile,
@@ -308,8 +328,10 @@ async fn set_vpa_state(
         vpa.version += 1;
     }
     profile.version += 1;
-    profile.error = error_detail.is_some();
-    profile.error_detail = error_detail.map(str::to_string);
+    if let Some(detail) = error_detail {
+        profile.error = true;
+        profile.error_detail = Some(detail.to_string());
+    }
     sqlx::query(
         "UPDATE participant_profiles SET vpas = ?, properties = ?, error = ?, error_detail = ?, version = version + 1
          WHERE id = ?",
