@@ -63,7 +63,7 @@ async fn fixture(
     };
     let manager = Manager::open(dir.path(), settings).await.unwrap();
     let db = manager.engine.db().clone();
-    let mut conn = db.acquire().await.unwrap();
+    let mut conn = db.writer().acquire().await.unwrap();
     for t in ["a", "b", "c"] {
         let definition = ActivityDefinition {
             activity_type: t.into(),
@@ -87,6 +87,7 @@ async fn fixture(
     definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
         .await
         .unwrap();
+    drop(conn);
     cells::create(
         &db,
         cells::NewCell {
@@ -145,7 +146,7 @@ impl Fixture {
         let id: String =
             sqlx::query_scalar("SELECT id FROM orchestrations WHERE correlation_id = ?")
                 .bind(profile_id)
-                .fetch_one(self.manager.engine.db())
+                .fetch_one(self.manager.engine.db().read())
                 .await
                 .unwrap();
         self.manager.engine.get(&id).await.unwrap()
@@ -157,7 +158,7 @@ impl Fixture {
 
     async fn queued(&self) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM queue")
-            .fetch_one(self.manager.engine.db())
+            .fetch_one(self.manager.engine.db().read())
             .await
             .unwrap()
     }
@@ -281,7 +282,7 @@ async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish() {
     let orchestrations: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations WHERE correlation_id = ?")
             .bind(&id)
-            .fetch_one(engine.db())
+            .fetch_one(engine.db().read())
             .await
             .unwrap();
     assert_eq!(
@@ -321,7 +322,7 @@ async fn a_failed_deploy_is_compensated_by_the_dispose_template() {
             vec![spec("c", &[])],
         ),
     ]);
-    let mut conn = fx.manager.engine.db().acquire().await.unwrap();
+    let mut conn = fx.manager.engine.db().writer().acquire().await.unwrap();
     definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
         .await
         .unwrap();

@@ -38,7 +38,7 @@ async fn put_activity(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<ActivityDefinition>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut conn = state.engine.db().acquire().await?;
+    let mut conn = state.engine.db().writer().acquire().await?;
     definitions::put_activity(&mut conn, &body).await?;
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -53,7 +53,7 @@ async fn create_orchestration(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewOrchestrationDefinition>,
 ) -> ApiResult<impl IntoResponse> {
-    let mut conn = state.engine.db().acquire().await?;
+    let mut conn = state.engine.db().writer().acquire().await?;
     let definition = definitions::create_orchestration(
         &mut conn,
         None,

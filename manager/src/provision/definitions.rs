@@ -44,7 +44,7 @@ pub async fn list_activities(db: &Db) -> Result<Vec<ActivityDefinition>> {
     let rows = sqlx::query(
         "SELECT type, description, input_schema, output_schema FROM activity_definitions ORDER BY type",
     )
-    .fetch_all(db)
+    .fetch_all(db.read())
     .await?;
     rows.iter()
         .map(|row| {

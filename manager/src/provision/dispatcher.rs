@@ -74,7 +74,7 @@ impl Dispatcher {
             Err(e) => {
                 // Only a bug writes such a message; keeping it would redeliver it forever.
                 tracing::error!(message = %delivery.id, "dropping unreadable activity message: {e}");
-                if let Ok(mut conn) = self.engine.db().acquire().await {
+                if let Ok(mut conn) = self.engine.db().writer().acquire().await {
                     let _ = queue::ack(&mut conn, &delivery.id).await;
                 }
                 return;

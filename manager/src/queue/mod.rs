@@ -59,7 +59,7 @@ pub async fn lease(db: &Db, topic: &str, max: i64, lease_ms: i64) -> Result<Vec<
     .bind(topic)
     .bind(now)
     .bind(max)
-    .fetch_all(db)
+    .fetch_all(db.writer())
     .await?;
     Ok(rows
         .iter()
@@ -95,7 +95,7 @@ pub async fn purge_prefix(conn: &mut Conn, prefix: &str) -> Result<()> {
 pub async fn release_all(db: &Db) -> Result<u64> {
     let released =
         sqlx::query("UPDATE queue SET leased_until = NULL WHERE leased_until IS NOT NULL")
-            .execute(db)
+            .execute(db.writer())
             .await?;
     Ok(released.rows_affected())
 }
@@ -106,7 +106,7 @@ pub async fn next_available_at(db: &Db, topic: &str) -> Result<Option<i64>> {
         "SELECT MIN(MAX(available_at, COALESCE(leased_until, 0))) FROM queue WHERE topic = ?",
     )
     .bind(topic)
-    .fetch_one(db)
+    .fetch_one(db.read())
     .await?)
 }
 

@@ -38,7 +38,7 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
     .bind(&cell.state)
     .bind(&cell.state_timestamp)
     .bind(to_json(&cell.properties))
-    .execute(db)
+    .execute(db.writer())
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(ManagerError::conflict(format!(
@@ -51,7 +51,7 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
 
 pub async fn list(db: &Db) -> Result<Vec<Cell>> {
     let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} ORDER BY id")))
-        .fetch_all(db)
+        .fetch_all(db.read())
         .await?;
     rows.iter().map(read).collect()
 }

@@ -25,7 +25,7 @@ pub async fn create(
         .bind(profile.version)
         .bind(to_json(&profile.dataspace_spec))
         .bind(to_json(&profile.properties))
-        .execute(db)
+        .execute(db.writer())
         .await?;
     Ok(profile)
 }

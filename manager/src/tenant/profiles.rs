@@ -258,7 +258,7 @@ pub async fn query(
     let rows = query
         .bind(page.limit)
         .bind(page.offset)
-        .fetch_all(db)
+        .fetch_all(db.read())
         .await?;
     rows.iter().map(read).collect()
 }

@@ -17,7 +17,7 @@ pub async fn create(db: &Db, properties: Properties) -> Result<Tenant> {
         .bind(tenant.version)
         .bind(to_json(&tenant.properties))
         .bind(now())
-        .execute(db)
+        .execute(db.writer())
         .await?;
     Ok(tenant)
 }
@@ -33,13 +33,13 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
 
 pub async fn list(db: &Db, page: Page) -> Result<Paged<Tenant>> {
     let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants")
-        .fetch_one(db)
+        .fetch_one(db.read())
         .await?;
     let rows =
         sqlx::query("SELECT id, version, properties FROM tenants ORDER BY id LIMIT ? OFFSET ?")
             .bind(page.limit)
             .bind(page.offset)
-            .fetch_all(db)
+            .fetch_all(db.read())
             .await?;
     let items = rows.iter().map(read).collect::<Result<_>>()?;
     Ok(Paged { items, total, page })
