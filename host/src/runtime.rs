@@ -115,8 +115,8 @@ impl AgentHost {
             .unwrap_or(1 << 20);
         let engine = engine(max_memory, options.max_concurrent_invocations)?;
         let mut by_activity_type = HashMap::new();
+        let cache = options.compile_cache.as_deref();
         for plugin in &config.plugins {
-            let cache = options.compile_cache.as_deref();
             let loaded = Arc::new(load(&engine, config, plugin, cache)?);
             for activity_type in &plugin.activity_types {
                 by_activity_type.insert(activity_type.clone(), loaded.clone());

@@ -204,19 +204,12 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
             )));
         }
     };
-    match definitions::select(&mut tx, orchestration_types::VPA_DISPOSE).await? {
-        Some(definition) => {
-            set_vpa_state(&mut tx, &mut profile, "disposing", None).await?;
-            let start = Start {
-                correlation_id: id.to_string(),
-                orchestration_type: orchestration_types::VPA_DISPOSE.into(),
-                definition,
-                processing_data: data,
-            };
-            engine.start(&mut tx, start).await?;
-        }
-        None => set_vpa_state(&mut tx, &mut profile, "disposed", None).await?,
-    }
+    let state = if start_dispose(engine, &mut tx, id, data).await? {
+        "disposing"
+    } else {
+        "disposed"
+    };
+    set_vpa_state(&mut tx, &mut profile, state, None).await?;
     tx.commit().await?;
     engine.wake();
     Ok(profile)
@@ -291,18 +284,11 @@ pub async fn on_orchestration_finished(
         }
         (orchestration_types::VPA_DISPOSE, OrchestrationState::Completed) => "disposed",
         (orchestration_types::VPA_DEPLOY, OrchestrationState::Errored) => {
-            match definitions::select(conn, orchestration_types::VPA_DISPOSE).await? {
-                Some(definition) => {
-                    let start = Start {
-                        correlation_id: profile.id.clone(),
-                        orchestration_type: orchestration_types::VPA_DISPOSE.into(),
-                        definition,
-                        processing_data: finished.processing_data.clone(),
-                    };
-                    engine.start(conn, start).await?;
-                    "disposing"
-                }
-                None => "error",
+            let data = finished.processing_data.clone();
+            if start_dispose(engine, conn, &profile.id, data).await? {
+                "disposing"
+            } else {
+                "error"
             }
         }
         (_, OrchestrationState::Errored) => "error",
@@ -311,6 +297,28 @@ pub async fn on_orchestration_finished(
     set_vpa_state(conn, &mut profile, vpa_state, error_detail).await?;
     tracing::info!(profile = %profile.id, orchestration = %finished.id, state = vpa_state, "participant VPAs updated");
     Ok(())
+}
+
+/// Starts the dispose orchestration of a profile from `data` (base keys plus what the
+/// deploy produced). False when no template defines dispose: there is nothing to run.
+async fn start_dispose(
+    engine: &Engine,
+    conn: &mut Conn,
+    profile_id: &str,
+    data: Properties,
+) -> Result<bool> {
+    let Some(definition) = definitions::select(conn, orchestration_types::VPA_DISPOSE).await?
+    else {
+        return Ok(false);
+    };
+    let start = Start {
+        correlation_id: profile_id.to_string(),
+        orchestration_type: orchestration_types::VPA_DISPOSE.into(),
+        definition,
+        processing_data: data,
+    };
+    engine.start(conn, start).await?;
+    Ok(true)
 }
 
 /// Moves every VPA of `profile` to `state` and stores the profile. An error detail
