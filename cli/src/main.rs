@@ -33,6 +33,11 @@ struct ServeArgs {
     /// Where the database, signing key, admin token and embedded backends live.
     #[arg(long, env = "CFM_DATA_DIR", default_value = "cfm-data")]
     data_dir: PathBuf,
+    /// The metadata and orchestration database, e.g.
+    /// `postgres://postgres@127.0.0.1:5432/cfm` (created when missing). Without it, an
+    /// embedded SQLite database in the data directory.
+    #[arg(long, env = "CFM_DATABASE_URL")]
+    database_url: Option<String>,
     /// Address of the REST API. Loopback by default; port 0 picks a free port.
     #[arg(long, env = "CFM_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -74,9 +79,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         activity_timeout_ms: args.activity_timeout_ms,
         ..EngineSettings::default()
     };
-    let manager = Manager::open(&args.data_dir, settings)
+    let manager = Manager::open(&args.data_dir, args.database_url.as_deref(), settings)
         .await
-        .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
+        .with_context(|| match &args.database_url {
+            Some(url) => format!("opening database {}", cfm_manager::store::redact_url(url)),
+            None => format!("opening data directory {}", args.data_dir.display()),
+        })?;
     if !args.no_seed && manager.seed().await? {
         tracing::info!(
             "seeded built-in activity definitions and the default orchestration template"

@@ -12,6 +12,8 @@ pub mod queue;
 pub mod seed;
 pub mod store;
 pub mod tenant;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +23,8 @@ use cfm_protocol::ActivityExecutor;
 pub use error::{ManagerError, Result};
 pub use provision::{Engine, EngineSettings};
 
-/// A manager over one data directory (embedded SQLite database, signing key, token).
+/// A manager over one data directory (signing key, admin token, and the embedded SQLite
+/// database unless a database URL names another).
 pub struct Manager {
     pub engine: Engine,
     pub auth: auth::Auth,
@@ -29,11 +32,19 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Opens the data directory, creating the database, signing key and admin token on first use.
-    pub async fn open(data_dir: &Path, settings: EngineSettings) -> Result<Self> {
+    /// Opens the data directory, creating the database, signing key and admin token on
+    /// first use. `database_url` (`postgres://...`) replaces the embedded SQLite database.
+    pub async fn open(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        settings: EngineSettings,
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| ManagerError::Io(format!("creating {}: {e}", data_dir.display())))?;
-        let db = store::open_sqlite(&data_dir.join("cfm.db")).await?;
+        let db = match database_url {
+            Some(url) => store::Db::open(url).await?,
+            None => store::open_sqlite(&data_dir.join("cfm.db")).await?,
+        };
         let auth = auth::Auth::load_or_create(data_dir)?;
         let token_path = auth.ensure_admin_token(data_dir)?;
         Ok(Self {

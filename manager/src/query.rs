@@ -2,14 +2,19 @@
 //! parsed by a small recursive-descent parser and translated to SQL with bound
 //! parameters: user values never become SQL text.
 //!
-//! This covers comparisons on top-level fields; paths into JSON documents come with
-//! the full Tenant Manager query support.
+//! A field is a column (`identifier`) or a dotted path into a JSON document
+//! (`properties.group`, `vpas.type`, `vpas.properties.k`). A path through an array
+//! matches when any element matches, at every level, the way PostgreSQL's lax JSON
+//! paths read. Both backends translate it with their own JSON functions (JSONB paths on
+//! PostgreSQL, `json_each` on SQLite) to the same answers. Comparisons are typed: a text
+//! value matches JSON strings, a number matches JSON numbers, `true`/`false` booleans.
 
-use sqlx::Sqlite;
+use sqlx::Any;
+use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::sqlite::SqliteArguments;
 
 use crate::error::{ManagerError, Result};
+use crate::store::Backend;
 
 /// A parsed predicate; `None` matches everything.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +48,51 @@ pub enum Literal {
     Bool(bool),
 }
 
+/// What a queryable field of a resource is stored as.
+#[derive(Debug, Clone, Copy)]
+pub enum Field {
+    Text(&'static str),
+    Integer(&'static str),
+    /// An integer column holding 0 or 1.
+    Bool(&'static str),
+    Json(JsonColumn),
+}
+
+/// A column holding a JSON document. On PostgreSQL its parsed copy is `<column>_doc`.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonColumn {
+    pub column: &'static str,
+    /// For a column holding an array of objects: keys whose values are always scalars.
+    /// `key = value` on them is also tested by JSONB containment, which PostgreSQL
+    /// answers from the column's GIN index.
+    pub scalar_keys: &'static [&'static str],
+}
+
+/// The parameters of a statement being built, numbered `$1`, `$2`, ... in order.
+#[derive(Debug, Default)]
+pub struct Params(Vec<Literal>);
+
+impl Params {
+    /// Adds a parameter and returns its placeholder.
+    pub fn push(&mut self, value: Literal) -> String {
+        self.0.push(value);
+        format!("${}", self.0.len())
+    }
+
+    /// Binds every parameter, in order, to a query built from the same SQL.
+    pub fn bind<'q>(self, mut query: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
+        for param in self.0 {
+            query = match param {
+                Literal::Text(s) => query.bind(s),
+                Literal::Integer(i) => query.bind(i),
+                Literal::Real(f) => query.bind(f),
+                Literal::Bool(b) => query.bind(b as i64),
+            };
+        }
+        query
+    }
+}
+
 impl Predicate {
     pub fn parse(text: &str) -> Result<Self> {
         let tokens = tokenize(text)?;
@@ -61,99 +111,344 @@ impl Predicate {
         Ok(Self(Some(expr)))
     }
 
-    /// SQL condition text and the parameters to bind, in order. `column` maps a field
-    /// name to its column; an unknown field is a 400 naming it.
+    /// The SQL condition, its values added to `params`. `fields` names a resource's
+    /// queryable fields; an unknown one is a 400 naming it.
     pub fn to_sql(
         &self,
-        column: &dyn Fn(&str) -> Option<&'static str>,
-    ) -> Result<(String, Vec<Literal>)> {
-        let mut params = Vec::new();
-        let sql = match &self.0 {
-            None => "1 = 1".to_string(),
-            Some(expr) => sql(expr, column, &mut params)?,
-        };
-        Ok((sql, params))
+        fields: &dyn Fn(&str) -> Option<Field>,
+        backend: Backend,
+        params: &mut Params,
+    ) -> Result<String> {
+        match &self.0 {
+            None => Ok("1 = 1".to_string()),
+            Some(expr) => Translator {
+                fields,
+                backend,
+                params,
+                aliases: 0,
+            }
+            .expr(expr),
+        }
     }
 }
 
-/// Binds parameters produced by [`Predicate::to_sql`].
-pub fn bind_all<'q>(
-    mut query: Query<'q, Sqlite, SqliteArguments>,
-    params: Vec<Literal>,
-) -> Query<'q, Sqlite, SqliteArguments> {
-    for param in params {
-        query = match param {
-            Literal::Text(s) => query.bind(s),
-            Literal::Integer(i) => query.bind(i),
-            Literal::Real(f) => query.bind(f),
-            Literal::Bool(b) => query.bind(b),
-        };
-    }
-    query
+/// A field of a predicate resolved against a resource.
+enum Target<'a> {
+    Column(Field),
+    Path(JsonColumn, Vec<&'a str>),
 }
 
-fn sql(
-    expr: &Expr,
-    column: &dyn Fn(&str) -> Option<&'static str>,
-    params: &mut Vec<Literal>,
-) -> Result<String> {
-    let col = |field: &str| {
-        column(field).ok_or_else(|| {
-            ManagerError::bad_request(format!("unknown field '{field}' in predicate"))
+struct Translator<'a> {
+    fields: &'a dyn Fn(&str) -> Option<Field>,
+    backend: Backend,
+    params: &'a mut Params,
+    aliases: usize,
+}
+
+impl Translator<'_> {
+    fn expr(&mut self, expr: &Expr) -> Result<String> {
+        Ok(match expr {
+            Expr::And(a, b) => format!("({} AND {})", self.expr(a)?, self.expr(b)?),
+            Expr::Or(a, b) => format!("({} OR {})", self.expr(a)?, self.expr(b)?),
+            Expr::Compare { field, op, value } => match self.resolve(field)? {
+                Target::Column(column) => self.compare_column(field, column, op, value)?,
+                Target::Path(json, path) => {
+                    let prefilter = self.containment(json, &path, op, value);
+                    let test = self.path_exists(json, &path, |t, v| t.compare_json(v, op, value))?;
+                    match prefilter {
+                        Some(p) => format!("({p} AND {test})"),
+                        None => test,
+                    }
+                }
+            },
+            Expr::In {
+                field,
+                negated,
+                values,
+            } => match self.resolve(field)? {
+                Target::Column(column) => {
+                    let (name, values) = self.column_values(field, column, values)?;
+                    let marks: Vec<String> =
+                        values.into_iter().map(|v| self.params.push(v)).collect();
+                    format!(
+                        "{name} {}IN ({})",
+                        if *negated { "NOT " } else { "" },
+                        marks.join(", ")
+                    )
+                }
+                Target::Path(json, path) => self.path_exists(json, &path, |t, v| {
+                    let any = values
+                        .iter()
+                        .map(|value| t.compare_json(v, "=", value))
+                        .collect::<Result<Vec<_>>>()?
+                        .join(" OR ");
+                    Ok(if *negated {
+                        format!("({} AND NOT ({any}))", t.is_scalar(v))
+                    } else {
+                        format!("({any})")
+                    })
+                })?,
+            },
+            Expr::IsNull { field, negated } => match self.resolve(field)? {
+                Target::Column(column) => format!(
+                    "{} IS {}NULL",
+                    column_name(column),
+                    if *negated { "NOT " } else { "" }
+                ),
+                Target::Path(json, path) => {
+                    let present = self.path_exists(json, &path, |t, v| Ok(t.is_present(v)))?;
+                    if *negated {
+                        present
+                    } else {
+                        format!("NOT {present}")
+                    }
+                }
+            },
         })
-    };
-    Ok(match expr {
-        Expr::And(a, b) => format!(
-            "({} AND {})",
-            sql(a, column, params)?,
-            sql(b, column, params)?
-        ),
-        Expr::Or(a, b) => format!(
-            "({} OR {})",
-            sql(a, column, params)?,
-            sql(b, column, params)?
-        ),
-        Expr::Compare { field, op, value } => {
-            let column = col(field)?;
-            let (op, value) = match (*op, value) {
-                ("CONTAINS", Literal::Text(t)) => {
-                    ("LIKE", Literal::Text(format!("%{}%", escape_like(t))))
+    }
+
+    fn resolve<'f>(&self, field: &'f str) -> Result<Target<'f>> {
+        let unknown = || ManagerError::bad_request(format!("unknown field '{field}' in predicate"));
+        if let Some(found) = (self.fields)(field) {
+            return Ok(match found {
+                Field::Json(json) => Target::Path(json, vec![]),
+                column => Target::Column(column),
+            });
+        }
+        let (root, rest) = field.split_once('.').ok_or_else(unknown)?;
+        let Some(Field::Json(json)) = (self.fields)(root) else {
+            return Err(unknown());
+        };
+        let path: Vec<&str> = rest.split('.').collect();
+        if path.iter().any(|segment| segment.is_empty()) {
+            return Err(ManagerError::bad_request(format!(
+                "field '{field}' has an empty path segment"
+            )));
+        }
+        Ok(Target::Path(json, path))
+    }
+
+    fn compare_column(
+        &mut self,
+        field: &str,
+        column: Field,
+        op: &str,
+        value: &Literal,
+    ) -> Result<String> {
+        let (name, mut values) = self.column_values(field, column, std::slice::from_ref(value))?;
+        let value = values.remove(0);
+        Ok(match like_pattern(op, &value) {
+            Some((op, pattern)) => {
+                format!("{name} {op} {} ESCAPE '\\'", self.params.push(pattern))
+            }
+            None => format!("{name} {op} {}", self.params.push(value)),
+        })
+    }
+
+    /// Checks that `values` suit a column's type and converts them to what it stores.
+    fn column_values(
+        &self,
+        field: &str,
+        column: Field,
+        values: &[Literal],
+    ) -> Result<(&'static str, Vec<Literal>)> {
+        let converted = values
+            .iter()
+            .map(|value| match (column, value) {
+                (Field::Text(_), Literal::Text(_)) | (Field::Integer(_), Literal::Integer(_)) => {
+                    Ok(value.clone())
                 }
-                ("STARTS_WITH", Literal::Text(t)) => {
-                    ("LIKE", Literal::Text(format!("{}%", escape_like(t))))
+                (Field::Integer(_), Literal::Real(_)) => Ok(value.clone()),
+                (Field::Bool(_), Literal::Bool(b)) => Ok(Literal::Integer(*b as i64)),
+                _ => Err(ManagerError::bad_request(format!(
+                    "field '{field}' holds {}; compare it with {}",
+                    kind_of(column),
+                    match column {
+                        Field::Text(_) => "a quoted string",
+                        Field::Integer(_) => "a number",
+                        _ => "true or false",
+                    }
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((column_name(column), converted))
+    }
+
+    /// `EXISTS` over the scalar values a path reaches, arrays unwrapped at every level;
+    /// `test` is the condition on one value.
+    fn path_exists(
+        &mut self,
+        json: JsonColumn,
+        path: &[&str],
+        test: impl FnOnce(&mut Self, &str) -> Result<String>,
+    ) -> Result<String> {
+        match self.backend {
+            Backend::Postgres => {
+                self.aliases += 1;
+                let alias = format!("v{}", self.aliases);
+                // Keys are letters, digits and underscores (the tokenizer admits no
+                // others), and the path is a bound parameter all the same.
+                let jsonpath: String = std::iter::once("lax $".to_string())
+                    .chain(path.iter().map(|key| format!(".\"{key}\"")))
+                    .chain(std::iter::once("[*]".to_string()))
+                    .collect();
+                let mark = self.params.push(Literal::Text(jsonpath));
+                let condition = test(self, &alias)?;
+                Ok(format!(
+                    "EXISTS (SELECT 1 FROM jsonb_path_query({}_doc, CAST({mark} AS jsonpath)) AS {alias} WHERE {condition})",
+                    json.column
+                ))
+            }
+            Backend::Sqlite => {
+                let mut sql = String::new();
+                let mut current = json.column.to_string();
+                let mut opened = 0;
+                for (level, key) in std::iter::once(None)
+                    .chain(path.iter().map(Some))
+                    .enumerate()
+                {
+                    self.aliases += 1;
+                    let alias = format!("e{}", self.aliases);
+                    let value = match key {
+                        None => current.clone(),
+                        Some(key) => format!("{current}.value -> '$.\"{key}\"'"),
+                    };
+                    if level > 0 {
+                        sql.push_str(&format!("{current}.type = 'object' AND "));
+                    }
+                    sql.push_str(&format!(
+                        "EXISTS (SELECT 1 FROM json_each(CASE json_type({value}) WHEN 'array' THEN {value} ELSE json_array(json({value})) END) AS {alias} WHERE "
+                    ));
+                    opened += 1;
+                    current = alias;
                 }
-                ("ENDS_WITH", Literal::Text(t)) => {
-                    ("LIKE", Literal::Text(format!("%{}", escape_like(t))))
-                }
-                (op, value) => (op, value.clone()),
-            };
-            params.push(value);
-            if op.contains("LIKE") {
-                format!("{column} {op} ? ESCAPE '\\'")
-            } else {
-                format!("{column} {op} ?")
+                sql.push_str(&test(self, &current)?);
+                sql.push_str(&")".repeat(opened));
+                Ok(sql)
             }
         }
-        Expr::In {
-            field,
-            negated,
-            values,
-        } => {
-            let column = col(field)?;
-            params.extend(values.iter().cloned());
-            let marks = vec!["?"; values.len()].join(", ");
-            format!(
-                "{column} {}IN ({marks})",
-                if *negated { "NOT " } else { "" }
-            )
+    }
+
+    /// Condition on one JSON value (`alias`) of a path.
+    fn compare_json(&mut self, alias: &str, op: &str, value: &Literal) -> Result<String> {
+        let pg = self.backend == Backend::Postgres;
+        if let Some((op, pattern)) = like_pattern(op, value) {
+            let mark = self.params.push(pattern);
+            return Ok(if pg {
+                format!("(jsonb_typeof({alias}) = 'string' AND {alias} #>> '{{}}' {op} {mark} ESCAPE '\\')")
+            } else {
+                format!("({alias}.type = 'text' AND {alias}.value {op} {mark} ESCAPE '\\')")
+            });
         }
-        Expr::IsNull { field, negated } => {
-            format!(
-                "{} IS {}NULL",
-                col(field)?,
-                if *negated { "NOT " } else { "" }
-            )
+        Ok(match value {
+            Literal::Text(_) => {
+                let mark = self.params.push(value.clone());
+                if pg {
+                    format!("(jsonb_typeof({alias}) = 'string' AND {alias} #>> '{{}}' {op} {mark})")
+                } else {
+                    format!("({alias}.type = 'text' AND {alias}.value {op} {mark})")
+                }
+            }
+            Literal::Integer(_) | Literal::Real(_) => {
+                let mark = self.params.push(value.clone());
+                if pg {
+                    // CASE, not AND: PostgreSQL may evaluate the cast first otherwise.
+                    format!("CASE WHEN jsonb_typeof({alias}) = 'number' THEN ({alias} #>> '{{}}')::numeric {op} {mark} ELSE FALSE END")
+                } else {
+                    format!("({alias}.type IN ('integer', 'real') AND {alias}.value {op} {mark})")
+                }
+            }
+            Literal::Bool(b) => {
+                let wanted = match op {
+                    "=" => *b,
+                    "!=" => !*b,
+                    _ => {
+                        return Err(ManagerError::bad_request(format!(
+                            "'{op}' does not compare booleans; use = or !="
+                        )));
+                    }
+                };
+                if pg {
+                    format!("{alias} = '{wanted}'::jsonb")
+                } else {
+                    format!("{alias}.type = '{wanted}'")
+                }
+            }
+        })
+    }
+
+    /// The value is a string, number or boolean.
+    fn is_scalar(&self, alias: &str) -> String {
+        match self.backend {
+            Backend::Postgres => {
+                format!("jsonb_typeof({alias}) IN ('string', 'number', 'boolean')")
+            }
+            Backend::Sqlite => format!("{alias}.type NOT IN ('object', 'array', 'null')"),
         }
+    }
+
+    /// The value exists and is not JSON null.
+    fn is_present(&self, alias: &str) -> String {
+        match self.backend {
+            Backend::Postgres => format!("jsonb_typeof({alias}) <> 'null'"),
+            Backend::Sqlite => format!("{alias}.type <> 'null'"),
+        }
+    }
+
+    /// A JSONB containment test implied by `key = value` on an indexed key, so
+    /// PostgreSQL can narrow the rows with the GIN index before walking paths.
+    fn containment(
+        &mut self,
+        json: JsonColumn,
+        path: &[&str],
+        op: &str,
+        value: &Literal,
+    ) -> Option<String> {
+        if self.backend != Backend::Postgres || op != "=" {
+            return None;
+        }
+        let [key] = path else { return None };
+        if !json.scalar_keys.contains(key) {
+            return None;
+        }
+        let value = match value {
+            Literal::Text(t) => serde_json::Value::from(t.as_str()),
+            Literal::Integer(i) => serde_json::Value::from(*i),
+            Literal::Real(_) => return None,
+            Literal::Bool(b) => serde_json::Value::from(*b),
+        };
+        let document = serde_json::json!([{ *key: value }]).to_string();
+        let mark = self.params.push(Literal::Text(document));
+        Some(format!("{}_doc @> CAST({mark} AS jsonb)", json.column))
+    }
+}
+
+fn column_name(field: Field) -> &'static str {
+    match field {
+        Field::Text(c) | Field::Integer(c) | Field::Bool(c) => c,
+        Field::Json(json) => json.column,
+    }
+}
+
+fn kind_of(field: Field) -> &'static str {
+    match field {
+        Field::Text(_) => "text",
+        Field::Integer(_) => "a number",
+        Field::Bool(_) => "a boolean",
+        Field::Json(_) => "JSON",
+    }
+}
+
+/// LIKE and its shorthands as an SQL operator and pattern; None for other operators.
+fn like_pattern(op: &str, value: &Literal) -> Option<(&'static str, Literal)> {
+    let Literal::Text(t) = value else { return None };
+    Some(match op {
+        "LIKE" => ("LIKE", value.clone()),
+        "NOT LIKE" => ("NOT LIKE", value.clone()),
+        "CONTAINS" => ("LIKE", Literal::Text(format!("%{}%", escape_like(t)))),
+        "STARTS_WITH" => ("LIKE", Literal::Text(format!("{}%", escape_like(t)))),
+        "ENDS_WITH" => ("LIKE", Literal::Text(format!("%{}", escape_like(t)))),
+        _ => return None,
     })
 }
 
@@ -418,28 +713,39 @@ fn is_keyword(word: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn column(field: &str) -> Option<&'static str> {
-        match field {
-            "identifier" => Some("identifier"),
-            "tenantId" => Some("tenant_id"),
-            _ => None,
-        }
+    fn fields(field: &str) -> Option<Field> {
+        Some(match field {
+            "identifier" => Field::Text("identifier"),
+            "tenantId" => Field::Text("tenant_id"),
+            "error" => Field::Bool("error"),
+            "vpas" => Field::Json(JsonColumn {
+                column: "vpas",
+                scalar_keys: &["type"],
+            }),
+            _ => return None,
+        })
+    }
+
+    fn translate_on(backend: Backend, text: &str) -> Result<(String, Vec<Literal>)> {
+        let mut params = Params::default();
+        let sql = Predicate::parse(text)?.to_sql(&fields, backend, &mut params)?;
+        Ok((sql, params.0))
     }
 
     fn translate(text: &str) -> (String, Vec<Literal>) {
-        Predicate::parse(text).unwrap().to_sql(&column).unwrap()
+        translate_on(Backend::Sqlite, text).unwrap()
     }
 
     #[test]
     fn like_and_boolean_structure_translate_to_bound_sql() {
         let (sql, params) = translate("identifier like '%provider%'");
-        assert_eq!(sql, "identifier LIKE ? ESCAPE '\\'");
+        assert_eq!(sql, "identifier LIKE $1 ESCAPE '\\'");
         assert_eq!(params, vec![Literal::Text("%provider%".into())]);
         let (sql, params) =
             translate("(identifier = 'a' OR identifier = 'b') and tenantId NOT IN ('x', 'y')");
         assert_eq!(
             sql,
-            "((identifier = ? OR identifier = ?) AND tenant_id NOT IN (?, ?))"
+            "((identifier = $1 OR identifier = $2) AND tenant_id NOT IN ($3, $4))"
         );
         assert_eq!(params.len(), 4);
         let (sql, _) = translate("");
@@ -451,8 +757,33 @@ mod tests {
         let (_, params) = translate("identifier = 'it''s'");
         assert_eq!(params, vec![Literal::Text("it's".into())]);
         let (sql, params) = translate("identifier CONTAINS '50%_'");
-        assert!(sql.contains("LIKE ?"));
+        assert!(sql.contains("LIKE $1"));
         assert_eq!(params, vec![Literal::Text("%50\\%\\_%".into())]);
+    }
+
+    #[test]
+    fn json_paths_bind_values_and_postgres_uses_the_index_for_equality() {
+        let (sql, params) = translate("vpas.type = 'cfm.connector'");
+        assert!(sql.contains("json_each"), "{sql}");
+        assert!(!sql.contains("cfm.connector"), "{sql}");
+        assert_eq!(params, vec![Literal::Text("cfm.connector".into())]);
+        let (sql, params) = translate_on(Backend::Postgres, "vpas.type = 'x'").unwrap();
+        assert!(sql.starts_with("(vpas_doc @> CAST($1 AS jsonb)"), "{sql}");
+        assert_eq!(params[0], Literal::Text(r#"[{"type":"x"}]"#.into()));
+        assert_eq!(params[1], Literal::Text(r#"lax $."type"[*]"#.into()));
+        // Deeper paths and other keys have no index shortcut.
+        let (sql, _) = translate_on(Backend::Postgres, "vpas.properties.k = 'v'").unwrap();
+        assert!(!sql.contains("@>"), "{sql}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_refused() {
+        for bad in ["identifier = 3", "error = 'yes'", "vpas.type > true"] {
+            let err = translate_on(Backend::Sqlite, bad).unwrap_err();
+            assert!(matches!(err, ManagerError::BadRequest(_)), "{bad}: {err}");
+        }
+        let (_, params) = translate("error = true");
+        assert_eq!(params, vec![Literal::Integer(1)]);
     }
 
     #[test]
@@ -468,11 +799,9 @@ mod tests {
         assert!(err.contains("position 11"), "{err}");
         let err = Predicate::parse("identifier = 'x").unwrap_err().to_string();
         assert!(err.contains("closing quote"), "{err}");
-        let err = Predicate::parse("nope = 'x'")
-            .unwrap()
-            .to_sql(&column)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("'nope'"), "{err}");
+        for unknown in ["nope = 'x'", "identifier.x = 'y'", "vpas..type = 'x'"] {
+            let err = translate_on(Backend::Sqlite, unknown).unwrap_err().to_string();
+            assert!(err.contains("field"), "{unknown}: {err}");
+        }
     }
 }

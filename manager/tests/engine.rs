@@ -1,4 +1,4 @@
-//! The orchestration engine end to end on a real SQLite database, with a scripted
+//! The orchestration engine end to end on real databases (SQLite and PostgreSQL), with a scripted
 //! executor standing in for the agent host: dependency order, retry, reschedule and
 //! failure, as the participant profile sees them.
 
@@ -9,9 +9,18 @@ use std::time::{Duration, Instant};
 use cfm_manager::model::{ActivityDefinition, ActivitySpec, ParticipantProfile};
 use cfm_manager::provision::definitions;
 use cfm_manager::tenant::{cells, profiles, tenants};
-use cfm_manager::{EngineSettings, Manager, ManagerError};
+use cfm_manager::testing::{ScratchDatabase, TestBackend};
+use cfm_manager::{EngineSettings, Manager, ManagerError, on_both_backends};
 use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask};
 use serde_json::{Map, Value, json};
+
+on_both_backends!(
+    activities_run_after_their_dependencies_and_see_their_outputs,
+    retry_and_reschedule_run_the_activity_again_with_its_state,
+    a_failing_activity_errors_the_orchestration_and_the_profile,
+    dispose_waits_for_the_deploy_and_needs_no_template_to_finish,
+    a_failed_deploy_is_compensated_by_the_dispose_template,
+);
 
 type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
 
@@ -48,10 +57,13 @@ struct Fixture {
     executor: Arc<Scripted>,
     tenant: String,
     _dir: tempfile::TempDir,
+    // Declared last: dropped after the manager's connections.
+    _scratch: Option<ScratchDatabase>,
 }
 
 /// A database with activity types a, b, c; deploy = a → b, and c on its own.
 async fn fixture(
+    backend: TestBackend,
     script: impl Fn(&ActivityTask) -> ActivityOutcome + Send + Sync + 'static,
 ) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +73,9 @@ async fn fixture(
         max_retries: 2,
         ..EngineSettings::default()
     };
-    let manager = Manager::open(dir.path(), settings).await.unwrap();
+    let scratch = backend.scratch().await;
+    let url = scratch.as_ref().map(|s| s.url());
+    let manager = Manager::open(dir.path(), url, settings).await.unwrap();
     let db = manager.engine.db().clone();
     let mut conn = db.writer().acquire().await.unwrap();
     for t in ["a", "b", "c"] {
@@ -109,6 +123,7 @@ async fn fixture(
         executor,
         tenant,
         _dir: dir,
+        _scratch: scratch,
     }
 }
 
@@ -144,7 +159,7 @@ impl Fixture {
 
     async fn orchestration(&self, profile_id: &str) -> cfm_manager::model::Orchestration {
         let id: String =
-            sqlx::query_scalar("SELECT id FROM orchestrations WHERE correlation_id = ?")
+            sqlx::query_scalar("SELECT id FROM orchestrations WHERE correlation_id = $1")
                 .bind(profile_id)
                 .fetch_one(self.manager.engine.db().read())
                 .await
@@ -164,9 +179,8 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
-async fn activities_run_after_their_dependencies_and_see_their_outputs() {
-    let fx = fixture(|task| complete(json!({ format!("{}.out", task.activity_id): task.attempt })))
+async fn activities_run_after_their_dependencies_and_see_their_outputs(backend: TestBackend) {
+    let fx = fixture(backend, |task| complete(json!({ format!("{}.out", task.activity_id): task.attempt })))
         .await;
     let id = fx.deploy().await;
     let profile = fx.settled(&id).await;
@@ -195,9 +209,8 @@ async fn activities_run_after_their_dependencies_and_see_their_outputs() {
     assert_eq!(fx.queued().await, 0);
 }
 
-#[tokio::test]
-async fn retry_and_reschedule_run_the_activity_again_with_its_state() {
-    let fx = fixture(|task| match (task.activity_id.as_str(), task.attempt) {
+async fn retry_and_reschedule_run_the_activity_again_with_its_state(backend: TestBackend) {
+    let fx = fixture(backend, |task| match (task.activity_id.as_str(), task.attempt) {
         ("a", 1) => ActivityOutcome::Retry {
             reason: "flaky".into(),
         },
@@ -221,9 +234,8 @@ async fn retry_and_reschedule_run_the_activity_again_with_its_state() {
     assert_eq!(orchestration.output_data["polled"], true);
 }
 
-#[tokio::test]
-async fn a_failing_activity_errors_the_orchestration_and_the_profile() {
-    let fx = fixture(|task| match task.activity_id.as_str() {
+async fn a_failing_activity_errors_the_orchestration_and_the_profile(backend: TestBackend) {
+    let fx = fixture(backend, |task| match task.activity_id.as_str() {
         "a" => ActivityOutcome::Retry {
             reason: "backend down".into(),
         },
@@ -252,9 +264,8 @@ async fn a_failing_activity_errors_the_orchestration_and_the_profile() {
     assert!(!fx.seen().iter().any(|t| t.activity_id == "b"));
 }
 
-#[tokio::test]
-async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish() {
-    let fx = fixture(|task| match task.activity_id.as_str() {
+async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish(backend: TestBackend) {
+    let fx = fixture(backend, |task| match task.activity_id.as_str() {
         // Keeps the first deploy pending for as long as the test looks.
         "a" if task.participant_id == "did:web:slow.example" => ActivityOutcome::Reschedule {
             delay_ms: 60_000,
@@ -280,7 +291,7 @@ async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish() {
     let disposed = profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
     assert!(vpas_are(&disposed, "disposed"), "{disposed:?}");
     let orchestrations: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations WHERE correlation_id = ?")
+        sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations WHERE correlation_id = $1")
             .bind(&id)
             .fetch_one(engine.db().read())
             .await
@@ -296,9 +307,9 @@ async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish() {
     );
 }
 
-#[tokio::test]
-async fn a_failed_deploy_is_compensated_by_the_dispose_template() {
+async fn a_failed_deploy_is_compensated_by_the_dispose_template(backend: TestBackend) {
     let fx = fixture(
+        backend,
         |task| match (task.discriminator.as_str(), task.activity_id.as_str()) {
             ("cfm.orchestration.vpa.deploy", "b") => ActivityOutcome::Fatal {
                 reason: "quota exceeded".into(),

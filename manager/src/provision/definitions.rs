@@ -27,7 +27,7 @@ pub async fn put_activity(conn: &mut Conn, definition: &ActivityDefinition) -> R
         }
     }
     sqlx::query(
-        "INSERT INTO activity_definitions (type, description, input_schema, output_schema) VALUES (?, ?, ?, ?)
+        "INSERT INTO activity_definitions (type, description, input_schema, output_schema) VALUES ($1, $2, $3, $4)
          ON CONFLICT (type) DO UPDATE SET description = excluded.description,
            input_schema = excluded.input_schema, output_schema = excluded.output_schema",
     )
@@ -80,7 +80,7 @@ pub async fn create_orchestration(
     };
     let inserted = sqlx::query(
         "INSERT INTO orchestration_definitions (id, description, schema, activities, created_at)
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&definition.id)
     .bind(&definition.description)
@@ -138,9 +138,9 @@ async fn all(conn: &mut Conn) -> Result<Vec<OrchestrationDefinition>> {
 }
 
 static SELECT_ONE: &str =
-    "SELECT id, description, schema, activities FROM orchestration_definitions WHERE id = ?";
+    "SELECT id, description, schema, activities FROM orchestration_definitions WHERE id = $1";
 
-fn read(row: &sqlx::sqlite::SqliteRow) -> Result<OrchestrationDefinition> {
+fn read(row: &crate::store::Row) -> Result<OrchestrationDefinition> {
     Ok(OrchestrationDefinition {
         id: row.get("id"),
         description: row.get("description"),

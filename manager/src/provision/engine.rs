@@ -139,7 +139,7 @@ impl Engine {
         sqlx::query(
             "INSERT INTO orchestrations (id, version, correlation_id, definition_id, orchestration_type, state,
                state_timestamp, created_timestamp, processing_data, output_data)
-             VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, '{}')",
+             VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, '{}')",
         )
         .bind(&id)
         .bind(&start.correlation_id)
@@ -154,7 +154,7 @@ impl Engine {
         for (position, activity) in activities.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state)
-                 VALUES (?, ?, ?, ?, ?, 'pending')",
+                 VALUES ($1, $2, $3, $4, $5, 'pending')",
             )
             .bind(&id)
             .bind(&activity.id)
@@ -228,7 +228,7 @@ impl Engine {
             ActivityOutcome::Retry { reason }
                 if step.retries < self.settings.max_retries as i64 =>
             {
-                sqlx::query("UPDATE orchestration_steps SET retries = retries + 1, last_error = ? WHERE orchestration_id = ? AND activity_id = ?")
+                sqlx::query("UPDATE orchestration_steps SET retries = retries + 1, last_error = $1 WHERE orchestration_id = $2 AND activity_id = $3")
                     .bind(&reason)
                     .bind(&task.orchestration_id)
                     .bind(&task.activity_id)
@@ -265,7 +265,7 @@ impl Engine {
         let row = sqlx::query(
             "SELECT id, correlation_id, definition_id, orchestration_type, state, state_timestamp,
                created_timestamp, processing_data, output_data, error_detail
-             FROM orchestrations WHERE id = ?",
+             FROM orchestrations WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -273,7 +273,7 @@ impl Engine {
         .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))?;
         let step_rows = sqlx::query(
             "SELECT activity_id, activity_type, depends_on, state, attempt, last_error, started_at, completed_at
-             FROM orchestration_steps WHERE orchestration_id = ? ORDER BY position",
+             FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position",
         )
         .bind(id)
         .fetch_all(&mut *conn)
@@ -320,8 +320,8 @@ impl Engine {
         output: Properties,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE orchestration_steps SET state = 'completed', completed_at = ?, output = ?, last_error = NULL
-             WHERE orchestration_id = ? AND activity_id = ?",
+            "UPDATE orchestration_steps SET state = 'completed', completed_at = $1, output = $2, last_error = NULL
+             WHERE orchestration_id = $3 AND activity_id = $4",
         )
         .bind(now())
         .bind(to_json(&output))
@@ -333,7 +333,7 @@ impl Engine {
             current.processing_data.insert(key.clone(), value.clone());
             current.output_data.insert(key, value);
         }
-        sqlx::query("UPDATE orchestrations SET processing_data = ?, output_data = ?, version = version + 1 WHERE id = ?")
+        sqlx::query("UPDATE orchestrations SET processing_data = $1, output_data = $2, version = version + 1 WHERE id = $3")
             .bind(to_json(&current.processing_data))
             .bind(to_json(&current.output_data))
             .bind(&task.orchestration_id)
@@ -372,8 +372,8 @@ impl Engine {
         reason: &str,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE orchestration_steps SET state = 'failed', completed_at = ?, last_error = ?
-             WHERE orchestration_id = ? AND activity_id = ?",
+            "UPDATE orchestration_steps SET state = 'failed', completed_at = $1, last_error = $2
+             WHERE orchestration_id = $3 AND activity_id = $4",
         )
         .bind(now())
         .bind(reason)
@@ -404,7 +404,7 @@ impl Engine {
         error_detail: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE orchestrations SET state = ?, state_timestamp = ?, error_detail = ?, version = version + 1 WHERE id = ?",
+            "UPDATE orchestrations SET state = $1, state_timestamp = $2, error_detail = $3, version = version + 1 WHERE id = $4",
         )
         .bind(state as i64)
         .bind(now())
@@ -511,8 +511,8 @@ impl Engine {
         )
         .await?;
         sqlx::query(
-            "UPDATE orchestration_steps SET state = 'dispatched', attempt = ?, started_at = COALESCE(started_at, ?)
-             WHERE orchestration_id = ? AND activity_id = ?",
+            "UPDATE orchestration_steps SET state = 'dispatched', attempt = $1, started_at = COALESCE(started_at, $2)
+             WHERE orchestration_id = $3 AND activity_id = $4",
         )
         .bind(task.attempt as i64)
         .bind(now())
@@ -523,9 +523,13 @@ impl Engine {
         Ok(())
     }
 
+    /// Reads an orchestration for changing it, locking it for the rest of the transaction.
     async fn current(&self, tx: &mut Conn, id: &str) -> Result<Option<Current>> {
         let row = sqlx::query(
-            "SELECT correlation_id, orchestration_type, state, processing_data, output_data FROM orchestrations WHERE id = ?",
+            // An UPDATE that changes nothing, to lock the row: outcomes of one
+            // orchestration's parallel activities are applied one after the other.
+            "UPDATE orchestrations SET version = version WHERE id = $1
+             RETURNING correlation_id, orchestration_type, state, processing_data, output_data",
         )
         .bind(id)
         .fetch_optional(tx)
@@ -557,7 +561,7 @@ impl Engine {
 async fn steps(conn: &mut Conn, id: &str) -> Result<Vec<StepRow>> {
     let rows = sqlx::query(
         "SELECT activity_id, activity_type, depends_on, state, attempt, retries
-         FROM orchestration_steps WHERE orchestration_id = ? ORDER BY position",
+         FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position",
     )
     .bind(id)
     .fetch_all(conn)

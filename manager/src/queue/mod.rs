@@ -6,10 +6,10 @@
 //! and deleted in the transaction that applies its result. One process owns an embedded
 //! queue; deployments with several managers use JetStream instead.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::Result;
-use crate::store::{Conn, Db};
+use crate::store::{Backend, Conn, Db};
 
 /// Activity work for agent hosts.
 pub const ACTIVITY_TOPIC: &str = "activity";
@@ -33,7 +33,7 @@ pub async fn publish(
     available_at_ms: i64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO queue (id, topic, payload, available_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO queue (id, topic, payload, available_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
     .bind(topic)
@@ -47,20 +47,21 @@ pub async fn publish(
 /// Leases up to `max` available messages of `topic` for `lease_ms`, oldest first.
 pub async fn lease(db: &Db, topic: &str, max: i64, lease_ms: i64) -> Result<Vec<Delivery>> {
     let now = now_ms();
-    // One statement: choosing and leasing cannot interleave with another dispatcher.
-    let rows = sqlx::query(
-        "UPDATE queue SET leased_until = ?1, deliveries = deliveries + 1
-         WHERE id IN (SELECT id FROM queue
-                      WHERE topic = ?2 AND available_at <= ?3 AND (leased_until IS NULL OR leased_until <= ?3)
-                      ORDER BY available_at, id LIMIT ?4)
-         RETURNING id, payload, deliveries",
-    )
-    .bind(now + lease_ms)
-    .bind(topic)
-    .bind(now)
-    .bind(max)
-    .fetch_all(db.writer())
-    .await?;
+    // One statement: choosing and leasing cannot interleave with another dispatcher. On
+    // PostgreSQL the chosen rows are locked as they are picked and rows another
+    // dispatcher holds are skipped; the lease test is repeated in the outer WHERE so a
+    // row leased meanwhile is never leased twice.
+    let sql = match db.backend() {
+        Backend::Sqlite => LEASE_SQL.replace(" FOR UPDATE SKIP LOCKED", ""),
+        Backend::Postgres => LEASE_SQL.to_string(),
+    };
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(now + lease_ms)
+        .bind(topic)
+        .bind(now)
+        .bind(max)
+        .fetch_all(db.writer())
+        .await?;
     Ok(rows
         .iter()
         .map(|row| Delivery {
@@ -71,9 +72,16 @@ pub async fn lease(db: &Db, topic: &str, max: i64, lease_ms: i64) -> Result<Vec<
         .collect())
 }
 
+const LEASE_SQL: &str = "UPDATE queue SET leased_until = $1, deliveries = deliveries + 1
+     WHERE id IN (SELECT id FROM queue
+                  WHERE topic = $2 AND available_at <= $3 AND (leased_until IS NULL OR leased_until <= $3)
+                  ORDER BY available_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+       AND (leased_until IS NULL OR leased_until <= $3)
+     RETURNING id, payload, deliveries";
+
 /// Removes a message whose result has been applied (in that same transaction).
 pub async fn ack(conn: &mut Conn, id: &str) -> Result<()> {
-    sqlx::query("DELETE FROM queue WHERE id = ?")
+    sqlx::query("DELETE FROM queue WHERE id = $1")
         .bind(id)
         .execute(conn)
         .await?;
@@ -82,7 +90,7 @@ pub async fn ack(conn: &mut Conn, id: &str) -> Result<()> {
 
 /// Removes every message whose id starts with `prefix` (an orchestration's pending work).
 pub async fn purge_prefix(conn: &mut Conn, prefix: &str) -> Result<()> {
-    sqlx::query("DELETE FROM queue WHERE substr(id, 1, length(?1)) = ?1")
+    sqlx::query("DELETE FROM queue WHERE substr(id, 1, length($1)) = $1")
         .bind(prefix)
         .execute(conn)
         .await?;
@@ -103,7 +111,8 @@ pub async fn release_all(db: &Db) -> Result<u64> {
 /// When the next message of `topic` becomes available, if any is waiting.
 pub async fn next_available_at(db: &Db, topic: &str) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(
-        "SELECT MIN(MAX(available_at, COALESCE(leased_until, 0))) FROM queue WHERE topic = ?",
+        "SELECT MIN(CASE WHEN leased_until > available_at THEN leased_until ELSE available_at END)
+         FROM queue WHERE topic = $1",
     )
     .bind(topic)
     .fetch_one(db.read())

@@ -1,74 +1,209 @@
 //! The database: connection set-up, migrations and the helpers every store module shares.
 //!
-//! SQLite is the embedded default. Write transactions take the database lock up front
-//! (`BEGIN IMMEDIATE`), so a transaction never fails on a lock upgrade halfway through.
+//! Two backends behind sqlx's `Any` driver: embedded SQLite (the default) and PostgreSQL.
+//! Every statement is written once, in the SQL both understand, with `$N` placeholders;
+//! the few places where they differ ask [`Db::backend`] (the predicate language's JSON
+//! paths, and how a write transaction begins).
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::Sqlite;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::{Any, AnyPool, ConnectOptions, Executor};
 
 use crate::error::{ManagerError, Result};
 
-pub type Tx = sqlx::Transaction<'static, Sqlite>;
-pub type Conn = sqlx::SqliteConnection;
+pub type Tx = sqlx::Transaction<'static, Any>;
+pub type Conn = sqlx::AnyConnection;
+pub type Row = sqlx::any::AnyRow;
 
-/// The database, as two pools. SQLite admits one writer at a time: writes go through a
-/// one-connection pool so writers queue in order inside the process, instead of in
-/// SQLite's sleep-and-retry busy handler (which cost 105 ms at p99 on participant
-/// creation under load). Reads use a read-only pool of their own; under WAL they never
-/// wait for the writer, and a write sent there by mistake fails loudly.
+/// Which SQL server holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database, as a read pool and a write pool.
+///
+/// SQLite admits one writer at a time: writes go through a one-connection pool so
+/// writers queue in order inside the process, instead of in SQLite's sleep-and-retry
+/// busy handler (which cost 105 ms at p99 on participant creation under load). Reads use
+/// a read-only pool of their own; under WAL they never wait for the writer, and a write
+/// sent there by mistake fails loudly. On PostgreSQL both are one pool, and writers that
+/// touch the same rows serialise on row locks ([`lock_row`]).
 #[derive(Clone)]
 pub struct Db {
-    read: sqlx::SqlitePool,
-    write: sqlx::SqlitePool,
+    read: AnyPool,
+    write: AnyPool,
+    backend: Backend,
 }
 
 impl Db {
-    pub fn read(&self) -> &sqlx::SqlitePool {
+    /// Opens the database a URL names, creating it (and, for SQLite, its file) when it
+    /// does not exist yet, and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            open_postgres(url).await
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            open_sqlite(Path::new(path)).await
+        } else {
+            Err(ManagerError::bad_request(format!(
+                "unsupported database URL '{}': use postgres://... or sqlite://PATH",
+                redact_url(url)
+            )))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn read(&self) -> &AnyPool {
         &self.read
     }
 
     /// For single-statement writes; transactions use [`write`].
-    pub fn writer(&self) -> &sqlx::SqlitePool {
+    pub fn writer(&self) -> &AnyPool {
         &self.write
     }
 
     /// A read connection.
-    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, sqlx::Error> {
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Any>, sqlx::Error> {
         self.read.acquire().await
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
     }
 }
 
-/// Opens (creating if needed) the SQLite database at `path` and brings its schema up to date.
+/// Opens (creating if needed) the SQLite database at `path`.
 pub async fn open_sqlite(path: &Path) -> Result<Db> {
-    let url = format!("sqlite://{}", path.display());
-    let options = SqliteConnectOptions::from_str(&url)?
-        .foreign_keys(true)
-        // WAL with NORMAL sync survives a killed process (not a power cut) at a fraction
-        // of FULL's fsync cost; the outbox makes every write path idempotent anyway.
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(30));
-    let write = SqlitePoolOptions::new()
+    sqlx::any::install_default_drivers();
+    let url = |mode: &str| {
+        AnyConnectOptions::from_url(
+            &format!("sqlite://{}?mode={mode}", path.display())
+                .parse()
+                .map_err(|e| ManagerError::Io(format!("database path {}: {e}", path.display())))?,
+        )
+        .map_err(ManagerError::from)
+    };
+    let write = AnyPoolOptions::new()
         .max_connections(1)
-        .connect_with(options.clone().create_if_missing(true))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // WAL with NORMAL sync survives a killed process (not a power cut) at a
+                // fraction of FULL's fsync cost; the outbox makes every write path
+                // idempotent anyway.
+                conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")
+                    .await?;
+                sqlite_session(conn).await
+            })
+        })
+        .connect_with(url("rwc")?.disable_statement_logging())
         .await?;
     sqlx::migrate!("../migrations/sqlite").run(&write).await?;
-    let read = SqlitePoolOptions::new()
+    let read = AnyPoolOptions::new()
         .max_connections(4)
-        .connect_with(options.read_only(true))
+        .after_connect(|conn, _| Box::pin(sqlite_session(conn)))
+        .connect_with(url("ro")?.disable_statement_logging())
         .await?;
-    Ok(Db { read, write })
+    Ok(Db {
+        read,
+        write,
+        backend: Backend::Sqlite,
+    })
 }
 
-/// Begins a write transaction holding the write lock from its first statement.
+/// Settings every SQLite connection needs. LIKE is made case-sensitive so a predicate
+/// means the same on SQLite as on PostgreSQL.
+async fn sqlite_session(conn: &mut Conn) -> Result<(), sqlx::Error> {
+    conn.execute(
+        "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000; PRAGMA case_sensitive_like = ON",
+    )
+    .await?;
+    Ok(())
+}
+
+async fn open_postgres(url: &str) -> Result<Db> {
+    if !sqlx::Any::database_exists(url).await? {
+        tracing::info!(database = %redact_url(url), "creating database");
+        // Another replica may create it between the check and here.
+        if let Err(e) = sqlx::Any::create_database(url).await
+            && !sqlx::Any::database_exists(url).await?
+        {
+            return Err(e.into());
+        }
+    }
+    let options = AnyConnectOptions::from_url(
+        &url.parse()
+            .map_err(|e| ManagerError::bad_request(format!("database URL: {e}")))?,
+    )?
+    .disable_statement_logging();
+    let pool = AnyPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+    Ok(Db {
+        read: pool.clone(),
+        write: pool,
+        backend: Backend::Postgres,
+    })
+}
+
+/// Begins a write transaction. On SQLite it takes the write lock from its first
+/// statement (`BEGIN IMMEDIATE`), so it never fails on a lock upgrade halfway through.
 pub async fn write(db: &Db) -> Result<Tx> {
-    Ok(db.write.begin_with("BEGIN IMMEDIATE").await?)
+    Ok(match db.backend {
+        Backend::Sqlite => db.write.begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => db.write.begin().await?,
+    })
+}
+
+/// Locks a row of `table` by id for the rest of the transaction; false when it does not
+/// exist. Read-modify-write paths call it first, so concurrent writers of one row take
+/// turns on PostgreSQL (SQLite's writers take turns anyway). An UPDATE rather than
+/// `SELECT ... FOR UPDATE` because both backends understand it.
+pub async fn lock_row(conn: &mut Conn, table: Table, id: &str) -> Result<bool> {
+    let sql = match table {
+        Table::Tenants => "UPDATE tenants SET version = version WHERE id = $1",
+        Table::Cells => "UPDATE cells SET version = version WHERE id = $1",
+        Table::ParticipantProfiles => {
+            "UPDATE participant_profiles SET version = version WHERE id = $1"
+        }
+        Table::Orchestrations => "UPDATE orchestrations SET version = version WHERE id = $1",
+    };
+    let done = sqlx::query(sql).bind(id).execute(conn).await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Tables [`lock_row`] can lock.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    Tenants,
+    Cells,
+    ParticipantProfiles,
+    Orchestrations,
+}
+
+/// A database URL fit for logs and errors: without its password.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_string(),
+        Err(_) => "<unparseable URL>".into(),
+    }
 }
 
 pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
@@ -118,14 +253,14 @@ pub struct Paged<T> {
 
 /// Reads a value of the `meta` table.
 pub async fn meta(conn: &mut Conn, key: &str) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+    Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
         .bind(key)
         .fetch_optional(conn)
         .await?)
 }
 
 pub async fn set_meta(conn: &mut Conn, key: &str, value: &str) -> Result<()> {
-    sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+    sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(key)
         .bind(value)
         .execute(conn)

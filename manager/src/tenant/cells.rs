@@ -30,7 +30,7 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
     };
     let inserted = sqlx::query(
         "INSERT INTO cells (id, version, external_id, state, state_timestamp, properties)
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
     .bind(&cell.id)
     .bind(cell.version)
@@ -59,7 +59,7 @@ pub async fn list(db: &Db) -> Result<Vec<Cell>> {
 /// Finds a cell by its id or, failing that, its external id.
 pub async fn find(conn: &mut Conn, id_or_external: &str) -> Result<Option<Cell>> {
     let row = sqlx::query(AssertSqlSafe(format!(
-        "{SELECT} WHERE id = ?1 OR (external_id = ?1 AND external_id <> '') ORDER BY id = ?1 DESC LIMIT 1"
+        "{SELECT} WHERE id = $1 OR (external_id = $1 AND external_id <> '') ORDER BY id = $1 DESC LIMIT 1"
     )))
     .bind(id_or_external)
     .fetch_optional(conn)
@@ -70,7 +70,7 @@ pub async fn find(conn: &mut Conn, id_or_external: &str) -> Result<Option<Cell>>
 const SELECT: &str =
     "SELECT id, version, external_id, state, state_timestamp, properties FROM cells";
 
-fn read(row: &sqlx::sqlite::SqliteRow) -> Result<Cell> {
+fn read(row: &crate::store::Row) -> Result<Cell> {
     Ok(Cell {
         id: row.get("id"),
         version: row.get("version"),

@@ -20,7 +20,7 @@ pub async fn create(
         deployments: vec![],
         properties,
     };
-    sqlx::query("INSERT INTO dataspace_profiles (id, version, dataspace_spec, properties) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO dataspace_profiles (id, version, dataspace_spec, properties) VALUES ($1, $2, $3, $4)")
         .bind(&profile.id)
         .bind(profile.version)
         .bind(to_json(&profile.dataspace_spec))
@@ -32,7 +32,7 @@ pub async fn create(
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<DataspaceProfile> {
     let row = sqlx::query(
-        "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles WHERE id = ?",
+        "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -77,7 +77,7 @@ pub async fn deploy(db: &Db, profile_id: &str, cell: &str) -> Result<DataspaceDe
     };
     sqlx::query(
         "INSERT INTO dataspace_deployments (id, version, profile_id, cell_id, state, state_timestamp)
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (profile_id, cell_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (profile_id, cell_id) DO NOTHING",
     )
     .bind(&deployment.id)
     .bind(deployment.version)
@@ -100,7 +100,7 @@ async fn deployments(conn: &mut Conn, profile_id: &str) -> Result<Vec<DataspaceD
     let rows = sqlx::query(
         "SELECT d.id, d.version, d.state, d.state_timestamp, d.cell_id, c.external_id
          FROM dataspace_deployments d JOIN cells c ON c.id = d.cell_id
-         WHERE d.profile_id = ? ORDER BY d.id",
+         WHERE d.profile_id = $1 ORDER BY d.id",
     )
     .bind(profile_id)
     .fetch_all(conn)
@@ -118,7 +118,7 @@ async fn deployments(conn: &mut Conn, profile_id: &str) -> Result<Vec<DataspaceD
         .collect())
 }
 
-fn read(row: &sqlx::sqlite::SqliteRow) -> Result<DataspaceProfile> {
+fn read(row: &crate::store::Row) -> Result<DataspaceProfile> {
     Ok(DataspaceProfile {
         id: row.get("id"),
         version: row.get("version"),

@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::provision::definitions;
 use crate::provision::engine::{Engine, Finished, Start};
-use crate::query::Predicate;
+use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
 use crate::store::{self, Conn, Db, from_json, to_json};
 use crate::tenant::{cells, dataspaces, tenants};
 
@@ -101,7 +101,7 @@ pub async fn deploy(
     };
     sqlx::query(
         "INSERT INTO participant_profiles (id, version, tenant_id, identifier, cell_id, dataspace_profile_ids,
-           participant_roles, vpas, properties) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?)",
+           participant_roles, vpas, properties) VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&profile.id)
     .bind(&profile.tenant_id)
@@ -189,7 +189,7 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
     }
     // The deploy's processing data holds the base keys and every deploy activity's output.
     let data: Option<String> = sqlx::query_scalar(
-        "SELECT processing_data FROM orchestrations WHERE correlation_id = ? AND orchestration_type = ?
+        "SELECT processing_data FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2
          ORDER BY created_timestamp DESC LIMIT 1",
     )
     .bind(id)
@@ -217,7 +217,7 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
 
 async fn fetch(conn: &mut Conn, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
     let row = sqlx::query(AssertSqlSafe(format!(
-        "{SELECT} WHERE id = ? AND tenant_id = ?"
+        "{SELECT} WHERE id = $1 AND tenant_id = $2"
     )))
     .bind(id)
     .bind(tenant_id)
@@ -231,7 +231,7 @@ pub async fn list(db: &Db, tenant_id: &str) -> Result<Vec<ParticipantProfile>> {
     let mut conn = db.acquire().await?;
     tenants::get(&mut conn, tenant_id).await?;
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "{SELECT} WHERE tenant_id = ? ORDER BY id"
+        "{SELECT} WHERE tenant_id = $1 ORDER BY id"
     )))
     .bind(tenant_id)
     .fetch_all(&mut *conn)
@@ -245,12 +245,13 @@ pub async fn query(
     predicate: &Predicate,
     page: store::Page,
 ) -> Result<Vec<ParticipantProfile>> {
-    let (condition, params) = predicate.to_sql(&profile_column)?;
-    let sql = format!("{SELECT} WHERE {condition} ORDER BY id LIMIT ? OFFSET ?");
-    let query = crate::query::bind_all(sqlx::query(AssertSqlSafe(sql)), params);
-    let rows = query
-        .bind(page.limit)
-        .bind(page.offset)
+    let mut params = Params::default();
+    let condition = predicate.to_sql(&profile_field, db.backend(), &mut params)?;
+    let limit = params.push(Literal::Integer(page.limit));
+    let offset = params.push(Literal::Integer(page.offset));
+    let sql = format!("{SELECT} WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}");
+    let rows = params
+        .bind(sqlx::query(AssertSqlSafe(sql)))
         .fetch_all(db.read())
         .await?;
     rows.iter().map(read).collect()
@@ -264,7 +265,7 @@ pub async fn on_orchestration_finished(
     conn: &mut Conn,
     finished: &Finished<'_>,
 ) -> Result<()> {
-    let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = ?")))
+    let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
         .bind(finished.correlation_id)
         .fetch_optional(&mut *conn)
         .await?
@@ -341,12 +342,12 @@ async fn set_vpa_state(
         profile.error_detail = Some(detail.to_string());
     }
     sqlx::query(
-        "UPDATE participant_profiles SET vpas = ?, properties = ?, error = ?, error_detail = ?, version = version + 1
-         WHERE id = ?",
+        "UPDATE participant_profiles SET vpas = $1, properties = $2, error = $3, error_detail = $4, version = version + 1
+         WHERE id = $5",
     )
     .bind(to_json(&profile.vpas))
     .bind(to_json(&profile.properties))
-    .bind(profile.error)
+    .bind(profile.error as i64)
     .bind(&profile.error_detail)
     .bind(&profile.id)
     .execute(&mut *conn)
@@ -362,19 +363,28 @@ async fn place(
     requested: Option<&str>,
     dataspace_profile_ids: &[String],
 ) -> Result<crate::model::Cell> {
-    let candidates = sqlx::query(
-        "SELECT c.id, c.external_id,
-                (SELECT COUNT(*) FROM participant_profiles p WHERE p.cell_id = c.id) AS load
-         FROM cells c
-         WHERE c.state = 'active'
-           AND (?1 = '[]' OR EXISTS (SELECT 1 FROM dataspace_deployments d
-                  WHERE d.cell_id = c.id AND d.state = 'active'
-                    AND d.profile_id IN (SELECT value FROM json_each(?1))))
-         ORDER BY load, c.id",
-    )
-    .bind(to_json(dataspace_profile_ids))
-    .fetch_all(&mut *conn)
-    .await?;
+    // Active cells serving at least one of the dataspace profiles (any cell when none is
+    // asked for), least loaded first.
+    let serving = if dataspace_profile_ids.is_empty() {
+        "TRUE".to_string()
+    } else {
+        let marks = (1..=dataspace_profile_ids.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "EXISTS (SELECT 1 FROM dataspace_deployments d
+               WHERE d.cell_id = c.id AND d.state = 'active' AND d.profile_id IN ({marks}))"
+        )
+    };
+    let mut query = sqlx::query(AssertSqlSafe(format!(
+        "SELECT c.id, (SELECT COUNT(*) FROM participant_profiles p WHERE p.cell_id = c.id) AS load
+         FROM cells c WHERE c.state = 'active' AND {serving} ORDER BY load, c.id"
+    )));
+    for id in dataspace_profile_ids {
+        query = query.bind(id);
+    }
+    let candidates = query.fetch_all(&mut *conn).await?;
     let ids: Vec<String> = candidates.iter().map(|r| r.get("id")).collect();
     let chosen = match requested {
         Some(wanted) if !wanted.is_empty() => match cells::find(conn, wanted).await? {
@@ -419,14 +429,27 @@ fn validate_did(identifier: &str) -> Result<()> {
     }
 }
 
-/// Query fields of profiles and the SQL they read.
-fn profile_column(field: &str) -> Option<&'static str> {
+/// Query fields of profiles and where they are stored.
+fn profile_field(field: &str) -> Option<Field> {
+    let json = |column| Field::Json(JsonColumn {
+        column,
+        scalar_keys: &[],
+    });
     Some(match field {
-        "id" => "id",
-        "identifier" => "identifier",
-        "tenantId" => "tenant_id",
-        "version" => "version",
-        "error" => "error",
+        "id" => Field::Text("id"),
+        "identifier" => Field::Text("identifier"),
+        "tenantId" => Field::Text("tenant_id"),
+        "cellId" => Field::Text("cell_id"),
+        "version" => Field::Integer("version"),
+        "error" => Field::Bool("error"),
+        "errorDetail" => Field::Text("error_detail"),
+        "vpas" => Field::Json(JsonColumn {
+            column: "vpas",
+            scalar_keys: &["id", "type", "state", "cellId", "stateTimestamp"],
+        }),
+        "properties" => json("properties"),
+        "participantRoles" => json("participant_roles"),
+        "dataspaceProfileIds" => json("dataspace_profile_ids"),
         _ => return None,
     })
 }
@@ -434,7 +457,7 @@ fn profile_column(field: &str) -> Option<&'static str> {
 const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, vpas, properties, error, error_detail
     FROM participant_profiles";
 
-fn read(row: &sqlx::sqlite::SqliteRow) -> Result<ParticipantProfile> {
+fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
     Ok(ParticipantProfile {
         id: row.get("id"),
         version: row.get("version"),
@@ -443,7 +466,7 @@ fn read(row: &sqlx::sqlite::SqliteRow) -> Result<ParticipantProfile> {
         participant_roles: from_json(row.get("participant_roles"), "participant roles")?,
         vpas: from_json(row.get("vpas"), "vpas")?,
         properties: from_json(row.get("properties"), "profile properties")?,
-        error: row.get("error"),
+        error: row.get::<i64, _>("error") != 0,
         error_detail: row.get("error_detail"),
     })
 }

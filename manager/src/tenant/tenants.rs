@@ -12,7 +12,7 @@ pub async fn create(db: &Db, properties: Properties) -> Result<Tenant> {
         version: 0,
         properties,
     };
-    sqlx::query("INSERT INTO tenants (id, version, properties, created_at) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO tenants (id, version, properties, created_at) VALUES ($1, $2, $3, $4)")
         .bind(&tenant.id)
         .bind(tenant.version)
         .bind(to_json(&tenant.properties))
@@ -23,7 +23,7 @@ pub async fn create(db: &Db, properties: Properties) -> Result<Tenant> {
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
-    let row = sqlx::query("SELECT id, version, properties FROM tenants WHERE id = ?")
+    let row = sqlx::query("SELECT id, version, properties FROM tenants WHERE id = $1")
         .bind(id)
         .fetch_optional(conn)
         .await?
@@ -36,7 +36,7 @@ pub async fn list(db: &Db, page: Page) -> Result<Paged<Tenant>> {
         .fetch_one(db.read())
         .await?;
     let rows =
-        sqlx::query("SELECT id, version, properties FROM tenants ORDER BY id LIMIT ? OFFSET ?")
+        sqlx::query("SELECT id, version, properties FROM tenants ORDER BY id LIMIT $1 OFFSET $2")
             .bind(page.limit)
             .bind(page.offset)
             .fetch_all(db.read())
@@ -45,7 +45,7 @@ pub async fn list(db: &Db, page: Page) -> Result<Paged<Tenant>> {
     Ok(Paged { items, total, page })
 }
 
-fn read(row: &sqlx::sqlite::SqliteRow) -> Result<Tenant> {
+fn read(row: &crate::store::Row) -> Result<Tenant> {
     Ok(Tenant {
         id: row.get("id"),
         version: row.get("version"),
