@@ -9,11 +9,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use cfm_manager::on_both_backends;
+use cfm_manager::testing::TestBackend;
 use support::{Server, read_audit};
 
-#[tokio::test]
-async fn walkthrough_turns_all_four_vpas_active() {
-    let server = Server::start(&[]).await;
+on_both_backends!(
+    walkthrough_turns_all_four_vpas_active,
+    a_killed_server_resumes_every_orchestration_with_side_effects_once,
+    bad_input_gets_upstream_errors_and_never_a_500,
+);
+
+async fn walkthrough_turns_all_four_vpas_active(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
     let api = server.client();
     let env = api.dataspace_with_cell("cell-eu-1").await;
     let tenant = api
@@ -178,12 +185,11 @@ async fn walkthrough_turns_all_four_vpas_active() {
     );
 }
 
-#[tokio::test]
-async fn a_killed_server_resumes_every_orchestration_with_side_effects_once() {
+async fn a_killed_server_resumes_every_orchestration_with_side_effects_once(backend: TestBackend) {
     const PARTICIPANTS: usize = 12;
     // Two activities at a time and a 200 ms activity in every onboarding: the kill below
     // lands while most orchestrations are still running.
-    let mut server = Server::start(&["--no-seed", "--concurrency", "2"]).await;
+    let mut server = Server::start_on(backend, &["--no-seed", "--concurrency", "2"]).await;
     let api = server.client();
     for activity_type in [
         "cfm.vault.credentials",
@@ -276,9 +282,8 @@ async fn a_killed_server_resumes_every_orchestration_with_side_effects_once() {
     );
 }
 
-#[tokio::test]
-async fn bad_input_gets_upstream_errors_and_never_a_500() {
-    let server = Server::start(&[]).await;
+async fn bad_input_gets_upstream_errors_and_never_a_500(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
     let api = server.client();
 
     // Authentication and scopes.

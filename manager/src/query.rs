@@ -111,6 +111,19 @@ impl Predicate {
         Ok(Self(Some(expr)))
     }
 
+    /// This predicate and `field = value`: how the server scopes a query of its own.
+    pub fn and_equals(self, field: &str, value: Literal) -> Self {
+        let compare = Expr::Compare {
+            field: field.to_string(),
+            op: "=",
+            value,
+        };
+        Self(Some(match self.0 {
+            None => compare,
+            Some(expr) => Expr::And(Box::new(expr), Box::new(compare)),
+        }))
+    }
+
     /// The SQL condition, its values added to `params`. `fields` names a resource's
     /// queryable fields; an unknown one is a 400 naming it.
     pub fn to_sql(

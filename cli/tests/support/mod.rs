@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cfm_manager::testing::{ScratchDatabase, TestBackend};
 use serde_json::{Value, json};
 
 pub struct Server {
@@ -13,16 +14,26 @@ pub struct Server {
     base: String,
     token: String,
     args: Vec<String>,
+    // After the process (Drop kills it first), so its connections are gone.
+    scratch: Option<ScratchDatabase>,
 }
 
 impl Server {
-    /// Starts `cfm serve` on a free loopback port with a fresh data directory.
+    /// Starts `cfm serve` on a free loopback port with a fresh data directory and the
+    /// embedded database.
+    #[allow(dead_code)]
     pub async fn start(args: &[&str]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        Self::spawn(dir, args.iter().map(|s| s.to_string()).collect())
+        Self::start_on(TestBackend::Sqlite, args).await
     }
 
-    fn spawn(dir: tempfile::TempDir, args: Vec<String>) -> Server {
+    /// Starts `cfm serve` on `backend`: PostgreSQL gets a scratch database of its own.
+    pub async fn start_on(backend: TestBackend, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = backend.scratch().await;
+        Self::spawn(dir, args.iter().map(|s| s.to_string()).collect(), scratch)
+    }
+
+    fn spawn(dir: tempfile::TempDir, args: Vec<String>, scratch: Option<ScratchDatabase>) -> Server {
         let plugins = Path::new(env!("CARGO_BIN_EXE_cfm"))
             .parent()
             .and_then(Path::parent)
@@ -43,6 +54,7 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(scratch.iter().flat_map(|db| ["--database-url", db.url()]))
             .args(&args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -73,6 +85,7 @@ impl Server {
             base: base.unwrap(),
             token,
             args,
+            scratch,
         }
     }
 
@@ -113,7 +126,8 @@ impl Server {
         self.kill();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let args = std::mem::take(&mut self.args);
-        Self::spawn(dir, args)
+        let scratch = self.scratch.take();
+        Self::spawn(dir, args, scratch)
     }
 }
 

@@ -15,6 +15,16 @@ pub struct NewTenant {
 }
 
 #[derive(Debug, Deserialize)]
+pub struct TenantPatch {
+    #[serde(default)]
+    pub properties: Properties,
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// The version the client read; a stale one is a conflict.
+    pub version: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewCell {
     #[serde(default)]

@@ -12,7 +12,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::requests::{
     NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewParticipantProfileDeployment,
-    NewTenant,
+    NewTenant, TenantPatch,
 };
 use crate::query::Predicate;
 use crate::store::{Page, Paged};
@@ -21,7 +21,11 @@ use crate::tenant::{cells, dataspaces, profiles, tenants};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/tenants", get(list_tenants).post(create_tenant))
-        .route("/tenants/{id}", get(get_tenant))
+        .route("/tenants/query", post(query_tenants))
+        .route(
+            "/tenants/{id}",
+            get(get_tenant).patch(patch_tenant).delete(delete_tenant),
+        )
         .route(
             "/tenants/{tid}/participant-profiles",
             get(list_profiles).post(deploy_profile),
@@ -32,11 +36,15 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/participant-profiles/query", post(query_profiles))
         .route("/cells", get(list_cells).post(create_cell))
+        .route("/cells/{id}", get(get_cell).delete(delete_cell))
         .route(
             "/dataspace-profiles",
             get(list_dataspaces).post(create_dataspace),
         )
-        .route("/dataspace-profiles/{id}", get(get_dataspace))
+        .route(
+            "/dataspace-profiles/{id}",
+            get(get_dataspace).delete(delete_dataspace),
+        )
         .route(
             "/dataspace-profiles/{id}/deployments",
             post(deploy_dataspace),
@@ -92,7 +100,43 @@ async fn get_tenant(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.engine.db().acquire().await?;
-    Ok(Json(tenants::get(&mut conn, &id).await?))
+    let tenant = tenants::get(&mut conn, &id).await?;
+    Ok((etag(tenant.version), Json(tenant)))
+}
+
+/// Sets `properties` and removes the `removed` keys. `If-Match` (or the body's
+/// `version`) makes it conditional on the version the client read.
+async fn patch_tenant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<TenantPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let expected = if_match(&headers)?.or(body.version);
+    let patch = tenants::Patch {
+        properties: body.properties,
+        removed: body.removed,
+    };
+    let tenant = tenants::patch(state.engine.db(), &id, patch, expected).await?;
+    Ok((etag(tenant.version), Json(tenant)))
+}
+
+async fn delete_tenant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    tenants::delete(state.engine.db(), &id, if_match(&headers)?).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn query_tenants(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<super::requests::Query>,
+) -> ApiResult<impl IntoResponse> {
+    let predicate = Predicate::parse(&body.predicate)?;
+    let page = Page::new(Some(body.offset), Some(body.limit));
+    Ok(Json(tenants::query(state.engine.db(), &predicate, page).await?))
 }
 
 async fn list_profiles(
@@ -164,6 +208,24 @@ async fn create_cell(
     ))
 }
 
+async fn get_cell(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut conn = state.engine.db().acquire().await?;
+    let cell = cells::get(&mut conn, &id).await?;
+    Ok((etag(cell.version), Json(cell)))
+}
+
+async fn delete_cell(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    cells::delete(state.engine.db(), &id, if_match(&headers)?).await?;
+    Ok(StatusCode::OK)
+}
+
 async fn list_dataspaces(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(dataspaces::list(state.engine.db()).await?))
 }
@@ -183,6 +245,14 @@ async fn get_dataspace(
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.engine.db().acquire().await?;
     Ok(Json(dataspaces::get(&mut conn, &id).await?))
+}
+
+async fn delete_dataspace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    dataspaces::delete(state.engine.db(), &id).await?;
+    Ok(StatusCode::OK)
 }
 
 async fn deploy_dataspace(
@@ -221,4 +291,27 @@ fn paging_headers<T>(path: &str, paged: &Paged<T>) -> HeaderMap {
     }
     headers.insert("x-total-count", HeaderValue::from(total));
     headers
+}
+
+/// The version an `If-Match` header asks for: `3`, `"3"` or `W/"3"`; `*` asks for none.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let bare = text.trim_start_matches("W/").trim_matches('"');
+    bare.parse().map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("If-Match must name a version, like \"3\"; got '{text}'"),
+        )
+    })
+}
+
+/// The `ETag` of a resource at `version`, for a later `If-Match`.
+fn etag(version: i64) -> [(header::HeaderName, String); 1] {
+    [(header::ETAG, format!("\"{version}\""))]
 }

@@ -159,6 +159,15 @@ async fn open_postgres(url: &str) -> Result<Db> {
     })
 }
 
+/// The backend a connection talks to.
+pub fn backend_of(conn: &Conn) -> Backend {
+    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    }
+}
+
 /// Begins a write transaction. On SQLite it takes the write lock from its first
 /// statement (`BEGIN IMMEDIATE`), so it never fails on a lock upgrade halfway through.
 pub async fn write(db: &Db) -> Result<Tx> {

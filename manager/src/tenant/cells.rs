@@ -4,7 +4,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
 use crate::model::{Cell, DEPLOYMENT_STATES, Properties, new_id, now};
-use crate::store::{Conn, Db, from_json, to_json};
+use crate::store::{self, Conn, Db, Table, from_json, to_json};
+use crate::tenant::{profiles, tenants};
 
 pub struct NewCell {
     pub external_id: String,
@@ -54,6 +55,39 @@ pub async fn list(db: &Db) -> Result<Vec<Cell>> {
         .fetch_all(db.read())
         .await?;
     rows.iter().map(read).collect()
+}
+
+pub async fn get(conn: &mut Conn, id: &str) -> Result<Cell> {
+    let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| ManagerError::not_found(format!("cell '{id}' not found")))?;
+    read(&row)
+}
+
+/// Deletes a cell with its dataspace deployments and the records of participants
+/// decommissioned there. Refused while a participant placed in it is not `disposed`.
+pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<()> {
+    let mut tx = store::write(db).await?;
+    store::lock_row(&mut tx, Table::Cells, id).await?;
+    let cell = get(&mut tx, id).await?;
+    tenants::check_version("cell", id, cell.version, expected_version)?;
+    let live = profiles::count_not_disposed(&mut tx, "cellId", id).await?;
+    if live > 0 {
+        return Err(ManagerError::conflict(format!(
+            "cell '{id}' has {live} participant profile(s) placed in it that are not disposed"
+        )));
+    }
+    for statement in [
+        "DELETE FROM participant_profiles WHERE cell_id = $1",
+        "DELETE FROM dataspace_deployments WHERE cell_id = $1",
+        "DELETE FROM cells WHERE id = $1",
+    ] {
+        sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Finds a cell by its id or, failing that, its external id.

@@ -6,7 +6,7 @@ use sqlx::Row;
 use crate::error::{ManagerError, Result};
 use crate::model::{DataspaceDeployment, DataspaceProfile, DataspaceSpec, Properties, new_id, now};
 use crate::store::{Conn, Db, from_json, to_json};
-use crate::tenant::cells;
+use crate::tenant::{cells, profiles};
 
 pub async fn create(
     db: &Db,
@@ -57,6 +57,27 @@ pub async fn list(db: &Db) -> Result<Vec<DataspaceProfile>> {
         profiles.push(profile);
     }
     Ok(profiles)
+}
+
+/// Deletes a dataspace profile and its deployments. Refused while a participant that
+/// is not `disposed` belongs to the dataspace.
+pub async fn delete(db: &Db, id: &str) -> Result<()> {
+    let mut tx = crate::store::write(db).await?;
+    get(&mut tx, id).await?;
+    let live = profiles::count_not_disposed(&mut tx, "dataspaceProfileIds", id).await?;
+    if live > 0 {
+        return Err(ManagerError::conflict(format!(
+            "dataspace profile '{id}' has {live} participant profile(s) that are not disposed"
+        )));
+    }
+    for statement in [
+        "DELETE FROM dataspace_deployments WHERE profile_id = $1",
+        "DELETE FROM dataspace_profiles WHERE id = $1",
+    ] {
+        sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Deploys a dataspace profile to a cell (named by id or external id). Deploying it

@@ -257,6 +257,21 @@ pub async fn query(
     rows.iter().map(read).collect()
 }
 
+/// How many profiles with `field` (a query field such as `tenantId`, `cellId` or
+/// `dataspaceProfileIds`) equal to `value` still have a VPA that is not `disposed`.
+pub(crate) async fn count_not_disposed(conn: &mut Conn, field: &str, value: &str) -> Result<i64> {
+    let predicate = Predicate::parse("vpas.state != 'disposed'")?
+        .and_equals(field, Literal::Text(value.to_string()));
+    let mut params = Params::default();
+    let condition = predicate.to_sql(&profile_field, store::backend_of(conn), &mut params)?;
+    let sql = format!("SELECT COUNT(*) FROM participant_profiles WHERE {condition}");
+    Ok(params
+        .bind(sqlx::query(AssertSqlSafe(sql)))
+        .fetch_one(conn)
+        .await?
+        .get(0))
+}
+
 /// Applies the end of a profile's orchestration to its VPAs. A failed deploy is
 /// compensated: the dispose template runs with everything the deploy got done, the VPAs
 /// go `disposing` then `disposed`, and the profile keeps the error that caused it.

@@ -1,10 +1,19 @@
 //! Tenants: the organisations participants belong to.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
 use crate::model::{Properties, Tenant, new_id, now};
-use crate::store::{Conn, Db, Page, Paged, from_json, to_json};
+use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
+use crate::tenant::profiles;
+use crate::store::{self, Conn, Db, Page, Paged, Table, from_json, to_json};
+
+/// A change to a tenant's properties: keys to set, then keys to remove.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    pub properties: Properties,
+    pub removed: Vec<String>,
+}
 
 pub async fn create(db: &Db, properties: Properties) -> Result<Tenant> {
     let tenant = Tenant {
@@ -22,12 +31,95 @@ pub async fn create(db: &Db, properties: Properties) -> Result<Tenant> {
     Ok(tenant)
 }
 
+/// Merges `patch` into a tenant's properties. With `expected_version`, a tenant changed
+/// since the client read it is a conflict; without, concurrent patches all apply, one
+/// after the other, and none loses a key.
+pub async fn patch(
+    db: &Db,
+    id: &str,
+    patch: Patch,
+    expected_version: Option<i64>,
+) -> Result<Tenant> {
+    let mut tx = store::write(db).await?;
+    if !store::lock_row(&mut tx, Table::Tenants, id).await? {
+        return Err(not_found(id));
+    }
+    let mut tenant = get(&mut tx, id).await?;
+    check_version("tenant", id, tenant.version, expected_version)?;
+    tenant.properties.extend(patch.properties);
+    for key in &patch.removed {
+        tenant.properties.remove(key);
+    }
+    tenant.version += 1;
+    sqlx::query("UPDATE tenants SET properties = $1, version = $2 WHERE id = $3")
+        .bind(to_json(&tenant.properties))
+        .bind(tenant.version)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(tenant)
+}
+
+/// Deletes a tenant with its decommissioned participants. Refused while any of its
+/// participants is not yet `disposed`: their resources would be orphaned.
+pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<()> {
+    let mut tx = store::write(db).await?;
+    if !store::lock_row(&mut tx, Table::Tenants, id).await? {
+        return Err(not_found(id));
+    }
+    let tenant = get(&mut tx, id).await?;
+    check_version("tenant", id, tenant.version, expected_version)?;
+    let live = profiles::count_not_disposed(&mut tx, "tenantId", id).await?;
+    if live > 0 {
+        return Err(ManagerError::bad_request(format!(
+            "tenant '{id}' has {live} participant profile(s) that are not disposed; decommission them first"
+        )));
+    }
+    sqlx::query("DELETE FROM participant_profiles WHERE tenant_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM tenants WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Tenants matching a predicate, sorted by id.
+pub async fn query(db: &Db, predicate: &Predicate, page: Page) -> Result<Vec<Tenant>> {
+    let mut params = Params::default();
+    let condition = predicate.to_sql(&tenant_field, db.backend(), &mut params)?;
+    let limit = params.push(Literal::Integer(page.limit));
+    let offset = params.push(Literal::Integer(page.offset));
+    let sql = format!(
+        "SELECT id, version, properties FROM tenants WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}"
+    );
+    let rows = params
+        .bind(sqlx::query(AssertSqlSafe(sql)))
+        .fetch_all(db.read())
+        .await?;
+    rows.iter().map(read).collect()
+}
+
+/// A stale `expected` version is a conflict naming both versions.
+pub fn check_version(what: &str, id: &str, current: i64, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(expected) if expected != current => Err(ManagerError::conflict(format!(
+            "{what} '{id}' is at version {current}, not {expected}: it changed since it was read"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
     let row = sqlx::query("SELECT id, version, properties FROM tenants WHERE id = $1")
         .bind(id)
         .fetch_optional(conn)
         .await?
-        .ok_or_else(|| ManagerError::not_found(format!("tenant '{id}' not found")))?;
+        .ok_or_else(|| not_found(id))?;
     read(&row)
 }
 
@@ -50,5 +142,21 @@ fn read(row: &crate::store::Row) -> Result<Tenant> {
         id: row.get("id"),
         version: row.get("version"),
         properties: from_json(row.get("properties"), "tenant properties")?,
+    })
+}
+
+fn not_found(id: &str) -> ManagerError {
+    ManagerError::not_found(format!("tenant '{id}' not found"))
+}
+
+fn tenant_field(field: &str) -> Option<Field> {
+    Some(match field {
+        "id" => Field::Text("id"),
+        "version" => Field::Integer("version"),
+        "properties" => Field::Json(JsonColumn {
+            column: "properties",
+            scalar_keys: &[],
+        }),
+        _ => return None,
     })
 }
