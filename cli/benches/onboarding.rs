@@ -5,7 +5,6 @@
 //! `cargo bench -p cfm --bench onboarding` (needs scripts/build-plugins.sh first).
 //! Prints a table; compare the ratios, absolute times on a shared machine are noise.
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -8,9 +8,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use cfm_manager::on_both_backends;
 use cfm_manager::testing::TestBackend;
+use serde_json::{Value, json};
 use support::{Server, read_audit};
 
 on_both_backends!(

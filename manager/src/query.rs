@@ -167,7 +167,8 @@ impl Translator<'_> {
                 Target::Column(column) => self.compare_column(field, column, op, value)?,
                 Target::Path(json, path) => {
                     let prefilter = self.containment(json, &path, op, value);
-                    let test = self.path_exists(json, &path, |t, v| t.compare_json(v, op, value))?;
+                    let test =
+                        self.path_exists(json, &path, |t, v| t.compare_json(v, op, value))?;
                     match prefilter {
                         Some(p) => format!("({p} AND {test})"),
                         None => test,
@@ -348,7 +349,9 @@ impl Translator<'_> {
         if let Some((op, pattern)) = like_pattern(op, value) {
             let mark = self.params.push(pattern);
             return Ok(if pg {
-                format!("(jsonb_typeof({alias}) = 'string' AND {alias} #>> '{{}}' {op} {mark} ESCAPE '\\')")
+                format!(
+                    "(jsonb_typeof({alias}) = 'string' AND {alias} #>> '{{}}' {op} {mark} ESCAPE '\\')"
+                )
             } else {
                 format!("({alias}.type = 'text' AND {alias}.value {op} {mark} ESCAPE '\\')")
             });
@@ -366,7 +369,9 @@ impl Translator<'_> {
                 let mark = self.params.push(value.clone());
                 if pg {
                     // CASE, not AND: PostgreSQL may evaluate the cast first otherwise.
-                    format!("CASE WHEN jsonb_typeof({alias}) = 'number' THEN ({alias} #>> '{{}}')::numeric {op} {mark} ELSE FALSE END")
+                    format!(
+                        "CASE WHEN jsonb_typeof({alias}) = 'number' THEN ({alias} #>> '{{}}')::numeric {op} {mark} ELSE FALSE END"
+                    )
                 } else {
                     format!("({alias}.type IN ('integer', 'real') AND {alias}.value {op} {mark})")
                 }
@@ -813,7 +818,9 @@ mod tests {
         let err = Predicate::parse("identifier = 'x").unwrap_err().to_string();
         assert!(err.contains("closing quote"), "{err}");
         for unknown in ["nope = 'x'", "identifier.x = 'y'", "vpas..type = 'x'"] {
-            let err = translate_on(Backend::Sqlite, unknown).unwrap_err().to_string();
+            let err = translate_on(Backend::Sqlite, unknown)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("field"), "{unknown}: {err}");
         }
     }

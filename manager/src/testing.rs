@@ -18,9 +18,11 @@ impl ScratchDatabase {
     pub async fn create() -> Self {
         let admin = admin_url();
         let name = format!("cfm_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL at {admin} is needed by this test and unreachable: {e}")
-        });
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {admin} is needed by this test and unreachable: {e}")
+            });
         conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .expect("creating a scratch database");

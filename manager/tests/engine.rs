@@ -180,8 +180,10 @@ impl Fixture {
 }
 
 async fn activities_run_after_their_dependencies_and_see_their_outputs(backend: TestBackend) {
-    let fx = fixture(backend, |task| complete(json!({ format!("{}.out", task.activity_id): task.attempt })))
-        .await;
+    let fx = fixture(backend, |task| {
+        complete(json!({ format!("{}.out", task.activity_id): task.attempt }))
+    })
+    .await;
     let id = fx.deploy().await;
     let profile = fx.settled(&id).await;
     assert!(vpas_are(&profile, "active"), "{profile:?}");
@@ -210,19 +212,21 @@ async fn activities_run_after_their_dependencies_and_see_their_outputs(backend: 
 }
 
 async fn retry_and_reschedule_run_the_activity_again_with_its_state(backend: TestBackend) {
-    let fx = fixture(backend, |task| match (task.activity_id.as_str(), task.attempt) {
-        ("a", 1) => ActivityOutcome::Retry {
-            reason: "flaky".into(),
-        },
-        ("b", 1) => ActivityOutcome::Reschedule {
-            delay_ms: 20,
-            state: json!({"poll": 1}),
-        },
-        ("b", 2) => {
-            assert_eq!(task.state, Some(json!({"poll": 1})));
-            complete(json!({"polled": true}))
+    let fx = fixture(backend, |task| {
+        match (task.activity_id.as_str(), task.attempt) {
+            ("a", 1) => ActivityOutcome::Retry {
+                reason: "flaky".into(),
+            },
+            ("b", 1) => ActivityOutcome::Reschedule {
+                delay_ms: 20,
+                state: json!({"poll": 1}),
+            },
+            ("b", 2) => {
+                assert_eq!(task.state, Some(json!({"poll": 1})));
+                complete(json!({"polled": true}))
+            }
+            _ => complete(json!({})),
         }
-        _ => complete(json!({})),
     })
     .await;
     let id = fx.deploy().await;
@@ -308,15 +312,14 @@ async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish(backend: T
 }
 
 async fn a_failed_deploy_is_compensated_by_the_dispose_template(backend: TestBackend) {
-    let fx = fixture(
-        backend,
-        |task| match (task.discriminator.as_str(), task.activity_id.as_str()) {
+    let fx = fixture(backend, |task| {
+        match (task.discriminator.as_str(), task.activity_id.as_str()) {
             ("cfm.orchestration.vpa.deploy", "b") => ActivityOutcome::Fatal {
                 reason: "quota exceeded".into(),
             },
             _ => complete(json!({ format!("{}.done", task.activity_id): true })),
-        },
-    )
+        }
+    })
     .await;
     let spec = |id: &str, deps: &[&str]| ActivitySpec {
         id: id.into(),

@@ -1,4 +1,7 @@
 //! Starting, killing and talking to a real `cfm serve` process.
+//!
+//! Shared by several test crates and the onboarding bench; each uses only part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,7 +24,6 @@ pub struct Server {
 impl Server {
     /// Starts `cfm serve` on a free loopback port with a fresh data directory and the
     /// embedded database.
-    #[allow(dead_code)]
     pub async fn start(args: &[&str]) -> Server {
         Self::start_on(TestBackend::Sqlite, args).await
     }
@@ -33,7 +35,11 @@ impl Server {
         Self::spawn(dir, args.iter().map(|s| s.to_string()).collect(), scratch)
     }
 
-    fn spawn(dir: tempfile::TempDir, args: Vec<String>, scratch: Option<ScratchDatabase>) -> Server {
+    fn spawn(
+        dir: tempfile::TempDir,
+        args: Vec<String>,
+        scratch: Option<ScratchDatabase>,
+    ) -> Server {
         let plugins = Path::new(env!("CARGO_BIN_EXE_cfm"))
             .parent()
             .and_then(Path::parent)
@@ -194,6 +200,36 @@ impl Api {
             }
         }
         panic!("POST {path} never got an answer");
+    }
+
+    /// Any request with an optional JSON body and `If-Match`; the status and the JSON
+    /// answer (null when the body is empty).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(version) = if_match {
+            request = request.header("if-match", version);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+        };
+        (status, value)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

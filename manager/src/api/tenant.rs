@@ -136,7 +136,9 @@ async fn query_tenants(
 ) -> ApiResult<impl IntoResponse> {
     let predicate = Predicate::parse(&body.predicate)?;
     let page = Page::new(Some(body.offset), Some(body.limit));
-    Ok(Json(tenants::query(state.engine.db(), &predicate, page).await?))
+    Ok(Json(
+        tenants::query(state.engine.db(), &predicate, page).await?,
+    ))
 }
 
 async fn list_profiles(

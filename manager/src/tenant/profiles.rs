@@ -446,10 +446,12 @@ fn validate_did(identifier: &str) -> Result<()> {
 
 /// Query fields of profiles and where they are stored.
 fn profile_field(field: &str) -> Option<Field> {
-    let json = |column| Field::Json(JsonColumn {
-        column,
-        scalar_keys: &[],
-    });
+    let json = |column| {
+        Field::Json(JsonColumn {
+            column,
+            scalar_keys: &[],
+        })
+    };
     Some(match field {
         "id" => Field::Text("id"),
         "identifier" => Field::Text("identifier"),

@@ -5,8 +5,8 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::error::{ManagerError, Result};
 use crate::model::{Properties, Tenant, new_id, now};
 use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
-use crate::tenant::profiles;
 use crate::store::{self, Conn, Db, Page, Paged, Table, from_json, to_json};
+use crate::tenant::profiles;
 
 /// A change to a tenant's properties: keys to set, then keys to remove.
 #[derive(Debug, Clone, Default)]
@@ -21,13 +21,15 @@ pub async fn create(db: &Db, properties: Properties) -> Result<Tenant> {
         version: 0,
         properties,
     };
-    sqlx::query("INSERT INTO tenants (id, version, properties, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&tenant.id)
-        .bind(tenant.version)
-        .bind(to_json(&tenant.properties))
-        .bind(now())
-        .execute(db.writer())
-        .await?;
+    sqlx::query(
+        "INSERT INTO tenants (id, version, properties, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&tenant.id)
+    .bind(tenant.version)
+    .bind(to_json(&tenant.properties))
+    .bind(now())
+    .execute(db.writer())
+    .await?;
     Ok(tenant)
 }
 
