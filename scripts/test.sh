@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs every check cfm has, from a fresh machine: installs what the tests need
-# (the wasm32-wasip2 target), builds the plugins, then formats, lints and tests
+# (the wasm32-wasip2 target, a running PostgreSQL), builds the plugins, then formats, lints and tests
 # the host workspace and the plugin workspace.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+echo "==> services"
+scripts/services.sh
 
 echo "==> building plugins"
 scripts/build-plugins.sh

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig};
-use cfm_manager::{EngineSettings, Manager};
+use cfm_manager::auth::AuthSettings;
+use cfm_manager::{EngineSettings, Manager, Options};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,6 +27,27 @@ struct Cli {
 enum Command {
     /// Run tenant manager, provision manager and agent host in one process (embedded default).
     Serve(ServeArgs),
+    /// Issue an API token signed with a data directory's key (print it on stdout).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The data directory of the manager that will check the token.
+    #[arg(long, env = "CFM_DATA_DIR", default_value = "cfm-data")]
+    data_dir: PathBuf,
+    /// A scope to grant; repeat for more. Default: all four.
+    #[arg(long = "scope", value_parser = clap::builder::PossibleValuesParser::new(cfm_manager::auth::ALL_SCOPES))]
+    scopes: Vec<String>,
+    /// Confine the token to this tenant's resources (`cfm_tenant` claim).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Who the token is for (`sub` claim).
+    #[arg(long, default_value = "cfm-cli")]
+    subject: String,
+    /// Lifetime in hours.
+    #[arg(long, default_value_t = 24)]
+    ttl_hours: i64,
 }
 
 #[derive(clap::Args)]
@@ -38,6 +60,19 @@ struct ServeArgs {
     /// embedded SQLite database in the data directory.
     #[arg(long, env = "CFM_DATABASE_URL")]
     database_url: Option<String>,
+    /// JWKS of an identity provider whose tokens the API accepts besides local ones:
+    /// an http(s) URL or a file.
+    #[arg(long, env = "CFM_JWKS")]
+    jwks: Option<String>,
+    /// Required `iss` claim of identity-provider tokens.
+    #[arg(long, env = "CFM_JWT_ISSUER", requires = "jwks")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim of identity-provider tokens.
+    #[arg(long, env = "CFM_JWT_AUDIENCE", requires = "jwks")]
+    jwt_audience: Option<String>,
+    /// Least time between two fetches of a JWKS URL for key ids it did not have.
+    #[arg(long, env = "CFM_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    jwks_min_refresh_secs: u64,
     /// Address of the REST API. Loopback by default; port 0 picks a free port.
     #[arg(long, env = "CFM_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -67,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Token(args) => token(args),
     }
 }
 
@@ -79,7 +115,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         activity_timeout_ms: args.activity_timeout_ms,
         ..EngineSettings::default()
     };
-    let manager = Manager::open(&args.data_dir, args.database_url.as_deref(), settings)
+    let options = Options {
+        database_url: args.database_url.clone(),
+        auth: AuthSettings {
+            jwks: args.jwks.clone(),
+            issuer: args.jwt_issuer.clone(),
+            audience: args.jwt_audience.clone(),
+            min_refresh: Some(std::time::Duration::from_secs(args.jwks_min_refresh_secs)),
+        },
+        engine: settings,
+    };
+    let manager = Manager::open(&args.data_dir, options)
         .await
         .with_context(|| match &args.database_url {
             Some(url) => format!("opening database {}", cfm_manager::store::redact_url(url)),
@@ -117,6 +163,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     dispatcher.abort();
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    // Creating a key here would sign tokens no running manager accepts.
+    if !args.data_dir.join("signing.key").exists() {
+        bail!(
+            "{} has no signing key: start `cfm serve --data-dir {}` once first",
+            args.data_dir.display(),
+            args.data_dir.display()
+        );
+    }
+    let auth = cfm_manager::auth::Auth::load_or_create(&args.data_dir)?;
+    let scopes: Vec<&str> = if args.scopes.is_empty() {
+        cfm_manager::auth::ALL_SCOPES.to_vec()
+    } else {
+        args.scopes.iter().map(String::as_str).collect()
+    };
+    if args.ttl_hours <= 0 {
+        bail!("--ttl-hours must be positive");
+    }
+    let token = auth.issue_for(
+        &args.subject,
+        &scopes,
+        args.tenant.as_deref(),
+        args.ttl_hours.saturating_mul(3600),
+    )?;
+    println!("{token}");
     Ok(())
 }
 

@@ -1,17 +1,29 @@
 //! Bearer-token authentication and scope checks.
 //!
-//! Tokens are EdDSA JWTs with upstream CFM's scopes in the space-separated `scope` claim.
-//! The embedded default generates its own Ed25519 signing key in the data directory and
-//! writes an admin token (all four scopes) next to it, readable only by its owner.
+//! Tokens are JWTs with upstream CFM's scopes in the space-separated `scope` claim.
+//! Two kinds are accepted:
+//! - **local** tokens, EdDSA-signed by the Ed25519 key the manager keeps in its data
+//!   directory (key id `cfm-local`). The embedded default writes an admin token (all four
+//!   scopes) next to it, readable only by its owner, and `cfm token` issues more;
+//! - **external** tokens from an identity provider, checked against its JWKS (a URL,
+//!   refetched when a token names a key id it does not know yet, or a file), issuer and
+//!   audience. RS256 and EdDSA only: a token naming another algorithm is refused before
+//!   any key is looked at, so an RSA public key can never be used as an HMAC secret.
+//!
+//! Beyond upstream, a `cfm_tenant` claim confines a token to one tenant's resources.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
 
 use crate::error::{ManagerError, Result};
 
@@ -23,24 +35,56 @@ pub const ALL_SCOPES: [&str; 4] = [TENANT_READ, TENANT_WRITE, PROVISION_READ, PR
 
 const ISSUER: &str = "cfm";
 const AUDIENCE: &str = "cfm-api";
+const LOCAL_KID: &str = "cfm-local";
 const KEY_FILE: &str = "signing.key";
 pub const TOKEN_FILE: &str = "admin.token";
+/// A JWKS URL is fetched again for an unknown key id at most this often by default, so
+/// a stream of forged key ids cannot turn the manager into a load generator against the IdP.
+const JWKS_REFETCH: Duration = Duration::from_secs(30);
 
+/// Where external tokens are checked; all optional, none configured means local tokens only.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// JWKS: an `http(s)://` URL or a file path.
+    pub jwks: Option<String>,
+    /// Required `iss` of external tokens.
+    pub issuer: Option<String>,
+    /// Required `aud` of external tokens.
+    pub audience: Option<String>,
+    /// How soon a JWKS URL may be fetched again for a key id it did not have;
+    /// None means 30 seconds.
+    pub min_refresh: Option<Duration>,
+}
+
+/// The claims cfm reads.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
-    pub iss: String,
-    pub aud: String,
+    #[serde(default)]
     pub sub: String,
-    pub iat: i64,
-    pub exp: i64,
     #[serde(default)]
     pub scope: String,
+    /// Confines the token to this tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfm_tenant: Option<String>,
 }
 
 impl Claims {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.split_whitespace().any(|s| s == scope)
     }
+}
+
+/// Claims of a local token as issued.
+#[derive(Serialize)]
+struct Issued<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    iat: i64,
+    exp: i64,
+    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cfm_tenant: Option<&'a str>,
 }
 
 /// Why a request is not authenticated.
@@ -57,6 +101,7 @@ pub struct Auth {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    external: Option<Arc<External>>,
 }
 
 impl Auth {
@@ -96,14 +141,53 @@ impl Auth {
             decoding,
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             validation,
+            external: None,
         })
+    }
+
+    /// Also accepts tokens of an identity provider. A JWKS file must load now; a URL is
+    /// fetched now and, when that fails, again on the first token that needs it.
+    pub async fn with_external(mut self, settings: AuthSettings) -> Result<Self> {
+        let Some(jwks) = settings.jwks else {
+            if settings.issuer.is_some() || settings.audience.is_some() {
+                return Err(ManagerError::bad_request(
+                    "a JWT issuer or audience needs a JWKS to check tokens against (--jwks)",
+                ));
+            }
+            return Ok(self);
+        };
+        let source = if jwks.starts_with("http://") || jwks.starts_with("https://") {
+            JwksSource::Url(jwks)
+        } else {
+            JwksSource::File(PathBuf::from(jwks))
+        };
+        let external = External {
+            source,
+            issuer: settings.issuer,
+            audience: settings.audience,
+            min_refresh: settings.min_refresh.unwrap_or(JWKS_REFETCH),
+            keys: RwLock::new(KeySet::default()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| ManagerError::Io(format!("HTTP client: {e}")))?,
+        };
+        match (external.refresh().await, &external.source) {
+            (Ok(count), _) => tracing::info!(keys = count, "JWKS loaded"),
+            (Err(e), JwksSource::Url(_)) => {
+                tracing::warn!("JWKS not loaded yet, will retry on demand: {e}")
+            }
+            (Err(e), JwksSource::File(_)) => return Err(e),
+        }
+        self.external = Some(Arc::new(external));
+        Ok(self)
     }
 
     /// Makes sure `DIR/admin.token` holds a valid admin token; returns its path.
     pub fn ensure_admin_token(&self, data_dir: &Path) -> Result<PathBuf> {
         let path = data_dir.join(TOKEN_FILE);
         if let Ok(existing) = std::fs::read_to_string(&path)
-            && self.verify(existing.trim()).is_ok()
+            && self.verify_local(existing.trim()).is_ok()
         {
             return Ok(path);
         }
@@ -112,25 +196,218 @@ impl Auth {
         Ok(path)
     }
 
-    /// Signs a token for `subject` with `scopes`, valid for `ttl_secs`.
+    /// Signs a local token for `subject` with `scopes`, valid for `ttl_secs`.
     pub fn issue(&self, subject: &str, scopes: &[&str], ttl_secs: i64) -> Result<String> {
+        self.issue_for(subject, scopes, None, ttl_secs)
+    }
+
+    /// Signs a local token, confined to `tenant` when one is given.
+    pub fn issue_for(
+        &self,
+        subject: &str,
+        scopes: &[&str],
+        tenant: Option<&str>,
+        ttl_secs: i64,
+    ) -> Result<String> {
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
-            sub: subject.into(),
+        let claims = Issued {
+            iss: ISSUER,
+            aud: AUDIENCE,
+            sub: subject,
             iat: now,
             exp: now + ttl_secs,
             scope: scopes.join(" "),
+            cfm_tenant: tenant,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(LOCAL_KID.into());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| ManagerError::Io(format!("signing a token: {e}")))
     }
 
-    pub fn verify(&self, token: &str) -> std::result::Result<Claims, AuthError> {
+    /// Checks a token, local or external, and returns its claims.
+    pub async fn verify(&self, token: &str) -> std::result::Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        let local_kid = header.kid.as_deref().is_none_or(|kid| kid == LOCAL_KID);
+        match &self.external {
+            None => self.verify_local(token),
+            Some(_) if local_kid && header.alg == Algorithm::EdDSA => {
+                match self.verify_local(token) {
+                    Ok(claims) => Ok(claims),
+                    Err(local) if header.kid.is_some() => Err(local),
+                    // No key id: it may still be the identity provider's.
+                    Err(_) => self.verify_external(token, &header).await,
+                }
+            }
+            Some(_) => self.verify_external(token, &header).await,
+        }
+    }
+
+    fn verify_local(&self, token: &str) -> std::result::Result<Claims, AuthError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+            .map_err(invalid)
+    }
+
+    async fn verify_external(
+        &self,
+        token: &str,
+        header: &Header,
+    ) -> std::result::Result<Claims, AuthError> {
+        let Some(external) = &self.external else {
+            return Err(AuthError::Invalid("unknown signing key".into()));
+        };
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::EdDSA) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not accepted (RS256 or EdDSA)",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(header.alg);
+        match &external.issuer {
+            Some(issuer) => validation.set_issuer(&[issuer]),
+            None => validation.iss = None,
+        }
+        match &external.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        let mut keys = external.candidates(header).await;
+        if keys.is_empty() && external.refresh_if_stale().await {
+            keys = external.candidates(header).await;
+        }
+        if keys.is_empty() {
+            return Err(AuthError::Invalid(match &header.kid {
+                Some(kid) => format!("no key '{kid}' in the JWKS"),
+                None => "no JWKS key fits the token".into(),
+            }));
+        }
+        let mut last = None;
+        for key in &keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(|| AuthError::Invalid("no key fits".into()), invalid))
+    }
+}
+
+fn invalid(error: jsonwebtoken::errors::Error) -> AuthError {
+    AuthError::Invalid(error.to_string())
+}
+
+enum JwksSource {
+    Url(String),
+    File(PathBuf),
+}
+
+/// An identity provider's keys.
+struct External {
+    source: JwksSource,
+    issuer: Option<String>,
+    audience: Option<String>,
+    min_refresh: Duration,
+    keys: RwLock<KeySet>,
+    http: reqwest::Client,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<Key>,
+    fetched: Option<Instant>,
+}
+
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    decoding: DecodingKey,
+}
+
+impl External {
+    /// Keys that may have signed a token with this header: its key id's, or without
+    /// one every key of its algorithm.
+    async fn candidates(&self, header: &Header) -> Vec<DecodingKey> {
+        let set = self.keys.read().await;
+        set.keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .filter(|k| header.kid.is_none() || k.kid == header.kid)
+            .map(|k| k.decoding.clone())
+            .collect()
+    }
+
+    /// Refetches a JWKS URL unless that was done a moment ago; true when it was.
+    async fn refresh_if_stale(&self) -> bool {
+        if !matches!(self.source, JwksSource::Url(_)) {
+            return false;
+        }
+        let recent = self
+            .keys
+            .read()
+            .await
+            .fetched
+            .is_some_and(|at| at.elapsed() < self.min_refresh);
+        if recent {
+            return false;
+        }
+        match self.refresh().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("refreshing the JWKS: {e}");
+                false
+            }
+        }
+    }
+
+    async fn refresh(&self) -> Result<usize> {
+        let loaded = self.load().await;
+        let mut set = self.keys.write().await;
+        // A failed fetch counts too: the next try waits its turn.
+        set.fetched = Some(Instant::now());
+        let keys = loaded?;
+        set.keys = keys;
+        Ok(set.keys.len())
+    }
+
+    async fn load(&self) -> Result<Vec<Key>> {
+        let text = match &self.source {
+            JwksSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| ManagerError::Io(format!("reading JWKS {}: {e}", path.display())))?,
+            JwksSource::Url(url) => {
+                let response = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| ManagerError::Io(format!("fetching JWKS {url}: {e}")))?;
+                response
+                    .text()
+                    .await
+                    .map_err(|e| ManagerError::Io(format!("reading JWKS {url}: {e}")))?
+            }
+        };
+        let set: JwkSet = serde_json::from_str(&text)
+            .map_err(|e| ManagerError::Io(format!("JWKS is not a JSON Web Key Set: {e}")))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let algorithm = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                // Other key types (EC, symmetric) sign with algorithms cfm refuses.
+                _ => continue,
+            };
+            match DecodingKey::from_jwk(jwk) {
+                Ok(decoding) => keys.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    algorithm,
+                    decoding,
+                }),
+                Err(e) => tracing::warn!(kid = ?jwk.common.key_id, "skipping a JWKS key: {e}"),
+            }
+        }
+        Ok(keys)
     }
 }
 
@@ -165,17 +442,17 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let token = std::fs::read_to_string(&path).unwrap();
-        let claims = auth.verify(&token).unwrap();
+        let claims = auth.verify_local(&token).unwrap();
         assert!(ALL_SCOPES.iter().all(|s| claims.has_scope(s)));
         // A restart reuses key and token.
         let again = Auth::load_or_create(dir.path()).unwrap();
         again.ensure_admin_token(dir.path()).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), token);
-        assert!(again.verify(&token).is_ok());
+        assert!(again.verify_local(&token).is_ok());
         // Another key's token does not verify.
         let other = tempfile::tempdir().unwrap();
         let stranger = Auth::load_or_create(other.path()).unwrap();
-        assert!(stranger.verify(&token).is_err());
-        assert!(auth.verify("not-a-jwt").is_err());
+        assert!(stranger.verify_local(&token).is_err());
+        assert!(auth.verify_local("not-a-jwt").is_err());
     }
 }

@@ -23,6 +23,16 @@ use cfm_protocol::ActivityExecutor;
 pub use error::{ManagerError, Result};
 pub use provision::{Engine, EngineSettings};
 
+/// How to open a [`Manager`]; the default is the embedded database and local tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `postgres://...` replaces the embedded SQLite database of the data directory.
+    pub database_url: Option<String>,
+    /// An identity provider whose tokens are accepted besides local ones.
+    pub auth: auth::AuthSettings,
+    pub engine: EngineSettings,
+}
+
 /// A manager over one data directory (signing key, admin token, and the embedded SQLite
 /// database unless a database URL names another).
 pub struct Manager {
@@ -33,22 +43,20 @@ pub struct Manager {
 
 impl Manager {
     /// Opens the data directory, creating the database, signing key and admin token on
-    /// first use. `database_url` (`postgres://...`) replaces the embedded SQLite database.
-    pub async fn open(
-        data_dir: &Path,
-        database_url: Option<&str>,
-        settings: EngineSettings,
-    ) -> Result<Self> {
+    /// first use.
+    pub async fn open(data_dir: &Path, options: Options) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| ManagerError::Io(format!("creating {}: {e}", data_dir.display())))?;
-        let db = match database_url {
+        let db = match &options.database_url {
             Some(url) => store::Db::open(url).await?,
             None => store::open_sqlite(&data_dir.join("cfm.db")).await?,
         };
-        let auth = auth::Auth::load_or_create(data_dir)?;
+        let auth = auth::Auth::load_or_create(data_dir)?
+            .with_external(options.auth)
+            .await?;
         let token_path = auth.ensure_admin_token(data_dir)?;
         Ok(Self {
-            engine: Engine::new(db, settings),
+            engine: Engine::new(db, options.engine),
             auth,
             token_path,
         })

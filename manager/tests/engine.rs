@@ -10,7 +10,7 @@ use cfm_manager::model::{ActivityDefinition, ActivitySpec, ParticipantProfile};
 use cfm_manager::provision::definitions;
 use cfm_manager::tenant::{cells, profiles, tenants};
 use cfm_manager::testing::{ScratchDatabase, TestBackend};
-use cfm_manager::{EngineSettings, Manager, ManagerError, on_both_backends};
+use cfm_manager::{EngineSettings, Manager, ManagerError, Options, on_both_backends};
 use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask};
 use serde_json::{Map, Value, json};
 
@@ -74,8 +74,12 @@ async fn fixture(
         ..EngineSettings::default()
     };
     let scratch = backend.scratch().await;
-    let url = scratch.as_ref().map(|s| s.url());
-    let manager = Manager::open(dir.path(), url, settings).await.unwrap();
+    let options = Options {
+        database_url: scratch.as_ref().map(|s| s.url().to_string()),
+        engine: settings,
+        ..Options::default()
+    };
+    let manager = Manager::open(dir.path(), options).await.unwrap();
     let db = manager.engine.db().clone();
     let mut conn = db.writer().acquire().await.unwrap();
     for t in ["a", "b", "c"] {

@@ -117,8 +117,21 @@ impl Server {
 
     /// A token signed with this server's key, carrying only `scopes`.
     pub fn token_with(&self, scopes: &[&str]) -> String {
+        self.tenant_token(None, scopes)
+    }
+
+    /// A token signed with this server's key, confined to `tenant` when given.
+    pub fn tenant_token(&self, tenant: Option<&str>, scopes: &[&str]) -> String {
         let auth = cfm_manager::auth::Auth::load_or_create(&self.data_dir()).unwrap();
-        auth.issue("test", scopes, 600).unwrap()
+        auth.issue_for("test", scopes, tenant, 600).unwrap()
+    }
+
+    /// A client that sends `token` instead of the admin token.
+    pub fn client_with(&self, token: String) -> Api {
+        Api {
+            token,
+            ..self.client()
+        }
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash.

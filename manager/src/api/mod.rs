@@ -59,10 +59,19 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Who is calling, as far as handlers need to know: set by [`authorize`].
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// A token's `cfm_tenant`: the one tenant whose resources it may see and change.
+    pub tenant: Option<String>,
+}
+
 /// Checks the bearer token and the scope the route needs: provision routes need
 /// `provision-manager-api:*`, the rest `tenant-manager-api:*`; reads (GET and the
-/// `/query` routes) need `:read`, everything else `:write`.
-async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// `/query` routes) need `:read`, everything else `:write`. A token confined to a tenant
+/// reaches that tenant's routes (another tenant's are "not found", as if they did not
+/// exist), reads cells and dataspace profiles, and nothing else.
+async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -72,21 +81,27 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let claims = match token
-        .ok_or(AuthError::Missing)
-        .and_then(|t| state.auth.verify(t))
-    {
+    let claims = match token {
+        None => Err(AuthError::Missing),
+        Some(token) => state.auth.verify(token).await,
+    };
+    let claims = match claims {
         Ok(claims) => claims,
         Err(e) => return ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
     };
-    let path = request.uri().path();
+    let full_path = request.uri().path();
+    // Nested routes see the path without the prefix; accept either.
+    let path = full_path
+        .strip_prefix(PREFIX)
+        .unwrap_or(full_path)
+        .to_string();
     let provision = [
         "/activity-definitions",
         "/orchestration-definitions",
         "/orchestrations",
     ]
     .iter()
-    .any(|p| path.starts_with(&format!("{PREFIX}{p}")) || path.starts_with(p));
+    .any(|p| path.starts_with(p));
     let read = request.method() == Method::GET
         || request.method() == Method::HEAD
         || path.ends_with("/query");
@@ -103,5 +118,43 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         )
         .into_response();
     }
+    if let Some(tenant) = &claims.cfm_tenant
+        && let Err(refused) = confine(tenant, &path, read, provision)
+    {
+        return refused.into_response();
+    }
+    request.extensions_mut().insert(Caller {
+        tenant: claims.cfm_tenant,
+    });
     next.run(request).await
+}
+
+/// What a token confined to `tenant` may not do.
+fn confine(tenant: &str, path: &str, read: bool, provision: bool) -> Result<(), ApiError> {
+    let forbidden = |what: &str| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("Access not granted: a token confined to tenant '{tenant}' cannot {what}"),
+        ))
+    };
+    if provision {
+        return forbidden("use the provision manager's routes");
+    }
+    if let Some(rest) = path.strip_prefix("/tenants/") {
+        let id = rest.split('/').next().unwrap_or_default();
+        if id == "query" || id == tenant {
+            return Ok(());
+        }
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("tenant '{id}' not found"),
+        ));
+    }
+    if path == "/tenants" && !read {
+        return forbidden("create tenants");
+    }
+    if !read && (path.starts_with("/cells") || path.starts_with("/dataspace-profiles")) {
+        return forbidden("change cells or dataspace profiles");
+    }
+    Ok(())
 }

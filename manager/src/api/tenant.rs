@@ -4,17 +4,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
-use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::requests::{
     NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewParticipantProfileDeployment,
     NewTenant, TenantPatch,
 };
-use crate::query::Predicate;
+use super::{AppState, Caller};
+use crate::query::{Literal, Predicate};
 use crate::store::{Page, Paged};
 use crate::tenant::{cells, dataspaces, profiles, tenants};
 
@@ -80,10 +80,11 @@ impl PageParams {
 
 async fn list_tenants(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<PageParams>,
 ) -> ApiResult<impl IntoResponse> {
     let page = params.page()?;
-    let paged = tenants::list(state.engine.db(), page).await?;
+    let paged = tenants::list(state.engine.db(), caller.tenant.as_deref(), page).await?;
     Ok((paging_headers("/tenants", &paged), Json(paged.items)))
 }
 
@@ -132,9 +133,10 @@ async fn delete_tenant(
 
 async fn query_tenants(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<super::requests::Query>,
 ) -> ApiResult<impl IntoResponse> {
-    let predicate = Predicate::parse(&body.predicate)?;
+    let predicate = caller.scope(Predicate::parse(&body.predicate)?, "id");
     let page = Page::new(Some(body.offset), Some(body.limit));
     Ok(Json(
         tenants::query(state.engine.db(), &predicate, page).await?,
@@ -182,9 +184,10 @@ async fn dispose_profile(
 
 async fn query_profiles(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<super::requests::Query>,
 ) -> ApiResult<impl IntoResponse> {
-    let predicate = Predicate::parse(&body.predicate)?;
+    let predicate = caller.scope(Predicate::parse(&body.predicate)?, "tenantId");
     let page = Page::new(Some(body.offset), Some(body.limit));
     Ok(Json(
         profiles::query(state.engine.db(), &predicate, page).await?,
@@ -316,4 +319,14 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
 /// The `ETag` of a resource at `version`, for a later `If-Match`.
 fn etag(version: i64) -> [(header::HeaderName, String); 1] {
     [(header::ETAG, format!("\"{version}\""))]
+}
+
+impl Caller {
+    /// Narrows a query to the caller's tenant, when its token is confined to one.
+    fn scope(&self, predicate: Predicate, tenant_field: &str) -> Predicate {
+        match &self.tenant {
+            Some(tenant) => predicate.and_equals(tenant_field, Literal::Text(tenant.clone())),
+            None => predicate,
+        }
+    }
 }

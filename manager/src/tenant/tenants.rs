@@ -125,16 +125,23 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
     read(&row)
 }
 
-pub async fn list(db: &Db, page: Page) -> Result<Paged<Tenant>> {
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants")
-        .fetch_one(db.read())
-        .await?;
-    let rows =
-        sqlx::query("SELECT id, version, properties FROM tenants ORDER BY id LIMIT $1 OFFSET $2")
-            .bind(page.limit)
-            .bind(page.offset)
-            .fetch_all(db.read())
-            .await?;
+/// A page of tenants; only `only` when given (a token confined to one tenant).
+pub async fn list(db: &Db, only: Option<&str>, page: Page) -> Result<Paged<Tenant>> {
+    let condition = if only.is_some() { "id = $1" } else { "$1 = $1" };
+    let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM tenants WHERE {condition}"
+    )))
+    .bind(only.unwrap_or_default())
+    .fetch_one(db.read())
+    .await?;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, version, properties FROM tenants WHERE {condition} ORDER BY id LIMIT $2 OFFSET $3"
+    )))
+    .bind(only.unwrap_or_default())
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(db.read())
+    .await?;
     let items = rows.iter().map(read).collect::<Result<_>>()?;
     Ok(Paged { items, total, page })
 }
