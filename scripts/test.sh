@@ -26,3 +26,6 @@ echo "==> plugin SDK tests"
 
 echo "==> tests"
 cargo test --locked --workspace
+
+echo "==> API fuzzing against the OpenAPI document"
+scripts/api-fuzz.sh

@@ -19,14 +19,15 @@ pub const VPA_TYPES: [&str; 4] = [
 /// The profile property that holds the deploy orchestration's output.
 pub const VPA_STATE_PROPERTY: &str = "cfm.vpa.state";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: String,
     pub version: i64,
+    #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cell {
     pub id: String,
@@ -34,6 +35,7 @@ pub struct Cell {
     pub external_id: String,
     pub state: String,
     pub state_timestamp: String,
+    #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
@@ -49,7 +51,7 @@ pub const DEPLOYMENT_STATES: &[&str] = &[
     "error",
 ];
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataspaceSpec {
     #[serde(default)]
@@ -58,7 +60,7 @@ pub struct DataspaceSpec {
     pub credential_specs: Vec<CredentialSpec>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CredentialSpec {
     #[serde(default)]
     pub id: String,
@@ -72,7 +74,7 @@ pub struct CredentialSpec {
     pub role: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataspaceProfile {
     pub id: String,
@@ -80,10 +82,11 @@ pub struct DataspaceProfile {
     pub dataspace_spec: DataspaceSpec,
     pub deployments: Vec<DataspaceDeployment>,
     #[serde(skip_serializing_if = "Map::is_empty", default)]
+    #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataspaceDeployment {
     pub id: String,
@@ -94,17 +97,19 @@ pub struct DataspaceDeployment {
     pub external_cell_id: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParticipantProfile {
     pub id: String,
     pub version: i64,
     pub identifier: String,
     pub tenant_id: String,
+    #[schema(value_type = Object)]
     pub participant_roles: Map<String, Value>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub vpas: Vec<Vpa>,
     #[serde(skip_serializing_if = "Map::is_empty", default)]
+    #[schema(value_type = Object)]
     pub properties: Properties,
     pub error: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -112,7 +117,7 @@ pub struct ParticipantProfile {
 }
 
 /// A virtual participant agent: one of the participant's runtime roles in a cell.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Vpa {
     pub id: String,
@@ -123,10 +128,11 @@ pub struct Vpa {
     pub vpa_type: String,
     pub cell_id: String,
     #[serde(skip_serializing_if = "Map::is_empty", default)]
+    #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityDefinition {
     #[serde(rename = "type")]
@@ -134,24 +140,27 @@ pub struct ActivityDefinition {
     #[serde(default)]
     pub description: String,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub input_schema: Value,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub output_schema: Value,
 }
 
 /// An orchestration template: activities per orchestration type.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrchestrationDefinition {
     pub id: String,
     #[serde(default)]
     pub description: String,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub schema: Value,
     pub activities: std::collections::BTreeMap<String, Vec<ActivitySpec>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivitySpec {
     pub id: String,
@@ -170,7 +179,7 @@ pub enum OrchestrationState {
     Errored = 3,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Orchestration {
     pub id: String,
@@ -181,16 +190,19 @@ pub struct Orchestration {
     pub created_timestamp: String,
     pub orchestration_type: String,
     pub steps: Vec<Step>,
+    #[schema(value_type = Object)]
     pub processing_data: Properties,
+    #[schema(value_type = Object)]
     pub output_data: Properties,
     /// Activity id → true for every completed activity (upstream's shape).
+    #[schema(value_type = Object)]
     pub completed: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error_detail: Option<String>,
 }
 
 /// One activity of a running orchestration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     pub id: String,

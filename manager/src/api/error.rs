@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::error::ManagerError;
 
@@ -23,13 +22,28 @@ impl ApiError {
     }
 }
 
+/// Upstream's error body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The HTTP status text, e.g. `Not Found`.
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The HTTP status code.
+    pub code: u16,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": self.status.canonical_reason().unwrap_or("Error"),
-            "message": self.message,
-            "code": self.status.as_u16(),
-        });
+        let body = ErrorBody {
+            error: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            message: self.message,
+            code: self.status.as_u16(),
+        };
         (self.status, Json(body)).into_response()
     }
 }

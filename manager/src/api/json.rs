@@ -30,6 +30,14 @@ where
         // struct would reject them.
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON: {e}")))?;
+        if let Some(place) = nul_in(&value) {
+            // PostgreSQL cannot store U+0000 in text or JSONB; refuse it on every backend
+            // alike rather than let the database turn it into a 500.
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid JSON: {place} contains the character U+0000"),
+            ));
+        }
         if !value.is_object() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -40,4 +48,27 @@ where
             .map(JsonBody)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid request: {e}")))
     }
+}
+
+/// Where a JSON document holds U+0000, if anywhere.
+fn nul_in(value: &Value) -> Option<&'static str> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some("a string"),
+        Value::Array(items) => items.iter().find_map(nul_in),
+        Value::Object(map) => map.iter().find_map(|(key, value)| {
+            if key.contains('\0') {
+                Some("a key")
+            } else {
+                nul_in(value)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Whether a request path carries U+0000 (percent-encoded), which no id can contain.
+pub fn path_has_nul(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
 }

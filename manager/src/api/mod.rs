@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod json;
+pub mod openapi;
 mod provision;
 pub mod requests;
 mod tenant;
@@ -12,6 +13,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{self, Auth, AuthError};
@@ -36,9 +38,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route(&format!("{PREFIX}/health"), get(health))
+        .route(&format!("{PREFIX}/openapi.json"), get(openapi_json))
         .nest(PREFIX, api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A bug in a handler answers 500 (rewritten to the error body below) instead
+        // of dropping the connection.
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::map_response(error_bodies_are_json))
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -46,6 +53,36 @@ pub fn router(state: AppState) -> Router {
 
 async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"message": "OK"}))
+}
+
+/// Rewrites the plain-text rejections of axum's extractors (a malformed path
+/// parameter, say) into the standard error body, so every error a client sees has one shape.
+async fn error_bodies_are_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    ApiError::new(status, message).into_response()
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -90,6 +127,9 @@ async fn authorize(State(state): State<AppState>, mut request: Request, next: Ne
         Err(e) => return ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
     };
     let full_path = request.uri().path();
+    if json::path_has_nul(full_path) {
+        return ApiError::new(StatusCode::BAD_REQUEST, "the path contains U+0000").into_response();
+    }
     // Nested routes see the path without the prefix; accept either.
     let path = full_path
         .strip_prefix(PREFIX)

@@ -7,10 +7,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::AppState;
-use super::error::ApiResult;
+use super::error::{ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::requests::NewOrchestrationDefinition;
-use crate::model::ActivityDefinition;
+use crate::model::{ActivityDefinition, Orchestration, OrchestrationDefinition};
 use crate::provision::definitions;
 
 pub fn routes() -> Router<AppState> {
@@ -30,11 +30,32 @@ pub fn routes() -> Router<AppState> {
         .route("/orchestrations/{id}", get(get_orchestration))
 }
 
-async fn list_activities(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(
+    get,
+    path = "/activity-definitions",
+    tag = "definitions",
+    summary = "List activity definitions",
+    responses(
+        (status = 200, description = "Definitions", body = [ActivityDefinition])
+    )
+)]
+pub(super) async fn list_activities(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(definitions::list_activities(state.engine.db()).await?))
 }
 
-async fn put_activity(
+#[utoipa::path(
+    post,
+    path = "/activity-definitions",
+    tag = "definitions",
+    summary = "Create or replace an activity definition",
+    request_body = ActivityDefinition,
+    responses(
+        (status = 201, description = "Stored", body = ActivityDefinition),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn put_activity(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<ActivityDefinition>,
 ) -> ApiResult<impl IntoResponse> {
@@ -43,13 +64,36 @@ async fn put_activity(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-async fn list_orchestrations(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(
+    get,
+    path = "/orchestration-definitions",
+    tag = "definitions",
+    summary = "List orchestration definitions",
+    responses(
+        (status = 200, description = "Definitions", body = [OrchestrationDefinition])
+    )
+)]
+pub(super) async fn list_orchestrations(
+    State(state): State<AppState>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(
         definitions::list_orchestrations(state.engine.db()).await?,
     ))
 }
 
-async fn create_orchestration(
+#[utoipa::path(
+    post,
+    path = "/orchestration-definitions",
+    tag = "definitions",
+    summary = "Create an orchestration definition (validated)",
+    request_body = NewOrchestrationDefinition,
+    responses(
+        (status = 201, description = "Created", body = OrchestrationDefinition),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn create_orchestration(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewOrchestrationDefinition>,
 ) -> ApiResult<impl IntoResponse> {
@@ -65,7 +109,18 @@ async fn create_orchestration(
     Ok((StatusCode::CREATED, Json(definition)))
 }
 
-async fn get_orchestration_definition(
+#[utoipa::path(
+    get,
+    path = "/orchestration-definitions/{id}",
+    tag = "definitions",
+    summary = "Read an orchestration definition",
+    params(("id" = String, Path, description = "Definition id")),
+    responses(
+        (status = 200, description = "The definition", body = OrchestrationDefinition),
+        (status = 404, description = "No such definition", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_orchestration_definition(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
@@ -73,7 +128,18 @@ async fn get_orchestration_definition(
     Ok(Json(definitions::get_orchestration(&mut conn, &id).await?))
 }
 
-async fn get_orchestration(
+#[utoipa::path(
+    get,
+    path = "/orchestrations/{id}",
+    tag = "orchestrations",
+    summary = "Read an orchestration with its steps",
+    params(("id" = String, Path, description = "Orchestration id")),
+    responses(
+        (status = 200, description = "The orchestration", body = Orchestration),
+        (status = 404, description = "No such orchestration", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_orchestration(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {

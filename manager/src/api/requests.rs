@@ -8,15 +8,17 @@ use serde_json::{Map, Value};
 
 use crate::model::{ActivitySpec, DataspaceSpec, Properties};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewTenant {
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TenantPatch {
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub properties: Properties,
     #[serde(default)]
     pub removed: Vec<String>,
@@ -24,26 +26,28 @@ pub struct TenantPatch {
     pub version: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewCell {
     #[serde(default)]
     pub external_id: String,
     pub state: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewDataspaceProfile {
     #[serde(default)]
     pub dataspace_spec: DataspaceSpec,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewDataspaceDeployment {
     /// Upstream sends the profile id in the body too; the path's id is authoritative.
@@ -53,7 +57,7 @@ pub struct NewDataspaceDeployment {
     pub cell_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewParticipantProfileDeployment {
     pub identifier: String,
@@ -61,29 +65,36 @@ pub struct NewParticipantProfileDeployment {
     #[serde(default)]
     pub dataspace_profile_ids: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub participant_roles: Map<String, Value>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub vpa_properties: Map<String, Value>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Query {
+pub struct QueryRequest {
+    /// A predicate such as `identifier LIKE '%provider%'`; empty matches everything.
     #[serde(default)]
     pub predicate: String,
+    /// Results to skip.
     #[serde(default)]
     pub offset: i64,
+    /// Page size; 0 or over 10000 means 10000.
     #[serde(default)]
     pub limit: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewOrchestrationDefinition {
     #[serde(default)]
     pub description: String,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub schema: Value,
     pub activities: BTreeMap<String, Vec<ActivitySpec>>,
 }

@@ -1,19 +1,19 @@
 //! Tenant Manager routes: tenants, cells, dataspace profiles, participant profiles.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::requests::{
     NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewParticipantProfileDeployment,
-    NewTenant, TenantPatch,
+    NewTenant, QueryRequest, TenantPatch,
 };
 use super::{AppState, Caller};
+use crate::model::{Cell, DataspaceDeployment, DataspaceProfile, ParticipantProfile, Tenant};
 use crate::query::{Literal, Predicate};
 use crate::store::{Page, Paged};
 use crate::tenant::{cells, dataspaces, profiles, tenants};
@@ -51,44 +51,61 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
-struct PageParams {
-    offset: Option<String>,
-    limit: Option<String>,
-}
-
-impl PageParams {
-    fn page(&self) -> ApiResult<Page> {
-        let number = |name: &str, v: &Option<String>| -> ApiResult<Option<i64>> {
-            v.as_deref()
-                .map(|s| {
-                    s.parse::<i64>().map_err(|_| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            format!("{name} must be an integer, got '{s}'"),
-                        )
-                    })
-                })
-                .transpose()
+/// `offset` and `limit` from a query string. Parsed by hand rather than with axum's
+/// `Query`, whose rejections are plain text: a repeated parameter keeps its last value
+/// (as duplicate JSON keys do) and a bad number is a 400 in the standard error body.
+fn page_of(query: Option<&str>) -> ApiResult<Page> {
+    let (mut offset, mut limit) = (None, None);
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let slot = match name.as_ref() {
+            "offset" => &mut offset,
+            "limit" => &mut limit,
+            _ => continue,
         };
-        Ok(Page::new(
-            number("offset", &self.offset)?,
-            number("limit", &self.limit)?,
-        ))
+        *slot = Some(value.parse::<i64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{name} must be an integer, got '{value}'"),
+            )
+        })?);
     }
+    Ok(Page::new(offset, limit))
 }
 
-async fn list_tenants(
+#[utoipa::path(
+    get,
+    path = "/tenants",
+    tag = "tenants",
+    summary = "List tenants (paginated; Link and X-Total-Count headers)",
+    params(("offset" = Option<i64>, Query, description = "Items to skip"), ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")),
+    responses(
+        (status = 200, description = "Tenants sorted by id", body = [Tenant]),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody)
+    )
+)]
+pub(super) async fn list_tenants(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(params): Query<PageParams>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    let page = params.page()?;
+    let page = page_of(query.as_deref())?;
     let paged = tenants::list(state.engine.db(), caller.tenant.as_deref(), page).await?;
     Ok((paging_headers("/tenants", &paged), Json(paged.items)))
 }
 
-async fn create_tenant(
+#[utoipa::path(
+    post,
+    path = "/tenants",
+    tag = "tenants",
+    summary = "Create a tenant",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "Created", body = Tenant),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn create_tenant(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewTenant>,
 ) -> ApiResult<impl IntoResponse> {
@@ -96,7 +113,18 @@ async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
-async fn get_tenant(
+#[utoipa::path(
+    get,
+    path = "/tenants/{id}",
+    tag = "tenants",
+    summary = "Read a tenant (ETag carries its version)",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant", body = Tenant),
+        (status = 404, description = "No such tenant", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_tenant(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
@@ -107,7 +135,22 @@ async fn get_tenant(
 
 /// Sets `properties` and removes the `removed` keys. `If-Match` (or the body's
 /// `version`) makes it conditional on the version the client read.
-async fn patch_tenant(
+#[utoipa::path(
+    patch,
+    path = "/tenants/{id}",
+    tag = "tenants",
+    summary = "Set and remove tenant properties",
+    params(("id" = String, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "Version the change is based on, e.g. \"3\"; a stale one is a 409")),
+    request_body = TenantPatch,
+    responses(
+        (status = 200, description = "The changed tenant", body = Tenant),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "Stale version", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn patch_tenant(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -122,7 +165,20 @@ async fn patch_tenant(
     Ok((etag(tenant.version), Json(tenant)))
 }
 
-async fn delete_tenant(
+#[utoipa::path(
+    delete,
+    path = "/tenants/{id}",
+    tag = "tenants",
+    summary = "Delete a tenant whose participants are all disposed",
+    params(("id" = String, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "Version the change is based on, e.g. \"3\"; a stale one is a 409")),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 400, description = "Participants not yet disposed, or a malformed If-Match", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "Stale version", body = ErrorBody)
+    )
+)]
+pub(super) async fn delete_tenant(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -131,10 +187,22 @@ async fn delete_tenant(
     Ok(StatusCode::OK)
 }
 
-async fn query_tenants(
+#[utoipa::path(
+    post,
+    path = "/tenants/query",
+    tag = "tenants",
+    summary = "Query tenants with a predicate",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "Matching tenants sorted by id", body = [Tenant]),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn query_tenants(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    JsonBody(body): JsonBody<super::requests::Query>,
+    JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let predicate = caller.scope(Predicate::parse(&body.predicate)?, "id");
     let page = Page::new(Some(body.offset), Some(body.limit));
@@ -143,14 +211,40 @@ async fn query_tenants(
     ))
 }
 
-async fn list_profiles(
+#[utoipa::path(
+    get,
+    path = "/tenants/{tid}/participant-profiles",
+    tag = "participant profiles",
+    summary = "List a tenant's participant profiles",
+    params(("tid" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "Profiles sorted by id", body = [ParticipantProfile]),
+        (status = 404, description = "No such tenant", body = ErrorBody)
+    )
+)]
+pub(super) async fn list_profiles(
     State(state): State<AppState>,
     Path(tid): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(profiles::list(state.engine.db(), &tid).await?))
 }
 
-async fn deploy_profile(
+#[utoipa::path(
+    post,
+    path = "/tenants/{tid}/participant-profiles",
+    tag = "participant profiles",
+    summary = "Create a participant profile and start its deploy orchestration",
+    params(("tid" = String, Path, description = "Tenant id")),
+    request_body = NewParticipantProfileDeployment,
+    responses(
+        (status = 202, description = "Accepted; VPAs pending", body = ParticipantProfile),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "No cell can take the participant, or no deploy template", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn deploy_profile(
     State(state): State<AppState>,
     Path(tid): Path<String>,
     JsonBody(body): JsonBody<NewParticipantProfileDeployment>,
@@ -167,14 +261,37 @@ async fn deploy_profile(
     Ok((StatusCode::ACCEPTED, Json(profile)))
 }
 
-async fn get_profile(
+#[utoipa::path(
+    get,
+    path = "/tenants/{tid}/participant-profiles/{pid}",
+    tag = "participant profiles",
+    summary = "Read a participant profile",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    responses(
+        (status = 200, description = "The profile", body = ParticipantProfile),
+        (status = 404, description = "No such profile in this tenant", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_profile(
     State(state): State<AppState>,
     Path((tid, pid)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(profiles::get(state.engine.db(), &tid, &pid).await?))
 }
 
-async fn dispose_profile(
+#[utoipa::path(
+    delete,
+    path = "/tenants/{tid}/participant-profiles/{pid}",
+    tag = "participant profiles",
+    summary = "Decommission a participant (starts its dispose orchestration)",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    responses(
+        (status = 202, description = "Accepted; VPAs disposing", body = ParticipantProfile),
+        (status = 404, description = "No such profile in this tenant", body = ErrorBody),
+        (status = 409, description = "Still being deployed", body = ErrorBody)
+    )
+)]
+pub(super) async fn dispose_profile(
     State(state): State<AppState>,
     Path((tid, pid)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
@@ -182,10 +299,22 @@ async fn dispose_profile(
     Ok((StatusCode::ACCEPTED, Json(profile)))
 }
 
-async fn query_profiles(
+#[utoipa::path(
+    post,
+    path = "/participant-profiles/query",
+    tag = "participant profiles",
+    summary = "Query participant profiles with a predicate",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "Matching profiles sorted by id", body = [ParticipantProfile]),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn query_profiles(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    JsonBody(body): JsonBody<super::requests::Query>,
+    JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let predicate = caller.scope(Predicate::parse(&body.predicate)?, "tenantId");
     let page = Page::new(Some(body.offset), Some(body.limit));
@@ -194,11 +323,33 @@ async fn query_profiles(
     ))
 }
 
-async fn list_cells(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(
+    get,
+    path = "/cells",
+    tag = "cells",
+    summary = "List cells",
+    responses(
+        (status = 200, description = "Cells sorted by id", body = [Cell])
+    )
+)]
+pub(super) async fn list_cells(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(cells::list(state.engine.db()).await?))
 }
 
-async fn create_cell(
+#[utoipa::path(
+    post,
+    path = "/cells",
+    tag = "cells",
+    summary = "Register a cell",
+    request_body = NewCell,
+    responses(
+        (status = 201, description = "Created", body = Cell),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 409, description = "Duplicate externalId", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn create_cell(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewCell>,
 ) -> ApiResult<impl IntoResponse> {
@@ -213,7 +364,18 @@ async fn create_cell(
     ))
 }
 
-async fn get_cell(
+#[utoipa::path(
+    get,
+    path = "/cells/{id}",
+    tag = "cells",
+    summary = "Read a cell",
+    params(("id" = String, Path, description = "Cell id")),
+    responses(
+        (status = 200, description = "The cell", body = Cell),
+        (status = 404, description = "No such cell", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_cell(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
@@ -222,7 +384,20 @@ async fn get_cell(
     Ok((etag(cell.version), Json(cell)))
 }
 
-async fn delete_cell(
+#[utoipa::path(
+    delete,
+    path = "/cells/{id}",
+    tag = "cells",
+    summary = "Delete a cell without live participants",
+    params(("id" = String, Path, description = "Cell id"), ("If-Match" = Option<String>, Header, description = "Version the change is based on, e.g. \"3\"; a stale one is a 409")),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "Participants placed there, or a stale version", body = ErrorBody)
+    )
+)]
+pub(super) async fn delete_cell(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -231,11 +406,32 @@ async fn delete_cell(
     Ok(StatusCode::OK)
 }
 
-async fn list_dataspaces(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(
+    get,
+    path = "/dataspace-profiles",
+    tag = "dataspace profiles",
+    summary = "List dataspace profiles",
+    responses(
+        (status = 200, description = "Profiles sorted by id", body = [DataspaceProfile])
+    )
+)]
+pub(super) async fn list_dataspaces(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(dataspaces::list(state.engine.db()).await?))
 }
 
-async fn create_dataspace(
+#[utoipa::path(
+    post,
+    path = "/dataspace-profiles",
+    tag = "dataspace profiles",
+    summary = "Create a dataspace profile",
+    request_body = NewDataspaceProfile,
+    responses(
+        (status = 201, description = "Created", body = DataspaceProfile),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn create_dataspace(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewDataspaceProfile>,
 ) -> ApiResult<impl IntoResponse> {
@@ -244,7 +440,18 @@ async fn create_dataspace(
     Ok((StatusCode::CREATED, Json(profile)))
 }
 
-async fn get_dataspace(
+#[utoipa::path(
+    get,
+    path = "/dataspace-profiles/{id}",
+    tag = "dataspace profiles",
+    summary = "Read a dataspace profile with its deployments",
+    params(("id" = String, Path, description = "Dataspace profile id")),
+    responses(
+        (status = 200, description = "The profile", body = DataspaceProfile),
+        (status = 404, description = "No such dataspace profile", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_dataspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
@@ -252,7 +459,19 @@ async fn get_dataspace(
     Ok(Json(dataspaces::get(&mut conn, &id).await?))
 }
 
-async fn delete_dataspace(
+#[utoipa::path(
+    delete,
+    path = "/dataspace-profiles/{id}",
+    tag = "dataspace profiles",
+    summary = "Delete a dataspace profile without live participants",
+    params(("id" = String, Path, description = "Dataspace profile id")),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 404, description = "No such dataspace profile", body = ErrorBody),
+        (status = 409, description = "Participants still belong to it", body = ErrorBody)
+    )
+)]
+pub(super) async fn delete_dataspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
@@ -260,7 +479,21 @@ async fn delete_dataspace(
     Ok(StatusCode::OK)
 }
 
-async fn deploy_dataspace(
+#[utoipa::path(
+    post,
+    path = "/dataspace-profiles/{id}/deployments",
+    tag = "dataspace profiles",
+    summary = "Deploy a dataspace profile to a cell",
+    params(("id" = String, Path, description = "Dataspace profile id")),
+    request_body = NewDataspaceDeployment,
+    responses(
+        (status = 202, description = "Accepted", body = DataspaceDeployment),
+        (status = 400, description = "Malformed body or unknown cell", body = ErrorBody),
+        (status = 404, description = "No such dataspace profile", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn deploy_dataspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<NewDataspaceDeployment>,
@@ -284,9 +517,12 @@ fn paging_headers<T>(path: &str, paged: &Paged<T>) -> HeaderMap {
         format!("{}; rel=\"first\"", url(0)),
     ];
     if offset > 0 {
-        links.push(format!("{}; rel=\"prev\"", url((offset - limit).max(0))));
+        links.push(format!(
+            "{}; rel=\"prev\"",
+            url(offset.saturating_sub(limit).max(0))
+        ));
     }
-    if offset + limit < total {
+    if offset.saturating_add(limit) < total {
         links.push(format!("{}; rel=\"next\"", url(offset + limit)));
     }
     links.push(format!("{}; rel=\"last\"", url(last)));

@@ -1,0 +1,101 @@
+//! The OpenAPI 3.1 document of the REST API, generated from the handlers' annotations
+//! and the request and response types, and served at `/api/v1alpha1/openapi.json`.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use super::{provision, tenant};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "cfm",
+        description = "Connector Fabric Manager: tenants, participant profiles, cells, dataspace profiles and the orchestrations that provision them. Wire-compatible with upstream CFM's v1alpha1 API."
+    ),
+    servers((url = "/api/v1alpha1")),
+    paths(
+        tenant::list_tenants,
+        tenant::create_tenant,
+        tenant::query_tenants,
+        tenant::get_tenant,
+        tenant::patch_tenant,
+        tenant::delete_tenant,
+        tenant::list_profiles,
+        tenant::deploy_profile,
+        tenant::get_profile,
+        tenant::dispose_profile,
+        tenant::query_profiles,
+        tenant::list_cells,
+        tenant::create_cell,
+        tenant::get_cell,
+        tenant::delete_cell,
+        tenant::list_dataspaces,
+        tenant::create_dataspace,
+        tenant::get_dataspace,
+        tenant::delete_dataspace,
+        tenant::deploy_dataspace,
+        provision::list_activities,
+        provision::put_activity,
+        provision::list_orchestrations,
+        provision::create_orchestration,
+        provision::get_orchestration_definition,
+        provision::get_orchestration,
+    ),
+    modifiers(&BearerTokens),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+/// The JSON document, built once.
+pub fn document() -> &'static str {
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    JSON.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()))
+}
+
+/// Declares bearer-token auth and the 401 and 403 answers every route can give.
+struct BearerTokens;
+
+impl Modify for BearerTokens {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        let error = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in [
+                    ("401", "Missing or invalid bearer token"),
+                    ("403", "The token lacks the scope the route needs"),
+                ] {
+                    operation.responses.responses.insert(
+                        status.to_string(),
+                        ResponseBuilder::new()
+                            .description(description)
+                            .content("application/json", error())
+                            .build()
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+}
