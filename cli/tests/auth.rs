@@ -220,7 +220,23 @@ async fn tenant_tokens_reach_only_their_tenant(backend: TestBackend) {
         ids.push(id);
     }
     let (mine, theirs) = (ids[0].as_str(), ids[1].as_str());
-    let token = server.tenant_token(Some(mine), &[TENANT_READ, TENANT_WRITE]);
+    // Issued the way an operator would, with `cfm token`.
+    let issued = std::process::Command::new(env!("CARGO_BIN_EXE_cfm"))
+        .args([
+            "token",
+            "--tenant",
+            mine,
+            "--scope",
+            TENANT_READ,
+            "--scope",
+            TENANT_WRITE,
+        ])
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "{issued:?}");
+    let token = String::from_utf8(issued.stdout).unwrap().trim().to_string();
     let api = server.client_with(token);
 
     let listed = api.get("/tenants").await;

@@ -107,6 +107,11 @@ impl Server {
         &self.base
     }
 
+    /// The scratch database's URL, when the server runs on PostgreSQL.
+    pub fn database_url(&self) -> Option<&str> {
+        self.scratch.as_ref().map(|db| db.url())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -117,13 +122,8 @@ impl Server {
 
     /// A token signed with this server's key, carrying only `scopes`.
     pub fn token_with(&self, scopes: &[&str]) -> String {
-        self.tenant_token(None, scopes)
-    }
-
-    /// A token signed with this server's key, confined to `tenant` when given.
-    pub fn tenant_token(&self, tenant: Option<&str>, scopes: &[&str]) -> String {
         let auth = cfm_manager::auth::Auth::load_or_create(&self.data_dir()).unwrap();
-        auth.issue_for("test", scopes, tenant, 600).unwrap()
+        auth.issue("test", scopes, 600).unwrap()
     }
 
     /// A client that sends `token` instead of the admin token.

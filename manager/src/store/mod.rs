@@ -189,18 +189,39 @@ pub async fn lock_row(conn: &mut Conn, table: Table, id: &str) -> Result<bool> {
             "UPDATE participant_profiles SET version = version WHERE id = $1"
         }
         Table::Orchestrations => "UPDATE orchestrations SET version = version WHERE id = $1",
+        Table::DataspaceProfiles => "UPDATE dataspace_profiles SET version = version WHERE id = $1",
     };
     let done = sqlx::query(sql).bind(id).execute(conn).await?;
     Ok(done.rows_affected() > 0)
 }
 
-/// Tables [`lock_row`] can lock.
+/// Takes a shared lock on a row for the rest of the transaction: it cannot be deleted
+/// or locked by [`lock_row`] meanwhile, while other sharers go on. Creating a participant
+/// shares its tenant, cell and dataspace profiles, so deleting one of them cannot slip in
+/// between the check and the insert. A no-op on SQLite, whose writers take turns anyway.
+pub async fn share_row(conn: &mut Conn, table: Table, id: &str) -> Result<()> {
+    if backend_of(conn) == Backend::Sqlite {
+        return Ok(());
+    }
+    let sql = match table {
+        Table::Tenants => "SELECT 1 FROM tenants WHERE id = $1 FOR SHARE",
+        Table::Cells => "SELECT 1 FROM cells WHERE id = $1 FOR SHARE",
+        Table::ParticipantProfiles => "SELECT 1 FROM participant_profiles WHERE id = $1 FOR SHARE",
+        Table::Orchestrations => "SELECT 1 FROM orchestrations WHERE id = $1 FOR SHARE",
+        Table::DataspaceProfiles => "SELECT 1 FROM dataspace_profiles WHERE id = $1 FOR SHARE",
+    };
+    sqlx::query(sql).bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// Tables [`lock_row`] and [`share_row`] can lock.
 #[derive(Debug, Clone, Copy)]
 pub enum Table {
     Tenants,
     Cells,
     ParticipantProfiles,
     Orchestrations,
+    DataspaceProfiles,
 }
 
 /// A database URL fit for logs and errors: without its password.

@@ -63,6 +63,7 @@ pub async fn list(db: &Db) -> Result<Vec<DataspaceProfile>> {
 /// is not `disposed` belongs to the dataspace.
 pub async fn delete(db: &Db, id: &str) -> Result<()> {
     let mut tx = crate::store::write(db).await?;
+    crate::store::lock_row(&mut tx, crate::store::Table::DataspaceProfiles, id).await?;
     get(&mut tx, id).await?;
     let live = profiles::count_not_disposed(&mut tx, "dataspaceProfileIds", id).await?;
     if live > 0 {

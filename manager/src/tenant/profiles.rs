@@ -17,7 +17,7 @@ use crate::model::{
 use crate::provision::definitions;
 use crate::provision::engine::{Engine, Finished, Start};
 use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
-use crate::store::{self, Conn, Db, from_json, to_json};
+use crate::store::{self, Conn, Db, Table, from_json, to_json};
 use crate::tenant::{cells, dataspaces, tenants};
 
 /// A request to deploy a participant (upstream's NewParticipantProfileDeployment).
@@ -49,8 +49,10 @@ pub async fn deploy(
     }
     let mut tx = store::write(engine.db()).await?;
     tenants::get(&mut tx, tenant_id).await?;
+    store::share_row(&mut tx, Table::Tenants, tenant_id).await?;
     let mut dataspace_profiles = Vec::new();
     for id in &new.dataspace_profile_ids {
+        store::share_row(&mut tx, Table::DataspaceProfiles, id).await?;
         let profile = dataspaces::get(&mut tx, id).await.map_err(|e| match e {
             ManagerError::NotFound(_) => {
                 ManagerError::bad_request(format!("dataspace profile '{id}' does not exist"))
@@ -60,6 +62,7 @@ pub async fn deploy(
         dataspace_profiles.push(profile);
     }
     let cell = place(&mut tx, new.cell_id.as_deref(), &new.dataspace_profile_ids).await?;
+    store::share_row(&mut tx, Table::Cells, &cell.id).await?;
     let definition = definitions::select(&mut tx, orchestration_types::VPA_DEPLOY)
         .await?
         .ok_or_else(|| {
@@ -174,6 +177,8 @@ pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<ParticipantProfil
 /// while that is under way or done changes nothing.
 pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
     let mut tx = store::write(engine.db()).await?;
+    // Two DELETEs at once must not both start a dispose.
+    store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?;
     let mut profile = fetch(&mut tx, tenant_id, id).await?;
     if profile
         .vpas
