@@ -85,7 +85,9 @@ async fn main() {
         |db, i| {
             let t = tenant_of(i);
             Box::pin(async move {
-                profiles::list(&db, &t).await.expect("list");
+                profiles::list(&db, &t, Page::default())
+                    .await
+                    .expect("list");
             })
         },
     )

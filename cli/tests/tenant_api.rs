@@ -332,6 +332,46 @@ async fn tenant_lists_page_with_links(backend: TestBackend) {
     assert_eq!(items[0]["id"], ids[2]);
     assert_eq!(items[1]["id"], ids[3]);
     assert_eq!(api.get("/tenants?limit=x").await.status(), 400);
+    // A repeated parameter keeps its last value, as a repeated JSON key does.
+    let repeated = api.get("/tenants?limit=1&limit=3").await;
+    assert_eq!(
+        repeated
+            .json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // The other lists page the same way.
+    for external_id in ["c-1", "c-2", "c-3"] {
+        api.post_ok("/cells", json!({"externalId": external_id}), 201)
+            .await;
+    }
+    let cells = api.get("/cells?offset=1&limit=1").await;
+    assert_eq!(cells.headers()["x-total-count"], "3");
+    let links = cells.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        links.contains("</api/v1alpha1/cells?offset=2&limit=1>; rel=\"next\""),
+        "{links}"
+    );
+    assert_eq!(
+        cells
+            .json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let profiles = api
+        .get(&format!("/tenants/{}/participant-profiles?limit=5", ids[0]))
+        .await;
+    assert_eq!(profiles.headers()["x-total-count"], "0");
+    assert_eq!(api.get("/dataspace-profiles?offset=-1").await.status(), 200);
 }
 
 async fn placement_honours_a_named_cell_and_balances_load(backend: TestBackend) {

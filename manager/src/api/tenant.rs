@@ -215,18 +215,27 @@ pub(super) async fn query_tenants(
     get,
     path = "/tenants/{tid}/participant-profiles",
     tag = "participant profiles",
-    summary = "List a tenant's participant profiles",
-    params(("tid" = String, Path, description = "Tenant id")),
+    summary = "List a tenant's participant profiles (paginated)",
+    params(
+        ("tid" = String, Path, description = "Tenant id"),
+        ("offset" = Option<i64>, Query, description = "Items to skip"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")
+    ),
     responses(
         (status = 200, description = "Profiles sorted by id", body = [ParticipantProfile]),
+        (status = 400, description = "Malformed paging parameters", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody)
     )
 )]
 pub(super) async fn list_profiles(
     State(state): State<AppState>,
     Path(tid): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(profiles::list(state.engine.db(), &tid).await?))
+    let page = page_of(query.as_deref())?;
+    let paged = profiles::list(state.engine.db(), &tid, page).await?;
+    let path = format!("/tenants/{tid}/participant-profiles");
+    Ok((paging_headers(&path, &paged), Json(paged.items)))
 }
 
 #[utoipa::path(
@@ -327,13 +336,22 @@ pub(super) async fn query_profiles(
     get,
     path = "/cells",
     tag = "cells",
-    summary = "List cells",
+    summary = "List cells (paginated)",
+    params(
+        ("offset" = Option<i64>, Query, description = "Items to skip"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")
+    ),
     responses(
-        (status = 200, description = "Cells sorted by id", body = [Cell])
+        (status = 200, description = "Cells sorted by id", body = [Cell]),
+        (status = 400, description = "Malformed paging parameters", body = ErrorBody)
     )
 )]
-pub(super) async fn list_cells(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(cells::list(state.engine.db()).await?))
+pub(super) async fn list_cells(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<impl IntoResponse> {
+    let paged = cells::list(state.engine.db(), page_of(query.as_deref())?).await?;
+    Ok((paging_headers("/cells", &paged), Json(paged.items)))
 }
 
 #[utoipa::path(
@@ -410,13 +428,25 @@ pub(super) async fn delete_cell(
     get,
     path = "/dataspace-profiles",
     tag = "dataspace profiles",
-    summary = "List dataspace profiles",
+    summary = "List dataspace profiles (paginated)",
+    params(
+        ("offset" = Option<i64>, Query, description = "Items to skip"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")
+    ),
     responses(
-        (status = 200, description = "Profiles sorted by id", body = [DataspaceProfile])
+        (status = 200, description = "Profiles sorted by id", body = [DataspaceProfile]),
+        (status = 400, description = "Malformed paging parameters", body = ErrorBody)
     )
 )]
-pub(super) async fn list_dataspaces(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(dataspaces::list(state.engine.db()).await?))
+pub(super) async fn list_dataspaces(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<impl IntoResponse> {
+    let paged = dataspaces::list(state.engine.db(), page_of(query.as_deref())?).await?;
+    Ok((
+        paging_headers("/dataspace-profiles", &paged),
+        Json(paged.items),
+    ))
 }
 
 #[utoipa::path(

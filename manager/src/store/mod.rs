@@ -281,6 +281,38 @@ pub struct Paged<T> {
     pub page: Page,
 }
 
+/// One page of `select` (a `SELECT ... FROM table` without WHERE), sorted by id, and
+/// how many rows there are in all; `filter` keeps the rows whose column equals a value.
+pub async fn paged(
+    db: &Db,
+    select: &str,
+    filter: Option<(&'static str, &str)>,
+    page: Page,
+) -> Result<(Vec<Row>, i64)> {
+    let condition = match filter {
+        Some((column, _)) => format!("{column} = $1"),
+        None => "$1 = $1".into(),
+    };
+    let value = filter.map_or("", |(_, value)| value).to_string();
+    let from = select.find(" FROM ").map_or(select, |at| &select[at..]);
+    let mut conn = db.acquire().await?;
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*){from} WHERE {condition}"
+    )))
+    .bind(&value)
+    .fetch_one(&mut *conn)
+    .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{select} WHERE {condition} ORDER BY id LIMIT $2 OFFSET $3"
+    )))
+    .bind(&value)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((rows, total))
+}
+
 /// Reads a value of the `meta` table.
 pub async fn meta(conn: &mut Conn, key: &str) -> Result<Option<String>> {
     Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")

@@ -4,7 +4,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
 use crate::model::{Cell, DEPLOYMENT_STATES, Properties, new_id, now};
-use crate::store::{self, Conn, Db, Table, from_json, to_json};
+use crate::store::{self, Conn, Db, Page, Paged, Table, from_json, to_json};
 use crate::tenant::{profiles, tenants};
 
 pub struct NewCell {
@@ -50,11 +50,11 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
     Ok(cell)
 }
 
-pub async fn list(db: &Db) -> Result<Vec<Cell>> {
-    let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} ORDER BY id")))
-        .fetch_all(db.read())
-        .await?;
-    rows.iter().map(read).collect()
+/// A page of cells, sorted by id.
+pub async fn list(db: &Db, page: Page) -> Result<Paged<Cell>> {
+    let (rows, total) = store::paged(db, SELECT, None, page).await?;
+    let items = rows.iter().map(read).collect::<Result<_>>()?;
+    Ok(Paged { items, total, page })
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Cell> {

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use crate::error::{ManagerError, Result};
 use crate::model::{DataspaceDeployment, DataspaceProfile, DataspaceSpec, Properties, new_id, now};
-use crate::store::{Conn, Db, from_json, to_json};
+use crate::store::{Conn, Db, Page, Paged, from_json, to_json};
 use crate::tenant::{cells, profiles};
 
 pub async fn create(
@@ -43,20 +43,23 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<DataspaceProfile> {
     Ok(profile)
 }
 
-pub async fn list(db: &Db) -> Result<Vec<DataspaceProfile>> {
-    let mut conn = db.acquire().await?;
-    let rows = sqlx::query(
-        "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles ORDER BY id",
+/// A page of dataspace profiles with their deployments, sorted by id.
+pub async fn list(db: &Db, page: Page) -> Result<Paged<DataspaceProfile>> {
+    let (rows, total) = crate::store::paged(
+        db,
+        "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles",
+        None,
+        page,
     )
-    .fetch_all(&mut *conn)
     .await?;
-    let mut profiles = Vec::with_capacity(rows.len());
+    let mut conn = db.acquire().await?;
+    let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut profile = read(row)?;
         profile.deployments = deployments(&mut conn, &profile.id).await?;
-        profiles.push(profile);
+        items.push(profile);
     }
-    Ok(profiles)
+    Ok(Paged { items, total, page })
 }
 
 /// Deletes a dataspace profile and its deployments. Refused while a participant that

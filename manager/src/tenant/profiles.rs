@@ -17,7 +17,7 @@ use crate::model::{
 use crate::provision::definitions;
 use crate::provision::engine::{Engine, Finished, Start};
 use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
-use crate::store::{self, Conn, Db, Table, from_json, to_json};
+use crate::store::{self, Conn, Db, Paged, Table, from_json, to_json};
 use crate::tenant::{cells, dataspaces, tenants};
 
 /// A request to deploy a participant (upstream's NewParticipantProfileDeployment).
@@ -232,16 +232,16 @@ async fn fetch(conn: &mut Conn, tenant_id: &str, id: &str) -> Result<Participant
     read(&row)
 }
 
-pub async fn list(db: &Db, tenant_id: &str) -> Result<Vec<ParticipantProfile>> {
-    let mut conn = db.acquire().await?;
-    tenants::get(&mut conn, tenant_id).await?;
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "{SELECT} WHERE tenant_id = $1 ORDER BY id"
-    )))
-    .bind(tenant_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(read).collect()
+/// A page of a tenant's profiles, sorted by id.
+pub async fn list(
+    db: &Db,
+    tenant_id: &str,
+    page: store::Page,
+) -> Result<Paged<ParticipantProfile>> {
+    tenants::get(&mut *db.acquire().await?, tenant_id).await?;
+    let (rows, total) = store::paged(db, SELECT, Some(("tenant_id", tenant_id)), page).await?;
+    let items = rows.iter().map(read).collect::<Result<_>>()?;
+    Ok(Paged { items, total, page })
 }
 
 /// Profiles matching a predicate, sorted by id.
@@ -255,10 +255,7 @@ pub async fn query(
     let limit = params.push(Literal::Integer(page.limit));
     let offset = params.push(Literal::Integer(page.offset));
     let sql = format!("{SELECT} WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}");
-    let rows = params
-        .bind(sqlx::query(AssertSqlSafe(sql)))
-        .fetch_all(db.read())
-        .await?;
+    let rows = params.query(sql).fetch_all(db.read()).await?;
     rows.iter().map(read).collect()
 }
 
@@ -270,11 +267,7 @@ pub(crate) async fn count_not_disposed(conn: &mut Conn, field: &str, value: &str
     let mut params = Params::default();
     let condition = predicate.to_sql(&profile_field, store::backend_of(conn), &mut params)?;
     let sql = format!("SELECT COUNT(*) FROM participant_profiles WHERE {condition}");
-    Ok(params
-        .bind(sqlx::query(AssertSqlSafe(sql)))
-        .fetch_one(conn)
-        .await?
-        .get(0))
+    Ok(params.query(sql).fetch_one(conn).await?.get(0))
 }
 
 /// Applies the end of a profile's orchestration to its VPAs. A failed deploy is

@@ -1,6 +1,6 @@
 //! Tenants: the organisations participants belong to.
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
 use crate::error::{ManagerError, Result};
 use crate::model::{Properties, Tenant, new_id, now};
@@ -99,10 +99,7 @@ pub async fn query(db: &Db, predicate: &Predicate, page: Page) -> Result<Vec<Ten
     let sql = format!(
         "SELECT id, version, properties FROM tenants WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}"
     );
-    let rows = params
-        .bind(sqlx::query(AssertSqlSafe(sql)))
-        .fetch_all(db.read())
-        .await?;
+    let rows = params.query(sql).fetch_all(db.read()).await?;
     rows.iter().map(read).collect()
 }
 
@@ -127,20 +124,13 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
 
 /// A page of tenants; only `only` when given (a token confined to one tenant).
 pub async fn list(db: &Db, only: Option<&str>, page: Page) -> Result<Paged<Tenant>> {
-    let condition = if only.is_some() { "id = $1" } else { "$1 = $1" };
-    let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM tenants WHERE {condition}"
-    )))
-    .bind(only.unwrap_or_default())
-    .fetch_one(db.read())
-    .await?;
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT id, version, properties FROM tenants WHERE {condition} ORDER BY id LIMIT $2 OFFSET $3"
-    )))
-    .bind(only.unwrap_or_default())
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(db.read())
+    let filter = only.map(|id| ("id", id));
+    let (rows, total) = store::paged(
+        db,
+        "SELECT id, version, properties FROM tenants",
+        filter,
+        page,
+    )
     .await?;
     let items = rows.iter().map(read).collect::<Result<_>>()?;
     Ok(Paged { items, total, page })
