@@ -16,8 +16,8 @@ use sqlx::query::Query;
 use crate::error::{ManagerError, Result};
 use crate::store::Backend;
 
-/// A parsed predicate; `None` matches everything.
-#[derive(Debug, Clone, PartialEq)]
+/// A parsed predicate; `None` (the default) matches everything.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Predicate(Option<Expr>);
 
 #[derive(Debug, Clone, PartialEq)]

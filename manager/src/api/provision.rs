@@ -3,15 +3,17 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::AppState;
 use super::error::{ApiResult, ErrorBody};
 use super::json::JsonBody;
-use super::requests::NewOrchestrationDefinition;
+use super::requests::{NewOrchestrationDefinition, QueryRequest};
 use crate::model::{ActivityDefinition, Orchestration, OrchestrationDefinition};
 use crate::provision::definitions;
+use crate::query::Predicate;
+use crate::store::Page;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -19,14 +21,16 @@ pub fn routes() -> Router<AppState> {
             "/activity-definitions",
             get(list_activities).post(put_activity),
         )
+        .route("/activity-definitions/{type}", delete(delete_activity))
         .route(
             "/orchestration-definitions",
             get(list_orchestrations).post(create_orchestration),
         )
         .route(
             "/orchestration-definitions/{id}",
-            get(get_orchestration_definition),
+            get(get_orchestration_definition).delete(delete_orchestration_definition),
         )
+        .route("/orchestrations/query", post(query_orchestrations))
         .route("/orchestrations/{id}", get(get_orchestration))
 }
 
@@ -144,4 +148,64 @@ pub(super) async fn get_orchestration(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(state.engine.get(&id).await?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/activity-definitions/{type}",
+    tag = "definitions",
+    summary = "Delete an activity definition no orchestration definition uses",
+    params(("type" = String, Path, description = "Activity type")),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 400, description = "An orchestration definition uses it", body = ErrorBody),
+        (status = 404, description = "No such activity definition", body = ErrorBody)
+    )
+)]
+pub(super) async fn delete_activity(
+    State(state): State<AppState>,
+    Path(activity_type): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    definitions::delete_activity(state.engine.db(), &activity_type).await?;
+    Ok(StatusCode::OK)
+}
+
+#[utoipa::path(
+    delete,
+    path = "/orchestration-definitions/{id}",
+    tag = "definitions",
+    summary = "Delete an orchestration definition (running orchestrations keep their steps)",
+    params(("id" = String, Path, description = "Definition id")),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 404, description = "No such definition", body = ErrorBody)
+    )
+)]
+pub(super) async fn delete_orchestration_definition(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    definitions::delete_orchestration(state.engine.db(), &id).await?;
+    Ok(StatusCode::OK)
+}
+
+#[utoipa::path(
+    post,
+    path = "/orchestrations/query",
+    tag = "orchestrations",
+    summary = "Query orchestrations with a predicate (e.g. correlationId = '<profile id>')",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "Matching orchestrations sorted by id", body = [Orchestration]),
+        (status = 400, description = "Malformed body or predicate", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn query_orchestrations(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<QueryRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let predicate = Predicate::parse(&body.predicate)?;
+    let page = Page::new(Some(body.offset), Some(body.limit));
+    Ok(Json(state.engine.query(&predicate, page).await?))
 }

@@ -98,6 +98,54 @@ pub async fn create_orchestration(
     Ok(definition)
 }
 
+/// Deletes an activity definition no orchestration definition uses.
+pub async fn delete_activity(db: &Db, activity_type: &str) -> Result<()> {
+    let mut tx = crate::store::write(db).await?;
+    let users: Vec<String> = all(&mut tx)
+        .await?
+        .into_iter()
+        .filter(|d| {
+            d.activities
+                .values()
+                .flatten()
+                .any(|a| a.activity_type == activity_type)
+        })
+        .map(|d| d.id)
+        .collect();
+    if !users.is_empty() {
+        return Err(ManagerError::bad_request(format!(
+            "activity type '{activity_type}' is referenced by orchestration definition(s) {}",
+            users.join(", ")
+        )));
+    }
+    let deleted = sqlx::query("DELETE FROM activity_definitions WHERE type = $1")
+        .bind(activity_type)
+        .execute(&mut *tx)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(ManagerError::not_found(format!(
+            "activity definition '{activity_type}' not found"
+        )));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes an orchestration definition. Orchestrations already started keep running:
+/// each holds its own copy of its steps.
+pub async fn delete_orchestration(db: &Db, id: &str) -> Result<()> {
+    let deleted = sqlx::query("DELETE FROM orchestration_definitions WHERE id = $1")
+        .bind(id)
+        .execute(db.writer())
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(ManagerError::not_found(format!(
+            "orchestration definition '{id}' not found"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn list_orchestrations(db: &Db) -> Result<Vec<OrchestrationDefinition>> {
     let mut conn = db.acquire().await?;
     all(&mut conn).await

@@ -17,8 +17,9 @@ use crate::error::{ManagerError, Result};
 use crate::model::{
     Orchestration, OrchestrationDefinition, OrchestrationState, Properties, Step, new_id, now,
 };
+use crate::query::{Field, Literal, Params, Predicate};
 use crate::queue::{self, ACTIVITY_TOPIC};
-use crate::store::{self, Conn, Db, from_json, to_json};
+use crate::store::{self, Conn, Db, Page, from_json, to_json};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -261,55 +262,42 @@ impl Engine {
 
     /// Reads an orchestration with its steps.
     pub async fn get(&self, id: &str) -> Result<Orchestration> {
+        let predicate = Predicate::default().and_equals("id", Literal::Text(id.to_string()));
+        self.query(&predicate, Page::default())
+            .await?
+            .pop()
+            .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))
+    }
+
+    /// Orchestrations matching a predicate (upstream's `/orchestrations/query`), sorted by
+    /// id, each with its steps.
+    pub async fn query(&self, predicate: &Predicate, page: Page) -> Result<Vec<Orchestration>> {
+        let mut params = Params::default();
+        let condition = predicate.to_sql(&orchestration_field, self.db.backend(), &mut params)?;
+        let limit = params.push(Literal::Integer(page.limit));
+        let offset = params.push(Literal::Integer(page.offset));
         let mut conn = self.db.acquire().await?;
-        let row = sqlx::query(
-            "SELECT id, correlation_id, definition_id, orchestration_type, state, state_timestamp,
-               created_timestamp, processing_data, output_data, error_detail
-             FROM orchestrations WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))?;
-        let step_rows = sqlx::query(
-            "SELECT activity_id, activity_type, depends_on, state, attempt, last_error, started_at, completed_at
-             FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position",
-        )
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut steps = Vec::with_capacity(step_rows.len());
-        let mut completed = serde_json::Map::new();
-        for s in &step_rows {
-            let step = Step {
-                id: s.get("activity_id"),
-                activity_type: s.get("activity_type"),
-                depends_on: from_json(s.get("depends_on"), "step dependencies")?,
-                state: s.get("state"),
-                attempts: s.get("attempt"),
-                last_error: s.get("last_error"),
-                started_timestamp: s.get("started_at"),
-                completed_timestamp: s.get("completed_at"),
-            };
-            if step.state == "completed" {
-                completed.insert(step.id.clone(), Value::Bool(true));
-            }
-            steps.push(step);
+        let rows = params
+            .query(format!(
+                "SELECT id, correlation_id, definition_id, orchestration_type, state, state_timestamp,
+                   created_timestamp, processing_data, output_data, error_detail
+                 FROM orchestrations WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}"
+            ))
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.get("id");
+            let step_rows = sqlx::query(
+                "SELECT activity_id, activity_type, depends_on, state, attempt, last_error, started_at, completed_at
+                 FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position",
+            )
+            .bind(&id)
+            .fetch_all(&mut *conn)
+            .await?;
+            found.push(read_orchestration(row, &step_rows)?);
         }
-        Ok(Orchestration {
-            id: row.get("id"),
-            correlation_id: row.get("correlation_id"),
-            definition_id: row.get("definition_id"),
-            state: row.get("state"),
-            state_timestamp: row.get("state_timestamp"),
-            created_timestamp: row.get("created_timestamp"),
-            orchestration_type: row.get("orchestration_type"),
-            steps,
-            processing_data: from_json(row.get("processing_data"), "processing data")?,
-            output_data: from_json(row.get("output_data"), "output data")?,
-            completed,
-            error_detail: row.get("error_detail"),
-        })
+        Ok(found)
     }
 
     async fn complete(
@@ -578,4 +566,54 @@ async fn steps(conn: &mut Conn, id: &str) -> Result<Vec<StepRow>> {
             })
         })
         .collect()
+}
+
+fn read_orchestration(row: &store::Row, step_rows: &[store::Row]) -> Result<Orchestration> {
+    let mut steps = Vec::with_capacity(step_rows.len());
+    let mut completed = serde_json::Map::new();
+    for s in step_rows {
+        let step = Step {
+            id: s.get("activity_id"),
+            activity_type: s.get("activity_type"),
+            depends_on: from_json(s.get("depends_on"), "step dependencies")?,
+            state: s.get("state"),
+            attempts: s.get("attempt"),
+            last_error: s.get("last_error"),
+            started_timestamp: s.get("started_at"),
+            completed_timestamp: s.get("completed_at"),
+        };
+        if step.state == "completed" {
+            completed.insert(step.id.clone(), Value::Bool(true));
+        }
+        steps.push(step);
+    }
+    Ok(Orchestration {
+        id: row.get("id"),
+        correlation_id: row.get("correlation_id"),
+        definition_id: row.get("definition_id"),
+        state: row.get("state"),
+        state_timestamp: row.get("state_timestamp"),
+        created_timestamp: row.get("created_timestamp"),
+        orchestration_type: row.get("orchestration_type"),
+        steps,
+        processing_data: from_json(row.get("processing_data"), "processing data")?,
+        output_data: from_json(row.get("output_data"), "output data")?,
+        completed,
+        error_detail: row.get("error_detail"),
+    })
+}
+
+/// Query fields of orchestrations and where they are stored.
+fn orchestration_field(field: &str) -> Option<Field> {
+    Some(match field {
+        "id" => Field::Text("id"),
+        "correlationId" => Field::Text("correlation_id"),
+        "definitionId" => Field::Text("definition_id"),
+        "orchestrationType" => Field::Text("orchestration_type"),
+        "state" => Field::Integer("state"),
+        "stateTimestamp" => Field::Text("state_timestamp"),
+        "createdTimestamp" => Field::Text("created_timestamp"),
+        "errorDetail" => Field::Text("error_detail"),
+        _ => return None,
+    })
 }
