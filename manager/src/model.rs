@@ -136,6 +136,7 @@ pub struct Vpa {
 #[serde(rename_all = "camelCase")]
 pub struct ActivityDefinition {
     #[serde(rename = "type")]
+    #[schema(pattern = r"^[a-zA-Z0-9._-]+$")]
     pub activity_type: String,
     #[serde(default)]
     pub description: String,

@@ -60,6 +60,8 @@ pub struct NewDataspaceDeployment {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewParticipantProfileDeployment {
+    /// The participant's DID.
+    #[schema(pattern = r"^did:[a-z0-9]+:\S+$")]
     pub identifier: String,
     pub cell_id: Option<String>,
     #[serde(default)]
