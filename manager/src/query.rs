@@ -14,7 +14,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use crate::error::{ManagerError, Result};
-use crate::store::Backend;
+use crate::store::{Backend, Page};
 
 /// A parsed predicate; `None` (the default) matches everything.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -130,6 +130,24 @@ impl Predicate {
             None => compare,
             Some(expr) => Expr::And(Box::new(expr), Box::new(compare)),
         }))
+    }
+
+    /// `select` (a `SELECT ... FROM table`) narrowed to the rows this predicate matches:
+    /// one page of them, sorted by id, every value bound. What the query routes run.
+    pub fn select_page(
+        &self,
+        select: &str,
+        fields: &dyn Fn(&str) -> Option<Field>,
+        backend: Backend,
+        page: Page,
+    ) -> Result<Query<'static, Any, AnyArguments>> {
+        let mut params = Params::default();
+        let condition = self.to_sql(fields, backend, &mut params)?;
+        let limit = params.push(Literal::Integer(page.limit));
+        let offset = params.push(Literal::Integer(page.offset));
+        Ok(params.query(format!(
+            "{select} WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}"
+        )))
     }
 
     /// The SQL condition, its values added to `params`. `fields` names a resource's

@@ -13,7 +13,6 @@ use super::requests::{NewOrchestrationDefinition, QueryRequest};
 use crate::model::{ActivityDefinition, Orchestration, OrchestrationDefinition};
 use crate::provision::definitions;
 use crate::query::Predicate;
-use crate::store::Page;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -206,6 +205,5 @@ pub(super) async fn query_orchestrations(
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let predicate = Predicate::parse(&body.predicate)?;
-    let page = Page::new(Some(body.offset), Some(body.limit));
-    Ok(Json(state.engine.query(&predicate, page).await?))
+    Ok(Json(state.engine.query(&predicate, body.page()).await?))
 }

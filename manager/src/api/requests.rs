@@ -91,6 +91,13 @@ pub struct QueryRequest {
     pub limit: i64,
 }
 
+impl QueryRequest {
+    /// The page asked for (0 or over the maximum means the maximum).
+    pub fn page(&self) -> crate::store::Page {
+        crate::store::Page::new(Some(self.offset), Some(self.limit))
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewOrchestrationDefinition {
     #[serde(default)]

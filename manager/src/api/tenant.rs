@@ -205,9 +205,8 @@ pub(super) async fn query_tenants(
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let predicate = caller.scope(Predicate::parse(&body.predicate)?, "id");
-    let page = Page::new(Some(body.offset), Some(body.limit));
     Ok(Json(
-        tenants::query(state.engine.db(), &predicate, page).await?,
+        tenants::query(state.engine.db(), &predicate, body.page()).await?,
     ))
 }
 
@@ -326,9 +325,8 @@ pub(super) async fn query_profiles(
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let predicate = caller.scope(Predicate::parse(&body.predicate)?, "tenantId");
-    let page = Page::new(Some(body.offset), Some(body.limit));
     Ok(Json(
-        profiles::query(state.engine.db(), &predicate, page).await?,
+        profiles::query(state.engine.db(), &predicate, body.page()).await?,
     ))
 }
 

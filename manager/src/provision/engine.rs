@@ -17,7 +17,7 @@ use crate::error::{ManagerError, Result};
 use crate::model::{
     Orchestration, OrchestrationDefinition, OrchestrationState, Properties, Step, new_id, now,
 };
-use crate::query::{Field, Literal, Params, Predicate};
+use crate::query::{Field, Literal, Predicate};
 use crate::queue::{self, ACTIVITY_TOPIC};
 use crate::store::{self, Conn, Db, Page, from_json, to_json};
 
@@ -272,17 +272,12 @@ impl Engine {
     /// Orchestrations matching a predicate (upstream's `/orchestrations/query`), sorted by
     /// id, each with its steps.
     pub async fn query(&self, predicate: &Predicate, page: Page) -> Result<Vec<Orchestration>> {
-        let mut params = Params::default();
-        let condition = predicate.to_sql(&orchestration_field, self.db.backend(), &mut params)?;
-        let limit = params.push(Literal::Integer(page.limit));
-        let offset = params.push(Literal::Integer(page.offset));
+        let select = "SELECT id, correlation_id, definition_id, orchestration_type, state,
+              state_timestamp, created_timestamp, processing_data, output_data, error_detail
+            FROM orchestrations";
         let mut conn = self.db.acquire().await?;
-        let rows = params
-            .query(format!(
-                "SELECT id, correlation_id, definition_id, orchestration_type, state, state_timestamp,
-                   created_timestamp, processing_data, output_data, error_detail
-                 FROM orchestrations WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}"
-            ))
+        let rows = predicate
+            .select_page(select, &orchestration_field, self.db.backend(), page)?
             .fetch_all(&mut *conn)
             .await?;
         let mut found = Vec::with_capacity(rows.len());

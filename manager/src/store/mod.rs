@@ -182,16 +182,14 @@ pub async fn write(db: &Db) -> Result<Tx> {
 /// turns on PostgreSQL (SQLite's writers take turns anyway). An UPDATE rather than
 /// `SELECT ... FOR UPDATE` because both backends understand it.
 pub async fn lock_row(conn: &mut Conn, table: Table, id: &str) -> Result<bool> {
-    let sql = match table {
-        Table::Tenants => "UPDATE tenants SET version = version WHERE id = $1",
-        Table::Cells => "UPDATE cells SET version = version WHERE id = $1",
-        Table::ParticipantProfiles => {
-            "UPDATE participant_profiles SET version = version WHERE id = $1"
-        }
-        Table::Orchestrations => "UPDATE orchestrations SET version = version WHERE id = $1",
-        Table::DataspaceProfiles => "UPDATE dataspace_profiles SET version = version WHERE id = $1",
-    };
-    let done = sqlx::query(sql).bind(id).execute(conn).await?;
+    let sql = format!(
+        "UPDATE {} SET version = version WHERE id = $1",
+        table.name()
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 
@@ -203,14 +201,11 @@ pub async fn share_row(conn: &mut Conn, table: Table, id: &str) -> Result<()> {
     if backend_of(conn) == Backend::Sqlite {
         return Ok(());
     }
-    let sql = match table {
-        Table::Tenants => "SELECT 1 FROM tenants WHERE id = $1 FOR SHARE",
-        Table::Cells => "SELECT 1 FROM cells WHERE id = $1 FOR SHARE",
-        Table::ParticipantProfiles => "SELECT 1 FROM participant_profiles WHERE id = $1 FOR SHARE",
-        Table::Orchestrations => "SELECT 1 FROM orchestrations WHERE id = $1 FOR SHARE",
-        Table::DataspaceProfiles => "SELECT 1 FROM dataspace_profiles WHERE id = $1 FOR SHARE",
-    };
-    sqlx::query(sql).bind(id).execute(conn).await?;
+    let sql = format!("SELECT 1 FROM {} WHERE id = $1 FOR SHARE", table.name());
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -222,6 +217,18 @@ pub enum Table {
     ParticipantProfiles,
     Orchestrations,
     DataspaceProfiles,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tenants => "tenants",
+            Self::Cells => "cells",
+            Self::ParticipantProfiles => "participant_profiles",
+            Self::Orchestrations => "orchestrations",
+            Self::DataspaceProfiles => "dataspace_profiles",
+        }
+    }
 }
 
 /// A database URL fit for logs and errors: without its password.

@@ -48,8 +48,8 @@ pub async fn deploy(
         }
     }
     let mut tx = store::write(engine.db()).await?;
-    tenants::get(&mut tx, tenant_id).await?;
     store::share_row(&mut tx, Table::Tenants, tenant_id).await?;
+    tenants::get(&mut tx, tenant_id).await?;
     let mut dataspace_profiles = Vec::new();
     for id in &new.dataspace_profile_ids {
         store::share_row(&mut tx, Table::DataspaceProfiles, id).await?;
@@ -250,12 +250,10 @@ pub async fn query(
     predicate: &Predicate,
     page: store::Page,
 ) -> Result<Vec<ParticipantProfile>> {
-    let mut params = Params::default();
-    let condition = predicate.to_sql(&profile_field, db.backend(), &mut params)?;
-    let limit = params.push(Literal::Integer(page.limit));
-    let offset = params.push(Literal::Integer(page.offset));
-    let sql = format!("{SELECT} WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}");
-    let rows = params.query(sql).fetch_all(db.read()).await?;
+    let rows = predicate
+        .select_page(SELECT, &profile_field, db.backend(), page)?
+        .fetch_all(db.read())
+        .await?;
     rows.iter().map(read).collect()
 }
 

@@ -1,10 +1,10 @@
 //! Tenants: the organisations participants belong to.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
 use crate::model::{Properties, Tenant, new_id, now};
-use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
+use crate::query::{Field, JsonColumn, Predicate};
 use crate::store::{self, Conn, Db, Page, Paged, Table, from_json, to_json};
 use crate::tenant::profiles;
 
@@ -92,14 +92,10 @@ pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<
 
 /// Tenants matching a predicate, sorted by id.
 pub async fn query(db: &Db, predicate: &Predicate, page: Page) -> Result<Vec<Tenant>> {
-    let mut params = Params::default();
-    let condition = predicate.to_sql(&tenant_field, db.backend(), &mut params)?;
-    let limit = params.push(Literal::Integer(page.limit));
-    let offset = params.push(Literal::Integer(page.offset));
-    let sql = format!(
-        "SELECT id, version, properties FROM tenants WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}"
-    );
-    let rows = params.query(sql).fetch_all(db.read()).await?;
+    let rows = predicate
+        .select_page(SELECT, &tenant_field, db.backend(), page)?
+        .fetch_all(db.read())
+        .await?;
     rows.iter().map(read).collect()
 }
 
@@ -114,7 +110,7 @@ pub fn check_version(what: &str, id: &str, current: i64, expected: Option<i64>) 
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
-    let row = sqlx::query("SELECT id, version, properties FROM tenants WHERE id = $1")
+    let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
         .bind(id)
         .fetch_optional(conn)
         .await?
@@ -125,16 +121,12 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
 /// A page of tenants; only `only` when given (a token confined to one tenant).
 pub async fn list(db: &Db, only: Option<&str>, page: Page) -> Result<Paged<Tenant>> {
     let filter = only.map(|id| ("id", id));
-    let (rows, total) = store::paged(
-        db,
-        "SELECT id, version, properties FROM tenants",
-        filter,
-        page,
-    )
-    .await?;
+    let (rows, total) = store::paged(db, SELECT, filter, page).await?;
     let items = rows.iter().map(read).collect::<Result<_>>()?;
     Ok(Paged { items, total, page })
 }
+
+const SELECT: &str = "SELECT id, version, properties FROM tenants";
 
 fn read(row: &crate::store::Row) -> Result<Tenant> {
     Ok(Tenant {
