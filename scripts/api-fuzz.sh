@@ -41,10 +41,11 @@ fuzz() {
     done
     [ -n "$base" ] || { echo "cfm serve did not start" >&2; cat "$dir/log" >&2; exit 1; }
     echo "==> schemathesis against $label ($base)"
-    "$st" run "$base/api/v1alpha1/openapi.json" --url "$base/api/v1alpha1" \
+    # From the scratch folder: schemathesis keeps its state in ./.schemathesis.
+    (cd "$work" && "$st" run "$base/api/v1alpha1/openapi.json" --url "$base/api/v1alpha1" \
         -H "Authorization: Bearer $(cat "$dir/data/admin.token")" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-        --max-examples "$examples" --generation-deterministic --no-color \
+        --max-examples "$examples" --generation-deterministic --no-color) \
         || { echo "--- cfm serve log ---" >&2; tail -n 50 "$dir/log" >&2; exit 1; }
     kill "$pid"
     wait "$pid" 2>/dev/null || true
