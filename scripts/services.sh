@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the servers the tests talk to are running on loopback: PostgreSQL on
-# 127.0.0.1:5432 (user postgres, trust auth). A server that is down is started from
+# 127.0.0.1:5432 (user postgres, trust auth) and NATS with JetStream on 127.0.0.1:4222
+# (the distributed tests also start private nats-server processes, so the binary must
+# be installed). A server that is down is started from
 # Debian's packages (installed first if missing); one that cannot be started fails
 # the run here, loudly, rather than as a skipped test later.
 set -euo pipefail
@@ -33,3 +35,34 @@ if ! postgres_up; then
     fi
 fi
 echo "PostgreSQL: $(psql -d "$pg_url" -tAc 'SHOW server_version')"
+
+# NATS: the server's greeting (its INFO line) says whether JetStream is on.
+nats_host=127.0.0.1
+nats_port=4222
+nats_info() {
+    timeout 3 bash -c "exec 3<>/dev/tcp/$nats_host/$nats_port && head -n1 <&3" 2>/dev/null || true
+}
+if ! command -v nats-server >/dev/null; then
+    echo "nats-server is not installed; installing it"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
+if ! nats_info | grep -q '"jetstream":true'; then
+    if nats_info | grep -q INFO; then
+        echo "error: the NATS server at $nats_host:$nats_port runs without JetStream; the tests need it" >&2
+        exit 1
+    fi
+    echo "NATS is not answering at $nats_host:$nats_port; starting it with JetStream"
+    store="${XDG_STATE_HOME:-$HOME/.local/state}/cfm-nats"
+    mkdir -p "$store"
+    setsid nohup nats-server -a "$nats_host" -p "$nats_port" -js -sd "$store" >"$store/server.log" 2>&1 &
+    for _ in $(seq 1 30); do
+        nats_info | grep -q '"jetstream":true' && break
+        sleep 0.5
+    done
+    if ! nats_info | grep -q '"jetstream":true'; then
+        echo "error: NATS with JetStream did not come up at $nats_host:$nats_port; see $store/server.log" >&2
+        exit 1
+    fi
+fi
+echo "NATS: $(nats_info | sed -n 's/.*"version":"\([^"]*\)".*/\1/p') with JetStream"

@@ -1,15 +1,22 @@
-//! The `cfm` command. `cfm serve` runs the whole management plane in one process on
-//! the embedded default: SQLite, the database-backed queue and the in-process agent host.
+//! The `cfm` command. `cfm serve` runs the whole management plane in one process (on
+//! the embedded default: SQLite, the database-backed queue and the in-process agent
+//! host); `cfm manager` and `cfm agent` run its two halves as replicas that meet in
+//! PostgreSQL and JetStream.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig};
 use cfm_manager::auth::AuthSettings;
 use cfm_manager::{EngineSettings, Manager, Options};
+use cfm_queue::Queue;
+use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
+use cfm_queue::worker::{QueueSink, Worker, WorkerSettings};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -25,8 +32,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run tenant manager, provision manager and agent host in one process (embedded default).
+    /// Run tenant manager, provision manager and agent host in one process: embedded
+    /// (SQLite, database-backed queue) by default, or against PostgreSQL and JetStream.
     Serve(ServeArgs),
+    /// Run one manager replica: REST API and orchestration engine, sending work to agent
+    /// hosts over JetStream.
+    Manager(ManagerArgs),
+    /// Run one agent-host replica: activities from JetStream, run as plugins. Needs no
+    /// database.
+    Agent(AgentArgs),
     /// Issue an API token signed with a data directory's key (print it on stdout).
     Token(TokenArgs),
 }
@@ -52,6 +66,48 @@ struct TokenArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    host: HostArgs,
+    /// Distribute work over this JetStream server instead of the embedded queue.
+    #[arg(long, env = "CFM_NATS_URL")]
+    nats_url: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+#[derive(clap::Args)]
+struct ManagerArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The JetStream server agent hosts take work from, e.g. `nats://127.0.0.1:4222`.
+    #[arg(long, env = "CFM_NATS_URL")]
+    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Reports applied at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Where the embedded backends, the audit log and the compiled-plugin cache live.
+    #[arg(long, env = "CFM_DATA_DIR", default_value = "cfm-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    host: HostArgs,
+    /// The JetStream server to take work from, e.g. `nats://127.0.0.1:4222`.
+    #[arg(long, env = "CFM_NATS_URL")]
+    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+/// The REST API and the engine behind it.
+#[derive(clap::Args)]
+struct ApiArgs {
     /// Where the database, signing key, admin token and embedded backends live.
     #[arg(long, env = "CFM_DATA_DIR", default_value = "cfm-data")]
     data_dir: PathBuf,
@@ -76,19 +132,40 @@ struct ServeArgs {
     /// Address of the REST API. Loopback by default; port 0 picks a free port.
     #[arg(long, env = "CFM_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Do not seed the built-in activity definitions and default template.
+    #[arg(long)]
+    no_seed: bool,
+    /// Wall-clock budget of one activity attempt, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    activity_timeout_ms: u64,
+}
+
+/// The agent host: plugins and how many activities run at once.
+#[derive(clap::Args)]
+struct HostArgs {
     /// Agent-host plugin configuration (TOML). Defaults to the built-in plugins built by
     /// scripts/build-plugins.sh (`target/plugins/plugins.toml` next to this binary's folder).
     #[arg(long, env = "CFM_PLUGINS")]
     plugins: Option<PathBuf>,
-    /// Do not seed the built-in activity definitions and default template.
-    #[arg(long)]
-    no_seed: bool,
     /// Activities run at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Wall-clock budget of one activity attempt, in milliseconds.
-    #[arg(long, default_value_t = 60_000)]
-    activity_timeout_ms: u64,
+    /// Deliveries of one task without a result (its host died each time) before it is
+    /// reported fatal.
+    #[arg(long, default_value_t = 10)]
+    max_deliveries: u64,
+}
+
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// Prefix of the JetStream stream, subjects and consumers: installations sharing a
+    /// server keep apart by it.
+    #[arg(long, env = "CFM_NATS_NAMESPACE", default_value = "cfm")]
+    nats_namespace: String,
+    /// Seconds a taken task stays with its agent host without a sign of life; running
+    /// activities signal every third of it, so this is how soon a dead host's work moves.
+    #[arg(long, env = "CFM_ACK_WAIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    ack_wait_secs: u64,
 }
 
 #[tokio::main]
@@ -102,19 +179,69 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Manager(args) => manager(args).await,
+        Command::Agent(args) => agent(args).await,
         Command::Token(args) => token(args),
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let plugins = match args.plugins {
-        Some(path) => path,
-        None => default_plugins()?,
+    let manager = open_manager(&args.api).await?;
+    let host = Arc::new(open_host(&args.api.data_dir, &args.host)?);
+    let work = match &args.nats_url {
+        None => {
+            let worker = manager.embedded_worker(host, args.host.concurrency).await;
+            tokio::spawn(async move { worker.run().await.map_err(anyhow::Error::from) })
+        }
+        Some(url) => {
+            let queue = connect(url, &args.nats).await?;
+            let worker = agent_worker(queue.clone(), host, &args.host, &args.nats);
+            let distributed =
+                cfm_manager::run_distributed(manager.engine.clone(), queue, args.host.concurrency);
+            tokio::spawn(async move {
+                tokio::try_join!(
+                    async { distributed.await.map_err(anyhow::Error::from) },
+                    async { worker.run().await.map_err(anyhow::Error::from) }
+                )?;
+                Ok(())
+            })
+        }
     };
-    let settings = EngineSettings {
-        activity_timeout_ms: args.activity_timeout_ms,
-        ..EngineSettings::default()
-    };
+    serve_api(&manager, args.api.listen, work).await
+}
+
+async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
+    let manager = open_manager(&args.api).await?;
+    let queue = connect(&args.nats_url, &args.nats).await?;
+    let engine = manager.engine.clone();
+    let concurrency = args.concurrency;
+    let work = tokio::spawn(async move {
+        cfm_manager::run_distributed(engine, queue, concurrency)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    serve_api(&manager, args.api.listen, work).await
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let host = Arc::new(open_host(&args.data_dir, &args.host)?);
+    let queue = connect(&args.nats_url, &args.nats).await?;
+    let worker = agent_worker(queue, host.clone(), &args.host, &args.nats);
+    let mut work = tokio::spawn(worker.run());
+    // Scripts and tests read this line.
+    println!(
+        "cfm agent running activity types {}",
+        cfm_protocol::ActivityExecutor::activity_types(host.as_ref()).join(", ")
+    );
+    tokio::select! {
+        outcome = &mut work => outcome??,
+        _ = shutdown() => work.abort(),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn open_manager(args: &ApiArgs) -> anyhow::Result<Manager> {
     let options = Options {
         database_url: args.database_url.clone(),
         auth: AuthSettings {
@@ -123,7 +250,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             audience: args.jwt_audience.clone(),
             min_refresh: Some(std::time::Duration::from_secs(args.jwks_min_refresh_secs)),
         },
-        engine: settings,
+        engine: EngineSettings {
+            activity_timeout_ms: args.activity_timeout_ms,
+            ..EngineSettings::default()
+        },
     };
     let manager = Manager::open(&args.data_dir, options)
         .await
@@ -136,32 +266,79 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "seeded built-in activity definitions and the default orchestration template"
         );
     }
+    Ok(manager)
+}
 
+fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
+    let plugins = match &args.plugins {
+        Some(path) => path.clone(),
+        None => default_plugins()?,
+    };
     let config = HostConfig::load(&plugins)?;
-    let audit =
-        Audit::to_file(&args.data_dir.join("audit.jsonl")).context("opening the audit log")?;
-    let host = AgentHost::new(
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let audit = Audit::to_file(&data_dir.join("audit.jsonl")).context("opening the audit log")?;
+    Ok(AgentHost::new(
         &config,
-        Backends::embedded(&args.data_dir),
+        Backends::embedded(data_dir),
         audit,
         HostOptions {
             max_concurrent_invocations: args.concurrency as u32,
-            compile_cache: Some(args.data_dir.join("cache")),
+            compile_cache: Some(data_dir.join("cache")),
         },
-    )?;
-    let dispatcher = tokio::spawn(manager.dispatcher(Arc::new(host), args.concurrency).run());
+    )?)
+}
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+async fn connect(url: &str, args: &NatsArgs) -> anyhow::Result<Arc<dyn Queue>> {
+    let settings = JetStreamSettings {
+        namespace: args.nats_namespace.clone(),
+        ack_wait: Duration::from_secs(args.ack_wait_secs),
+        ..JetStreamSettings::new(url)
+    };
+    let queue = JetStreamQueue::connect(settings)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("connecting to JetStream at {url}"))?;
+    Ok(Arc::new(queue))
+}
+
+fn agent_worker(
+    queue: Arc<dyn Queue>,
+    host: Arc<AgentHost>,
+    args: &HostArgs,
+    nats: &NatsArgs,
+) -> Worker {
+    let settings = WorkerSettings {
+        concurrency: args.concurrency,
+        max_deliveries: args.max_deliveries,
+        progress_every: Duration::from_secs(nats.ack_wait_secs) / 3,
+        ..WorkerSettings::default()
+    };
+    Worker::new(queue.clone(), host, Arc::new(QueueSink(queue)), settings)
+}
+
+/// Serves the API until a shutdown signal, or until `work` (the engine's background
+/// work) fails, which is fatal: a manager that cannot move work must not look healthy.
+async fn serve_api(
+    manager: &Manager,
+    listen: SocketAddr,
+    mut work: tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let address = listener.local_addr()?;
     // Scripts and tests read these two lines.
     println!("cfm listening on http://{address}");
     println!("admin token: {}", manager.token_path.display());
-    axum::serve(listener, manager.router())
-        .with_graceful_shutdown(shutdown())
-        .await?;
-    dispatcher.abort();
+    let api = axum::serve(listener, manager.router()).with_graceful_shutdown(shutdown());
+    tokio::select! {
+        served = api => served?,
+        outcome = &mut work => {
+            outcome??;
+            bail!("background work stopped unexpectedly");
+        }
+    }
+    work.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -19,6 +19,8 @@ pub enum ManagerError {
     Corrupt(String),
     #[error("{0}")]
     Io(String),
+    #[error(transparent)]
+    Queue(#[from] cfm_queue::QueueError),
 }
 
 pub type Result<T, E = ManagerError> = std::result::Result<T, E>;

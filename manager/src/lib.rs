@@ -21,6 +21,7 @@ use std::sync::Arc;
 use cfm_protocol::ActivityExecutor;
 
 pub use error::{ManagerError, Result};
+pub use provision::transport::run_distributed;
 pub use provision::{Engine, EngineSettings};
 
 /// How to open a [`Manager`]; the default is the embedded database and local tokens.
@@ -73,12 +74,17 @@ impl Manager {
         })
     }
 
-    /// The dispatcher feeding `executor` from the embedded queue.
-    pub fn dispatcher(
+    /// Agent workers running `executor` in this process, fed from the embedded queue.
+    pub async fn embedded_worker(
         &self,
         executor: Arc<dyn ActivityExecutor>,
         concurrency: usize,
-    ) -> provision::dispatcher::Dispatcher {
-        provision::dispatcher::Dispatcher::new(self.engine.clone(), executor, concurrency)
+    ) -> cfm_queue::worker::Worker {
+        let settings = cfm_queue::worker::WorkerSettings {
+            concurrency,
+            max_deliveries: self.engine.settings().max_deliveries,
+            ..Default::default()
+        };
+        provision::transport::embedded_worker(&self.engine, executor, settings).await
     }
 }

@@ -136,7 +136,7 @@ pub struct Vpa {
 #[serde(rename_all = "camelCase")]
 pub struct ActivityDefinition {
     #[serde(rename = "type")]
-    #[schema(pattern = r"^[a-zA-Z0-9._-]+$")]
+    #[schema(pattern = r"^[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)*$")]
     pub activity_type: String,
     #[serde(default)]
     pub description: String,

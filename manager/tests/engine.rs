@@ -38,7 +38,7 @@ impl ActivityExecutor for Scripted {
     }
 
     fn activity_types(&self) -> Vec<String> {
-        vec![]
+        ["a", "b", "c"].map(String::from).to_vec()
     }
 }
 
@@ -121,7 +121,7 @@ async fn fixture(
         script: Box::new(script),
         seen: Mutex::new(vec![]),
     });
-    tokio::spawn(manager.dispatcher(executor.clone(), 4).run());
+    tokio::spawn(manager.embedded_worker(executor.clone(), 4).await.run());
     Fixture {
         manager,
         executor,

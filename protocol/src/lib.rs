@@ -64,6 +64,16 @@ pub enum ActivityOutcome {
     Fatal { reason: String },
 }
 
+/// An outcome on its way from an agent host to the managers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityReport {
+    /// The id of the message that carried the task: which attempt this reports.
+    pub message_id: String,
+    pub task: ActivityTask,
+    pub outcome: ActivityOutcome,
+}
+
 /// Runs activities. The agent host implements it; the engine's queue workers call it.
 #[async_trait::async_trait]
 pub trait ActivityExecutor: Send + Sync {

@@ -40,16 +40,7 @@ impl Server {
         args: Vec<String>,
         scratch: Option<ScratchDatabase>,
     ) -> Server {
-        let plugins = Path::new(env!("CARGO_BIN_EXE_cfm"))
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .join("plugins/plugins.toml");
-        assert!(
-            plugins.exists(),
-            "{} is missing: build the plugins with scripts/build-plugins.sh",
-            plugins.display()
-        );
+        plugins_config();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -351,4 +342,121 @@ pub fn read_audit(data_dir: &Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The built-in plugins' configuration, built by scripts/build-plugins.sh.
+pub fn plugins_config() -> PathBuf {
+    let plugins = Path::new(env!("CARGO_BIN_EXE_cfm"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("plugins/plugins.toml");
+    assert!(
+        plugins.exists(),
+        "{} is missing: build the plugins with scripts/build-plugins.sh",
+        plugins.display()
+    );
+    plugins
+}
+
+/// The JetStream server the tests use (`CFM_TEST_NATS_URL`; scripts/services.sh starts it).
+pub fn nats_url() -> String {
+    std::env::var("CFM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// One `cfm manager` or `cfm agent` process of a distributed deployment, restartable
+/// with the same arguments. Its log is appended to across restarts.
+pub struct Replica {
+    child: Child,
+    args: Vec<String>,
+    log: PathBuf,
+    /// The API address, for a manager.
+    pub base: Option<String>,
+}
+
+impl Replica {
+    /// Starts `cfm <args>` and waits until it says it is ready.
+    pub fn start(args: Vec<String>, log: PathBuf) -> Replica {
+        let (child, base) = Self::spawn(&args, &log);
+        Replica {
+            child,
+            args,
+            log,
+            base,
+        }
+    }
+
+    fn spawn(args: &[String], log: &Path) -> (Child, Option<String>) {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cfm"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        // Read to the last line it prints: closing the pipe earlier would fail that print.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut base = None;
+        loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("cfm {} exited before it was ready:\n{log}", args[0]);
+            };
+            if let Some(url) = line.strip_prefix("cfm listening on ") {
+                base = Some(url.to_string());
+            }
+            if line.starts_with("admin token: ") || line.starts_with("cfm agent running") {
+                return (child, base);
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Kills it (if it runs) and starts it again.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, base) = Self::spawn(&self.args, &self.log);
+        self.child = child;
+        self.base = base;
+    }
+
+    /// An API client of a manager replica, with the admin token of `data_dir`.
+    pub fn client(&self, data_dir: &Path) -> Api {
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Api {
+            http: reqwest::Client::new(),
+            base: format!("{}/api/v1alpha1", self.base.as_ref().expect("a manager")),
+            token,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- cfm {} log ---\n{}", self.args[0], self.log());
+        }
+    }
 }

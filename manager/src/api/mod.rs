@@ -99,6 +99,8 @@ async fn method_not_allowed() -> ApiError {
 /// Who is calling, as far as handlers need to know: set by [`authorize`].
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
+    /// The token's `sub`: who acts, for records such as who cancelled an orchestration.
+    pub subject: String,
     /// A token's `cfm_tenant`: the one tenant whose resources it may see and change.
     pub tenant: Option<String>,
 }
@@ -164,6 +166,7 @@ async fn authorize(State(state): State<AppState>, mut request: Request, next: Ne
         return refused.into_response();
     }
     request.extensions_mut().insert(Caller {
+        subject: claims.sub,
         tenant: claims.cfm_tenant,
     });
     next.run(request).await

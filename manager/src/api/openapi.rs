@@ -44,6 +44,7 @@ use super::{provision, tenant};
         provision::delete_orchestration_definition,
         provision::query_orchestrations,
         provision::get_orchestration,
+        provision::cancel_orchestration,
     ),
     modifiers(&BearerTokens),
     security(("bearer" = []))

@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/orchestrations/query", post(query_orchestrations))
         .route("/orchestrations/{id}", get(get_orchestration))
+        .route("/orchestrations/{id}/cancel", post(cancel_orchestration))
 }
 
 #[utoipa::path(
@@ -147,6 +148,26 @@ pub(super) async fn get_orchestration(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(state.engine.get(&id).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/orchestrations/{id}/cancel",
+    tag = "orchestrations",
+    summary = "Cancel a running orchestration (extension); a cancelled deploy is compensated by the dispose template",
+    params(("id" = String, Path, description = "Orchestration id")),
+    responses(
+        (status = 200, description = "The cancelled orchestration", body = Orchestration),
+        (status = 404, description = "No such orchestration", body = ErrorBody),
+        (status = 409, description = "The orchestration is not running", body = ErrorBody)
+    )
+)]
+pub(super) async fn cancel_orchestration(
+    State(state): State<AppState>,
+    caller: axum::Extension<super::Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(state.engine.cancel(&id, &caller.subject).await?))
 }
 
 #[utoipa::path(

@@ -10,9 +10,10 @@ use crate::store::{Conn, Db, from_json, to_json};
 
 /// Creates or replaces an activity definition (upstream's upsert).
 pub async fn put_activity(conn: &mut Conn, definition: &ActivityDefinition) -> Result<()> {
-    if !is_type_name(&definition.activity_type) {
+    // The type names a queue topic (a JetStream subject), so it follows topic rules.
+    if cfm_queue::check_topic(&definition.activity_type).is_err() {
         return Err(ManagerError::bad_request(format!(
-            "activity type '{}' must match ^[a-zA-Z0-9._-]+$",
+            "activity type '{}' must be dot-separated tokens of letters, digits, '-' and '_' (^[a-zA-Z0-9_-]+(\\.[a-zA-Z0-9_-]+)*$)",
             definition.activity_type
         )));
     }

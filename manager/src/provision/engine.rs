@@ -5,12 +5,9 @@
 //! activities it unblocks happen in one transaction: a crash before the commit leaves the
 //! message to be delivered again, a crash after leaves nothing to redo.
 
-use std::sync::Arc;
-
 use cfm_protocol::{ActivityOutcome, ActivityTask, keys};
 use serde_json::Value;
 use sqlx::Row;
-use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::error::{ManagerError, Result};
@@ -18,7 +15,7 @@ use crate::model::{
     Orchestration, OrchestrationDefinition, OrchestrationState, Properties, Step, new_id, now,
 };
 use crate::query::{Field, Literal, Predicate};
-use crate::queue::{self, ACTIVITY_TOPIC};
+use crate::queue::{self, Signal};
 use crate::store::{self, Conn, Db, Page, from_json, to_json};
 
 /// Tunables of the engine.
@@ -31,7 +28,7 @@ pub struct EngineSettings {
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
     /// Deliveries without a result (crashes mid-activity) before a message is given up.
-    pub max_deliveries: i64,
+    pub max_deliveries: u64,
     /// Longest reschedule delay honoured.
     pub max_reschedule_ms: u64,
 }
@@ -53,7 +50,7 @@ impl Default for EngineSettings {
 pub struct Engine {
     db: Db,
     settings: EngineSettings,
-    wake: Arc<Notify>,
+    outbox: Signal,
 }
 
 /// What to start: one orchestration type of a definition, with its base data.
@@ -100,7 +97,7 @@ impl Engine {
         Self {
             db,
             settings,
-            wake: Arc::new(Notify::new()),
+            outbox: Signal::default(),
         }
     }
 
@@ -112,13 +109,14 @@ impl Engine {
         &self.db
     }
 
-    /// Tells the dispatcher new work may be available; call after committing.
+    /// Tells whoever drains the outbox that new work may be there; call after committing.
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.outbox.notify();
     }
 
-    pub(crate) fn wakeup(&self) -> Arc<Notify> {
-        self.wake.clone()
+    /// What [`Engine::wake`] signals.
+    pub fn outbox_signal(&self) -> &Signal {
+        &self.outbox
     }
 
     /// Creates an orchestration and dispatches its first activities, inside the caller's
@@ -258,6 +256,46 @@ impl Engine {
         tx.commit().await?;
         self.wake();
         Ok(())
+    }
+
+    /// Stops a running orchestration: its queued work is dropped, its unfinished steps
+    /// are marked cancelled, and it ends errored, which compensates like any failure (a
+    /// cancelled deploy runs the dispose template). Outcomes of attempts already running
+    /// arrive later and are dropped as stale.
+    pub async fn cancel(&self, id: &str, by: &str) -> Result<Orchestration> {
+        let mut tx = store::write(&self.db).await?;
+        let current = self
+            .current(&mut tx, id)
+            .await?
+            .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))?;
+        if current.state != OrchestrationState::Running as i64 {
+            return Err(ManagerError::conflict(format!(
+                "orchestration '{id}' is not running (state {}); only a running orchestration can be cancelled",
+                current.state
+            )));
+        }
+        queue::purge_prefix(&mut tx, &format!("{id}/")).await?;
+        sqlx::query(
+            "UPDATE orchestration_steps SET state = 'cancelled', completed_at = $1
+             WHERE orchestration_id = $2 AND state IN ('pending', 'dispatched')",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let detail = format!("cancelled by {by}");
+        tracing::warn!(orchestration = %id, %by, "orchestration cancelled");
+        self.finish(
+            &mut tx,
+            id,
+            &current,
+            OrchestrationState::Errored,
+            Some(&detail),
+        )
+        .await?;
+        tx.commit().await?;
+        self.wake();
+        self.get(id).await
     }
 
     /// Reads an orchestration with its steps.
@@ -488,7 +526,7 @@ impl Engine {
         queue::publish(
             tx,
             &message_id,
-            ACTIVITY_TOPIC,
+            &cfm_queue::activity_topic(&task.activity_type),
             &to_json(task),
             available_at,
         )

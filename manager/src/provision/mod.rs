@@ -6,7 +6,7 @@
 //! outbox), so a process killed at any point resumes exactly where it stopped.
 
 pub mod definitions;
-pub mod dispatcher;
 pub mod engine;
+pub mod transport;
 
 pub use engine::{Engine, EngineSettings};

@@ -1,23 +1,30 @@
-//! The embedded queue: a table in the manager's own database that is both the
-//! transactional outbox and the work queue.
+//! The outbox, and the embedded queue built on it.
 //!
-//! A message is written in the transaction that causes it, leased by a dispatcher
-//! (at-least-once: an unacknowledged lease expires and the message is delivered again),
-//! and deleted in the transaction that applies its result. One process owns an embedded
-//! queue; deployments with several managers use JetStream instead.
+//! Every message the engine sends is written into the `queue` table in the transaction
+//! that causes it (the transactional outbox), available from a time of its own (delays
+//! for retries and reschedules). From there it goes one of two ways:
+//! - embedded: the table *is* the queue. [`DbQueue`] leases rows to consumers, a lease
+//!   that ends without an ack makes the row available again, and the engine deletes the
+//!   row in the transaction that applies its outcome.
+//! - JetStream: the relay (`provision::relay`) publishes due rows with their ids as
+//!   message ids and deletes them once JetStream holds them.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cfm_queue::{Consumer, Delivery, Message, Queue, QueueError, check_topic};
 use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::store::{Backend, Conn, Db};
 
-/// Activity work for agent hosts.
-pub const ACTIVITY_TOPIC: &str = "activity";
-
-/// A leased message.
+/// A leased outbox row.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub struct Leased {
     pub id: String,
+    pub topic: String,
     pub payload: String,
     /// How many times it has been leased, this time included.
     pub deliveries: i64,
@@ -44,17 +51,31 @@ pub async fn publish(
     Ok(())
 }
 
-/// Leases up to `max` available messages of `topic` for `lease_ms`, oldest first.
-pub async fn lease(db: &Db, topic: &str, max: i64, lease_ms: i64) -> Result<Vec<Delivery>> {
+/// Leases up to `max` due messages for `lease_ms`, oldest first: of `topic`, or of every
+/// topic when `None` (the relay).
+pub async fn lease(db: &Db, topic: Option<&str>, max: i64, lease_ms: i64) -> Result<Vec<Leased>> {
     let now = now_ms();
-    // One statement: choosing and leasing cannot interleave with another dispatcher. On
+    // One statement: choosing and leasing cannot interleave with another consumer. On
     // PostgreSQL the chosen rows are locked as they are picked and rows another
-    // dispatcher holds are skipped; the lease test is repeated in the outer WHERE so a
+    // consumer holds are skipped; the lease test is repeated in the outer WHERE so a
     // row leased meanwhile is never leased twice.
-    let sql = match db.backend() {
-        Backend::Sqlite => LEASE_SQL.replace(" FOR UPDATE SKIP LOCKED", ""),
-        Backend::Postgres => LEASE_SQL.to_string(),
+    let topic_test = if topic.is_some() {
+        "topic = $2"
+    } else {
+        "$2 IS NULL"
     };
+    let skip_locked = match db.backend() {
+        Backend::Sqlite => "",
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+    };
+    let sql = format!(
+        "UPDATE queue SET leased_until = $1, deliveries = deliveries + 1
+         WHERE id IN (SELECT id FROM queue
+                      WHERE {topic_test} AND available_at <= $3 AND (leased_until IS NULL OR leased_until <= $3)
+                      ORDER BY available_at, id LIMIT $4{skip_locked})
+           AND (leased_until IS NULL OR leased_until <= $3)
+         RETURNING id, topic, payload, deliveries"
+    );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(now + lease_ms)
         .bind(topic)
@@ -64,22 +85,16 @@ pub async fn lease(db: &Db, topic: &str, max: i64, lease_ms: i64) -> Result<Vec<
         .await?;
     Ok(rows
         .iter()
-        .map(|row| Delivery {
+        .map(|row| Leased {
             id: row.get("id"),
+            topic: row.get("topic"),
             payload: row.get("payload"),
             deliveries: row.get("deliveries"),
         })
         .collect())
 }
 
-const LEASE_SQL: &str = "UPDATE queue SET leased_until = $1, deliveries = deliveries + 1
-     WHERE id IN (SELECT id FROM queue
-                  WHERE topic = $2 AND available_at <= $3 AND (leased_until IS NULL OR leased_until <= $3)
-                  ORDER BY available_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-       AND (leased_until IS NULL OR leased_until <= $3)
-     RETURNING id, payload, deliveries";
-
-/// Removes a message whose result has been applied (in that same transaction).
+/// Removes a message (whose result has been applied, in that same transaction).
 pub async fn ack(conn: &mut Conn, id: &str) -> Result<()> {
     sqlx::query("DELETE FROM queue WHERE id = $1")
         .bind(id)
@@ -97,9 +112,9 @@ pub async fn purge_prefix(conn: &mut Conn, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// Makes every leased message available again. Only safe at start-up, before any
-/// dispatcher runs: leases held by a process that no longer exists would otherwise delay
-/// recovery by a whole lease period.
+/// Makes every leased message available again. Only safe at start-up of the only
+/// process that uses the table: leases held by a process that no longer exists would
+/// otherwise delay recovery by a whole lease period.
 pub async fn release_all(db: &Db) -> Result<u64> {
     let released =
         sqlx::query("UPDATE queue SET leased_until = NULL WHERE leased_until IS NOT NULL")
@@ -108,11 +123,11 @@ pub async fn release_all(db: &Db) -> Result<u64> {
     Ok(released.rows_affected())
 }
 
-/// When the next message of `topic` becomes available, if any is waiting.
-pub async fn next_available_at(db: &Db, topic: &str) -> Result<Option<i64>> {
+/// When the next message (of `topic`, or of any) becomes available, if any is waiting.
+pub async fn next_available_at(db: &Db, topic: Option<&str>) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(
         "SELECT MIN(CASE WHEN leased_until > available_at THEN leased_until ELSE available_at END)
-         FROM queue WHERE topic = $1",
+         FROM queue WHERE topic = $1 OR $1 IS NULL",
     )
     .bind(topic)
     .fetch_one(db.read())
@@ -121,4 +136,197 @@ pub async fn next_available_at(db: &Db, topic: &str) -> Result<Option<i64>> {
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Tells waiting consumers that the outbox has new rows. Waiters compare a counter, so
+/// a signal sent between a consumer's check and its wait is not lost.
+#[derive(Clone)]
+pub struct Signal(Arc<watch::Sender<u64>>);
+
+impl Default for Signal {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// Waits until `signal` fires, the next row (of `topic`) is due, or `wait` passes.
+pub async fn wait_for_work(
+    db: &Db,
+    topic: Option<&str>,
+    signal: &mut watch::Receiver<u64>,
+    wait: Duration,
+) {
+    let wait_ms = wait.as_millis() as i64;
+    let until_due = match next_available_at(db, topic).await {
+        Ok(Some(at)) => (at - now_ms()).clamp(5, wait_ms.max(5)),
+        _ => wait_ms,
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(until_due as u64), signal.changed()).await;
+}
+
+/// The embedded queue: the outbox table leased directly by consumers in this process.
+#[derive(Clone)]
+pub struct DbQueue {
+    db: Db,
+    lease_ms: i64,
+    signal: Signal,
+}
+
+impl DbQueue {
+    /// `lease` is the ack-wait: how long a pulled message stays with its consumer.
+    pub fn new(db: Db, lease: Duration, signal: Signal) -> Self {
+        Self {
+            db,
+            lease_ms: lease.as_millis() as i64,
+            signal,
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for DbQueue {
+    async fn publish(&self, messages: &[Message]) -> std::result::Result<(), QueueError> {
+        let mut tx = crate::store::write(&self.db).await.map_err(storage)?;
+        let now = now_ms();
+        for message in messages {
+            check_topic(&message.topic)?;
+            let payload = String::from_utf8(message.payload.clone()).map_err(|_| {
+                QueueError::Publish(format!("{}: payload is not UTF-8", message.id))
+            })?;
+            publish(&mut tx, &message.id, &message.topic, &payload, now)
+                .await
+                .map_err(storage)?;
+        }
+        tx.commit().await.map_err(|e| storage(e.into()))?;
+        self.signal.notify();
+        Ok(())
+    }
+
+    async fn consumer(&self, topic: &str) -> std::result::Result<Box<dyn Consumer>, QueueError> {
+        check_topic(topic)?;
+        Ok(Box::new(DbConsumer {
+            queue: self.clone(),
+            topic: topic.to_string(),
+            signal: self.signal.subscribe(),
+        }))
+    }
+}
+
+struct DbConsumer {
+    queue: DbQueue,
+    topic: String,
+    signal: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl Consumer for DbConsumer {
+    async fn pull(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> std::result::Result<Vec<Box<dyn Delivery>>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Marked seen before looking, so work published after the look wakes us.
+            self.signal.borrow_and_update();
+            let leased = lease(
+                &self.queue.db,
+                Some(&self.topic),
+                max.max(1) as i64,
+                self.queue.lease_ms,
+            )
+            .await
+            .map_err(storage)?;
+            if !leased.is_empty() {
+                return Ok(leased
+                    .into_iter()
+                    .map(|row| {
+                        Box::new(DbDelivery {
+                            queue: self.queue.clone(),
+                            row,
+                        }) as Box<dyn Delivery>
+                    })
+                    .collect());
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            wait_for_work(&self.queue.db, Some(&self.topic), &mut self.signal, left).await;
+        }
+    }
+}
+
+struct DbDelivery {
+    queue: DbQueue,
+    row: Leased,
+}
+
+#[async_trait]
+impl Delivery for DbDelivery {
+    fn id(&self) -> &str {
+        &self.row.id
+    }
+
+    fn payload(&self) -> &[u8] {
+        self.row.payload.as_bytes()
+    }
+
+    fn deliveries(&self) -> u64 {
+        self.row.deliveries.max(1) as u64
+    }
+
+    async fn ack(&self) -> std::result::Result<(), QueueError> {
+        let mut conn = self
+            .queue
+            .db
+            .writer()
+            .acquire()
+            .await
+            .map_err(|e| storage(e.into()))?;
+        ack(&mut conn, &self.row.id).await.map_err(storage)
+    }
+
+    async fn nak(&self, delay: Duration) -> std::result::Result<(), QueueError> {
+        let available_at = now_ms() + delay.as_millis() as i64;
+        self.update(
+            "UPDATE queue SET leased_until = NULL, available_at = $1 WHERE id = $2",
+            available_at,
+        )
+        .await?;
+        self.queue.signal.notify();
+        Ok(())
+    }
+
+    async fn in_progress(&self) -> std::result::Result<(), QueueError> {
+        let until = now_ms() + self.queue.lease_ms;
+        self.update("UPDATE queue SET leased_until = $1 WHERE id = $2", until)
+            .await
+    }
+}
+
+impl DbDelivery {
+    async fn update(&self, sql: &'static str, at: i64) -> std::result::Result<(), QueueError> {
+        sqlx::query(sql)
+            .bind(at)
+            .bind(&self.row.id)
+            .execute(self.queue.db.writer())
+            .await
+            .map_err(|e| storage(e.into()))?;
+        Ok(())
+    }
+}
+
+fn storage(e: crate::ManagerError) -> QueueError {
+    QueueError::Storage(e.to_string())
 }

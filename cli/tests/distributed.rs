@@ -1,0 +1,462 @@
+//! The split deployment against real servers: `cfm manager` and `cfm agent` replicas that
+//! meet only in PostgreSQL (managers) and NATS JetStream (everyone). Replicas are killed
+//! with SIGKILL, the queue server is restarted and database connections are cut; every
+//! onboarding must still finish exactly once, with each side effect once per key.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cfm_manager::testing::ScratchDatabase;
+use rand::Rng;
+use serde_json::{Value, json};
+use support::{Api, Replica, nats_url, plugins_config, read_audit};
+
+/// Managers and agents of one deployment, in one scratch directory.
+struct Deployment {
+    common: Vec<String>,
+    managers: Vec<Replica>,
+    agents: Vec<Replica>,
+    // Dropped after the replicas, so their connections are gone and their logs can
+    // still be shown.
+    scratch: ScratchDatabase,
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// Starts the managers; agents come with [`Deployment::start_agents`].
+    async fn start(nats: &str, managers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ScratchDatabase::create().await;
+        let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let manager_dir = dir.path().join("manager");
+        let mut this = Deployment {
+            common: [
+                "--nats-url",
+                nats,
+                "--nats-namespace",
+                &namespace,
+                "--ack-wait-secs",
+                "2",
+            ]
+            .map(String::from)
+            .to_vec(),
+            managers: Vec::new(),
+            agents: Vec::new(),
+            scratch,
+            dir,
+        };
+        for i in 0..managers {
+            // One data directory: the replicas share the API signing key.
+            let mut args = this.args("manager");
+            args.extend(
+                [
+                    "--data-dir",
+                    manager_dir.to_str().unwrap(),
+                    "--database-url",
+                    this.scratch.url(),
+                ]
+                .map(String::from),
+            );
+            args.extend(["--listen", "127.0.0.1:0", "--no-seed"].map(String::from));
+            let log = this.dir.path().join(format!("manager-{i}.log"));
+            this.managers.push(Replica::start(args, log));
+        }
+        this
+    }
+
+    /// `dirs`: each agent's data directory (equal names share one, as agents do that
+    /// share real backends).
+    fn start_agents(&mut self, dirs: &[&str], concurrency: usize) {
+        for dir in dirs {
+            let mut args = self.args("agent");
+            let data = self.dir.path().join(dir);
+            args.extend(["--data-dir".to_string(), data.display().to_string()]);
+            args.extend([
+                "--plugins".to_string(),
+                plugins_config().display().to_string(),
+            ]);
+            args.extend(["--concurrency".to_string(), concurrency.to_string()]);
+            let log = self
+                .dir
+                .path()
+                .join(format!("agent-{}.log", self.agents.len()));
+            self.agents.push(Replica::start(args, log));
+        }
+    }
+
+    fn args(&self, command: &str) -> Vec<String> {
+        let mut args = vec![command.to_string()];
+        args.extend(self.common.iter().cloned());
+        args
+    }
+
+    fn api(&self, manager: usize) -> Api {
+        self.managers[manager].client(&self.dir.path().join("manager"))
+    }
+
+    fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Definitions with a 200 ms activity in every onboarding, so work is in flight long
+/// enough to be interrupted; returns the tenant id and the dataspace profile id.
+async fn prepare(api: &Api) -> (String, String) {
+    for activity_type in [
+        "cfm.vault.credentials",
+        "cfm.k8s.runtime",
+        "cfm.dns.routing",
+        "example.slow",
+    ] {
+        api.post_ok(
+            "/activity-definitions",
+            json!({"type": activity_type, "description": "test"}),
+            201,
+        )
+        .await;
+    }
+    api.post_ok(
+        "/orchestration-definitions",
+        json!({"activities": {"cfm.orchestration.vpa.deploy": [
+            {"id": "vault", "type": "cfm.vault.credentials"},
+            {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},
+            {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["slow"]},
+            {"id": "dns", "type": "cfm.dns.routing"}]}}),
+        201,
+    )
+    .await;
+    let env = api.dataspace_with_cell("cell-a").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    (tenant["id"].as_str().unwrap().to_string(), env.dataspace_id)
+}
+
+async fn onboard(api: &Api, tenant: &str, dataspace: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let profile = api
+            .post_ok(
+                &format!("/tenants/{tenant}/participant-profiles"),
+                json!({"identifier": format!("did:web:p{i}.example"), "dataspaceProfileIds": [dataspace]}),
+                202,
+            )
+            .await;
+        ids.push(profile["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+/// Waits until no profile of the tenant has a VPA that is not active.
+async fn wait_all_active(api: &Api, tenant: &str, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let left = api.count_not_active(tenant).await;
+        if left == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{left} participants not active after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Each profile has exactly one deploy orchestration, completed, and none is left running.
+async fn assert_each_onboarding_completed_once(api: &Api, ids: &[String]) {
+    let (status, running) = api
+        .call(
+            reqwest::Method::POST,
+            "/orchestrations/query",
+            Some(json!({"predicate": "state = 1"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{running}");
+    assert_eq!(
+        running.as_array().unwrap().len(),
+        0,
+        "orchestrations stuck running: {running}"
+    );
+    let (status, all) = api
+        .call(
+            reqwest::Method::POST,
+            "/orchestrations/query",
+            Some(json!({"predicate": "orchestrationType = 'cfm.orchestration.vpa.deploy'", "limit": 10000})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{all}");
+    let mut per_profile: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for orchestration in all.as_array().unwrap() {
+        per_profile
+            .entry(orchestration["correlationId"].as_str().unwrap())
+            .or_default()
+            .push(orchestration);
+    }
+    for id in ids {
+        let found = per_profile
+            .get(id.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert_eq!(
+            found.len(),
+            1,
+            "profile {id} has {} deploy orchestrations",
+            found.len()
+        );
+        assert_eq!(found[0]["state"], 2, "{}", found[0]);
+    }
+}
+
+/// Per object, how many audit records over the logs of `dirs` say each effect
+/// (`created`, `unchanged`, ...).
+fn effects(dirs: &[PathBuf]) -> HashMap<String, HashMap<String, usize>> {
+    let mut effects: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    for dir in dirs {
+        for record in read_audit(dir) {
+            if let (Some(target), Some(effect)) =
+                (record["target"].as_str(), record["effect"].as_str())
+            {
+                *effects
+                    .entry(target.into())
+                    .or_default()
+                    .entry(effect.into())
+                    .or_default() += 1;
+            }
+        }
+    }
+    effects
+}
+
+/// The objects every onboarding writes.
+fn targets(id: &str) -> [String; 5] {
+    [
+        format!("participants/{id}/api-key"),
+        format!("participants/{id}/slow-marker"),
+        format!("Namespace//cfm-{id}"),
+        format!("ConfigMap/cfm-{id}/participant-context"),
+        format!("{id}.participants.cfm.local CNAME"),
+    ]
+}
+
+/// Each object was written by exactly one run: created once, never touched again.
+fn assert_each_written_once(effects: &HashMap<String, HashMap<String, usize>>, ids: &[String]) {
+    for id in ids {
+        for target in targets(id) {
+            let seen = effects.get(&target).cloned().unwrap_or_default();
+            assert_eq!(
+                seen,
+                HashMap::from([("created".to_string(), 1)]),
+                "{target}"
+            );
+        }
+    }
+}
+
+/// Each object was created at most once; runs after the first found it in place. (A
+/// host killed between its write and the audit record leaves only the later runs'
+/// `unchanged` records.)
+fn assert_each_created_at_most_once(
+    effects: &HashMap<String, HashMap<String, usize>>,
+    ids: &[String],
+) {
+    for id in ids {
+        for target in targets(id) {
+            let seen = effects.get(&target).cloned().unwrap_or_default();
+            let created = seen.get("created").copied().unwrap_or(0);
+            assert!(created <= 1, "{target} created {created} times: {seen:?}");
+            assert!(!seen.is_empty(), "{target} never written");
+            let others: Vec<&String> = seen
+                .keys()
+                .filter(|k| *k != "created" && *k != "unchanged")
+                .collect();
+            assert!(others.is_empty(), "{target}: {seen:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_and_two_agents_share_the_work_and_run_each_activity_once() {
+    // Separate agent directories: an activity run on both agents would show as two
+    // creations, so this checks that each task ran on exactly one host.
+    let mut deployment = Deployment::start(&nats_url(), 2).await;
+    deployment.start_agents(&["agent-a", "agent-b"], 2);
+    let (tenant, dataspace) = prepare(&deployment.api(0)).await;
+    let mut ids = onboard(&deployment.api(0), &tenant, &dataspace, 20).await;
+    ids.extend(onboard(&deployment.api(1), &tenant, &dataspace, 20).await);
+    wait_all_active(&deployment.api(1), &tenant, Duration::from_secs(120)).await;
+
+    assert_each_onboarding_completed_once(&deployment.api(0), &ids).await;
+    let a = effects(&[deployment.agent_dir("agent-a")]);
+    let b = effects(&[deployment.agent_dir("agent-b")]);
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "one agent did all the work: {} / {}",
+        a.len(),
+        b.len()
+    );
+    assert_each_written_once(
+        &effects(&[
+            deployment.agent_dir("agent-a"),
+            deployment.agent_dir("agent-b"),
+        ]),
+        &ids,
+    );
+    // The steps ran once each: no redelivery, retry or reschedule in a clean run.
+    let orchestration = deployment
+        .api(1)
+        .call(
+            reqwest::Method::POST,
+            "/orchestrations/query",
+            Some(json!({"predicate": "state = 2", "limit": 1})),
+            None,
+        )
+        .await
+        .1;
+    for step in orchestration[0]["steps"].as_array().unwrap() {
+        assert_eq!(step["attempts"], 1, "{step}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_managers_and_agents_lose_no_onboarding() {
+    let participants: usize = std::env::var("CFM_CRASH_PARTICIPANTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    // One shared agent directory, as agents share real backends: redelivered activities
+    // meet the objects their first run created.
+    let mut deployment = Deployment::start(&nats_url(), 2).await;
+    let (tenant, dataspace) = prepare(&deployment.api(0)).await;
+    // All in flight before any agent runs, so the kills land in the thick of it.
+    let ids = onboard(&deployment.api(0), &tenant, &dataspace, participants).await;
+    deployment.start_agents(&["agents", "agents"], 8);
+    let mut rng = rand::rng();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        let manager = rng.random_range(0..deployment.managers.len());
+        let agent = rng.random_range(0..deployment.agents.len());
+        deployment.managers[manager].kill();
+        deployment.agents[agent].kill();
+        eprintln!("round {round}: killed manager {manager} and agent {agent}");
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..1000))).await;
+        deployment.managers[manager].restart();
+        deployment.agents[agent].restart();
+    }
+    let api = deployment.api(0);
+    wait_all_active(&api, &tenant, Duration::from_secs(600)).await;
+    assert_each_onboarding_completed_once(&api, &ids).await;
+    assert_each_created_at_most_once(&effects(&[deployment.agent_dir("agents")]), &ids);
+    // Kills interrupted activities that had already written their marker; their
+    // redelivery found it and changed nothing.
+    let redelivered = read_audit(&deployment.agent_dir("agents"))
+        .iter()
+        .filter(|r| r["operation"] == "put-if-absent" && r["effect"] == "unchanged")
+        .count();
+    assert!(redelivered > 0, "no kill interrupted a running activity");
+}
+
+/// A private nats-server with JetStream on a free loopback port, restartable on the
+/// same port and store.
+struct NatsServer {
+    child: Child,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, store.path());
+        NatsServer { child, port, store }
+    }
+
+    fn spawn(port: u16, store: &Path) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server; scripts/services.sh installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self.port, self.store.path());
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_queue_server_and_cut_database_connections_heal_by_themselves() {
+    let mut nats = NatsServer::start();
+    let mut deployment = Deployment::start(&nats.url(), 1).await;
+    let api = deployment.api(0);
+    let (tenant, dataspace) = prepare(&api).await;
+    let ids = onboard(&api, &tenant, &dataspace, 60).await;
+    deployment.start_agents(&["agents"], 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        api.count_not_active(&tenant).await > 0,
+        "nothing was in flight"
+    );
+
+    nats.restart();
+    // Every connection the manager holds to its database, cut by the server.
+    let admin = std::env::var("CFM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let database = deployment
+        .scratch
+        .url()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    let cut: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&database)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        !cut.is_empty(),
+        "the manager held no database connection to cut"
+    );
+
+    wait_all_active(&api, &tenant, Duration::from_secs(180)).await;
+    assert_each_onboarding_completed_once(&api, &ids).await;
+    assert_each_created_at_most_once(&effects(&[deployment.agent_dir("agents")]), &ids);
+}

@@ -1,0 +1,301 @@
+//! The queue on NATS JetStream, for deployments with several managers and agent hosts.
+//!
+//! Topology, created idempotently at connect: one work-queue stream per namespace
+//! (`CFM_<NAMESPACE>`, subjects `<namespace>.>`), and one durable pull consumer per topic
+//! (`activity.<type>` for each activity type, `reports` for the managers) shared by every
+//! replica that consumes it. A work-queue stream removes a message once it is acked, so
+//! the stream holds exactly the work not yet done. Publishes carry `Nats-Msg-Id`, so
+//! JetStream drops a re-publish within the stream's duplicate window.
+//!
+//! Only server 2.9 features are used (one filter subject per consumer, no scheduled
+//! messages): delays live in the manager's outbox, which publishes work when it is due.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::{Consumer, Delivery, Message, Queue, QueueError, check_topic};
+
+/// Where and how to reach JetStream.
+#[derive(Debug, Clone)]
+pub struct JetStreamSettings {
+    /// `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Prefix of subjects and names, so several installations (or tests) share a server.
+    pub namespace: String,
+    /// How long a pulled message stays leased without an ack or a progress signal.
+    pub ack_wait: Duration,
+    /// How long JetStream remembers message ids to drop re-publishes.
+    pub duplicate_window: Duration,
+}
+
+impl JetStreamSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: "cfm".into(),
+            ack_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct JetStreamQueue {
+    context: jetstream::Context,
+    stream: stream::Stream,
+    settings: JetStreamSettings,
+}
+
+impl JetStreamQueue {
+    /// Connects and creates the stream when missing; fails when the server cannot be
+    /// reached now. Once connected, the client reconnects by itself when the server goes
+    /// away; calls fail meanwhile, and the callers retry.
+    pub async fn connect(settings: JetStreamSettings) -> Result<Self, QueueError> {
+        check_topic(&settings.namespace).map_err(|_| {
+            QueueError::Setup(format!("invalid namespace '{}'", settings.namespace))
+        })?;
+        let client = async_nats::ConnectOptions::new()
+            .name("cfm")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|e| QueueError::Connect(format!("{}: {e}", settings.url)))?;
+        let context = jetstream::new(client);
+        let config = stream::Config {
+            name: stream_name(&settings.namespace),
+            subjects: vec![format!("{}.>", settings.namespace)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: settings.duplicate_window,
+            ..Default::default()
+        };
+        let stream = context.get_or_create_stream(config).await.map_err(|e| {
+            QueueError::Setup(format!("stream {}: {e}", stream_name(&settings.namespace)))
+        })?;
+        Ok(Self {
+            context,
+            stream,
+            settings,
+        })
+    }
+
+    /// Deletes the namespace's stream with everything in it (tests, uninstall).
+    pub async fn delete(self) -> Result<(), QueueError> {
+        self.context
+            .delete_stream(stream_name(&self.settings.namespace))
+            .await
+            .map_err(|e| QueueError::Setup(e.to_string()))?;
+        Ok(())
+    }
+
+    fn subject(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.settings.namespace)
+    }
+}
+
+#[async_trait]
+impl Queue for JetStreamQueue {
+    async fn publish(&self, messages: &[Message]) -> Result<(), QueueError> {
+        // Send everything, then wait for the acks: one round trip for the whole batch.
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in messages {
+            check_topic(&message.topic)?;
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(message.payload.clone().into())
+                .message_id(&message.id);
+            let ack = self
+                .context
+                .send_publish(self.subject(&message.topic), publish)
+                .await
+                .map_err(|e| QueueError::Publish(format!("{}: {e}", message.id)))?;
+            acks.push((ack, &message.id));
+        }
+        for (ack, id) in acks {
+            ack.await
+                .map_err(|e| QueueError::Publish(format!("{id}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn consumer(&self, topic: &str) -> Result<Box<dyn Consumer>, QueueError> {
+        check_topic(topic)?;
+        let name = consumer_name(&self.settings.namespace, topic);
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: self.subject(topic),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            // Unbounded here: the worker turns a message delivered too often into a
+            // dead-letter report, which a redelivery limit on the server would swallow.
+            max_deliver: -1,
+            ..Default::default()
+        };
+        let consumer = self
+            .stream
+            .get_or_create_consumer(&name, config)
+            .await
+            .map_err(|e| QueueError::Setup(format!("consumer {name}: {e}")))?;
+        Ok(Box::new(JetStreamConsumer { consumer }))
+    }
+}
+
+struct JetStreamConsumer {
+    consumer: consumer::Consumer<consumer::pull::Config>,
+}
+
+#[async_trait]
+impl Consumer for JetStreamConsumer {
+    async fn pull(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Box<dyn Delivery>>, QueueError> {
+        let max = max.max(1);
+        // What is there now; when nothing is, a batch of one that ends as soon as a
+        // message arrives. A larger waiting batch would hold the first message back
+        // until the batch filled or expired.
+        let available = self
+            .collect(
+                self.consumer.fetch().max_messages(max).messages().await,
+                NO_WAIT,
+            )
+            .await?;
+        if !available.is_empty() {
+            return Ok(available);
+        }
+        let expires = wait.max(Duration::from_millis(10));
+        let batch = self
+            .consumer
+            .batch()
+            .max_messages(1)
+            .expires(expires)
+            .messages()
+            .await;
+        self.collect(batch, expires).await
+    }
+}
+
+/// How long a no-wait fetch may take: one round trip.
+const NO_WAIT: Duration = Duration::from_millis(0);
+/// Slack beyond a pull's own expiry before the client stops waiting. The server ends
+/// a pull when it expires, but a server that restarts forgets it, and the batch would
+/// wait for an end that never comes.
+const EXPIRY_SLACK: Duration = Duration::from_secs(3);
+
+impl JetStreamConsumer {
+    async fn collect(
+        &self,
+        batch: Result<consumer::pull::Batch, consumer::pull::BatchError>,
+        expires: Duration,
+    ) -> Result<Vec<Box<dyn Delivery>>, QueueError> {
+        let mut batch = batch.map_err(|e| QueueError::Pull(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + expires + EXPIRY_SLACK;
+        let mut found: Vec<Box<dyn Delivery>> = Vec::new();
+        loop {
+            let next = match tokio::time::timeout_at(deadline, batch.next()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(_) if found.is_empty() => {
+                    return Err(QueueError::Pull(
+                        "the server did not end a pull in time (did it restart?)".into(),
+                    ));
+                }
+                Err(_) => break,
+            };
+            let message = next.map_err(|e| QueueError::Pull(e.to_string()))?;
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            let deliveries = message
+                .info()
+                .map(|i| i.delivered.max(1) as u64)
+                .unwrap_or(1);
+            found.push(Box::new(JetStreamDelivery {
+                id,
+                deliveries,
+                message,
+            }));
+        }
+        Ok(found)
+    }
+}
+
+struct JetStreamDelivery {
+    id: String,
+    deliveries: u64,
+    message: jetstream::Message,
+}
+
+#[async_trait]
+impl Delivery for JetStreamDelivery {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    fn deliveries(&self) -> u64 {
+        self.deliveries
+    }
+
+    async fn ack(&self) -> Result<(), QueueError> {
+        self.acknowledge(jetstream::AckKind::Ack).await
+    }
+
+    async fn nak(&self, delay: Duration) -> Result<(), QueueError> {
+        self.acknowledge(jetstream::AckKind::Nak(Some(delay))).await
+    }
+
+    async fn in_progress(&self) -> Result<(), QueueError> {
+        self.acknowledge(jetstream::AckKind::Progress).await
+    }
+}
+
+impl JetStreamDelivery {
+    async fn acknowledge(&self, kind: jetstream::AckKind) -> Result<(), QueueError> {
+        self.message
+            .ack_with(kind)
+            .await
+            .map_err(|e| QueueError::Ack(format!("{}: {e}", self.id)))
+    }
+}
+
+fn stream_name(namespace: &str) -> String {
+    format!(
+        "CFM_{}",
+        namespace.to_ascii_uppercase().replace(['.', '-'], "_")
+    )
+}
+
+/// Durable names may not contain dots; the digest keeps `a.b` and `a_b` apart.
+fn consumer_name(namespace: &str, topic: &str) -> String {
+    let digest = hex::encode(&Sha256::digest(format!("{namespace}/{topic}"))[..4]);
+    format!(
+        "{}-{}-{digest}",
+        namespace.replace('.', "_"),
+        topic.replace('.', "_")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_valid_and_distinct() {
+        let a = consumer_name("cfm", "activity.a.b");
+        let b = consumer_name("cfm", "activity.a_b");
+        assert_ne!(a, b);
+        assert!(!a.contains('.') && !a.contains('*') && !a.contains('>'));
+        assert_eq!(stream_name("cfm.test-1"), "CFM_CFM_TEST_1");
+    }
+}

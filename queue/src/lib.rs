@@ -1,0 +1,122 @@
+//! Work distribution between managers and agent hosts.
+//!
+//! A [`Queue`] carries messages on topics with at-least-once delivery: a pulled message
+//! is leased until it is acknowledged, and delivered again when its ack-wait passes
+//! without an ack, a progress signal or a negative ack. Message ids de-duplicate
+//! publishes. Two implementations pass one conformance suite (feature `testing`): the
+//! JetStream queue here, and the embedded database-backed queue in `cfm-manager`.
+//!
+//! Topics are dot-separated tokens of ASCII letters, digits, `-` and `_`: they become
+//! JetStream subjects, so wildcards and empty tokens are refused before any I/O.
+
+pub mod jetstream;
+pub mod worker;
+
+#[cfg(feature = "testing")]
+pub mod conformance;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// The topic agent hosts pull `activity_type`'s work from.
+pub fn activity_topic(activity_type: &str) -> String {
+    format!("activity.{activity_type}")
+}
+
+/// The topic managers pull activity reports from.
+pub const REPORTS_TOPIC: &str = "reports";
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Stable across re-publishes: a second publish of the same id is dropped.
+    pub id: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// A queue: where messages are published and consumers pull them from.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Publishes every message, in order, and returns once the queue holds them all.
+    /// On error some may have been stored; publishing them again is harmless.
+    async fn publish(&self, messages: &[Message]) -> Result<(), QueueError>;
+
+    /// A consumer of `topic`. Consumers of one topic share its messages: each message
+    /// goes to one of them at a time.
+    async fn consumer(&self, topic: &str) -> Result<Box<dyn Consumer>, QueueError>;
+}
+
+/// Pulls messages of one topic.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Up to `max` messages: what is available now, or else waits up to `wait` for the
+    /// first one. Empty when none came.
+    async fn pull(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Box<dyn Delivery>>, QueueError>;
+}
+
+/// A pulled message, leased to its consumer until acknowledged or its ack-wait passes.
+#[async_trait]
+pub trait Delivery: Send + Sync {
+    fn id(&self) -> &str;
+    fn payload(&self) -> &[u8];
+    /// How many times this message has been delivered, this time included.
+    fn deliveries(&self) -> u64;
+    /// Done with: the message is removed.
+    async fn ack(&self) -> Result<(), QueueError>;
+    /// Not done: deliver it again after `delay`.
+    async fn nak(&self, delay: Duration) -> Result<(), QueueError>;
+    /// Still working on it: the ack-wait starts over.
+    async fn in_progress(&self) -> Result<(), QueueError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("invalid topic '{0}': use dot-separated tokens of letters, digits, '-' and '_'")]
+    InvalidTopic(String),
+    #[error("cannot reach the queue: {0}")]
+    Connect(String),
+    #[error("cannot set up the queue: {0}")]
+    Setup(String),
+    #[error("cannot publish: {0}")]
+    Publish(String),
+    #[error("cannot pull messages: {0}")]
+    Pull(String),
+    #[error("cannot acknowledge message: {0}")]
+    Ack(String),
+    /// The embedded queue's database failed.
+    #[error("queue storage: {0}")]
+    Storage(String),
+}
+
+/// Refuses topics that are not plain dot-separated tokens.
+pub fn check_topic(topic: &str) -> Result<(), QueueError> {
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if topic.split('.').all(token_ok) {
+        Ok(())
+    } else {
+        Err(QueueError::InvalidTopic(topic.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_plain_tokens() {
+        assert!(check_topic("activity.cfm.vault-credentials_2").is_ok());
+        for bad in ["", "a..b", ".a", "a.", "a.*", "a.>", "a b", "ä"] {
+            assert!(check_topic(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

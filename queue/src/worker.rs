@@ -1,0 +1,219 @@
+//! The agent worker: pulls activity tasks, runs them on an executor and reports the
+//! outcomes, acknowledging a task only once its outcome is safely reported.
+//!
+//! One pull loop per activity type the executor runs, all sharing one concurrency
+//! limit. A loop pulls no more than the free slots (at least one), so a replica does
+//! not hoard work other replicas could run. While an activity runs, its message gets a
+//! progress signal every third of the ack-wait, so a long activity is not redelivered
+//! to another replica; a killed worker stops signalling and its work is redelivered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::{Delivery, Message, Queue, QueueError, REPORTS_TOPIC, activity_topic};
+
+/// Where outcomes go: the engine directly (embedded) or the reports topic.
+#[async_trait]
+pub trait OutcomeSink: Send + Sync {
+    async fn report(&self, report: ActivityReport) -> Result<(), String>;
+}
+
+/// Publishes outcomes to the reports topic, for the managers to apply.
+pub struct QueueSink(pub Arc<dyn Queue>);
+
+#[async_trait]
+impl OutcomeSink for QueueSink {
+    async fn report(&self, report: ActivityReport) -> Result<(), String> {
+        let message = Message {
+            // A re-run of the same delivery reports under the same id: de-duplicated.
+            id: format!("{}/report", report.message_id),
+            topic: REPORTS_TOPIC.into(),
+            payload: serde_json::to_vec(&report).map_err(|e| e.to_string())?,
+        };
+        self.0
+            .publish(std::slice::from_ref(&message))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Activities run at once, over all types.
+    pub concurrency: usize,
+    /// Deliveries after which a task is reported fatal instead of run again: a task
+    /// that keeps killing its host must not cycle forever.
+    pub max_deliveries: u64,
+    /// How often a running activity's lease is renewed.
+    pub progress_every: Duration,
+    /// How long one pull waits for work.
+    pub pull_wait: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            max_deliveries: 10,
+            progress_every: Duration::from_secs(10),
+            pull_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Worker {
+    queue: Arc<dyn Queue>,
+    executor: Arc<dyn ActivityExecutor>,
+    sink: Arc<dyn OutcomeSink>,
+    settings: WorkerSettings,
+}
+
+impl Worker {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        executor: Arc<dyn ActivityExecutor>,
+        sink: Arc<dyn OutcomeSink>,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            queue,
+            executor,
+            sink,
+            settings,
+        }
+    }
+
+    /// Runs until aborted. Fails only when a consumer cannot be set up at all.
+    pub async fn run(self) -> Result<(), QueueError> {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
+        let mut loops = JoinSet::new();
+        for activity_type in this.executor.activity_types() {
+            let consumer = this.queue.consumer(&activity_topic(&activity_type)).await?;
+            let (this, slots) = (this.clone(), slots.clone());
+            loops.spawn(this.pull_loop(activity_type, consumer, slots));
+        }
+        while loops.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn pull_loop(
+        self: Arc<Self>,
+        activity_type: String,
+        mut consumer: Box<dyn crate::Consumer>,
+        slots: Arc<Semaphore>,
+    ) {
+        let mut running = JoinSet::new();
+        let mut failures = 0u32;
+        loop {
+            while running.try_join_next().is_some() {}
+            let want = slots.available_permits().max(1);
+            let batch = match consumer.pull(want, self.settings.pull_wait).await {
+                Ok(batch) => {
+                    failures = 0;
+                    batch
+                }
+                Err(e) => {
+                    failures += 1;
+                    let pause = Duration::from_millis(100 << failures.min(6));
+                    tracing::warn!(%activity_type, "cannot pull work (retrying in {pause:?}): {e}");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            for delivery in batch {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                running.spawn(async move {
+                    this.handle(delivery).await;
+                    drop(slot);
+                });
+            }
+        }
+    }
+
+    async fn handle(&self, delivery: Box<dyn Delivery>) {
+        let task: ActivityTask = match serde_json::from_slice(delivery.payload()) {
+            Ok(task) => task,
+            Err(e) => {
+                // Only a bug writes such a message; keeping it would redeliver it forever.
+                tracing::error!(message = %delivery.id(), "dropping unreadable activity message: {e}");
+                let _ = delivery.ack().await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("activity", orchestration = %task.orchestration_id,
+            activity = %task.activity_id, activity_type = %task.activity_type, attempt = task.attempt);
+        self.run_and_report(delivery, task).instrument(span).await;
+    }
+
+    async fn run_and_report(&self, delivery: Box<dyn Delivery>, task: ActivityTask) {
+        let outcome = if delivery.deliveries() > self.settings.max_deliveries {
+            tracing::error!(
+                deliveries = delivery.deliveries(),
+                "giving up on an activity that never reported"
+            );
+            ActivityOutcome::Fatal {
+                reason: format!(
+                    "delivered {} times without a result; the activity may crash its host",
+                    delivery.deliveries() - 1
+                ),
+            }
+        } else {
+            self.execute_keeping_lease(delivery.as_ref(), task.clone())
+                .await
+        };
+        let report = ActivityReport {
+            message_id: delivery.id().to_string(),
+            task,
+            outcome,
+        };
+        for attempt in 1..=3u64 {
+            match self.sink.report(report.clone()).await {
+                Ok(()) => {
+                    if let Err(e) = delivery.ack().await {
+                        // The report is in; a redelivery re-runs an idempotent activity
+                        // and its second report is dropped as stale.
+                        tracing::warn!("cannot acknowledge a reported activity: {e}");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, "cannot report the outcome: {e}");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+        // Hand it back soon rather than at the end of the ack-wait.
+        let _ = delivery.nak(Duration::from_secs(1)).await;
+    }
+
+    async fn execute_keeping_lease(
+        &self,
+        delivery: &dyn Delivery,
+        task: ActivityTask,
+    ) -> ActivityOutcome {
+        let execution = self.executor.execute(task);
+        tokio::pin!(execution);
+        let mut progress = tokio::time::interval(self.settings.progress_every);
+        progress.tick().await;
+        loop {
+            tokio::select! {
+                outcome = &mut execution => return outcome,
+                _ = progress.tick() => {
+                    if let Err(e) = delivery.in_progress().await {
+                        tracing::warn!("cannot extend the lease of a running activity: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
