@@ -1,5 +1,5 @@
 //! Provision Manager routes over HTTP against the real `cfm serve`, on both backends:
-//! querying orchestrations and deleting definitions.
+//! querying and cancelling orchestrations, validating and deleting definitions.
 
 mod support;
 
@@ -14,6 +14,8 @@ use support::Server;
 on_both_backends!(
     orchestrations_are_found_by_predicate,
     definitions_in_use_cannot_be_deleted,
+    definitions_whose_data_does_not_flow_are_refused,
+    a_cancelled_deploy_stops_and_is_compensated,
 );
 
 async fn orchestrations_are_found_by_predicate(backend: TestBackend) {
@@ -149,4 +151,178 @@ async fn definitions_in_use_cannot_be_deleted(backend: TestBackend) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+}
+
+async fn definitions_whose_data_does_not_flow_are_refused(backend: TestBackend) {
+    let server = Server::start_on(backend, &["--no-seed"]).await;
+    let api = server.client();
+    api.post_ok(
+        "/activity-definitions",
+        json!({"type": "x.makes", "outputSchema": {"type": "object", "properties": {"token": {"type": "string"}}}}),
+        201,
+    )
+    .await;
+    api.post_ok(
+        "/activity-definitions",
+        json!({"type": "x.needs", "inputSchema": {"type": "object",
+               "required": ["token", "cfm.participant.contextId"]}}),
+        201,
+    )
+    .await;
+    let template = |needs_depends_on: Vec<&str>| {
+        json!({"activities": {"cfm.orchestration.vpa.deploy": [
+            {"id": "makes", "type": "x.makes"},
+            {"id": "needs", "type": "x.needs", "dependsOn": needs_depends_on}]}})
+    };
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/orchestration-definitions",
+            Some(template(vec![])),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("'needs'") && message.contains("'token'"),
+        "{message}"
+    );
+    api.post_ok("/orchestration-definitions", template(vec!["makes"]), 201)
+        .await;
+
+    for bad in [
+        json!({"type": "a..b"}),
+        json!({"type": "a.*"}),
+        json!({"type": "x.y", "inputSchema": {"required": "token"}}),
+        json!({"type": "x.y", "outputSchema": {"properties": []}}),
+    ] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                "/activity-definitions",
+                Some(bad.clone()),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+async fn a_cancelled_deploy_stops_and_is_compensated(backend: TestBackend) {
+    let server = Server::start_on(backend, &["--no-seed"]).await;
+    let api = server.client();
+    for activity_type in [
+        "cfm.vault.credentials",
+        "cfm.k8s.runtime",
+        "cfm.dns.routing",
+        "example.slow",
+    ] {
+        api.post_ok("/activity-definitions", json!({"type": activity_type}), 201)
+            .await;
+    }
+    api.post_ok(
+        "/orchestration-definitions",
+        json!({"activities": {
+            "cfm.orchestration.vpa.deploy": [
+                {"id": "vault", "type": "cfm.vault.credentials"},
+                {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},
+                {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["slow"]},
+                {"id": "dns", "type": "cfm.dns.routing"}],
+            "cfm.orchestration.vpa.dispose": [
+                {"id": "dns", "type": "cfm.dns.routing"},
+                {"id": "k8s", "type": "cfm.k8s.runtime"},
+                {"id": "slow", "type": "example.slow"},
+                {"id": "vault", "type": "cfm.vault.credentials", "dependsOn": ["k8s", "slow"]}]}}),
+        201,
+    )
+    .await;
+    let env = api.dataspace_with_cell("cell-c").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let profile = api
+        .post_ok(
+            &format!("/tenants/{tenant_id}/participant-profiles"),
+            json!({"identifier": "did:web:cancel.example", "dataspaceProfileIds": [env.dataspace_id]}),
+            202,
+        )
+        .await;
+    let profile_id = profile["id"].as_str().unwrap();
+    let query = json!({"predicate": format!("correlationId = '{profile_id}' AND orchestrationType = 'cfm.orchestration.vpa.deploy'")});
+    let deploy = api
+        .post_ok("/orchestrations/query", query.clone(), 200)
+        .await;
+    let deploy_id = deploy[0]["id"].as_str().unwrap().to_string();
+
+    // The slow activity (200 ms) is still ahead or running.
+    let cancel = format!("/orchestrations/{deploy_id}/cancel");
+    let (status, cancelled) = api.call(Method::POST, &cancel, None, None).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["state"], 3, "{cancelled}");
+    assert!(
+        cancelled["errorDetail"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled by "),
+        "{cancelled}"
+    );
+    let steps = cancelled["steps"].as_array().unwrap();
+    assert!(
+        steps.iter().any(|s| s["state"] == "cancelled"),
+        "{cancelled}"
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["state"] != "dispatched" && s["state"] != "pending"),
+        "{cancelled}"
+    );
+
+    let (status, body) = api.call(Method::POST, &cancel, None, None).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/orchestrations/no-such-id/cancel",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // Compensation: the dispose template runs and the VPAs end disposed.
+    let started = std::time::Instant::now();
+    loop {
+        let profile = api
+            .get_json(&format!(
+                "/tenants/{tenant_id}/participant-profiles/{profile_id}"
+            ))
+            .await;
+        if profile["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "disposed")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not disposed: {profile}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dispose = api
+        .post_ok(
+            "/orchestrations/query",
+            json!({"predicate": format!("correlationId = '{profile_id}' AND orchestrationType = 'cfm.orchestration.vpa.dispose'")}),
+            200,
+        )
+        .await;
+    assert_eq!(dispose[0]["state"], 2, "{dispose}");
+    // The deploy stays as cancelled: a late outcome of its running attempt changed nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = api.get_json(&format!("/orchestrations/{deploy_id}")).await;
+    assert_eq!(after["state"], 3);
+    assert_eq!(after["steps"], cancelled["steps"]);
 }

@@ -13,6 +13,13 @@ pub mod keys {
     pub const PARTICIPANT_CONTEXT_ID: &str = "cfm.participant.contextId";
     pub const VPA_DATA: &str = "cfm.vpa.data";
     pub const VPA_CREDENTIALS: &str = "cfm.vpa.credentials";
+    /// What every orchestration's processing data starts with.
+    pub const BASE: [&str; 4] = [
+        PARTICIPANT_ID,
+        PARTICIPANT_CONTEXT_ID,
+        VPA_DATA,
+        VPA_CREDENTIALS,
+    ];
 }
 
 /// Orchestration types with a meaning of their own to the tenant manager.

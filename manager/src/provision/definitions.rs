@@ -2,6 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use cfm_protocol::keys;
+use cfm_protocol::orchestration_types::VPA_DEPLOY;
+use serde_json::Value;
 use sqlx::Row;
 
 use crate::error::{ManagerError, Result};
@@ -24,6 +27,20 @@ pub async fn put_activity(conn: &mut Conn, definition: &ActivityDefinition) -> R
         if !schema.is_object() {
             return Err(ManagerError::bad_request(format!(
                 "{name} must be a JSON object"
+            )));
+        }
+        // The parts of JSON Schema the data-flow check reads must be well formed.
+        if schema
+            .get("required")
+            .is_some_and(|r| !r.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+        {
+            return Err(ManagerError::bad_request(format!(
+                "{name}.required must be an array of strings"
+            )));
+        }
+        if schema.get("properties").is_some_and(|p| !p.is_object()) {
+            return Err(ManagerError::bad_request(format!(
+                "{name}.properties must be an object"
             )));
         }
     }
@@ -67,11 +84,15 @@ pub async fn create_orchestration(
     schema: serde_json::Value,
     activities: BTreeMap<String, Vec<ActivitySpec>>,
 ) -> Result<OrchestrationDefinition> {
-    let known: BTreeSet<String> = sqlx::query_scalar("SELECT type FROM activity_definitions")
+    let rows = sqlx::query("SELECT type, input_schema, output_schema FROM activity_definitions")
         .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
+        .await?;
+    let mut known = BTreeMap::new();
+    for row in &rows {
+        let input: Value = from_json(row.get("input_schema"), "input schema")?;
+        let output: Value = from_json(row.get("output_schema"), "output schema")?;
+        known.insert(row.get::<String, _>("type"), DataFlow::of(&input, &output));
+    }
     validate(&activities, &known)?;
     let definition = OrchestrationDefinition {
         id: id.unwrap_or_else(new_id),
@@ -205,10 +226,40 @@ fn is_type_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Known types, unique ids, known dependencies, no cycles.
+/// What an activity type needs and produces, read from its definition's JSON Schemas:
+/// the `required` keys of its input, the `properties` of its output.
+#[derive(Debug, Clone, Default)]
+struct DataFlow {
+    needs: Vec<String>,
+    produces: BTreeSet<String>,
+}
+
+impl DataFlow {
+    fn of(input: &Value, output: &Value) -> Self {
+        let needs = input
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let produces = output
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        Self { needs, produces }
+    }
+}
+
+/// Known types, unique ids, known dependencies, no cycles, and every required input
+/// produced by a dependency or present in the base data.
 fn validate(
     activities: &BTreeMap<String, Vec<ActivitySpec>>,
-    known: &BTreeSet<String>,
+    known: &BTreeMap<String, DataFlow>,
 ) -> Result<()> {
     let bad = |m: String| Err(ManagerError::bad_request(m));
     if activities.is_empty() {
@@ -231,7 +282,7 @@ fn validate(
             if !ids.insert(activity.id.as_str()) {
                 return bad(format!("{at} is defined twice"));
             }
-            if !known.contains(&activity.activity_type) {
+            if !known.contains_key(&activity.activity_type) {
                 return bad(format!(
                     "{at} has unknown activity type '{}'; create its activity definition first",
                     activity.activity_type
@@ -252,6 +303,56 @@ fn validate(
             return bad(format!(
                 "the activities of {orchestration_type} form a dependency cycle through '{stuck}'"
             ));
+        }
+    }
+    check_data_flow(activities, known)
+}
+
+/// Every key an activity's input schema requires must be in the base data or produced
+/// by one of its (transitive) dependencies. Orchestrations other than deploy start from
+/// what the deploy gathered (dispose compensates a deploy), so they may also use what
+/// the same template's deploy activities produce.
+fn check_data_flow(
+    activities: &BTreeMap<String, Vec<ActivitySpec>>,
+    known: &BTreeMap<String, DataFlow>,
+) -> Result<()> {
+    let flow = |a: &ActivitySpec| known.get(&a.activity_type).cloned().unwrap_or_default();
+    let deploy_outputs: BTreeSet<String> = activities
+        .get(VPA_DEPLOY)
+        .into_iter()
+        .flatten()
+        .flat_map(|a| flow(a).produces)
+        .collect();
+    for (orchestration_type, list) in activities {
+        let by_id: BTreeMap<&str, &ActivitySpec> =
+            list.iter().map(|a| (a.id.as_str(), a)).collect();
+        for activity in list {
+            let mut available: BTreeSet<String> =
+                keys::BASE.iter().map(|k| k.to_string()).collect();
+            if orchestration_type != VPA_DEPLOY {
+                available.extend(deploy_outputs.iter().cloned());
+            }
+            let mut stack: Vec<&str> = activity.depends_on.iter().map(String::as_str).collect();
+            let mut seen = BTreeSet::new();
+            while let Some(id) = stack.pop() {
+                if !seen.insert(id) {
+                    continue;
+                }
+                if let Some(dep) = by_id.get(id) {
+                    available.extend(flow(dep).produces);
+                    stack.extend(dep.depends_on.iter().map(String::as_str));
+                }
+            }
+            if let Some(missing) = flow(activity)
+                .needs
+                .iter()
+                .find(|k| !available.contains(*k))
+            {
+                return Err(ManagerError::bad_request(format!(
+                    "activity '{}' of {orchestration_type} requires input '{missing}', which neither the base data nor any activity it depends on produces",
+                    activity.id
+                )));
+            }
         }
     }
     Ok(())
@@ -290,8 +391,68 @@ mod tests {
     }
 
     fn check(list: Vec<ActivitySpec>) -> Result<()> {
-        let known = BTreeSet::from(["t".to_string()]);
+        let known = BTreeMap::from([("t".to_string(), DataFlow::default())]);
         validate(&BTreeMap::from([("deploy".to_string(), list)]), &known)
+    }
+
+    fn typed(id: &str, activity_type: &str, deps: &[&str]) -> ActivitySpec {
+        ActivitySpec {
+            activity_type: activity_type.into(),
+            ..spec(id, deps)
+        }
+    }
+
+    #[test]
+    fn required_inputs_must_flow_from_dependencies_or_base_data() {
+        let flow = |needs: &[&str], produces: &[&str]| {
+            DataFlow::of(
+                &serde_json::json!({"type": "object", "required": needs}),
+                &serde_json::json!({"properties": produces.iter().map(|p| (p.to_string(), serde_json::json!({}))).collect::<serde_json::Map<_, _>>()}),
+            )
+        };
+        let known = BTreeMap::from([
+            (
+                "vault".to_string(),
+                flow(&[keys::PARTICIPANT_ID], &["apiKeyPath"]),
+            ),
+            ("k8s".to_string(), flow(&["apiKeyPath"], &["namespace"])),
+            ("dns".to_string(), flow(&["namespace"], &[])),
+        ]);
+        let template = |deploy: Vec<ActivitySpec>, dispose: Vec<ActivitySpec>| {
+            BTreeMap::from([
+                (VPA_DEPLOY.to_string(), deploy),
+                ("cfm.orchestration.vpa.dispose".to_string(), dispose),
+            ])
+        };
+        // Transitive: dns needs what k8s made, k8s what vault made.
+        let good = template(
+            vec![
+                typed("v", "vault", &[]),
+                typed("k", "k8s", &["v"]),
+                typed("d", "dns", &["k"]),
+            ],
+            // Dispose may use what the deploy produced.
+            vec![typed("d", "dns", &[])],
+        );
+        validate(&good, &known).unwrap();
+        // k8s without its dependency on vault: named, with the missing key.
+        let bad = template(
+            vec![typed("v", "vault", &[]), typed("k", "k8s", &[])],
+            vec![],
+        );
+        let err = validate(&bad, &known).unwrap_err().to_string();
+        assert!(err.contains("'k'") && err.contains("'apiKeyPath'"), "{err}");
+        // In the deploy itself, a sibling's output is not enough.
+        let bad = template(
+            vec![
+                typed("v", "vault", &[]),
+                typed("k", "k8s", &["v"]),
+                typed("d", "dns", &[]),
+            ],
+            vec![],
+        );
+        let err = validate(&bad, &known).unwrap_err().to_string();
+        assert!(err.contains("'d'") && err.contains("'namespace'"), "{err}");
     }
 
     #[test]
