@@ -29,6 +29,7 @@ plugins=(
     issuer=cfm_plugin_issuer
     slow=cfm_plugin_example_slow
     hostile=cfm_plugin_example_hostile
+    noop=cfm_plugin_example_noop
 )
 
 config="$out/plugins.toml"

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::Server;
+use support::{Server, percentile};
 
 const PARTICIPANTS: usize = 400;
 const CLIENTS: usize = 8;
@@ -121,15 +121,6 @@ fn active(profile: &Value) -> bool {
     profile["vpas"]
         .as_array()
         .is_some_and(|v| v.iter().all(|v| v["state"] == "active"))
-}
-
-fn percentile(samples: &[Duration], p: usize) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted
-        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default()
 }
 
 fn print_row(name: &str, samples: &[Duration]) {

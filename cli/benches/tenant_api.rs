@@ -18,7 +18,7 @@ use cfm_manager::store::{Db, Page};
 use cfm_manager::tenant::profiles;
 use cfm_manager::testing::TestBackend;
 use serde_json::json;
-use support::{Api, Server};
+use support::{Api, Server, percentile};
 
 const TENANTS: usize = 1_000;
 const CLIENTS: usize = 16;
@@ -218,12 +218,6 @@ async fn concurrently(count: usize, job: impl Fn(usize) -> Direct) -> Vec<Durati
         all.extend(client.await.expect("client"));
     }
     all
-}
-
-fn percentile(latencies: &[Duration], p: usize) -> Duration {
-    let mut sorted = latencies.to_vec();
-    sorted.sort();
-    sorted[((sorted.len() * p) / 100).min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> String {

@@ -11,98 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cfm_manager::testing::ScratchDatabase;
 use rand::Rng;
 use serde_json::{Value, json};
-use support::{Api, Replica, nats_url, plugins_config, read_audit};
-
-/// Managers and agents of one deployment, in one scratch directory.
-struct Deployment {
-    common: Vec<String>,
-    managers: Vec<Replica>,
-    agents: Vec<Replica>,
-    // Dropped after the replicas, so their connections are gone and their logs can
-    // still be shown.
-    scratch: ScratchDatabase,
-    dir: tempfile::TempDir,
-}
-
-impl Deployment {
-    /// Starts the managers; agents come with [`Deployment::start_agents`].
-    async fn start(nats: &str, managers: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let scratch = ScratchDatabase::create().await;
-        let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let manager_dir = dir.path().join("manager");
-        let mut this = Deployment {
-            common: [
-                "--nats-url",
-                nats,
-                "--nats-namespace",
-                &namespace,
-                "--ack-wait-secs",
-                "2",
-            ]
-            .map(String::from)
-            .to_vec(),
-            managers: Vec::new(),
-            agents: Vec::new(),
-            scratch,
-            dir,
-        };
-        for i in 0..managers {
-            // One data directory: the replicas share the API signing key.
-            let mut args = this.args("manager");
-            args.extend(
-                [
-                    "--data-dir",
-                    manager_dir.to_str().unwrap(),
-                    "--database-url",
-                    this.scratch.url(),
-                ]
-                .map(String::from),
-            );
-            args.extend(["--listen", "127.0.0.1:0", "--no-seed"].map(String::from));
-            let log = this.dir.path().join(format!("manager-{i}.log"));
-            this.managers.push(Replica::start(args, log));
-        }
-        this
-    }
-
-    /// `dirs`: each agent's data directory (equal names share one, as agents do that
-    /// share real backends).
-    fn start_agents(&mut self, dirs: &[&str], concurrency: usize) {
-        for dir in dirs {
-            let mut args = self.args("agent");
-            let data = self.dir.path().join(dir);
-            args.extend(["--data-dir".to_string(), data.display().to_string()]);
-            args.extend([
-                "--plugins".to_string(),
-                plugins_config().display().to_string(),
-            ]);
-            args.extend(["--concurrency".to_string(), concurrency.to_string()]);
-            let log = self
-                .dir
-                .path()
-                .join(format!("agent-{}.log", self.agents.len()));
-            self.agents.push(Replica::start(args, log));
-        }
-    }
-
-    fn args(&self, command: &str) -> Vec<String> {
-        let mut args = vec![command.to_string()];
-        args.extend(self.common.iter().cloned());
-        args
-    }
-
-    fn api(&self, manager: usize) -> Api {
-        self.managers[manager].client(&self.dir.path().join("manager"))
-    }
-
-    fn agent_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
+use support::{Api, Deployment, nats_url, read_audit};
 
 /// Definitions with a 200 ms activity in every onboarding, so work is in flight long
 /// enough to be interrupted; returns the tenant id and the dataspace profile id.

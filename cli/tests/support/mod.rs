@@ -131,6 +131,11 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// Peak resident memory of the process so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        peak_rss_kib(self.child.id())
+    }
+
     /// Starts a new process on the same data directory with the same arguments.
     pub async fn restart(mut self) -> Server {
         self.kill();
@@ -151,6 +156,7 @@ impl Drop for Server {
     }
 }
 
+#[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
     base: String,
@@ -449,6 +455,21 @@ impl Replica {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Peak resident memory of the process so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        peak_rss_kib(self.child.id())
+    }
+}
+
+/// `VmHWM` of a live process, in KiB (0 when it cannot be read).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for Replica {
@@ -459,4 +480,102 @@ impl Drop for Replica {
             eprintln!("--- cfm {} log ---\n{}", self.args[0], self.log());
         }
     }
+}
+
+/// Managers and agents of one deployment, in one scratch directory.
+pub struct Deployment {
+    common: Vec<String>,
+    pub managers: Vec<Replica>,
+    pub agents: Vec<Replica>,
+    // Dropped after the replicas, so their connections are gone and their logs can
+    // still be shown.
+    pub scratch: ScratchDatabase,
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// Starts the managers; agents come with [`Deployment::start_agents`].
+    pub async fn start(nats: &str, managers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ScratchDatabase::create().await;
+        let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let manager_dir = dir.path().join("manager");
+        let mut this = Deployment {
+            common: [
+                "--nats-url",
+                nats,
+                "--nats-namespace",
+                &namespace,
+                "--ack-wait-secs",
+                "2",
+            ]
+            .map(String::from)
+            .to_vec(),
+            managers: Vec::new(),
+            agents: Vec::new(),
+            scratch,
+            dir,
+        };
+        for i in 0..managers {
+            // One data directory: the replicas share the API signing key.
+            let mut args = this.args("manager");
+            args.extend(
+                [
+                    "--data-dir",
+                    manager_dir.to_str().unwrap(),
+                    "--database-url",
+                    this.scratch.url(),
+                ]
+                .map(String::from),
+            );
+            args.extend(["--listen", "127.0.0.1:0", "--no-seed"].map(String::from));
+            let log = this.dir.path().join(format!("manager-{i}.log"));
+            this.managers.push(Replica::start(args, log));
+        }
+        this
+    }
+
+    /// `dirs`: each agent's data directory (equal names share one, as agents do that
+    /// share real backends).
+    pub fn start_agents(&mut self, dirs: &[&str], concurrency: usize) {
+        for dir in dirs {
+            let mut args = self.args("agent");
+            let data = self.dir.path().join(dir);
+            args.extend(["--data-dir".to_string(), data.display().to_string()]);
+            args.extend([
+                "--plugins".to_string(),
+                plugins_config().display().to_string(),
+            ]);
+            args.extend(["--concurrency".to_string(), concurrency.to_string()]);
+            let log = self
+                .dir
+                .path()
+                .join(format!("agent-{}.log", self.agents.len()));
+            self.agents.push(Replica::start(args, log));
+        }
+    }
+
+    fn args(&self, command: &str) -> Vec<String> {
+        let mut args = vec![command.to_string()];
+        args.extend(self.common.iter().cloned());
+        args
+    }
+
+    pub fn api(&self, manager: usize) -> Api {
+        self.managers[manager].client(&self.dir.path().join("manager"))
+    }
+
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// The `p`th percentile (0–100) of `samples`; zero when there are none.
+pub fn percentile(samples: &[Duration], p: usize) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }

@@ -163,8 +163,15 @@ impl Engine {
             .execute(&mut *conn)
             .await?;
         }
-        self.dispatch_ready(conn, &id, &start.orchestration_type, &start.processing_data)
-            .await?;
+        let all = steps(conn, &id).await?;
+        self.dispatch_ready(
+            conn,
+            &id,
+            &start.orchestration_type,
+            &start.processing_data,
+            &all,
+        )
+        .await?;
         tracing::info!(orchestration = %id, correlation = %start.correlation_id,
             orchestration_type = %start.orchestration_type, "orchestration started");
         Ok(id)
@@ -196,10 +203,8 @@ impl Engine {
             tx.commit().await?;
             return Ok(());
         };
-        let step = steps(&mut tx, &task.orchestration_id)
-            .await?
-            .into_iter()
-            .find(|s| s.activity_id == task.activity_id);
+        let all = steps(&mut tx, &task.orchestration_id).await?;
+        let step = all.iter().find(|s| s.activity_id == task.activity_id);
         let live = current.state == OrchestrationState::Running as i64;
         let Some(step) =
             step.filter(|s| live && s.state == "dispatched" && s.attempt == task.attempt as i64)
@@ -208,9 +213,10 @@ impl Engine {
             tx.commit().await?;
             return Ok(());
         };
+        let retries = step.retries;
         match outcome {
             ActivityOutcome::Complete { output } => {
-                self.complete(&mut tx, task, current, output).await?;
+                self.complete(&mut tx, task, current, output, all).await?;
             }
             ActivityOutcome::Reschedule { delay_ms, state } => {
                 let delay = delay_ms.min(self.settings.max_reschedule_ms);
@@ -224,16 +230,14 @@ impl Engine {
                 )
                 .await?;
             }
-            ActivityOutcome::Retry { reason }
-                if step.retries < self.settings.max_retries as i64 =>
-            {
+            ActivityOutcome::Retry { reason } if retries < self.settings.max_retries as i64 => {
                 sqlx::query("UPDATE orchestration_steps SET retries = retries + 1, last_error = $1 WHERE orchestration_id = $2 AND activity_id = $3")
                     .bind(&reason)
                     .bind(&task.orchestration_id)
                     .bind(&task.activity_id)
                     .execute(&mut *tx)
                     .await?;
-                let delay = self.backoff(step.retries as u32);
+                let delay = self.backoff(retries as u32);
                 tracing::warn!(activity = %task.activity_id, delay_ms = delay, %reason, "activity will be retried");
                 self.dispatch(
                     &mut tx,
@@ -246,7 +250,7 @@ impl Engine {
                 .await?;
             }
             ActivityOutcome::Retry { reason } => {
-                let reason = format!("gave up after {} retries: {reason}", step.retries);
+                let reason = format!("gave up after {retries} retries: {reason}");
                 self.fail(&mut tx, task, &current, &reason).await?;
             }
             ActivityOutcome::Fatal { reason } => {
@@ -339,6 +343,7 @@ impl Engine {
         task: &ActivityTask,
         mut current: Current,
         output: Properties,
+        mut all: Vec<StepRow>,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE orchestration_steps SET state = 'completed', completed_at = $1, output = $2, last_error = NULL
@@ -360,11 +365,12 @@ impl Engine {
             .bind(&task.orchestration_id)
             .execute(&mut *tx)
             .await?;
-        let remaining = steps(tx, &task.orchestration_id)
-            .await?
-            .iter()
-            .filter(|s| s.state != "completed")
-            .count();
+        // The steps as read at the start of this transaction, which holds the
+        // orchestration's lock, with this one now completed.
+        for step in all.iter_mut().filter(|s| s.activity_id == task.activity_id) {
+            step.state = "completed".into();
+        }
+        let remaining = all.iter().filter(|s| s.state != "completed").count();
         if remaining == 0 {
             self.finish(
                 tx,
@@ -380,6 +386,7 @@ impl Engine {
                 &task.orchestration_id,
                 &current.orchestration_type,
                 &current.processing_data,
+                &all,
             )
             .await
         }
@@ -453,8 +460,8 @@ impl Engine {
         id: &str,
         orchestration_type: &str,
         data: &Properties,
+        all: &[StepRow],
     ) -> Result<()> {
-        let all = steps(tx, id).await?;
         let done: Vec<&str> = all
             .iter()
             .filter(|s| s.state == "completed")

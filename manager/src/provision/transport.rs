@@ -139,13 +139,8 @@ impl Relay {
             .publish(&messages)
             .await
             .map_err(|e| e.to_string())?;
-        let mut tx = crate::store::write(db).await.map_err(|e| e.to_string())?;
-        for row in &rows {
-            queue::ack(&mut tx, &row.id)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        tx.commit().await.map_err(|e| e.to_string())?;
+        let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
+        queue::ack_all(db, &ids).await.map_err(|e| e.to_string())?;
         tracing::debug!(messages = rows.len(), "relayed outbox");
         Ok(rows.len())
     }

@@ -103,6 +103,25 @@ pub async fn ack(conn: &mut Conn, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes messages by id, in one statement.
+pub async fn ack_all(db: &Db, ids: &[&str]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "DELETE FROM queue WHERE id IN ({})",
+        placeholders.join(", ")
+    );
+    // One statement per batch size: not worth a slot in the prepared-statement cache.
+    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query.execute(db.writer()).await?;
+    Ok(())
+}
+
 /// Removes every message whose id starts with `prefix` (an orchestration's pending work).
 pub async fn purge_prefix(conn: &mut Conn, prefix: &str) -> Result<()> {
     sqlx::query("DELETE FROM queue WHERE substr(id, 1, length($1)) = $1")

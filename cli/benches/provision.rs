@@ -1,0 +1,338 @@
+//! Provision throughput and overhead: onboardings through a 5-activity chain of no-op
+//! plugins, embedded (`cfm serve`: SQLite and the outbox-table queue) and distributed
+//! (`cfm manager` + `cfm agent`: PostgreSQL and JetStream), against the floor of one
+//! PostgreSQL commit plus one JetStream publish-and-ack round trip measured in the same run.
+//!
+//! `cargo bench -p cfm --bench provision` (needs scripts/build-plugins.sh first, and the
+//! servers scripts/services.sh starts). `CFM_BENCH_COUNTS=1000,10000` sets the runs.
+//! Prints a table; compare the ratios, absolute times on a shared machine are noise.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cfm_manager::testing::ScratchDatabase;
+use cfm_queue::Queue;
+use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
+use serde_json::json;
+use sqlx::Row;
+use support::{Api, Deployment, Server, nats_url, percentile};
+
+/// Activities per onboarding, one after the other.
+const CHAIN: usize = 5;
+const CLIENTS: usize = 16;
+/// Onboardings run one at a time, for the unloaded per-activity latency.
+const SEQUENTIAL: usize = 30;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Embedded,
+    Distributed,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded (SQLite, outbox queue)",
+            Mode::Distributed => "PostgreSQL + JetStream",
+        }
+    }
+}
+
+/// One deployment under test and how to read its database.
+struct Target {
+    _server: Option<Server>,
+    deployment: Option<Deployment>,
+    api: Api,
+    db: sqlx::AnyPool,
+}
+
+impl Target {
+    async fn start(mode: Mode) -> Target {
+        sqlx::any::install_default_drivers();
+        match mode {
+            Mode::Embedded => {
+                let server = Server::start(&["--concurrency", "16"]).await;
+                let api = server.client();
+                let url = format!(
+                    "sqlite://{}?mode=ro",
+                    server.data_dir().join("cfm.db").display()
+                );
+                let db = sqlx::AnyPool::connect(&url)
+                    .await
+                    .expect("open the SQLite database");
+                Target {
+                    _server: Some(server),
+                    deployment: None,
+                    api,
+                    db,
+                }
+            }
+            Mode::Distributed => {
+                let mut deployment = Deployment::start(&nats_url(), 1).await;
+                deployment.start_agents(&["agent"], 16);
+                let api = deployment.api(0);
+                let db = sqlx::AnyPool::connect(deployment.scratch.url())
+                    .await
+                    .expect("open the PostgreSQL database");
+                Target {
+                    _server: None,
+                    deployment: Some(deployment),
+                    api,
+                    db,
+                }
+            }
+        }
+    }
+
+    /// Peak RSS of each cfm process, in MiB.
+    fn peak_rss_mib(&self) -> String {
+        let mib = |kib: u64| format!("{:.0}", kib as f64 / 1024.0);
+        match (&self._server, &self.deployment) {
+            (Some(server), _) => format!("serve {}", mib(server.peak_rss_kib())),
+            (_, Some(d)) => format!(
+                "manager {} + agent {}",
+                mib(d.managers[0].peak_rss_kib()),
+                mib(d.agents[0].peak_rss_kib())
+            ),
+            _ => String::new(),
+        }
+    }
+
+    async fn completed(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations WHERE state = 2")
+            .fetch_one(&self.db)
+            .await
+            .expect("count")
+    }
+
+    async fn errored(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations WHERE state = 3")
+            .fetch_one(&self.db)
+            .await
+            .expect("count")
+    }
+
+    /// Creation to completion of every completed orchestration, from the engine's own
+    /// timestamps (millisecond resolution).
+    async fn times_to_active(&self) -> Vec<Duration> {
+        let rows = sqlx::query(
+            "SELECT created_timestamp, state_timestamp FROM orchestrations WHERE state = 2",
+        )
+        .fetch_all(&self.db)
+        .await
+        .expect("read orchestrations");
+        rows.iter()
+            .map(|row| {
+                let at = |column: &str| {
+                    chrono::DateTime::parse_from_rfc3339(&row.get::<String, _>(column))
+                        .expect("timestamp")
+                };
+                (at("state_timestamp") - at("created_timestamp"))
+                    .to_std()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let counts: Vec<usize> = std::env::var("CFM_BENCH_COUNTS")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let (commit, publish) = floor().await;
+    let floor = commit + publish;
+    println!(
+        "floor: PostgreSQL commit p50 {} + JetStream publish-and-ack p50 {} = {}",
+        ms(commit),
+        ms(publish),
+        ms(floor)
+    );
+    println!();
+    println!(
+        "| deployment | onboardings | participants/s | p50 to active | p99 to active | peak RSS (MiB) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut overheads = Vec::new();
+    for mode in [Mode::Embedded, Mode::Distributed] {
+        let target = Target::start(mode).await;
+        let (tenant, dataspace) = prepare(&target.api).await;
+        let per_activity = sequential(&target, &tenant, &dataspace).await;
+        overheads.push((mode, per_activity));
+        drop(target);
+        for &count in &counts {
+            // A fresh deployment per run, so peak RSS belongs to that run alone.
+            let target = Target::start(mode).await;
+            let (tenant, dataspace) = prepare(&target.api).await;
+            let started = Instant::now();
+            submit(&target.api, &tenant, &dataspace, count).await;
+            loop {
+                let done = target.completed().await as usize;
+                assert_eq!(target.errored().await, 0, "an onboarding failed");
+                if done >= count {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(3600),
+                    "onboarding did not finish"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let elapsed = started.elapsed();
+            let times = target.times_to_active().await;
+            println!(
+                "| {} | {count} | {:.0} | {} | {} | {} |",
+                mode.name(),
+                count as f64 / elapsed.as_secs_f64(),
+                ms(percentile(&times, 50)),
+                ms(percentile(&times, 99)),
+                target.peak_rss_mib()
+            );
+        }
+    }
+    println!();
+    println!("Unloaded, one onboarding at a time ({SEQUENTIAL}), {CHAIN} activities each:");
+    println!("| deployment | per activity p50 | × floor |");
+    println!("|---|---|---|");
+    for (mode, per_activity) in overheads {
+        println!(
+            "| {} | {} | {:.1} |",
+            mode.name(),
+            ms(per_activity),
+            per_activity.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+}
+
+/// The floor: p50 of one PostgreSQL transaction committing one row, and of one
+/// JetStream publish acknowledged by the server, each sequential over loopback.
+async fn floor() -> (Duration, Duration) {
+    let scratch = ScratchDatabase::create().await;
+    let pool = sqlx::PgPool::connect(scratch.url())
+        .await
+        .expect("PostgreSQL");
+    sqlx::query("CREATE TABLE floor (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("create");
+    let mut commits = Vec::new();
+    for _ in 0..1000 {
+        let started = Instant::now();
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query("INSERT INTO floor (payload) VALUES ($1)")
+            .bind("x".repeat(200))
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        commits.push(started.elapsed());
+    }
+    pool.close().await;
+
+    let settings = JetStreamSettings {
+        namespace: format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        ..JetStreamSettings::new(nats_url())
+    };
+    let queue = JetStreamQueue::connect(settings).await.expect("JetStream");
+    let mut publishes = Vec::new();
+    for i in 0..1000 {
+        let message = cfm_queue::Message {
+            id: format!("floor-{i}"),
+            topic: "floor".into(),
+            payload: vec![b'x'; 200],
+        };
+        let started = Instant::now();
+        queue.publish(&[message]).await.expect("publish");
+        publishes.push(started.elapsed());
+    }
+    queue.delete().await.expect("delete the bench stream");
+    (percentile(&commits, 50), percentile(&publishes, 50))
+}
+
+/// A 5-activity chain of no-op plugins as the deploy template; returns the tenant and
+/// dataspace profile to onboard into.
+async fn prepare(api: &Api) -> (String, String) {
+    let mut chain = Vec::new();
+    for n in 1..=CHAIN {
+        let activity_type = format!("example.noop.{n}");
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/activity-definitions",
+                Some(json!({"type": activity_type})),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let depends_on: Vec<String> = if n > 1 {
+            vec![format!("n{}", n - 1)]
+        } else {
+            vec![]
+        };
+        chain.push(json!({"id": format!("n{n}"), "type": activity_type, "dependsOn": depends_on}));
+    }
+    api.post_ok(
+        "/orchestration-definitions",
+        json!({"activities": {"cfm.orchestration.vpa.deploy": chain}}),
+        201,
+    )
+    .await;
+    let env = api.dataspace_with_cell("cell-bench").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    (
+        tenant["id"].as_str().unwrap_or_default().to_string(),
+        env.dataspace_id,
+    )
+}
+
+async fn submit(api: &Api, tenant: &str, dataspace: &str, count: usize) {
+    let api = Arc::new(api.clone());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (api, tenant, dataspace) = (api.clone(), tenant.to_string(), dataspace.to_string());
+            tokio::spawn(async move {
+                for i in (client..count).step_by(CLIENTS) {
+                    let body = json!({"identifier": format!("did:web:p{i}.example"), "dataspaceProfileIds": [dataspace]});
+                    api.post_ok(&format!("/tenants/{tenant}/participant-profiles"), body, 202).await;
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("client");
+    }
+}
+
+/// Per-activity latency of an idle system: onboardings one at a time, each waited for.
+async fn sequential(target: &Target, tenant: &str, dataspace: &str) -> Duration {
+    for i in 0..SEQUENTIAL {
+        let before = target.completed().await;
+        let body = json!({"identifier": format!("did:web:seq{i}.example"), "dataspaceProfileIds": [dataspace]});
+        target
+            .api
+            .post_ok(
+                &format!("/tenants/{tenant}/participant-profiles"),
+                body,
+                202,
+            )
+            .await;
+        let started = Instant::now();
+        while target.completed().await == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "onboarding did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    percentile(&target.times_to_active().await, 50) / CHAIN as u32
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
