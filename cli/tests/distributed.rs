@@ -18,29 +18,7 @@ use support::{Api, Deployment, nats_url, read_audit};
 /// Definitions with a 200 ms activity in every onboarding, so work is in flight long
 /// enough to be interrupted; returns the tenant id and the dataspace profile id.
 async fn prepare(api: &Api) -> (String, String) {
-    for activity_type in [
-        "cfm.vault.credentials",
-        "cfm.k8s.runtime",
-        "cfm.dns.routing",
-        "example.slow",
-    ] {
-        api.post_ok(
-            "/activity-definitions",
-            json!({"type": activity_type, "description": "test"}),
-            201,
-        )
-        .await;
-    }
-    api.post_ok(
-        "/orchestration-definitions",
-        json!({"activities": {"cfm.orchestration.vpa.deploy": [
-            {"id": "vault", "type": "cfm.vault.credentials"},
-            {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},
-            {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["slow"]},
-            {"id": "dns", "type": "cfm.dns.routing"}]}}),
-        201,
-    )
-    .await;
+    api.slow_template(false).await;
     let env = api.dataspace_with_cell("cell-a").await;
     let tenant = api.post_ok("/tenants", json!({}), 201).await;
     (tenant["id"].as_str().unwrap().to_string(), env.dataspace_id)

@@ -191,29 +191,7 @@ async fn a_killed_server_resumes_every_orchestration_with_side_effects_once(back
     // lands while most orchestrations are still running.
     let mut server = Server::start_on(backend, &["--no-seed", "--concurrency", "2"]).await;
     let api = server.client();
-    for activity_type in [
-        "cfm.vault.credentials",
-        "cfm.k8s.runtime",
-        "cfm.dns.routing",
-        "example.slow",
-    ] {
-        api.post_ok(
-            "/activity-definitions",
-            json!({"type": activity_type, "description": "test"}),
-            201,
-        )
-        .await;
-    }
-    api.post_ok(
-        "/orchestration-definitions",
-        json!({"activities": {"cfm.orchestration.vpa.deploy": [
-            {"id": "vault", "type": "cfm.vault.credentials"},
-            {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},
-            {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["slow"]},
-            {"id": "dns", "type": "cfm.dns.routing"}]}}),
-        201,
-    )
-    .await;
+    api.slow_template(false).await;
     let env = api.dataspace_with_cell("cell-a").await;
     let tenant = api.post_ok("/tenants", json!({}), 201).await;
     let tenant_id = tenant["id"].as_str().unwrap().to_string();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cfm_manager::on_both_backends;
 use cfm_manager::testing::TestBackend;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::Server;
 
 on_both_backends!(
@@ -16,6 +16,7 @@ on_both_backends!(
     definitions_in_use_cannot_be_deleted,
     definitions_whose_data_does_not_flow_are_refused,
     a_cancelled_deploy_stops_and_is_compensated,
+    a_dataspace_profile_or_cell_selects_the_template,
 );
 
 async fn orchestrations_are_found_by_predicate(backend: TestBackend) {
@@ -212,31 +213,7 @@ async fn definitions_whose_data_does_not_flow_are_refused(backend: TestBackend) 
 async fn a_cancelled_deploy_stops_and_is_compensated(backend: TestBackend) {
     let server = Server::start_on(backend, &["--no-seed"]).await;
     let api = server.client();
-    for activity_type in [
-        "cfm.vault.credentials",
-        "cfm.k8s.runtime",
-        "cfm.dns.routing",
-        "example.slow",
-    ] {
-        api.post_ok("/activity-definitions", json!({"type": activity_type}), 201)
-            .await;
-    }
-    api.post_ok(
-        "/orchestration-definitions",
-        json!({"activities": {
-            "cfm.orchestration.vpa.deploy": [
-                {"id": "vault", "type": "cfm.vault.credentials"},
-                {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},
-                {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["slow"]},
-                {"id": "dns", "type": "cfm.dns.routing"}],
-            "cfm.orchestration.vpa.dispose": [
-                {"id": "dns", "type": "cfm.dns.routing"},
-                {"id": "k8s", "type": "cfm.k8s.runtime"},
-                {"id": "slow", "type": "example.slow"},
-                {"id": "vault", "type": "cfm.vault.credentials", "dependsOn": ["k8s", "slow"]}]}}),
-        201,
-    )
-    .await;
+    api.slow_template(true).await;
     let env = api.dataspace_with_cell("cell-c").await;
     let tenant = api.post_ok("/tenants", json!({}), 201).await;
     let tenant_id = tenant["id"].as_str().unwrap();
@@ -325,4 +302,140 @@ async fn a_cancelled_deploy_stops_and_is_compensated(backend: TestBackend) {
     let after = api.get_json(&format!("/orchestrations/{deploy_id}")).await;
     assert_eq!(after["state"], 3);
     assert_eq!(after["steps"], cancelled["steps"]);
+}
+
+async fn a_dataspace_profile_or_cell_selects_the_template(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    // Newer than the seeded `cfm-default`, so it is what nothing-selected gets.
+    let newest = api
+        .post_ok(
+            "/orchestration-definitions",
+            json!({"activities": {
+                "cfm.orchestration.vpa.deploy": [{"id": "dns", "type": "cfm.dns.routing"}],
+                "cfm.orchestration.vpa.dispose": [{"id": "dns", "type": "cfm.dns.routing"}]}}),
+            201,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let select = |id: &str| json!({"cfm.orchestrationDefinitionId": id});
+    let cell = |external: &str, properties: Value| {
+        let api = &api;
+        let external = external.to_string();
+        async move {
+            api.post_ok(
+                "/cells",
+                json!({"externalId": external, "properties": properties}),
+                201,
+            )
+            .await;
+        }
+    };
+    let dataspace = |cell: &str, properties: Value| {
+        let api = &api;
+        let cell = cell.to_string();
+        async move {
+            let id = api
+                .post_ok(
+                    "/dataspace-profiles",
+                    json!({"dataspaceSpec": {"protocolStack": ["dsp-2025-1"]}, "properties": properties}),
+                    201,
+                )
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            api.post_ok(
+                &format!("/dataspace-profiles/{id}/deployments"),
+                json!({"profileId": id, "cellId": cell}),
+                202,
+            )
+            .await;
+            id
+        }
+    };
+    cell("plain", json!({})).await;
+    cell("pinned", select("cfm-default")).await;
+    let by_dataspace = dataspace("plain", select("cfm-default")).await;
+    let other_choice = dataspace("plain", select(&newest)).await;
+    let unselected = dataspace("plain", json!({})).await;
+    let on_pinned_cell = dataspace("pinned", json!({})).await;
+
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let onboard = |name: &str, dataspaces: Vec<&str>, cell: &str| {
+        let api = &api;
+        let body = json!({"identifier": format!("did:web:{name}.example"), "cellId": cell,
+                          "dataspaceProfileIds": dataspaces});
+        let path = format!("/tenants/{tenant_id}/participant-profiles");
+        async move { api.call(Method::POST, &path, Some(body), None).await }
+    };
+    let template_of = |profile: String, orchestration_type: &'static str| {
+        let api = &api;
+        async move {
+            let found = api
+                .post_ok(
+                    "/orchestrations/query",
+                    json!({"predicate": format!("correlationId = '{profile}' AND orchestrationType = '{orchestration_type}'")}),
+                    200,
+                )
+                .await;
+            found[0]["definitionId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let deploy = "cfm.orchestration.vpa.deploy";
+    let dispose = "cfm.orchestration.vpa.dispose";
+
+    let mut expected = Vec::new();
+    for (name, dataspaces, cell, template) in [
+        (
+            "by-dataspace",
+            vec![by_dataspace.as_str()],
+            "plain",
+            "cfm-default",
+        ),
+        (
+            "by-cell",
+            vec![on_pinned_cell.as_str()],
+            "pinned",
+            "cfm-default",
+        ),
+        (
+            "newest",
+            vec![unselected.as_str()],
+            "plain",
+            newest.as_str(),
+        ),
+    ] {
+        let (status, profile) = onboard(name, dataspaces, cell).await;
+        assert_eq!(status, 202, "{name}: {profile}");
+        let id = profile["id"].as_str().unwrap().to_string();
+        assert_eq!(template_of(id.clone(), deploy).await, template, "{name}");
+        expected.push((id, template));
+    }
+    let (status, body) = onboard("torn", vec![&by_dataspace, &other_choice], "plain").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("different orchestration definitions"),
+        "{body}"
+    );
+
+    // Decommissioning runs the dispose of the template the deploy ran.
+    for (id, template) in expected {
+        api.wait_active(tenant_id, &id, Duration::from_secs(30))
+            .await;
+        let path = format!("/tenants/{tenant_id}/participant-profiles/{id}");
+        assert_eq!(api.call(Method::DELETE, &path, None, None).await.0, 202);
+        assert_eq!(template_of(id.clone(), dispose).await, template, "{id}");
+        api.wait_vpas(tenant_id, &id, "disposed", Duration::from_secs(30))
+            .await;
+    }
 }

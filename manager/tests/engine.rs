@@ -20,6 +20,7 @@ on_both_backends!(
     a_failing_activity_errors_the_orchestration_and_the_profile,
     dispose_waits_for_the_deploy_and_needs_no_template_to_finish,
     a_failed_deploy_is_compensated_by_the_dispose_template,
+    a_failed_dispose_is_recorded_and_can_be_retried,
 );
 
 type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
@@ -132,6 +133,45 @@ async fn fixture(
 }
 
 impl Fixture {
+    /// Adds a template with these deploy and dispose activities (id = activity type).
+    async fn template(&self, deploy: &[(&str, &[&str])], dispose: &[(&str, &[&str])]) {
+        let specs = |list: &[(&str, &[&str])]| -> Vec<ActivitySpec> {
+            list.iter()
+                .map(|(id, deps)| ActivitySpec {
+                    id: id.to_string(),
+                    activity_type: id.to_string(),
+                    depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                })
+                .collect()
+        };
+        let activities = BTreeMap::from([
+            ("cfm.orchestration.vpa.deploy".to_string(), specs(deploy)),
+            ("cfm.orchestration.vpa.dispose".to_string(), specs(dispose)),
+        ]);
+        let mut conn = self.manager.engine.db().writer().acquire().await.unwrap();
+        definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until every VPA of the profile is in `state`.
+    async fn vpas_reach(&self, id: &str, state: &str) -> ParticipantProfile {
+        let started = Instant::now();
+        loop {
+            let profile = profiles::get(self.manager.engine.db(), &self.tenant, id)
+                .await
+                .unwrap();
+            if vpas_are(&profile, state) {
+                return profile;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "not {state}: {profile:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn deploy(&self) -> String {
         let new = profiles::NewDeployment {
             identifier: "did:web:p.example".into(),
@@ -325,39 +365,11 @@ async fn a_failed_deploy_is_compensated_by_the_dispose_template(backend: TestBac
         }
     })
     .await;
-    let spec = |id: &str, deps: &[&str]| ActivitySpec {
-        id: id.into(),
-        activity_type: id.into(),
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-    };
-    let activities = BTreeMap::from([
-        (
-            "cfm.orchestration.vpa.deploy".to_string(),
-            vec![spec("a", &[]), spec("b", &["a"])],
-        ),
-        (
-            "cfm.orchestration.vpa.dispose".to_string(),
-            vec![spec("c", &[])],
-        ),
-    ]);
-    let mut conn = fx.manager.engine.db().writer().acquire().await.unwrap();
-    definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
-        .await
-        .unwrap();
-    drop(conn);
+    fx.template(&[("a", &[]), ("b", &["a"])], &[("c", &[])])
+        .await;
 
     let id = fx.deploy().await;
-    let started = Instant::now();
-    let profile = loop {
-        let profile = profiles::get(fx.manager.engine.db(), &fx.tenant, &id)
-            .await
-            .unwrap();
-        if vpas_are(&profile, "disposed") {
-            break profile;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{profile:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let profile = fx.vpas_reach(&id, "disposed").await;
     assert!(
         profile.error,
         "the failure that caused the dispose was lost"
@@ -372,4 +384,50 @@ async fn a_failed_deploy_is_compensated_by_the_dispose_template(backend: TestBac
         dispose.processing_data["a.done"], true,
         "compensation did not see what the deploy had done"
     );
+}
+
+async fn a_failed_dispose_is_recorded_and_can_be_retried(backend: TestBackend) {
+    // Cleared to arm a failure: the next activity to run then fails, once.
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = failed_once.clone();
+    let fx = fixture(backend, move |task| {
+        let first = !flag.swap(true, std::sync::atomic::Ordering::SeqCst);
+        match task.activity_id.as_str() {
+            "c" if first => ActivityOutcome::Fatal {
+                reason: "secrets backend unreachable".into(),
+            },
+            _ => complete(json!({})),
+        }
+    })
+    .await;
+    fx.template(&[("a", &[])], &[("c", &[])]).await;
+    let id = fx.deploy().await;
+    fx.vpas_reach(&id, "active").await;
+    failed_once.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let engine = &fx.manager.engine;
+    profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
+    let failed = fx.vpas_reach(&id, "error").await;
+    assert!(failed.error, "{failed:?}");
+    assert!(
+        failed
+            .error_detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("secrets backend unreachable"),
+        "{failed:?}"
+    );
+
+    // Asking again runs the dispose again, which now succeeds.
+    let retried = profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
+    assert!(vpas_are(&retried, "disposing"), "{retried:?}");
+    fx.vpas_reach(&id, "disposed").await;
+    let disposes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = 'cfm.orchestration.vpa.dispose'",
+    )
+    .bind(&id)
+    .fetch_one(engine.db().read())
+    .await
+    .unwrap();
+    assert_eq!(disposes, 2);
 }

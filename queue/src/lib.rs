@@ -75,6 +75,29 @@ pub trait Delivery: Send + Sync {
     async fn in_progress(&self) -> Result<(), QueueError>;
 }
 
+/// Pulls like [`Consumer::pull`], but waits out a failing queue (a restarting server, a
+/// dropped connection) with exponential backoff from 100 ms to 6.4 s, logging each failure
+/// with `what` is being pulled. Returns only with a pull that worked.
+pub async fn pull_retrying(
+    consumer: &mut dyn Consumer,
+    max: usize,
+    wait: Duration,
+    what: &str,
+) -> Vec<Box<dyn Delivery>> {
+    let mut failures = 0u32;
+    loop {
+        match consumer.pull(max, wait).await {
+            Ok(batch) => return batch,
+            Err(e) => {
+                failures += 1;
+                let pause = Duration::from_millis(100 << failures.min(6));
+                tracing::warn!("cannot pull {what} (retrying in {pause:?}): {e}");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("invalid topic '{0}': use dot-separated tokens of letters, digits, '-' and '_'")]

@@ -110,23 +110,12 @@ impl Worker {
         slots: Arc<Semaphore>,
     ) {
         let mut running = JoinSet::new();
-        let mut failures = 0u32;
+        let what = format!("{activity_type} work");
         loop {
             while running.try_join_next().is_some() {}
             let want = slots.available_permits().max(1);
-            let batch = match consumer.pull(want, self.settings.pull_wait).await {
-                Ok(batch) => {
-                    failures = 0;
-                    batch
-                }
-                Err(e) => {
-                    failures += 1;
-                    let pause = Duration::from_millis(100 << failures.min(6));
-                    tracing::warn!(%activity_type, "cannot pull work (retrying in {pause:?}): {e}");
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-            };
+            let batch =
+                crate::pull_retrying(consumer.as_mut(), want, self.settings.pull_wait, &what).await;
             for delivery in batch {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;

@@ -1,6 +1,7 @@
-//! Starting, killing and talking to a real `cfm serve` process.
+//! Starting, killing and talking to real `cfm` processes: `cfm serve`, and the
+//! `cfm manager` / `cfm agent` replicas of a distributed deployment.
 //!
-//! Shared by several test crates and the onboarding bench; each uses only part of it.
+//! Shared by several test crates and the benches; each uses only part of it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -12,13 +13,12 @@ use cfm_manager::testing::{ScratchDatabase, TestBackend};
 use serde_json::{Value, json};
 
 pub struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    base: String,
+    process: Replica,
     token: String,
-    args: Vec<String>,
-    // After the process (Drop kills it first), so its connections are gone.
+    // After the process (Replica's Drop kills it), so its connections are gone and its
+    // log can still be shown.
     scratch: Option<ScratchDatabase>,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -30,72 +30,43 @@ impl Server {
 
     /// Starts `cfm serve` on `backend`: PostgreSQL gets a scratch database of its own.
     pub async fn start_on(backend: TestBackend, args: &[&str]) -> Server {
+        plugins_config();
         let dir = tempfile::tempdir().unwrap();
         let scratch = backend.scratch().await;
-        Self::spawn(dir, args.iter().map(|s| s.to_string()).collect(), scratch)
-    }
-
-    fn spawn(
-        dir: tempfile::TempDir,
-        args: Vec<String>,
-        scratch: Option<ScratchDatabase>,
-    ) -> Server {
-        plugins_config();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("serve.log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cfm"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(scratch.iter().flat_map(|db| ["--database-url", db.url()]))
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut base = None;
-        let mut token_path = None;
-        while base.is_none() || token_path.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
-                panic!("cfm serve exited before listening:\n{log}");
-            };
-            if let Some(url) = line.strip_prefix("cfm listening on ") {
-                base = Some(url.to_string());
-            } else if let Some(path) = line.strip_prefix("admin token: ") {
-                token_path = Some(PathBuf::from(path));
-            }
+        let data = dir.path().join("data");
+        let mut command: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        command.extend(["--listen", "127.0.0.1:0"].map(String::from));
+        if let Some(db) = &scratch {
+            command.extend(["--database-url".to_string(), db.url().to_string()]);
         }
-        let token = std::fs::read_to_string(token_path.unwrap())
+        command.extend(args.iter().map(|s| s.to_string()));
+        let process = Replica::start(command, dir.path().join("serve.log"));
+        let token = std::fs::read_to_string(data.join("admin.token"))
             .unwrap()
             .trim()
             .to_string();
         Server {
-            child,
-            dir,
-            base: base.unwrap(),
+            process,
             token,
-            args,
             scratch,
+            dir,
         }
     }
 
     pub fn client(&self) -> Api {
         Api {
             http: reqwest::Client::new(),
-            base: format!("{}/api/v1alpha1", self.base),
+            base: format!("{}/api/v1alpha1", self.base()),
             token: self.token.clone(),
         }
     }
 
     pub fn base(&self) -> &str {
-        &self.base
+        self.process.base.as_deref().unwrap_or_default()
     }
 
     /// The scratch database's URL, when the server runs on PostgreSQL.
@@ -108,7 +79,7 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// A token signed with this server's key, carrying only `scopes`.
@@ -127,32 +98,18 @@ impl Server {
 
     /// SIGKILL: no shutdown code runs, as in a crash.
     pub fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.process.kill();
     }
 
     /// Peak resident memory of the process so far, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        peak_rss_kib(self.child.id())
+        self.process.peak_rss_kib()
     }
 
     /// Starts a new process on the same data directory with the same arguments.
     pub async fn restart(mut self) -> Server {
-        self.kill();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let args = std::mem::take(&mut self.args);
-        let scratch = self.scratch.take();
-        Self::spawn(dir, args, scratch)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- cfm serve log ---\n{}", self.log());
-        }
+        self.process.restart();
+        self
     }
 }
 
@@ -286,6 +243,44 @@ impl Api {
         )
         .await;
         env
+    }
+
+    /// Definitions for crash tests (on a server started with `--no-seed`): the built-in
+    /// activity types plus `example.slow` (200 ms) between vault and k8s, so every
+    /// onboarding has work in flight long enough to be interrupted. `dispose` adds a
+    /// dispose template.
+    pub async fn slow_template(&self, dispose: bool) {
+        for activity_type in [
+            "cfm.vault.credentials",
+            "cfm.k8s.runtime",
+            "cfm.dns.routing",
+            "example.slow",
+        ] {
+            self.post_ok(
+                "/activity-definitions",
+                json!({"type": activity_type, "description": "test"}),
+                201,
+            )
+            .await;
+        }
+        let mut activities = json!({"cfm.orchestration.vpa.deploy": [
+            {"id": "vault", "type": "cfm.vault.credentials"},
+            {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},
+            {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["slow"]},
+            {"id": "dns", "type": "cfm.dns.routing"}]});
+        if dispose {
+            activities["cfm.orchestration.vpa.dispose"] = json!([
+                {"id": "dns", "type": "cfm.dns.routing"},
+                {"id": "k8s", "type": "cfm.k8s.runtime"},
+                {"id": "slow", "type": "example.slow"},
+                {"id": "vault", "type": "cfm.vault.credentials", "dependsOn": ["k8s", "slow"]}]);
+        }
+        self.post_ok(
+            "/orchestration-definitions",
+            json!({"activities": activities}),
+            201,
+        )
+        .await;
     }
 
     /// Polls a profile until its four VPAs are active; fails on error or timeout.

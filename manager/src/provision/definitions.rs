@@ -184,18 +184,34 @@ pub async fn get_orchestration(conn: &mut Conn, id: &str) -> Result<Orchestratio
     read(&row)
 }
 
-/// The definition to run for `orchestration_type`: the newest one that defines it, so an
+/// The definition to run for `orchestration_type`: the one `chosen` names (a dataspace
+/// profile's or cell's [`TEMPLATE_PROPERTY`]), else the newest one that defines it, so an
 /// operator replaces the default template by posting a new one.
 pub async fn select(
     conn: &mut Conn,
     orchestration_type: &str,
+    chosen: Option<&str>,
 ) -> Result<Option<OrchestrationDefinition>> {
-    Ok(all(conn).await?.into_iter().rev().find(|d| {
+    let defines = |d: &OrchestrationDefinition| {
         d.activities
             .get(orchestration_type)
             .is_some_and(|a| !a.is_empty())
-    }))
+    };
+    if let Some(id) = chosen {
+        let definition = get_orchestration(conn, id).await.map_err(|e| match e {
+            ManagerError::NotFound(_) => ManagerError::conflict(format!(
+                "the selected orchestration definition '{id}' does not exist"
+            )),
+            other => other,
+        })?;
+        return Ok(defines(&definition).then_some(definition));
+    }
+    Ok(all(conn).await?.into_iter().rev().find(defines))
 }
+
+/// The property of a dataspace profile or cell that names the orchestration definition
+/// its participants are provisioned with.
+pub const TEMPLATE_PROPERTY: &str = "cfm.orchestrationDefinitionId";
 
 /// Oldest first.
 async fn all(conn: &mut Conn) -> Result<Vec<OrchestrationDefinition>> {

@@ -66,6 +66,8 @@ pub struct Start {
 pub struct Finished<'a> {
     pub id: &'a str,
     pub correlation_id: &'a str,
+    /// The template it ran from: compensation runs that template's dispose.
+    pub definition_id: &'a str,
     pub orchestration_type: &'a str,
     pub state: OrchestrationState,
     /// Base data plus every completed activity's output: what compensation starts from.
@@ -77,6 +79,7 @@ pub struct Finished<'a> {
 /// The orchestration row fields `apply` works with.
 struct Current {
     correlation_id: String,
+    definition_id: String,
     orchestration_type: String,
     state: i64,
     processing_data: Properties,
@@ -444,6 +447,7 @@ impl Engine {
         let finished = Finished {
             id,
             correlation_id: &current.correlation_id,
+            definition_id: &current.definition_id,
             orchestration_type: &current.orchestration_type,
             state,
             processing_data: &current.processing_data,
@@ -557,7 +561,7 @@ impl Engine {
             // An UPDATE that changes nothing, to lock the row: outcomes of one
             // orchestration's parallel activities are applied one after the other.
             "UPDATE orchestrations SET version = version WHERE id = $1
-             RETURNING correlation_id, orchestration_type, state, processing_data, output_data",
+             RETURNING correlation_id, definition_id, orchestration_type, state, processing_data, output_data",
         )
         .bind(id)
         .fetch_optional(tx)
@@ -565,6 +569,7 @@ impl Engine {
         row.map(|row| {
             Ok(Current {
                 correlation_id: row.get("correlation_id"),
+                definition_id: row.get("definition_id"),
                 orchestration_type: row.get("orchestration_type"),
                 state: row.get("state"),
                 processing_data: from_json(row.get("processing_data"), "processing data")?,

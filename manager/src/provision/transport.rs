@@ -168,23 +168,16 @@ impl Reports {
         let mut consumer = self.queue.consumer(REPORTS_TOPIC).await?;
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut applying = JoinSet::new();
-        let mut failures = 0u32;
         loop {
             while applying.try_join_next().is_some() {}
             let want = slots.available_permits().max(1);
-            let batch = match consumer.pull(want, Duration::from_secs(5)).await {
-                Ok(batch) => {
-                    failures = 0;
-                    batch
-                }
-                Err(e) => {
-                    failures += 1;
-                    let pause = Duration::from_millis(100 << failures.min(6));
-                    tracing::warn!("cannot pull reports (retrying in {pause:?}): {e}");
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-            };
+            let batch = cfm_queue::pull_retrying(
+                consumer.as_mut(),
+                want,
+                Duration::from_secs(5),
+                "reports",
+            )
+            .await;
             for delivery in batch {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return Ok(());

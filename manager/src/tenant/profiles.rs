@@ -11,8 +11,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
 use crate::model::{
-    CredentialSpec, OrchestrationState, ParticipantProfile, Properties, VPA_STATE_PROPERTY,
-    VPA_TYPES, Vpa, new_id, now,
+    Cell, CredentialSpec, DataspaceProfile, OrchestrationState, ParticipantProfile, Properties,
+    VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, now,
 };
 use crate::provision::definitions;
 use crate::provision::engine::{Engine, Finished, Start};
@@ -63,14 +63,22 @@ pub async fn deploy(
     }
     let cell = place(&mut tx, new.cell_id.as_deref(), &new.dataspace_profile_ids).await?;
     store::share_row(&mut tx, Table::Cells, &cell.id).await?;
-    let definition = definitions::select(&mut tx, orchestration_types::VPA_DEPLOY)
-        .await?
-        .ok_or_else(|| {
-            ManagerError::conflict(format!(
-                "no orchestration definition defines {}; create one first",
-                orchestration_types::VPA_DEPLOY
-            ))
-        })?;
+    let chosen = chosen_template(&dataspace_profiles, &cell)?;
+    let definition =
+        definitions::select(&mut tx, orchestration_types::VPA_DEPLOY, chosen.as_deref())
+            .await?
+            .ok_or_else(|| {
+                ManagerError::conflict(match &chosen {
+                    Some(id) => format!(
+                        "the selected orchestration definition '{id}' does not define {}",
+                        orchestration_types::VPA_DEPLOY
+                    ),
+                    None => format!(
+                        "no orchestration definition defines {}; create one first",
+                        orchestration_types::VPA_DEPLOY
+                    ),
+                })
+            })?;
 
     let id = new_id();
     let timestamp = now();
@@ -193,23 +201,20 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
         )));
     }
     // The deploy's processing data holds the base keys and every deploy activity's output.
-    let data: Option<String> = sqlx::query_scalar(
-        "SELECT processing_data FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2
+    let deploy = sqlx::query(
+        "SELECT processing_data, definition_id FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2
          ORDER BY created_timestamp DESC LIMIT 1",
     )
     .bind(id)
     .bind(orchestration_types::VPA_DEPLOY)
     .fetch_optional(&mut *tx)
-    .await?;
-    let data: Properties = match data {
-        Some(text) => from_json(&text, "deploy processing data")?,
-        None => {
-            return Err(ManagerError::Corrupt(format!(
-                "participant profile '{id}' has no deploy orchestration"
-            )));
-        }
-    };
-    let state = if start_dispose(engine, &mut tx, id, data).await? {
+    .await?
+    .ok_or_else(|| {
+        ManagerError::Corrupt(format!("participant profile '{id}' has no deploy orchestration"))
+    })?;
+    let data: Properties = from_json(deploy.get("processing_data"), "deploy processing data")?;
+    let template: String = deploy.get("definition_id");
+    let state = if start_dispose(engine, &mut tx, id, data, &template).await? {
         "disposing"
     } else {
         "disposed"
@@ -297,7 +302,7 @@ pub async fn on_orchestration_finished(
         (orchestration_types::VPA_DISPOSE, OrchestrationState::Completed) => "disposed",
         (orchestration_types::VPA_DEPLOY, OrchestrationState::Errored) => {
             let data = finished.processing_data.clone();
-            if start_dispose(engine, conn, &profile.id, data).await? {
+            if start_dispose(engine, conn, &profile.id, data, finished.definition_id).await? {
                 "disposing"
             } else {
                 "error"
@@ -312,15 +317,30 @@ pub async fn on_orchestration_finished(
 }
 
 /// Starts the dispose orchestration of a profile from `data` (base keys plus what the
-/// deploy produced). False when no template defines dispose: there is nothing to run.
+/// deploy produced), from the template its deploy ran (`template`). False when that
+/// template defines no dispose: there is nothing to run. A template deleted since falls
+/// back to the newest one that defines dispose, rather than leaving the deploy's work behind.
 async fn start_dispose(
     engine: &Engine,
     conn: &mut Conn,
     profile_id: &str,
     data: Properties,
+    template: &str,
 ) -> Result<bool> {
-    let Some(definition) = definitions::select(conn, orchestration_types::VPA_DISPOSE).await?
-    else {
+    let definition = match definitions::get_orchestration(conn, template).await {
+        Ok(definition) => definition
+            .activities
+            .get(orchestration_types::VPA_DISPOSE)
+            .is_some_and(|a| !a.is_empty())
+            .then_some(definition),
+        Err(ManagerError::NotFound(_)) => {
+            tracing::warn!(profile = %profile_id, %template,
+                "the deploy's template is gone; disposing with the newest dispose template");
+            definitions::select(conn, orchestration_types::VPA_DISPOSE, None).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(definition) = definition else {
         return Ok(false);
     };
     let start = Start {
@@ -482,6 +502,41 @@ fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
         error: row.get::<i64, _>("error") != 0,
         error_detail: row.get("error_detail"),
     })
+}
+
+/// The template a participant's dataspace profiles (first) or cell select with
+/// [`definitions::TEMPLATE_PROPERTY`]; None to use the newest. Dataspace profiles that
+/// select different templates are a conflict the operator must resolve.
+fn chosen_template(dataspaces: &[DataspaceProfile], cell: &Cell) -> Result<Option<String>> {
+    let named = |properties: &Properties, whose: String| -> Result<Option<String>> {
+        match properties.get(definitions::TEMPLATE_PROPERTY) {
+            None => Ok(None),
+            Some(Value::String(id)) => Ok(Some(id.clone())),
+            Some(_) => Err(ManagerError::conflict(format!(
+                "{whose}'s {} must be a string",
+                definitions::TEMPLATE_PROPERTY
+            ))),
+        }
+    };
+    let mut chosen: Option<(String, &str)> = None;
+    for dataspace in dataspaces {
+        let whose = format!("dataspace profile '{}'", dataspace.id);
+        if let Some(id) = named(&dataspace.properties, whose)? {
+            match &chosen {
+                Some((other, by)) if *other != id => {
+                    return Err(ManagerError::conflict(format!(
+                        "dataspace profiles '{by}' and '{}' select different orchestration definitions ('{other}', '{id}')",
+                        dataspace.id
+                    )));
+                }
+                _ => chosen = Some((id, &dataspace.id)),
+            }
+        }
+    }
+    match chosen {
+        Some((id, _)) => Ok(Some(id)),
+        None => named(&cell.properties, format!("cell '{}'", cell.id)),
+    }
 }
 
 #[cfg(test)]
