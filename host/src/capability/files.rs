@@ -48,6 +48,23 @@ pub fn replace_unless(
     }
 }
 
+/// Runs `f` holding an exclusive advisory lock on `lock` (created if missing): a
+/// read-modify-write of a file that several agent-host processes share (a zone every
+/// participant's record lives in) must not lose another process's update.
+pub fn locked<T>(lock: &Path, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    if let Some(dir) = lock.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock)?;
+    file.lock()?;
+    // Closing the file releases the lock, also when `f` fails or the process dies.
+    f()
+}
+
 /// Removes `path`; false when it was not there.
 pub fn remove(path: &Path) -> std::io::Result<bool> {
     match std::fs::remove_file(path) {

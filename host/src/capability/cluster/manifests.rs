@@ -15,7 +15,8 @@ use super::{ClusterBackend, ObjectRef};
 
 pub struct ManifestCluster {
     root: PathBuf,
-    /// Apply is read-compare-write; one writer at a time keeps it exact.
+    /// Apply is read-compare-write; one writer at a time keeps it exact: this mutex in
+    /// the process, an advisory lock on `<root>/.lock` between processes sharing the folder.
     write: Mutex<()>,
 }
 
@@ -45,11 +46,14 @@ impl ClusterBackend for ManifestCluster {
     async fn apply(&self, object: &ObjectRef, manifest: Value) -> Result<Change, BackendError> {
         let _guard = self.write.lock().await;
         let file = self.file(object);
+        let lock = self.root.join(".lock");
         let yaml = serde_yaml_ng::to_string(&manifest)
             .map_err(|e| BackendError::Invalid(format!("cannot render the manifest: {e}")))?;
         blocking(move || {
-            files::replace_unless(&file, yaml.as_bytes(), |current| {
-                serde_yaml_ng::from_slice::<Value>(current).is_ok_and(|v| v == manifest)
+            files::locked(&lock, || {
+                files::replace_unless(&file, yaml.as_bytes(), |current| {
+                    serde_yaml_ng::from_slice::<Value>(current).is_ok_and(|v| v == manifest)
+                })
             })
         })
         .await

@@ -1,8 +1,9 @@
 //! DNS zones kept as RFC 1035 zone files under the data directory, for the embedded default:
 //! `<root>/<zone>.zone`, loadable by any authoritative server. The records themselves are
 //! kept in `<zone>.json` so an update never has to parse a zone file; the zone file is
-//! re-rendered, with a new SOA serial, on every change. Production deployments send
-//! RFC 2136 dynamic updates instead.
+//! re-rendered, with a new SOA serial, on every change. Agent-host processes sharing the
+//! folder take turns through an advisory lock on `<zone>.lock`. Production deployments
+//! send RFC 2136 dynamic updates instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,22 +45,25 @@ impl ZoneFiles {
         let _guard = self.write.lock().await;
         let state_file = self.root.join(format!("{zone}.json"));
         let zone_file = self.root.join(format!("{zone}.zone"));
+        let lock_file = self.root.join(format!("{zone}.lock"));
         let zone = zone.to_string();
         blocking(move || {
-            let mut state: Zone = match files::read_optional(&state_file)? {
-                Some(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other)?,
-                None => Zone::default(),
-            };
-            let (answer, changed) = change(&mut state);
-            if changed {
-                state.serial = state.serial.wrapping_add(1).max(1);
-                files::write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?)?;
-                files::write_atomic(&zone_file, render(&zone, &state).as_bytes())?;
-            } else if !zone_file.exists() && state.serial > 0 {
-                // A crash between the two writes above: finish the rendering.
-                files::write_atomic(&zone_file, render(&zone, &state).as_bytes())?;
-            }
-            Ok(answer)
+            files::locked(&lock_file, || {
+                let mut state: Zone = match files::read_optional(&state_file)? {
+                    Some(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other)?,
+                    None => Zone::default(),
+                };
+                let (answer, changed) = change(&mut state);
+                if changed {
+                    state.serial = state.serial.wrapping_add(1).max(1);
+                    files::write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?)?;
+                    files::write_atomic(&zone_file, render(&zone, &state).as_bytes())?;
+                } else if !zone_file.exists() && state.serial > 0 {
+                    // A crash between the two writes above: finish the rendering.
+                    files::write_atomic(&zone_file, render(&zone, &state).as_bytes())?;
+                }
+                Ok(answer)
+            })
         })
         .await
     }
@@ -127,6 +131,34 @@ pub fn zone_file(root: &Path, zone: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two backends on one folder stand for two agent-host processes: each has its own
+    /// in-process mutex, so only the file lock keeps their updates from overwriting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_sharing_a_zone_lose_no_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = std::sync::Arc::new(ZoneFiles::new(dir.path().to_path_buf()));
+        let b = std::sync::Arc::new(ZoneFiles::new(dir.path().to_path_buf()));
+        let mut writers = tokio::task::JoinSet::new();
+        for i in 0..300 {
+            let zones = if i % 2 == 0 { a.clone() } else { b.clone() };
+            writers.spawn(async move {
+                let record = Record::new(&format!("p{i}"), "CNAME", 300, "cell.example.").unwrap();
+                zones.upsert("z.example", record).await.unwrap()
+            });
+        }
+        while let Some(change) = writers.join_next().await {
+            assert_eq!(change.unwrap(), Change::Created);
+        }
+        let text = std::fs::read_to_string(zone_file(dir.path(), "z.example")).unwrap();
+        for i in 0..300 {
+            assert!(
+                text.contains(&format!("p{i} 300 IN CNAME")),
+                "p{i} lost:\n{text}"
+            );
+        }
+        assert!(text.contains("( 300 3600"), "{text}");
+    }
 
     #[tokio::test]
     async fn upsert_renders_a_zone_file_and_bumps_the_serial() {
