@@ -190,6 +190,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let host = Arc::new(open_host(&args.api.data_dir, &args.host)?);
     let work = match &args.nats_url {
         None => {
+            tracing::info!("work goes through the embedded queue");
             let worker = manager.embedded_worker(host, args.host.concurrency).await;
             tokio::spawn(async move { worker.run().await.map_err(anyhow::Error::from) })
         }
@@ -290,6 +291,11 @@ fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
 }
 
 async fn connect(url: &str, args: &NatsArgs) -> anyhow::Result<Arc<dyn Queue>> {
+    let shown = cfm_manager::store::redact_url(url);
+    tracing::info!(
+        "work goes through JetStream at {shown} (namespace {})",
+        args.nats_namespace
+    );
     let settings = JetStreamSettings {
         namespace: args.nats_namespace.clone(),
         ack_wait: Duration::from_secs(args.ack_wait_secs),
@@ -297,7 +303,7 @@ async fn connect(url: &str, args: &NatsArgs) -> anyhow::Result<Arc<dyn Queue>> {
     };
     let queue = JetStreamQueue::connect(settings)
         .await
-        .with_context(|| format!("connecting to JetStream at {url}"))?;
+        .with_context(|| format!("connecting to JetStream at {shown}"))?;
     Ok(Arc::new(queue))
 }
 

@@ -349,3 +349,60 @@ async fn a_restarted_queue_server_and_cut_database_connections_heal_by_themselve
     assert_each_onboarding_completed_once(&api, &ids).await;
     assert_each_created_at_most_once(&effects(&[deployment.agent_dir("agents")]), &ids);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_real_servers_runs_both_halves_in_one_process() {
+    let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let server = support::Server::start_on(
+        cfm_manager::testing::TestBackend::Postgres,
+        &["--nats-url", &nats_url(), "--nats-namespace", &namespace],
+    )
+    .await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-s").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let ids = onboard(&api, tenant_id, &env.dataspace_id, 5).await;
+    for id in &ids {
+        api.wait_active(tenant_id, id, Duration::from_secs(60))
+            .await;
+    }
+    assert_each_onboarding_completed_once(&api, &ids).await;
+    let log = server.log();
+    assert!(
+        log.contains(&format!(
+            "work goes through JetStream at {} (namespace {namespace})",
+            nats_url()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("embedded queue"), "{log}");
+}
+
+#[test]
+fn an_unreachable_queue_server_is_a_clear_error_without_its_password() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cfm"))
+        .args(["agent", "--data-dir"])
+        .arg(data.path())
+        .arg("--plugins")
+        .arg(support::plugins_config())
+        .args([
+            "--nats-url",
+            &format!("nats://cfm:hunter2@127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("connecting to JetStream at nats://cfm:***@127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

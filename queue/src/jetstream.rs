@@ -63,7 +63,8 @@ impl JetStreamQueue {
             .connection_timeout(Duration::from_secs(5))
             .connect(settings.url.as_str())
             .await
-            .map_err(|e| QueueError::Connect(format!("{}: {e}", settings.url)))?;
+            // The URL may carry credentials: the caller names the server, redacted.
+            .map_err(|e| QueueError::Connect(e.to_string()))?;
         let context = jetstream::new(client);
         let config = stream::Config {
             name: stream_name(&settings.namespace),
