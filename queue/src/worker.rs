@@ -145,6 +145,7 @@ impl Worker {
     }
 
     async fn run_and_report(&self, delivery: Box<dyn Delivery>, task: ActivityTask) {
+        tracing::debug!(deliveries = delivery.deliveries(), "task received");
         let outcome = if delivery.deliveries() > self.settings.max_deliveries {
             tracing::error!(
                 deliveries = delivery.deliveries(),
@@ -168,6 +169,7 @@ impl Worker {
         for attempt in 1..=3u64 {
             match self.sink.report(report.clone()).await {
                 Ok(()) => {
+                    tracing::debug!("outcome reported");
                     if let Err(e) = delivery.ack().await {
                         // The report is in; a redelivery re-runs an idempotent activity
                         // and its second report is dropped as stale.
@@ -192,8 +194,10 @@ impl Worker {
     ) -> ActivityOutcome {
         let execution = self.executor.execute(task);
         tokio::pin!(execution);
-        let mut progress = tokio::time::interval(self.settings.progress_every);
-        progress.tick().await;
+        // The first signal is due one period in. (An interval's immediate first tick
+        // still waits for the timer driver, up to a millisecond on every activity.)
+        let every = self.settings.progress_every;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 outcome = &mut execution => return outcome,

@@ -196,7 +196,10 @@ impl Reports {
                         .apply(&report.message_id, &report.task, report.outcome)
                         .await;
                     let settled = match result {
-                        Ok(()) => delivery.ack().await,
+                        Ok(()) => {
+                            tracing::debug!(message = %report.message_id, "report applied");
+                            delivery.ack().await
+                        }
                         Err(e) => {
                             tracing::warn!(message = %report.message_id, "cannot apply a report: {e}");
                             delivery.nak(Duration::from_secs(1)).await
