@@ -111,15 +111,15 @@ async fn a_task_that_keeps_killing_its_run_is_reported_fatal() {
     let report = run(queue.clone(), executor.clone(), 2).await;
     assert_eq!(report.message_id, "o1/a1/1");
     match &report.outcome {
-        ActivityOutcome::Fatal { reason } => {
-            assert!(reason.contains("delivered 2 times"), "{reason}")
-        }
+        ActivityOutcome::Fatal { reason } => assert!(reason.starts_with("delivered "), "{reason}"),
         other => panic!("expected a fatal report, got {other:?}"),
     }
-    assert_eq!(
-        executor.runs.load(Ordering::SeqCst),
-        2,
-        "ran more often than the limit"
+    // Never more runs than the limit. (Fewer is possible: JetStream counts a delivery that
+    // raced a pull request's expiry and never reached the worker.)
+    let runs = executor.runs.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&runs),
+        "ran {runs} times with a limit of 2"
     );
     (*queue).clone().delete().await.unwrap();
 }
