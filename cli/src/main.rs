@@ -3,6 +3,8 @@
 //! host); `cfm manager` and `cfm agent` run its two halves as replicas that meet in
 //! PostgreSQL and JetStream.
 
+mod plugin;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +45,9 @@ enum Command {
     Agent(AgentArgs),
     /// Issue an API token signed with a data directory's key (print it on stdout).
     Token(TokenArgs),
+    /// Plugin tools: signing keys, signatures.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 #[derive(clap::Args)]
@@ -182,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Manager(args) => manager(args).await,
         Command::Agent(args) => agent(args).await,
         Command::Token(args) => token(args),
+        Command::Plugin(command) => plugin::run(command),
     }
 }
 

@@ -31,6 +31,10 @@ pub struct PluginConfig {
     /// Hex sha256 of the `.wasm` file; a file with another digest is refused.
     pub sha256: String,
     pub activity_types: Vec<String>,
+    /// Base64 Ed25519 public keys; when any are listed, the plugin loads only with a
+    /// signature file (`<path>.sig`) one of them made (see `cfm plugin sign`).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
     /// Free-form settings handed to the plugin as a JSON object.
@@ -118,6 +122,9 @@ impl HostConfig {
             }
             if plugin.activity_types.is_empty() {
                 return Err(bad("activity-types is empty".into()));
+            }
+            for key in &plugin.trusted_keys {
+                crate::signature::public_key(key).map_err(|e| bad(format!("trusted-keys: {e}")))?;
             }
             for activity_type in &plugin.activity_types {
                 if let Some(other) = served.insert(activity_type, &plugin.name) {

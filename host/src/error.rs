@@ -23,6 +23,12 @@ pub enum HostError {
     },
     #[error("plugin '{plugin}': {message}")]
     Load { plugin: String, message: String },
+    #[error("plugin '{plugin}': {path}: {reason}; refusing to load it")]
+    Signature {
+        plugin: String,
+        path: String,
+        reason: String,
+    },
     #[error("wasm engine: {0}")]
     Engine(String),
 }

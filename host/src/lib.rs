@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod grants;
 pub mod runtime;
+pub mod signature;
 
 pub use audit::Audit;
 pub use capability::Backends;

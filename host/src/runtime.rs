@@ -286,6 +286,34 @@ fn engine(max_memory: usize, slots: u32) -> Result<Engine, HostError> {
     Engine::new(&config).map_err(|e| HostError::Engine(format!("{e:#}")))
 }
 
+/// The plugin's signature file must verify with one of its trusted keys.
+fn check_signature(plugin: &PluginConfig, path: &Path, digest: &str) -> Result<(), HostError> {
+    let signature_path = signature_path(path);
+    let refused = |reason: String| HostError::Signature {
+        plugin: plugin.name.clone(),
+        path: signature_path.display().to_string(),
+        reason,
+    };
+    let signature = match std::fs::read_to_string(&signature_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(refused(
+                "missing, and the configuration requires a signature by a trusted key".into(),
+            ));
+        }
+        Err(e) => return Err(refused(e.to_string())),
+    };
+    crate::signature::verify(&plugin.trusted_keys, digest, &signature)
+        .map_err(|e| refused(e.to_string()))
+}
+
+/// Where a plugin's signature lives: beside it, `.sig` appended.
+pub fn signature_path(plugin: &Path) -> std::path::PathBuf {
+    let mut name = plugin.as_os_str().to_owned();
+    name.push(".sig");
+    name.into()
+}
+
 fn load(
     engine: &Engine,
     config: &HostConfig,
@@ -309,6 +337,9 @@ fn load(
             expected: plugin.sha256.to_ascii_lowercase(),
             actual,
         });
+    }
+    if !plugin.trusted_keys.is_empty() {
+        check_signature(plugin, &path, &actual)?;
     }
     let component = compile(engine, &bytes, &actual, cache).map_err(|e| {
         failed(format!(

@@ -453,3 +453,69 @@ async fn compiled_plugins_are_cached_and_a_corrupt_artifact_is_rebuilt() {
     );
     assert!(std::fs::metadata(artifact).unwrap().len() > 1024);
 }
+
+/// A copy of the no-op plugin in a folder of its own, with `trusted_keys` configured.
+fn signed_setup(trusted_keys: &[String]) -> (tempfile::TempDir, HostConfig, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin_dir().join("noop.wasm"), dir.path().join("noop.wasm")).unwrap();
+    let keys: Vec<String> = trusted_keys.iter().map(|k| format!("\"{k}\"")).collect();
+    let text = format!(
+        "[[plugin]]\nname = \"noop\"\npath = \"noop.wasm\"\nsha256 = \"{}\"\nactivity-types = [\"example.noop.1\"]\ntrusted-keys = [{}]\n",
+        digest("noop"),
+        keys.join(", ")
+    );
+    let mut config = HostConfig::parse(&text).unwrap();
+    config.base_dir = dir.path().to_path_buf();
+    (dir, config, digest("noop"))
+}
+
+fn load(config: &HostConfig) -> Result<AgentHost, HostError> {
+    let data = tempfile::tempdir().unwrap();
+    AgentHost::new(
+        config,
+        Backends::embedded(data.path()),
+        Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
+        HostOptions::default(),
+    )
+}
+
+#[tokio::test]
+async fn a_plugin_that_requires_a_signature_loads_only_with_a_trusted_one() {
+    use cfm_host::signature;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[43; 32]);
+    let trusted = vec![signature::encode_public_key(&key.verifying_key())];
+    let (dir, config, digest) = signed_setup(&trusted);
+    let sig = dir.path().join("noop.wasm.sig");
+
+    let err = load(&config).err().expect("loaded without a signature");
+    assert!(matches!(err, HostError::Signature { .. }), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    std::fs::write(&sig, signature::sign(&stranger, &digest)).unwrap();
+    let err = load(&config)
+        .err()
+        .expect("loaded with a stranger's signature");
+    assert!(err.to_string().contains("no trusted key"), "{err}");
+
+    std::fs::write(&sig, "garbage").unwrap();
+    assert!(matches!(
+        load(&config).err(),
+        Some(HostError::Signature { .. })
+    ));
+
+    std::fs::write(&sig, signature::sign(&key, &digest)).unwrap();
+    let host = load(&config).expect("a trusted signature loads");
+    let outcome = host.run(&task("example.noop.1", PC)).await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Complete { .. }),
+        "{outcome:?}"
+    );
+
+    // A key that is not a key is a configuration error, named.
+    let err = HostConfig::parse(
+        "[[plugin]]\nname = \"n\"\npath = \"n.wasm\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nactivity-types = [\"t\"]\ntrusted-keys = [\"not-a-key\"]\n",
+    )
+    .expect_err("a bad key was accepted");
+    assert!(err.to_string().contains("trusted-keys"), "{err}");
+}
