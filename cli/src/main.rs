@@ -45,7 +45,7 @@ enum Command {
     Agent(AgentArgs),
     /// Issue an API token signed with a data directory's key (print it on stdout).
     Token(TokenArgs),
-    /// Plugin tools: signing keys, signatures.
+    /// Plugin tools: signing keys and signatures, inspecting and checking components.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
 }

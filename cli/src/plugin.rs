@@ -24,6 +24,16 @@ pub enum PluginCommand {
         key: PathBuf,
         file: PathBuf,
     },
+    /// Show a component's sha256, size, imports and exports, and the capability grants
+    /// it will need.
+    Inspect { file: PathBuf },
+    /// Load plugins of a configuration as the agent host would (digest, signature,
+    /// grants, contract) without running them; all of them unless named.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        names: Vec<String>,
+    },
     /// Check a plugin's `<FILE>.sig` against trusted public keys, as the agent host does.
     Verify {
         /// A base64 public key; repeat for more.
@@ -49,6 +59,54 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", sig_path.display()))?;
             println!("sha256 {digest}");
             println!("signature {}", sig_path.display());
+        }
+        PluginCommand::Inspect { file } => {
+            let inspection = cfm_host::runtime::inspect(&file)?;
+            println!("file: {}", file.display());
+            println!("sha256: {}", inspection.sha256);
+            println!("size: {} bytes", inspection.size);
+            println!("exports:");
+            for export in &inspection.exports {
+                println!("  {export}");
+            }
+            println!("imports:");
+            for import in &inspection.imports {
+                println!("  {import}");
+            }
+            let needs = inspection.capabilities();
+            println!(
+                "grants needed: {}",
+                if needs.is_empty() {
+                    "none".to_string()
+                } else {
+                    needs.join(", ")
+                }
+            );
+        }
+        PluginCommand::Check { config, names } => {
+            let config = cfm_host::HostConfig::load(&config)?;
+            let mut failed = 0;
+            for plugin in &config.plugins {
+                if !names.is_empty() && !names.contains(&plugin.name) {
+                    continue;
+                }
+                match cfm_host::runtime::check(&config, plugin) {
+                    Ok(()) => println!("{}: ok", plugin.name),
+                    Err(e) => {
+                        failed += 1;
+                        println!("{}: {e}", plugin.name);
+                    }
+                }
+            }
+            if let Some(missing) = names
+                .iter()
+                .find(|n| !config.plugins.iter().any(|p| &p.name == *n))
+            {
+                bail!("the configuration has no plugin named '{missing}'");
+            }
+            if failed > 0 {
+                bail!("{failed} plugin(s) would not load");
+            }
         }
         PluginCommand::Verify { trusted_keys, file } => {
             let digest = digest(&file)?;

@@ -92,3 +92,76 @@ fn a_signed_plugin_verifies_with_its_key_and_no_other() {
     ]);
     assert!(!tampered.status.success(), "a changed plugin verified");
 }
+
+fn built(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_cfm"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join(format!("plugins/{name}.wasm"))
+}
+
+#[test]
+fn inspect_names_what_a_component_needs() {
+    let shown = stdout(&cfm(&[
+        "plugin",
+        "inspect",
+        built("vault").to_str().unwrap(),
+    ]));
+    assert!(shown.contains("cfm:plugin/activity@0.1.0"), "{shown}");
+    assert!(shown.contains("cfm:plugin/secrets@0.1.0"), "{shown}");
+    assert!(shown.contains("grants needed: secrets\n"), "{shown}");
+    let shown = stdout(&cfm(&[
+        "plugin",
+        "inspect",
+        built("noop").to_str().unwrap(),
+    ]));
+    assert!(shown.contains("grants needed: none"), "{shown}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let refused = cfm(&["plugin", "inspect", junk.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a valid component"));
+}
+
+#[test]
+fn check_loads_plugins_as_the_host_would() {
+    let digest = |name: &str| {
+        let shown = stdout(&cfm(&["plugin", "inspect", built(name).to_str().unwrap()]));
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix("sha256: "))
+            .unwrap()
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plugins.toml");
+    // vault imports secrets but is granted none; noop needs nothing.
+    std::fs::write(
+        &config,
+        format!(
+            "[[plugin]]\nname = \"vault\"\npath = \"{}\"\nsha256 = \"{}\"\nactivity-types = [\"v\"]\n\n\
+             [[plugin]]\nname = \"noop\"\npath = \"{}\"\nsha256 = \"{}\"\nactivity-types = [\"n\"]\n",
+            built("vault").display(),
+            digest("vault"),
+            built("noop").display(),
+            digest("noop"),
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let all = cfm(&["plugin", "check", "--config", config]);
+    assert!(!all.status.success());
+    let text = String::from_utf8_lossy(&all.stdout);
+    assert!(text.contains("noop: ok"), "{text}");
+    assert!(
+        text.contains("vault:") && text.contains("'secrets' capability"),
+        "{text}"
+    );
+    stdout(&cfm(&["plugin", "check", "--config", config, "noop"]));
+    let unknown = cfm(&["plugin", "check", "--config", config, "nope"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no plugin named 'nope'"));
+}

@@ -286,6 +286,61 @@ fn engine(max_memory: usize, slots: u32) -> Result<Engine, HostError> {
     Engine::new(&config).map_err(|e| HostError::Engine(format!("{e:#}")))
 }
 
+/// What a component file declares, for `cfm plugin inspect`.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub sha256: String,
+    pub size: usize,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+impl Inspection {
+    /// The cfm capabilities it imports (`secrets`, `cluster`, `dns`; `log` needs no grant):
+    /// each needs a `[plugin.grants]` entry before the host will load it.
+    pub fn capabilities(&self) -> Vec<String> {
+        self.imports
+            .iter()
+            .filter_map(|i| i.strip_prefix("cfm:plugin/"))
+            .map(|i| i.split('@').next().unwrap_or(i).to_string())
+            .filter(|i| i != "log" && i != "types")
+            .collect()
+    }
+}
+
+/// Reads and compiles a component file to list what it imports and exports.
+pub fn inspect(path: &Path) -> Result<Inspection, HostError> {
+    let bytes = std::fs::read(path).map_err(|source| HostError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })?;
+    let engine = Engine::new(&Config::new()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let component = Component::new(&engine, &bytes).map_err(|e| HostError::Load {
+        plugin: path.display().to_string(),
+        message: format!("not a valid component: {e:#}"),
+    })?;
+    let ty = component.component_type();
+    Ok(Inspection {
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        size: bytes.len(),
+        imports: ty
+            .imports(&engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        exports: ty
+            .exports(&engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+    })
+}
+
+/// Loads one plugin of `config` exactly as the host would (digest, signature, grants,
+/// contract) without running it, for `cfm plugin check`.
+pub fn check(config: &HostConfig, plugin: &PluginConfig) -> Result<(), HostError> {
+    let engine = engine(plugin.limits.memory_bytes(), 1)?;
+    load(&engine, config, plugin, None).map(|_| ())
+}
+
 /// The plugin's signature file must verify with one of its trusted keys.
 fn check_signature(plugin: &PluginConfig, path: &Path, digest: &str) -> Result<(), HostError> {
     let signature_path = signature_path(path);
