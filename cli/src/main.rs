@@ -159,6 +159,10 @@ struct HostArgs {
     /// reported fatal.
     #[arg(long, default_value_t = 10)]
     max_deliveries: u64,
+    /// How often to look for a changed plugin configuration or plugin file and reload;
+    /// running activities finish on the old version. 0 turns reloading off.
+    #[arg(long, env = "CFM_PLUGIN_RELOAD_SECS", default_value_t = 2)]
+    plugin_reload_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -285,7 +289,7 @@ fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let audit = Audit::to_file(&data_dir.join("audit.jsonl")).context("opening the audit log")?;
-    Ok(AgentHost::new(
+    let host = AgentHost::new(
         &config,
         Backends::embedded(data_dir),
         audit,
@@ -293,7 +297,12 @@ fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
             max_concurrent_invocations: args.concurrency as u32,
             compile_cache: Some(data_dir.join("cache")),
         },
-    )?)
+    )?;
+    if args.plugin_reload_secs > 0 {
+        // Runs for the life of the process.
+        drop(host.watch(plugins, Duration::from_secs(args.plugin_reload_secs)));
+    }
+    Ok(host)
 }
 
 async fn connect(url: &str, args: &NatsArgs) -> anyhow::Result<Arc<dyn Queue>> {

@@ -58,7 +58,11 @@ pub struct AgentHost {
 
 struct Inner {
     engine: Engine,
-    by_activity_type: HashMap<String, Arc<LoadedPlugin>>,
+    /// Swapped whole by a reload; an invocation keeps the plugin it started with.
+    by_activity_type: std::sync::RwLock<Arc<HashMap<String, Arc<LoadedPlugin>>>>,
+    /// Memory the engine's pool was sized for: a reload cannot raise a plugin above it.
+    max_memory: usize,
+    compile_cache: Option<PathBuf>,
     backends: Backends,
     audit: Audit,
     slots: tokio::sync::Semaphore,
@@ -114,20 +118,14 @@ impl AgentHost {
             .max()
             .unwrap_or(1 << 20);
         let engine = engine(max_memory, options.max_concurrent_invocations)?;
-        let mut by_activity_type = HashMap::new();
-        let cache = options.compile_cache.as_deref();
-        for plugin in &config.plugins {
-            let loaded = Arc::new(load(&engine, config, plugin, cache)?);
-            for activity_type in &plugin.activity_types {
-                by_activity_type.insert(activity_type.clone(), loaded.clone());
-            }
-            tracing::info!(plugin = %plugin.name, types = ?plugin.activity_types, "plugin loaded");
-        }
+        let by_activity_type = load_all(&engine, config, options.compile_cache.as_deref())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 _ticker: EpochTicker::start(engine.clone()),
                 engine,
-                by_activity_type,
+                by_activity_type: std::sync::RwLock::new(Arc::new(by_activity_type)),
+                max_memory,
+                compile_cache: options.compile_cache,
                 backends,
                 audit,
                 slots: tokio::sync::Semaphore::new(options.max_concurrent_invocations as usize),
@@ -135,9 +133,76 @@ impl AgentHost {
         })
     }
 
+    /// Replaces the plugins with those of `config`, all or none: a configuration that
+    /// fails to load leaves the running set in place. Invocations already running finish
+    /// on the version they started with. Activity types a worker did not pull at start
+    /// need a restart to be pulled.
+    pub fn reload(&self, config: &HostConfig) -> Result<(), HostError> {
+        if let Some(plugin) = config
+            .plugins
+            .iter()
+            .find(|p| p.limits.memory_bytes() > self.inner.max_memory)
+        {
+            return Err(HostError::Config(format!(
+                "plugin '{}': memory-mib above what this host started with ({} MiB); restart to raise it",
+                plugin.name,
+                self.inner.max_memory >> 20
+            )));
+        }
+        let loaded = load_all(
+            &self.inner.engine,
+            config,
+            self.inner.compile_cache.as_deref(),
+        )?;
+        *self
+            .inner
+            .by_activity_type
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(loaded);
+        tracing::info!("plugin configuration reloaded");
+        Ok(())
+    }
+
+    /// Reloads whenever the configuration file or a plugin file it names changes
+    /// (checked every `every`), until the returned task is aborted. A change that fails
+    /// to load is logged and the running plugins stay.
+    pub fn watch(&self, config_path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+        let host = self.clone();
+        tokio::spawn(async move {
+            let mut seen = fingerprint(&config_path);
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                ticks.tick().await;
+                let now = fingerprint(&config_path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                // Compiling a changed plugin takes a while: off the async workers.
+                let (path, reloading) = (config_path.clone(), host.clone());
+                let outcome = tokio::task::spawn_blocking(move || {
+                    HostConfig::load(&path).and_then(|config| reloading.reload(&config))
+                })
+                .await
+                .unwrap_or_else(|e| Err(HostError::Engine(format!("reload task: {e}"))));
+                if let Err(e) = outcome {
+                    tracing::error!(
+                        "plugin configuration not reloaded, keeping the running plugins: {e}"
+                    );
+                }
+            }
+        })
+    }
+
     /// Runs one activity attempt to an outcome; never panics on plugin behaviour.
     pub async fn run(&self, task: &ActivityTask) -> ActivityOutcome {
-        let Some(plugin) = self.inner.by_activity_type.get(&task.activity_type) else {
+        let plugins = self
+            .inner
+            .by_activity_type
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let Some(plugin) = plugins.get(&task.activity_type) else {
             return ActivityOutcome::Fatal {
                 reason: format!("no plugin serves activity type '{}'", task.activity_type),
             };
@@ -262,7 +327,13 @@ impl ActivityExecutor for AgentHost {
     }
 
     fn activity_types(&self) -> Vec<String> {
-        let mut types: Vec<String> = self.inner.by_activity_type.keys().cloned().collect();
+        let plugins = self
+            .inner
+            .by_activity_type
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let mut types: Vec<String> = plugins.keys().cloned().collect();
         types.sort();
         types
     }
@@ -284,6 +355,41 @@ fn engine(max_memory: usize, slots: u32) -> Result<Engine, HostError> {
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).map_err(|e| HostError::Engine(format!("{e:#}")))
+}
+
+/// Every plugin of `config`, by the activity types it serves.
+fn load_all(
+    engine: &Engine,
+    config: &HostConfig,
+    cache: Option<&Path>,
+) -> Result<HashMap<String, Arc<LoadedPlugin>>, HostError> {
+    let mut by_activity_type = HashMap::new();
+    for plugin in &config.plugins {
+        let loaded = Arc::new(load(engine, config, plugin, cache)?);
+        for activity_type in &plugin.activity_types {
+            by_activity_type.insert(activity_type.clone(), loaded.clone());
+        }
+        tracing::info!(plugin = %plugin.name, sha256 = %plugin.sha256, types = ?plugin.activity_types, "plugin loaded");
+    }
+    Ok(by_activity_type)
+}
+
+/// What a configuration file and the plugin files it names look like on disk (size and
+/// modification time): a change means a reload.
+fn fingerprint(config_path: &Path) -> Vec<(PathBuf, Option<(u64, std::time::SystemTime)>)> {
+    let stat = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    };
+    let mut seen = vec![(config_path.to_path_buf(), stat(config_path))];
+    if let Ok(config) = HostConfig::load(config_path) {
+        for plugin in &config.plugins {
+            let path = config.plugin_path(plugin);
+            seen.push((path.clone(), stat(&path)));
+        }
+    }
+    seen
 }
 
 /// What a component file declares, for `cfm plugin inspect`.

@@ -519,3 +519,94 @@ async fn a_plugin_that_requires_a_signature_loads_only_with_a_trusted_one() {
     .expect_err("a bad key was accepted");
     assert!(err.to_string().contains("trusted-keys"), "{err}");
 }
+
+/// The slow plugin (its output says the delay it ran with) configured with `delay_ms`.
+fn slow_config_text(delay_ms: u64) -> String {
+    format!(
+        "[[plugin]]\nname = \"slow\"\npath = \"{}\"\nsha256 = \"{}\"\nactivity-types = [\"example.slow\"]\n\
+         [plugin.settings]\ndelayMs = {delay_ms}\n[plugin.grants]\nsecrets = [\"participants/{{participantContextId}}/slow-marker\"]\n",
+        plugin_dir().join("slow.wasm").display(),
+        digest("slow"),
+    )
+}
+
+fn delay_of(outcome: &ActivityOutcome) -> u64 {
+    match outcome {
+        ActivityOutcome::Complete { output } => output["slowDelayMs"].as_u64().unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_configuration_is_picked_up_without_dropping_running_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plugins.toml");
+    std::fs::write(&path, slow_config_text(3000)).unwrap();
+    // With a compile cache, as agents run: an unchanged component reloads without compiling.
+    let host = AgentHost::new(
+        &HostConfig::load(&path).unwrap(),
+        Backends::embedded(dir.path()),
+        Audit::to_file(&dir.path().join("audit.jsonl")).unwrap(),
+        HostOptions {
+            compile_cache: Some(dir.path().join("cache")),
+            ..HostOptions::default()
+        },
+    )
+    .unwrap();
+    let harness = Harness {
+        host,
+        data: tempfile::tempdir().unwrap(),
+    };
+    let watcher = harness
+        .host
+        .watch(path.clone(), std::time::Duration::from_millis(100));
+
+    let host = harness.host.clone();
+    let running = tokio::spawn(async move { host.run(&task("example.slow", PC)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    std::fs::write(&path, slow_config_text(5)).unwrap();
+
+    // The new settings arrive while the first invocation still sleeps on the old ones.
+    // (An attempt still on the old version sleeps 3 s; it is cut short and tried again.)
+    let started = std::time::Instant::now();
+    loop {
+        let next = task("example.slow", PC);
+        let attempt = harness.host.run(&next);
+        if let Ok(outcome) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), attempt).await
+        {
+            assert_eq!(delay_of(&outcome), 5);
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never reloaded"
+        );
+    }
+    assert!(
+        !running.is_finished(),
+        "the first invocation ended before the reload"
+    );
+    assert_eq!(
+        delay_of(&running.await.unwrap()),
+        3000,
+        "running work changed version"
+    );
+
+    // A broken configuration is refused and the running plugins stay.
+    std::fs::write(&path, "[[plugin]]\nname = \"slow\"\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        delay_of(&harness.host.run(&task("example.slow", PC)).await),
+        5
+    );
+    let err = harness.host.reload(
+        &HostConfig::parse(&slow_config_text(5).replace(
+            "[plugin.settings]",
+            "[plugin.limits]\nmemory-mib = 4096\n[plugin.settings]",
+        ))
+        .unwrap(),
+    );
+    assert!(err.unwrap_err().to_string().contains("restart"));
+    watcher.abort();
+}
