@@ -10,6 +10,25 @@ use sha2::{Digest, Sha256};
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
+    /// Create a plugin crate that builds as is: NAME/ with Cargo.toml, src/lib.rs and the
+    /// wasm32-wasip2 target selected.
+    New {
+        /// Lowercase letters, digits and `-`.
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin SDK crate (`plugins/sdk` of a cfm checkout). Default: the one beside
+        /// this binary's build folder.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a plugin crate for wasm32-wasip2 (release) and print the component's path,
+    /// its sha256 and a configuration entry for it.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Create an Ed25519 signing key (hex seed, mode 0600) and print its public key, the
     /// value a configuration lists under `trusted-keys`.
     Keygen {
@@ -45,6 +64,8 @@ pub enum PluginCommand {
 
 pub fn run(command: PluginCommand) -> anyhow::Result<()> {
     match command {
+        PluginCommand::New { name, dir, sdk } => scaffold(&name, &dir, sdk)?,
+        PluginCommand::Build { dir } => build(&dir)?,
         PluginCommand::Keygen { out } => {
             let key = signature::create_key_file(&out)
                 .with_context(|| format!("creating {}", out.display()))?;
@@ -128,4 +149,129 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
 fn digest(file: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+const CARGO_TOML: &str = include_str!("plugin_template/Cargo.toml.tmpl");
+const CARGO_CONFIG: &str = include_str!("plugin_template/config.toml.tmpl");
+const LIB_RS: &str = include_str!("plugin_template/lib.rs.tmpl");
+const CONFIG_ENTRY: &str = include_str!("plugin_template/plugins.toml.tmpl");
+
+fn scaffold(name: &str, dir: &Path, sdk: Option<PathBuf>) -> anyhow::Result<()> {
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!(
+            "plugin name '{name}': use lowercase letters, digits and '-', starting with a letter"
+        );
+    }
+    let sdk = match sdk {
+        Some(sdk) => sdk,
+        None => default_sdk()?,
+    };
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("the plugin SDK at {}", sdk.display()))?;
+    if !sdk.join("Cargo.toml").exists() {
+        bail!("{} is not the plugin SDK crate", sdk.display());
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        bail!("{} already exists", root.display());
+    }
+    let type_name: String = name
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let fill = |template: &str| {
+        template
+            .replace("{{crate}}", &format!("cfm-plugin-{name}"))
+            .replace("{{name}}", name)
+            .replace("{{type_name}}", &type_name)
+            .replace("{{sdk}}", &sdk.display().to_string())
+    };
+    std::fs::create_dir_all(root.join("src"))?;
+    std::fs::create_dir_all(root.join(".cargo"))?;
+    std::fs::write(root.join("Cargo.toml"), fill(CARGO_TOML))?;
+    std::fs::write(root.join(".cargo/config.toml"), fill(CARGO_CONFIG))?;
+    std::fs::write(root.join("src/lib.rs"), fill(LIB_RS))?;
+    println!("created {}", root.display());
+    println!("build it with: cfm plugin build {}", root.display());
+    Ok(())
+}
+
+fn build(dir: &Path) -> anyhow::Result<()> {
+    let manifest = dir.join("Cargo.toml");
+    let status = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .status()
+        .context("running cargo (is the Rust toolchain installed?)")?;
+    if !status.success() {
+        bail!("cargo build failed for {}", manifest.display());
+    }
+    let metadata = std::process::Command::new("cargo")
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .output()
+        .context("running cargo metadata")?;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&metadata.stdout).context("reading cargo metadata")?;
+    let target_dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target directory")?;
+    let package = metadata["packages"][0]["name"]
+        .as_str()
+        .context("cargo metadata names no package")?;
+    let wasm = Path::new(target_dir)
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    let digest = digest(&wasm)?;
+    let name = package.strip_prefix("cfm-plugin-").unwrap_or(package);
+    println!("component {}", wasm.display());
+    println!("sha256 {digest}");
+    println!();
+    print!(
+        "{}",
+        CONFIG_ENTRY
+            .replace("{{name}}", name)
+            .replace("{{wasm}}", &wasm.display().to_string())
+            .replace("{{sha256}}", &digest)
+    );
+    Ok(())
+}
+
+/// `plugins/sdk` of the checkout this binary was built in (`target/<profile>/cfm`).
+fn default_sdk() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|root| root.join("plugins/sdk"));
+    match candidate {
+        Some(path) if path.join("Cargo.toml").exists() => Ok(path),
+        _ => bail!(
+            "cannot find the plugin SDK beside this binary: pass --sdk PATH (plugins/sdk of a cfm checkout)"
+        ),
+    }
 }

@@ -165,3 +165,90 @@ fn check_loads_plugins_as_the_host_would() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no plugin named 'nope'"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaffolded_plugin_builds_loads_and_runs() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&cfm(&[
+        "plugin",
+        "new",
+        "hello-world",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]));
+    let crate_dir = dir.path().join("hello-world");
+    let again = cfm(&[
+        "plugin",
+        "new",
+        "hello-world",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        !again.status.success(),
+        "an existing plugin was overwritten"
+    );
+    assert!(!cfm(&["plugin", "new", "Bad_Name"]).status.success());
+
+    // The plugin workspace's resolved versions, so the build needs nothing new; a target
+    // folder of its own, as the one this test runs from is locked by its cargo.
+    std::fs::copy(
+        repo.join("plugins/Cargo.lock"),
+        crate_dir.join("Cargo.lock"),
+    )
+    .unwrap();
+    let built = Command::new(env!("CARGO_BIN_EXE_cfm"))
+        .args(["plugin", "build", crate_dir.to_str().unwrap()])
+        .env("CARGO_TARGET_DIR", repo.join("target/scaffold-test"))
+        .output()
+        .unwrap();
+    let shown = stdout(&built);
+    let entry = &shown[shown.find("[[plugin]]").expect("a configuration entry")..];
+    assert!(
+        entry.contains("activity-types = [\"hello-world.activity\"]"),
+        "{entry}"
+    );
+
+    let config_path = dir.path().join("plugins.toml");
+    std::fs::write(&config_path, entry).unwrap();
+    let checked = stdout(&cfm(&[
+        "plugin",
+        "check",
+        "--config",
+        config_path.to_str().unwrap(),
+    ]));
+    assert!(checked.contains("hello-world: ok"), "{checked}");
+
+    let config = cfm_host::HostConfig::load(&config_path).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let host = cfm_host::AgentHost::new(
+        &config,
+        cfm_host::Backends::embedded(data.path()),
+        cfm_host::Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
+        cfm_host::runtime::HostOptions::default(),
+    )
+    .unwrap();
+    let task = cfm_protocol::ActivityTask {
+        orchestration_id: "o1".into(),
+        activity_id: "hello".into(),
+        activity_type: "hello-world.activity".into(),
+        discriminator: "cfm.orchestration.vpa.deploy".into(),
+        attempt: 1,
+        participant_id: "did:web:p.example".into(),
+        participant_context_id: "p1".into(),
+        processing_data: serde_json::json!({"cfm.participant.id": "did:web:p.example",
+            "cfm.participant.contextId": "p1"})
+        .as_object()
+        .unwrap()
+        .clone(),
+        state: None,
+        timeout_ms: 30_000,
+    };
+    match host.run(&task).await {
+        cfm_protocol::ActivityOutcome::Complete { output } => {
+            assert_eq!(output["markerPath"], "participants/p1/hello-world-marker");
+        }
+        other => panic!("{other:?}"),
+    }
+}
