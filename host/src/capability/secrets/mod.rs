@@ -1,6 +1,7 @@
 //! The `secrets` capability: grant check in front of a secret store.
 
 pub mod embedded;
+pub mod vault;
 
 use crate::bindings::cfm::plugin::secrets::Host;
 use crate::bindings::cfm::plugin::types::{CapabilityError, Change};

