@@ -201,8 +201,11 @@ impl Engine {
         outcome: ActivityOutcome,
     ) -> Result<()> {
         let mut tx = store::write(&self.db).await?;
+        // The orchestration's row first, then its queue rows: the order cancel takes them
+        // in too, so the two never deadlock on PostgreSQL.
+        let current = self.current(&mut tx, &task.orchestration_id).await?;
         queue::ack(&mut tx, message_id).await?;
-        let Some(current) = self.current(&mut tx, &task.orchestration_id).await? else {
+        let Some(current) = current else {
             tx.commit().await?;
             return Ok(());
         };
