@@ -421,17 +421,19 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 /// `target/plugins/plugins.toml` beside the folder of this binary (`target/debug/cfm`).
 fn default_plugins() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|target| target.join("plugins").join("plugins.toml"));
-    match candidate {
+    match build_dir().map(|target| target.join("plugins").join("plugins.toml")) {
         Some(path) if path.exists() => Ok(path),
         _ => bail!(
             "no plugin configuration: pass --plugins FILE (or set CFM_PLUGINS), or build the built-in plugins with scripts/build-plugins.sh"
         ),
     }
+}
+
+/// The cargo `target/` folder this binary was built into (`target/<profile>/cfm`), where
+/// the built-in plugins are laid out and beside which the checkout lies.
+fn build_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.parent()?.parent().map(Path::to_path_buf)
 }
 
 async fn shutdown() {

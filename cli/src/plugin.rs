@@ -262,12 +262,8 @@ fn build(dir: &Path) -> anyhow::Result<()> {
 
 /// `plugins/sdk` of the checkout this binary was built in (`target/<profile>/cfm`).
 fn default_sdk() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .map(|root| root.join("plugins/sdk"));
+    let candidate =
+        crate::build_dir().and_then(|target| target.parent().map(|root| root.join("plugins/sdk")));
     match candidate {
         Some(path) if path.join("Cargo.toml").exists() => Ok(path),
         _ => bail!(

@@ -194,14 +194,18 @@ impl AgentHost {
         })
     }
 
-    /// Runs one activity attempt to an outcome; never panics on plugin behaviour.
-    pub async fn run(&self, task: &ActivityTask) -> ActivityOutcome {
-        let plugins = self
-            .inner
+    /// The plugin table as it is now; a reload swaps it without touching this copy.
+    fn plugins(&self) -> Arc<HashMap<String, Arc<LoadedPlugin>>> {
+        self.inner
             .by_activity_type
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+            .clone()
+    }
+
+    /// Runs one activity attempt to an outcome; never panics on plugin behaviour.
+    pub async fn run(&self, task: &ActivityTask) -> ActivityOutcome {
+        let plugins = self.plugins();
         let Some(plugin) = plugins.get(&task.activity_type) else {
             return ActivityOutcome::Fatal {
                 reason: format!("no plugin serves activity type '{}'", task.activity_type),
@@ -327,12 +331,7 @@ impl ActivityExecutor for AgentHost {
     }
 
     fn activity_types(&self) -> Vec<String> {
-        let plugins = self
-            .inner
-            .by_activity_type
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let plugins = self.plugins();
         let mut types: Vec<String> = plugins.keys().cloned().collect();
         types.sort();
         types
