@@ -27,6 +27,7 @@ plugins=(
     k8s=cfm_plugin_k8s
     dns=cfm_plugin_dns
     issuer=cfm_plugin_issuer
+    edc-context=cfm_plugin_edc_context
     slow=cfm_plugin_example_slow
     hostile=cfm_plugin_example_hostile
     noop=cfm_plugin_example_noop
@@ -40,7 +41,7 @@ for entry in "${plugins[@]}"; do
     cp "$built/${entry#*=}.wasm" "$out/$name.wasm"
     digest="$(sha256sum "$out/$name.wasm" | cut -d' ' -f1)"
     sed -i "s/\"@sha256:$name\"/\"$digest\"/" "$tmp"
-    printf '%-8s %8d bytes  sha256:%s\n' "$name" "$(stat -c %s "$out/$name.wasm")" "$digest"
+    printf '%-11s %8d bytes  sha256:%s\n' "$name" "$(stat -c %s "$out/$name.wasm")" "$digest"
 done
 
 # A placeholder left over means the template names a plugin this script does not build.

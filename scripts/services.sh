@@ -80,3 +80,17 @@ if ! "$bao_home/bin/bao" version >/dev/null 2>&1; then
     exit 1
 fi
 echo "OpenBao: $("$bao_home/bin/bao" version)"
+
+# BIND9 for the RFC 2136 DNS-backend tests (Debian's bind9; dig from bind9-dnsutils checks
+# records independently of cfm's client). Tests start their own `named` on free ports.
+if ! command -v named >/dev/null && [ ! -x /usr/sbin/named ] || ! command -v dig >/dev/null; then
+    echo "installing BIND9 (Debian bind9, bind9-dnsutils)"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q bind9 bind9-dnsutils
+fi
+named_bin="$(command -v named || echo /usr/sbin/named)"
+if ! "$named_bin" -v >/dev/null 2>&1; then
+    echo "error: BIND9's named does not run; the DNS-backend tests need it" >&2
+    exit 1
+fi
+echo "BIND9: $("$named_bin" -v)"

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cfm_host::capability::dns::rfc2136::{DynamicUpdates, TsigKey};
 use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig};
@@ -177,6 +178,14 @@ struct HostArgs {
     /// Folder of the mount that cfm's secrets live under.
     #[arg(long, env = "CFM_VAULT_PREFIX", default_value = "cfm/")]
     vault_prefix: String,
+    /// Send plugins' DNS records to this authoritative server (`host:port`) as RFC 2136
+    /// dynamic updates, instead of zone files in the data directory.
+    #[arg(long, env = "CFM_DNS_SERVER")]
+    dns_server: Option<std::net::SocketAddr>,
+    /// The TSIG key signing those updates, in BIND's key-file format (`tsig-keygen NAME`
+    /// writes one). Read once at start; the secret is never logged.
+    #[arg(long, env = "CFM_DNS_TSIG_KEY_FILE", requires = "dns_server")]
+    dns_tsig_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -315,6 +324,25 @@ fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
         })?;
         tracing::info!(%address, mount = %args.vault_mount, "plugin secrets are kept in Vault");
         backends = backends.with_secrets(Arc::new(secrets));
+    }
+    if let Some(server) = args.dns_server {
+        let key = args
+            .dns_tsig_key_file
+            .as_deref()
+            .map(TsigKey::load)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        match &key {
+            Some(key) => {
+                tracing::info!(%server, key = %key.name, "plugin DNS records go to an authoritative server (RFC 2136, TSIG)")
+            }
+            None => {
+                tracing::warn!(%server, "plugin DNS records go to an authoritative server unsigned: give --dns-tsig-key-file unless the server trusts this address")
+            }
+        }
+        backends = backends.with_dns(Arc::new(
+            DynamicUpdates::new(server, key).map_err(anyhow::Error::msg)?,
+        ));
     }
     let host = AgentHost::new(
         &config,

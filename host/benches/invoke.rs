@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cfm_host::fairness::FULL_SPEED;
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig};
 use cfm_protocol::{ActivityOutcome, ActivityTask};
@@ -34,7 +35,7 @@ async fn run() {
             Audit::default(),
             HostOptions::default(),
         )
-        .expect("loading the hostile example plugin"),
+        .expect("loading the example plugins"),
     );
     let task = task();
 
@@ -65,14 +66,19 @@ async fn run() {
     }
     let throughput = (2 * CALLS) as f64 / started.elapsed().as_secs_f64();
 
+    // A runaway computes at full speed for `FULL_SPEED`, then is throttled: measure
+    // beside it in both phases.
     let runaway = {
         let host = host.clone();
         let mut spin = task.clone();
         spin.activity_type = "example.spin".into();
         tokio::spawn(async move { host.run(&spin).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let plugin_beside_runaway = measure(&host, &task).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let beside_full_speed = measure_n(&host, &task, CALLS / 3).await;
+    tokio::time::sleep(FULL_SPEED + Duration::from_millis(100)).await;
+    let beside_throttled = measure(&host, &task).await;
+    // Its deadline (3 s) stops it.
     let stopped = runaway.await.expect("runaway");
     assert!(
         matches!(stopped, ActivityOutcome::Retry { .. }),
@@ -84,7 +90,14 @@ async fn run() {
     println!("|---|---|---|");
     row("native Rust", &native_solo);
     row("plugin, fresh instance per call", &plugin_solo);
-    row("plugin, beside a runaway plugin", &plugin_beside_runaway);
+    row(
+        "plugin, beside a runaway plugin in its first 200 ms (full speed)",
+        &beside_full_speed,
+    );
+    row(
+        "plugin, beside a runaway plugin after that (throttled)",
+        &beside_throttled,
+    );
     let added = plugin_solo.median.saturating_sub(native_solo.median);
     println!();
     println!(
@@ -92,9 +105,11 @@ async fn run() {
         added.as_secs_f64() * 1e6
     );
     println!("isolated invocations/s on 2 workers: {throughput:.0}");
+    let ratio = |beside: &Stats| beside.p99.as_secs_f64() / plugin_solo.p99.as_secs_f64();
     println!(
-        "p99 beside a runaway / p99 alone: {:.2}",
-        plugin_beside_runaway.p99.as_secs_f64() / plugin_solo.p99.as_secs_f64()
+        "p99 beside a runaway / p99 alone: {:.2} while it runs at full speed, {:.2} once throttled",
+        ratio(&beside_full_speed),
+        ratio(&beside_throttled)
     );
 }
 
@@ -104,8 +119,12 @@ struct Stats {
 }
 
 async fn measure(host: &AgentHost, task: &ActivityTask) -> Stats {
-    let mut samples = Vec::with_capacity(CALLS);
-    for _ in 0..CALLS {
+    measure_n(host, task, CALLS).await
+}
+
+async fn measure_n(host: &AgentHost, task: &ActivityTask, calls: usize) -> Stats {
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
         let started = Instant::now();
         let outcome = host.run(task).await;
         samples.push(started.elapsed());
@@ -154,14 +173,20 @@ fn native(task: &ActivityTask) -> ActivityOutcome {
 
 fn config() -> HostConfig {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
-    let wasm = std::fs::read(dir.join("hostile.wasm"))
-        .expect("build the plugins with scripts/build-plugins.sh");
-    let digest = hex::encode(Sha256::digest(&wasm));
+    let digest = |name: &str| {
+        let wasm = std::fs::read(dir.join(format!("{name}.wasm")))
+            .expect("build the plugins with scripts/build-plugins.sh");
+        hex::encode(Sha256::digest(&wasm))
+    };
+    // The runaway is the hostile example, which imports every capability: it is granted
+    // each one, with nothing in it.
     let text = format!(
-        "[[plugin]]\nname = \"noop\"\npath = \"hostile.wasm\"\nsha256 = \"{digest}\"\nactivity-types = [\"example.noop\"]\n\
-         [plugin.settings]\nmode = \"noop\"\n[plugin.grants]\nsecrets = [\"none\"]\n[plugin.grants.cluster]\nnamespaces = []\nkinds = []\n\
-         [[plugin]]\nname = \"spin\"\npath = \"hostile.wasm\"\nsha256 = \"{digest}\"\nactivity-types = [\"example.spin\"]\n\
-         [plugin.limits]\ntimeout-ms = 60000\n[plugin.settings]\nmode = \"spin\"\n[plugin.grants]\nsecrets = [\"none\"]\n[plugin.grants.cluster]\nnamespaces = []\nkinds = []\n"
+        "[[plugin]]\nname = \"noop\"\npath = \"noop.wasm\"\nsha256 = \"{}\"\nactivity-types = [\"example.noop\"]\n\
+         [[plugin]]\nname = \"spin\"\npath = \"hostile.wasm\"\nsha256 = \"{}\"\nactivity-types = [\"example.spin\"]\n\
+         [plugin.limits]\ntimeout-ms = 3000\n[plugin.settings]\nmode = \"spin\"\n[plugin.grants]\nsecrets = [\"none\"]\n\
+         [plugin.grants.cluster]\nnamespaces = []\nkinds = []\n[plugin.grants.http]\norigins = []\n",
+        digest("noop"),
+        digest("hostile"),
     );
     let mut config = HostConfig::parse(&text).expect("config");
     config.base_dir = dir;

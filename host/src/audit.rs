@@ -38,7 +38,7 @@ pub enum Decision {
     Denied,
 }
 
-/// What an allowed write did.
+/// What an allowed write (or outbound request) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Effect {
@@ -47,6 +47,8 @@ pub enum Effect {
     Unchanged,
     Deleted,
     Absent,
+    /// An outbound request went out (whatever the server answered).
+    Sent,
 }
 
 impl Audit {

@@ -4,6 +4,8 @@
 //! and resolved per invocation, so a plugin working for one participant can never touch
 //! another's secrets, namespaces or records. Everything not granted is denied.
 
+use std::net::IpAddr;
+
 use serde::Deserialize;
 
 /// The placeholders a grant may use; anything else is a configuration error.
@@ -18,9 +20,7 @@ pub struct Grants {
     pub secrets: Vec<String>,
     pub cluster: Option<ClusterGrant>,
     pub dns: Option<DnsGrant>,
-    /// Outbound HTTP origins (`https://host:port`); linked once the HTTP capability lands.
-    #[serde(default)]
-    pub http: Vec<String>,
+    pub http: Option<HttpGrant>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +41,140 @@ pub struct DnsGrant {
     pub record_types: Vec<String>,
 }
 
+/// Outbound HTTP through `wasi:http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpGrant {
+    /// Origins `scheme://host[:port]`. A `*` in the host matches any run of characters
+    /// (`https://*.issuer.example`), port `*` any port; no port means the scheme's default.
+    pub origins: Vec<String>,
+    /// Loopback, link-local, private and other special-purpose ranges (CIDR) that a
+    /// granted name may resolve to. Such addresses are refused otherwise, so a granted
+    /// name that resolves (or is rebound) to `127.0.0.1` or `169.254.169.254` reaches
+    /// nothing. An origin whose host is an IP literal names its own address.
+    #[serde(default)]
+    pub private_networks: Vec<ipnet::IpNet>,
+}
+
+/// A parsed origin pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPattern {
+    scheme: String,
+    /// Lowercase; `*` globs; IPv6 literals without brackets.
+    host: String,
+    /// None: any port.
+    port: Option<u16>,
+}
+
+impl OriginPattern {
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("http origin '{pattern}' {why}");
+        let (scheme, rest) = pattern
+            .split_once("://")
+            .ok_or_else(|| bad("needs a scheme: http:// or https://"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(bad("must use http or https")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(bad("must be scheme://host[:port], without path or user"));
+        }
+        let (host, port) = split_host_port(rest).ok_or_else(|| bad("has a malformed port"))?;
+        let port = match port {
+            None => Some(default_port),
+            Some("*") => None,
+            Some(p) => Some(p.parse().map_err(|_| bad("has a malformed port"))?),
+        };
+        if host.is_empty() {
+            return Err(bad("has no host"));
+        }
+        Ok(Self {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        self.scheme == scheme && self.port.is_none_or(|p| p == port) && glob(&self.host, host)
+    }
+
+    /// The IP address this pattern names literally, if its host is one.
+    pub fn literal_address(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+/// Splits `host[:port]`, where an IPv6 host is bracketed; the host comes back unbracketed.
+pub fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(after.strip_prefix(':')?))),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host, Some(port))),
+        Some(_) => None,
+        None => Some((authority, None)),
+    }
+}
+
+/// Which resolved addresses outbound HTTP may connect to: public ones, plus the special
+/// ranges a grant names. Per plugin, since private networks are not templated.
+#[derive(Debug, Clone, Default)]
+pub struct AddressPolicy {
+    private_networks: Vec<ipnet::IpNet>,
+}
+
+impl AddressPolicy {
+    pub fn new(grant: &HttpGrant) -> Self {
+        Self {
+            private_networks: grant.private_networks.clone(),
+        }
+    }
+
+    /// Whether a connection to `ip` is allowed.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        !is_special(ip) || self.private_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Loopback, link-local, private, shared, unspecified, multicast and reserved ranges:
+/// where cloud metadata services, the host itself and internal networks live.
+pub fn is_special(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                // NAT64 and 6to4 embed an IPv4 address that could be any of the above.
+                || (first == 0x0064 && v6.segments()[1] == 0xff9b)
+                || first == 0x2002
+        }
+    }
+}
+
 /// Grants resolved for one participant context.
 #[derive(Debug, Clone, Default)]
 pub struct ScopedGrants {
@@ -49,6 +183,7 @@ pub struct ScopedGrants {
     cluster_kinds: Vec<String>,
     dns_zones: Vec<String>,
     dns_record_types: Vec<String>,
+    http_origins: Vec<OriginPattern>,
 }
 
 impl Grants {
@@ -56,8 +191,12 @@ impl Grants {
     pub fn validate(&self) -> Result<(), String> {
         let cluster = self.cluster.iter().flat_map(|c| &c.namespaces);
         let dns = self.dns.iter().flat_map(|d| &d.zones);
-        for pattern in self.secrets.iter().chain(cluster).chain(dns) {
+        let http = self.http.iter().flat_map(|h| &h.origins);
+        for pattern in self.secrets.iter().chain(cluster).chain(dns).chain(http) {
             check_placeholders(pattern)?;
+        }
+        for origin in self.http.iter().flat_map(|h| &h.origins) {
+            OriginPattern::parse(&origin.replace("{participantContextId}", "p"))?;
         }
         for pattern in &self.secrets {
             if pattern.starts_with('/') || pattern.split('/').any(|s| s.is_empty() || s == "..") {
@@ -97,7 +236,16 @@ impl Grants {
             ),
             None => Default::default(),
         };
+        let http_origins = match &self.http {
+            // Validated at load; a context id that makes an origin malformed drops it.
+            Some(h) => resolve(&h.origins)
+                .iter()
+                .filter_map(|o| OriginPattern::parse(o).ok())
+                .collect(),
+            None => Vec::new(),
+        };
         ScopedGrants {
+            http_origins,
             secrets: resolve(&self.secrets),
             cluster_namespaces: namespaces,
             cluster_kinds: kinds,
@@ -130,6 +278,20 @@ impl ScopedGrants {
                 .dns_record_types
                 .iter()
                 .any(|t| t == "*" || *t == record_type)
+    }
+
+    /// `host` lowercase and unbracketed.
+    pub fn allows_http(&self, scheme: &str, host: &str, port: u16) -> bool {
+        self.http_origins
+            .iter()
+            .any(|o| o.matches(scheme, host, port))
+    }
+
+    /// Whether an origin names `ip` literally, which allows it even in a special range.
+    pub fn names_address(&self, ip: IpAddr) -> bool {
+        self.http_origins
+            .iter()
+            .any(|o| o.literal_address() == Some(ip))
     }
 }
 
@@ -221,7 +383,14 @@ mod tests {
                 zones: vec!["participants.example.".into()],
                 record_types: vec!["cname".into()],
             }),
-            http: vec![],
+            http: Some(HttpGrant {
+                origins: vec![
+                    "https://{participantContextId}.issuer.example".into(),
+                    "http://127.0.0.1:*".into(),
+                    "https://*.hub.example:8443".into(),
+                ],
+                private_networks: vec![],
+            }),
         }
     }
 
@@ -293,5 +462,71 @@ mod tests {
         assert!(glob("*-x-*", "a-x-b"));
         assert!(!glob("cfm-*", "xcfm-abc"));
         assert!(glob("*", ""));
+    }
+
+    #[test]
+    fn http_origins_match_scheme_host_and_port() {
+        let scoped = grants().scoped("p1");
+        assert!(scoped.allows_http("https", "p1.issuer.example", 443));
+        assert!(!scoped.allows_http("https", "p2.issuer.example", 443));
+        assert!(!scoped.allows_http("http", "p1.issuer.example", 443));
+        assert!(!scoped.allows_http("https", "p1.issuer.example", 8443));
+        assert!(scoped.allows_http("http", "127.0.0.1", 1234));
+        assert!(scoped.allows_http("https", "a.b.hub.example", 8443));
+        assert!(!scoped.allows_http("https", "hub.example", 8443));
+        assert!(scoped.names_address("127.0.0.1".parse().unwrap()));
+        assert!(!scoped.names_address("127.0.0.2".parse().unwrap()));
+        assert!(
+            !Grants::default()
+                .scoped("p1")
+                .allows_http("https", "x", 443)
+        );
+    }
+
+    #[test]
+    fn malformed_origins_are_refused() {
+        for bad in [
+            "issuer.example",
+            "ftp://issuer.example",
+            "https://issuer.example/path",
+            "https://user@issuer.example",
+            "https://issuer.example:http",
+            "https://",
+            "https://[::1",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad} was accepted");
+        }
+        let v6 = OriginPattern::parse("http://[::1]:8080").unwrap();
+        assert!(v6.matches("http", "::1", 8080));
+        assert_eq!(v6.literal_address(), Some("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn special_addresses_need_a_named_network() {
+        let closed = AddressPolicy::default();
+        for ip in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(!closed.allows(ip.parse().unwrap()), "{ip} was allowed");
+        }
+        assert!(closed.allows("93.184.216.34".parse().unwrap()));
+        assert!(closed.allows("2606:2800:220:1::1".parse().unwrap()));
+        let open = AddressPolicy::new(&HttpGrant {
+            origins: vec![],
+            private_networks: vec!["10.0.0.0/8".parse().unwrap()],
+        });
+        assert!(open.allows("10.1.2.3".parse().unwrap()));
+        assert!(!open.allows("127.0.0.1".parse().unwrap()));
     }
 }

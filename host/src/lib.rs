@@ -3,7 +3,7 @@
 //! A plugin is loaded from a `.wasm` file pinned by sha256, compiled once, and
 //! instantiated in a fresh wasmtime `Store` for every invocation, with memory and
 //! wall-clock limits. It reaches the outside world only through the capabilities its
-//! configuration grants (secrets, cluster, dns), each call checked against grants scoped
+//! configuration grants (secrets, cluster, dns, outbound HTTP), each call checked against grants scoped
 //! to the participant being processed and audited. The host never touches the database:
 //! it receives an `ActivityTask` and answers an `ActivityOutcome`.
 
@@ -11,6 +11,7 @@ pub mod audit;
 pub mod capability;
 pub mod config;
 pub mod error;
+pub mod fairness;
 pub mod grants;
 pub mod runtime;
 pub mod signature;

@@ -22,14 +22,17 @@ use wasmtime::{
     StoreLimitsBuilder,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::audit::Audit;
 use crate::bindings::ActivityPluginPre;
 use crate::bindings::cfm::plugin::types::{ActivityRequest, ActivityResult};
 use crate::bindings::cfm::plugin::{cluster, dns, log, secrets};
+use crate::capability::http::{OutboundHttp, PluginHttp};
 use crate::capability::{Backends, CallContext};
 use crate::config::{HostConfig, Limits, PluginConfig};
 use crate::error::HostError;
+use crate::fairness::CpuMeter;
 use crate::grants::Grants;
 
 /// Engine-wide settings.
@@ -75,6 +78,8 @@ struct LoadedPlugin {
     limits: Limits,
     grants: Grants,
     settings: String,
+    /// Present when the plugin has an `http` grant.
+    http: Option<PluginHttp>,
 }
 
 /// The per-invocation store data: WASI state with nothing granted, plus the capability context.
@@ -82,7 +87,9 @@ pub struct Invocation {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    pub(crate) calls: CallContext,
+    pub(crate) calls: Arc<CallContext>,
+    http_ctx: WasiHttpCtx,
+    http: OutboundHttp,
     pub(crate) log_lines: u32,
     pub(crate) logs_dropped: u32,
 }
@@ -92,6 +99,17 @@ impl WasiView for Invocation {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+/// Linked only for plugins with an `http` grant; every request passes [`OutboundHttp`].
+impl WasiHttpView for Invocation {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
         }
     }
 }
@@ -236,7 +254,7 @@ impl AgentHost {
     }
 
     async fn invoke(&self, plugin: &LoadedPlugin, task: &ActivityTask) -> ActivityOutcome {
-        let calls = CallContext {
+        let calls = Arc::new(CallContext {
             plugin: plugin.name.clone(),
             orchestration_id: task.orchestration_id.clone(),
             activity_id: task.activity_id.clone(),
@@ -246,7 +264,7 @@ impl AgentHost {
             grants: plugin.grants.scoped(&task.participant_context_id),
             backends: self.inner.backends.clone(),
             audit: self.inner.audit.clone(),
-        };
+        });
         let state = Invocation {
             // Nothing inherited: no environment, no files, no sockets, no stdio.
             wasi: WasiCtx::builder().build(),
@@ -255,6 +273,11 @@ impl AgentHost {
                 .memory_size(plugin.limits.memory_bytes())
                 .trap_on_grow_failure(true)
                 .build(),
+            http_ctx: WasiHttpCtx::new(),
+            http: OutboundHttp {
+                calls: calls.clone(),
+                client: plugin.http.clone(),
+            },
             calls,
             log_lines: 0,
             logs_dropped: 0,
@@ -262,9 +285,11 @@ impl AgentHost {
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limits);
         // Yield to the executor on every tick so a CPU-bound guest can be cancelled by
-        // dropping its future, and never starves other invocations on this thread.
+        // dropping its future and never starves other invocations; slow it down once it
+        // has computed for long (see `fairness`).
+        let meter = CpuMeter::new();
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        store.epoch_deadline_callback(meter.epoch_callback());
 
         let request = ActivityRequest {
             orchestration_id: task.orchestration_id.clone(),
@@ -292,7 +317,7 @@ impl AgentHost {
                 .await
                 .map_err(|e| (false, e))
         };
-        let finished = tokio::time::timeout(budget, call).await;
+        let finished = tokio::time::timeout(budget, meter.measure(call)).await;
         let dropped = store.data().logs_dropped;
         if dropped > 0 {
             tracing::warn!(
@@ -401,15 +426,18 @@ pub struct Inspection {
 }
 
 impl Inspection {
-    /// The cfm capabilities it imports (`secrets`, `cluster`, `dns`; `log` needs no grant):
-    /// each needs a `[plugin.grants]` entry before the host will load it.
+    /// The capabilities it imports (`secrets`, `cluster`, `dns`, `http`; `log` needs no
+    /// grant): each needs a `[plugin.grants]` entry before the host will load it.
     pub fn capabilities(&self) -> Vec<String> {
-        self.imports
+        let mut needed: Vec<String> = self
+            .imports
             .iter()
-            .filter_map(|i| i.strip_prefix("cfm:plugin/"))
-            .map(|i| i.split('@').next().unwrap_or(i).to_string())
-            .filter(|i| i != "log" && i != "types")
-            .collect()
+            .filter_map(|import| capability(import))
+            .map(str::to_string)
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        needed
     }
 }
 
@@ -510,19 +538,20 @@ fn load(
 
     // Deny by default: a plugin that imports a capability its configuration does not
     // grant is refused at load time, naming the capability, rather than failing later.
+    let grants = &plugin.grants;
     let granted = [
-        ("secrets", !plugin.grants.secrets.is_empty()),
-        ("cluster", plugin.grants.cluster.is_some()),
-        ("dns", plugin.grants.dns.is_some()),
+        ("secrets", !grants.secrets.is_empty()),
+        ("cluster", grants.cluster.is_some()),
+        ("dns", grants.dns.is_some()),
+        ("http", grants.http.is_some()),
     ];
     for (import, _) in component.component_type().imports(engine) {
-        let Some(interface) = import.strip_prefix("cfm:plugin/") else {
+        let Some(needed) = capability(import) else {
             continue;
         };
-        let interface = interface.split('@').next().unwrap_or(interface);
-        if granted.iter().any(|(name, ok)| *name == interface && !ok) {
+        if granted.iter().any(|(name, ok)| *name == needed && !ok) {
             return Err(failed(format!(
-                "it imports the '{interface}' capability, but its configuration grants none; add a [plugin.grants] entry for it"
+                "it imports the '{needed}' capability, but its configuration grants none; add a [plugin.grants] entry for it"
             )));
         }
     }
@@ -541,6 +570,13 @@ fn load(
     if plugin.grants.dns.is_some() {
         dns::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
     }
+    let http = match &plugin.grants.http {
+        Some(grant) => {
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
+            Some(PluginHttp::new(grant).map_err(failed)?)
+        }
+        None => None,
+    };
     let pre = linker
         .instantiate_pre(&component)
         .and_then(ActivityPluginPre::new)
@@ -553,7 +589,19 @@ fn load(
         limits: plugin.limits,
         grants: plugin.grants.clone(),
         settings,
+        http,
     })
+}
+
+/// The grant an import needs: a cfm capability interface, or `http` for `wasi:http`.
+/// None for what every plugin gets (`log`, `types`, the rest of WASI).
+fn capability(import: &str) -> Option<&str> {
+    if import.starts_with("wasi:http/") {
+        return Some("http");
+    }
+    let interface = import.strip_prefix("cfm:plugin/")?;
+    let interface = interface.split('@').next().unwrap_or(interface);
+    (interface != "log" && interface != "types").then_some(interface)
 }
 
 /// Compiles a component, or loads the artifact a previous run compiled from the same

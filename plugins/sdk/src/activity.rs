@@ -12,6 +12,8 @@ use crate::{ActivityRequest, ActivityResult, Error, Reschedule};
 pub mod keys {
     /// The VPAs being provisioned: an array of [`Vpa`](crate::Vpa).
     pub const VPA_DATA: &str = "cfm.vpa.data";
+    /// The dataspace profiles' credential specs (`id`, `type`, `issuer`, `format`).
+    pub const VPA_CREDENTIALS: &str = "cfm.vpa.credentials";
     /// Output of the vault plugin: where the participant's API key is stored.
     pub const CREDENTIAL_PATH: &str = "credentialPath";
 }

@@ -30,12 +30,14 @@
 //! cfm_plugin_sdk::export_plugin!(Hello);
 //! ```
 //!
-//! The capability imports are re-exported as [`secrets`], [`cluster`] and [`dns`];
-//! attach [`CapabilityResultExt::context`] to their results to get an [`Error`] that
-//! retries when the backend is unavailable and fails the activity otherwise.
+//! The capability imports are re-exported as [`secrets`], [`cluster`] and [`dns`], and
+//! outbound HTTP (`wasi:http`) is wrapped by [`http`]; attach
+//! [`CapabilityResultExt::context`] to their results to get an [`Error`] that retries
+//! when the backend is unavailable and fails the activity otherwise.
 
 mod activity;
 mod error;
+pub mod http;
 mod support;
 
 /// The raw bindings generated from `wit/plugin.wit`.
@@ -59,7 +61,7 @@ pub use bindings::cfm::plugin::types::{
 };
 pub use bindings::cfm::plugin::{cluster, dns, secrets};
 pub use error::{CapabilityResultExt, Error};
-pub use support::{is_dns_label, random_hex};
+pub use support::{is_dns_label, random_hex, required_secret, required_setting};
 
 /// Structured logging into the host's log. Never pass secret values.
 pub mod log {

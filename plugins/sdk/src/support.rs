@@ -1,6 +1,6 @@
 //! Small helpers several plugins need.
 
-use crate::{Change, Error};
+use crate::{CapabilityResultExt, Change, Error, secrets};
 
 impl Change {
     /// The change as a lowercase word, for log lines.
@@ -54,4 +54,24 @@ mod tests {
         assert!(!is_dns_label("a.b"));
         assert!(!is_dns_label(&"a".repeat(64)));
     }
+}
+
+/// Fails the activity, naming `setting`, when a setting the plugin cannot work without is
+/// empty: a configuration error that no retry would fix.
+pub fn required_setting<'a>(plugin: &str, setting: &str, value: &'a str) -> Result<&'a str, Error> {
+    if value.is_empty() {
+        Err(Error::Fatal(format!(
+            "setting '{setting}' is not configured for the {plugin} plugin"
+        )))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Reads a secret that must exist (an operator's API key, say): fatal when it is missing,
+/// retried when the secrets backend is unavailable. The value is never logged.
+pub fn required_secret(path: &str) -> Result<String, Error> {
+    secrets::get(path)
+        .context(format!("read the secret at {path}"))?
+        .ok_or_else(|| Error::Fatal(format!("no secret is stored at {path}")))
 }

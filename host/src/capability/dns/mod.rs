@@ -1,5 +1,7 @@
-//! The `dns` capability: grant check in front of a zone store.
+//! The `dns` capability: grant check in front of a zone store (zone files, or an
+//! authoritative server through RFC 2136 dynamic updates).
 
+pub mod rfc2136;
 pub mod zonefile;
 
 use crate::bindings::cfm::plugin::dns::{Host, ResourceRecord};

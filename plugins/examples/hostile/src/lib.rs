@@ -2,16 +2,18 @@
 //! so the host's tests can show that each misbehaviour is contained with a clear error
 //! while the host stays healthy. Never configure it outside tests.
 
-use cfm_plugin_sdk::{Activity, CapabilityError, Error, Outcome, Plugin, cluster, log, secrets};
+use cfm_plugin_sdk::{
+    Activity, CapabilityError, Error, Outcome, Plugin, cluster, http, log, secrets,
+};
 use serde_json::json;
 
 /// The plugin's `[plugin.settings]` table.
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
 struct Settings {
-    /// noop | spin | memory | recursion | huge-output | log-flood | secret | cluster
+    /// noop | spin | memory | recursion | huge-output | log-flood | secret | cluster | http
     mode: String,
-    /// The secret path or namespace the capability modes reach for.
+    /// The secret path, namespace or URL the capability modes reach for.
     target: String,
 }
 
@@ -47,6 +49,12 @@ impl Plugin for Hostile {
                     "metadata": {"name": "stolen", "namespace": settings.target}});
                 report(cluster::apply(&manifest.to_string()).map(|_| ()))
             }
+            "http" => match http::Request::get(&settings.target).send() {
+                Ok(response) => Outcome::complete(json!({
+                    "outcome": "ok", "status": response.status, "body": response.text()
+                })),
+                Err(e) => report(Err(e)),
+            },
             other => Err(Error::Fatal(format!("unknown mode '{other}'"))),
         }
     }

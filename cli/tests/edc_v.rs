@@ -1,0 +1,252 @@
+//! The `edc-v` template end to end through `cfm serve`: secrets in a real OpenBao, DNS in
+//! a real BIND9, the Identity Hub, Control Plane and Issuer Service as documented-API
+//! stand-ins (cfm-standins), cluster objects as manifests. A successful onboarding leaves
+//! all four VPAs active with the EDC outputs in `cfm.vpa.state`; a credential request
+//! that ends in ERROR fails the deploy, and compensation removes what it had created.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cfm_host::testing::{Bind, OpenBao};
+use cfm_standins::Standins;
+use serde_json::{Value, json};
+use support::{Api, Server};
+
+const ISSUER_DID: &str = "did:web:issuer.example";
+const ADMIN_KEY_PATH: &str = "operator/edc-admin-api-key";
+
+struct Deployment {
+    server: Server,
+    standins: Standins,
+    bao: OpenBao,
+    bind: Bind,
+    _dir: tempfile::TempDir,
+}
+
+async fn deploy() -> Deployment {
+    let standins = Standins::start("edc-admin-key").await;
+    let bao = OpenBao::start();
+    bao.write(ADMIN_KEY_PATH, &standins.api_key).await;
+    let bind = Bind::start("participants.cfm.local");
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = edc_plugins_config(dir.path(), &standins);
+    let mut args = vec!["--plugins".to_string(), plugins.display().to_string()];
+    args.extend(support::production_backends(dir.path(), &bao, &bind));
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    Deployment {
+        server,
+        standins,
+        bao,
+        bind,
+        _dir: dir,
+    }
+}
+
+/// The built-in configuration with the EDC-V plugins pointed at the stand-ins, written
+/// next to nothing: plugin paths become absolute.
+fn edc_plugins_config(dir: &Path, standins: &Standins) -> PathBuf {
+    let source = support::plugins_config();
+    let plugin_dir = source.parent().unwrap();
+    let mut config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&source).unwrap()).unwrap();
+    let origins = toml::Value::Array(
+        [
+            &standins.identity_hub_url,
+            &standins.control_plane_url,
+            &standins.issuer_url,
+        ]
+        .map(|u| toml::Value::String(u.clone()))
+        .to_vec(),
+    );
+    for plugin in config["plugin"].as_array_mut().unwrap() {
+        let plugin = plugin.as_table_mut().unwrap();
+        let path = plugin_dir.join(plugin["path"].as_str().unwrap());
+        plugin.insert("path".into(), path.display().to_string().into());
+        let settings: &[(&str, &str)] = match plugin["name"].as_str().unwrap() {
+            "edc-context" => &[
+                ("identityHubUrl", &standins.identity_hub_url),
+                ("controlPlaneUrl", &standins.control_plane_url),
+            ],
+            "issuer" => &[
+                ("issuerUrl", &standins.issuer_url),
+                ("issuerId", "issuer-1"),
+                ("issuerDid", ISSUER_DID),
+                ("identityHubUrl", &standins.identity_hub_url),
+            ],
+            _ => continue,
+        };
+        let table = plugin["settings"].as_table_mut().unwrap();
+        for (key, value) in settings {
+            table.insert(key.to_string(), value.to_string().into());
+        }
+        table.insert("pollIntervalMs".into(), 100.into());
+        plugin["grants"]["http"]
+            .as_table_mut()
+            .unwrap()
+            .insert("origins".into(), origins.clone());
+    }
+    let path = dir.join("plugins.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// A tenant, a cell and a dataspace profile that selects the shipped `edc-v` template.
+async fn edc_v_dataspace(api: &Api, cell: &str) -> (String, String) {
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/edc-v.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let template = api
+        .post_ok("/orchestration-definitions", template, 201)
+        .await;
+    api.post_ok("/cells", json!({"externalId": cell}), 201)
+        .await;
+    let dataspace = api
+        .post_ok(
+            "/dataspace-profiles",
+            json!({
+                "dataspaceSpec": {"protocolStack": ["dsp-2025-1", "dcp-2025-1"],
+                    "credentialSpecs": [{"id": "membership", "type": "MembershipCredential",
+                                         "issuer": ISSUER_DID, "format": "vc20-bssl/jwt"}]},
+                "properties": {"cfm.orchestrationDefinitionId": template["id"]},
+            }),
+            201,
+        )
+        .await;
+    let dataspace_id = dataspace["id"].as_str().unwrap().to_string();
+    api.post_ok(
+        &format!("/dataspace-profiles/{dataspace_id}/deployments"),
+        json!({"profileId": dataspace_id, "cellId": cell}),
+        202,
+    )
+    .await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    (tenant["id"].as_str().unwrap().to_string(), dataspace_id)
+}
+
+async fn onboard(api: &Api, tenant: &str, dataspace: &str, did: &str) -> String {
+    let profile = api
+        .post_ok(
+            &format!("/tenants/{tenant}/participant-profiles"),
+            json!({"identifier": did, "dataspaceProfileIds": [dataspace]}),
+            202,
+        )
+        .await;
+    profile["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edc_v_onboarding_reaches_every_service() {
+    let d = deploy().await;
+    let api = d.server.client();
+    let (tenant, dataspace) = edc_v_dataspace(&api, "cell-e").await;
+    let did = "did:web:e.example";
+    let pc = onboard(&api, &tenant, &dataspace, did).await;
+    let profile = api.wait_active(&tenant, &pc, Duration::from_secs(60)).await;
+
+    let state = &profile["properties"]["cfm.vpa.state"];
+    assert_eq!(state["participantContextId"], pc.as_str(), "{profile}");
+    let holder_pid = state["holderPid"].as_str().unwrap();
+    assert!(
+        state["credentialRequest"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/credentials/request/{holder_pid}")),
+        "{state}"
+    );
+    assert_eq!(
+        d.standins.identity_hub_participants(),
+        std::slice::from_ref(&pc)
+    );
+    assert!(d.standins.control_plane_participants().contains_key(&pc));
+    assert_eq!(d.standins.holders(), [did]);
+    assert_eq!(
+        d.standins.credential_requests()[holder_pid]["issuerDid"],
+        ISSUER_DID
+    );
+    let (status, _) = d.bao.read(&format!("participants/{pc}/api-key")).await;
+    assert_eq!(status, 200);
+    let (status, _) = d
+        .bao
+        .read(&format!("participants/{pc}/identity-hub-credentials"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(d.bind.dig(&pc, "CNAME"), ["cell-e.cells.cfm.local."]);
+    assert!(
+        d.server
+            .data_dir()
+            .join(format!(
+                "cluster/cfm-{pc}/ConfigMap/participant-context.yaml"
+            ))
+            .exists()
+    );
+    // The administration API key never shows in the log.
+    assert!(!d.server.log().contains(&d.standins.api_key));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_credential_request_is_compensated_everywhere() {
+    let d = deploy().await;
+    d.standins.credential_outcome("ERROR", 1);
+    let api = d.server.client();
+    let (tenant, dataspace) = edc_v_dataspace(&api, "cell-f").await;
+    let pc = onboard(&api, &tenant, &dataspace, "did:web:f.example").await;
+
+    let started = Instant::now();
+    let profile = loop {
+        let profile = api
+            .get_json(&format!("/tenants/{tenant}/participant-profiles/{pc}"))
+            .await;
+        let vpas = profile["vpas"].as_array().unwrap();
+        if vpas.iter().all(|v| v["state"] == "disposed") {
+            break profile;
+        }
+        assert!(
+            vpas.iter().all(|v| v["state"] != "active"),
+            "the deploy succeeded: {profile}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not compensated: {profile}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deploys = api
+        .post_ok(
+            "/orchestrations/query",
+            json!({"predicate": format!("correlationId = '{pc}' AND orchestrationType = 'cfm.orchestration.vpa.deploy'")}),
+            200,
+        )
+        .await;
+    assert_eq!(
+        deploys[0]["state"], 3,
+        "the deploy did not error: {deploys}"
+    );
+    assert!(
+        deploys[0]["errorDetail"]
+            .as_str()
+            .unwrap()
+            .contains("ended in ERROR"),
+        "{deploys}"
+    );
+
+    // Nothing the deploy created is left anywhere.
+    let (status, _) = d.bao.read(&format!("participants/{pc}/api-key")).await;
+    assert_eq!(status, 404, "{profile}");
+    assert!(d.bind.dig(&pc, "CNAME").is_empty());
+    assert!(
+        !d.server
+            .data_dir()
+            .join(format!("cluster/cfm-{pc}"))
+            .join("ConfigMap/participant-context.yaml")
+            .exists()
+    );
+    assert!(d.standins.identity_hub_participants().is_empty());
+    assert!(d.standins.control_plane_participants().is_empty());
+    assert!(d.standins.holders().is_empty());
+}
