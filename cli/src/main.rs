@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cfm_host::capability::cluster::kubernetes::KubernetesCluster;
 use cfm_host::capability::dns::rfc2136::{DynamicUpdates, TsigKey};
 use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
 use cfm_host::runtime::HostOptions;
@@ -178,6 +179,10 @@ struct HostArgs {
     /// Folder of the mount that cfm's secrets live under.
     #[arg(long, env = "CFM_VAULT_PREFIX", default_value = "cfm/")]
     vault_prefix: String,
+    /// Where Vault's AppRole auth method is mounted: participants' runtime credentials are
+    /// AppRole roles.
+    #[arg(long, env = "CFM_VAULT_APPROLE_MOUNT", default_value = "approle")]
+    vault_approle_mount: String,
     /// Send plugins' DNS records to this authoritative server (`host:port`) as RFC 2136
     /// dynamic updates, instead of zone files in the data directory.
     #[arg(long, env = "CFM_DNS_SERVER")]
@@ -186,6 +191,14 @@ struct HostArgs {
     /// writes one). Read once at start; the secret is never logged.
     #[arg(long, env = "CFM_DNS_TSIG_KEY_FILE", requires = "dns_server")]
     dns_tsig_key_file: Option<PathBuf>,
+    /// Keep plugins' cluster objects in Kubernetes (server-side apply) instead of manifests
+    /// in the data directory: `infer` for the cluster kubectl would use (`KUBECONFIG`,
+    /// `~/.kube/config`, in-cluster), or the API server's URL.
+    #[arg(long, env = "CFM_KUBERNETES")]
+    kubernetes: Option<String>,
+    /// The field manager cfm's server-side applies use.
+    #[arg(long, env = "CFM_KUBERNETES_FIELD_MANAGER", default_value = "cfm")]
+    kubernetes_field_manager: String,
 }
 
 #[derive(clap::Args)]
@@ -220,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let manager = open_manager(&args.api).await?;
-    let host = Arc::new(open_host(&args.api.data_dir, &args.host)?);
+    let host = Arc::new(open_host(&args.api.data_dir, &args.host).await?);
     let work = match &args.nats_url {
         None => {
             tracing::info!("work goes through the embedded queue");
@@ -258,7 +271,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let host = Arc::new(open_host(&args.data_dir, &args.host)?);
+    let host = Arc::new(open_host(&args.data_dir, &args.host).await?);
     let queue = connect(&args.nats_url, &args.nats).await?;
     let worker = agent_worker(queue, host.clone(), &args.host, &args.nats);
     let mut work = tokio::spawn(worker.run());
@@ -303,7 +316,7 @@ async fn open_manager(args: &ApiArgs) -> anyhow::Result<Manager> {
     Ok(manager)
 }
 
-fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
+async fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
     let plugins = match &args.plugins {
         Some(path) => path.clone(),
         None => default_plugins()?,
@@ -321,9 +334,18 @@ fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost> {
             token: token.trim().to_string(),
             mount: args.vault_mount.clone(),
             prefix: args.vault_prefix.clone(),
+            approle_mount: args.vault_approle_mount.clone(),
         })?;
         tracing::info!(%address, mount = %args.vault_mount, "plugin secrets are kept in Vault");
         backends = backends.with_secrets(Arc::new(secrets));
+    }
+    if let Some(target) = &args.kubernetes {
+        let server = (target != "infer").then_some(target.as_str());
+        let cluster = KubernetesCluster::connect(server, &args.kubernetes_field_manager)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(server = %cluster.server(), field_manager = %args.kubernetes_field_manager, "plugin cluster objects go to Kubernetes");
+        backends = backends.with_cluster(Arc::new(cluster));
     }
     if let Some(server) = args.dns_server {
         let key = args

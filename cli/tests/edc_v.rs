@@ -1,8 +1,11 @@
-//! The `edc-v` template end to end through `cfm serve`: secrets in a real OpenBao, DNS in
-//! a real BIND9, the Identity Hub, Control Plane and Issuer Service as documented-API
-//! stand-ins (cfm-standins), cluster objects as manifests. A successful onboarding leaves
-//! all four VPAs active with the EDC outputs in `cfm.vpa.state`; a credential request
-//! that ends in ERROR fails the deploy, and compensation removes what it had created.
+//! The `edc-v` template end to end through `cfm serve`: secrets in a real OpenBao (behind
+//! a gate the tests can close), DNS in a real BIND9, the Identity Hub, Control Plane and
+//! Issuer Service as documented-API stand-ins (cfm-standins), cluster objects as manifests.
+//! A successful onboarding leaves all four VPAs active with the EDC outputs in
+//! `cfm.vpa.state` and a runtime credential that reads the participant's secrets only; an
+//! Issuer Service answering 500 and an unreachable OpenBao are retried through; a
+//! credential request that ends in ERROR fails the deploy, and compensation removes what it
+//! had created.
 
 mod support;
 
@@ -10,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cfm_host::testing::{Bind, OpenBao};
+use cfm_standins::Route;
 use cfm_standins::Standins;
 use serde_json::{Value, json};
-use support::{Api, Server};
+use support::{Api, Gate, Server};
 
 const ISSUER_DID: &str = "did:web:issuer.example";
 const ADMIN_KEY_PATH: &str = "operator/edc-admin-api-key";
@@ -21,6 +25,8 @@ struct Deployment {
     server: Server,
     standins: Standins,
     bao: OpenBao,
+    /// Between cfm and OpenBao.
+    vault_gate: Gate,
     bind: Bind,
     _dir: tempfile::TempDir,
 }
@@ -29,28 +35,30 @@ async fn deploy() -> Deployment {
     let standins = Standins::start("edc-admin-key").await;
     let bao = OpenBao::start();
     bao.write(ADMIN_KEY_PATH, &standins.api_key).await;
+    let vault_gate = Gate::start(bao.address.trim_start_matches("http://").parse().unwrap()).await;
     let bind = Bind::start("participants.cfm.local");
     let dir = tempfile::tempdir().unwrap();
     let plugins = edc_plugins_config(dir.path(), &standins);
     let mut args = vec!["--plugins".to_string(), plugins.display().to_string()];
-    args.extend(support::production_backends(dir.path(), &bao, &bind));
+    args.extend(support::production_backends(
+        dir.path(),
+        &bao,
+        &vault_gate.address(),
+        &bind,
+    ));
     let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     Deployment {
         server,
         standins,
         bao,
+        vault_gate,
         bind,
         _dir: dir,
     }
 }
 
-/// The built-in configuration with the EDC-V plugins pointed at the stand-ins, written
-/// next to nothing: plugin paths become absolute.
+/// The built-in configuration with the EDC-V plugins pointed at the stand-ins.
 fn edc_plugins_config(dir: &Path, standins: &Standins) -> PathBuf {
-    let source = support::plugins_config();
-    let plugin_dir = source.parent().unwrap();
-    let mut config: toml::Table =
-        toml::from_str(&std::fs::read_to_string(&source).unwrap()).unwrap();
     let origins = toml::Value::Array(
         [
             &standins.identity_hub_url,
@@ -60,22 +68,20 @@ fn edc_plugins_config(dir: &Path, standins: &Standins) -> PathBuf {
         .map(|u| toml::Value::String(u.clone()))
         .to_vec(),
     );
-    for plugin in config["plugin"].as_array_mut().unwrap() {
-        let plugin = plugin.as_table_mut().unwrap();
-        let path = plugin_dir.join(plugin["path"].as_str().unwrap());
-        plugin.insert("path".into(), path.display().to_string().into());
+    support::plugins_config_with(dir, |plugin| {
+        // Each runtime gets a credential for its own secrets.
+        support::runtime_access(plugin);
+        // The edc-context plugin finds its services in the cell's properties (see
+        // `edc_v_dataspace`), the issuer plugin in its configuration.
         let settings: &[(&str, &str)] = match plugin["name"].as_str().unwrap() {
-            "edc-context" => &[
-                ("identityHubUrl", &standins.identity_hub_url),
-                ("controlPlaneUrl", &standins.control_plane_url),
-            ],
+            "edc-context" => &[],
             "issuer" => &[
                 ("issuerUrl", &standins.issuer_url),
                 ("issuerId", "issuer-1"),
                 ("issuerDid", ISSUER_DID),
                 ("identityHubUrl", &standins.identity_hub_url),
             ],
-            _ => continue,
+            _ => return,
         };
         let table = plugin["settings"].as_table_mut().unwrap();
         for (key, value) in settings {
@@ -86,14 +92,12 @@ fn edc_plugins_config(dir: &Path, standins: &Standins) -> PathBuf {
             .as_table_mut()
             .unwrap()
             .insert("origins".into(), origins.clone());
-    }
-    let path = dir.join("plugins.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    path
+    })
 }
 
-/// A tenant, a cell and a dataspace profile that selects the shipped `edc-v` template.
-async fn edc_v_dataspace(api: &Api, cell: &str) -> (String, String) {
+/// A tenant, a cell (naming its Identity Hub and Control Plane) and a dataspace profile that
+/// selects the shipped `edc-v` template.
+async fn edc_v_dataspace(api: &Api, cell: &str, standins: &Standins) -> (String, String) {
     let template: Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/edc-v.json"),
@@ -104,8 +108,16 @@ async fn edc_v_dataspace(api: &Api, cell: &str) -> (String, String) {
     let template = api
         .post_ok("/orchestration-definitions", template, 201)
         .await;
-    api.post_ok("/cells", json!({"externalId": cell}), 201)
-        .await;
+    let endpoints = json!({
+        "cfm.edc.identityHubUrl": standins.identity_hub_url,
+        "cfm.edc.controlPlaneUrl": standins.control_plane_url,
+    });
+    api.post_ok(
+        "/cells",
+        json!({"externalId": cell, "properties": endpoints}),
+        201,
+    )
+    .await;
     let dataspace = api
         .post_ok(
             "/dataspace-profiles",
@@ -143,11 +155,17 @@ async fn onboard(api: &Api, tenant: &str, dataspace: &str, did: &str) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edc_v_onboarding_reaches_every_service() {
     let d = deploy().await;
+    // The Issuer Service fails the first two registrations: retried with backoff.
+    d.standins.fail_next(Route::HolderCreate, &[500, 500]);
     let api = d.server.client();
-    let (tenant, dataspace) = edc_v_dataspace(&api, "cell-e").await;
+    let (tenant, dataspace) = edc_v_dataspace(&api, "cell-e", &d.standins).await;
     let did = "did:web:e.example";
     let pc = onboard(&api, &tenant, &dataspace, did).await;
     let profile = api.wait_active(&tenant, &pc, Duration::from_secs(60)).await;
+    assert_eq!(d.standins.calls(Route::HolderCreate), 3);
+    let other = onboard(&api, &tenant, &dataspace, "did:web:other.example").await;
+    api.wait_active(&tenant, &other, Duration::from_secs(60))
+        .await;
 
     let state = &profile["properties"]["cfm.vpa.state"];
     assert_eq!(state["participantContextId"], pc.as_str(), "{profile}");
@@ -159,12 +177,9 @@ async fn an_edc_v_onboarding_reaches_every_service() {
             .ends_with(&format!("/credentials/request/{holder_pid}")),
         "{state}"
     );
-    assert_eq!(
-        d.standins.identity_hub_participants(),
-        std::slice::from_ref(&pc)
-    );
+    assert!(d.standins.identity_hub_participants().contains(&pc));
     assert!(d.standins.control_plane_participants().contains_key(&pc));
-    assert_eq!(d.standins.holders(), [did]);
+    assert!(d.standins.holders().iter().any(|h| h == did));
     assert_eq!(
         d.standins.credential_requests()[holder_pid]["issuerDid"],
         ISSUER_DID
@@ -187,6 +202,71 @@ async fn an_edc_v_onboarding_reaches_every_service() {
     );
     // The administration API key never shows in the log.
     assert!(!d.server.log().contains(&d.standins.api_key));
+
+    // The runtime's credential, handed over in its namespace, reads its secrets only.
+    let handed_over = d
+        .server
+        .data_dir()
+        .join(format!("cluster/cfm-{pc}/Secret/vault-access.yaml"));
+    let manifest: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(handed_over).unwrap()).unwrap();
+    let token = d
+        .bao
+        .login(
+            manifest["stringData"]["roleId"].as_str().unwrap(),
+            manifest["stringData"]["secretId"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+    let own = format!("participants/{pc}/api-key");
+    assert_eq!(d.bao.read_as(&token, &own).await, 200);
+    let others = format!("participants/{other}/api-key");
+    assert_eq!(d.bao.read_as(&token, &others).await, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_openbao_is_waited_out() {
+    let d = deploy().await;
+    let api = d.server.client();
+    let (tenant, dataspace) = edc_v_dataspace(&api, "cell-g", &d.standins).await;
+    d.vault_gate.close();
+    let pc = onboard(&api, &tenant, &dataspace, "did:web:g.example").await;
+    let started = Instant::now();
+    // The vault activity fails against the closed gate and is retried.
+    loop {
+        let deploys = api
+            .post_ok(
+                "/orchestrations/query",
+                json!({"predicate": format!("correlationId = '{pc}' AND orchestrationType = 'cfm.orchestration.vpa.deploy'")}),
+                200,
+            )
+            .await;
+        let retried = deploys[0]["steps"].as_array().is_some_and(|steps| {
+            steps.iter().any(|s| {
+                s["id"] == "vault" && s["lastError"].as_str().is_some_and(|e| e.contains("vault"))
+            })
+        });
+        if retried {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{deploys}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let profile = api
+        .get_json(&format!("/tenants/{tenant}/participant-profiles/{pc}"))
+        .await;
+    assert!(
+        profile["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] != "active"),
+        "{profile}"
+    );
+    d.vault_gate.open();
+    api.wait_active(&tenant, &pc, Duration::from_secs(60)).await;
+    let (status, _) = d.bao.read(&format!("participants/{pc}/api-key")).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +274,7 @@ async fn a_failed_credential_request_is_compensated_everywhere() {
     let d = deploy().await;
     d.standins.credential_outcome("ERROR", 1);
     let api = d.server.client();
-    let (tenant, dataspace) = edc_v_dataspace(&api, "cell-f").await;
+    let (tenant, dataspace) = edc_v_dataspace(&api, "cell-f", &d.standins).await;
     let pc = onboard(&api, &tenant, &dataspace, "did:web:f.example").await;
 
     let started = Instant::now();

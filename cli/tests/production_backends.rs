@@ -1,12 +1,14 @@
 //! `cfm serve` with production backends: the vault plugin's credential in a real OpenBao
 //! (`--vault-addr`), the dns plugin's records in a real BIND9 through RFC 2136 with TSIG
-//! (`--dns-server`), and both still there once cfm is gone.
+//! (`--dns-server`), both still there once cfm is gone, and the k8s plugin's objects in
+//! Kubernetes (`--kubernetes`, against the API-server stand-in).
 
 mod support;
 
 use std::time::Duration;
 
 use cfm_host::testing::{Bind, OpenBao};
+use cfm_standins::kubernetes::KubeApi;
 use serde_json::json;
 use support::{Api, Server};
 
@@ -68,16 +70,43 @@ async fn a_participant_keeps_its_secret_and_name_when_cfm_is_gone() {
     let bao = OpenBao::start();
     let bind = Bind::start("participants.cfm.local");
     let dir = tempfile::tempdir().unwrap();
-    let args = support::production_backends(dir.path(), &bao, &bind);
-    let mut server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut server = serve_with_runtime_access(dir.path(), &bao, &bind).await;
     let (_, id) = onboard(&server.client(), "cell-t", "did:web:t.example").await;
     let (_, before) = bao.read(&format!("participants/{id}/api-key")).await;
+    let (role_id, secret_id) = handed_over(&server, &id);
 
     server.kill();
     let (status, after) = bao.read(&format!("participants/{id}/api-key")).await;
     assert_eq!(status, 200, "{after}");
     assert_eq!(after["data"]["data"], before["data"]["data"]);
+    // The runtime logs in with its own credential and reads its key, cfm or no cfm.
+    let token = bao.login(&role_id, &secret_id).await.unwrap();
+    assert_eq!(
+        bao.read_as(&token, &format!("participants/{id}/api-key"))
+            .await,
+        200
+    );
     assert_eq!(bind.dig(&id, "CNAME"), ["cell-t.cells.cfm.local."]);
+}
+
+/// `cfm serve` with secrets in `bao`, DNS in `bind`, and the vault plugin issuing runtime
+/// credentials.
+async fn serve_with_runtime_access(dir: &std::path::Path, bao: &OpenBao, bind: &Bind) -> Server {
+    let plugins = support::plugins_config_with(dir, support::runtime_access);
+    let mut args = vec!["--plugins".to_string(), plugins.display().to_string()];
+    args.extend(support::production_backends(dir, bao, &bao.address, bind));
+    Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
+/// The role id and secret id handed to a participant's runtime in its namespace.
+fn handed_over(server: &Server, pc: &str) -> (String, String) {
+    let manifest = server
+        .data_dir()
+        .join(format!("cluster/cfm-{pc}/Secret/vault-access.yaml"));
+    let manifest: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let field = |name: &str| manifest["stringData"][name].as_str().unwrap().to_string();
+    (field("roleId"), field("secretId"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,4 +140,95 @@ async fn serve_keeps_plugin_secrets_in_openbao() {
         !server.log().contains(&bao.token),
         "the token reached the log"
     );
+}
+
+/// With `runtimeAccess`, each participant's runtime gets an AppRole credential (handed over
+/// as a Secret in its namespace) that reads its own secrets in OpenBao and no one else's,
+/// and stops working once the participant is disposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_runtime_reads_only_its_own_secrets() {
+    let bao = OpenBao::start();
+    let bind = Bind::start("participants.cfm.local");
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with_runtime_access(dir.path(), &bao, &bind).await;
+    let api = server.client();
+    let (tenant_a, a) = onboard(&api, "cell-a", "did:web:a.example").await;
+    let (_, b) = onboard(&api, "cell-b", "did:web:b.example").await;
+
+    let (role_id, secret_id) = handed_over(&server, &a);
+    let (role_id, secret_id) = (role_id.as_str(), secret_id.as_str());
+    let token = bao.login(role_id, secret_id).await.unwrap();
+    assert_eq!(
+        bao.read_as(&token, &format!("participants/{a}/api-key"))
+            .await,
+        200
+    );
+    assert_eq!(
+        bao.read_as(&token, &format!("participants/{b}/api-key"))
+            .await,
+        403
+    );
+    assert!(
+        !server.log().contains(secret_id),
+        "the secret id reached the log"
+    );
+    let profile = api
+        .get_json(&format!("/tenants/{tenant_a}/participant-profiles/{a}"))
+        .await;
+    assert_eq!(
+        profile["properties"]["cfm.vpa.state"]["vaultRoleId"],
+        role_id
+    );
+    assert!(
+        !profile.to_string().contains(secret_id),
+        "the secret id is in the API"
+    );
+
+    let path = format!("/tenants/{tenant_a}/participant-profiles/{a}");
+    let disposing = api.raw(reqwest::Method::DELETE, &path, None, None).await;
+    assert_eq!(disposing.status(), 202);
+    api.wait_vpas(&tenant_a, &a, "disposed", Duration::from_secs(30))
+        .await;
+    assert!(
+        bao.login(role_id, secret_id).await.is_err(),
+        "the credential outlived dispose"
+    );
+    assert_eq!(
+        bao.read_as(&token, &format!("participants/{a}/api-key"))
+            .await,
+        403
+    );
+    assert!(
+        !server
+            .data_dir()
+            .join(format!("cluster/cfm-{a}/Secret/vault-access.yaml"))
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_cluster_objects_in_kubernetes() {
+    let kube = KubeApi::start().await;
+    let server = Server::start(&["--kubernetes", &kube.url]).await;
+    let api = server.client();
+    let (tenant_id, id) = onboard(&api, "cell-k", "did:web:k.example").await;
+    let namespace = format!("cfm-{id}");
+    let context = kube
+        .object("v1", "configmaps", &namespace, "participant-context")
+        .unwrap();
+    assert_eq!(context["data"]["did"], "did:web:k.example");
+    assert_eq!(context["metadata"]["managedFields"][0]["manager"], "cfm");
+    assert!(!server.data_dir().join("cluster").exists());
+    assert!(
+        server
+            .log()
+            .contains("plugin cluster objects go to Kubernetes")
+    );
+
+    let path = format!("/tenants/{tenant_id}/participant-profiles/{id}");
+    let disposing = api.raw(reqwest::Method::DELETE, &path, None, None).await;
+    assert_eq!(disposing.status(), 202);
+    api.wait_vpas(&tenant_id, &id, "disposed", Duration::from_secs(30))
+        .await;
+    assert!(kube.names().is_empty(), "{:?}", kube.names());
 }

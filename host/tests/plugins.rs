@@ -517,6 +517,19 @@ async fn http_to_special_addresses_needs_a_grant_that_names_them() {
     assert_eq!(server.connections(), 1);
 }
 
+#[tokio::test]
+async fn raw_sockets_reach_nothing() {
+    let server = Loopback::start().await;
+    let target = format!("127.0.0.1:{}", server.port);
+    // Even with an http grant for that very address.
+    let grant = "origins = [\"http://127.0.0.1:*\"]";
+    let harness = Harness::new(hostile_with_http("tcp", &target, "", grant));
+    let outcome = harness.host.run(&task("example.hostile", PC)).await;
+    let (kind, message) = capability_answer(&outcome);
+    assert_eq!(kind, "refused", "{message}");
+    assert_eq!(server.connections(), 0, "a raw socket reached the server");
+}
+
 #[test]
 fn a_plugin_importing_http_without_a_grant_is_refused() {
     let extra = "[plugin.grants]\nsecrets = [\"x\"]\n[plugin.grants.cluster]\nnamespaces = []\nkinds = []\n";

@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
+use cfm_host::capability::secrets::SecretsBackend;
 use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
 use cfm_host::runtime::HostOptions;
 use cfm_host::testing::OpenBao;
@@ -21,17 +22,59 @@ fn task(discriminator: &str) -> ActivityTask {
     task
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_vault_plugin_keeps_its_credential_in_openbao() {
-    let bao = OpenBao::start();
-    let data = tempfile::tempdir().unwrap();
-    let secrets = VaultSecrets::new(VaultSettings {
+fn backend(bao: &OpenBao) -> VaultSecrets {
+    VaultSecrets::new(VaultSettings {
         address: bao.address.clone(),
         token: bao.token.clone(),
         mount: "secret".into(),
         prefix: "cfm/".into(),
+        approle_mount: "approle".into(),
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_credential_reads_its_folder_only_until_revoked() {
+    let bao = OpenBao::start();
+    let vault = backend(&bao);
+    vault.put("participants/p1/api-key", "one").await.unwrap();
+    vault.put("participants/p2/api-key", "two").await.unwrap();
+
+    let (role, secret) = vault.issue_access("participants/p1").await.unwrap();
+    let token = bao.login(&role, &secret).await.unwrap();
+    assert_eq!(bao.read_as(&token, "participants/p1/api-key").await, 200);
+    assert_eq!(bao.read_as(&token, "participants/p2/api-key").await, 403);
+    assert_eq!(bao.read_as(&token, "participants/p1").await, 403);
+
+    // Issuing again (a redelivery) keeps the role and adds a secret id.
+    let (again, second) = vault.issue_access("participants/p1").await.unwrap();
+    assert_eq!(again, role);
+    assert_ne!(second, secret);
+    assert!(bao.login(&role, &second).await.is_ok());
+
+    assert!(vault.revoke_access("participants/p1").await.unwrap());
+    assert!(bao.login(&role, &secret).await.is_err());
+    assert!(bao.login(&role, &second).await.is_err());
+    assert_eq!(bao.read_as(&token, "participants/p1/api-key").await, 403);
+    assert!(!vault.revoke_access("participants/p1").await.unwrap());
+}
+
+#[tokio::test]
+async fn the_embedded_store_issues_no_access_credentials() {
+    let data = tempfile::tempdir().unwrap();
+    let err = Backends::embedded(data.path())
+        .secrets
+        .issue_access("participants/p1")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--vault-addr"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_plugin_keeps_its_credential_in_openbao() {
+    let bao = OpenBao::start();
+    let data = tempfile::tempdir().unwrap();
+    let secrets = backend(&bao);
     let config = support::config(&[(
         "vault",
         "cfm.vault.credentials",

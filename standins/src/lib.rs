@@ -1,5 +1,6 @@
-//! Local stand-ins for the EDC services an EDC-V onboarding calls: the Identity Hub, the
-//! Control Plane and the Issuer Service.
+//! Local stand-ins for services cfm integrates with that cannot run on its test machines:
+//! the EDC services an EDC-V onboarding calls (the Identity Hub, the Control Plane and the
+//! Issuer Service, here) and the Kubernetes API server ([`kubernetes`]).
 //!
 //! Those are Java services that cannot run on cfm's test machines. These servers implement
 //! exactly the request and response shapes cfm's plugins rely on (see the README's
@@ -20,6 +21,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use serde_json::{Value, json};
+
+pub mod kubernetes;
 
 /// The JSON-LD context the Control Plane's management API v5 expects.
 pub const MANAGEMENT_CONTEXT: &str = "https://w3id.org/edc/connector/management/v2";

@@ -345,18 +345,82 @@ pub fn read_audit(data_dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// `cfm serve` flags that keep plugins' secrets in `bao` (its token written into `dir`)
-/// and their DNS records in `bind`.
+/// A TCP forwarder on a free loopback port in front of `target`: closed, it drops new
+/// connections and cuts open ones, as a stopped server would; opened again, it forwards.
+pub struct Gate {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn start(target: std::net::SocketAddr) -> Gate {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (gate_open, cuts) = (open.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !gate_open.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Gate {
+            port,
+            open,
+            cut,
+            task,
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn close(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `cfm serve` flags that keep plugins' secrets in `bao` (reached at `vault_address`, its
+/// token written into `dir`) and their DNS records in `bind`.
 pub fn production_backends(
     dir: &Path,
     bao: &cfm_host::testing::OpenBao,
+    vault_address: &str,
     bind: &cfm_host::testing::Bind,
 ) -> Vec<String> {
     let token_file = dir.join("vault.token");
     std::fs::write(&token_file, &bao.token).unwrap();
     [
         "--vault-addr",
-        &bao.address,
+        vault_address,
         "--vault-token-file",
         &token_file.display().to_string(),
         "--dns-server",
@@ -366,6 +430,40 @@ pub fn production_backends(
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// A copy of the built-in plugins' configuration in `dir`, with plugin paths made
+/// absolute and `edit` applied to each `[[plugin]]` table.
+pub fn plugins_config_with(dir: &Path, mut edit: impl FnMut(&mut toml::Table)) -> PathBuf {
+    let source = plugins_config();
+    let plugin_dir = source.parent().unwrap();
+    let mut config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&source).unwrap()).unwrap();
+    for plugin in config["plugin"].as_array_mut().unwrap() {
+        let plugin = plugin.as_table_mut().unwrap();
+        let path = plugin_dir.join(plugin["path"].as_str().unwrap());
+        plugin.insert("path".into(), path.display().to_string().into());
+        edit(plugin);
+    }
+    let path = dir.join("plugins.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// For [`plugins_config_with`]: the vault plugin issues each runtime a credential for its
+/// own secrets (which needs a grant of the participant's whole folder).
+pub fn runtime_access(plugin: &mut toml::Table) {
+    if plugin["name"].as_str() != Some("vault") {
+        return;
+    }
+    plugin["settings"]
+        .as_table_mut()
+        .unwrap()
+        .insert("runtimeAccess".into(), true.into());
+    plugin["grants"].as_table_mut().unwrap().insert(
+        "secrets".into(),
+        toml::Value::Array(vec!["participants/{participantContextId}/**".into()]),
+    );
 }
 
 /// The built-in plugins' configuration, built by scripts/build-plugins.sh.

@@ -47,6 +47,11 @@ impl Backends {
         Self { secrets, ..self }
     }
 
+    /// The same, with cluster objects kept by `cluster` (the Kubernetes API) instead.
+    pub fn with_cluster(self, cluster: Arc<dyn cluster::ClusterBackend>) -> Self {
+        Self { cluster, ..self }
+    }
+
     /// The same, with DNS records kept by `dns` (an authoritative server) instead.
     pub fn with_dns(self, dns: Arc<dyn dns::DnsBackend>) -> Self {
         Self { dns, ..self }
@@ -159,6 +164,13 @@ impl Audited for bool {
 impl Audited for (String, Change) {
     fn effect(&self) -> Option<Effect> {
         Some(Effect::from(self.1))
+    }
+}
+
+/// An issued access credential (id, secret): each issue is a new secret.
+impl Audited for (String, String) {
+    fn effect(&self) -> Option<Effect> {
+        Some(Effect::Created)
     }
 }
 

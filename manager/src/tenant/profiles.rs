@@ -145,7 +145,9 @@ pub async fn deploy(
         .iter()
         .map(|vpa| {
             json!({"id": vpa.id, "vpaType": vpa.vpa_type, "cellId": cell.id,
-                   "externalCellId": cell.external_id, "properties": vpa.properties})
+                   "externalCellId": cell.external_id, "properties": vpa.properties,
+                   // Per-cell service endpoints and settings for the plugins.
+                   "cellProperties": cell.properties})
         })
         .collect();
     let mut data = Map::new();

@@ -13,7 +13,7 @@ use cfm_plugin_sdk::{
 use serde_json::json;
 
 /// The plugin's `[plugin.settings]` table.
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, Clone)]
 #[serde(rename_all = "camelCase", default)]
 struct Settings {
     /// Base URL of the Identity Hub's identity API, e.g. `https://ih.example/api/identity`.
@@ -37,7 +37,7 @@ impl Plugin for EdcContext {
     type Settings = Settings;
 
     fn deploy(activity: &Activity<Settings>) -> Result<Outcome, Error> {
-        let settings = configured(activity.settings())?;
+        let settings = &configured(activity)?;
         let api_key = required_secret(&settings.admin_api_key_secret)?;
         let pc = activity.participant_context_id();
         let did = activity.participant_id();
@@ -126,7 +126,7 @@ impl Plugin for EdcContext {
     }
 
     fn dispose(activity: &Activity<Settings>) -> Result<Outcome, Error> {
-        let settings = configured(activity.settings())?;
+        let settings = &configured(activity)?;
         let api_key = required_secret(&settings.admin_api_key_secret)?;
         let pc = activity.participant_context_id();
         for (what, url) in [
@@ -160,8 +160,15 @@ impl Plugin for EdcContext {
     }
 }
 
-/// Settings without which nothing can be called: a configuration error, not worth retrying.
-fn configured(settings: &Settings) -> Result<&Settings, Error> {
+/// The settings with the participant's cell's service URLs (cell properties
+/// `cfm.edc.identityHubUrl`, `cfm.edc.controlPlaneUrl`) in place of the configured ones,
+/// checked complete: a missing one is a configuration error, not worth retrying.
+fn configured(activity: &Activity<Settings>) -> Result<Settings, Error> {
+    let mut settings = activity.settings().clone();
+    settings.identity_hub_url =
+        activity.cell_setting("cfm.edc.identityHubUrl", &settings.identity_hub_url)?;
+    settings.control_plane_url =
+        activity.cell_setting("cfm.edc.controlPlaneUrl", &settings.control_plane_url)?;
     for (name, value) in [
         ("identityHubUrl", &settings.identity_hub_url),
         ("controlPlaneUrl", &settings.control_plane_url),

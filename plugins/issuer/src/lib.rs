@@ -13,7 +13,7 @@ use cfm_plugin_sdk::{
 use serde_json::{Value, json};
 
 /// The plugin's `[plugin.settings]` table.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 #[serde(rename_all = "camelCase", default)]
 struct Settings {
     /// Base URL of the Issuer Service's administration API.
@@ -74,7 +74,7 @@ impl Plugin for Issuer {
     type Settings = Settings;
 
     fn deploy(activity: &Activity<Settings>) -> Result<Outcome, Error> {
-        let settings = configured(activity.settings())?;
+        let settings = &configured(activity)?;
         let api_key = required_secret(&settings.admin_api_key_secret)?;
         match activity.state::<Pending>()? {
             None => request(activity, settings, &api_key),
@@ -83,7 +83,7 @@ impl Plugin for Issuer {
     }
 
     fn dispose(activity: &Activity<Settings>) -> Result<Outcome, Error> {
-        let settings = configured(activity.settings())?;
+        let settings = &configured(activity)?;
         let api_key = required_secret(&settings.admin_api_key_secret)?;
         let did = activity.participant_id();
         let deleted = http::Request::delete(holder_url(settings, Some(did)))
@@ -203,7 +203,14 @@ fn holder_url(settings: &Settings, did: Option<&str>) -> String {
     }
 }
 
-fn configured(settings: &Settings) -> Result<&Settings, Error> {
+/// The settings with the participant's cell's service URLs (cell properties
+/// `cfm.edc.issuerUrl`, `cfm.edc.identityHubUrl`) in place of the configured ones, checked
+/// complete: a missing one is a configuration error, not worth retrying.
+fn configured(activity: &Activity<Settings>) -> Result<Settings, Error> {
+    let mut settings = activity.settings().clone();
+    settings.issuer_url = activity.cell_setting("cfm.edc.issuerUrl", &settings.issuer_url)?;
+    settings.identity_hub_url =
+        activity.cell_setting("cfm.edc.identityHubUrl", &settings.identity_hub_url)?;
     for (name, value) in [
         ("issuerUrl", &settings.issuer_url),
         ("issuerId", &settings.issuer_id),

@@ -1,14 +1,47 @@
 //! The `cfm.k8s.runtime` activity: gives each participant a namespace in its cell's
-//! cluster, holding a `participant-context` ConfigMap that the participant's
-//! workloads read their identity and VPA placement from.
+//! cluster, holding a `participant-context` ConfigMap that the participant's workloads
+//! read their identity and VPA placement from, an Ingress routing its protocol endpoint
+//! (`<pc>.<host suffix>`) to its connector, a NetworkPolicy admitting traffic only from
+//! its own namespace and the ingress controller's, and, when the vault activity issued
+//! one, a `vault-access` Secret with the runtime's credential for its secrets.
 
 use cfm_plugin_sdk::{
-    Activity, CapabilityResultExt, Error, NoSettings, Outcome, Plugin, Vpa, cluster, is_dns_label,
-    keys, log,
+    Activity, CapabilityResultExt, Error, Outcome, Plugin, RUNTIME_ACCESS_SECRET, Vpa, cluster,
+    is_dns_label, keys, log, secrets,
 };
 use serde_json::{Map, Value, json};
 
 const CONFIG_MAP: &str = "participant-context";
+const ACCESS_SECRET: &str = "vault-access";
+const ROUTE: &str = "protocol-endpoint";
+const ISOLATION: &str = "participant-isolation";
+
+/// The plugin's `[plugin.settings]` table.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Settings {
+    /// The protocol endpoint's host is `<participant-context-id>.<this>`.
+    ingress_host_suffix: String,
+    /// The ingress controller's namespace, admitted by the NetworkPolicy.
+    ingress_namespace: String,
+    /// The participant's connector Service and port the route leads to.
+    protocol_service: String,
+    protocol_port: u16,
+    /// The path of the protocol (DSP) API.
+    protocol_path: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ingress_host_suffix: "participants.cfm.local".into(),
+            ingress_namespace: "ingress-nginx".into(),
+            protocol_service: "connector".into(),
+            protocol_port: 8282,
+            protocol_path: "/api/dsp".into(),
+        }
+    }
+}
 /// Lets operators select everything belonging to a participant with one label.
 const PARTICIPANT_LABEL: &str = "cfm.participant-context-id";
 
@@ -17,7 +50,7 @@ struct K8s;
 /// `cfm-<participant-context-id>`, checked to be a valid namespace name so that a
 /// malformed id fails with a clear message rather than an API-server rejection.
 /// A valid name also keeps the id short enough to be a label value (≤ 63 chars).
-fn namespace(activity: &Activity<NoSettings>) -> Result<String, Error> {
+fn namespace(activity: &Activity<Settings>) -> Result<String, Error> {
     let namespace = format!("cfm-{}", activity.participant_context_id());
     if is_dns_label(&namespace) {
         Ok(namespace)
@@ -30,7 +63,7 @@ fn namespace(activity: &Activity<NoSettings>) -> Result<String, Error> {
 }
 
 /// What the participant's workloads need to know, as ConfigMap data (strings only).
-fn context_data(activity: &Activity<NoSettings>) -> Result<Map<String, Value>, Error> {
+fn context_data(activity: &Activity<Settings>) -> Result<Map<String, Value>, Error> {
     let vpas = activity.vpas()?;
     let vpa_types: Vec<&str> = vpas.iter().map(|vpa| vpa.vpa_type.as_str()).collect();
     let mut data = Map::new();
@@ -55,9 +88,9 @@ fn apply(manifest: Value, what: &str) -> Result<(), Error> {
 }
 
 impl Plugin for K8s {
-    type Settings = NoSettings;
+    type Settings = Settings;
 
-    fn deploy(activity: &Activity<NoSettings>) -> Result<Outcome, Error> {
+    fn deploy(activity: &Activity<Settings>) -> Result<Outcome, Error> {
         let namespace = namespace(activity)?;
         let pc = activity.participant_context_id();
         let data = context_data(activity)?;
@@ -84,15 +117,87 @@ impl Plugin for K8s {
             }),
             &format!("ConfigMap {namespace}/{CONFIG_MAP}"),
         )?;
+        let settings = activity.settings();
+        let host = format!("{pc}.{}", settings.ingress_host_suffix.trim_matches('.'));
+        apply(
+            json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "metadata": {
+                    "name": ROUTE,
+                    "namespace": namespace,
+                    "labels": { PARTICIPANT_LABEL: pc },
+                },
+                "spec": { "rules": [{ "host": host, "http": { "paths": [{
+                    "path": settings.protocol_path,
+                    "pathType": "Prefix",
+                    "backend": { "service": {
+                        "name": settings.protocol_service,
+                        "port": { "number": settings.protocol_port },
+                    }},
+                }]}}]},
+            }),
+            &format!("Ingress {namespace}/{ROUTE}"),
+        )?;
+        apply(
+            json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {
+                    "name": ISOLATION,
+                    "namespace": namespace,
+                    "labels": { PARTICIPANT_LABEL: pc },
+                },
+                "spec": {
+                    "podSelector": {},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [
+                        { "from": [{ "podSelector": {} }] },
+                        { "from": [{ "namespaceSelector": { "matchLabels": {
+                            "kubernetes.io/metadata.name": settings.ingress_namespace,
+                        }}}]},
+                    ],
+                },
+            }),
+            &format!("NetworkPolicy {namespace}/{ISOLATION}"),
+        )?;
+        let handover = activity.secret_path(RUNTIME_ACCESS_SECRET);
+        if let Some(access) = secrets::get(&handover)
+            .context(format!("read the runtime's credential at {handover}"))?
+        {
+            let access: Value = serde_json::from_str(&access)
+                .map_err(|e| Error::Fatal(format!("{handover} is not JSON: {e}")))?;
+            apply(
+                json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "Opaque",
+                    "metadata": {
+                        "name": ACCESS_SECRET,
+                        "namespace": namespace,
+                        "labels": { PARTICIPANT_LABEL: pc },
+                    },
+                    "stringData": access,
+                }),
+                &format!("Secret {namespace}/{ACCESS_SECRET}"),
+            )?;
+        }
 
-        Outcome::complete(json!({ "participantContextId": pc, "namespace": namespace }))
+        Outcome::complete(json!({
+            "participantContextId": pc,
+            "namespace": namespace,
+            "protocolEndpoint": format!("https://{host}{}", settings.protocol_path),
+        }))
     }
 
-    fn dispose(activity: &Activity<NoSettings>) -> Result<Outcome, Error> {
+    fn dispose(activity: &Activity<Settings>) -> Result<Outcome, Error> {
         let namespace = namespace(activity)?;
         // Reverse order of creation: on a real cluster namespace deletion is
         // asynchronous, and touching objects inside a terminating namespace fails.
         let objects = [
+            ("Secret", namespace.as_str(), ACCESS_SECRET),
+            ("NetworkPolicy", namespace.as_str(), ISOLATION),
+            ("Ingress", namespace.as_str(), ROUTE),
             ("ConfigMap", namespace.as_str(), CONFIG_MAP),
             // A Namespace is cluster-scoped. It is addressed with its own name as the
             // namespace argument, which also satisfies a host that checks that

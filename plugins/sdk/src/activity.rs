@@ -63,9 +63,17 @@ pub struct Vpa {
     /// Free-form properties.
     #[serde(default)]
     pub properties: Option<Map<String, Value>>,
+    /// The properties of the cell the VPA runs in: where per-cell service endpoints live.
+    #[serde(default)]
+    pub cell_properties: Option<Map<String, Value>>,
 }
 
 impl Vpa {
+    /// The cell property `name` as text, if the cell has it.
+    pub fn cell_property(&self, name: &str) -> Option<&str> {
+        self.cell_properties.as_ref()?.get(name)?.as_str()
+    }
+
     /// The first of `vpas`, whose cell hosts the participant. Fatal when there is
     /// none: a deploy without VPAs has nothing to place.
     pub fn primary(vpas: &[Vpa]) -> Result<&Vpa, Error> {
@@ -152,6 +160,17 @@ impl<S> Activity<S> {
     /// The VPAs in `cfm.vpa.data`; empty when the key is absent.
     pub fn vpas(&self) -> Result<Vec<Vpa>, Error> {
         Ok(self.data_value(keys::VPA_DATA)?.unwrap_or_default())
+    }
+
+    /// A setting a cell may override: the cell property `property` of the participant's
+    /// first VPA when its cell has one, else `configured` (the plugin's own setting).
+    pub fn cell_setting(&self, property: &str, configured: &str) -> Result<String, Error> {
+        let vpas = self.vpas()?;
+        Ok(vpas
+            .first()
+            .and_then(|vpa| vpa.cell_property(property))
+            .unwrap_or(configured)
+            .to_string())
     }
 
     /// The state handed back by this activity's previous [`Outcome::Reschedule`].

@@ -63,6 +63,10 @@ pub use bindings::cfm::plugin::{cluster, dns, secrets};
 pub use error::{CapabilityResultExt, Error};
 pub use support::{is_dns_label, random_hex, required_secret, required_setting};
 
+/// The secret in a participant's folder where the vault plugin leaves the runtime's access
+/// credential (`{"roleId", "secretId"}`) for the k8s plugin to hand over.
+pub const RUNTIME_ACCESS_SECRET: &str = "runtime-access";
+
 /// Structured logging into the host's log. Never pass secret values.
 pub mod log {
     pub use crate::bindings::cfm::plugin::log::{Level, log};

@@ -1,5 +1,7 @@
-//! The `cluster` capability: grant check in front of a Kubernetes-style object store.
+//! The `cluster` capability: grant check in front of a Kubernetes-style object store
+//! (manifests in a folder, or the Kubernetes API).
 
+pub mod kubernetes;
 pub mod manifests;
 
 use serde_json::Value;
@@ -28,7 +30,7 @@ impl ObjectRef {
         }
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!("{}/{}/{}", self.kind, self.namespace, self.name)
     }
 

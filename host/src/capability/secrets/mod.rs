@@ -3,7 +3,7 @@
 pub mod embedded;
 pub mod vault;
 
-use crate::bindings::cfm::plugin::secrets::Host;
+use crate::bindings::cfm::plugin::secrets::{AccessCredential, Host};
 use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
 use crate::grants::normalize_secret_path;
 use crate::runtime::Invocation;
@@ -22,6 +22,23 @@ pub trait SecretsBackend: Send + Sync {
     ) -> Result<(String, Change), BackendError>;
     async fn put(&self, path: &str, value: &str) -> Result<Change, BackendError>;
     async fn delete(&self, path: &str) -> Result<bool, BackendError>;
+
+    /// A credential that reads only the secrets under `folder`: (id, secret).
+    async fn issue_access(&self, folder: &str) -> Result<(String, String), BackendError> {
+        Err(no_access(folder))
+    }
+
+    /// Revokes every credential issued for `folder`; false when there was none.
+    async fn revoke_access(&self, folder: &str) -> Result<bool, BackendError> {
+        Err(no_access(folder))
+    }
+}
+
+/// Stores without their own authentication (files in the data directory) issue nothing.
+fn no_access(folder: &str) -> BackendError {
+    BackendError::Invalid(format!(
+        "this secrets store issues no access credentials (for {folder}); run the agent host with --vault-addr"
+    ))
 }
 
 impl Host for Invocation {
@@ -66,9 +83,45 @@ impl Host for Invocation {
             .guarded("secrets", "delete", &path, allowed, backend.delete(&path))
             .await
     }
+
+    async fn issue_access(&mut self, folder: String) -> Result<AccessCredential, CapabilityError> {
+        let (folder, allowed) = self.check_folder(&folder)?;
+        let backend = self.calls.backends.secrets.clone();
+        let (id, secret) = self
+            .calls
+            .guarded(
+                "secrets",
+                "issue-access",
+                &folder,
+                allowed,
+                backend.issue_access(&folder),
+            )
+            .await?;
+        Ok(AccessCredential { id, secret })
+    }
+
+    async fn revoke_access(&mut self, folder: String) -> Result<bool, CapabilityError> {
+        let (folder, allowed) = self.check_folder(&folder)?;
+        let backend = self.calls.backends.secrets.clone();
+        self.calls
+            .guarded(
+                "secrets",
+                "revoke-access",
+                &folder,
+                allowed,
+                backend.revoke_access(&folder),
+            )
+            .await
+    }
 }
 
 impl Invocation {
+    fn check_folder(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
+        let folder = normalize_secret_path(raw).map_err(CapabilityError::Invalid)?;
+        let allowed = self.calls.grants.allows_folder(&folder);
+        Ok((folder, allowed))
+    }
+
     fn check_secret(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
         let path = normalize_secret_path(raw).map_err(CapabilityError::Invalid)?;
         let allowed = self.calls.grants.allows_secret(&path);

@@ -6,6 +6,11 @@
 //! create a secret once. `delete` removes the metadata with every version, so a later
 //! deploy starts from nothing. The token goes in a header and nowhere else: errors name
 //! the path and the server's status, never the token.
+//!
+//! Access credentials for a participant's runtime are AppRole credentials: per folder an
+//! ACL policy that reads only that folder, and a role with that policy. Issuing writes both
+//! (idempotent) and adds a secret id; revoking deletes the role, which ends every secret id
+//! and token it issued, and the policy.
 
 use std::time::Duration;
 
@@ -26,6 +31,8 @@ pub struct VaultSettings {
     pub mount: String,
     /// Prepended to every path, so cfm's secrets stay under one folder of the mount.
     pub prefix: String,
+    /// Where the AppRole auth method is mounted (`approle`), for access credentials.
+    pub approle_mount: String,
 }
 
 impl std::fmt::Debug for VaultSettings {
@@ -35,6 +42,7 @@ impl std::fmt::Debug for VaultSettings {
             .field("token", &"***")
             .field("mount", &self.mount)
             .field("prefix", &self.prefix)
+            .field("approle_mount", &self.approle_mount)
             .finish()
     }
 }
@@ -54,12 +62,42 @@ impl VaultSecrets {
     }
 
     fn url(&self, kind: &str, path: &str) -> String {
-        format!(
-            "{}/v1/{}/{kind}/{}{path}",
-            self.settings.address.trim_end_matches('/'),
-            self.settings.mount,
-            self.settings.prefix
-        )
+        self.api(&format!(
+            "{}/{kind}/{}{path}",
+            self.settings.mount, self.settings.prefix
+        ))
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("{}/v1/{path}", self.settings.address.trim_end_matches('/'))
+    }
+
+    /// The policy and role name of a folder: `cfm-participants-<pc>` for the default prefix.
+    fn access_name(&self, folder: &str) -> String {
+        format!("{}{folder}", self.settings.prefix)
+            .trim_matches('/')
+            .replace('/', "-")
+    }
+
+    fn role_url(&self, name: &str, rest: &str) -> String {
+        self.api(&format!(
+            "auth/{}/role/{name}{rest}",
+            self.settings.approle_mount
+        ))
+    }
+
+    /// Sends an administrative request; anything but 2xx is a refusal naming `what`.
+    async fn admin(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<Value, BackendError> {
+        let (status, body) = self.send(request, what).await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(refused(status, what, &body))
+        }
     }
 
     async fn send(
@@ -159,6 +197,72 @@ impl SecretsBackend for VaultSecrets {
             200 | 204 | 404 => Ok(existed),
             _ => Err(refused(status, path, &body)),
         }
+    }
+
+    async fn issue_access(&self, folder: &str) -> Result<(String, String), BackendError> {
+        let name = self.access_name(folder);
+        let (mount, prefix) = (&self.settings.mount, &self.settings.prefix);
+        let policy = format!(
+            "path \"{mount}/data/{prefix}{folder}/*\" {{ capabilities = [\"read\"] }}\n\
+             path \"{mount}/metadata/{prefix}{folder}/*\" {{ capabilities = [\"read\", \"list\"] }}\n"
+        );
+        let what = format!("the access policy of {folder}");
+        self.admin(
+            self.http
+                .put(self.api(&format!("sys/policies/acl/{name}")))
+                .json(&json!({ "policy": policy })),
+            &what,
+        )
+        .await?;
+        let what = format!("the access role of {folder}");
+        self.admin(
+            self.http.post(self.role_url(&name, "")).json(&json!({
+                "token_policies": [name],
+                "token_ttl": "1h",
+                "token_max_ttl": "24h",
+            })),
+            &what,
+        )
+        .await?;
+        let role = self
+            .admin(self.http.get(self.role_url(&name, "/role-id")), &what)
+            .await?;
+        let secret = self
+            .admin(self.http.post(self.role_url(&name, "/secret-id")), &what)
+            .await?;
+        match (
+            role["data"]["role_id"].as_str(),
+            secret["data"]["secret_id"].as_str(),
+        ) {
+            (Some(id), Some(secret)) => Ok((id.to_string(), secret.to_string())),
+            _ => Err(BackendError::Unavailable(format!(
+                "vault answered {what} without a role id or secret id"
+            ))),
+        }
+    }
+
+    async fn revoke_access(&self, folder: &str) -> Result<bool, BackendError> {
+        let name = self.access_name(folder);
+        let what = format!("the access role of {folder}");
+        let (status, body) = self
+            .send(self.http.get(self.role_url(&name, "")), &what)
+            .await?;
+        let existed = match status.as_u16() {
+            200 => true,
+            404 => false,
+            _ => return Err(refused(status, &what, &body)),
+        };
+        // The role first: with it go every secret id and token it issued.
+        self.admin(self.http.delete(self.role_url(&name, "")), &what)
+            .await?;
+        let what = format!("the access policy of {folder}");
+        self.admin(
+            self.http
+                .delete(self.api(&format!("sys/policies/acl/{name}"))),
+            &what,
+        )
+        .await?;
+        Ok(existed)
     }
 }
 

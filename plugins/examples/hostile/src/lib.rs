@@ -11,7 +11,7 @@ use serde_json::json;
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
 struct Settings {
-    /// noop | spin | memory | recursion | huge-output | log-flood | secret | cluster | http
+    /// noop | spin | memory | recursion | huge-output | log-flood | secret | cluster | http | tcp
     mode: String,
     /// The secret path, namespace or URL the capability modes reach for.
     target: String,
@@ -55,6 +55,15 @@ impl Plugin for Hostile {
                 })),
                 Err(e) => report(Err(e)),
             },
+            // Raw sockets would sidestep the http grant: WASI's are linked, but with no
+            // address allowed.
+            "tcp" => {
+                let answer = match std::net::TcpStream::connect(settings.target.as_str()) {
+                    Ok(_) => json!({"outcome": "ok", "message": ""}),
+                    Err(e) => json!({"outcome": "refused", "message": e.to_string()}),
+                };
+                Outcome::complete(answer)
+            }
             other => Err(Error::Fatal(format!("unknown mode '{other}'"))),
         }
     }

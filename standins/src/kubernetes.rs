@@ -1,0 +1,480 @@
+//! A stand-in for the part of the Kubernetes API server cfm's cluster backend uses: get,
+//! server-side apply and delete of objects, core (`/api/v1`) and grouped (`/apis/{g}/{v}`),
+//! namespaced and cluster-scoped.
+//!
+//! What it keeps faithful: the paths; `PATCH` with `application/apply-patch+yaml` and a
+//! required `fieldManager` (else 415 and 400); the body's `apiVersion`, `kind` and
+//! `metadata.name` must match the path (400); a namespaced object needs its namespace to
+//! exist (404); `resourceVersion` changes only when an object does, so an apply that changes
+//! nothing keeps it; field ownership per manager, with a 409 `Conflict` when another manager
+//! owns a field the apply would change, unless `force=true`; 201 on create, 200 otherwise;
+//! errors as `Status` objects; deleting a namespace deletes what is in it. What it leaves
+//! out: watches, lists, validation against OpenAPI schemas, admission, finalizers, the
+//! asynchronous `Terminating` phase.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// The API server stand-in on a free loopback port; stopped on drop.
+pub struct KubeApi {
+    pub url: String,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Shared = Arc<Mutex<Cluster>>;
+
+#[derive(Default)]
+struct Cluster {
+    objects: BTreeMap<Key, Stored>,
+    resource_version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    group_version: String,
+    plural: String,
+    namespace: String,
+    name: String,
+}
+
+/// The keys from the object's root to a leaf (label keys hold dots, so no dotted string).
+type FieldPath = Vec<String>;
+
+struct Stored {
+    object: Value,
+    /// Leaf field path → the field manager that set it last.
+    owners: BTreeMap<FieldPath, String>,
+}
+
+impl KubeApi {
+    pub async fn start() -> Self {
+        let state: Shared = Arc::default();
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a loopback port");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, state, task }
+    }
+
+    /// The stored object (`apiVersion` like `v1` or `networking.k8s.io/v1`, the plural
+    /// resource name, the namespace or "" for cluster-scoped objects).
+    pub fn object(
+        &self,
+        api_version: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let key = Key {
+            group_version: api_version.into(),
+            plural: plural.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.cluster().objects.get(&key).map(|s| s.object.clone())
+    }
+
+    /// Every object, as `apiVersion/plural/namespace/name`.
+    pub fn names(&self) -> Vec<String> {
+        self.cluster()
+            .objects
+            .keys()
+            .map(|k| {
+                format!(
+                    "{}/{}/{}/{}",
+                    k.group_version, k.plural, k.namespace, k.name
+                )
+            })
+            .collect()
+    }
+
+    /// Applies `object` as another field manager would (a person with kubectl, say).
+    pub fn apply_as(&self, manager: &str, object: Value) {
+        let key = key_of(&object).expect("an object with apiVersion, kind and metadata");
+        let mut cluster = self.cluster();
+        apply(&mut cluster, key, object, manager, true).expect("applied");
+    }
+
+    fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Params {
+    field_manager: Option<String>,
+    force: Option<bool>,
+}
+
+async fn handle(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let Some(key) = parse_path(uri.path()) else {
+        return failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .into_response();
+    };
+    let mut cluster = state.lock().unwrap_or_else(|p| p.into_inner());
+    let result = match method {
+        Method::GET => get(&cluster, &key),
+        Method::DELETE => delete(&mut cluster, &key),
+        Method::PATCH => patch(&mut cluster, key, &params, &headers, &body),
+        _ => Err(failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )),
+    };
+    match result {
+        Ok(response) => response,
+        Err(failure) => failure.into_response(),
+    }
+}
+
+type Answer = Result<Response, Failure>;
+
+fn get(cluster: &Cluster, key: &Key) -> Answer {
+    match cluster.objects.get(key) {
+        Some(stored) => Ok(axum::Json(stored.object.clone()).into_response()),
+        None => Err(not_found(key)),
+    }
+}
+
+fn delete(cluster: &mut Cluster, key: &Key) -> Answer {
+    if cluster.objects.remove(key).is_none() {
+        return Err(not_found(key));
+    }
+    if key.plural == "namespaces" && key.group_version == "v1" {
+        cluster.objects.retain(|k, _| k.namespace != key.name);
+    }
+    Ok(Failure {
+        code: StatusCode::OK,
+        reason: "",
+        message: "deleted".into(),
+    }
+    .into_response())
+}
+
+fn patch(
+    cluster: &mut Cluster,
+    key: Key,
+    params: &Params,
+    headers: &HeaderMap,
+    body: &str,
+) -> Answer {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type != "application/apply-patch+yaml" {
+        return Err(failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types include: application/apply-patch+yaml (got '{content_type}')"
+            ),
+        ));
+    }
+    let Some(manager) = params.field_manager.as_deref().filter(|m| !m.is_empty()) else {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "fieldManager is required for apply requests",
+        ));
+    };
+    // JSON is YAML; cfm's client sends JSON.
+    let object: Value = serde_json::from_str(body).map_err(|e| {
+        failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("error decoding the body: {e}"),
+        )
+    })?;
+    let Some(body_key) = key_of(&object) else {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the object needs apiVersion, kind and metadata.name",
+        ));
+    };
+    if body_key != key {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the apiVersion, kind, namespace or name in the body does not match the request path",
+        ));
+    }
+    if !key.namespace.is_empty() {
+        let namespace = Key {
+            group_version: "v1".into(),
+            plural: "namespaces".into(),
+            namespace: String::new(),
+            name: key.namespace.clone(),
+        };
+        if !cluster.objects.contains_key(&namespace) {
+            return Err(not_found(&namespace));
+        }
+    }
+    let created = !cluster.objects.contains_key(&key);
+    let stored = apply(cluster, key, object, manager, params.force.unwrap_or(false))?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, axum::Json(stored)).into_response())
+}
+
+/// Server-side apply of `object` by `manager`: its fields are set and owned by the manager,
+/// fields it owned before and no longer sets are removed.
+fn apply(
+    cluster: &mut Cluster,
+    key: Key,
+    object: Value,
+    manager: &str,
+    force: bool,
+) -> Result<Value, Failure> {
+    let applied = leaves(&object);
+    let (mut current, mut owners, metadata) = match cluster.objects.get(&key) {
+        Some(stored) => (
+            leaves(&stored.object),
+            stored.owners.clone(),
+            stored.object["metadata"].clone(),
+        ),
+        None => (BTreeMap::new(), BTreeMap::new(), Value::Null),
+    };
+    let conflicts: Vec<String> = applied
+        .iter()
+        .filter(|(path, value)| {
+            current.get(*path).is_some_and(|v| v != *value)
+                && owners.get(*path).is_some_and(|owner| owner != manager)
+        })
+        .map(|(path, _)| format!(".{} (owned by \"{}\")", path.join("."), owners[path]))
+        .collect();
+    if !conflicts.is_empty() && !force {
+        return Err(failure(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Apply failed with {} conflict(s): {}",
+                conflicts.len(),
+                conflicts.join(", ")
+            ),
+        ));
+    }
+    // Fields this manager set before and leaves out now go away.
+    let dropped: Vec<FieldPath> = owners
+        .iter()
+        .filter(|(path, owner)| *owner == manager && !applied.contains_key(*path))
+        .map(|(path, _)| path.clone())
+        .collect();
+    for path in dropped {
+        current.remove(&path);
+        owners.remove(&path);
+    }
+    for (path, value) in &applied {
+        current.insert(path.clone(), value.clone());
+        owners.insert(path.clone(), manager.to_string());
+    }
+    let mut next = unflatten(&current);
+    let before = cluster
+        .objects
+        .get(&key)
+        .map(|s| strip_server_fields(&s.object));
+    let changed = before.as_ref() != Some(&strip_server_fields(&next));
+    let resource_version = if changed {
+        cluster.resource_version += 1;
+        cluster.resource_version.to_string()
+    } else {
+        metadata["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string()
+    };
+    let managers: Vec<Value> = owners
+        .values()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|m| json!({"manager": m, "operation": "Apply"}))
+        .collect();
+    let uid = metadata["uid"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| format!("uid-{}-{}", key.name, cluster.resource_version));
+    let meta = next["metadata"].as_object_mut().expect("metadata");
+    meta.insert("resourceVersion".into(), resource_version.into());
+    meta.insert("uid".into(), uid.into());
+    meta.insert("managedFields".into(), Value::Array(managers));
+    cluster.objects.insert(
+        key,
+        Stored {
+            object: next.clone(),
+            owners,
+        },
+    );
+    Ok(next)
+}
+
+/// The object's leaf fields by path, leaving out server-set metadata.
+fn leaves(object: &Value) -> BTreeMap<FieldPath, Value> {
+    fn walk(path: &mut FieldPath, value: &Value, out: &mut BTreeMap<FieldPath, Value>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    path.push(key.clone());
+                    walk(path, child, out);
+                    path.pop();
+                }
+            }
+            leaf => {
+                out.insert(path.clone(), leaf.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&mut Vec::new(), &strip_server_fields(object), &mut out);
+    out
+}
+
+fn unflatten(leaves: &BTreeMap<FieldPath, Value>) -> Value {
+    let mut root = Map::new();
+    for (path, value) in leaves {
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        let mut node = &mut root;
+        for part in parents {
+            node = node
+                .entry(part.clone())
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("an object on the path");
+        }
+        node.insert(last.clone(), value.clone());
+    }
+    Value::Object(root)
+}
+
+fn strip_server_fields(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in [
+            "resourceVersion",
+            "uid",
+            "managedFields",
+            "creationTimestamp",
+        ] {
+            meta.remove(field);
+        }
+    }
+    object
+}
+
+/// `/api/v1/...` or `/apis/{group}/{version}/...`, then `[namespaces/{ns}/]{plural}/{name}`.
+fn parse_path(path: &str) -> Option<Key> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group_version, rest) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
+        _ => return None,
+    };
+    let (namespace, plural, name) = match rest {
+        ["namespaces", namespace, plural, name] => (*namespace, *plural, *name),
+        [plural, name] => ("", *plural, *name),
+        _ => return None,
+    };
+    Some(Key {
+        group_version,
+        plural: plural.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+/// Where an object lives, from its own fields.
+fn key_of(object: &Value) -> Option<Key> {
+    let text = |ptr: &str| object.pointer(ptr).and_then(Value::as_str);
+    let kind = text("/kind")?;
+    Some(Key {
+        group_version: text("/apiVersion")?.into(),
+        plural: plural(kind),
+        namespace: text("/metadata/namespace").unwrap_or("").into(),
+        name: text("/metadata/name")?.into(),
+    })
+}
+
+/// The API server's own rule for the resources cfm uses: lowercase, `y` → `ies`, else `s`.
+fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None if lower.ends_with("ss") => format!("{lower}es"),
+        None => format!("{lower}s"),
+    }
+}
+
+fn not_found(key: &Key) -> Failure {
+    failure(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{} \"{}\" not found", key.plural, key.name),
+    )
+}
+
+fn failure(code: StatusCode, reason: &'static str, message: &str) -> Failure {
+    Failure {
+        code,
+        reason,
+        message: message.to_string(),
+    }
+}
+
+/// What the API server answers errors (and deletes) with: a `Status` object.
+#[derive(Debug)]
+struct Failure {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let outcome = if self.code.is_success() {
+            "Success"
+        } else {
+            "Failure"
+        };
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": outcome, "message": self.message, "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        (self.code, axum::Json(body)).into_response()
+    }
+}
