@@ -234,13 +234,7 @@ async fn an_unreachable_openbao_is_waited_out() {
     let started = Instant::now();
     // The vault activity fails against the closed gate and is retried.
     loop {
-        let deploys = api
-            .post_ok(
-                "/orchestrations/query",
-                json!({"predicate": format!("correlationId = '{pc}' AND orchestrationType = 'cfm.orchestration.vpa.deploy'")}),
-                200,
-            )
-            .await;
+        let deploys = api.orchestrations_of(&pc, "deploy").await;
         let retried = deploys[0]["steps"].as_array().is_some_and(|steps| {
             steps.iter().any(|s| {
                 s["id"] == "vault" && s["lastError"].as_str().is_some_and(|e| e.contains("vault"))
@@ -296,13 +290,7 @@ async fn a_failed_credential_request_is_compensated_everywhere() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let deploys = api
-        .post_ok(
-            "/orchestrations/query",
-            json!({"predicate": format!("correlationId = '{pc}' AND orchestrationType = 'cfm.orchestration.vpa.deploy'")}),
-            200,
-        )
-        .await;
+    let deploys = api.orchestrations_of(&pc, "deploy").await;
     assert_eq!(
         deploys[0]["state"], 3,
         "the deploy did not error: {deploys}"

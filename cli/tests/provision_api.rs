@@ -225,10 +225,7 @@ async fn a_cancelled_deploy_stops_and_is_compensated(backend: TestBackend) {
         )
         .await;
     let profile_id = profile["id"].as_str().unwrap();
-    let query = json!({"predicate": format!("correlationId = '{profile_id}' AND orchestrationType = 'cfm.orchestration.vpa.deploy'")});
-    let deploy = api
-        .post_ok("/orchestrations/query", query.clone(), 200)
-        .await;
+    let deploy = api.orchestrations_of(profile_id, "deploy").await;
     let deploy_id = deploy[0]["id"].as_str().unwrap().to_string();
 
     // The slow activity (200 ms) is still ahead or running.
@@ -289,13 +286,7 @@ async fn a_cancelled_deploy_stops_and_is_compensated(backend: TestBackend) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let dispose = api
-        .post_ok(
-            "/orchestrations/query",
-            json!({"predicate": format!("correlationId = '{profile_id}' AND orchestrationType = 'cfm.orchestration.vpa.dispose'")}),
-            200,
-        )
-        .await;
+    let dispose = api.orchestrations_of(profile_id, "dispose").await;
     assert_eq!(dispose[0]["state"], 2, "{dispose}");
     // The deploy stays as cancelled: a late outcome of its running attempt changed nothing.
     tokio::time::sleep(Duration::from_millis(300)).await;

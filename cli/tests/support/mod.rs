@@ -219,6 +219,20 @@ impl Api {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// The orchestrations of `orchestration_type` (`deploy` or `dispose`, short for
+    /// `cfm.orchestration.vpa.*`) correlated with a participant profile.
+    pub async fn orchestrations_of(&self, profile_id: &str, orchestration_type: &str) -> Value {
+        let predicate = format!(
+            "correlationId = '{profile_id}' AND orchestrationType = 'cfm.orchestration.vpa.{orchestration_type}'"
+        );
+        self.post_ok(
+            "/orchestrations/query",
+            json!({ "predicate": predicate }),
+            200,
+        )
+        .await
+    }
+
     pub async fn dataspace_with_cell(&self, external_id: &str) -> Environment {
         let cell = self
             .post_ok("/cells", json!({"externalId": external_id}), 201)

@@ -106,6 +106,20 @@ impl KubernetesCluster {
 
     fn failed(&self, object: &ObjectRef, error: kube::Error) -> BackendError {
         match error {
+            // Passing states: throttling, a conflict with a deletion in progress, a namespace
+            // still terminating from an earlier dispose. Worth another try.
+            kube::Error::Api(status)
+                if status.code == 429
+                    || status.code == 409
+                    || status.message.contains("being terminated") =>
+            {
+                BackendError::Unavailable(format!(
+                    "Kubernetes deferred {}: {} ({})",
+                    object.describe(),
+                    status.message,
+                    status.code
+                ))
+            }
             // The API server said no: a forbidden namespace, an invalid object. Retrying
             // the same request gets the same answer.
             kube::Error::Api(status) if (400..500).contains(&status.code) => {
