@@ -47,6 +47,7 @@ impl JetStreamSettings {
 pub struct JetStreamQueue {
     context: jetstream::Context,
     stream: stream::Stream,
+    stream_config: stream::Config,
     settings: JetStreamSettings,
 }
 
@@ -74,12 +75,16 @@ impl JetStreamQueue {
             duplicate_window: settings.duplicate_window,
             ..Default::default()
         };
-        let stream = context.get_or_create_stream(config).await.map_err(|e| {
-            QueueError::Setup(format!("stream {}: {e}", stream_name(&settings.namespace)))
-        })?;
+        let stream = context
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(|e| {
+                QueueError::Setup(format!("stream {}: {e}", stream_name(&settings.namespace)))
+            })?;
         Ok(Self {
             context,
             stream,
+            stream_config: config,
             settings,
         })
     }
@@ -116,8 +121,15 @@ impl Queue for JetStreamQueue {
             acks.push((ack, &message.id));
         }
         for (ack, id) in acks {
-            ack.await
-                .map_err(|e| QueueError::Publish(format!("{id}: {e}")))?;
+            if let Err(e) = ack.await {
+                // A server killed right after the stream was created may come back without
+                // it (its metadata was not on disk yet): recreate it for the caller's retry.
+                let _ = self
+                    .context
+                    .get_or_create_stream(self.stream_config.clone())
+                    .await;
+                return Err(QueueError::Publish(format!("{id}: {e}")));
+            }
         }
         Ok(())
     }
@@ -137,20 +149,64 @@ impl Queue for JetStreamQueue {
         };
         let consumer = self
             .stream
-            .get_or_create_consumer(&name, config)
+            .get_or_create_consumer(&name, config.clone())
             .await
             .map_err(|e| QueueError::Setup(format!("consumer {name}: {e}")))?;
-        Ok(Box::new(JetStreamConsumer { consumer }))
+        Ok(Box::new(JetStreamConsumer {
+            consumer,
+            context: self.context.clone(),
+            stream_config: self.stream_config.clone(),
+            name,
+            config,
+        }))
     }
 }
 
 struct JetStreamConsumer {
     consumer: consumer::Consumer<consumer::pull::Config>,
+    /// What recreating the consumer (and its stream) takes.
+    context: jetstream::Context,
+    stream_config: stream::Config,
+    name: String,
+    config: consumer::pull::Config,
 }
 
 #[async_trait]
 impl Consumer for JetStreamConsumer {
     async fn pull(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Box<dyn Delivery>>, QueueError> {
+        let pulled = self.pull_once(max, wait).await;
+        if pulled.is_err() {
+            self.repair().await;
+        }
+        pulled
+    }
+}
+
+impl JetStreamConsumer {
+    /// A server killed soon after the consumer (or its stream) was created can come back
+    /// without it, its metadata not yet on disk; pulls then go unanswered. Creating both
+    /// again is idempotent, so it is done after every failed pull, before the caller's retry.
+    async fn repair(&mut self) {
+        let Ok(stream) = self
+            .context
+            .get_or_create_stream(self.stream_config.clone())
+            .await
+        else {
+            return;
+        };
+        if let Ok(consumer) = stream
+            .get_or_create_consumer(&self.name, self.config.clone())
+            .await
+        {
+            self.consumer = consumer;
+        }
+    }
+
+    async fn pull_once(
         &mut self,
         max: usize,
         wait: Duration,

@@ -50,3 +50,35 @@ async fn setup_is_idempotent_and_errors_are_typed() {
         Some(cfm_queue::QueueError::Setup(_))
     ));
 }
+
+/// A server that lost the stream and its consumers (killed before they reached its disk)
+/// is repaired by the failed calls themselves: the next publish and pull work.
+#[tokio::test]
+async fn a_lost_stream_and_consumer_are_recreated() {
+    use cfm_queue::{Message, Queue};
+    let settings = JetStreamSettings {
+        namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
+        ..JetStreamSettings::new(nats_url())
+    };
+    let queue = JetStreamQueue::connect(settings.clone()).await.unwrap();
+    let mut consumer = queue.consumer("activity.x").await.unwrap();
+    JetStreamQueue::connect(settings)
+        .await
+        .unwrap()
+        .delete()
+        .await
+        .unwrap();
+
+    let message = |id: &str| Message {
+        id: id.into(),
+        topic: "activity.x".into(),
+        payload: b"{}".to_vec(),
+    };
+    assert!(queue.publish(&[message("lost")]).await.is_err());
+    assert!(consumer.pull(1, Duration::from_millis(50)).await.is_err());
+    queue.publish(&[message("kept")]).await.unwrap();
+    let pulled = consumer.pull(1, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(pulled.len(), 1);
+    assert_eq!(pulled[0].id(), "kept");
+    queue.delete().await.unwrap();
+}
