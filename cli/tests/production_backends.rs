@@ -55,11 +55,7 @@ async fn serve_keeps_dns_records_in_bind() {
         "the TSIG secret reached the log"
     );
 
-    let path = format!("/tenants/{tenant_id}/participant-profiles/{id}");
-    let disposing = api.raw(reqwest::Method::DELETE, &path, None, None).await;
-    assert_eq!(disposing.status(), 202);
-    api.wait_vpas(&tenant_id, &id, "disposed", Duration::from_secs(30))
-        .await;
+    api.dispose(&tenant_id, &id).await;
     assert!(bind.dig(&id, "CNAME").is_empty(), "dispose left the record");
 }
 
@@ -184,11 +180,7 @@ async fn each_runtime_reads_only_its_own_secrets() {
         "the secret id is in the API"
     );
 
-    let path = format!("/tenants/{tenant_a}/participant-profiles/{a}");
-    let disposing = api.raw(reqwest::Method::DELETE, &path, None, None).await;
-    assert_eq!(disposing.status(), 202);
-    api.wait_vpas(&tenant_a, &a, "disposed", Duration::from_secs(30))
-        .await;
+    api.dispose(&tenant_a, &a).await;
     assert!(
         bao.login(role_id, secret_id).await.is_err(),
         "the credential outlived dispose"
@@ -225,10 +217,6 @@ async fn serve_keeps_cluster_objects_in_kubernetes() {
             .contains("plugin cluster objects go to Kubernetes")
     );
 
-    let path = format!("/tenants/{tenant_id}/participant-profiles/{id}");
-    let disposing = api.raw(reqwest::Method::DELETE, &path, None, None).await;
-    assert_eq!(disposing.status(), 202);
-    api.wait_vpas(&tenant_id, &id, "disposed", Duration::from_secs(30))
-        .await;
+    api.dispose(&tenant_id, &id).await;
     assert!(kube.names().is_empty(), "{:?}", kube.names());
 }

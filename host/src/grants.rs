@@ -8,6 +8,9 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
+/// The capabilities a grant can open.
+pub const CAPABILITIES: &[&str] = &["secrets", "cluster", "dns", "http"];
+
 /// The placeholders a grant may use; anything else is a configuration error.
 pub const PLACEHOLDERS: &[&str] = &["{participantContextId}"];
 
@@ -206,6 +209,18 @@ impl Grants {
             }
         }
         Ok(())
+    }
+
+    /// Whether these grants open `capability` (one of [`CAPABILITIES`]) at all: what the
+    /// host links for the plugin, and what the plugin may import.
+    pub fn opens(&self, capability: &str) -> bool {
+        match capability {
+            "secrets" => !self.secrets.is_empty(),
+            "cluster" => self.cluster.is_some(),
+            "dns" => self.dns.is_some(),
+            "http" => self.http.is_some(),
+            _ => false,
+        }
     }
 
     /// Resolves the placeholders for one participant context. A context id that is not a

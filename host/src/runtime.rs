@@ -33,7 +33,7 @@ use crate::capability::{Backends, CallContext};
 use crate::config::{HostConfig, Limits, PluginConfig};
 use crate::error::HostError;
 use crate::fairness::CpuMeter;
-use crate::grants::Grants;
+use crate::grants::{CAPABILITIES, Grants};
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -539,17 +539,11 @@ fn load(
     // Deny by default: a plugin that imports a capability its configuration does not
     // grant is refused at load time, naming the capability, rather than failing later.
     let grants = &plugin.grants;
-    let granted = [
-        ("secrets", !grants.secrets.is_empty()),
-        ("cluster", grants.cluster.is_some()),
-        ("dns", grants.dns.is_some()),
-        ("http", grants.http.is_some()),
-    ];
     for (import, _) in component.component_type().imports(engine) {
         let Some(needed) = capability(import) else {
             continue;
         };
-        if granted.iter().any(|(name, ok)| *name == needed && !ok) {
+        if CAPABILITIES.contains(&needed) && !grants.opens(needed) {
             return Err(failed(format!(
                 "it imports the '{needed}' capability, but its configuration grants none; add a [plugin.grants] entry for it"
             )));
@@ -561,16 +555,16 @@ fn load(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
     log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
     // Only granted capabilities are linked.
-    if !plugin.grants.secrets.is_empty() {
+    if grants.opens("secrets") {
         secrets::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
     }
-    if plugin.grants.cluster.is_some() {
+    if grants.opens("cluster") {
         cluster::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
     }
-    if plugin.grants.dns.is_some() {
+    if grants.opens("dns") {
         dns::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
     }
-    let http = match &plugin.grants.http {
+    let http = match &grants.http {
         Some(grant) => {
             wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
             Some(PluginHttp::new(grant).map_err(failed)?)

@@ -94,41 +94,40 @@ impl OpenBao {
 
     /// Reads `path` under `cfm/` with `token` instead of the root token: the status.
     pub async fn read_as(&self, token: &str, path: &str) -> u16 {
-        reqwest::Client::new()
-            .get(format!("{}/v1/secret/data/cfm/{path}", self.address))
-            .header("X-Vault-Token", token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        self.read_with(token, path).await.0
     }
 
     /// Reads `path` under the `cfm/` folder of the `secret` mount: the status and the body.
     pub async fn read(&self, path: &str) -> (u16, serde_json::Value) {
-        let response = reqwest::Client::new()
-            .get(format!("{}/v1/secret/data/cfm/{path}", self.address))
-            .header("X-Vault-Token", &self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or_default())
+        self.read_with(&self.token, path).await
     }
-}
 
-impl OpenBao {
     /// Stores `value` at `path` under `cfm/` in the `secret` mount, the way cfm's KV v2
     /// backend stores a plugin's secret (`{"value": ...}`).
     pub async fn write(&self, path: &str, value: &str) {
         let response = reqwest::Client::new()
-            .post(format!("{}/v1/secret/data/cfm/{path}", self.address))
+            .post(self.kv_url(path))
             .header("X-Vault-Token", &self.token)
             .json(&serde_json::json!({"data": {"value": value}}))
             .send()
             .await
             .unwrap();
         assert!(response.status().is_success(), "{response:?}");
+    }
+
+    async fn read_with(&self, token: &str, path: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .get(self.kv_url(path))
+            .header("X-Vault-Token", token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    fn kv_url(&self, path: &str) -> String {
+        format!("{}/v1/secret/data/cfm/{path}", self.address)
     }
 }
 

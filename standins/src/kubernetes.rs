@@ -153,11 +153,11 @@ async fn handle(
     };
     match result {
         Ok(response) => response,
-        Err(failure) => failure.into_response(),
+        Err(status) => status.into_response(),
     }
 }
 
-type Answer = Result<Response, Failure>;
+type Answer = Result<Response, ApiStatus>;
 
 fn get(cluster: &Cluster, key: &Key) -> Answer {
     match cluster.objects.get(key) {
@@ -173,7 +173,7 @@ fn delete(cluster: &mut Cluster, key: &Key) -> Answer {
     if key.plural == "namespaces" && key.group_version == "v1" {
         cluster.objects.retain(|k, _| k.namespace != key.name);
     }
-    Ok(Failure {
+    Ok(ApiStatus {
         code: StatusCode::OK,
         reason: "",
         message: "deleted".into(),
@@ -259,7 +259,7 @@ fn apply(
     object: Value,
     manager: &str,
     force: bool,
-) -> Result<Value, Failure> {
+) -> Result<Value, ApiStatus> {
     let applied = leaves(&object);
     let (mut current, mut owners, metadata) = match cluster.objects.get(&key) {
         Some(stored) => (
@@ -439,7 +439,7 @@ fn plural(kind: &str) -> String {
     }
 }
 
-fn not_found(key: &Key) -> Failure {
+fn not_found(key: &Key) -> ApiStatus {
     failure(
         StatusCode::NOT_FOUND,
         "NotFound",
@@ -447,23 +447,23 @@ fn not_found(key: &Key) -> Failure {
     )
 }
 
-fn failure(code: StatusCode, reason: &'static str, message: &str) -> Failure {
-    Failure {
+fn failure(code: StatusCode, reason: &'static str, message: &str) -> ApiStatus {
+    ApiStatus {
         code,
         reason,
         message: message.to_string(),
     }
 }
 
-/// What the API server answers errors (and deletes) with: a `Status` object.
+/// A `Status` object: what the API server answers errors and deletes with.
 #[derive(Debug)]
-struct Failure {
+struct ApiStatus {
     code: StatusCode,
     reason: &'static str,
     message: String,
 }
 
-impl IntoResponse for Failure {
+impl IntoResponse for ApiStatus {
     fn into_response(self) -> Response {
         let outcome = if self.code.is_success() {
             "Success"

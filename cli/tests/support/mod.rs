@@ -297,6 +297,16 @@ impl Api {
         .await;
     }
 
+    /// Decommissions a participant (DELETE answered 202) and waits until its VPAs are
+    /// disposed.
+    pub async fn dispose(&self, tenant_id: &str, profile_id: &str) {
+        let path = format!("/tenants/{tenant_id}/participant-profiles/{profile_id}");
+        let disposing = self.raw(reqwest::Method::DELETE, &path, None, None).await;
+        assert_eq!(disposing.status(), 202);
+        self.wait_vpas(tenant_id, profile_id, "disposed", Duration::from_secs(30))
+            .await;
+    }
+
     /// Polls a profile until its four VPAs are active; fails on error or timeout.
     pub async fn wait_active(&self, tenant_id: &str, profile_id: &str, timeout: Duration) -> Value {
         self.wait_vpas(tenant_id, profile_id, "active", timeout)

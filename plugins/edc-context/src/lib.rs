@@ -90,17 +90,15 @@ impl Plugin for EdcContext {
             "properties": {},
             "state": "ACTIVATED",
         });
-        let created = http::Request::post(http::join(
+        http::Request::post(http::join(
             &settings.control_plane_url,
             "/v5beta/participants",
         ))
         .header("x-api-key", &api_key)
         .json(&context)?
         .send()
-        .context("create the Control Plane participant context")?;
-        if created.status != 409 {
-            created.error_for_status("create the Control Plane participant context")?;
-        }
+        .context("create the Control Plane participant context")?
+        .error_for_status_unless(409, "create the Control Plane participant context")?;
         let config = json!({
             "edc.participant.id": did,
             "edc.iam.issuer.id": did,
@@ -145,14 +143,12 @@ impl Plugin for EdcContext {
                 ),
             ),
         ] {
-            let deleted = http::Request::delete(url)
+            // Already gone is what a redelivered dispose finds.
+            http::Request::delete(url)
                 .header("x-api-key", &api_key)
                 .send()
-                .context(format!("delete {what}"))?;
-            // Already gone is what a redelivered dispose finds.
-            if deleted.status != 404 {
-                deleted.error_for_status(&format!("delete {what}"))?;
-            }
+                .context(format!("delete {what}"))?
+                .error_for_status_unless(404, &format!("delete {what}"))?;
         }
         let path = activity.secret_path(IDENTITY_HUB_CREDENTIALS);
         secrets::delete(&path).context(format!("delete {path}"))?;

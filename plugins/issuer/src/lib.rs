@@ -86,13 +86,11 @@ impl Plugin for Issuer {
         let settings = &configured(activity)?;
         let api_key = required_secret(&settings.admin_api_key_secret)?;
         let did = activity.participant_id();
-        let deleted = http::Request::delete(holder_url(settings, Some(did)))
+        http::Request::delete(holder_url(settings, Some(did)))
             .header("x-api-key", &api_key)
             .send()
-            .context("remove the holder from the Issuer Service")?;
-        if deleted.status != 404 {
-            deleted.error_for_status("remove the holder from the Issuer Service")?;
-        }
+            .context("remove the holder from the Issuer Service")?
+            .error_for_status_unless(404, "remove the holder from the Issuer Service")?;
         log::info(&format!("holder {did}: removed from the Issuer Service"));
         Ok(Outcome::empty())
     }
@@ -106,15 +104,13 @@ fn request(
 ) -> Result<Outcome, Error> {
     let pc = activity.participant_context_id();
     let did = activity.participant_id();
-    let registered = http::Request::post(holder_url(settings, None))
+    // 409: registered by an earlier delivery of this activity.
+    http::Request::post(holder_url(settings, None))
         .header("x-api-key", api_key)
         .json(&json!({"did": did, "holderId": pc, "name": did, "properties": {}}))?
         .send()
-        .context("register the holder with the Issuer Service")?;
-    // 409: registered by an earlier delivery of this activity.
-    if registered.status != 409 {
-        registered.error_for_status("register the holder with the Issuer Service")?;
-    }
+        .context("register the holder with the Issuer Service")?
+        .error_for_status_unless(409, "register the holder with the Issuer Service")?;
 
     let specs: Vec<CredentialSpec> = activity
         .data_value(keys::VPA_CREDENTIALS)?

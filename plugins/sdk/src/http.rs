@@ -197,6 +197,16 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// [`Response::error_for_status`], letting `expected` through too: the 409 of a create,
+    /// or the 404 of a delete, that an earlier delivery of the activity already did.
+    pub fn error_for_status_unless(self, expected: u16, action: &str) -> Result<Self, Error> {
+        if self.status == expected {
+            Ok(self)
+        } else {
+            self.error_for_status(action)
+        }
+    }
+
     /// Passes 2xx through; 5xx, 408 and 429 become [`Error::Retry`] (the server may
     /// recover), any other status [`Error::Fatal`]. The message names `action`, the
     /// status and the start of the body.
@@ -371,6 +381,11 @@ mod tests {
             panic!("404 is not fatal");
         };
         assert!(message.contains("find it: HTTP 404: nope"), "{message}");
+        assert!(response(404).error_for_status_unless(404, "x").is_ok());
+        assert!(matches!(
+            response(409).error_for_status_unless(404, "x"),
+            Err(Error::Fatal(_))
+        ));
         assert_eq!(response(200).header("Content-Type"), Some("text/plain"));
     }
 }
