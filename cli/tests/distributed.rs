@@ -7,13 +7,16 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::{Value, json};
-use support::{Api, Deployment, nats_url, read_audit};
+use support::{
+    Api, Deployment, assert_each_created_at_most_once, assert_each_written_once, audit_effects,
+    nats_url, read_audit,
+};
 
 /// Definitions with a 200 ms activity in every onboarding, so work is in flight long
 /// enough to be interrupted; returns the tenant id and the dataspace profile id.
@@ -102,73 +105,6 @@ async fn assert_each_onboarding_completed_once(api: &Api, ids: &[String]) {
     }
 }
 
-/// Per object, how many audit records over the logs of `dirs` say each effect
-/// (`created`, `unchanged`, ...).
-fn effects(dirs: &[PathBuf]) -> HashMap<String, HashMap<String, usize>> {
-    let mut effects: HashMap<String, HashMap<String, usize>> = HashMap::new();
-    for dir in dirs {
-        for record in read_audit(dir) {
-            if let (Some(target), Some(effect)) =
-                (record["target"].as_str(), record["effect"].as_str())
-            {
-                *effects
-                    .entry(target.into())
-                    .or_default()
-                    .entry(effect.into())
-                    .or_default() += 1;
-            }
-        }
-    }
-    effects
-}
-
-/// The objects every onboarding writes.
-fn targets(id: &str) -> [String; 5] {
-    [
-        format!("participants/{id}/api-key"),
-        format!("participants/{id}/slow-marker"),
-        format!("Namespace//cfm-{id}"),
-        format!("ConfigMap/cfm-{id}/participant-context"),
-        format!("{id}.participants.cfm.local CNAME"),
-    ]
-}
-
-/// Each object was written by exactly one run: created once, never touched again.
-fn assert_each_written_once(effects: &HashMap<String, HashMap<String, usize>>, ids: &[String]) {
-    for id in ids {
-        for target in targets(id) {
-            let seen = effects.get(&target).cloned().unwrap_or_default();
-            assert_eq!(
-                seen,
-                HashMap::from([("created".to_string(), 1)]),
-                "{target}"
-            );
-        }
-    }
-}
-
-/// Each object was created at most once; runs after the first found it in place. (A
-/// host killed between its write and the audit record leaves only the later runs'
-/// `unchanged` records.)
-fn assert_each_created_at_most_once(
-    effects: &HashMap<String, HashMap<String, usize>>,
-    ids: &[String],
-) {
-    for id in ids {
-        for target in targets(id) {
-            let seen = effects.get(&target).cloned().unwrap_or_default();
-            let created = seen.get("created").copied().unwrap_or(0);
-            assert!(created <= 1, "{target} created {created} times: {seen:?}");
-            assert!(!seen.is_empty(), "{target} never written");
-            let others: Vec<&String> = seen
-                .keys()
-                .filter(|k| *k != "created" && *k != "unchanged")
-                .collect();
-            assert!(others.is_empty(), "{target}: {seen:?}");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_managers_and_two_agents_share_the_work_and_run_each_activity_once() {
     // Separate agent directories: an activity run on both agents would show as two
@@ -181,8 +117,8 @@ async fn two_managers_and_two_agents_share_the_work_and_run_each_activity_once()
     wait_all_active(&deployment.api(1), &tenant, Duration::from_secs(120)).await;
 
     assert_each_onboarding_completed_once(&deployment.api(0), &ids).await;
-    let a = effects(&[deployment.agent_dir("agent-a")]);
-    let b = effects(&[deployment.agent_dir("agent-b")]);
+    let a = audit_effects(&[deployment.agent_dir("agent-a")]);
+    let b = audit_effects(&[deployment.agent_dir("agent-b")]);
     assert!(
         !a.is_empty() && !b.is_empty(),
         "one agent did all the work: {} / {}",
@@ -190,7 +126,7 @@ async fn two_managers_and_two_agents_share_the_work_and_run_each_activity_once()
         b.len()
     );
     assert_each_written_once(
-        &effects(&[
+        &audit_effects(&[
             deployment.agent_dir("agent-a"),
             deployment.agent_dir("agent-b"),
         ]),
@@ -240,7 +176,7 @@ async fn killed_managers_and_agents_lose_no_onboarding() {
     let api = deployment.api(0);
     wait_all_active(&api, &tenant, Duration::from_secs(600)).await;
     assert_each_onboarding_completed_once(&api, &ids).await;
-    assert_each_created_at_most_once(&effects(&[deployment.agent_dir("agents")]), &ids);
+    assert_each_created_at_most_once(&audit_effects(&[deployment.agent_dir("agents")]), &ids);
     // Kills interrupted activities that had already written their marker; their
     // redelivery found it and changed nothing.
     let redelivered = read_audit(&deployment.agent_dir("agents"))
@@ -347,7 +283,7 @@ async fn a_restarted_queue_server_and_cut_database_connections_heal_by_themselve
 
     wait_all_active(&api, &tenant, Duration::from_secs(180)).await;
     assert_each_onboarding_completed_once(&api, &ids).await;
-    assert_each_created_at_most_once(&effects(&[deployment.agent_dir("agents")]), &ids);
+    assert_each_created_at_most_once(&audit_effects(&[deployment.agent_dir("agents")]), &ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

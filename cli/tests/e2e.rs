@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use cfm_manager::on_both_backends;
 use cfm_manager::testing::TestBackend;
 use serde_json::{Value, json};
-use support::{Server, read_audit};
+use support::{Server, assert_each_created_at_most_once, audit_effects, read_audit};
 
 on_both_backends!(
     walkthrough_turns_all_four_vpas_active,
@@ -223,31 +222,8 @@ async fn a_killed_server_resumes_every_orchestration_with_side_effects_once(back
         assert_eq!(profile["properties"]["cfm.vpa.state"]["slowDelayMs"], 200);
     }
 
-    // Each object was created exactly once, however often its activity was delivered.
-    let mut created: HashMap<String, usize> = HashMap::new();
-    for record in read_audit(&server.data_dir()) {
-        if record["effect"] == "created" {
-            *created
-                .entry(record["target"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
-    }
-    for id in &ids {
-        for target in [
-            format!("participants/{id}/api-key"),
-            format!("participants/{id}/slow-marker"),
-            format!("Namespace//cfm-{id}"),
-            format!("ConfigMap/cfm-{id}/participant-context"),
-            format!("{id}.participants.cfm.local CNAME"),
-        ] {
-            assert_eq!(
-                created.get(&target),
-                Some(&1),
-                "{target} created {:?} times",
-                created.get(&target)
-            );
-        }
-    }
+    // Each object was created once, however often its activity was delivered.
+    assert_each_created_at_most_once(&audit_effects(&[server.data_dir()]), &ids);
     // The kill interrupted activities that had already written their marker; their
     // redelivery found it and changed nothing.
     let redelivered = read_audit(&server.data_dir())

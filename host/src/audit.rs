@@ -1,6 +1,10 @@
 //! Audit records of capability calls: every denial and every write, with who asked,
 //! for which participant, on what target, and what happened. Written as JSON lines
 //! (one file, append-only) and to the `cfm::audit` log target.
+//!
+//! A record follows the write it describes (its effect is known only then), so a host
+//! killed between the two loses that one record; the redelivered activity finds the
+//! object in place and records it `unchanged`.
 
 use std::fs::File;
 use std::io::Write;
