@@ -155,6 +155,27 @@ async fn the_participant_context_is_created_in_both_services_and_removed_again()
     complete(s.host.run(&dispose).await);
 }
 
+#[tokio::test]
+async fn credentials_the_identity_hub_gave_to_an_interrupted_attempt_are_replaced() {
+    let s = setup().await;
+    let deploy = task("cfm.edc.participant-context", DEPLOY);
+    complete(s.host.run(&deploy).await);
+    let kept_at = format!("participants/{PC}/identity-hub-credentials");
+    let first = s.backends.secrets.get(&kept_at).await.unwrap().unwrap();
+
+    // The state an agent leaves when it dies after the Identity Hub answered and before
+    // the credentials were kept: the participant exists, its credentials are nowhere.
+    s.backends.secrets.delete(&kept_at).await.unwrap();
+    complete(s.host.run(&deploy).await);
+
+    assert_eq!(s.standins.identity_hub_participants(), [PC]);
+    assert_eq!(s.standins.calls(Route::IdentityHubDelete), 1);
+    assert_eq!(s.standins.calls(Route::IdentityHubCreate), 3);
+    let second = s.backends.secrets.get(&kept_at).await.unwrap().unwrap();
+    assert!(second.contains("clientSecret"), "{second}");
+    assert_ne!(first, second, "the lost credentials were not replaced");
+}
+
 /// Runs the issuer's deploy, following reschedules, until it ends otherwise.
 async fn run_issuer(s: &Setup) -> (ActivityOutcome, usize) {
     let mut task = task("cfm.issuer.credentials", DEPLOY);

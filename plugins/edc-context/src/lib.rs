@@ -62,25 +62,7 @@ impl Plugin for EdcContext {
                 "keyGeneratorParams": {"algorithm": "EDDSA", "curve": "Ed25519"},
             },
         });
-        let created = http::Request::post(http::join(
-            &settings.identity_hub_url,
-            "/v1beta/participants",
-        ))
-        .header("x-api-key", &api_key)
-        .json(&identity)?
-        .send()
-        .context("create the Identity Hub participant")?;
-        if created.status == 409 {
-            log::info(&format!("Identity Hub participant {pc}: already there"));
-        } else {
-            let created = created.error_for_status("create the Identity Hub participant")?;
-            // The participant's own credentials for the Identity Hub: a secret, so into
-            // the participant's secrets folder and never into the output.
-            let path = activity.secret_path(IDENTITY_HUB_CREDENTIALS);
-            secrets::put(&path, &created.text())
-                .context(format!("keep the Identity Hub credentials at {path}"))?;
-            log::info(&format!("Identity Hub participant {pc}: created"));
-        }
+        identity_hub_participant(activity, settings, &api_key, &identity)?;
 
         let context = json!({
             "@context": ["https://w3id.org/edc/connector/management/v2"],
@@ -154,6 +136,56 @@ impl Plugin for EdcContext {
         secrets::delete(&path).context(format!("delete {path}"))?;
         Ok(Outcome::empty())
     }
+}
+
+/// Creates the participant in the Identity Hub and keeps the API credentials it answers
+/// with, which it gives out only once. A participant found already there is fine when its
+/// credentials were kept; when they were not, an earlier attempt stopped between the
+/// Identity Hub's answer and the secrets store, and the participant is deleted and made
+/// again to get credentials nobody has lost. That is safe at this point: nothing later in
+/// the onboarding has used the participant yet.
+fn identity_hub_participant(
+    activity: &Activity<Settings>,
+    settings: &Settings,
+    api_key: &str,
+    identity: &serde_json::Value,
+) -> Result<(), Error> {
+    let pc = activity.participant_context_id();
+    let path = activity.secret_path(IDENTITY_HUB_CREDENTIALS);
+    let participants = http::join(&settings.identity_hub_url, "/v1beta/participants");
+    let create = || {
+        http::Request::post(&participants)
+            .header("x-api-key", api_key)
+            .json(identity)?
+            .send()
+            .context("create the Identity Hub participant")
+    };
+    let mut created = create()?;
+    if created.status == 409 {
+        if secrets::get(&path)
+            .context(format!("read {path}"))?
+            .is_some()
+        {
+            log::info(&format!("Identity Hub participant {pc}: already there"));
+            return Ok(());
+        }
+        log::warn(&format!(
+            "Identity Hub participant {pc} exists without kept credentials: recreating it"
+        ));
+        http::Request::delete(http::join(&participants, &format!("/{pc}")))
+            .header("x-api-key", api_key)
+            .send()
+            .context("delete the Identity Hub participant")?
+            .error_for_status_unless(404, "delete the Identity Hub participant")?;
+        created = create()?;
+    }
+    let created = created.error_for_status("create the Identity Hub participant")?;
+    // The participant's own credentials for the Identity Hub: a secret, so into the
+    // participant's secrets folder and never into the output.
+    secrets::put(&path, &created.text())
+        .context(format!("keep the Identity Hub credentials at {path}"))?;
+    log::info(&format!("Identity Hub participant {pc}: created"));
+    Ok(())
 }
 
 /// The settings with the participant's cell's service URLs (cell properties
