@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use cfm_host::capability::secrets::SecretsBackend;
 use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
+use cfm_host::capability::{BackendError, Change};
 use cfm_host::runtime::HostOptions;
 use cfm_host::testing::OpenBao;
 use cfm_host::{AgentHost, Audit, Backends};
@@ -22,15 +23,88 @@ fn task(discriminator: &str) -> ActivityTask {
     task
 }
 
-fn backend(bao: &OpenBao) -> VaultSecrets {
-    VaultSecrets::new(VaultSettings {
+fn settings(bao: &OpenBao) -> VaultSettings {
+    VaultSettings {
         address: bao.address.clone(),
         token: bao.token.clone(),
         mount: "secret".into(),
         prefix: "cfm/".into(),
         approle_mount: "approle".into(),
+    }
+}
+
+fn backend(bao: &OpenBao) -> VaultSecrets {
+    VaultSecrets::new(settings(bao)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_writes_are_atomic_and_refusals_name_the_path_not_the_token() {
+    let bao = OpenBao::start();
+    let vault = Arc::new(backend(&bao));
+
+    // Eight redeliveries racing on one path: one creates, the others get its value.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let vault = vault.clone();
+            tokio::spawn(async move {
+                vault
+                    .put_if_absent("participants/p1/key", &format!("value-{i}"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for racer in racers {
+        results.push(racer.await.unwrap());
+    }
+    let created: Vec<_> = results
+        .iter()
+        .filter(|(_, change)| *change == Change::Created)
+        .collect();
+    assert_eq!(created.len(), 1, "{results:?}");
+    assert!(results.iter().all(|(value, _)| *value == created[0].0));
+    assert_eq!(
+        bao.read("participants/p1/key").await.1["data"]["data"]["value"],
+        created[0].0.as_str()
+    );
+
+    assert_eq!(
+        vault.put("participants/p1/key", "new").await.unwrap(),
+        Change::Updated
+    );
+    assert_eq!(
+        vault.put("participants/p1/key", "new").await.unwrap(),
+        Change::Unchanged
+    );
+    assert_eq!(
+        vault.get("participants/p1/key").await.unwrap().as_deref(),
+        Some("new")
+    );
+    assert!(vault.delete("participants/p1/key").await.unwrap());
+    assert!(!vault.delete("participants/p1/key").await.unwrap());
+    assert_eq!(vault.get("participants/p1/key").await.unwrap(), None);
+
+    // A token the server does not know: refused, not retried, and the token stays out
+    // of the message.
+    let stranger = VaultSecrets::new(VaultSettings {
+        token: "s.not-a-token-of-this-server".into(),
+        ..settings(&bao)
     })
-    .unwrap()
+    .unwrap();
+    let refused = stranger.get("participants/p1/key").await.unwrap_err();
+    assert!(matches!(refused, BackendError::Invalid(_)), "{refused:?}");
+    let message = refused.to_string();
+    assert!(
+        message.contains("participants/p1/key") && message.contains("403"),
+        "{message}"
+    );
+    assert!(!message.contains("not-a-token"), "{message}");
+
+    // No server at all: worth retrying.
+    drop(bao);
+    let gone = vault.get("participants/p1/key").await.unwrap_err();
+    assert!(matches!(gone, BackendError::Unavailable(_)), "{gone:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

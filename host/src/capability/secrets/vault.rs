@@ -1,4 +1,4 @@
-//! Secrets in Vault or OpenBao, through the KV version 2 HTTP API.
+//! Secrets in Vault or OpenBao, through the KV version 2 HTTP API (the `vaultrs` client).
 //!
 //! A plugin's path `participants/<pc>/api-key` is the KV secret `<prefix><path>` of the
 //! mount, holding one field, `value`. `put-if-absent` is one atomic write (check-and-set
@@ -12,9 +12,14 @@
 //! (idempotent) and adds a secret id; revoking deletes the role, which ends every secret id
 //! and token it issued, and the policy.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use vaultrs::api::auth::approle::requests::SetAppRoleRequest;
+use vaultrs::api::kv2::requests::SetSecretRequestOptions;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use vaultrs::{auth::approle, kv2, sys};
 
 use crate::bindings::cfm::plugin::types::Change;
 use crate::capability::BackendError;
@@ -48,106 +53,96 @@ impl std::fmt::Debug for VaultSettings {
 }
 
 pub struct VaultSecrets {
-    http: reqwest::Client,
+    client: VaultClient,
     settings: VaultSettings,
 }
 
+/// The one field a cfm secret holds.
+type Fields = HashMap<String, String>;
+const FIELD: &str = "value";
+
 impl VaultSecrets {
     pub fn new(settings: VaultSettings) -> Result<Self, BackendError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+        let client_settings = VaultClientSettingsBuilder::default()
+            .address(&settings.address)
+            .token(&settings.token)
+            .timeout(Some(Duration::from_secs(10)))
+            // Not from VAULT_SKIP_VERIFY: certificates are always checked.
+            .verify(true)
             .build()
-            .map_err(|e| BackendError::Unavailable(format!("HTTP client: {e}")))?;
-        Ok(Self { http, settings })
+            .map_err(|e| BackendError::Invalid(format!("vault settings: {e}")))?;
+        let client = VaultClient::new(client_settings)
+            .map_err(|e| BackendError::Unavailable(format!("vault client: {e}")))?;
+        Ok(Self { client, settings })
     }
 
-    fn url(&self, kind: &str, path: &str) -> String {
-        self.api(&format!(
-            "{}/{kind}/{}{path}",
-            self.settings.mount, self.settings.prefix
-        ))
+    fn key(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.prefix)
     }
 
-    fn api(&self, path: &str) -> String {
-        format!("{}/v1/{path}", self.settings.address.trim_end_matches('/'))
+    fn mount(&self) -> &str {
+        &self.settings.mount
     }
 
     /// The policy and role name of a folder: `cfm-participants-<pc>` for the default prefix.
     fn access_name(&self, folder: &str) -> String {
-        format!("{}{folder}", self.settings.prefix)
-            .trim_matches('/')
-            .replace('/', "-")
-    }
-
-    fn role_url(&self, name: &str, rest: &str) -> String {
-        self.api(&format!(
-            "auth/{}/role/{name}{rest}",
-            self.settings.approle_mount
-        ))
-    }
-
-    /// Sends an administrative request; anything but 2xx is a refusal naming `what`.
-    async fn admin(
-        &self,
-        request: reqwest::RequestBuilder,
-        what: &str,
-    ) -> Result<Value, BackendError> {
-        let (status, body) = self.send(request, what).await?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(refused(status, what, &body))
-        }
-    }
-
-    async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-        path: &str,
-    ) -> Result<(reqwest::StatusCode, Value), BackendError> {
-        let response = request
-            .header("X-Vault-Token", &self.settings.token)
-            .send()
-            .await
-            .map_err(|e| {
-                BackendError::Unavailable(format!(
-                    "vault at {}: {}",
-                    self.settings.address,
-                    e.without_url()
-                ))
-            })?;
-        let status = response.status();
-        let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        if status.is_server_error() {
-            return Err(BackendError::Unavailable(format!(
-                "vault answered {status} for {path}"
-            )));
-        }
-        Ok((status, body))
+        self.key(folder).trim_matches('/').replace('/', "-")
     }
 
     async fn read(&self, path: &str) -> Result<Option<String>, BackendError> {
-        let (status, body) = self
-            .send(self.http.get(self.url("data", path)), path)
-            .await?;
-        match status.as_u16() {
-            200 => Ok(body["data"]["data"]["value"].as_str().map(String::from)),
-            404 => Ok(None),
-            _ => Err(refused(status, path, &body)),
+        match kv2::read::<Fields>(&self.client, self.mount(), &self.key(path)).await {
+            Ok(mut fields) => Ok(fields.remove(FIELD)),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.failed(path, e)),
         }
     }
 
-    async fn write(&self, path: &str, value: &str, cas: Option<u64>) -> Result<bool, BackendError> {
-        let mut payload = json!({"data": {"value": value}});
-        if let Some(cas) = cas {
-            payload["options"] = json!({"cas": cas});
+    /// Writes `value`; with `cas`, only if the secret is at that version (0: absent).
+    /// False when the check-and-set found another version.
+    async fn write(&self, path: &str, value: &str, cas: Option<u32>) -> Result<bool, BackendError> {
+        let fields = Fields::from([(FIELD.to_string(), value.to_string())]);
+        let (mount, key) = (self.mount(), self.key(path));
+        let written = match cas {
+            Some(cas) => {
+                kv2::set_with_options(
+                    &self.client,
+                    mount,
+                    &key,
+                    &fields,
+                    SetSecretRequestOptions { cas },
+                )
+                .await
+            }
+            None => kv2::set(&self.client, mount, &key, &fields).await,
+        };
+        match written {
+            Ok(_) => Ok(true),
+            Err(ClientError::APIError { code: 400, errors })
+                if errors.iter().any(|e| e.contains("check-and-set")) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.failed(path, e)),
         }
-        let request = self.http.post(self.url("data", path)).json(&payload);
-        let (status, body) = self.send(request, path).await?;
-        match status.as_u16() {
-            200 | 204 => Ok(true),
-            400 if body.to_string().contains("check-and-set") => Ok(false),
-            _ => Err(refused(status, path, &body)),
+    }
+
+    /// A 5xx or no answer is worth retrying; anything else (a token without the right
+    /// policy, a bad mount) is the configuration's fault. Names `what`, never the token.
+    fn failed(&self, what: &str, error: ClientError) -> BackendError {
+        match error {
+            ClientError::APIError { code, errors } if code < 500 => BackendError::Invalid(format!(
+                "vault refused {what}: {code}{}",
+                explained(&errors)
+            )),
+            ClientError::APIError { code, errors } => BackendError::Unavailable(format!(
+                "vault answered {code} for {what}{}",
+                explained(&errors)
+            )),
+            other => BackendError::Unavailable(format!(
+                "vault at {} for {what}: {}",
+                self.settings.address,
+                chain(&other)
+            )),
         }
     }
 }
@@ -163,6 +158,7 @@ impl SecretsBackend for VaultSecrets {
         path: &str,
         value: &str,
     ) -> Result<(String, Change), BackendError> {
+        // One atomic write: several agent hosts redelivering the same task create it once.
         if self.write(path, value, Some(0)).await? {
             return Ok((value.to_string(), Change::Created));
         }
@@ -190,92 +186,91 @@ impl SecretsBackend for VaultSecrets {
 
     async fn delete(&self, path: &str) -> Result<bool, BackendError> {
         let existed = self.read(path).await?.is_some();
-        let (status, body) = self
-            .send(self.http.delete(self.url("metadata", path)), path)
-            .await?;
-        match status.as_u16() {
-            200 | 204 | 404 => Ok(existed),
-            _ => Err(refused(status, path, &body)),
+        match kv2::delete_metadata(&self.client, self.mount(), &self.key(path)).await {
+            Ok(()) => Ok(existed),
+            Err(e) if status(&e) == Some(404) => Ok(existed),
+            Err(e) => Err(self.failed(path, e)),
         }
     }
 
     async fn issue_access(&self, folder: &str) -> Result<(String, String), BackendError> {
         let name = self.access_name(folder);
-        let (mount, prefix) = (&self.settings.mount, &self.settings.prefix);
+        let (mount, key) = (self.mount(), self.key(folder));
         let policy = format!(
-            "path \"{mount}/data/{prefix}{folder}/*\" {{ capabilities = [\"read\"] }}\n\
-             path \"{mount}/metadata/{prefix}{folder}/*\" {{ capabilities = [\"read\", \"list\"] }}\n"
+            "path \"{mount}/data/{key}/*\" {{ capabilities = [\"read\"] }}\n\
+             path \"{mount}/metadata/{key}/*\" {{ capabilities = [\"read\", \"list\"] }}\n"
         );
-        let what = format!("the access policy of {folder}");
-        self.admin(
-            self.http
-                .put(self.api(&format!("sys/policies/acl/{name}")))
-                .json(&json!({ "policy": policy })),
-            &what,
-        )
-        .await?;
+        sys::policy::set(&self.client, &name, &policy)
+            .await
+            .map_err(|e| self.failed(&format!("the access policy of {folder}"), e))?;
         let what = format!("the access role of {folder}");
-        self.admin(
-            self.http.post(self.role_url(&name, "")).json(&json!({
-                "token_policies": [name],
-                "token_ttl": "1h",
-                "token_max_ttl": "24h",
-            })),
-            &what,
+        let approle_mount = &self.settings.approle_mount;
+        approle::role::set(
+            &self.client,
+            approle_mount,
+            &name,
+            Some(
+                SetAppRoleRequest::builder()
+                    .token_policies(vec![name.clone()])
+                    .token_ttl("1h")
+                    .token_max_ttl("24h"),
+            ),
         )
-        .await?;
-        let role = self
-            .admin(self.http.get(self.role_url(&name, "/role-id")), &what)
-            .await?;
-        let secret = self
-            .admin(self.http.post(self.role_url(&name, "/secret-id")), &what)
-            .await?;
-        match (
-            role["data"]["role_id"].as_str(),
-            secret["data"]["secret_id"].as_str(),
-        ) {
-            (Some(id), Some(secret)) => Ok((id.to_string(), secret.to_string())),
-            _ => Err(BackendError::Unavailable(format!(
-                "vault answered {what} without a role id or secret id"
-            ))),
-        }
+        .await
+        .map_err(|e| self.failed(&what, e))?;
+        let role = approle::role::read_id(&self.client, approle_mount, &name)
+            .await
+            .map_err(|e| self.failed(&what, e))?;
+        let secret = approle::role::secret::generate(&self.client, approle_mount, &name, None)
+            .await
+            .map_err(|e| self.failed(&what, e))?;
+        Ok((role.role_id, secret.secret_id))
     }
 
     async fn revoke_access(&self, folder: &str) -> Result<bool, BackendError> {
         let name = self.access_name(folder);
         let what = format!("the access role of {folder}");
-        let (status, body) = self
-            .send(self.http.get(self.role_url(&name, "")), &what)
-            .await?;
-        let existed = match status.as_u16() {
-            200 => true,
-            404 => false,
-            _ => return Err(refused(status, &what, &body)),
+        let approle_mount = &self.settings.approle_mount;
+        let existed = match approle::role::read(&self.client, approle_mount, &name).await {
+            Ok(_) => true,
+            Err(e) if status(&e) == Some(404) => false,
+            Err(e) => return Err(self.failed(&what, e)),
         };
         // The role first: with it go every secret id and token it issued.
-        self.admin(self.http.delete(self.role_url(&name, "")), &what)
-            .await?;
-        let what = format!("the access policy of {folder}");
-        self.admin(
-            self.http
-                .delete(self.api(&format!("sys/policies/acl/{name}"))),
-            &what,
-        )
-        .await?;
+        approle::role::delete(&self.client, approle_mount, &name)
+            .await
+            .map_err(|e| self.failed(&what, e))?;
+        sys::policy::delete(&self.client, &name)
+            .await
+            .map_err(|e| self.failed(&format!("the access policy of {folder}"), e))?;
         Ok(existed)
     }
 }
 
-/// A 4xx other than "not found": a token without the right policy, a bad mount.
-fn refused(status: reqwest::StatusCode, path: &str, body: &Value) -> BackendError {
-    let errors = body["errors"].as_array().map(|e| {
-        e.iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join("; ")
-    });
-    BackendError::Invalid(format!(
-        "vault refused {path}: {status}{}",
-        errors.map(|e| format!(" ({e})")).unwrap_or_default()
-    ))
+/// The HTTP status of a Vault answer that was not a success.
+fn status(error: &ClientError) -> Option<u16> {
+    match error {
+        ClientError::APIError { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+fn explained(errors: &[String]) -> String {
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", errors.join("; "))
+    }
+}
+
+/// An error with its causes: the client's own messages say little on their own.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
