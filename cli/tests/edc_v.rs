@@ -1,6 +1,7 @@
 //! The `edc-v` template end to end through `cfm serve`: secrets in a real OpenBao (behind
 //! a gate the tests can close), DNS in a real BIND9, the Identity Hub, Control Plane and
-//! Issuer Service as documented-API stand-ins (cfm-standins), cluster objects as manifests.
+//! Issuer Service as documented-API stand-ins (cfm-standins), cluster objects in the
+//! Kubernetes API-server stand-in.
 //! A successful onboarding leaves all four VPAs active with the EDC outputs in
 //! `cfm.vpa.state` and a runtime credential that reads the participant's secrets only; an
 //! Issuer Service answering 500 and an unreachable OpenBao are retried through; a
@@ -13,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cfm_host::testing::{Bind, OpenBao};
-use cfm_standins::Route;
-use cfm_standins::Standins;
+use cfm_standins::kubernetes::KubeApi;
+use cfm_standins::{Route, Standins};
 use serde_json::{Value, json};
-use support::{Api, Gate, Server};
+use support::{Api, Gate, Server, handed_over};
 
 const ISSUER_DID: &str = "did:web:issuer.example";
 const ADMIN_KEY_PATH: &str = "operator/edc-admin-api-key";
@@ -28,6 +29,7 @@ struct Deployment {
     /// Between cfm and OpenBao.
     vault_gate: Gate,
     bind: Bind,
+    kube: KubeApi,
     _dir: tempfile::TempDir,
 }
 
@@ -37,6 +39,7 @@ async fn deploy() -> Deployment {
     bao.write(ADMIN_KEY_PATH, &standins.api_key).await;
     let vault_gate = Gate::start(bao.address.trim_start_matches("http://").parse().unwrap()).await;
     let bind = Bind::start("participants.cfm.local");
+    let kube = KubeApi::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugins = edc_plugins_config(dir.path(), &standins);
     let mut args = vec!["--plugins".to_string(), plugins.display().to_string()];
@@ -45,6 +48,7 @@ async fn deploy() -> Deployment {
         &bao,
         &vault_gate.address(),
         &bind,
+        &kube,
     ));
     let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     Deployment {
@@ -53,6 +57,7 @@ async fn deploy() -> Deployment {
         bao,
         vault_gate,
         bind,
+        kube,
         _dir: dir,
     }
 }
@@ -193,31 +198,21 @@ async fn an_edc_v_onboarding_reaches_every_service() {
     assert_eq!(status, 200);
     assert_eq!(d.bind.dig(&pc, "CNAME"), ["cell-e.cells.cfm.local."]);
     assert!(
-        d.server
-            .data_dir()
-            .join(format!(
-                "cluster/cfm-{pc}/ConfigMap/participant-context.yaml"
-            ))
-            .exists()
+        d.kube
+            .object(
+                "v1",
+                "configmaps",
+                &format!("cfm-{pc}"),
+                "participant-context"
+            )
+            .is_some()
     );
     // The administration API key never shows in the log.
     assert!(!d.server.log().contains(&d.standins.api_key));
 
     // The runtime's credential, handed over in its namespace, reads its secrets only.
-    let handed_over = d
-        .server
-        .data_dir()
-        .join(format!("cluster/cfm-{pc}/Secret/vault-access.yaml"));
-    let manifest: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(handed_over).unwrap()).unwrap();
-    let token = d
-        .bao
-        .login(
-            manifest["stringData"]["roleId"].as_str().unwrap(),
-            manifest["stringData"]["secretId"].as_str().unwrap(),
-        )
-        .await
-        .unwrap();
+    let (role_id, secret_id) = handed_over(&d.kube, &pc);
+    let token = d.bao.login(&role_id, &secret_id).await.unwrap();
     let own = format!("participants/{pc}/api-key");
     assert_eq!(d.bao.read_as(&token, &own).await, 200);
     let others = format!("participants/{other}/api-key");
@@ -307,13 +302,7 @@ async fn a_failed_credential_request_is_compensated_everywhere() {
     let (status, _) = d.bao.read(&format!("participants/{pc}/api-key")).await;
     assert_eq!(status, 404, "{profile}");
     assert!(d.bind.dig(&pc, "CNAME").is_empty());
-    assert!(
-        !d.server
-            .data_dir()
-            .join(format!("cluster/cfm-{pc}"))
-            .join("ConfigMap/participant-context.yaml")
-            .exists()
-    );
+    assert!(d.kube.names().is_empty(), "{:?}", d.kube.names());
     assert!(d.standins.identity_hub_participants().is_empty());
     assert!(d.standins.control_plane_participants().is_empty());
     assert!(d.standins.holders().is_empty());

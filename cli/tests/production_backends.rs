@@ -10,7 +10,7 @@ use std::time::Duration;
 use cfm_host::testing::{Bind, OpenBao};
 use cfm_standins::kubernetes::KubeApi;
 use serde_json::json;
-use support::{Api, Server};
+use support::{Api, Server, handed_over};
 
 /// Onboards one participant on a fresh tenant and waits for it; returns (tenant, profile).
 async fn onboard(api: &Api, cell: &str, did: &str) -> (String, String) {
@@ -66,10 +66,11 @@ async fn a_participant_keeps_its_secret_and_name_when_cfm_is_gone() {
     let bao = OpenBao::start();
     let bind = Bind::start("participants.cfm.local");
     let dir = tempfile::tempdir().unwrap();
-    let mut server = serve_with_runtime_access(dir.path(), &bao, &bind).await;
+    let kube = KubeApi::start().await;
+    let mut server = serve_with_runtime_access(dir.path(), &bao, &bind, &kube).await;
     let (_, id) = onboard(&server.client(), "cell-t", "did:web:t.example").await;
     let (_, before) = bao.read(&format!("participants/{id}/api-key")).await;
-    let (role_id, secret_id) = handed_over(&server, &id);
+    let (role_id, secret_id) = handed_over(&kube, &id);
 
     server.kill();
     let (status, after) = bao.read(&format!("participants/{id}/api-key")).await;
@@ -85,24 +86,24 @@ async fn a_participant_keeps_its_secret_and_name_when_cfm_is_gone() {
     assert_eq!(bind.dig(&id, "CNAME"), ["cell-t.cells.cfm.local."]);
 }
 
-/// `cfm serve` with secrets in `bao`, DNS in `bind`, and the vault plugin issuing runtime
-/// credentials.
-async fn serve_with_runtime_access(dir: &std::path::Path, bao: &OpenBao, bind: &Bind) -> Server {
+/// `cfm serve` with secrets in `bao`, DNS in `bind`, cluster objects in `kube`, and the
+/// vault plugin issuing runtime credentials.
+async fn serve_with_runtime_access(
+    dir: &std::path::Path,
+    bao: &OpenBao,
+    bind: &Bind,
+    kube: &KubeApi,
+) -> Server {
     let plugins = support::plugins_config_with(dir, support::runtime_access);
     let mut args = vec!["--plugins".to_string(), plugins.display().to_string()];
-    args.extend(support::production_backends(dir, bao, &bao.address, bind));
+    args.extend(support::production_backends(
+        dir,
+        bao,
+        &bao.address,
+        bind,
+        kube,
+    ));
     Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
-}
-
-/// The role id and secret id handed to a participant's runtime in its namespace.
-fn handed_over(server: &Server, pc: &str) -> (String, String) {
-    let manifest = server
-        .data_dir()
-        .join(format!("cluster/cfm-{pc}/Secret/vault-access.yaml"));
-    let manifest: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
-    let field = |name: &str| manifest["stringData"][name].as_str().unwrap().to_string();
-    (field("roleId"), field("secretId"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,12 +147,13 @@ async fn each_runtime_reads_only_its_own_secrets() {
     let bao = OpenBao::start();
     let bind = Bind::start("participants.cfm.local");
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_with_runtime_access(dir.path(), &bao, &bind).await;
+    let kube = KubeApi::start().await;
+    let server = serve_with_runtime_access(dir.path(), &bao, &bind, &kube).await;
     let api = server.client();
     let (tenant_a, a) = onboard(&api, "cell-a", "did:web:a.example").await;
     let (_, b) = onboard(&api, "cell-b", "did:web:b.example").await;
 
-    let (role_id, secret_id) = handed_over(&server, &a);
+    let (role_id, secret_id) = handed_over(&kube, &a);
     let (role_id, secret_id) = (role_id.as_str(), secret_id.as_str());
     let token = bao.login(role_id, secret_id).await.unwrap();
     assert_eq!(
@@ -191,10 +193,9 @@ async fn each_runtime_reads_only_its_own_secrets() {
         403
     );
     assert!(
-        !server
-            .data_dir()
-            .join(format!("cluster/cfm-{a}/Secret/vault-access.yaml"))
-            .exists()
+        kube.object("v1", "secrets", &format!("cfm-{a}"), "vault-access")
+            .is_none(),
+        "dispose left the handed-over credential"
     );
 }
 

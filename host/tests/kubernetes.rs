@@ -221,8 +221,17 @@ async fn the_k8s_plugin_deploys_and_disposes_through_kubernetes() {
     )]);
     let data = tempfile::tempdir().unwrap();
     let backends = Backends::embedded(data.path()).with_cluster(Arc::new(cluster(&api).await));
-    let host = AgentHost::new(&config, backends, Audit::default(), HostOptions::default()).unwrap();
     let pc = "p-9";
+    // What the vault plugin leaves for the runtime when runtime access is on.
+    backends
+        .secrets
+        .put(
+            &format!("participants/{pc}/runtime-access"),
+            r#"{"roleId":"role-1","secretId":"secret-1"}"#,
+        )
+        .await
+        .unwrap();
+    let host = AgentHost::new(&config, backends, Audit::default(), HostOptions::default()).unwrap();
     let mut task = support::task("cfm.k8s.runtime", pc);
     let outcome = host.run(&task).await;
     assert!(
@@ -255,6 +264,13 @@ async fn the_k8s_plugin_deploys_and_disposes_through_kubernetes() {
         )
         .unwrap();
     assert_eq!(isolation["spec"]["policyTypes"], json!(["Ingress"]));
+    // The credential handed over as a Secret, stored the way the API server keeps it.
+    let access = api
+        .object("v1", "secrets", "cfm-p-9", "vault-access")
+        .unwrap();
+    assert_eq!(access["data"]["secretId"], "c2VjcmV0LTE=");
+    assert!(access.get("stringData").is_none(), "{access}");
+    let access_version = access["metadata"]["resourceVersion"].clone();
     assert!(
         !data.path().join("cluster").exists(),
         "manifests were written too"
@@ -266,6 +282,11 @@ async fn the_k8s_plugin_deploys_and_disposes_through_kubernetes() {
         api.object("v1", "configmaps", "cfm-p-9", "participant-context")
             .unwrap()["metadata"]["resourceVersion"],
         version
+    );
+    assert_eq!(
+        api.object("v1", "secrets", "cfm-p-9", "vault-access")
+            .unwrap()["metadata"]["resourceVersion"],
+        access_version
     );
 
     task.discriminator = support::DISPOSE.into();

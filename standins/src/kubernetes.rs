@@ -8,7 +8,8 @@
 //! exist (404); `resourceVersion` changes only when an object does, so an apply that changes
 //! nothing keeps it; field ownership per manager, with a 409 `Conflict` when another manager
 //! owns a field the apply would change, unless `force=true`; 201 on create, 200 otherwise;
-//! errors as `Status` objects; deleting a namespace deletes what is in it. What it leaves
+//! errors as `Status` objects; deleting a namespace deletes what is in it; a Secret's
+//! `stringData` is stored base64-encoded under `data`. What it leaves
 //! out: watches, lists, validation against OpenAPI schemas, admission, finalizers, the
 //! asynchronous `Terminating` phase.
 
@@ -251,6 +252,33 @@ fn patch(
     Ok((code, axum::Json(stored)).into_response())
 }
 
+/// A Secret's `stringData` is write-only: the API server stores it base64-encoded under
+/// `data` (where its keys win) and never returns it.
+fn fold_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|s| s.remove("stringData"))
+    else {
+        return;
+    };
+    let mut data = secret["data"]
+        .as_object_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    for (name, value) in plain {
+        let text = value
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| value.to_string());
+        data.insert(
+            name,
+            base64::engine::general_purpose::STANDARD
+                .encode(text)
+                .into(),
+        );
+    }
+    secret["data"] = Value::Object(data);
+}
+
 /// Server-side apply of `object` by `manager`: its fields are set and owned by the manager,
 /// fields it owned before and no longer sets are removed.
 fn apply(
@@ -303,6 +331,9 @@ fn apply(
         owners.insert(path.clone(), manager.to_string());
     }
     let mut next = unflatten(&current);
+    if key.plural == "secrets" {
+        fold_string_data(&mut next);
+    }
     let before = cluster
         .objects
         .get(&key)

@@ -2,15 +2,18 @@
 //! `{"error":"<status text>","message":"<text>","code":<status>}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ManagerError;
+use crate::store;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds after which the same request is worth sending again (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -18,6 +21,7 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -44,7 +48,13 @@ impl IntoResponse for ApiError {
             message: self.message,
             code: self.status.as_u16(),
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -54,7 +64,18 @@ impl From<ManagerError> for ApiError {
             ManagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Conflict(_) => StatusCode::CONFLICT,
-            ManagerError::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
+            ManagerError::Database(e) if store::is_transient(e) => {
+                // The transaction was rolled back whole: nothing half-written, and the
+                // same request can simply be sent again.
+                tracing::warn!("request refused for now: {error}");
+                return Self {
+                    retry_after: Some(1),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the database is busy and nothing was changed; send the request again",
+                    )
+                };
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -71,5 +92,56 @@ pub type ApiResult<T> = Result<T, ApiError>;
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         ManagerError::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::ScratchDatabase;
+    use sqlx::{Connection, Executor, PgConnection};
+
+    /// Two transactions locking two rows in opposite orders: PostgreSQL aborts one.
+    #[tokio::test]
+    async fn a_deadlock_victim_is_told_to_retry_not_given_a_500() {
+        let scratch = ScratchDatabase::create().await;
+        let mut setup = PgConnection::connect(scratch.url()).await.unwrap();
+        setup
+            .execute(
+                "CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0), (2, 0)",
+            )
+            .await
+            .unwrap();
+        let run = |first: i32, second: i32| {
+            let url = scratch.url().to_string();
+            tokio::spawn(async move {
+                let mut conn = PgConnection::connect(&url).await.unwrap();
+                let mut tx = conn.begin().await.unwrap();
+                sqlx::query("UPDATE t SET v = v + 1 WHERE id = $1")
+                    .bind(first)
+                    .execute(&mut *tx)
+                    .await?;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                sqlx::query("UPDATE t SET v = v + 1 WHERE id = $1")
+                    .bind(second)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            })
+        };
+        let (a, b) = (run(1, 2), run(2, 1));
+        let outcomes = [a.await.unwrap(), b.await.unwrap()];
+        let victim = outcomes
+            .into_iter()
+            .find_map(Result::err)
+            .expect("one transaction is the deadlock's victim");
+        assert!(store::is_transient(&victim), "{victim}");
+
+        let response = ApiError::from(victim).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        // Anything else from the database stays an internal error.
+        let other = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -231,6 +231,21 @@ impl Table {
     }
 }
 
+/// Whether a failed statement left nothing behind and is worth sending again as it was:
+/// PostgreSQL chose this transaction as a deadlock's victim (40P01) or could not serialise
+/// it (40001), SQLite found the database locked, or no connection came free in time.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(e) => matches!(
+            e.code().as_deref(),
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+            Some("40P01" | "40001" | "5" | "6" | "261" | "262" | "517")
+        ),
+        _ => false,
+    }
+}
+
 /// A database URL fit for logs and errors: without its password.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {

@@ -1,6 +1,9 @@
 //! Cluster objects rendered as YAML manifests under the data directory, for the embedded
 //! default: `<root>/<namespace>/<Kind>/<name>.yaml` (`_cluster` for cluster-scoped objects),
 //! ready for `kubectl apply -R -f`. Production deployments use the Kubernetes API instead.
+//!
+//! The directory is meant to be committed to a Git repository that Argo CD or Flux syncs,
+//! so a `Secret` that carries data is refused rather than written there in plain text.
 
 use std::path::PathBuf;
 
@@ -44,6 +47,14 @@ impl ManifestCluster {
 #[async_trait::async_trait]
 impl ClusterBackend for ManifestCluster {
     async fn apply(&self, object: &ObjectRef, manifest: Value) -> Result<Change, BackendError> {
+        if object.kind == "Secret" && carries_data(&manifest) {
+            return Err(BackendError::Invalid(format!(
+                "Secret {}/{} carries data, and cfm writes no secret in plain text into a \
+                 manifests directory (it is meant for Git): use the Kubernetes backend \
+                 (--kubernetes) for this plugin's Secrets",
+                object.namespace, object.name
+            )));
+        }
         let _guard = self.write.lock().await;
         let file = self.file(object);
         let lock = self.root.join(".lock");
@@ -78,6 +89,13 @@ impl ClusterBackend for ManifestCluster {
     }
 }
 
+/// Whether a Secret manifest holds values (`data` or `stringData` with any key).
+fn carries_data(manifest: &Value) -> bool {
+    ["data", "stringData"]
+        .iter()
+        .any(|field| manifest[field].as_object().is_some_and(|m| !m.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +121,29 @@ mod tests {
         assert_eq!(cluster.get(&object).await.unwrap(), Some(manifest));
         assert!(cluster.delete(&object).await.unwrap());
         assert_eq!(cluster.get(&object).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_secret_with_data_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = ManifestCluster::new(dir.path().to_path_buf());
+        for field in ["data", "stringData"] {
+            let manifest = json!({"apiVersion":"v1","kind":"Secret",
+                "metadata":{"name":"access","namespace":"cfm-a"}, field: {"secretId":"s3cr3t"}});
+            let object = ObjectRef::of_manifest(&manifest).unwrap();
+            let refused = cluster.apply(&object, manifest).await.unwrap_err();
+            assert!(matches!(refused, BackendError::Invalid(_)), "{refused:?}");
+            assert!(refused.to_string().contains("--kubernetes"), "{refused}");
+            assert!(!refused.to_string().contains("s3cr3t"), "{refused}");
+        }
+        assert!(!dir.path().join("cfm-a").exists());
+        // A Secret without values (a placeholder another tool fills) is just a manifest.
+        let empty = json!({"apiVersion":"v1","kind":"Secret",
+            "metadata":{"name":"access","namespace":"cfm-a"}});
+        let object = ObjectRef::of_manifest(&empty).unwrap();
+        assert_eq!(
+            cluster.apply(&object, empty).await.unwrap(),
+            Change::Created
+        );
     }
 }
