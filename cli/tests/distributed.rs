@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
 use rand::Rng;
 use serde_json::{Value, json};
 use support::{
@@ -234,6 +235,15 @@ impl NatsServer {
         self.child.wait().unwrap();
         self.child = Self::spawn(self.port, self.store.path());
     }
+
+    /// Restarts it with its storage gone, as after losing a disk.
+    fn restart_without_storage(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::fs::remove_dir_all(self.store.path()).unwrap();
+        std::fs::create_dir(self.store.path()).unwrap();
+        self.child = Self::spawn(self.port, self.store.path());
+    }
 }
 
 impl Drop for NatsServer {
@@ -284,6 +294,43 @@ async fn a_restarted_queue_server_and_cut_database_connections_heal_by_themselve
     wait_all_active(&api, &tenant, Duration::from_secs(180)).await;
     assert_each_onboarding_completed_once(&api, &ids).await;
     assert_each_created_at_most_once(&audit_effects(&[deployment.agent_dir("agents")]), &ids);
+}
+
+/// A queue server that comes back without its storage has lost the work handed to it;
+/// the managers still hold it and publish it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_a_queue_server_lost_is_published_again() {
+    let mut nats = NatsServer::start();
+    let mut deployment = Deployment::start(&nats.url(), 1).await;
+    let api = deployment.api(0);
+    let (tenant, dataspace) = prepare(&api).await;
+    let ids = onboard(&api, &tenant, &dataspace, 10).await;
+
+    // No agent yet: the first activities wait in the stream. Then the server loses it.
+    let mut settings = JetStreamSettings::new(nats.url());
+    settings.namespace = deployment.namespace.clone();
+    let queue = JetStreamQueue::connect(settings).await.unwrap();
+    let started = Instant::now();
+    while queue.messages().await.unwrap() < ids.len() as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the managers never published the work"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(queue);
+    nats.restart_without_storage();
+
+    deployment.start_agents(&["agents"], 4);
+    wait_all_active(&api, &tenant, Duration::from_secs(90)).await;
+    assert_each_onboarding_completed_once(&api, &ids).await;
+    assert_each_created_at_most_once(&audit_effects(&[deployment.agent_dir("agents")]), &ids);
+    assert!(
+        deployment.managers[0]
+            .log()
+            .contains("the queue lost messages handed to it"),
+        "the recovery went unreported"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

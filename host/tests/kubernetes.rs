@@ -210,15 +210,15 @@ async fn the_stand_in_answers_as_the_api_server_does() {
     );
 }
 
+/// What the built-in configuration grants the `k8s` plugin.
+const K8S_GRANTS: &str = "[plugin.grants]\nsecrets = [\"participants/{participantContextId}/runtime-access\"]\n\
+     [plugin.grants.cluster]\nnamespaces = [\"cfm-{participantContextId}\"]\n\
+     kinds = [\"Namespace\", \"ConfigMap\", \"Secret\", \"Ingress\", \"NetworkPolicy\"]\n";
+
 #[tokio::test]
 async fn the_k8s_plugin_deploys_and_disposes_through_kubernetes() {
     let api = KubeApi::start().await;
-    let config = support::config(&[(
-        "k8s",
-        "cfm.k8s.runtime",
-        "[plugin.grants]\nsecrets = [\"participants/{participantContextId}/runtime-access\"]\n\
-         [plugin.grants.cluster]\nnamespaces = [\"cfm-{participantContextId}\"]\nkinds = [\"Namespace\", \"ConfigMap\", \"Secret\", \"Ingress\", \"NetworkPolicy\"]\n",
-    )]);
+    let config = support::config(&[("k8s", "cfm.k8s.runtime", K8S_GRANTS)]);
     let data = tempfile::tempdir().unwrap();
     let backends = Backends::embedded(data.path()).with_cluster(Arc::new(cluster(&api).await));
     let pc = "p-9";
@@ -296,4 +296,63 @@ async fn the_k8s_plugin_deploys_and_disposes_through_kubernetes() {
         "{outcome:?}"
     );
     assert!(api.names().is_empty(), "{:?}", api.names());
+}
+
+/// What a real cluster does between a dispose and the next deploy: the namespace is
+/// `Terminating` for a while and refuses new content; the API server throttles (429) or
+/// reports a conflict (409). None of them fails the activity.
+#[tokio::test]
+async fn a_terminating_namespace_throttling_and_conflicts_never_fail_the_activity() {
+    let api = KubeApi::start().await;
+    api.terminate_namespaces_for(std::time::Duration::from_millis(600));
+    let config = support::config(&[("k8s", "cfm.k8s.runtime", K8S_GRANTS)]);
+    let data = tempfile::tempdir().unwrap();
+    let backends = Backends::embedded(data.path()).with_cluster(Arc::new(cluster(&api).await));
+    let host = AgentHost::new(&config, backends, Audit::default(), HostOptions::default()).unwrap();
+    let mut deploy = support::task("cfm.k8s.runtime", "p-t");
+    let mut dispose = deploy.clone();
+    dispose.discriminator = support::DISPOSE.into();
+    let retried = |outcome: ActivityOutcome, why: &str| match outcome {
+        ActivityOutcome::Retry { reason } => assert!(reason.contains(why), "{reason}"),
+        other => panic!("expected a retry for {why}, got {other:?}"),
+    };
+
+    assert!(matches!(
+        host.run(&deploy).await,
+        ActivityOutcome::Complete { .. }
+    ));
+    assert!(matches!(
+        host.run(&dispose).await,
+        ActivityOutcome::Complete { .. }
+    ));
+    let namespace = api.object("v1", "namespaces", "", "cfm-p-t").unwrap();
+    assert_eq!(namespace["status"]["phase"], "Terminating");
+
+    // Deployed again at once (a compensated onboarding retried): the namespace is still
+    // going away.
+    deploy.attempt = 2;
+    retried(host.run(&deploy).await, "being terminated");
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(api.object("v1", "namespaces", "", "cfm-p-t").is_none());
+
+    // A conflict comes back to the engine as a retry of the activity; throttling is
+    // waited out inside the call by kube's own retry (it honours Retry-After).
+    api.fail_next(&[409]);
+    retried(host.run(&deploy).await, "409");
+    api.fail_next(&[429, 429]);
+    assert!(matches!(
+        host.run(&deploy).await,
+        ActivityOutcome::Complete { .. }
+    ));
+    assert_eq!(
+        api.scripted_left(),
+        0,
+        "the throttling answers were never served"
+    );
+    let namespace = api.object("v1", "namespaces", "", "cfm-p-t").unwrap();
+    assert!(namespace.get("status").is_none(), "{namespace}");
+    assert!(
+        api.object("v1", "configmaps", "cfm-p-t", "participant-context")
+            .is_some()
+    );
 }

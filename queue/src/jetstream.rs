@@ -98,6 +98,20 @@ impl JetStreamQueue {
         Ok(())
     }
 
+    /// How many messages the stream holds now: work not yet acknowledged, and reports.
+    pub async fn messages(&self) -> Result<u64, QueueError> {
+        let mut stream = self
+            .context
+            .get_stream(&self.stream_config.name)
+            .await
+            .map_err(|e| QueueError::Setup(e.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| QueueError::Setup(e.to_string()))?;
+        Ok(info.state.messages)
+    }
+
     fn subject(&self, topic: &str) -> String {
         format!("{}.{topic}", self.settings.namespace)
     }
@@ -134,6 +148,18 @@ impl Queue for JetStreamQueue {
         Ok(())
     }
 
+    /// The stream's creation time, asked of the server each time: a stream lost and made
+    /// again (by this process or another) has a new one. A missing stream is made here.
+    async fn holds_since(&self) -> Result<Option<i64>, QueueError> {
+        let stream = self
+            .context
+            .get_or_create_stream(self.stream_config.clone())
+            .await
+            .map_err(|e| QueueError::Setup(format!("stream {}: {e}", self.stream_config.name)))?;
+        let created = stream.cached_info().created;
+        Ok(Some((created.unix_timestamp_nanos() / 1_000_000) as i64))
+    }
+
     async fn consumer(&self, topic: &str) -> Result<Box<dyn Consumer>, QueueError> {
         check_topic(topic)?;
         let name = consumer_name(&self.settings.namespace, topic);
@@ -158,6 +184,7 @@ impl Queue for JetStreamQueue {
             stream_config: self.stream_config.clone(),
             name,
             config,
+            broken: false,
         }))
     }
 }
@@ -169,6 +196,8 @@ struct JetStreamConsumer {
     stream_config: stream::Config,
     name: String,
     config: consumer::pull::Config,
+    /// The last pull failed: repair before the next one.
+    broken: bool,
 }
 
 #[async_trait]
@@ -178,10 +207,14 @@ impl Consumer for JetStreamConsumer {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Box<dyn Delivery>>, QueueError> {
-        let pulled = self.pull_once(max, wait).await;
-        if pulled.is_err() {
+        // Repaired before the next pull rather than right after the failure: a failure
+        // can be the stream being deleted, and recreating it while the server is still
+        // tearing the old one down leaves a stream whose consumers never answer.
+        if self.broken {
             self.repair().await;
         }
+        let pulled = self.pull_once(max, wait).await;
+        self.broken = pulled.is_err();
         pulled
     }
 }

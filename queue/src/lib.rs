@@ -46,6 +46,14 @@ pub trait Queue: Send + Sync {
     /// A consumer of `topic`. Consumers of one topic share its messages: each message
     /// goes to one of them at a time.
     async fn consumer(&self, topic: &str) -> Result<Box<dyn Consumer>, QueueError>;
+
+    /// Since when (Unix milliseconds) the queue has held what is published to it. A
+    /// server that lost its storage starts over empty, and what was published before is
+    /// gone: whoever keeps the originals publishes them again. `None`: the queue never
+    /// loses what it accepted.
+    async fn holds_since(&self) -> Result<Option<i64>, QueueError> {
+        Ok(None)
+    }
 }
 
 /// Pulls messages of one topic.

@@ -9,9 +9,12 @@
 //! nothing keeps it; field ownership per manager, with a 409 `Conflict` when another manager
 //! owns a field the apply would change, unless `force=true`; 201 on create, 200 otherwise;
 //! errors as `Status` objects; deleting a namespace deletes what is in it; a Secret's
-//! `stringData` is stored base64-encoded under `data`. What it leaves
-//! out: watches, lists, validation against OpenAPI schemas, admission, finalizers, the
-//! asynchronous `Terminating` phase.
+//! `stringData` is stored base64-encoded under `data`. On request
+//! ([`KubeApi::terminate_namespaces_for`]) a deleted namespace stays `Terminating` for a
+//! while, refusing new content with 403 "being terminated", as namespace finalization
+//! does; and scripted answers ([`KubeApi::fail_next`]) stand in for throttling (429) and
+//! conflicts. What it leaves out: watches, lists, validation against OpenAPI schemas,
+//! admission, finalizers other than the namespace's.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +38,12 @@ type Shared = Arc<Mutex<Cluster>>;
 struct Cluster {
     objects: BTreeMap<Key, Stored>,
     resource_version: u64,
+    /// How long a deleted namespace stays `Terminating`; zero deletes it at once.
+    terminate_for: std::time::Duration,
+    /// Namespaces being terminated, and when they are gone.
+    terminating: BTreeMap<String, std::time::Instant>,
+    /// Statuses the next requests are answered with, whatever they ask.
+    scripted: std::collections::VecDeque<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,6 +109,22 @@ impl KubeApi {
             .collect()
     }
 
+    /// From now on a deleted namespace stays `Terminating` for `period` before it and its
+    /// content are gone, as on a real cluster where finalization takes time.
+    pub fn terminate_namespaces_for(&self, period: std::time::Duration) {
+        self.cluster().terminate_for = period;
+    }
+
+    /// Answers the next requests with these statuses (429, 409, 500...), one each.
+    pub fn fail_next(&self, statuses: &[u16]) {
+        self.cluster().scripted.extend(statuses);
+    }
+
+    /// How many scripted answers are still to be given.
+    pub fn scripted_left(&self) -> usize {
+        self.cluster().scripted.len()
+    }
+
     /// Applies `object` as another field manager would (a person with kubectl, say).
     pub fn apply_as(&self, manager: &str, object: Value) {
         let key = key_of(&object).expect("an object with apiVersion, kind and metadata");
@@ -107,8 +132,11 @@ impl KubeApi {
         apply(&mut cluster, key, object, manager, true).expect("applied");
     }
 
+    /// The cluster as it is now: terminations whose time has come are finished.
     fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let mut cluster = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        finish_terminations(&mut cluster);
+        cluster
     }
 }
 
@@ -142,6 +170,10 @@ async fn handle(
         .into_response();
     };
     let mut cluster = state.lock().unwrap_or_else(|p| p.into_inner());
+    finish_terminations(&mut cluster);
+    if let Some(code) = cluster.scripted.pop_front() {
+        return scripted(code).into_response();
+    }
     let result = match method {
         Method::GET => get(&cluster, &key),
         Method::DELETE => delete(&mut cluster, &key),
@@ -168,10 +200,29 @@ fn get(cluster: &Cluster, key: &Key) -> Answer {
 }
 
 fn delete(cluster: &mut Cluster, key: &Key) -> Answer {
+    let is_namespace = key.plural == "namespaces" && key.group_version == "v1";
+    if is_namespace && !cluster.terminate_for.is_zero() {
+        let Some(stored) = cluster.objects.get_mut(key) else {
+            return Err(not_found(key));
+        };
+        stored.object["status"] = json!({"phase": "Terminating"});
+        stored.object["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        let gone_at = std::time::Instant::now() + cluster.terminate_for;
+        cluster
+            .terminating
+            .entry(key.name.clone())
+            .or_insert(gone_at);
+        return Ok(ApiStatus {
+            code: StatusCode::OK,
+            reason: "",
+            message: "terminating".into(),
+        }
+        .into_response());
+    }
     if cluster.objects.remove(key).is_none() {
         return Err(not_found(key));
     }
-    if key.plural == "namespaces" && key.group_version == "v1" {
+    if is_namespace {
         cluster.objects.retain(|k, _| k.namespace != key.name);
     }
     Ok(ApiStatus {
@@ -240,6 +291,16 @@ fn patch(
         };
         if !cluster.objects.contains_key(&namespace) {
             return Err(not_found(&namespace));
+        }
+        if cluster.terminating.contains_key(&key.namespace) && !cluster.objects.contains_key(&key) {
+            return Err(failure(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "{} \"{}\" is forbidden: unable to create new content in namespace {} because it is being terminated",
+                    key.plural, key.name, key.namespace
+                ),
+            ));
         }
     }
     let created = !cluster.objects.contains_key(&key);
@@ -468,6 +529,44 @@ fn plural(kind: &str) -> String {
         None if lower.ends_with("ss") => format!("{lower}es"),
         None => format!("{lower}s"),
     }
+}
+
+/// Namespaces whose termination period has passed go, with everything in them.
+fn finish_terminations(cluster: &mut Cluster) {
+    let now = std::time::Instant::now();
+    let gone: Vec<String> = cluster
+        .terminating
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in gone {
+        cluster.terminating.remove(&name);
+        cluster.objects.retain(|k, _| {
+            k.namespace != name
+                && !(k.plural == "namespaces" && k.namespace.is_empty() && k.name == name)
+        });
+    }
+}
+
+/// A scripted answer, worded as the API server words it.
+fn scripted(code: u16) -> ApiStatus {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (reason, message) = match code.as_u16() {
+        429 => (
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later",
+        ),
+        409 => (
+            "Conflict",
+            "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again",
+        ),
+        _ => (
+            "InternalError",
+            "an error on the server has prevented the request from succeeding",
+        ),
+    };
+    failure(code, reason, message)
 }
 
 fn not_found(key: &Key) -> ApiStatus {

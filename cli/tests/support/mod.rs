@@ -715,6 +715,8 @@ impl Drop for Replica {
 /// Managers and agents of one deployment, in one scratch directory.
 pub struct Deployment {
     common: Vec<String>,
+    /// The JetStream namespace the replicas share (`--nats-namespace`).
+    pub namespace: String,
     pub managers: Vec<Replica>,
     pub agents: Vec<Replica>,
     // Dropped after the replicas, so their connections are gone and their logs can
@@ -741,6 +743,7 @@ impl Deployment {
             ]
             .map(String::from)
             .to_vec(),
+            namespace: namespace.clone(),
             managers: Vec::new(),
             agents: Vec::new(),
             scratch,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 use crate::error::{ManagerError, Result};
-use crate::model::{ActivityDefinition, ActivitySpec, OrchestrationDefinition, new_id, now};
+use crate::model::{ActivityDefinition, ActivitySpec, OrchestrationDefinition, new_id};
 use crate::store::{Conn, Db, from_json, to_json};
 
 /// Creates or replaces an activity definition (upstream's upsert).
@@ -108,8 +108,8 @@ pub async fn create_orchestration(
     .bind(&definition.description)
     .bind(to_json(&definition.schema))
     .bind(to_json(&definition.activities))
-    .bind(now())
-    .execute(conn)
+    .bind(next_created_at(conn).await?)
+    .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(ManagerError::conflict(format!(
@@ -118,6 +118,24 @@ pub async fn create_orchestration(
         )));
     }
     Ok(definition)
+}
+
+/// Now, or a millisecond after the newest definition if that is later: creation times
+/// strictly increase, so "the newest definition" names one even when two are created
+/// within the same millisecond. (The stored format sorts as text.)
+async fn next_created_at(conn: &mut Conn) -> Result<String> {
+    let newest: Option<String> =
+        sqlx::query_scalar("SELECT MAX(created_at) FROM orchestration_definitions")
+            .fetch_one(&mut *conn)
+            .await?;
+    let now = chrono::Utc::now();
+    let after_newest = newest
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.to_utc() + chrono::Duration::milliseconds(1))
+        .filter(|t| *t > now);
+    Ok(after_newest
+        .unwrap_or(now)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// Deletes an activity definition no orchestration definition uses.
@@ -497,5 +515,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("twice"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_newest_definition_is_the_last_created_even_within_one_millisecond() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_sqlite(&dir.path().join("cfm.db"))
+            .await
+            .unwrap();
+        let mut conn = db.writer().acquire().await.unwrap();
+        let activity = ActivityDefinition {
+            activity_type: "t".into(),
+            description: String::new(),
+            input_schema: serde_json::json!({}),
+            output_schema: serde_json::json!({}),
+        };
+        put_activity(&mut conn, &activity).await.unwrap();
+        let mut created = Vec::new();
+        for _ in 0..20 {
+            let activities = BTreeMap::from([("deploy".to_string(), vec![spec("a", &[])])]);
+            let definition =
+                create_orchestration(&mut conn, None, String::new(), Value::Null, activities)
+                    .await
+                    .unwrap();
+            created.push(definition.id);
+        }
+        let newest = select(&mut conn, "deploy", None).await.unwrap().unwrap();
+        assert_eq!(Some(&newest.id), created.last());
+        let order: Vec<String> = all(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(order, created);
     }
 }

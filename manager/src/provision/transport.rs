@@ -76,11 +76,16 @@ pub async fn run_distributed(
     Ok(outcome?)
 }
 
-/// Publishes due outbox rows to a queue and deletes them once it holds them. Several
-/// relays (one per manager replica) share the table: each leases its own rows.
+/// Publishes due outbox rows to a queue and keeps them, held, until their outcome is
+/// applied. Several relays (one per manager replica) share the table: each leases its own
+/// rows. When the queue says it holds messages only since a later time than before (its
+/// server lost its storage), the rows held from before are published again.
 pub struct Relay {
     engine: Engine,
     queue: Arc<dyn Queue>,
+    /// The queue's [`Queue::holds_since`] when last asked, and when that was.
+    holds_since: Option<i64>,
+    asked: Option<tokio::time::Instant>,
 }
 
 /// Rows a relay publishes per round trip.
@@ -88,18 +93,35 @@ const RELAY_BATCH: i64 = 256;
 /// A relay that dies holding rows delays them this long.
 const RELAY_LEASE: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_millis(500);
+/// How often the relay asks whether the queue lost what it was given.
+const LOSS_CHECK: Duration = Duration::from_secs(2);
+/// Rows handed over this long after the queue's new start are published again too: the
+/// manager's clock and the queue server's may differ a little. The queue drops the
+/// copies it already has as duplicates.
+const CLOCK_SLACK_MS: i64 = 5_000;
 
 impl Relay {
     pub fn new(engine: Engine, queue: Arc<dyn Queue>) -> Self {
-        Self { engine, queue }
+        Self {
+            engine,
+            queue,
+            holds_since: None,
+            asked: None,
+        }
     }
 
     /// Runs until aborted.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut signal = self.engine.outbox_signal().subscribe();
         let mut failures = 0u32;
         loop {
             signal.borrow_and_update();
+            if self.asked.is_none_or(|at| at.elapsed() >= LOSS_CHECK) {
+                if let Err(e) = self.recover_lost().await {
+                    tracing::warn!("cannot check the queue for lost messages: {e}");
+                }
+                self.asked = Some(tokio::time::Instant::now());
+            }
             match self.relay_once().await {
                 Ok(0) => {
                     failures = 0;
@@ -133,16 +155,41 @@ impl Relay {
                 payload: row.payload.clone().into_bytes(),
             })
             .collect();
-        // A crash between publish and delete publishes again under the same ids, which
+        // A crash between publish and hold publishes again under the same ids, which
         // the queue drops; past its duplicate window the engine drops the stale outcome.
+        let handed_over_at = queue::now_ms();
         self.queue
             .publish(&messages)
             .await
             .map_err(|e| e.to_string())?;
         let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
-        queue::ack_all(db, &ids).await.map_err(|e| e.to_string())?;
+        queue::hold(db, &ids, handed_over_at)
+            .await
+            .map_err(|e| e.to_string())?;
         tracing::debug!(messages = rows.len(), "relayed outbox");
         Ok(rows.len())
+    }
+
+    /// Publishes again what the queue lost: the rows held from before its new start.
+    async fn recover_lost(&mut self) -> Result<(), String> {
+        let Some(since) = self.queue.holds_since().await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        if self.holds_since == Some(since) {
+            return Ok(());
+        }
+        let released = queue::release_held(self.engine.db(), since + CLOCK_SLACK_MS)
+            .await
+            .map_err(|e| e.to_string())?;
+        if released > 0 {
+            tracing::warn!(
+                messages = released,
+                "the queue lost messages handed to it (its server started over): publishing them again"
+            );
+            self.engine.wake();
+        }
+        self.holds_since = Some(since);
+        Ok(())
     }
 }
 

@@ -6,8 +6,10 @@
 //! - embedded: the table *is* the queue. [`DbQueue`] leases rows to consumers, a lease
 //!   that ends without an ack makes the row available again, and the engine deletes the
 //!   row in the transaction that applies its outcome.
-//! - JetStream: the relay (`provision::relay`) publishes due rows with their ids as
-//!   message ids and deletes them once JetStream holds them.
+//! - JetStream: the relay (`provision::transport::Relay`) publishes due rows with their
+//!   ids as message ids and keeps them, held, until the engine applies their outcome and
+//!   deletes them as above. A JetStream server that lost its storage has lost the
+//!   messages too; the relay then publishes what it held again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,23 +105,44 @@ pub async fn ack(conn: &mut Conn, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes messages by id, in one statement.
-pub async fn ack_all(db: &Db, ids: &[&str]) -> Result<()> {
+/// `leased_until` of a message a relay has handed to another queue: kept, never leased
+/// again, until the engine applies its outcome (and deletes it) or the queue turns out to
+/// have lost it ([`release_held`]).
+const HELD: i64 = i64::MAX;
+
+/// Marks messages as handed over to another queue at `at_ms` (Unix milliseconds, taken
+/// before the hand-over began), in one statement.
+pub async fn hold(db: &Db, ids: &[&str], at_ms: i64) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let placeholders: Vec<String> = (3..ids.len() + 3).map(|n| format!("${n}")).collect();
     let sql = format!(
-        "DELETE FROM queue WHERE id IN ({})",
+        "UPDATE queue SET leased_until = $1, available_at = $2 WHERE id IN ({})",
         placeholders.join(", ")
     );
-    // One statement per batch size: not worth a slot in the prepared-statement cache.
-    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+    let mut query = sqlx::query(AssertSqlSafe(sql))
+        .persistent(false)
+        .bind(HELD)
+        .bind(at_ms);
     for id in ids {
         query = query.bind(*id);
     }
     query.execute(db.writer()).await?;
     Ok(())
+}
+
+/// Makes messages handed over before `before_ms` available again, for the relay to
+/// publish anew: the queue they went to lost them. Returns how many.
+pub async fn release_held(db: &Db, before_ms: i64) -> Result<u64> {
+    let released = sqlx::query(
+        "UPDATE queue SET leased_until = NULL WHERE leased_until = $1 AND available_at < $2",
+    )
+    .bind(HELD)
+    .bind(before_ms)
+    .execute(db.writer())
+    .await?;
+    Ok(released.rows_affected())
 }
 
 /// Removes every message whose id starts with `prefix` (an orchestration's pending work).

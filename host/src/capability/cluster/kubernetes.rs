@@ -106,8 +106,10 @@ impl KubernetesCluster {
 
     fn failed(&self, object: &ObjectRef, error: kube::Error) -> BackendError {
         match error {
-            // Passing states: throttling, a conflict with a deletion in progress, a namespace
-            // still terminating from an earlier dispose. Worth another try.
+            // Passing states: throttling that outlasted kube's own retries (it retries 429,
+            // 503 and 504 with backoff, honouring Retry-After), a conflict with a deletion in
+            // progress, a namespace still terminating from an earlier dispose. Worth another
+            // try of the activity.
             kube::Error::Api(status)
                 if status.code == 429
                     || status.code == 409
