@@ -173,11 +173,23 @@ impl Queue for JetStreamQueue {
             max_deliver: -1,
             ..Default::default()
         };
-        let consumer = self
+        let mut consumer = self
             .stream
             .get_or_create_consumer(&name, config.clone())
             .await
             .map_err(|e| QueueError::Setup(format!("consumer {name}: {e}")))?;
+        // A durable consumer keeps the settings it was made with; a changed ack-wait
+        // (`--ack-wait-secs`) is applied to it, or replicas would disagree on when
+        // work is redelivered.
+        let was = consumer.cached_info().config.ack_wait;
+        if was != config.ack_wait {
+            consumer = self
+                .stream
+                .create_consumer(config.clone())
+                .await
+                .map_err(|e| QueueError::Setup(format!("consumer {name}: {e}")))?;
+            tracing::info!(consumer = %name, from = ?was, to = ?config.ack_wait, "ack-wait updated");
+        }
         Ok(Box::new(JetStreamConsumer {
             consumer,
             context: self.context.clone(),

@@ -82,3 +82,37 @@ async fn a_lost_stream_and_consumer_are_recreated() {
     assert_eq!(pulled[0].id(), "kept");
     queue.delete().await.unwrap();
 }
+
+/// A changed ack-wait reaches the durable consumer made with the old one: work a host
+/// took and then went quiet on comes back after the new ack-wait, not the old.
+#[tokio::test]
+async fn a_changed_ack_wait_applies_to_the_existing_consumer() {
+    use cfm_queue::{Message, Queue};
+    let long = JetStreamSettings {
+        namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
+        ack_wait: Duration::from_secs(600),
+        ..JetStreamSettings::new(nats_url())
+    };
+    let before = JetStreamQueue::connect(long.clone()).await.unwrap();
+    let _ = before.consumer("activity.x").await.unwrap();
+
+    let short = JetStreamSettings {
+        ack_wait: Duration::from_millis(500),
+        ..long
+    };
+    let queue = JetStreamQueue::connect(short).await.unwrap();
+    let mut consumer = queue.consumer("activity.x").await.unwrap();
+    let message = Message {
+        id: "m".into(),
+        topic: "activity.x".into(),
+        payload: b"{}".to_vec(),
+    };
+    queue.publish(&[message]).await.unwrap();
+    let first = consumer.pull(1, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Neither acked nor signalled: back after half a second, not ten minutes.
+    let again = consumer.pull(1, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(again.len(), 1, "not redelivered under the new ack-wait");
+    assert_eq!(again[0].deliveries(), 2);
+    queue.delete().await.unwrap();
+}
