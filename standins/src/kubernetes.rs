@@ -206,7 +206,8 @@ fn delete(cluster: &mut Cluster, key: &Key) -> Answer {
             return Err(not_found(key));
         };
         stored.object["status"] = json!({"phase": "Terminating"});
-        stored.object["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        // Clients look only at whether it is set.
+        stored.object["metadata"]["deletionTimestamp"] = "1970-01-01T00:00:00Z".into();
         let gone_at = std::time::Instant::now() + cluster.terminate_for;
         cluster
             .terminating
