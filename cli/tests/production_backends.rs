@@ -63,47 +63,58 @@ async fn serve_keeps_dns_records_in_bind() {
 /// nothing away from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_keeps_its_secret_and_name_when_cfm_is_gone() {
-    let bao = OpenBao::start();
-    let bind = Bind::start("participants.cfm.local");
-    let dir = tempfile::tempdir().unwrap();
-    let kube = KubeApi::start().await;
-    let mut server = serve_with_runtime_access(dir.path(), &bao, &bind, &kube).await;
-    let (_, id) = onboard(&server.client(), "cell-t", "did:web:t.example").await;
-    let (_, before) = bao.read(&format!("participants/{id}/api-key")).await;
-    let (role_id, secret_id) = handed_over(&kube, &id);
+    let mut d = serve_with_runtime_access().await;
+    let (_, id) = onboard(&d.server.client(), "cell-t", "did:web:t.example").await;
+    let (_, before) = d.bao.read(&format!("participants/{id}/api-key")).await;
+    let (role_id, secret_id) = handed_over(&d.kube, &id);
 
-    server.kill();
-    let (status, after) = bao.read(&format!("participants/{id}/api-key")).await;
+    d.server.kill();
+    let (status, after) = d.bao.read(&format!("participants/{id}/api-key")).await;
     assert_eq!(status, 200, "{after}");
     assert_eq!(after["data"]["data"], before["data"]["data"]);
     // The runtime logs in with its own credential and reads its key, cfm or no cfm.
-    let token = bao.login(&role_id, &secret_id).await.unwrap();
+    let token = d.bao.login(&role_id, &secret_id).await.unwrap();
     assert_eq!(
-        bao.read_as(&token, &format!("participants/{id}/api-key"))
+        d.bao
+            .read_as(&token, &format!("participants/{id}/api-key"))
             .await,
         200
     );
-    assert_eq!(bind.dig(&id, "CNAME"), ["cell-t.cells.cfm.local."]);
+    assert_eq!(d.bind.dig(&id, "CNAME"), ["cell-t.cells.cfm.local."]);
 }
 
-/// `cfm serve` with secrets in `bao`, DNS in `bind`, cluster objects in `kube`, and the
-/// vault plugin issuing runtime credentials.
-async fn serve_with_runtime_access(
-    dir: &std::path::Path,
-    bao: &OpenBao,
-    bind: &Bind,
-    kube: &KubeApi,
-) -> Server {
-    let plugins = support::plugins_config_with(dir, support::runtime_access);
+/// `cfm serve` with secrets in OpenBao, DNS in BIND9, cluster objects in the API-server
+/// stand-in, and the vault plugin issuing runtime credentials; the servers it runs on.
+struct RuntimeAccess {
+    server: Server,
+    bao: OpenBao,
+    bind: Bind,
+    kube: KubeApi,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve_with_runtime_access() -> RuntimeAccess {
+    let bao = OpenBao::start();
+    let bind = Bind::start("participants.cfm.local");
+    let kube = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = support::plugins_config_with(dir.path(), support::runtime_access);
     let mut args = vec!["--plugins".to_string(), plugins.display().to_string()];
     args.extend(support::production_backends(
-        dir,
-        bao,
+        dir.path(),
+        &bao,
         &bao.address,
+        &bind,
+        &kube,
+    ));
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    RuntimeAccess {
+        server,
+        bao,
         bind,
         kube,
-    ));
-    Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+        _dir: dir,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,30 +155,28 @@ async fn serve_keeps_plugin_secrets_in_openbao() {
 /// and stops working once the participant is disposed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_runtime_reads_only_its_own_secrets() {
-    let bao = OpenBao::start();
-    let bind = Bind::start("participants.cfm.local");
-    let dir = tempfile::tempdir().unwrap();
-    let kube = KubeApi::start().await;
-    let server = serve_with_runtime_access(dir.path(), &bao, &bind, &kube).await;
-    let api = server.client();
+    let d = serve_with_runtime_access().await;
+    let api = d.server.client();
     let (tenant_a, a) = onboard(&api, "cell-a", "did:web:a.example").await;
     let (_, b) = onboard(&api, "cell-b", "did:web:b.example").await;
 
-    let (role_id, secret_id) = handed_over(&kube, &a);
+    let (role_id, secret_id) = handed_over(&d.kube, &a);
     let (role_id, secret_id) = (role_id.as_str(), secret_id.as_str());
-    let token = bao.login(role_id, secret_id).await.unwrap();
+    let token = d.bao.login(role_id, secret_id).await.unwrap();
     assert_eq!(
-        bao.read_as(&token, &format!("participants/{a}/api-key"))
+        d.bao
+            .read_as(&token, &format!("participants/{a}/api-key"))
             .await,
         200
     );
     assert_eq!(
-        bao.read_as(&token, &format!("participants/{b}/api-key"))
+        d.bao
+            .read_as(&token, &format!("participants/{b}/api-key"))
             .await,
         403
     );
     assert!(
-        !server.log().contains(secret_id),
+        !d.server.log().contains(secret_id),
         "the secret id reached the log"
     );
     let profile = api
@@ -184,16 +193,18 @@ async fn each_runtime_reads_only_its_own_secrets() {
 
     api.dispose(&tenant_a, &a).await;
     assert!(
-        bao.login(role_id, secret_id).await.is_err(),
+        d.bao.login(role_id, secret_id).await.is_err(),
         "the credential outlived dispose"
     );
     assert_eq!(
-        bao.read_as(&token, &format!("participants/{a}/api-key"))
+        d.bao
+            .read_as(&token, &format!("participants/{a}/api-key"))
             .await,
         403
     );
     assert!(
-        kube.object("v1", "secrets", &format!("cfm-{a}"), "vault-access")
+        d.kube
+            .object("v1", "secrets", &format!("cfm-{a}"), "vault-access")
             .is_none(),
         "dispose left the handed-over credential"
     );

@@ -122,55 +122,43 @@ async fn the_stand_in_answers_as_the_api_server_does() {
     let ns_url = format!("{}/api/v1/namespaces/cfm-p1", api.url);
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cfm-p1"}});
     let apply = |url: &str, query: &str, body: &Value, content_type: &str| {
-        http.patch(format!("{url}{query}"))
+        let sent = http
+            .patch(format!("{url}{query}"))
             .header("content-type", content_type)
             .body(body.to_string())
-            .send()
+            .send();
+        async { sent.await.unwrap() }
     };
     let yaml = "application/apply-patch+yaml";
     let status = |r: reqwest::Response| r.status().as_u16();
-    assert_eq!(status(apply(&ns_url, "", &ns, yaml).await.unwrap()), 400);
+    assert_eq!(status(apply(&ns_url, "", &ns, yaml).await), 400);
     let json_patch = "application/merge-patch+json";
     assert_eq!(
-        status(
-            apply(&ns_url, "?fieldManager=a", &ns, json_patch)
-                .await
-                .unwrap()
-        ),
+        status(apply(&ns_url, "?fieldManager=a", &ns, json_patch).await),
         415
     );
     assert_eq!(
-        status(apply(&ns_url, "?fieldManager=a", &ns, yaml).await.unwrap()),
+        status(apply(&ns_url, "?fieldManager=a", &ns, yaml).await),
         201
     );
     assert_eq!(
-        status(apply(&ns_url, "?fieldManager=a", &ns, yaml).await.unwrap()),
+        status(apply(&ns_url, "?fieldManager=a", &ns, yaml).await),
         200
     );
     let other_name = format!("{}/api/v1/namespaces/cfm-p2", api.url);
     assert_eq!(
-        status(
-            apply(&other_name, "?fieldManager=a", &ns, yaml)
-                .await
-                .unwrap()
-        ),
+        status(apply(&other_name, "?fieldManager=a", &ns, yaml).await),
         400
     );
 
     let cm_url = format!("{}/api/v1/namespaces/cfm-p1/configmaps/ctx", api.url);
     let by_a = config_map("a");
     assert_eq!(
-        status(
-            apply(&cm_url, "?fieldManager=a", &by_a, yaml)
-                .await
-                .unwrap()
-        ),
+        status(apply(&cm_url, "?fieldManager=a", &by_a, yaml).await),
         201
     );
     let by_b = config_map("b");
-    let conflict = apply(&cm_url, "?fieldManager=b", &by_b, yaml)
-        .await
-        .unwrap();
+    let conflict = apply(&cm_url, "?fieldManager=b", &by_b, yaml).await;
     assert_eq!(conflict.status().as_u16(), 409);
     let body: Value = conflict.json().await.unwrap();
     assert_eq!(
@@ -178,11 +166,7 @@ async fn the_stand_in_answers_as_the_api_server_does() {
         (json!("Status"), json!("Conflict"))
     );
     assert_eq!(
-        status(
-            apply(&cm_url, "?fieldManager=b&force=true", &by_b, yaml)
-                .await
-                .unwrap()
-        ),
+        status(apply(&cm_url, "?fieldManager=b&force=true", &by_b, yaml).await),
         200
     );
     assert_eq!(

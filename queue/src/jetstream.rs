@@ -75,12 +75,7 @@ impl JetStreamQueue {
             duplicate_window: settings.duplicate_window,
             ..Default::default()
         };
-        let stream = context
-            .get_or_create_stream(config.clone())
-            .await
-            .map_err(|e| {
-                QueueError::Setup(format!("stream {}: {e}", stream_name(&settings.namespace)))
-            })?;
+        let stream = ensure_stream(&context, &config).await?;
         Ok(Self {
             context,
             stream,
@@ -100,16 +95,13 @@ impl JetStreamQueue {
 
     /// How many messages the stream holds now: work not yet acknowledged, and reports.
     pub async fn messages(&self) -> Result<u64, QueueError> {
-        let mut stream = self
+        // Getting the stream fetches its info: one round trip.
+        let stream = self
             .context
             .get_stream(&self.stream_config.name)
             .await
             .map_err(|e| QueueError::Setup(e.to_string()))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| QueueError::Setup(e.to_string()))?;
-        Ok(info.state.messages)
+        Ok(stream.cached_info().state.messages)
     }
 
     fn subject(&self, topic: &str) -> String {
@@ -138,10 +130,7 @@ impl Queue for JetStreamQueue {
             if let Err(e) = ack.await {
                 // A server killed right after the stream was created may come back without
                 // it (its metadata was not on disk yet): recreate it for the caller's retry.
-                let _ = self
-                    .context
-                    .get_or_create_stream(self.stream_config.clone())
-                    .await;
+                let _ = ensure_stream(&self.context, &self.stream_config).await;
                 return Err(QueueError::Publish(format!("{id}: {e}")));
             }
         }
@@ -151,11 +140,7 @@ impl Queue for JetStreamQueue {
     /// The stream's creation time, asked of the server each time: a stream lost and made
     /// again (by this process or another) has a new one. A missing stream is made here.
     async fn holds_since(&self) -> Result<Option<i64>, QueueError> {
-        let stream = self
-            .context
-            .get_or_create_stream(self.stream_config.clone())
-            .await
-            .map_err(|e| QueueError::Setup(format!("stream {}: {e}", self.stream_config.name)))?;
+        let stream = ensure_stream(&self.context, &self.stream_config).await?;
         let created = stream.cached_info().created;
         Ok(Some((created.unix_timestamp_nanos() / 1_000_000) as i64))
     }
@@ -236,11 +221,7 @@ impl JetStreamConsumer {
     /// without it, its metadata not yet on disk; pulls then go unanswered. Creating both
     /// again is idempotent, so it is done after every failed pull, before the caller's retry.
     async fn repair(&mut self) {
-        let Ok(stream) = self
-            .context
-            .get_or_create_stream(self.stream_config.clone())
-            .await
-        else {
+        let Ok(stream) = ensure_stream(&self.context, &self.stream_config).await else {
             return;
         };
         if let Ok(consumer) = stream
@@ -369,6 +350,18 @@ impl JetStreamDelivery {
             .await
             .map_err(|e| QueueError::Ack(format!("{}: {e}", self.id)))
     }
+}
+
+/// The namespace's stream, made when missing (idempotent): what connecting does, and what
+/// repairs a server that came back without it.
+async fn ensure_stream(
+    context: &jetstream::Context,
+    config: &stream::Config,
+) -> Result<stream::Stream, QueueError> {
+    context
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|e| QueueError::Setup(format!("stream {}: {e}", config.name)))
 }
 
 fn stream_name(namespace: &str) -> String {

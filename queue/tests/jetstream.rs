@@ -9,13 +9,20 @@ fn nats_url() -> String {
     std::env::var("CFM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// Settings for the test server in a namespace of the test's own.
+fn own_namespace() -> JetStreamSettings {
+    JetStreamSettings {
+        namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
+        ..JetStreamSettings::new(nats_url())
+    }
+}
+
 #[tokio::test]
 async fn jetstream_queue_conforms() {
     let ack_wait = Duration::from_secs(1);
     let settings = JetStreamSettings {
-        namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
         ack_wait,
-        ..JetStreamSettings::new(nats_url())
+        ..own_namespace()
     };
     let queue = JetStreamQueue::connect(settings)
         .await
@@ -26,10 +33,7 @@ async fn jetstream_queue_conforms() {
 
 #[tokio::test]
 async fn setup_is_idempotent_and_errors_are_typed() {
-    let settings = JetStreamSettings {
-        namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
-        ..JetStreamSettings::new(nats_url())
-    };
+    let settings = own_namespace();
     let first = JetStreamQueue::connect(settings.clone()).await.unwrap();
     let _again = JetStreamQueue::connect(settings).await.unwrap();
     use cfm_queue::Queue;
@@ -56,10 +60,7 @@ async fn setup_is_idempotent_and_errors_are_typed() {
 #[tokio::test]
 async fn a_lost_stream_and_consumer_are_recreated() {
     use cfm_queue::{Message, Queue};
-    let settings = JetStreamSettings {
-        namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
-        ..JetStreamSettings::new(nats_url())
-    };
+    let settings = own_namespace();
     let queue = JetStreamQueue::connect(settings.clone()).await.unwrap();
     let mut consumer = queue.consumer("activity.x").await.unwrap();
     JetStreamQueue::connect(settings)
@@ -89,9 +90,8 @@ async fn a_lost_stream_and_consumer_are_recreated() {
 async fn a_changed_ack_wait_applies_to_the_existing_consumer() {
     use cfm_queue::{Message, Queue};
     let long = JetStreamSettings {
-        namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
         ack_wait: Duration::from_secs(600),
-        ..JetStreamSettings::new(nats_url())
+        ..own_namespace()
     };
     let before = JetStreamQueue::connect(long.clone()).await.unwrap();
     let _ = before.consumer("activity.x").await.unwrap();

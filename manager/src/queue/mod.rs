@@ -20,6 +20,7 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::watch;
 
 use crate::error::Result;
+use crate::query::{Literal, Params};
 use crate::store::{Backend, Conn, Db};
 
 /// A leased outbox row.
@@ -116,19 +117,19 @@ pub async fn hold(db: &Db, ids: &[&str], at_ms: i64) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let placeholders: Vec<String> = (3..ids.len() + 3).map(|n| format!("${n}")).collect();
+    // One statement per batch size: `Params` keeps it out of the prepared-statement cache.
+    let mut params = Params::default();
+    let held = params.push(Literal::Integer(HELD));
+    let at = params.push(Literal::Integer(at_ms));
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|id| params.push(Literal::Text(id.to_string())))
+        .collect();
     let sql = format!(
-        "UPDATE queue SET leased_until = $1, available_at = $2 WHERE id IN ({})",
-        placeholders.join(", ")
+        "UPDATE queue SET leased_until = {held}, available_at = {at} WHERE id IN ({})",
+        ids.join(", ")
     );
-    let mut query = sqlx::query(AssertSqlSafe(sql))
-        .persistent(false)
-        .bind(HELD)
-        .bind(at_ms);
-    for id in ids {
-        query = query.bind(*id);
-    }
-    query.execute(db.writer()).await?;
+    params.query(sql).execute(db.writer()).await?;
     Ok(())
 }
 

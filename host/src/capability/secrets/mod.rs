@@ -5,7 +5,7 @@ pub mod vault;
 
 use crate::bindings::cfm::plugin::secrets::{AccessCredential, Host};
 use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
-use crate::grants::normalize_secret_path;
+use crate::grants::{ScopedGrants, normalize_secret_path};
 use crate::runtime::Invocation;
 
 use super::BackendError;
@@ -116,15 +116,22 @@ impl Host for Invocation {
 }
 
 impl Invocation {
-    fn check_folder(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
-        let folder = normalize_secret_path(raw).map_err(CapabilityError::Invalid)?;
-        let allowed = self.calls.grants.allows_folder(&folder);
-        Ok((folder, allowed))
+    fn check_secret(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
+        self.check_path(raw, ScopedGrants::allows_secret)
     }
 
-    fn check_secret(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
+    fn check_folder(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
+        self.check_path(raw, ScopedGrants::allows_folder)
+    }
+
+    /// `raw` normalised (traversal and encodings refused), and whether `allows` grants it.
+    fn check_path(
+        &self,
+        raw: &str,
+        allows: fn(&ScopedGrants, &str) -> bool,
+    ) -> Result<(String, bool), CapabilityError> {
         let path = normalize_secret_path(raw).map_err(CapabilityError::Invalid)?;
-        let allowed = self.calls.grants.allows_secret(&path);
+        let allowed = allows(&self.calls.grants, &path);
         Ok((path, allowed))
     }
 }
