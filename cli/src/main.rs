@@ -215,6 +215,9 @@ struct NatsArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Everything cfm writes (database, secrets, zone files, manifests, caches) is for the
+    // user it runs as; a file another backend or library creates is owner-only too.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             // The Vault client's transport logs every non-2xx answer as an error, the 404
@@ -324,7 +327,7 @@ async fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost
         None => default_plugins()?,
     };
     let config = HostConfig::load(&plugins)?;
-    std::fs::create_dir_all(data_dir)
+    cfm_manager::data_dir::create_private(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let audit = Audit::to_file(&data_dir.join("audit.jsonl")).context("opening the audit log")?;
     let mut backends = Backends::embedded(data_dir);

@@ -7,16 +7,15 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
 use rand::Rng;
 use serde_json::{Value, json};
 use support::{
-    Api, Deployment, assert_each_created_at_most_once, assert_each_written_once, audit_effects,
-    nats_url, read_audit,
+    Api, Deployment, JetStreamServer, assert_each_created_at_most_once, assert_each_written_once,
+    audit_effects, nats_url, read_audit,
 };
 
 /// Definitions with a 200 ms activity in every onboarding, so work is in flight long
@@ -187,75 +186,9 @@ async fn killed_managers_and_agents_lose_no_onboarding() {
     assert!(redelivered > 0, "no kill interrupted a running activity");
 }
 
-/// A private nats-server with JetStream on a free loopback port, restartable on the
-/// same port and store.
-struct NatsServer {
-    child: Child,
-    port: u16,
-    store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let store = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, store.path());
-        NatsServer { child, port, store }
-    }
-
-    fn spawn(port: u16, store: &Path) -> Child {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (Debian package nats-server; scripts/services.sh installs it)");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.child = Self::spawn(self.port, self.store.path());
-    }
-
-    /// Restarts it with its storage gone, as after losing a disk.
-    fn restart_without_storage(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::fs::remove_dir_all(self.store.path()).unwrap();
-        std::fs::create_dir(self.store.path()).unwrap();
-        self.child = Self::spawn(self.port, self.store.path());
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_queue_server_and_cut_database_connections_heal_by_themselves() {
-    let mut nats = NatsServer::start();
+    let mut nats = JetStreamServer::start();
     let mut deployment = Deployment::start(&nats.url(), 1).await;
     let api = deployment.api(0);
     let (tenant, dataspace) = prepare(&api).await;
@@ -300,7 +233,7 @@ async fn a_restarted_queue_server_and_cut_database_connections_heal_by_themselve
 /// the managers still hold it and publish it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_a_queue_server_lost_is_published_again() {
-    let mut nats = NatsServer::start();
+    let mut nats = JetStreamServer::start();
     let mut deployment = Deployment::start(&nats.url(), 1).await;
     let api = deployment.api(0);
     let (tenant, dataspace) = prepare(&api).await;

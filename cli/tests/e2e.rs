@@ -444,3 +444,233 @@ async fn bad_input_gets_upstream_errors_and_never_a_500(backend: TestBackend) {
         }
     }
 }
+
+/// The data directory holds the signing key, the admin token, the database, secrets,
+/// manifests, zone files and the compile cache: after an onboarding, nothing in it may be
+/// open to another user (the directory was once 0755 and the database 0644).
+#[tokio::test]
+async fn the_data_directory_and_everything_in_it_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start(&[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-private").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let profile = api
+        .post_ok(
+            &format!("/tenants/{tenant_id}/participant-profiles"),
+            json!({"identifier": "did:web:private.example", "dataspaceProfileIds": [env.dataspace_id]}),
+            202,
+        )
+        .await;
+    api.wait_active(
+        tenant_id,
+        profile["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let mut pending = vec![server.data_dir()];
+    let mut seen = Vec::new();
+    while let Some(path) = pending.pop() {
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+        seen.push(path);
+    }
+    let names: Vec<String> = seen
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    for expected in [
+        "cfm.db",
+        "signing.key",
+        "admin.token",
+        "secrets",
+        "audit.jsonl",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "no {expected} in {names:?}"
+        );
+    }
+}
+
+/// A plugin's output once merged into the processing data as it was, so a plugin that
+/// answered `cfm.participant.contextId: <victim>` made the next activity (the vault step)
+/// work on the victim's secrets, and its own profile's dispose deleted the victim's key.
+/// Now such an output fails the activity, and every task is addressed from the
+/// orchestration's own row.
+#[tokio::test]
+async fn a_plugin_cannot_redirect_later_activities_to_another_participant() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::plugins_config_with(dir.path(), |_| {});
+    let hostile = support::plugins_config().with_file_name("hostile.wasm");
+    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&hostile).unwrap()));
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let server = {
+        // Named once the victim exists; the host reloads its configuration.
+        let victim_placeholder = "VICTIM";
+        let entry: toml::Table = toml::from_str(&format!(
+            r#"
+            name = "hostile"
+            path = "{}"
+            sha256 = "{digest}"
+            activity-types = ["example.hostile"]
+            [settings]
+            mode = "output"
+            target = '{{"cfm.participant.contextId": "{victim_placeholder}", "cfm.participant.id": "did:web:victim.example"}}'
+            # It imports every capability, so each needs a grant to load; none is used.
+            [grants]
+            secrets = ["participants/{{participantContextId}}/hostile"]
+            [grants.cluster]
+            namespaces = ["cfm-{{participantContextId}}"]
+            kinds = ["ConfigMap"]
+            [grants.dns]
+            zones = ["participants.cfm.local"]
+            names = []
+            record-types = ["CNAME"]
+            [grants.http]
+            origins = []
+            "#,
+            hostile.display()
+        ))
+        .unwrap();
+        table["plugin"].as_array_mut().unwrap().push(entry.into());
+        std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+        Server::start(&["--plugins", config.to_str().unwrap()]).await
+    };
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-v").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let onboard = |did: &'static str| {
+        let api = api.clone();
+        let path = format!("/tenants/{tenant_id}/participant-profiles");
+        let dataspace = env.dataspace_id.clone();
+        async move {
+            let profile = api
+                .post_ok(
+                    &path,
+                    json!({"identifier": did, "dataspaceProfileIds": [dataspace]}),
+                    202,
+                )
+                .await;
+            profile["id"].as_str().unwrap().to_string()
+        }
+    };
+    let victim = onboard("did:web:victim.example").await;
+    api.wait_active(tenant_id, &victim, Duration::from_secs(30))
+        .await;
+    let key_file = server
+        .data_dir()
+        .join(format!("secrets/participants/{victim}/api-key.secret"));
+    let key = std::fs::read_to_string(&key_file).unwrap();
+
+    // The hostile plugin now names the victim; its template, the newest, runs it first.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("VICTIM", &victim);
+    std::fs::write(&config, text).unwrap();
+    api.post_ok(
+        "/activity-definitions",
+        json!({"type": "example.hostile", "description": "answers with server-owned keys"}),
+        201,
+    )
+    .await;
+    api.post_ok(
+        "/orchestration-definitions",
+        json!({"activities": {
+            "cfm.orchestration.vpa.deploy": [
+                {"id": "hostile", "type": "example.hostile"},
+                {"id": "vault", "type": "cfm.vault.credentials", "dependsOn": ["hostile"]}],
+            "cfm.orchestration.vpa.dispose": [
+                {"id": "vault", "type": "cfm.vault.credentials"}]}}),
+        201,
+    )
+    .await;
+    // The host picks up the changed configuration within its reload period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attacker = onboard("did:web:attacker.example").await;
+    // Refused, then compensated: the VPAs end disposed with the error kept.
+    let path = format!("/tenants/{tenant_id}/participant-profiles/{attacker}");
+    let started = std::time::Instant::now();
+    let profile = loop {
+        let profile = api.get_json(&path).await;
+        if profile["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "disposed")
+        {
+            break profile;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{profile}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(profile["error"], true, "{profile}");
+    let detail = profile["errorDetail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("cfm.participant.contextId") && detail.contains("server owns"),
+        "{profile}"
+    );
+    let deploy = api.orchestrations_of(&attacker, "deploy").await;
+    let steps = deploy[0]["steps"].as_array().unwrap();
+    let vault = steps.iter().find(|s| s["id"] == "vault").unwrap();
+    assert_eq!(
+        vault["state"], "pending",
+        "vault ran after the refused output: {deploy}"
+    );
+
+    // The victim keeps its key and stays active; nothing was done in its name.
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+    let victim_now = api
+        .get_json(&format!(
+            "/tenants/{tenant_id}/participant-profiles/{victim}"
+        ))
+        .await;
+    assert!(
+        victim_now["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "active"),
+        "{victim_now}"
+    );
+    // Every capability call the attacker's orchestrations made was for the attacker.
+    let dispose = api.orchestrations_of(&attacker, "dispose").await;
+    let runs: Vec<&str> = [&deploy, &dispose]
+        .iter()
+        .flat_map(|found| found.as_array().unwrap())
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "{deploy} {dispose}");
+    let audit = support::read_audit(&server.data_dir());
+    let mut checked = 0;
+    for record in &audit {
+        if runs.contains(&record["orchestrationId"].as_str().unwrap_or_default()) {
+            assert_eq!(
+                record["participantContextId"],
+                attacker.as_str(),
+                "{record}"
+            );
+            assert!(
+                !record["target"].as_str().unwrap().contains(&victim),
+                "{record}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 0,
+        "the compensation made no capability call: {audit:?}"
+    );
+}

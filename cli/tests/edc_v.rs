@@ -191,7 +191,7 @@ async fn an_edc_v_onboarding_reaches_every_service() {
     );
     let (status, _) = d.bao.read(&format!("participants/{pc}/api-key")).await;
     assert_eq!(status, 200);
-    let (status, _) = d
+    let (status, kept) = d
         .bao
         .read(&format!("participants/{pc}/identity-hub-credentials"))
         .await;
@@ -207,8 +207,33 @@ async fn an_edc_v_onboarding_reaches_every_service() {
             )
             .is_some()
     );
-    // The administration API key never shows in the log.
-    assert!(!d.server.log().contains(&d.standins.api_key));
+    // The operator's administration API key and the credentials the Identity Hub issued
+    // never show in the log, the audit records or what the API answers about the participant.
+    let mut secrets = vec![d.standins.api_key.clone()];
+    for value in kept["data"]["data"].as_object().unwrap().values() {
+        secrets.extend(value.as_str().filter(|v| v.len() >= 8).map(String::from));
+    }
+    assert!(secrets.len() > 1, "no Identity Hub credential kept: {kept}");
+    let orchestrations = api.orchestrations_of(&pc, "deploy").await.to_string();
+    let audit = std::fs::read_to_string(d.server.data_dir().join("audit.jsonl")).unwrap();
+    for secret in &secrets {
+        assert!(
+            !d.server.log().contains(secret.as_str()),
+            "a secret is in the log"
+        );
+        assert!(
+            !audit.contains(secret.as_str()),
+            "a secret is in the audit log"
+        );
+        assert!(
+            !profile.to_string().contains(secret.as_str()),
+            "a secret is in the profile"
+        );
+        assert!(
+            !orchestrations.contains(secret.as_str()),
+            "a secret is in an orchestration"
+        );
+    }
 
     // The runtime's credential, handed over in its namespace, reads its secrets only.
     let (role_id, secret_id) = handed_over(&d.kube, &pc);

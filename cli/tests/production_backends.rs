@@ -8,7 +8,9 @@ mod support;
 use std::time::Duration;
 
 use cfm_host::testing::{Bind, OpenBao};
+use cfm_manager::testing::TestBackend;
 use cfm_standins::kubernetes::KubeApi;
+use reqwest::Method;
 use serde_json::json;
 use support::{Api, Server, handed_over};
 
@@ -94,6 +96,10 @@ struct RuntimeAccess {
 }
 
 async fn serve_with_runtime_access() -> RuntimeAccess {
+    serve_with_runtime_access_logging("info").await
+}
+
+async fn serve_with_runtime_access_logging(filter: &str) -> RuntimeAccess {
     let bao = OpenBao::start();
     let bind = Bind::start("participants.cfm.local");
     let kube = KubeApi::start().await;
@@ -107,7 +113,8 @@ async fn serve_with_runtime_access() -> RuntimeAccess {
         &bind,
         &kube,
     ));
-    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_logging(TestBackend::Sqlite, &args, filter).await;
     RuntimeAccess {
         server,
         bao,
@@ -231,4 +238,156 @@ async fn serve_keeps_cluster_objects_in_kubernetes() {
 
     api.dispose(&tenant_id, &id).await;
     assert!(kube.names().is_empty(), "{:?}", kube.names());
+}
+
+/// Every secret cfm is given or makes (the Vault token, the TSIG key, the signing key,
+/// the admin token, each participant's API key and runtime secret id) is looked for in
+/// the server's debug log, the audit log, and every API answer, error bodies included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_an_audit_record_or_an_answer() {
+    let d = serve_with_runtime_access_logging("debug,rustify=off").await;
+    let api = d.server.client();
+    let (tenant, kept) = onboard(&api, "cell-s", "did:web:kept.example").await;
+    let (other_tenant, gone) = onboard(&api, "cell-s2", "did:web:gone.example").await;
+
+    let data = d.server.data_dir();
+    let tsig = std::fs::read_to_string(&d.bind.key_file).unwrap();
+    let mut secrets: Vec<(String, String)> = vec![
+        ("Vault token".into(), d.bao.token.clone()),
+        (
+            "TSIG key".into(),
+            tsig.split('"').nth(3).unwrap().to_string(),
+        ),
+        (
+            "signing key".into(),
+            std::fs::read_to_string(data.join("signing.key"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        ),
+        (
+            "admin token".into(),
+            std::fs::read_to_string(data.join("admin.token"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        ),
+    ];
+    for id in [&kept, &gone] {
+        let (status, key) = d.bao.read(&format!("participants/{id}/api-key")).await;
+        assert_eq!(status, 200, "{key}");
+        for (name, value) in key["data"]["data"].as_object().unwrap() {
+            secrets.push((
+                format!("{id}'s {name}"),
+                value.as_str().unwrap().to_string(),
+            ));
+        }
+        // The role id is the AppRole's public half (a user name, in Vault's words): the
+        // onboarding reports it as `vaultRoleId`. The secret id is what must never show.
+        let (_, secret_id) = handed_over(&d.kube, id);
+        secrets.push((format!("{id}'s secret id"), secret_id));
+    }
+    assert!(
+        secrets.iter().all(|(_, value)| value.len() >= 8),
+        "{secrets:?}"
+    );
+
+    api.dispose(&other_tenant, &gone).await;
+    let mut answers = Vec::new();
+    for path in [
+        "/tenants".to_string(),
+        format!("/tenants/{tenant}/participant-profiles"),
+        format!("/tenants/{tenant}/participant-profiles/{kept}"),
+        format!("/tenants/{other_tenant}/participant-profiles/{gone}"),
+        "/cells".into(),
+        "/dataspace-profiles".into(),
+        "/activity-definitions".into(),
+        "/orchestration-definitions".into(),
+    ] {
+        answers.push(api.get(&path).await.text().await.unwrap());
+    }
+    for query in [
+        "/orchestrations/query",
+        "/participant-profiles/query",
+        "/tenants/query",
+    ] {
+        let body = json!({"predicate": ""}).to_string();
+        let answer = api.raw(Method::POST, query, Some(&body), None).await;
+        answers.push(answer.text().await.unwrap());
+    }
+    // Refusals: a token with one byte changed, a token of another key, a bad predicate
+    // that quotes a secret back, a body naming one.
+    let admin = &secrets[3].1;
+    // A character well inside the signature: the last one carries padding bits only.
+    let at = admin.len() - 10;
+    let flipped = if &admin[at..=at] == "A" { "B" } else { "A" };
+    let tampered = format!("{}{flipped}{}", &admin[..at], &admin[at + 1..]);
+    let vault_token = &secrets[0].1;
+    for (method, path, body, token) in [
+        (
+            Method::GET,
+            "/tenants".to_string(),
+            None,
+            Some(tampered.as_str()),
+        ),
+        (
+            Method::GET,
+            "/tenants".to_string(),
+            None,
+            Some(vault_token.as_str()),
+        ),
+        (
+            Method::POST,
+            "/participant-profiles/query".to_string(),
+            Some(json!({"predicate": format!("identifier ~ '{vault_token}'")}).to_string()),
+            None,
+        ),
+        (
+            Method::POST,
+            "/tenants".to_string(),
+            Some(format!("{{\"properties\": \"{admin}\"")),
+            None,
+        ),
+    ] {
+        let answer = api.raw(method.clone(), &path, body.as_deref(), token).await;
+        assert!(
+            answer.status().is_client_error(),
+            "{method} {path}: {}",
+            answer.status()
+        );
+        answers.push(answer.text().await.unwrap());
+    }
+
+    let log = d.server.log();
+    let audit = std::fs::read_to_string(data.join("audit.jsonl")).unwrap();
+    assert!(
+        log.contains("DEBUG"),
+        "the server did not log at debug level"
+    );
+    assert!(audit.lines().count() > 10, "{audit}");
+    let mut looked = 0;
+    for (name, secret) in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the {name} is in the server log"
+        );
+        assert!(
+            !audit.contains(secret.as_str()),
+            "the {name} is in the audit log"
+        );
+        for answer in &answers {
+            assert!(
+                !answer.contains(secret.as_str()),
+                "the {name} is in an answer: {answer}"
+            );
+            looked += 1;
+        }
+    }
+    println!(
+        "secrets: {} looked for in {} log lines, {} audit records, {} answers ({looked} checks): none found",
+        secrets.len(),
+        log.lines().count(),
+        audit.lines().count(),
+        answers.len()
+    );
 }

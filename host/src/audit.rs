@@ -1,4 +1,5 @@
-//! Audit records of capability calls: every denial and every write, with who asked,
+//! Audit records of capability calls: every denial (a malformed call, such as a path
+//! that tries traversal, is recorded as one) and every write, with who asked,
 //! for which participant, on what target, and what happened. Written as JSON lines
 //! (one file, append-only) and to the `cfm::audit` log target.
 //!

@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use serde::Deserialize;
+use url::{Host, Url};
 
 /// The capabilities a grant can open.
 pub const CAPABILITIES: &[&str] = &["secrets", "cluster", "dns", "http"];
@@ -40,6 +41,12 @@ pub struct ClusterGrant {
 pub struct DnsGrant {
     /// Zones the plugin may change records in (exact names).
     pub zones: Vec<String>,
+    /// Record names, relative to the zone, the plugin may change: label patterns where
+    /// `*` matches within one label and `**` any number of labels, templated by
+    /// participant (`["{participantContextId}", "*.{participantContextId}"]`). Required:
+    /// a zone is shared by every participant, so a grant of the zone alone would let a
+    /// plugin working for one participant rewrite another's name. `[]` grants no name.
+    pub names: Vec<String>,
     /// Record types (`CNAME`, `A`, ...); `*` for any.
     pub record_types: Vec<String>,
 }
@@ -54,17 +61,63 @@ pub struct HttpGrant {
     /// Loopback, link-local, private and other special-purpose ranges (CIDR) that a
     /// granted name may resolve to. Such addresses are refused otherwise, so a granted
     /// name that resolves (or is rebound) to `127.0.0.1` or `169.254.169.254` reaches
-    /// nothing. An origin whose host is an IP literal names its own address.
+    /// nothing. An origin whose host is an IP literal (`http://127.0.0.1:8081`) opens
+    /// that address for itself alone: its scheme and port, not every origin's.
     #[serde(default)]
     pub private_networks: Vec<ipnet::IpNet>,
+}
+
+/// A request's origin in the one form origins are matched in: the scheme, the host as
+/// WHATWG URL parsing leaves it (lowercase, IDNA, every IPv4 notation such as `2130706433`,
+/// `0x7f.1` or `0177.0.0.1` turned into its dotted quad, IPv6 compressed and unbracketed)
+/// without a trailing dot, and the port, the scheme's default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: String,
+    pub host: String,
+    /// The address, when the host is an IP literal.
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl Origin {
+    /// The origin of an `http` or `https` URL; None for any other scheme.
+    pub fn of(url: &Url) -> Option<Self> {
+        let scheme = url.scheme();
+        if !matches!(scheme, "http" | "https") {
+            return None;
+        }
+        let (host, ip) = canonical_host(&url.host()?)?;
+        Some(Self {
+            scheme: scheme.to_string(),
+            host,
+            ip,
+            port: url.port_or_known_default()?,
+        })
+    }
+}
+
+/// A host's canonical text, and its address when it is an IP literal; None for a name
+/// that is nothing but dots.
+fn canonical_host<S: AsRef<str>>(host: &Host<S>) -> Option<(String, Option<IpAddr>)> {
+    match *host {
+        Host::Domain(ref name) => {
+            let name = name.as_ref().trim_end_matches('.');
+            (!name.is_empty()).then(|| (name.to_ascii_lowercase(), None))
+        }
+        Host::Ipv4(ip) => Some((ip.to_string(), Some(ip.into()))),
+        Host::Ipv6(ip) => Some((ip.to_string(), Some(ip.into()))),
+    }
 }
 
 /// A parsed origin pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginPattern {
     scheme: String,
-    /// Lowercase; `*` globs; IPv6 literals without brackets.
+    /// Canonical as in [`Origin`], or a lowercase glob when it holds a `*`.
     host: String,
+    /// The address, when the host is an IP literal (never for a glob).
+    literal: Option<IpAddr>,
     /// None: any port.
     port: Option<u16>,
 }
@@ -82,8 +135,10 @@ impl OriginPattern {
             _ => return Err(bad("must use http or https")),
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
-            return Err(bad("must be scheme://host[:port], without path or user"));
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', '%']) {
+            return Err(bad(
+                "must be scheme://host[:port], without path, user or encoding",
+            ));
         }
         let (host, port) = split_host_port(rest).ok_or_else(|| bad("has a malformed port"))?;
         let port = match port {
@@ -94,25 +149,46 @@ impl OriginPattern {
         if host.is_empty() {
             return Err(bad("has no host"));
         }
+        // The pattern's host goes through the same parser as a request's, so that
+        // `0x7f.1`, `127.0.0.1.` and `127.0.0.1` are one host on both sides.
+        let (host, literal) = if host.contains('*') {
+            match Host::parse(&host.replace('*', "x")) {
+                Ok(Host::Domain(_)) => (host.trim_end_matches('.').to_ascii_lowercase(), None),
+                _ => return Err(bad("has a malformed host")),
+            }
+        } else {
+            let bracketed;
+            let host = if host.contains(':') {
+                bracketed = format!("[{host}]");
+                &bracketed
+            } else {
+                host
+            };
+            let parsed = Host::parse(host).map_err(|_| bad("has a malformed host"))?;
+            canonical_host(&parsed).ok_or_else(|| bad("has a malformed host"))?
+        };
         Ok(Self {
             scheme,
-            host: host.to_ascii_lowercase(),
+            host,
+            literal,
             port,
         })
     }
 
-    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
-        self.scheme == scheme && self.port.is_none_or(|p| p == port) && glob(&self.host, host)
+    pub fn matches(&self, origin: &Origin) -> bool {
+        self.scheme == origin.scheme
+            && self.port.is_none_or(|p| p == origin.port)
+            && glob(&self.host, &origin.host)
     }
 
     /// The IP address this pattern names literally, if its host is one.
     pub fn literal_address(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
+        self.literal
     }
 }
 
 /// Splits `host[:port]`, where an IPv6 host is bracketed; the host comes back unbracketed.
-pub fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         return match after {
@@ -185,6 +261,7 @@ pub struct ScopedGrants {
     cluster_namespaces: Vec<String>,
     cluster_kinds: Vec<String>,
     dns_zones: Vec<String>,
+    dns_names: Vec<String>,
     dns_record_types: Vec<String>,
     http_origins: Vec<OriginPattern>,
 }
@@ -193,10 +270,18 @@ impl Grants {
     /// Checks the patterns once, at configuration load.
     pub fn validate(&self) -> Result<(), String> {
         let cluster = self.cluster.iter().flat_map(|c| &c.namespaces);
-        let dns = self.dns.iter().flat_map(|d| &d.zones);
+        let dns = self.dns.iter().flat_map(|d| d.zones.iter().chain(&d.names));
         let http = self.http.iter().flat_map(|h| &h.origins);
         for pattern in self.secrets.iter().chain(cluster).chain(dns).chain(http) {
             check_placeholders(pattern)?;
+        }
+        for name in self.dns.iter().flat_map(|d| &d.names) {
+            let resolved = name.replace("{participantContextId}", "p");
+            if !is_name_pattern(&resolved) {
+                return Err(format!(
+                    "dns name grant '{name}' is not a relative record name pattern: labels of [A-Za-z0-9_-], '*' within a label, '**' for any labels, or '@'"
+                ));
+            }
         }
         for origin in self.http.iter().flat_map(|h| &h.origins) {
             OriginPattern::parse(&origin.replace("{participantContextId}", "p"))?;
@@ -238,12 +323,22 @@ impl Grants {
             Some(c) => (resolve(&c.namespaces), c.kinds.clone()),
             None => Default::default(),
         };
-        let (zones, record_types) = match &self.dns {
+        // Stricter than a path segment: a context id with a dot would make one
+        // participant's name a subdomain of another's (`x.p2` under `*.p2`).
+        let dns_safe = is_dns_label(participant_context_id);
+        let resolve_dns = |patterns: &[String]| -> Vec<String> {
+            patterns
+                .iter()
+                .filter(|p| dns_safe || !p.contains('{'))
+                .map(|p| {
+                    normalize_zone(&p.replace("{participantContextId}", participant_context_id))
+                })
+                .collect()
+        };
+        let (zones, names, record_types) = match &self.dns {
             Some(d) => (
-                resolve(&d.zones)
-                    .iter()
-                    .map(|z| normalize_zone(z))
-                    .collect(),
+                resolve_dns(&d.zones),
+                resolve_dns(&d.names),
                 d.record_types
                     .iter()
                     .map(|t| t.to_ascii_uppercase())
@@ -265,6 +360,7 @@ impl Grants {
             cluster_namespaces: namespaces,
             cluster_kinds: kinds,
             dns_zones: zones,
+            dns_names: names,
             dns_record_types: record_types,
         }
     }
@@ -297,28 +393,37 @@ impl ScopedGrants {
             && self.cluster_namespaces.iter().any(|p| glob(p, namespace))
     }
 
-    pub fn allows_dns(&self, zone: &str, record_type: &str) -> bool {
+    /// `name` is relative to `zone` (`@` for the apex).
+    pub fn allows_dns(&self, zone: &str, name: &str, record_type: &str) -> bool {
         let zone = normalize_zone(zone);
+        let name = normalize_zone(name);
+        let labels: Vec<&str> = name.split('.').collect();
         let record_type = record_type.to_ascii_uppercase();
         self.dns_zones.contains(&zone)
+            && self.dns_names.iter().any(|pattern| {
+                let pattern: Vec<&str> = pattern.split('.').collect();
+                path_matches(&pattern, &labels)
+            })
             && self
                 .dns_record_types
                 .iter()
                 .any(|t| t == "*" || *t == record_type)
     }
 
-    /// `host` lowercase and unbracketed.
-    pub fn allows_http(&self, scheme: &str, host: &str, port: u16) -> bool {
-        self.http_origins
-            .iter()
-            .any(|o| o.matches(scheme, host, port))
+    pub fn allows_http(&self, origin: &Origin) -> bool {
+        self.http_origins.iter().any(|o| o.matches(origin))
     }
 
-    /// Whether an origin names `ip` literally, which allows it even in a special range.
-    pub fn names_address(&self, ip: IpAddr) -> bool {
-        self.http_origins
-            .iter()
-            .any(|o| o.literal_address() == Some(ip))
+    /// Whether a granted origin names `origin`'s IP literal and matches `origin` whole
+    /// (scheme and port): that origin may then reach the address even in a special
+    /// range. `http://127.0.0.1:8081` opens 127.0.0.1:8081, never 127.0.0.1:22 through
+    /// another origin such as `http://*:*`.
+    pub fn names_literally(&self, origin: &Origin) -> bool {
+        origin.ip.is_some_and(|ip| {
+            self.http_origins
+                .iter()
+                .any(|o| o.literal_address() == Some(ip) && o.matches(origin))
+        })
     }
 }
 
@@ -349,6 +454,29 @@ pub fn is_safe_segment(s: &str) -> bool {
 
 pub fn normalize_zone(zone: &str) -> String {
     zone.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// One lowercase DNS label (RFC 1123): what a participant context id must be before it
+/// is put into a DNS grant, as the dns plugin requires of it too.
+pub fn is_dns_label(s: &str) -> bool {
+    let alphanumeric = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = s.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes.first().is_some_and(alphanumeric)
+        && bytes.last().is_some_and(alphanumeric)
+        && bytes.iter().all(|b| alphanumeric(b) || *b == b'-')
+}
+
+/// A record name pattern: `@`, or labels of `[A-Za-z0-9_-]` and `*`, or `**`.
+fn is_name_pattern(pattern: &str) -> bool {
+    pattern == "@"
+        || pattern.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*'))
+        })
 }
 
 fn check_placeholders(pattern: &str) -> Result<(), String> {
@@ -408,6 +536,10 @@ mod tests {
             }),
             dns: Some(DnsGrant {
                 zones: vec!["participants.example.".into()],
+                names: vec![
+                    "{participantContextId}".into(),
+                    "*.{participantContextId}".into(),
+                ],
                 record_types: vec!["cname".into()],
             }),
             http: Some(HttpGrant {
@@ -484,9 +616,94 @@ mod tests {
         assert!(scoped.allows_cluster("ConfigMap", "cfm-p1"));
         assert!(!scoped.allows_cluster("Secret", "cfm-p1"));
         assert!(!scoped.allows_cluster("ConfigMap", "cfm-p2"));
-        assert!(scoped.allows_dns("Participants.Example", "CNAME"));
-        assert!(!scoped.allows_dns("participants.example", "A"));
-        assert!(!scoped.allows_dns("other.example", "CNAME"));
+        assert!(scoped.allows_dns("Participants.Example", "p1", "CNAME"));
+        assert!(!scoped.allows_dns("participants.example", "p1", "A"));
+        assert!(!scoped.allows_dns("other.example", "p1", "CNAME"));
+    }
+
+    #[test]
+    fn dns_names_are_scoped_to_the_participant() {
+        let scoped = grants().scoped("p1");
+        for own in ["p1", "P1.", "api.p1", "*.p1"] {
+            assert!(
+                scoped.allows_dns("participants.example", own, "CNAME"),
+                "{own}"
+            );
+        }
+        for other in ["p2", "api.p2", "p10", "p1x", "x.api.p1", "p1.p2", "@", "*"] {
+            assert!(
+                !scoped.allows_dns("participants.example", other, "CNAME"),
+                "{other} was allowed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dns_grant_without_names_does_not_load() {
+        let without: Result<Grants, _> = toml::from_str(
+            "[dns]\nzones = [\"participants.example\"]\nrecord-types = [\"CNAME\"]\n",
+        );
+        let err = without.expect_err("a zone-wide dns grant was accepted");
+        assert!(err.to_string().contains("names"), "{err}");
+
+        let none: Grants = toml::from_str(
+            "[dns]\nzones = [\"participants.example\"]\nnames = []\nrecord-types = [\"*\"]\n",
+        )
+        .unwrap();
+        assert!(
+            !none
+                .scoped("p1")
+                .allows_dns("participants.example", "p1", "CNAME")
+        );
+    }
+
+    #[test]
+    fn malformed_dns_name_patterns_are_refused() {
+        for bad in [
+            "a..b",
+            "",
+            "p/{participantContextId}",
+            "{participantContextId}.",
+            "a b",
+        ] {
+            let grants = Grants {
+                dns: Some(DnsGrant {
+                    zones: vec!["participants.example".into()],
+                    names: vec![bad.into()],
+                    record_types: vec!["CNAME".into()],
+                }),
+                ..Default::default()
+            };
+            assert!(grants.validate().is_err(), "'{bad}' was accepted");
+        }
+        assert!(grants().validate().is_ok());
+    }
+
+    #[test]
+    fn a_context_id_that_is_not_a_dns_label_gets_no_templated_dns_name() {
+        // "x.p2" would otherwise be granted `x.p2` and `*.x.p2`, inside p2's names.
+        for id in ["x.p2", "P2", "-p2", "p2_", "../p2", ""] {
+            let scoped = grants().scoped(id);
+            for name in ["x.p2", "p2", "x", "-p2", "p2_"] {
+                assert!(
+                    !scoped.allows_dns("participants.example", name, "CNAME"),
+                    "context id '{id}' reached '{name}'"
+                );
+            }
+        }
+        let fixed = Grants {
+            dns: Some(DnsGrant {
+                zones: vec!["participants.example".into()],
+                names: vec!["shared".into()],
+                record_types: vec!["TXT".into()],
+            }),
+            ..Default::default()
+        };
+        assert!(
+            fixed
+                .scoped("x.p2")
+                .allows_dns("participants.example", "shared", "TXT")
+        );
     }
 
     #[test]
@@ -494,7 +711,7 @@ mod tests {
         let scoped = Grants::default().scoped("p1");
         assert!(!scoped.allows_secret("participants/p1/x"));
         assert!(!scoped.allows_cluster("ConfigMap", "cfm-p1"));
-        assert!(!scoped.allows_dns("participants.example", "CNAME"));
+        assert!(!scoped.allows_dns("participants.example", "p1", "CNAME"));
     }
 
     #[test]
@@ -505,23 +722,93 @@ mod tests {
         assert!(glob("*", ""));
     }
 
+    /// The origin of `url`, as the http capability sees it.
+    fn origin(url: &str) -> Origin {
+        Origin::of(&Url::parse(url).unwrap()).unwrap()
+    }
+
     #[test]
     fn http_origins_match_scheme_host_and_port() {
         let scoped = grants().scoped("p1");
-        assert!(scoped.allows_http("https", "p1.issuer.example", 443));
-        assert!(!scoped.allows_http("https", "p2.issuer.example", 443));
-        assert!(!scoped.allows_http("http", "p1.issuer.example", 443));
-        assert!(!scoped.allows_http("https", "p1.issuer.example", 8443));
-        assert!(scoped.allows_http("http", "127.0.0.1", 1234));
-        assert!(scoped.allows_http("https", "a.b.hub.example", 8443));
-        assert!(!scoped.allows_http("https", "hub.example", 8443));
-        assert!(scoped.names_address("127.0.0.1".parse().unwrap()));
-        assert!(!scoped.names_address("127.0.0.2".parse().unwrap()));
+        assert!(scoped.allows_http(&origin("https://p1.issuer.example")));
+        assert!(scoped.allows_http(&origin("HTTPS://P1.Issuer.Example.:443/x")));
+        assert!(!scoped.allows_http(&origin("https://p2.issuer.example")));
+        assert!(!scoped.allows_http(&origin("http://p1.issuer.example:443")));
+        assert!(!scoped.allows_http(&origin("https://p1.issuer.example:8443")));
+        assert!(scoped.allows_http(&origin("http://127.0.0.1:1234")));
+        assert!(scoped.allows_http(&origin("https://a.b.hub.example:8443")));
+        assert!(!scoped.allows_http(&origin("https://hub.example:8443")));
+        assert!(scoped.names_literally(&origin("http://127.0.0.1:1234")));
+        assert!(!scoped.names_literally(&origin("http://127.0.0.2:1234")));
+        assert!(!scoped.names_literally(&origin("https://127.0.0.1:1234")));
         assert!(
             !Grants::default()
                 .scoped("p1")
-                .allows_http("https", "x", 443)
+                .allows_http(&origin("https://x"))
         );
+    }
+
+    #[test]
+    fn every_ipv4_notation_is_one_canonical_host() {
+        for url in [
+            "http://127.0.0.1/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0x7f.0.0.1/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://0x7f.1/",
+            "http://0177.0x0.0.1/",
+            "http://127.0.0.1./",
+            "http://%31%32%37.0.0.1/",
+        ] {
+            let origin = origin(url);
+            assert_eq!(origin.host, "127.0.0.1", "{url}");
+            assert_eq!(origin.ip, Some("127.0.0.1".parse().unwrap()), "{url}");
+            assert_eq!(origin.port, 80, "{url}");
+        }
+        let v6 = origin("http://[0:0:0:0:0:FFFF:7F00:1]:8080/");
+        assert_eq!(v6.ip, Some("::ffff:127.0.0.1".parse().unwrap()));
+        assert_eq!(v6, origin("http://[::ffff:127.0.0.1]:8080/"));
+        assert_eq!(origin("http://Granted.Example./").host, "granted.example");
+        assert_eq!(origin("http://granted.example/").ip, None);
+        assert!(Origin::of(&Url::parse("ftp://granted.example/").unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_literal_origin_opens_its_address_for_itself_only() {
+        let scoped = Grants {
+            http: Some(HttpGrant {
+                origins: vec!["http://127.0.0.1:8081".into(), "http://*:*".into()],
+                private_networks: vec![],
+            }),
+            ..Default::default()
+        }
+        .scoped("p1");
+        assert!(scoped.names_literally(&origin("http://127.0.0.1:8081/")));
+        assert!(scoped.names_literally(&origin("http://0x7f.1:8081/")));
+        // Granted as an origin through `http://*:*`, but not named at this port.
+        assert!(scoped.allows_http(&origin("http://127.0.0.1:22/")));
+        assert!(!scoped.names_literally(&origin("http://127.0.0.1:22/")));
+        assert!(!scoped.names_literally(&origin("http://127.0.0.2:8081/")));
+        assert!(!scoped.names_literally(&origin("http://localhost:8081/")));
+    }
+
+    #[test]
+    fn origin_patterns_are_canonical_too() {
+        let pattern = OriginPattern::parse("http://0x7f.1:8080").unwrap();
+        assert_eq!(
+            pattern.literal_address(),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert!(pattern.matches(&origin("http://127.0.0.1:8080/")));
+        let named = OriginPattern::parse("https://Issuer.Example.").unwrap();
+        assert!(named.matches(&origin("https://issuer.example/")));
+        assert_eq!(named.literal_address(), None);
+        // A glob never names an address, even one that looks like it.
+        let glob = OriginPattern::parse("http://127.0.0.*:*").unwrap();
+        assert!(glob.matches(&origin("http://127.0.0.9:1/")));
+        assert_eq!(glob.literal_address(), None);
     }
 
     #[test]
@@ -534,11 +821,14 @@ mod tests {
             "https://issuer.example:http",
             "https://",
             "https://[::1",
+            "https://256.0.0.1",
+            "https://%31%32%37.0.0.1",
+            "https://a b",
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad} was accepted");
         }
         let v6 = OriginPattern::parse("http://[::1]:8080").unwrap();
-        assert!(v6.matches("http", "::1", 8080));
+        assert!(v6.matches(&origin("http://[::1]:8080/")));
         assert_eq!(v6.literal_address(), Some("::1".parse().unwrap()));
     }
 

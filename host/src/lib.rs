@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod capability;
+pub mod compile_cache;
 pub mod config;
 pub mod error;
 pub mod fairness;

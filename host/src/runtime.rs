@@ -5,8 +5,6 @@
 //! below any capability call, and means no state leaks between participants.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +28,7 @@ use crate::bindings::cfm::plugin::types::{ActivityRequest, ActivityResult};
 use crate::bindings::cfm::plugin::{cluster, dns, log, secrets};
 use crate::capability::http::{OutboundHttp, PluginHttp};
 use crate::capability::{Backends, CallContext};
+use crate::compile_cache::CompileCache;
 use crate::config::{HostConfig, Limits, PluginConfig};
 use crate::error::HostError;
 use crate::fairness::CpuMeter;
@@ -40,7 +39,8 @@ use crate::grants::{CAPABILITIES, Grants};
 pub struct HostOptions {
     /// Invocations running at once; more wait for a slot (and the pool is sized by it).
     pub max_concurrent_invocations: u32,
-    /// Where compiled plugins are kept between runs; None compiles at every start.
+    /// Where compiled plugins are kept between runs; None compiles at every start. The
+    /// key that authenticates them is kept beside it (see [`crate::compile_cache`]).
     pub compile_cache: Option<PathBuf>,
 }
 
@@ -65,7 +65,7 @@ struct Inner {
     by_activity_type: std::sync::RwLock<Arc<HashMap<String, Arc<LoadedPlugin>>>>,
     /// Memory the engine's pool was sized for: a reload cannot raise a plugin above it.
     max_memory: usize,
-    compile_cache: Option<PathBuf>,
+    compile_cache: Option<CompileCache>,
     backends: Backends,
     audit: Audit,
     slots: tokio::sync::Semaphore,
@@ -136,14 +136,19 @@ impl AgentHost {
             .max()
             .unwrap_or(1 << 20);
         let engine = engine(max_memory, options.max_concurrent_invocations)?;
-        let by_activity_type = load_all(&engine, config, options.compile_cache.as_deref())?;
+        let compile_cache = options.compile_cache.as_deref().and_then(|dir| {
+            CompileCache::open(dir)
+                .inspect_err(|e| tracing::warn!("compiling without a cache: {e}"))
+                .ok()
+        });
+        let by_activity_type = load_all(&engine, config, compile_cache.as_ref())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 _ticker: EpochTicker::start(engine.clone()),
                 engine,
                 by_activity_type: std::sync::RwLock::new(Arc::new(by_activity_type)),
                 max_memory,
-                compile_cache: options.compile_cache,
+                compile_cache,
                 backends,
                 audit,
                 slots: tokio::sync::Semaphore::new(options.max_concurrent_invocations as usize),
@@ -170,7 +175,7 @@ impl AgentHost {
         let loaded = load_all(
             &self.inner.engine,
             config,
-            self.inner.compile_cache.as_deref(),
+            self.inner.compile_cache.as_ref(),
         )?;
         *self
             .inner
@@ -385,7 +390,7 @@ fn engine(max_memory: usize, slots: u32) -> Result<Engine, HostError> {
 fn load_all(
     engine: &Engine,
     config: &HostConfig,
-    cache: Option<&Path>,
+    cache: Option<&CompileCache>,
 ) -> Result<HashMap<String, Arc<LoadedPlugin>>, HostError> {
     let mut by_activity_type = HashMap::new();
     for plugin in &config.plugins {
@@ -506,7 +511,7 @@ fn load(
     engine: &Engine,
     config: &HostConfig,
     plugin: &PluginConfig,
-    cache: Option<&Path>,
+    cache: Option<&CompileCache>,
 ) -> Result<LoadedPlugin, HostError> {
     let path = config.plugin_path(plugin);
     let failed = |message: String| HostError::Load {
@@ -604,36 +609,16 @@ fn compile(
     engine: &Engine,
     bytes: &[u8],
     digest: &str,
-    cache: Option<&Path>,
+    cache: Option<&CompileCache>,
 ) -> wasmtime::Result<Component> {
-    let Some(dir) = cache else {
+    let Some(cache) = cache else {
         return Component::new(engine, bytes);
     };
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    let artifact = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
-    // Read, not mapped: a mapped artifact that someone truncates would kill the host.
-    if let Ok(compiled) = std::fs::read(&artifact) {
-        // SAFETY: the cache holds only artifacts this host serialised itself (the folder
-        // is the host's own, 0700), named by the source's sha256 and the engine's
-        // compatibility hash, so the bytes match this engine. Bytes that fail wasmtime's
-        // own header checks are recompiled and replaced.
-        match unsafe { Component::deserialize(engine, &compiled) } {
-            Ok(component) => return Ok(component),
-            Err(e) => tracing::warn!("recompiling {}: {e:#}", artifact.display()),
-        }
+    if let Some(component) = cache.load(engine, digest) {
+        return Ok(component);
     }
     let component = Component::new(engine, bytes)?;
-    let serialized = component.serialize()?;
-    let stored = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .and_then(|()| crate::capability::files::write_atomic(&artifact, &serialized));
-    if let Err(e) = stored {
-        // A cache that cannot be written only costs start-up time.
-        tracing::warn!("cannot cache {}: {e}", artifact.display());
-    }
+    cache.store(engine, digest, &component);
     Ok(component)
 }
 

@@ -137,7 +137,8 @@ async fn the_dns_plugin_routes_a_participant_through_bind() {
         "cfm.dns.routing",
         &format!(
             "[plugin.settings]\nzone = \"{ZONE}\"\ncellTargetSuffix = \"cells.cfm.local.\"\n\
-             [plugin.grants.dns]\nzones = [\"{ZONE}\"]\nrecord-types = [\"CNAME\"]\n"
+             [plugin.grants.dns]\nzones = [\"{ZONE}\"]\nnames = [\"{{participantContextId}}\"]\n\
+             record-types = [\"CNAME\"]\n"
         ),
     )]);
     let data = tempfile::tempdir().unwrap();

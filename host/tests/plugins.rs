@@ -195,13 +195,65 @@ fn hostile(mode: &str, target: &str, limits: &str) -> HostConfig {
 
 /// The same, with `http` as the body of its `[plugin.grants.http]` table.
 fn hostile_with_http(mode: &str, target: &str, limits: &str, http: &str) -> HostConfig {
+    let settings = format!(
+        "mode = {}\ntarget = {}",
+        toml_string(mode),
+        toml_string(target)
+    );
+    hostile_config(limits, &settings, http)
+}
+
+/// The zone the hostile plugin's dns grant opens, for the participant's own names only.
+const HOSTILE_ZONE: &str = "participants.example";
+
+/// The hostile plugin with `settings` as its `[plugin.settings]` body.
+fn hostile_config(limits: &str, settings: &str, http: &str) -> HostConfig {
     let extra = format!(
-        "[plugin.limits]\n{limits}\n[plugin.settings]\nmode = \"{mode}\"\ntarget = \"{target}\"\n\
+        "[plugin.limits]\n{limits}\n[plugin.settings]\n{settings}\n\
          [plugin.grants]\nsecrets = [\"participants/{{participantContextId}}/**\"]\n\
          [plugin.grants.cluster]\nnamespaces = [\"cfm-{{participantContextId}}\"]\nkinds = [\"ConfigMap\"]\n\
+         [plugin.grants.dns]\nzones = [\"{HOSTILE_ZONE}\"]\n\
+         names = [\"{{participantContextId}}\", \"*.{{participantContextId}}\"]\nrecord-types = [\"CNAME\"]\n\
          [plugin.grants.http]\n{http}\n"
     );
     config("hostile", "example.hostile", &extra)
+}
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.into()).to_string()
+}
+
+/// The hostile plugin making each (mode, target) capability call in one invocation;
+/// the answers come back in order.
+async fn run_probes(probes: &[(&str, String)], http: &str) -> (Vec<Value>, Harness) {
+    let list: Vec<String> = probes
+        .iter()
+        .map(|(mode, target)| {
+            format!(
+                "{{ mode = {}, target = {} }}",
+                toml_string(mode),
+                toml_string(target)
+            )
+        })
+        .collect();
+    let settings = format!("mode = \"probes\"\nprobes = [{}]", list.join(", "));
+    let harness = Harness::new(hostile_config("", &settings, http));
+    let outcome = harness.host.run(&task("example.hostile", PC)).await;
+    let ActivityOutcome::Complete { output } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let results = output["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), probes.len(), "{results:?}");
+    (results, harness)
+}
+
+/// The audit records of denials, in order.
+fn denials(harness: &Harness) -> Vec<Value> {
+    harness
+        .audit()
+        .into_iter()
+        .filter(|r| r["decision"] == "denied")
+        .collect()
 }
 
 async fn run_hostile(mode: &str, target: &str, limits: &str) -> (ActivityOutcome, Harness) {
@@ -332,14 +384,15 @@ async fn log_flooding_is_capped() {
 
 #[tokio::test]
 async fn secrets_outside_the_participant_are_unreachable() {
-    let (outcome, harness) =
-        run_hostile("secret", &format!("participants/{PC}/../other/api-key"), "").await;
+    let traversal = format!("participants/{PC}/../other/api-key");
+    let (outcome, harness) = run_hostile("secret", &traversal, "").await;
     let (kind, message) = capability_answer(&outcome);
     assert_eq!(kind, "invalid", "{message}");
-    assert!(
-        harness.audit().is_empty(),
-        "an invalid path reached the grant check"
-    );
+    // Refused before any grant is consulted, and still on the record.
+    let audit = harness.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "denied");
+    assert_eq!(audit[0]["target"], traversal);
 
     let (outcome, harness) =
         run_hostile("secret", "participants/other-participant/api-key", "").await;
@@ -357,6 +410,16 @@ async fn cluster_objects_outside_granted_namespaces_are_denied() {
     let (outcome, harness) = run_hostile("cluster", "kube-system", "").await;
     assert_eq!(capability_answer(&outcome).0, "denied");
     assert_eq!(harness.audit()[0]["target"], "ConfigMap/kube-system/stolen");
+    assert!(!harness.data.path().join("cluster").exists());
+
+    // A namespace that is no name at all is refused before the grant check, on the record.
+    let traversal = format!("cfm-{PC}/../kube-system");
+    let (outcome, harness) = run_hostile("cluster", &traversal, "").await;
+    assert_eq!(capability_answer(&outcome).0, "invalid");
+    let audit = harness.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "denied");
+    assert_eq!(audit[0]["target"], format!("ConfigMap/{traversal}/stolen"));
     assert!(!harness.data.path().join("cluster").exists());
 
     let (outcome, _) = run_hostile("cluster", &format!("cfm-{PC}"), "").await;
@@ -530,64 +593,363 @@ async fn raw_sockets_reach_nothing() {
     assert_eq!(server.connections(), 0, "a raw socket reached the server");
 }
 
+#[tokio::test]
+async fn http_escapes_are_refused_audited_and_never_connect() {
+    let server = Loopback::start().await;
+    let port = server.port;
+    let loopback = format!("http://127.0.0.1:{port}/");
+    // (what the plugin asks for, the canonical target the audit record must name)
+    let escapes = [
+        // Userinfo dresses a granted name up in front of another host.
+        (
+            format!("http://granted.example:x@127.0.0.1:{port}/"),
+            loopback.clone(),
+        ),
+        (
+            format!("http://granted.example@127.0.0.1:{port}/"),
+            loopback.clone(),
+        ),
+        (
+            "http://granted.example:x@169.254.169.254/latest/meta-data/".into(),
+            "http://169.254.169.254/latest/meta-data/".into(),
+        ),
+        (
+            format!("http://user:pw@granted.example:{port}/"),
+            format!("http://granted.example:{port}/"),
+        ),
+        // Every IPv4 notation the client would connect to as 127.0.0.1. (A
+        // percent-encoded host never gets here: wasi:http refuses it as an authority.)
+        (format!("http://2130706433:{port}/"), loopback.clone()),
+        (format!("http://0x7f000001:{port}/"), loopback.clone()),
+        (format!("http://0x7f.0.0.1:{port}/"), loopback.clone()),
+        (format!("http://0177.0.0.1:{port}/"), loopback.clone()),
+        (format!("http://127.1:{port}/"), loopback.clone()),
+        (format!("http://0x7f.1:{port}/"), loopback.clone()),
+        (format!("http://0177.0x0.1:{port}/"), loopback.clone()),
+        (format!("http://127.0.0.1.:{port}/"), loopback.clone()),
+        (
+            format!("http://[::ffff:7f00:1]:{port}/"),
+            format!("http://[::ffff:7f00:1]:{port}/"),
+        ),
+        (
+            "http://2852039166/latest/meta-data/".into(),
+            "http://169.254.169.254/latest/meta-data/".into(),
+        ),
+        // 0.0.0.0 reaches the host itself on Linux.
+        (
+            format!("http://0:{port}/"),
+            format!("http://0.0.0.0:{port}/"),
+        ),
+    ];
+    let probes: Vec<(&str, String)> = escapes
+        .iter()
+        .map(|(url, _)| ("http", url.clone()))
+        .collect();
+    let grant = "origins = [\"http://granted.example:*\", \"http://*:*\"]";
+    let (results, harness) = run_probes(&probes, grant).await;
+    for (result, (url, _)) in results.iter().zip(&escapes) {
+        assert_eq!(result["outcome"], "denied", "{url}: {result}");
+    }
+    let denied = denials(&harness);
+    let targets: Vec<String> = denied
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = escapes.iter().map(|(_, t)| format!("GET {t}")).collect();
+    assert_eq!(
+        targets, expected,
+        "every refusal is audited, canonical and without userinfo"
+    );
+    assert_eq!(
+        harness.audit().len(),
+        escapes.len(),
+        "something was allowed"
+    );
+    assert_eq!(
+        server.connections(),
+        0,
+        "a refused request reached the server"
+    );
+}
+
+#[tokio::test]
+async fn a_literal_origin_opens_its_own_port_only() {
+    let named = Loopback::start().await;
+    let other = Loopback::start().await;
+    let grant = format!(
+        "origins = [\"http://127.0.0.1:{}\", \"http://*:*\"]",
+        named.port
+    );
+    let probes = [
+        ("http", format!("http://127.0.0.1:{}/", other.port)),
+        ("http", format!("http://0x7f.1:{}/", other.port)),
+        ("http", format!("http://127.0.0.1:{}/", named.port)),
+        // The named origin in another notation is still that origin.
+        ("http", format!("http://0x7f.1:{}/", named.port)),
+    ];
+    let (results, harness) = run_probes(&probes, &grant).await;
+    let outcomes: Vec<&str> = results
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["denied", "denied", "ok", "ok"], "{results:?}");
+    assert!(
+        results[0]["message"].as_str().unwrap().contains("address"),
+        "{results:?}"
+    );
+    let denied = denials(&harness);
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    for record in &denied {
+        assert_eq!(
+            record["target"],
+            format!("GET http://127.0.0.1:{}/", other.port)
+        );
+    }
+    assert_eq!(other.connections(), 0, "the unnamed port was reached");
+    assert_eq!(named.connections(), 2);
+}
+
+#[tokio::test]
+async fn another_participants_dns_names_are_refused_and_audited() {
+    let zone_dir = |harness: &Harness| harness.data.path().join("dns");
+    let own = PC.to_string();
+    let probes = [
+        ("dns-upsert", "other-participant".to_string()),
+        ("dns-upsert", "api.other-participant".into()),
+        ("dns-upsert", "OTHER-PARTICIPANT.".into()),
+        ("dns-upsert", format!("{own}.other-participant")),
+        ("dns-upsert", format!("{own}x")),
+        ("dns-upsert", format!("x.api.{own}")),
+        ("dns-upsert", "@".into()),
+        ("dns-remove", "other-participant".into()),
+        // Malformed: refused before the grant check, and audited all the same.
+        ("dns-upsert", format!("../{own}")),
+        ("dns-upsert", format!("{own}/x")),
+        // The participant's own names.
+        ("dns-upsert", own.clone()),
+        ("dns-upsert", format!("api.{own}")),
+    ];
+    let (results, harness) = run_probes(&probes, "origins = []").await;
+    let outcomes: Vec<&str> = results
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    let mut expected = vec!["denied"; 8];
+    expected.extend(["invalid", "invalid", "ok", "ok"]);
+    assert_eq!(outcomes, expected, "{results:?}");
+
+    let denied: Vec<String> = denials(&harness)
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(denied.len(), 10, "{denied:?}");
+    assert_eq!(denied[0], format!("other-participant.{HOSTILE_ZONE} CNAME"));
+    assert_eq!(denied[2], format!("other-participant.{HOSTILE_ZONE} CNAME"));
+    assert_eq!(denied[8], format!("../{own}.{HOSTILE_ZONE} CNAME"));
+    let zone =
+        std::fs::read_to_string(zone_dir(&harness).join(format!("{HOSTILE_ZONE}.zone"))).unwrap();
+    assert!(zone.contains(&own), "{zone}");
+    assert!(
+        !zone.to_ascii_lowercase().contains("other-participant"),
+        "{zone}"
+    );
+    assert!(!zone.contains("x.api."), "{zone}");
+}
+
+#[tokio::test]
+async fn secret_traversal_in_every_form_is_refused_and_audited() {
+    let traversals = [
+        format!("participants/{PC}/../other-participant/x"),
+        format!("participants/{PC}/%2e%2e/other-participant/x"),
+        format!("participants/{PC}/..%2fother-participant%2fx"),
+        "participants%2fother-participant%2fx".to_string(),
+        format!("participants/{PC}/\u{ff0e}\u{ff0e}/other-participant/x"),
+        format!("participants/{PC}/..\\other-participant"),
+        format!("participants/{PC}/./x"),
+        format!("participants//{PC}/x"),
+        "/participants/other-participant/x".to_string(),
+        format!("participants/{PC}/x\n"),
+    ];
+    let mut probes: Vec<(&str, String)> =
+        traversals.iter().map(|t| ("secret", t.clone())).collect();
+    probes.push(("secret", "participants/other-participant/x".into()));
+    probes.push(("secret", format!("participants/{PC}/own")));
+    let (results, harness) = run_probes(&probes, "origins = []").await;
+    let outcomes: Vec<&str> = results
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    let mut expected = vec!["invalid"; traversals.len()];
+    expected.extend(["denied", "ok"]);
+    assert_eq!(outcomes, expected, "{results:?}");
+
+    let denied: Vec<String> = denials(&harness)
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_string())
+        .collect();
+    let mut refused: Vec<String> = traversals.to_vec();
+    refused.push("participants/other-participant/x".into());
+    assert_eq!(denied, refused, "every refusal is audited, as asked");
+    assert!(
+        !harness.data.path().join("secrets").exists(),
+        "something was written"
+    );
+}
+
+#[tokio::test]
+async fn the_hostile_plugin_can_claim_base_keys_in_its_output() {
+    // The host hands outputs on as they are; the engine is where base keys are refused.
+    // This mode is what the engine's end-to-end test runs.
+    let claim = json!({"cfm.participant.contextId": "someone-else", "cfm.vpa.data": []});
+    let (outcome, _) = run_hostile("output", &claim.to_string(), "").await;
+    let ActivityOutcome::Complete { output } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(Value::Object(output), claim);
+}
+
+#[tokio::test]
+async fn the_built_in_dns_grant_covers_the_name_the_dns_plugin_writes() {
+    let mut config = HostConfig::load(&plugin_dir().join("plugins.toml")).unwrap();
+    config.plugins.retain(|p| p.name == "dns");
+    let zone = "participants.cfm.local";
+    let grants = config.plugins[0].grants.scoped(PC);
+    assert!(grants.allows_dns(zone, PC, "CNAME"));
+    assert!(!grants.allows_dns(zone, "other-participant", "CNAME"));
+    assert!(!grants.allows_dns(zone, &format!("x.{PC}"), "CNAME"));
+
+    let harness = Harness::new(config);
+    let outcome = harness.host.run(&task("cfm.dns.routing", PC)).await;
+    let ActivityOutcome::Complete { output } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(output["dnsName"], format!("{PC}.{zone}"));
+    let audit = harness.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["effect"], "created");
+    assert_eq!(audit[0]["target"], format!("{PC}.{zone} CNAME"));
+}
+
 #[test]
 fn a_plugin_importing_http_without_a_grant_is_refused() {
-    let extra = "[plugin.grants]\nsecrets = [\"x\"]\n[plugin.grants.cluster]\nnamespaces = []\nkinds = []\n";
+    let extra = "[plugin.grants]\nsecrets = [\"x\"]\n[plugin.grants.cluster]\nnamespaces = []\nkinds = []\n\
+                 [plugin.grants.dns]\nzones = []\nnames = []\nrecord-types = []\n";
     let err = refused(&config("hostile", "example.hostile", extra));
     assert!(err.to_string().contains("'http' capability"), "{err}");
 }
 
-#[tokio::test]
-async fn compiled_plugins_are_cached_and_a_corrupt_artifact_is_rebuilt() {
-    let data = tempfile::tempdir().unwrap();
-    let cache = data.path().join("cache");
-    let options = || HostOptions {
-        compile_cache: Some(cache.clone()),
-        ..HostOptions::default()
-    };
-    let config = config("vault", "cfm.vault.credentials", VAULT_GRANT);
-    let load = || {
-        AgentHost::new(
-            &config,
-            Backends::embedded(data.path()),
-            Audit::default(),
-            options(),
-        )
-        .unwrap()
-    };
-    load();
-    let artifacts: Vec<PathBuf> = std::fs::read_dir(&cache)
+/// The files in the compile cache `dir` (the key lives beside it, not in it).
+fn artifacts(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
-    let artifact = &artifacts[0];
-    assert!(
-        artifact
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with(&digest("vault"))
+    found.sort();
+    found
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Runs vault on `host`, whatever its compile cache held: it must still be vault.
+async fn runs_vault(host: &AgentHost) {
+    let outcome = host.run(&task("cfm.vault.credentials", PC)).await;
+    let ActivityOutcome::Complete { output } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        output["credentialPath"],
+        format!("participants/{PC}/api-key"),
+        "{outcome:?}"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn compiled_plugins_are_cached_and_an_artifact_that_does_not_verify_is_rebuilt() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = data.path().join("cache");
+    let load = |config: &HostConfig| {
+        AgentHost::new(
+            config,
+            Backends::embedded(data.path()),
+            Audit::default(),
+            HostOptions {
+                compile_cache: Some(cache.clone()),
+                ..HostOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let vault = config("vault", "cfm.vault.credentials", VAULT_GRANT);
+    load(&vault);
+    let found = artifacts(&cache);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let artifact = found[0].clone();
+    let name = artifact.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with(&digest("vault")), "{name}");
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&artifact), 0o600);
+    let key = data.path().join(cfm_host::compile_cache::KEY_FILE);
+    assert_eq!(mode(&key), 0o600);
 
     // A cached artifact serves the next start.
-    let host = load();
-    let outcome = host.run(&task("cfm.vault.credentials", PC)).await;
+    let sealed = std::fs::read(&artifact).unwrap();
+    runs_vault(&load(&vault)).await;
+    assert_eq!(std::fs::read(&artifact).unwrap(), sealed);
+
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // One byte flipped in the compiled code: refused, recompiled and replaced.
+    let mut flipped = sealed.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    std::fs::write(&artifact, &flipped).unwrap();
+    runs_vault(&load(&vault)).await;
     assert!(
-        matches!(outcome, ActivityOutcome::Complete { .. }),
-        "{outcome:?}"
+        std::fs::read(&artifact).unwrap() != flipped,
+        "the refused artifact was kept"
+    );
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("tag does not verify"), "{log}");
+
+    // Another component's genuine artifact under vault's name: its tag names noop's
+    // source, so it does not verify here either.
+    load(&config("noop", "example.noop.1", ""));
+    let noop = artifacts(&cache)
+        .into_iter()
+        .find(|p| p.to_str().unwrap().contains(&digest("noop")))
+        .unwrap();
+    let swapped = std::fs::read(&noop).unwrap();
+    std::fs::write(&artifact, &swapped).unwrap();
+    runs_vault(&load(&vault)).await;
+    assert!(
+        std::fs::read(&artifact).unwrap() != swapped,
+        "the refused artifact was kept"
     );
 
-    // A damaged one is recompiled and replaced, not trusted.
-    std::fs::write(artifact, b"not a compiled component").unwrap();
-    let host = load();
-    let outcome = host.run(&task("cfm.vault.credentials", PC)).await;
+    // Without a tag (the wasmtime artifact alone, as caches held before tags).
+    let bare = &sealed[cfm_host::compile_cache::HEADER_LEN..];
+    std::fs::write(&artifact, bare).unwrap();
+    runs_vault(&load(&vault)).await;
     assert!(
-        matches!(outcome, ActivityOutcome::Complete { .. }),
-        "{outcome:?}"
+        std::fs::read(&artifact).unwrap() != bare,
+        "the refused artifact was kept"
     );
-    assert!(std::fs::metadata(artifact).unwrap().len() > 1024);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("has no tag"), "{log}");
+
+    // Garbage too.
+    std::fs::write(&artifact, b"not a compiled component").unwrap();
+    runs_vault(&load(&vault)).await;
+    assert!(std::fs::metadata(&artifact).unwrap().len() > 1024);
 }
 
 /// A copy of the no-op plugin in a folder of its own, with `trusted_keys` configured.

@@ -5,6 +5,13 @@ pub enum ManagerError {
     /// The request is malformed or refers to something it may not.
     #[error("{0}")]
     BadRequest(String),
+    /// The request asks for more than the server gives one request (a predicate too deep,
+    /// a query past its time budget); `limit` names which, for clients to match on.
+    #[error("{message}")]
+    OverLimit {
+        limit: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     /// The request clashes with current state (duplicate, stale version, no capacity).
@@ -28,6 +35,12 @@ pub type Result<T, E = ManagerError> = std::result::Result<T, E>;
 impl ManagerError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::BadRequest(message.into())
+    }
+    pub fn over_limit(limit: &'static str, message: impl Into<String>) -> Self {
+        Self::OverLimit {
+            limit,
+            message: message.into(),
+        }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(message.into())

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod data_dir;
 pub mod error;
 pub mod model;
 pub mod provision;
@@ -46,11 +47,16 @@ impl Manager {
     /// Opens the data directory, creating the database, signing key and admin token on
     /// first use.
     pub async fn open(data_dir: &Path, options: Options) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
+        data_dir::create_private(data_dir)
             .map_err(|e| ManagerError::Io(format!("creating {}: {e}", data_dir.display())))?;
         let db = match &options.database_url {
             Some(url) => store::Db::open(url).await?,
-            None => store::open_sqlite(&data_dir.join("cfm.db")).await?,
+            None => {
+                let path = data_dir.join("cfm.db");
+                data_dir::create_private_file(&path)
+                    .map_err(|e| ManagerError::Io(format!("creating {}: {e}", path.display())))?;
+                store::open_sqlite(&path).await?
+            }
         };
         let auth = auth::Auth::load_or_create(data_dir)?
             .with_external(options.auth)

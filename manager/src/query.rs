@@ -8,6 +8,11 @@
 //! paths read. Both backends translate it with their own JSON functions (JSONB paths on
 //! PostgreSQL, `json_each` on SQLite) to the same answers. Comparisons are typed: a text
 //! value matches JSON strings, a number matches JSON numbers, `true`/`false` booleans.
+//!
+//! Any API client with a read token can send a predicate, so what one may ask of the
+//! parser and the database is bounded ([`Limits`]): size, nesting, terms, values, path
+//! length and LIKE wildcards. Nothing here recurses deeper than the nesting limit, and
+//! `AND`/`OR` chains are kept flat, so no predicate can exhaust the stack.
 
 use sqlx::Any;
 use sqlx::any::AnyArguments;
@@ -22,8 +27,9 @@ pub struct Predicate(Option<Expr>);
 
 #[derive(Debug, Clone, PartialEq)]
 enum Expr {
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Two or more terms; chains are flat, so depth follows parentheses only.
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
     Compare {
         field: String,
         op: &'static str,
@@ -101,8 +107,65 @@ impl Params {
     }
 }
 
+/// What one predicate may ask for. Each bound is far above what a person writes and
+/// far below what costs the server: past one, the request is refused with a 400 that
+/// names it (reason `predicate-<field>`, `-` for `_`: `predicate-in-values`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of predicate text.
+    pub bytes: usize,
+    /// Parentheses nested inside each other.
+    pub depth: usize,
+    /// Comparisons (`a = 1`, `b IN (...)`, `c IS NULL`) in all.
+    pub terms: usize,
+    /// Values in one `IN` list.
+    pub in_values: usize,
+    /// Values in all, every `IN` list counted.
+    pub values: usize,
+    /// Segments of a JSON path after its column (`vpas.properties.k` has two).
+    pub path_segments: usize,
+    /// Bytes of one quoted value.
+    pub text_bytes: usize,
+    /// `%` and `_` wildcards in one LIKE pattern.
+    pub wildcards: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Self = Self {
+        bytes: 16 * 1024,
+        depth: 16,
+        terms: 64,
+        in_values: 256,
+        values: 1024,
+        path_segments: 8,
+        text_bytes: 1024,
+        wildcards: 32,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 impl Predicate {
+    /// Parses `text` under the default [`Limits`].
     pub fn parse(text: &str) -> Result<Self> {
+        Self::parse_within(text, &Limits::DEFAULT)
+    }
+
+    pub fn parse_within(text: &str, limits: &Limits) -> Result<Self> {
+        if text.len() > limits.bytes {
+            return Err(over_limit(
+                "predicate-bytes",
+                format!(
+                    "the predicate has {} bytes; at most {} are allowed",
+                    text.len(),
+                    limits.bytes
+                ),
+            ));
+        }
         let tokens = tokenize(text)?;
         if tokens.is_empty() {
             return Ok(Self(None));
@@ -111,6 +174,10 @@ impl Predicate {
             tokens,
             at: 0,
             text,
+            limits,
+            depth: 0,
+            terms: 0,
+            values: 0,
         };
         let expr = parser.or()?;
         if parser.at < parser.tokens.len() {
@@ -128,7 +195,11 @@ impl Predicate {
         };
         Self(Some(match self.0 {
             None => compare,
-            Some(expr) => Expr::And(Box::new(expr), Box::new(compare)),
+            Some(Expr::And(mut terms)) => {
+                terms.push(compare);
+                Expr::And(terms)
+            }
+            Some(expr) => Expr::And(vec![expr, compare]),
         }))
     }
 
@@ -187,8 +258,8 @@ struct Translator<'a> {
 impl Translator<'_> {
     fn expr(&mut self, expr: &Expr) -> Result<String> {
         Ok(match expr {
-            Expr::And(a, b) => format!("({} AND {})", self.expr(a)?, self.expr(b)?),
-            Expr::Or(a, b) => format!("({} OR {})", self.expr(a)?, self.expr(b)?),
+            Expr::And(terms) => self.join(terms, " AND ")?,
+            Expr::Or(terms) => self.join(terms, " OR ")?,
             Expr::Compare { field, op, value } => match self.resolve(field)? {
                 Target::Column(column) => self.compare_column(field, column, op, value)?,
                 Target::Path(json, path) => match self.containment(json, &path, op, value) {
@@ -212,11 +283,7 @@ impl Translator<'_> {
                     )
                 }
                 Target::Path(json, path) => self.path_exists(json, &path, |t, v| {
-                    let any = values
-                        .iter()
-                        .map(|value| t.compare_json(v, "=", value))
-                        .collect::<Result<Vec<_>>>()?
-                        .join(" OR ");
+                    let any = t.json_in(v, values);
                     Ok(if *negated {
                         format!("({} AND NOT ({any}))", t.is_scalar(v))
                     } else {
@@ -240,6 +307,15 @@ impl Translator<'_> {
                 }
             },
         })
+    }
+
+    /// `(a AND b AND c)`: flat, so SQLite's expression depth follows the predicate's nesting.
+    fn join(&mut self, terms: &[Expr], operator: &str) -> Result<String> {
+        let parts = terms
+            .iter()
+            .map(|term| self.expr(term))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(format!("({})", parts.join(operator)))
     }
 
     fn resolve<'f>(&self, field: &'f str) -> Result<Target<'f>> {
@@ -414,6 +490,57 @@ impl Translator<'_> {
                 }
             }
         })
+    }
+
+    /// One JSON value (`alias`) equals one of `values`: one flat `IN` per kind of value.
+    /// Not a chain of `=` joined by `OR`: inside a path's nested subqueries SQLite counts
+    /// such a chain toward its expression depth limit (1000), which 256 values passed.
+    fn json_in(&mut self, alias: &str, values: &[Literal]) -> String {
+        let pg = self.backend == Backend::Postgres;
+        let (mut texts, mut numbers, mut bools) = (Vec::new(), Vec::new(), Vec::new());
+        for value in values {
+            match value {
+                Literal::Text(_) => texts.push(self.params.push(value.clone())),
+                Literal::Integer(_) | Literal::Real(_) => {
+                    let mark = self.params.push(value.clone());
+                    numbers.push(if pg {
+                        format!("CAST({mark} AS numeric)")
+                    } else {
+                        mark
+                    });
+                }
+                Literal::Bool(b) if !bools.contains(b) => bools.push(*b),
+                Literal::Bool(_) => {}
+            }
+        }
+        let mut kinds = Vec::new();
+        if !texts.is_empty() {
+            let list = texts.join(", ");
+            kinds.push(if pg {
+                format!("(jsonb_typeof({alias}) = 'string' AND {alias} #>> '{{}}' IN ({list}))")
+            } else {
+                format!("({alias}.type = 'text' AND {alias}.value IN ({list}))")
+            });
+        }
+        if !numbers.is_empty() {
+            let list = numbers.join(", ");
+            kinds.push(if pg {
+                // CASE, not AND: PostgreSQL may evaluate the cast first otherwise.
+                format!(
+                    "CASE WHEN jsonb_typeof({alias}) = 'number' THEN ({alias} #>> '{{}}')::numeric IN ({list}) ELSE FALSE END"
+                )
+            } else {
+                format!("({alias}.type IN ('integer', 'real') AND {alias}.value IN ({list}))")
+            });
+        }
+        for b in bools {
+            kinds.push(if pg {
+                format!("{alias} = '{b}'::jsonb")
+            } else {
+                format!("{alias}.type = '{b}'")
+            });
+        }
+        kinds.join(" OR ")
     }
 
     /// The value is a string, number or boolean.
@@ -600,32 +727,49 @@ fn invalid(position: usize, expected: &str) -> ManagerError {
     ))
 }
 
+/// The parser's recursion (`or` → `and` → `unary` → `or` on `(`) goes one level per
+/// open parenthesis, and `depth` refuses more than the limit before recursing.
 struct Parser<'a> {
     tokens: Vec<(usize, Token)>,
     at: usize,
     text: &'a str,
+    limits: &'a Limits,
+    depth: usize,
+    terms: usize,
+    values: usize,
 }
 
 impl Parser<'_> {
     fn or(&mut self) -> Result<Expr> {
-        let mut left = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.keyword("OR") {
-            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(flatten(terms, Expr::Or))
     }
 
     fn and(&mut self) -> Result<Expr> {
-        let mut left = self.unary()?;
+        let mut terms = vec![self.unary()?];
         while self.keyword("AND") {
-            left = Expr::And(Box::new(left), Box::new(self.unary()?));
+            terms.push(self.unary()?);
         }
-        Ok(left)
+        Ok(flatten(terms, Expr::And))
     }
 
     fn unary(&mut self) -> Result<Expr> {
         if self.eat(&Token::Open) {
+            if self.depth == self.limits.depth {
+                return Err(over_limit(
+                    "predicate-depth",
+                    format!(
+                        "the predicate nests parentheses deeper than {} levels",
+                        self.limits.depth
+                    ),
+                ));
+            }
+            self.depth += 1;
             let inner = self.or()?;
+            self.depth -= 1;
             if !self.eat(&Token::Close) {
                 return Err(self.expected("')'"));
             }
@@ -635,6 +779,17 @@ impl Parser<'_> {
             Some(Token::Word(w)) if !is_keyword(w) => w.clone(),
             _ => return Err(self.expected("a field name")),
         };
+        self.check_path(&field)?;
+        self.terms += 1;
+        if self.terms > self.limits.terms {
+            return Err(over_limit(
+                "predicate-terms",
+                format!(
+                    "the predicate has more than {} comparisons",
+                    self.limits.terms
+                ),
+            ));
+        }
         self.at += 1;
         if let Some(Token::Op(op)) = self.peek() {
             let op = *op;
@@ -667,6 +822,12 @@ impl Parser<'_> {
             }
             let mut values = vec![self.literal()?];
             while self.eat(&Token::Comma) {
+                if values.len() == self.limits.in_values {
+                    return Err(over_limit(
+                        "predicate-in-values",
+                        format!("an IN list has more than {} values", self.limits.in_values),
+                    ));
+                }
                 values.push(self.literal()?);
             }
             if !self.eat(&Token::Close) {
@@ -693,7 +854,24 @@ impl Parser<'_> {
     }
 
     fn literal(&mut self) -> Result<Literal> {
+        self.values += 1;
+        if self.values > self.limits.values {
+            return Err(over_limit(
+                "predicate-values",
+                format!("the predicate has more than {} values", self.limits.values),
+            ));
+        }
         let literal = match self.peek() {
+            Some(Token::Text(t)) if t.len() > self.limits.text_bytes => {
+                return Err(over_limit(
+                    "predicate-text-bytes",
+                    format!(
+                        "a quoted value has {} bytes; at most {} are allowed",
+                        t.len(),
+                        self.limits.text_bytes
+                    ),
+                ));
+            }
             Some(Token::Text(t)) => Literal::Text(t.clone()),
             Some(Token::Number(n)) => match n.parse::<i64>() {
                 Ok(i) => Literal::Integer(i),
@@ -707,14 +885,42 @@ impl Parser<'_> {
         Ok(literal)
     }
 
+    /// The pattern of LIKE and its shorthands: a quoted string with few enough wildcards.
     fn text_literal(&mut self) -> Result<Literal> {
         match self.literal()? {
+            Literal::Text(text)
+                if text.bytes().filter(|b| matches!(b, b'%' | b'_')).count()
+                    > self.limits.wildcards =>
+            {
+                Err(over_limit(
+                    "predicate-wildcards",
+                    format!(
+                        "a LIKE pattern has more than {} wildcards (% and _)",
+                        self.limits.wildcards
+                    ),
+                ))
+            }
             text @ Literal::Text(_) => Ok(text),
             _ => {
                 self.at -= 1;
                 Err(self.expected("a quoted string"))
             }
         }
+    }
+
+    fn check_path(&self, field: &str) -> Result<()> {
+        let segments = field.split('.').count().saturating_sub(1);
+        if segments > self.limits.path_segments {
+            return Err(over_limit(
+                "predicate-path-segments",
+                format!(
+                    "field path '{}...' has {segments} segments; at most {} are allowed",
+                    field.chars().take(64).collect::<String>(),
+                    self.limits.path_segments
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn peek(&self) -> Option<&Token> {
@@ -740,6 +946,18 @@ impl Parser<'_> {
             .map_or(self.text.len(), |(p, _)| *p);
         invalid(position, what)
     }
+}
+
+/// One term stays itself; two or more become one flat `AND` or `OR`.
+fn flatten(mut terms: Vec<Expr>, join: fn(Vec<Expr>) -> Expr) -> Expr {
+    match terms.len() {
+        1 => terms.remove(0),
+        _ => join(terms),
+    }
+}
+
+fn over_limit(limit: &'static str, message: String) -> ManagerError {
+    ManagerError::over_limit(limit, message)
 }
 
 fn is_keyword(word: &str) -> bool {
@@ -812,6 +1030,16 @@ mod tests {
         let (sql, params) = translate_on(Backend::Postgres, "vpas.type != 'x'").unwrap();
         assert!(sql.contains("jsonb_path_query"), "{sql}");
         assert_eq!(params[0], Literal::Text(r#"lax $."type"[*]"#.into()));
+        // A list on a path is one flat IN per kind of value, on both backends.
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let (sql, params) =
+                translate_on(backend, "vpas.type IN ('a', 'b', 1, 2.5, true)").unwrap();
+            // Texts, numbers, booleans: three alternatives, not one per value.
+            assert_eq!(sql.matches(" OR ").count(), 2, "{sql}");
+            assert!(!sql.contains("= $"), "{sql}");
+            assert!(!sql.contains("'a'"), "{sql}");
+            assert!(params.len() >= 4);
+        }
         // Deeper paths and other keys have no index shortcut.
         let (sql, _) = translate_on(Backend::Postgres, "vpas.properties.k = 'v'").unwrap();
         assert!(!sql.contains("@>"), "{sql}");
@@ -825,6 +1053,165 @@ mod tests {
         }
         let (_, params) = translate("error = true");
         assert_eq!(params, vec![Literal::Integer(1)]);
+    }
+
+    fn refused_for(text: &str) -> &'static str {
+        match Predicate::parse(text) {
+            Err(ManagerError::OverLimit { limit, .. }) => limit,
+            other => panic!("{}...: {other:?}", &text[..text.len().min(60)]),
+        }
+    }
+
+    #[test]
+    fn every_limit_is_refused_by_name() {
+        let limits = Limits::DEFAULT;
+        let term = "identifier = 'x'";
+        let deep = format!(
+            "{}{term}{}",
+            "(".repeat(limits.depth + 1),
+            ")".repeat(limits.depth + 1)
+        );
+        assert_eq!(refused_for(&deep), "predicate-depth");
+        let wide = vec![term; limits.terms + 1].join(" AND ");
+        assert_eq!(refused_for(&wide), "predicate-terms");
+        let list = (0..=limits.in_values)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            refused_for(&format!("tenantId IN ({list})")),
+            "predicate-in-values"
+        );
+        let path = format!("vpas{}", ".k".repeat(limits.path_segments + 1));
+        assert_eq!(
+            refused_for(&format!("{path} = 'x'")),
+            "predicate-path-segments"
+        );
+        let long = "x".repeat(limits.text_bytes + 1);
+        assert_eq!(
+            refused_for(&format!("identifier = '{long}'")),
+            "predicate-text-bytes"
+        );
+        let pattern = "%a".repeat(limits.wildcards + 1);
+        assert_eq!(
+            refused_for(&format!("identifier LIKE '{pattern}'")),
+            "predicate-wildcards"
+        );
+        let huge = format!("identifier = '{}'", "x".repeat(limits.bytes));
+        assert_eq!(refused_for(&huge), "predicate-bytes");
+        // Many lists, each within its own bound, still count toward all values.
+        let lists = (0..limits.values / limits.in_values + 1)
+            .map(|_| {
+                let values = vec!["1"; limits.in_values].join(",");
+                format!("tenantId IN ({values})")
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        assert_eq!(refused_for(&lists), "predicate-values");
+    }
+
+    #[test]
+    fn everything_up_to_each_limit_is_accepted() {
+        let limits = Limits::DEFAULT;
+        let term = "identifier = 'x'";
+        let deep = format!(
+            "{}{term}{}",
+            "(".repeat(limits.depth),
+            ")".repeat(limits.depth)
+        );
+        translate(&deep);
+        translate(&vec![term; limits.terms].join(" OR "));
+        let path = format!("vpas{} = 'x'", ".k".repeat(limits.path_segments));
+        translate(&path);
+        translate(&format!(
+            "identifier LIKE '{}'",
+            "%a".repeat(limits.wildcards / 2)
+        ));
+    }
+
+    /// What crashed the server: a stack overflow in the parser, the translator or the
+    /// drop of a deep tree. Each is refused now, long before any recursion gets deep.
+    #[test]
+    fn predicates_that_once_overflowed_the_stack_are_refused() {
+        let parens = format!("{}identifier = 'x'{}", "(".repeat(5000), ")".repeat(5000));
+        assert_eq!(refused_for(&parens), "predicate-depth");
+        let unclosed = "(".repeat(100_000);
+        assert!(matches!(
+            Predicate::parse(&unclosed),
+            Err(ManagerError::OverLimit { .. })
+        ));
+        let chain = vec!["identifier = 'x'"; 3000].join(" AND ");
+        assert_eq!(refused_for(&chain), "predicate-bytes");
+        let chain = vec!["a=1"; 2000].join(" OR ");
+        assert_eq!(refused_for(&chain), "predicate-terms");
+    }
+
+    #[test]
+    fn chains_stay_flat_in_sql() {
+        let (sql, params) =
+            translate("identifier = 'a' AND identifier = 'b' AND identifier = 'c' OR error = true");
+        assert_eq!(
+            sql,
+            "((identifier = $1 AND identifier = $2 AND identifier = $3) OR error = $4)"
+        );
+        assert_eq!(params.len(), 4);
+        let scoped = Predicate::parse("identifier = 'a' AND identifier = 'b'")
+            .unwrap()
+            .and_equals("tenantId", Literal::Text("t".into()));
+        let mut params = Params::default();
+        let sql = scoped
+            .to_sql(&fields, Backend::Postgres, &mut params)
+            .unwrap();
+        assert_eq!(
+            sql,
+            "(identifier = $1 AND identifier = $2 AND tenant_id = $3)"
+        );
+    }
+
+    mod generated {
+        use super::*;
+        use crate::testing::predicates;
+        use proptest::prelude::*;
+
+        const FIELDS: &[&str] = &[
+            "identifier",
+            "tenantId",
+            "error",
+            "vpas",
+            "vpas.type",
+            "vpas.properties.k",
+            "vpas.a.b.c.d.e.f.g.h.i",
+            "nope",
+            "identifier.x",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any text at all: an answer, never a panic or an overflow.
+            #[test]
+            fn arbitrary_text_parses_or_is_refused(text in ".{0,400}") {
+                let _ = Predicate::parse(&text);
+            }
+
+            /// Grammar-shaped predicates: either refused as a client error, or SQL whose
+            /// bound values stay within the limits on both backends.
+            #[test]
+            fn generated_predicates_translate_within_the_limits(text in predicates(FIELDS)) {
+                for backend in [Backend::Sqlite, Backend::Postgres] {
+                    match translate_on(backend, &text) {
+                        Ok((sql, params)) => {
+                            // A value each, and a JSON path's own parameter per term.
+                            let limits = Limits::DEFAULT;
+                            prop_assert!(params.len() <= limits.values + limits.terms);
+                            prop_assert!(sql.len() < 4 << 20);
+                        }
+                        Err(ManagerError::BadRequest(_) | ManagerError::OverLimit { .. }) => {}
+                        Err(other) => prop_assert!(false, "{other:?}"),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ on_both_backends!(
     dispose_waits_for_the_deploy_and_needs_no_template_to_finish,
     a_failed_deploy_is_compensated_by_the_dispose_template,
     a_failed_dispose_is_recorded_and_can_be_retried,
+    an_output_naming_a_server_owned_key_fails_and_redirects_nothing,
+    a_deploy_step_that_runs_after_the_dispose_is_undone,
 );
 
 type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
@@ -430,4 +432,128 @@ async fn a_failed_dispose_is_recorded_and_can_be_retried(backend: TestBackend) {
     .await
     .unwrap();
     assert_eq!(disposes, 2);
+}
+
+/// A plugin that outputs `cfm.participant.contextId: <victim>` once made the next activity
+/// (the vault step) work on the victim's secrets, and the attacker's own dispose delete
+/// them. Now the output is refused, the orchestration fails naming the key, and every
+/// task, the compensation's included, is addressed to the profile's own context.
+async fn an_output_naming_a_server_owned_key_fails_and_redirects_nothing(backend: TestBackend) {
+    let fx = fixture(backend, |task| match task.activity_id.as_str() {
+        "a" => complete(json!({
+            "cfm.participant.contextId": "victim",
+            "cfm.participant.id": "did:web:victim.example",
+        })),
+        _ => complete(json!({})),
+    })
+    .await;
+    fx.template(&[("a", &[]), ("b", &["a"])], &[("c", &[])])
+        .await;
+    let id = fx.deploy().await;
+    let profile = fx.vpas_reach(&id, "disposed").await;
+    let deploy = fx.orchestration(&id).await;
+    assert_eq!(deploy.state, 3, "{deploy:?}");
+    let detail = deploy.error_detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("cfm.participant.") && detail.contains("server owns"),
+        "{detail}"
+    );
+    assert!(profile.error, "{profile:?}");
+
+    let seen = fx.seen();
+    assert!(
+        seen.iter().all(|t| t.activity_id != "b"),
+        "b ran after a's refused output"
+    );
+    let compensation = seen
+        .iter()
+        .find(|t| t.activity_id == "c")
+        .expect("the dispose ran");
+    for task in &seen {
+        assert_eq!(task.participant_context_id, id, "{task:?}");
+        assert_eq!(task.participant_id, "did:web:p.example");
+        assert_eq!(task.processing_data["cfm.participant.contextId"], json!(id));
+    }
+    assert!(!compensation.processing_data.contains_key("victim"));
+}
+
+/// A queue server that lost an acknowledgement hands a deploy task out again, even after
+/// the participant was disposed (the chaos soak saw a namespace made again nine minutes
+/// after its dispose). The late run's outcome is stale, and its step's dispose runs again.
+async fn a_deploy_step_that_runs_after_the_dispose_is_undone(backend: TestBackend) {
+    let fx = fixture(backend, |_| complete(json!({}))).await;
+    fx.template(&[("a", &[]), ("b", &["a"])], &[("b", &[]), ("a", &["b"])])
+        .await;
+    let id = fx.deploy().await;
+    fx.vpas_reach(&id, "active").await;
+    profiles::dispose(&fx.manager.engine, &fx.tenant, &id)
+        .await
+        .unwrap();
+    fx.vpas_reach(&id, "disposed").await;
+    let disposes_of_b = |fx: &Fixture| {
+        fx.seen()
+            .iter()
+            .filter(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.dispose")
+            .count()
+    };
+    assert_eq!(disposes_of_b(&fx), 1);
+
+    // The deploy's b runs again, late, and reports.
+    let late = fx
+        .seen()
+        .into_iter()
+        .find(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.deploy")
+        .unwrap();
+    let message = format!("{}/b/{}", late.orchestration_id, late.attempt);
+    fx.manager
+        .engine
+        .apply(&message, &late, complete(json!({})))
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    while disposes_of_b(&fx) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "b was not disposed again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = fx.seen();
+    let undo = seen
+        .iter()
+        .rfind(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.dispose")
+        .unwrap();
+    assert_eq!(undo.participant_context_id, id);
+    assert!(
+        seen.iter().filter(|t| t.activity_id == "a").count() == 2,
+        "only the late step is undone: {seen:?}"
+    );
+    let cleanup: Vec<String> =
+        sqlx::query_scalar("SELECT correlation_id FROM orchestrations WHERE id = $1")
+            .bind(&undo.orchestration_id)
+            .fetch_all(fx.manager.engine.db().read())
+            .await
+            .unwrap();
+    assert_eq!(cleanup, [format!("{id}/cleanup")]);
+    // The profile's own record is untouched by the clean-up.
+    let profile = fx.vpas_reach(&id, "disposed").await;
+    assert!(!profile.error, "{profile:?}");
+
+    // A late dispose step needs nothing undone.
+    let orchestrations_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations")
+        .fetch_one(fx.manager.engine.db().read())
+        .await
+        .unwrap();
+    let message = format!("{}/b/{}", undo.orchestration_id, undo.attempt);
+    fx.manager
+        .engine
+        .apply(&message, undo, complete(json!({})))
+        .await
+        .unwrap();
+    let orchestrations_after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations")
+        .fetch_one(fx.manager.engine.db().read())
+        .await
+        .unwrap();
+    assert_eq!(orchestrations_before, orchestrations_after);
 }

@@ -20,6 +20,16 @@ pub mod keys {
         VPA_DATA,
         VPA_CREDENTIALS,
     ];
+    /// Namespaces of keys the server writes and activities only read: an activity
+    /// output naming one is refused, so no plugin can re-address later activities.
+    pub const SERVER_OWNED_PREFIXES: [&str; 2] = ["cfm.participant.", "cfm.vpa."];
+
+    /// Whether `key` belongs to the server (see [`SERVER_OWNED_PREFIXES`]).
+    pub fn is_server_owned(key: &str) -> bool {
+        SERVER_OWNED_PREFIXES
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+    }
 }
 
 /// Orchestration types with a meaning of their own to the tenant manager.

@@ -31,6 +31,11 @@ impl Server {
 
     /// Starts `cfm serve` on `backend`: PostgreSQL gets a scratch database of its own.
     pub async fn start_on(backend: TestBackend, args: &[&str]) -> Server {
+        Self::start_logging(backend, args, "info").await
+    }
+
+    /// Starts `cfm serve` on `backend` with `RUST_LOG` set to `filter`.
+    pub async fn start_logging(backend: TestBackend, args: &[&str], filter: &str) -> Server {
         plugins_config();
         let dir = tempfile::tempdir().unwrap();
         let scratch = backend.scratch().await;
@@ -45,7 +50,7 @@ impl Server {
             command.extend(["--database-url".to_string(), db.url().to_string()]);
         }
         command.extend(args.iter().map(|s| s.to_string()));
-        let process = Replica::start(command, dir.path().join("serve.log"));
+        let process = Replica::start_logging(command, dir.path().join("serve.log"), filter);
         let token = std::fs::read_to_string(data.join("admin.token"))
             .unwrap()
             .trim()
@@ -87,6 +92,12 @@ impl Server {
     pub fn token_with(&self, scopes: &[&str]) -> String {
         let auth = cfm_manager::auth::Auth::load_or_create(&self.data_dir()).unwrap();
         auth.issue("test", scopes, 600).unwrap()
+    }
+
+    /// A token signed with this server's key, confined to `tenant`, carrying `scopes`.
+    pub fn tenant_token(&self, tenant: &str, scopes: &[&str]) -> String {
+        let auth = cfm_manager::auth::Auth::load_or_create(&self.data_dir()).unwrap();
+        auth.issue_for("tenant", scopes, Some(tenant), 600).unwrap()
     }
 
     /// A client that sends `token` instead of the admin token.
@@ -606,6 +617,8 @@ pub struct Replica {
     child: Child,
     args: Vec<String>,
     log: PathBuf,
+    /// `RUST_LOG` of the process.
+    filter: String,
     /// The API address, for a manager.
     pub base: Option<String>,
 }
@@ -613,16 +626,22 @@ pub struct Replica {
 impl Replica {
     /// Starts `cfm <args>` and waits until it says it is ready.
     pub fn start(args: Vec<String>, log: PathBuf) -> Replica {
-        let (child, base) = Self::spawn(&args, &log);
+        Self::start_logging(args, log, "info")
+    }
+
+    /// Starts `cfm <args>` with `RUST_LOG` set to `filter`.
+    pub fn start_logging(args: Vec<String>, log: PathBuf, filter: &str) -> Replica {
+        let (child, base) = Self::spawn(&args, &log, filter);
         Replica {
             child,
             args,
             log,
+            filter: filter.to_string(),
             base,
         }
     }
 
-    fn spawn(args: &[String], log: &Path) -> (Child, Option<String>) {
+    fn spawn(args: &[String], log: &Path, filter: &str) -> (Child, Option<String>) {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -630,7 +649,7 @@ impl Replica {
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_cfm"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -664,7 +683,7 @@ impl Replica {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, base) = Self::spawn(&self.args, &self.log);
+        let (child, base) = Self::spawn(&self.args, &self.log, &self.filter);
         self.child = child;
         self.base = base;
     }
@@ -811,4 +830,231 @@ pub fn percentile(samples: &[Duration], p: usize) -> Duration {
         .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
         .copied()
         .unwrap_or_default()
+}
+
+/// A private nats-server with JetStream on a free loopback port, restartable (SIGKILL)
+/// on the same port and store, killed on drop. Tests that restart the queue server use
+/// one of these rather than the shared server on 4222.
+pub struct JetStreamServer {
+    child: Child,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl JetStreamServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, store.path());
+        JetStreamServer { child, port, store }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL; [`JetStreamServer::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL (if it runs), then a new server on the same port and store.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, self.store.path());
+    }
+
+    /// Restarts it with its storage gone, as after losing a disk.
+    pub fn restart_without_storage(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::remove_dir_all(self.store.path()).unwrap();
+        std::fs::create_dir(self.store.path()).unwrap();
+        self.child = Self::spawn(self.port, self.store.path());
+    }
+
+    fn spawn(port: u16, store: &Path) -> Child {
+        let mut tries = 0;
+        loop {
+            let mut child = Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "nats-server (Debian package nats-server; scripts/services.sh installs it)",
+                );
+            let started = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+                && started.elapsed() < Duration::from_secs(10)
+                && child.try_wait().ok().flatten().is_none()
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return child;
+            }
+            // The port can be held for a moment after a kill: try again.
+            let _ = child.kill();
+            let _ = child.wait();
+            tries += 1;
+            assert!(tries < 5, "nats-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for JetStreamServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    /// Like [`Replica::restart`], but a process that exits (or stays silent for 60 s)
+    /// before it is ready is an error, not a panic, so a caller can try again.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| e.to_string())?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cfm"))
+            .args(&self.args)
+            .env("RUST_LOG", &self.filter)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        // A thread reads every line it prints (closing the pipe early would fail a
+        // print), so waiting for readiness can time out.
+        let (lines, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let mut base = None;
+        loop {
+            let left = Duration::from_secs(60).saturating_sub(started.elapsed());
+            match ready.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("cfm listening on ") {
+                        base = Some(url.to_string());
+                    }
+                    if line.starts_with("admin token: ") || line.starts_with("cfm agent running") {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    // The replica stays dead; the next try replaces it.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.child = child;
+                    return Err(format!("cfm {} was not ready", self.args[0]));
+                }
+            }
+        }
+        self.child = child;
+        self.base = base;
+        Ok(())
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// No connection: the request never reached a server.
+    Unreachable(String),
+    /// No answer in time: the server may still act on it.
+    TimedOut(String),
+    /// The connection broke after the request went out: it may have been acted on.
+    Broken(String),
+}
+
+impl Api {
+    /// A request that fails (Err) rather than panics when the server cannot be reached or
+    /// does not answer within `timeout`: the status and the JSON answer (null when empty
+    /// or not JSON).
+    pub async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(u16, Value), CallError> {
+        let failed = |e: reqwest::Error| {
+            let what = format!("{method} {path}: {e}");
+            if e.is_connect() {
+                CallError::Unreachable(what)
+            } else if e.is_timeout() {
+                CallError::TimedOut(what)
+            } else {
+                CallError::Broken(what)
+            }
+        };
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(failed)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(failed)?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+}
+
+impl Deployment {
+    /// Like [`Deployment::start_agents`], with the plugin configuration `plugins` and
+    /// `extra` flags (production backends, say) for every agent.
+    pub fn start_agents_with(
+        &mut self,
+        dirs: &[&str],
+        concurrency: usize,
+        plugins: &Path,
+        extra: &[String],
+    ) {
+        for dir in dirs {
+            let mut args = self.args("agent");
+            let data = self.dir.path().join(dir);
+            args.extend(["--data-dir".to_string(), data.display().to_string()]);
+            args.extend(["--plugins".to_string(), plugins.display().to_string()]);
+            args.extend(["--concurrency".to_string(), concurrency.to_string()]);
+            args.extend(extra.iter().cloned());
+            let log = self
+                .dir
+                .path()
+                .join(format!("agent-{}.log", self.agents.len()));
+            self.agents.push(Replica::start(args, log));
+        }
+    }
+
+    /// The deployment's scratch directory (replica logs, agent data directories).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 }

@@ -116,6 +116,24 @@ impl CallContext {
         Ok(value)
     }
 
+    /// Refuses a malformed call with `invalid`, saying why, and audits it as a denial:
+    /// a traversal or an encoding trick is an attempt at something outside the grants.
+    fn invalid(
+        &self,
+        capability: &'static str,
+        operation: &'static str,
+        raw_target: &str,
+        message: String,
+    ) -> CapabilityError {
+        self.record(
+            capability,
+            operation,
+            &bounded(raw_target),
+            Decision::Denied,
+        );
+        CapabilityError::Invalid(message)
+    }
+
     /// Writes one audit record in this call's context.
     fn record(
         &self,
@@ -137,6 +155,21 @@ impl CallContext {
             decision,
         });
     }
+}
+
+/// Longest raw target kept in an audit record: a guest chooses what it passes.
+const MAX_AUDITED_TARGET: usize = 256;
+
+/// `raw` cut to [`MAX_AUDITED_TARGET`] bytes, so a guest cannot bloat the audit log.
+fn bounded(raw: &str) -> String {
+    if raw.len() <= MAX_AUDITED_TARGET {
+        return raw.to_string();
+    }
+    let mut end = MAX_AUDITED_TARGET;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &raw[..end])
 }
 
 /// What a successful call changed, if it was a write worth an audit record.

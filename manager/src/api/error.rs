@@ -1,5 +1,6 @@
 //! The one place errors become HTTP responses, in upstream CFM's error body:
-//! `{"error":"<status text>","message":"<text>","code":<status>}`.
+//! `{"error":"<status text>","message":"<text>","code":<status>}`, plus a stable
+//! `reason` where a client can act on which rule refused it (`predicate-depth`, ...).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -14,6 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds after which the same request is worth sending again (`Retry-After`).
     pub retry_after: Option<u32>,
+    /// Which rule refused the request, when one did: stable across releases.
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -22,6 +25,14 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            reason: None,
+        }
+    }
+
+    pub fn with_reason(self, reason: &'static str) -> Self {
+        Self {
+            reason: Some(reason),
+            ..self
         }
     }
 }
@@ -35,6 +46,10 @@ pub struct ErrorBody {
     pub message: String,
     /// The HTTP status code.
     pub code: u16,
+    /// Which rule refused the request, for clients to match on (`predicate-depth`,
+    /// `query-timeout`, ...); absent where the status says it all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -47,6 +62,7 @@ impl IntoResponse for ApiError {
                 .to_string(),
             message: self.message,
             code: self.status.as_u16(),
+            reason: self.reason.map(str::to_string),
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
@@ -62,6 +78,19 @@ impl From<ManagerError> for ApiError {
     fn from(error: ManagerError) -> Self {
         let status = match &error {
             ManagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ManagerError::OverLimit { limit, message } => {
+                return Self::new(StatusCode::BAD_REQUEST, message.clone()).with_reason(limit);
+            }
+            ManagerError::Database(e) if store::is_query_timeout(e) => {
+                return Self::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the query ran past its {} ms budget and was stopped; narrow the predicate",
+                        store::QUERY_TIMEOUT.as_millis()
+                    ),
+                )
+                .with_reason("query-timeout");
+            }
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Conflict(_) => StatusCode::CONFLICT,
             ManagerError::Database(e) if store::is_transient(e) => {
@@ -143,5 +172,35 @@ mod tests {
         // Anything else from the database stays an internal error.
         let other = ApiError::from(sqlx::Error::RowNotFound);
         assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// API predicate queries run where PostgreSQL stops them at their budget and never
+    /// compiles them with JIT; the stopped one is a 400 naming the budget, not a 500.
+    #[tokio::test]
+    async fn a_query_past_its_budget_is_stopped_and_answered_400() {
+        let scratch = ScratchDatabase::create().await;
+        let db = store::Db::open(scratch.url()).await.unwrap();
+        let jit: String = sqlx::query_scalar("SELECT current_setting('jit')")
+            .fetch_one(db.queries())
+            .await
+            .unwrap();
+        assert_eq!(jit, "off");
+        let started = std::time::Instant::now();
+        let stopped = sqlx::query("SELECT pg_sleep(60)")
+            .execute(db.queries())
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        assert!(store::is_query_timeout(&stopped), "{stopped}");
+        let answer = ApiError::from(stopped);
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer.reason, Some("query-timeout"));
+        // The engine's own connections have no such budget: only API queries are cut.
+        let budget: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
+            .fetch_one(db.writer())
+            .await
+            .unwrap();
+        assert_eq!(budget, "0");
+        db.close().await;
     }
 }

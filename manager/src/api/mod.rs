@@ -8,7 +8,7 @@ pub mod requests;
 mod tenant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -105,11 +105,26 @@ pub struct Caller {
     pub tenant: Option<String>,
 }
 
+/// The routes that take a POST but only read: their scope is `:read`.
+const QUERY_ROUTES: [&str; 3] = [
+    "/tenants/query",
+    "/participant-profiles/query",
+    "/orchestrations/query",
+];
+/// Route prefixes of the provision manager; the rest belong to the tenant manager.
+const PROVISION_ROUTES: [&str; 3] = [
+    "/activity-definitions",
+    "/orchestration-definitions",
+    "/orchestrations",
+];
+
 /// Checks the bearer token and the scope the route needs: provision routes need
-/// `provision-manager-api:*`, the rest `tenant-manager-api:*`; reads (GET and the
-/// `/query` routes) need `:read`, everything else `:write`. A token confined to a tenant
-/// reaches that tenant's routes (another tenant's are "not found", as if they did not
-/// exist), reads cells and dataspace profiles, and nothing else.
+/// `provision-manager-api:*`, the rest `tenant-manager-api:*`; reads (GET, and POST to
+/// the query routes) need `:read`, everything else `:write`. The route is the one the
+/// router matched (its template, `/tenants/{id}`), never the URL's text: a URL that only
+/// looks like a query route (`DELETE /activity-definitions/query`) is a write. A token
+/// confined to a tenant reaches that tenant's routes (another tenant's are "not found",
+/// as if they did not exist), reads cells and dataspace profiles, and nothing else.
 async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let token = request
         .headers()
@@ -132,27 +147,17 @@ async fn authorize(State(state): State<AppState>, mut request: Request, next: Ne
     if json::path_has_nul(full_path) {
         return ApiError::new(StatusCode::BAD_REQUEST, "the path contains U+0000").into_response();
     }
-    // Nested routes see the path without the prefix; accept either.
-    let path = full_path
-        .strip_prefix(PREFIX)
-        .unwrap_or(full_path)
-        .to_string();
-    let provision = [
-        "/activity-definitions",
-        "/orchestration-definitions",
-        "/orchestrations",
-    ]
-    .iter()
-    .any(|p| path.starts_with(p));
-    let read = request.method() == Method::GET
-        || request.method() == Method::HEAD
-        || path.ends_with("/query");
-    let scope = match (provision, read) {
-        (true, true) => auth::PROVISION_READ,
-        (true, false) => auth::PROVISION_WRITE,
-        (false, true) => auth::TENANT_READ,
-        (false, false) => auth::TENANT_WRITE,
+    // A route layer runs only for matched routes, so the template is always there; if it
+    // were not, nothing could say which scope applies.
+    let Some(route) = request.extensions().get::<MatchedPath>() else {
+        return ApiError::new(StatusCode::FORBIDDEN, "Access not granted: unknown route")
+            .into_response();
     };
+    // Nested routes may see the template with or without the prefix; accept either.
+    let route = route.as_str();
+    let route = route.strip_prefix(PREFIX).unwrap_or(route).to_string();
+    let path = full_path.strip_prefix(PREFIX).unwrap_or(full_path);
+    let scope = required_scope(request.method(), &route);
     if !claims.has_scope(scope) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -161,7 +166,7 @@ async fn authorize(State(state): State<AppState>, mut request: Request, next: Ne
         .into_response();
     }
     if let Some(tenant) = &claims.cfm_tenant
-        && let Err(refused) = confine(tenant, &path, read, provision)
+        && let Err(refused) = confine(tenant, &route, path, request.method())
     {
         return refused.into_response();
     }
@@ -172,20 +177,53 @@ async fn authorize(State(state): State<AppState>, mut request: Request, next: Ne
     next.run(request).await
 }
 
-/// What a token confined to `tenant` may not do.
-fn confine(tenant: &str, path: &str, read: bool, provision: bool) -> Result<(), ApiError> {
+/// The scope a request to `route` (a matched template without the prefix) needs.
+fn required_scope(method: &Method, route: &str) -> &'static str {
+    let provision = is_provision(route);
+    let read = *method == Method::GET
+        || *method == Method::HEAD
+        || (*method == Method::POST && QUERY_ROUTES.contains(&route));
+    match (provision, read) {
+        (true, true) => auth::PROVISION_READ,
+        (true, false) => auth::PROVISION_WRITE,
+        (false, true) => auth::TENANT_READ,
+        (false, false) => auth::TENANT_WRITE,
+    }
+}
+
+fn is_provision(route: &str) -> bool {
+    PROVISION_ROUTES.iter().any(|prefix| {
+        route
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// What a token confined to `tenant` may not do. `route` is the matched template and
+/// `path` the request's path, both without the prefix.
+fn confine(tenant: &str, route: &str, path: &str, method: &Method) -> Result<(), ApiError> {
     let forbidden = |what: &str| {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("Access not granted: a token confined to tenant '{tenant}' cannot {what}"),
         ))
     };
-    if provision {
+    let read = *method == Method::GET || *method == Method::HEAD;
+    if is_provision(route) {
         return forbidden("use the provision manager's routes");
     }
-    if let Some(rest) = path.strip_prefix("/tenants/") {
-        let id = rest.split('/').next().unwrap_or_default();
-        if id == "query" || id == tenant {
+    if route == "/tenants/query" || route == "/participant-profiles/query" {
+        // The handlers narrow these to the caller's tenant.
+        return Ok(());
+    }
+    if route.starts_with("/tenants/{") {
+        // The id as sent, before any decoding: an id that only decodes to the tenant's
+        // is refused too, which costs nothing since ids are plain UUIDs.
+        let id = path
+            .strip_prefix("/tenants/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        if id == tenant {
             return Ok(());
         }
         return Err(ApiError::new(
@@ -193,11 +231,20 @@ fn confine(tenant: &str, path: &str, read: bool, provision: bool) -> Result<(), 
             format!("tenant '{id}' not found"),
         ));
     }
-    if path == "/tenants" && !read {
-        return forbidden("create tenants");
+    if route == "/tenants" {
+        return if read {
+            Ok(())
+        } else {
+            forbidden("create tenants")
+        };
     }
-    if !read && (path.starts_with("/cells") || path.starts_with("/dataspace-profiles")) {
-        return forbidden("change cells or dataspace profiles");
+    if route.starts_with("/cells") || route.starts_with("/dataspace-profiles") {
+        return if read {
+            Ok(())
+        } else {
+            forbidden("change cells or dataspace profiles")
+        };
     }
-    Ok(())
+    // A route added later is closed to confined tokens until someone decides otherwise.
+    forbidden("use this route")
 }

@@ -217,7 +217,7 @@ pub(super) async fn delete_orchestration_definition(
     request_body = QueryRequest,
     responses(
         (status = 200, description = "Matching orchestrations sorted by id", body = [Orchestration]),
-        (status = 400, description = "Malformed body or predicate", body = ErrorBody),
+        (status = 400, description = "Malformed body or predicate; a predicate past a limit (reason predicate-bytes, -depth, -terms, -in-values, -values, -path-segments, -text-bytes, -wildcards) or a query past its time budget (reason query-timeout)", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody)
     )
 )]

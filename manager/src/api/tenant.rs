@@ -195,7 +195,7 @@ pub(super) async fn delete_tenant(
     request_body = QueryRequest,
     responses(
         (status = 200, description = "Matching tenants sorted by id", body = [Tenant]),
-        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 400, description = "Malformed body or predicate; a predicate past a limit (reason predicate-bytes, -depth, -terms, -in-values, -values, -path-segments, -text-bytes, -wildcards) or a query past its time budget (reason query-timeout)", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody)
     )
 )]
@@ -315,7 +315,7 @@ pub(super) async fn dispose_profile(
     request_body = QueryRequest,
     responses(
         (status = 200, description = "Matching profiles sorted by id", body = [ParticipantProfile]),
-        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 400, description = "Malformed body or predicate; a predicate past a limit (reason predicate-bytes, -depth, -terms, -in-values, -values, -path-segments, -text-bytes, -wildcards) or a query past its time budget (reason query-timeout)", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody)
     )
 )]

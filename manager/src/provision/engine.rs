@@ -5,18 +5,25 @@
 //! activities it unblocks happen in one transaction: a crash before the commit leaves the
 //! message to be delivered again, a crash after leaves nothing to redo.
 
-use cfm_protocol::{ActivityOutcome, ActivityTask, keys};
+use std::collections::BTreeMap;
+
+use cfm_protocol::{ActivityOutcome, ActivityTask, keys, orchestration_types};
 use serde_json::Value;
 use sqlx::Row;
 use tracing::Instrument;
 
 use crate::error::{ManagerError, Result};
 use crate::model::{
-    Orchestration, OrchestrationDefinition, OrchestrationState, Properties, Step, new_id, now,
+    ActivitySpec, Orchestration, OrchestrationDefinition, OrchestrationState, Properties, Step,
+    new_id, now,
 };
+use crate::provision::definitions;
 use crate::query::{Field, Literal, Predicate};
 use crate::queue::{self, Signal};
 use crate::store::{self, Conn, Db, Page, from_json, to_json};
+
+/// What the correlation id of an orchestration that undoes a late deploy step ends with.
+pub const CLEANUP_SUFFIX: &str = "/cleanup";
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -78,12 +85,22 @@ pub struct Finished<'a> {
 
 /// The orchestration row fields `apply` works with.
 struct Current {
+    /// Whom the orchestration works for, from its own columns: every task it sends is
+    /// addressed from here, whatever its processing data says.
+    participant: Participant,
     correlation_id: String,
     definition_id: String,
     orchestration_type: String,
     state: i64,
     processing_data: Properties,
     output_data: Properties,
+}
+
+/// A participant as an orchestration addresses it.
+#[derive(Debug, Clone)]
+struct Participant {
+    id: String,
+    context_id: String,
 }
 
 struct StepRow {
@@ -136,12 +153,24 @@ impl Engine {
                     start.definition.id, start.orchestration_type
                 ))
             })?;
+        let text = |key: &str| {
+            start
+                .processing_data
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let participant = Participant {
+            id: text(keys::PARTICIPANT_ID),
+            context_id: text(keys::PARTICIPANT_CONTEXT_ID),
+        };
         let id = new_id();
         let timestamp = now();
         sqlx::query(
             "INSERT INTO orchestrations (id, version, correlation_id, definition_id, orchestration_type, state,
-               state_timestamp, created_timestamp, processing_data, output_data)
-             VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, '{}')",
+               state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id)
+             VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, '{}', $9, $10)",
         )
         .bind(&id)
         .bind(&start.correlation_id)
@@ -151,6 +180,8 @@ impl Engine {
         .bind(&timestamp)
         .bind(&timestamp)
         .bind(to_json(&start.processing_data))
+        .bind(&participant.id)
+        .bind(&participant.context_id)
         .execute(&mut *conn)
         .await?;
         for (position, activity) in activities.iter().enumerate() {
@@ -170,6 +201,7 @@ impl Engine {
         self.dispatch_ready(
             conn,
             &id,
+            &participant,
             &start.orchestration_type,
             &start.processing_data,
             &all,
@@ -216,11 +248,15 @@ impl Engine {
             step.filter(|s| live && s.state == "dispatched" && s.attempt == task.attempt as i64)
         else {
             tracing::debug!(activity = %task.activity_id, attempt = task.attempt, "stale outcome dropped");
+            let undoing = self.undo_late_run(&mut tx, &current, task).await?;
             tx.commit().await?;
+            if undoing {
+                self.wake();
+            }
             return Ok(());
         };
         let retries = step.retries;
-        match outcome {
+        match refuse_server_owned_keys(outcome) {
             ActivityOutcome::Complete { output } => {
                 self.complete(&mut tx, task, current, output, all).await?;
             }
@@ -323,7 +359,7 @@ impl Engine {
         let select = "SELECT id, correlation_id, definition_id, orchestration_type, state,
               state_timestamp, created_timestamp, processing_data, output_data, error_detail
             FROM orchestrations";
-        let mut conn = self.db.acquire().await?;
+        let mut conn = self.db.queries().acquire().await?;
         let rows = predicate
             .select_page(select, &orchestration_field, self.db.backend(), page)?
             .fetch_all(&mut *conn)
@@ -390,6 +426,7 @@ impl Engine {
             self.dispatch_ready(
                 tx,
                 &task.orchestration_id,
+                &current.participant,
                 &current.orchestration_type,
                 &current.processing_data,
                 &all,
@@ -465,6 +502,7 @@ impl Engine {
         &self,
         tx: &mut Conn,
         id: &str,
+        participant: &Participant,
         orchestration_type: &str,
         data: &Properties,
         all: &[StepRow],
@@ -476,7 +514,7 @@ impl Engine {
             .collect();
         for step in all.iter().filter(|s| s.state == "pending") {
             if step.depends_on.iter().all(|d| done.contains(&d.as_str())) {
-                let task = self.first_attempt(id, orchestration_type, step, data);
+                let task = self.first_attempt(id, participant, orchestration_type, step, data);
                 self.publish(tx, &task, 0).await?;
             }
         }
@@ -493,9 +531,13 @@ impl Engine {
         delay_ms: u64,
         state: Option<Value>,
     ) -> Result<()> {
+        // Only the step's identity is taken from the reported task; whom it works for
+        // and what it reads come from the orchestration row.
         let next = ActivityTask {
             attempt,
             state,
+            participant_id: current.participant.id.clone(),
+            participant_context_id: current.participant.context_id.clone(),
             processing_data: current.processing_data.clone(),
             ..task.clone()
         };
@@ -506,24 +548,19 @@ impl Engine {
     fn first_attempt(
         &self,
         id: &str,
+        participant: &Participant,
         orchestration_type: &str,
         step: &StepRow,
         data: &Properties,
     ) -> ActivityTask {
-        let text = |key: &str| {
-            data.get(key)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
         ActivityTask {
             orchestration_id: id.to_string(),
             activity_id: step.activity_id.clone(),
             activity_type: step.activity_type.clone(),
             discriminator: orchestration_type.to_string(),
             attempt: 1,
-            participant_id: text(keys::PARTICIPANT_ID),
-            participant_context_id: text(keys::PARTICIPANT_CONTEXT_ID),
+            participant_id: participant.id.clone(),
+            participant_context_id: participant.context_id.clone(),
             processing_data: data.clone(),
             state: None,
             timeout_ms: self.settings.activity_timeout_ms,
@@ -564,13 +601,18 @@ impl Engine {
             // An UPDATE that changes nothing, to lock the row: outcomes of one
             // orchestration's parallel activities are applied one after the other.
             "UPDATE orchestrations SET version = version WHERE id = $1
-             RETURNING correlation_id, definition_id, orchestration_type, state, processing_data, output_data",
+             RETURNING correlation_id, definition_id, orchestration_type, state, processing_data, output_data,
+               participant_id, participant_context_id",
         )
         .bind(id)
         .fetch_optional(tx)
         .await?;
         row.map(|row| {
             Ok(Current {
+                participant: Participant {
+                    id: row.get("participant_id"),
+                    context_id: row.get("participant_context_id"),
+                },
                 correlation_id: row.get("correlation_id"),
                 definition_id: row.get("definition_id"),
                 orchestration_type: row.get("orchestration_type"),
@@ -582,6 +624,76 @@ impl Engine {
         .transpose()
     }
 
+    /// A deploy step that ran after its participant's dispose began may have made again
+    /// what the dispose removed: a queue server that lost an acknowledgement hands the task
+    /// out again, minutes later if it restarts, and an activity still running when its
+    /// deploy failed finishes after the compensation started. Its outcome arrives here as
+    /// stale. When a dispose of the same correlation exists, that step's dispose activity
+    /// runs again, alone, in an orchestration of its own correlated with
+    /// `<correlation>/cleanup` (so the profile's own lifecycle ignores it). It starts after
+    /// the late run ended, so it removes what that run made; a later stale run starts
+    /// another. True when one was started.
+    async fn undo_late_run(
+        &self,
+        tx: &mut Conn,
+        current: &Current,
+        task: &ActivityTask,
+    ) -> Result<bool> {
+        if current.orchestration_type != orchestration_types::VPA_DEPLOY {
+            return Ok(false);
+        }
+        let dispose: Option<String> = sqlx::query_scalar(
+            "SELECT definition_id FROM orchestrations
+             WHERE correlation_id = $1 AND orchestration_type = $2
+             ORDER BY created_timestamp DESC LIMIT 1",
+        )
+        .bind(&current.correlation_id)
+        .bind(orchestration_types::VPA_DISPOSE)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(template) = dispose else {
+            return Ok(false);
+        };
+        let mut definition = match definitions::get_orchestration(tx, &template).await {
+            Ok(definition) => definition,
+            Err(ManagerError::NotFound(_)) => {
+                tracing::warn!(%template, activity = %task.activity_id,
+                    "a deploy step ran after its dispose, and the dispose's template is gone: nothing can undo it");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let undo = definition
+            .activities
+            .get(orchestration_types::VPA_DISPOSE)
+            .and_then(|steps| steps.iter().find(|s| s.activity_type == task.activity_type))
+            .cloned();
+        let Some(undo) = undo else {
+            return Ok(false);
+        };
+        definition.activities = BTreeMap::from([(
+            orchestration_types::VPA_DISPOSE.to_string(),
+            vec![ActivitySpec {
+                depends_on: Vec::new(),
+                ..undo
+            }],
+        )]);
+        let cleanup = self
+            .start(
+                tx,
+                Start {
+                    correlation_id: format!("{}{CLEANUP_SUFFIX}", current.correlation_id),
+                    orchestration_type: orchestration_types::VPA_DISPOSE.into(),
+                    definition,
+                    processing_data: current.processing_data.clone(),
+                },
+            )
+            .await?;
+        tracing::warn!(activity = %task.activity_id, attempt = task.attempt, %cleanup,
+            "a deploy step ran after its participant's dispose began; running its dispose again");
+        Ok(true)
+    }
+
     /// Exponential backoff with ±20% jitter, so retries of many activities spread out.
     fn backoff(&self, retries: u32) -> u64 {
         let base = self
@@ -591,6 +703,25 @@ impl Engine {
             .min(self.settings.retry_max_ms);
         let jitter = rand::random_range(0.8..=1.2);
         (base as f64 * jitter) as u64
+    }
+}
+
+/// An output naming a key the server owns turns the outcome fatal: a plugin that could
+/// write `cfm.participant.contextId` would choose whose data the next activity touches.
+fn refuse_server_owned_keys(outcome: ActivityOutcome) -> ActivityOutcome {
+    match outcome {
+        ActivityOutcome::Complete { output } => {
+            match output.keys().find(|k| keys::is_server_owned(k)) {
+                Some(key) => ActivityOutcome::Fatal {
+                    reason: format!(
+                        "its output names '{key}', a key the server owns ({}*): an activity may not change whom an orchestration works for",
+                        keys::SERVER_OWNED_PREFIXES.join("*, ")
+                    ),
+                },
+                None => ActivityOutcome::Complete { output },
+            }
+        }
+        other => other,
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::MigrateDatabase;
-use sqlx::{Any, AnyPool, ConnectOptions, Executor};
+use sqlx::{Any, AnyPool, AssertSqlSafe, ConnectOptions, Executor};
 
 use crate::error::{ManagerError, Result};
 
@@ -35,12 +35,25 @@ pub enum Backend {
 /// a read-only pool of their own; under WAL they never wait for the writer, and a write
 /// sent there by mistake fails loudly. On PostgreSQL both are one pool, and writers that
 /// touch the same rows serialise on row locks ([`lock_row`]).
+///
+/// Predicate queries from the API run on a pool of their own ([`Db::queries`]): on
+/// PostgreSQL its few connections stop any statement after [`QUERY_TIMEOUT`], so a
+/// costly predicate can hold neither a connection nor a core for long, nor starve the
+/// engine of connections.
 #[derive(Clone)]
 pub struct Db {
     read: AnyPool,
     write: AnyPool,
+    queries: AnyPool,
     backend: Backend,
 }
+
+/// How long one API predicate query may run on PostgreSQL before it is stopped and
+/// answered with a 400 (`query-timeout`).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections for API predicate queries on PostgreSQL: concurrent costly queries queue
+/// here instead of taking the engine's connections.
+const QUERY_CONNECTIONS: u32 = 4;
 
 impl Db {
     /// Opens the database a URL names, creating it (and, for SQLite, its file) when it
@@ -67,6 +80,11 @@ impl Db {
         &self.read
     }
 
+    /// Where predicate queries from API clients run (see [`Db`]).
+    pub fn queries(&self) -> &AnyPool {
+        &self.queries
+    }
+
     /// For single-statement writes; transactions use [`write`].
     pub fn writer(&self) -> &AnyPool {
         &self.write
@@ -80,6 +98,7 @@ impl Db {
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+        self.queries.close().await;
     }
 }
 
@@ -115,6 +134,7 @@ pub async fn open_sqlite(path: &Path) -> Result<Db> {
         .connect_with(url("ro")?.disable_statement_logging())
         .await?;
     Ok(Db {
+        queries: read.clone(),
         read,
         write,
         backend: Backend::Sqlite,
@@ -146,15 +166,36 @@ async fn open_postgres(url: &str) -> Result<Db> {
             .map_err(|e| ManagerError::bad_request(format!("database URL: {e}")))?,
     )?
     .disable_statement_logging();
+    // JIT compilation pays off for long analytical queries; cfm's are short, and a
+    // predicate of many terms spent seconds compiling, not running.
     let pool = AnyPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options)
+        .after_connect(|conn, _| {
+            Box::pin(async move { conn.execute("SET jit = off").await.map(drop) })
+        })
+        .connect_with(options.clone())
         .await?;
     sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+    let queries = AnyPoolOptions::new()
+        .max_connections(QUERY_CONNECTIONS)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                let timeout = QUERY_TIMEOUT.as_millis();
+                conn.execute(AssertSqlSafe(format!(
+                    "SET jit = off; SET statement_timeout = {timeout}"
+                )))
+                .await
+                .map(drop)
+            })
+        })
+        .connect_lazy_with(options);
     Ok(Db {
         read: pool.clone(),
         write: pool,
+        queries,
         backend: Backend::Postgres,
     })
 }
@@ -244,6 +285,11 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         ),
         _ => false,
     }
+}
+
+/// Whether PostgreSQL stopped a statement at its `statement_timeout` (57014).
+pub fn is_query_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("57014"))
 }
 
 /// A database URL fit for logs and errors: without its password.

@@ -259,7 +259,7 @@ pub async fn query(
 ) -> Result<Vec<ParticipantProfile>> {
     let rows = predicate
         .select_page(SELECT, &profile_field, db.backend(), page)?
-        .fetch_all(db.read())
+        .fetch_all(db.queries())
         .await?;
     rows.iter().map(read).collect()
 }

@@ -94,7 +94,7 @@ pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<
 pub async fn query(db: &Db, predicate: &Predicate, page: Page) -> Result<Vec<Tenant>> {
     let rows = predicate
         .select_page(SELECT, &tenant_field, db.backend(), page)?
-        .fetch_all(db.read())
+        .fetch_all(db.queries())
         .await?;
     rows.iter().map(read).collect()
 }

@@ -319,7 +319,7 @@ fn stream_error(action: &str, error: StreamError) -> CapabilityError {
 fn capability_error(code: ErrorCode) -> CapabilityError {
     match code {
         ErrorCode::HttpRequestDenied => CapabilityError::Denied(
-            "the request's origin is outside this plugin's http grant".into(),
+            "the request's origin is outside this plugin's http grant, or its URL carries a user name or password".into(),
         ),
         ErrorCode::DestinationIpProhibited => CapabilityError::Denied(
             "the destination address is outside this plugin's http grant".into(),

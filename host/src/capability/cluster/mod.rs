@@ -89,9 +89,12 @@ pub trait ClusterBackend: Send + Sync {
 
 impl Host for Invocation {
     async fn apply(&mut self, manifest: String) -> Result<Change, CapabilityError> {
+        let refuse =
+            |target: &str, why: String| self.calls.invalid("cluster", "apply", target, why);
         let manifest: Value = serde_json::from_str(&manifest)
-            .map_err(|e| CapabilityError::Invalid(format!("the manifest is not JSON: {e}")))?;
-        let object = ObjectRef::of_manifest(&manifest).map_err(invalid)?;
+            .map_err(|e| refuse("(not JSON)", format!("the manifest is not JSON: {e}")))?;
+        let object = ObjectRef::of_manifest(&manifest)
+            .map_err(|e| refuse(&claimed_object(&manifest), e.to_string()))?;
         let allowed = self.allows(&object);
         let backend = self.calls.backends.cluster.clone();
         self.calls
@@ -111,11 +114,12 @@ impl Host for Invocation {
         namespace: String,
         name: String,
     ) -> Result<Option<String>, CapabilityError> {
-        let object = ObjectRef::new(&kind, &namespace, &name).map_err(invalid)?;
+        let target = format!("{kind}/{namespace}/{name}");
+        let object = ObjectRef::new(&kind, &namespace, &name)
+            .map_err(|e| self.calls.invalid("cluster", "get", &target, e.to_string()))?;
         let allowed = self.allows(&object);
         let backend = self.calls.backends.cluster.clone();
         let read = async move { Ok(backend.get(&object).await?.map(|v| v.to_string())) };
-        let target = format!("{kind}/{namespace}/{name}");
         self.calls
             .guarded("cluster", "get", &target, allowed, read)
             .await
@@ -127,7 +131,11 @@ impl Host for Invocation {
         namespace: String,
         name: String,
     ) -> Result<bool, CapabilityError> {
-        let object = ObjectRef::new(&kind, &namespace, &name).map_err(invalid)?;
+        let object = ObjectRef::new(&kind, &namespace, &name).map_err(|e| {
+            let target = format!("{kind}/{namespace}/{name}");
+            self.calls
+                .invalid("cluster", "delete", &target, e.to_string())
+        })?;
         let allowed = self.allows(&object);
         let backend = self.calls.backends.cluster.clone();
         self.calls
@@ -150,8 +158,15 @@ impl Invocation {
     }
 }
 
-fn invalid(e: BackendError) -> CapabilityError {
-    CapabilityError::Invalid(e.to_string())
+/// `kind/namespace/name` as a manifest that failed validation claims them, for the audit.
+fn claimed_object(manifest: &Value) -> String {
+    let field = |ptr: &str| manifest.pointer(ptr).and_then(Value::as_str).unwrap_or("");
+    format!(
+        "{}/{}/{}",
+        field("/kind"),
+        field("/metadata/namespace"),
+        field("/metadata/name")
+    )
 }
 
 fn is_dns_label(s: &str) -> bool {

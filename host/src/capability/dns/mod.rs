@@ -70,6 +70,7 @@ impl Host for Invocation {
         record: ResourceRecord,
     ) -> Result<Change, CapabilityError> {
         let checked = self.check_record(
+            "upsert",
             &zone,
             &record.name,
             &record.record_type,
@@ -89,7 +90,7 @@ impl Host for Invocation {
         name: String,
         record_type: String,
     ) -> Result<bool, CapabilityError> {
-        let checked = self.check_record(&zone, &name, &record_type, 1, "-")?;
+        let checked = self.check_record("remove", &zone, &name, &record_type, 1, "-")?;
         let backend = self.calls.backends.dns.clone();
         let record = &checked.record;
         let call = backend.remove(&checked.zone, &record.name, &record.record_type);
@@ -108,19 +109,29 @@ struct Checked {
 }
 
 impl Invocation {
+    /// The record validated (a malformed one refused and audited) and checked against
+    /// the grants: its zone, its name within the zone and its type.
     fn check_record(
         &self,
+        operation: &'static str,
         zone: &str,
         name: &str,
         record_type: &str,
         ttl: u32,
         data: &str,
     ) -> Result<Checked, CapabilityError> {
-        let zone = valid_zone(zone)?;
-        let record = Record::new(name, record_type, ttl, data)
-            .map_err(|e| CapabilityError::Invalid(e.to_string()))?;
+        let invalid = |message: String| {
+            let raw = format!("{name}.{zone} {record_type}");
+            self.calls.invalid("dns", operation, &raw, message)
+        };
+        let zone = valid_zone(zone).map_err(&invalid)?;
+        let record =
+            Record::new(name, record_type, ttl, data).map_err(|e| invalid(e.to_string()))?;
         Ok(Checked {
-            allowed: self.calls.grants.allows_dns(&zone, &record.record_type),
+            allowed: self
+                .calls
+                .grants
+                .allows_dns(&zone, &record.name, &record.record_type),
             target: format!("{}.{zone} {}", record.name, record.record_type),
             zone,
             record,
@@ -128,14 +139,12 @@ impl Invocation {
     }
 }
 
-fn valid_zone(zone: &str) -> Result<String, CapabilityError> {
+fn valid_zone(zone: &str) -> Result<String, String> {
     let zone = normalize_zone(zone);
     if is_relative_name(&zone) && zone.contains('.') {
         Ok(zone)
     } else {
-        Err(CapabilityError::Invalid(format!(
-            "'{zone}' is not a valid zone name"
-        )))
+        Err(format!("'{zone}' is not a valid zone name"))
     }
 }
 

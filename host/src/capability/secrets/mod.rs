@@ -43,7 +43,7 @@ fn no_access(folder: &str) -> BackendError {
 
 impl Host for Invocation {
     async fn get(&mut self, path: String) -> Result<Option<String>, CapabilityError> {
-        let (path, allowed) = self.check_secret(&path)?;
+        let (path, allowed) = self.check_secret("get", &path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded("secrets", "get", &path, allowed, backend.get(&path))
@@ -55,7 +55,7 @@ impl Host for Invocation {
         path: String,
         value: String,
     ) -> Result<(String, Change), CapabilityError> {
-        let (path, allowed) = self.check_secret(&path)?;
+        let (path, allowed) = self.check_secret("put-if-absent", &path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded(
@@ -69,7 +69,7 @@ impl Host for Invocation {
     }
 
     async fn put(&mut self, path: String, value: String) -> Result<Change, CapabilityError> {
-        let (path, allowed) = self.check_secret(&path)?;
+        let (path, allowed) = self.check_secret("put", &path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded("secrets", "put", &path, allowed, backend.put(&path, &value))
@@ -77,7 +77,7 @@ impl Host for Invocation {
     }
 
     async fn delete(&mut self, path: String) -> Result<bool, CapabilityError> {
-        let (path, allowed) = self.check_secret(&path)?;
+        let (path, allowed) = self.check_secret("delete", &path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded("secrets", "delete", &path, allowed, backend.delete(&path))
@@ -85,7 +85,7 @@ impl Host for Invocation {
     }
 
     async fn issue_access(&mut self, folder: String) -> Result<AccessCredential, CapabilityError> {
-        let (folder, allowed) = self.check_folder(&folder)?;
+        let (folder, allowed) = self.check_folder("issue-access", &folder)?;
         let backend = self.calls.backends.secrets.clone();
         let (id, secret) = self
             .calls
@@ -101,7 +101,7 @@ impl Host for Invocation {
     }
 
     async fn revoke_access(&mut self, folder: String) -> Result<bool, CapabilityError> {
-        let (folder, allowed) = self.check_folder(&folder)?;
+        let (folder, allowed) = self.check_folder("revoke-access", &folder)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded(
@@ -116,21 +116,32 @@ impl Host for Invocation {
 }
 
 impl Invocation {
-    fn check_secret(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
-        self.check_path(raw, ScopedGrants::allows_secret)
+    fn check_secret(
+        &self,
+        operation: &'static str,
+        raw: &str,
+    ) -> Result<(String, bool), CapabilityError> {
+        self.check_path(operation, raw, ScopedGrants::allows_secret)
     }
 
-    fn check_folder(&self, raw: &str) -> Result<(String, bool), CapabilityError> {
-        self.check_path(raw, ScopedGrants::allows_folder)
+    fn check_folder(
+        &self,
+        operation: &'static str,
+        raw: &str,
+    ) -> Result<(String, bool), CapabilityError> {
+        self.check_path(operation, raw, ScopedGrants::allows_folder)
     }
 
-    /// `raw` normalised (traversal and encodings refused), and whether `allows` grants it.
+    /// `raw` normalised (traversal and encodings refused, and audited), and whether
+    /// `allows` grants it.
     fn check_path(
         &self,
+        operation: &'static str,
         raw: &str,
         allows: fn(&ScopedGrants, &str) -> bool,
     ) -> Result<(String, bool), CapabilityError> {
-        let path = normalize_secret_path(raw).map_err(CapabilityError::Invalid)?;
+        let path = normalize_secret_path(raw)
+            .map_err(|why| self.calls.invalid("secrets", operation, raw, why))?;
         let allowed = allows(&self.calls.grants, &path);
         Ok((path, allowed))
     }

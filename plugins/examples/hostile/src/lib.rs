@@ -3,17 +3,42 @@
 //! while the host stays healthy. Never configure it outside tests.
 
 use cfm_plugin_sdk::{
-    Activity, CapabilityError, Error, Outcome, Plugin, cluster, http, log, secrets,
+    Activity, CapabilityError, Error, Outcome, Plugin, cluster, dns, http, log, secrets,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The plugin's `[plugin.settings]` table.
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize)]
 #[serde(default)]
 struct Settings {
-    /// noop | spin | memory | recursion | huge-output | log-flood | secret | cluster | http | tcp
+    /// noop | spin | memory | recursion | huge-output | log-flood | tcp | output | probes,
+    /// or one of the capability modes a probe runs: secret | cluster | http | dns-upsert |
+    /// dns-remove
     mode: String,
-    /// The secret path, namespace or URL the capability modes reach for.
+    /// The secret path, namespace, URL or record name the capability modes reach for;
+    /// for `output`, the JSON object to complete with.
+    target: String,
+    /// The zone the dns modes write in.
+    zone: String,
+    /// For `probes`: capability calls to make one after the other, each answered in the
+    /// output's `results`, so one invocation tries many escapes.
+    probes: Vec<Probe>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: String::new(),
+            target: String::new(),
+            zone: "participants.example".into(),
+            probes: Vec::new(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Probe {
+    mode: String,
     target: String,
 }
 
@@ -43,18 +68,26 @@ impl Plugin for Hostile {
                 }
                 Outcome::complete(json!({ "logged": 100_000 }))
             }
-            "secret" => report(secrets::get(&settings.target).map(|_| ())),
-            "cluster" => {
-                let manifest = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": "stolen", "namespace": settings.target}});
-                report(cluster::apply(&manifest.to_string()).map(|_| ()))
-            }
-            "http" => match http::Request::get(&settings.target).send() {
-                Ok(response) => Outcome::complete(json!({
-                    "outcome": "ok", "status": response.status, "body": response.text()
-                })),
-                Err(e) => report(Err(e)),
+            // Whatever output the test asks for, base keys (`cfm.participant.*`,
+            // `cfm.vpa.*`) included: the engine must refuse those.
+            "output" => match serde_json::from_str::<Value>(&settings.target) {
+                Ok(output @ Value::Object(_)) => Outcome::complete(output),
+                _ => Err(Error::Fatal("target must be a JSON object".into())),
             },
+            "probes" => {
+                let results: Vec<Value> = settings
+                    .probes
+                    .iter()
+                    .map(|p| {
+                        let mut answer = probe(&p.mode, &p.target, &settings.zone)
+                            .unwrap_or_else(|| json!({"outcome": "unknown mode"}));
+                        answer["mode"] = json!(p.mode);
+                        answer["target"] = json!(p.target);
+                        answer
+                    })
+                    .collect();
+                Outcome::complete(json!({ "results": results }))
+            }
             // Raw sockets would sidestep the http grant: WASI's are linked, but with no
             // address allowed.
             "tcp" => {
@@ -64,7 +97,10 @@ impl Plugin for Hostile {
                 };
                 Outcome::complete(answer)
             }
-            other => Err(Error::Fatal(format!("unknown mode '{other}'"))),
+            other => match probe(other, &settings.target, &settings.zone) {
+                Some(answer) => Outcome::complete(answer),
+                None => Err(Error::Fatal(format!("unknown mode '{other}'"))),
+            },
         }
     }
 
@@ -88,15 +124,45 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + frame[0]
 }
 
-/// Hands the capability's answer back as output, so tests see exactly what the host said.
-fn report(result: Result<(), CapabilityError>) -> Result<Outcome, Error> {
+/// One capability call of a capability `mode` on `target`; None for another mode.
+fn probe(mode: &str, target: &str, zone: &str) -> Option<Value> {
+    let answer = match mode {
+        "secret" => report(secrets::get(target).map(|_| ())),
+        "cluster" => {
+            let manifest = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "stolen", "namespace": target}});
+            report(cluster::apply(&manifest.to_string()).map(|_| ()))
+        }
+        "http" => match http::Request::get(target).send() {
+            Ok(response) => json!({
+                "outcome": "ok", "status": response.status, "body": response.text()
+            }),
+            Err(e) => report(Err(e)),
+        },
+        "dns-upsert" => {
+            let record = dns::ResourceRecord {
+                name: target.into(),
+                record_type: "CNAME".into(),
+                ttl: 300,
+                data: "hijacked.example.".into(),
+            };
+            report(dns::upsert(zone, &record).map(|_| ()))
+        }
+        "dns-remove" => report(dns::remove(zone, target, "CNAME").map(|_| ())),
+        _ => return None,
+    };
+    Some(answer)
+}
+
+/// The capability's answer as JSON, so tests see exactly what the host said.
+fn report(result: Result<(), CapabilityError>) -> Value {
     let (outcome, message) = match result {
         Ok(()) => ("ok", String::new()),
         Err(CapabilityError::Denied(m)) => ("denied", m),
         Err(CapabilityError::Invalid(m)) => ("invalid", m),
         Err(CapabilityError::Unavailable(m)) => ("unavailable", m),
     };
-    Outcome::complete(json!({ "outcome": outcome, "message": message }))
+    json!({ "outcome": outcome, "message": message })
 }
 
 cfm_plugin_sdk::export_plugin!(Hostile);

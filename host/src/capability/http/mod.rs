@@ -1,12 +1,21 @@
 //! The `http` capability: `wasi:http/outgoing-handler` under the plugin's grants.
 //!
-//! Two checks, because a host name alone says nothing about where a connection goes:
-//! the request's origin must match a granted `scheme://host:port`, and every address
-//! the connection is made to must be public or in a range the grant names. The address
-//! check happens inside the resolver the connection uses, so the address checked is the
-//! address connected to: a name rebound to `127.0.0.1` between two lookups gains nothing.
+//! The URL is parsed once into its canonical form ([`target`]); a URL with userinfo is
+//! refused. Then two checks, because a host name alone says nothing about where a
+//! connection goes: the request's origin must match a granted `scheme://host:port`, and
+//! every address the connection is made to must be public, in a range the grant names,
+//! or (for an IP literal) named by the very origin that matched.
+//!
+//! The address check sits where the address connected to is decided. For a name, that
+//! is the resolver the connection uses, so a name rebound to `127.0.0.1` between two
+//! lookups gains nothing. For an IP literal the client resolves nothing: it connects to
+//! the address its URL's host parses to. It is handed the canonical [`url::Url`], whose
+//! host is a plain dotted quad or compressed IPv6 that parses to exactly the address
+//! checked here, never the guest's text, which could parse differently.
 //! Redirects are not followed and no proxy is used; each hop is the plugin's own request
 //! and passes both checks again.
+
+pub mod target;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -18,7 +27,8 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use super::CallContext;
 use crate::audit::{Decision, Effect};
-use crate::grants::{AddressPolicy, HttpGrant, split_host_port};
+use crate::grants::{AddressPolicy, HttpGrant};
+use target::Target;
 
 /// Largest request body a plugin may send; plugins call JSON APIs, not upload files.
 pub const MAX_REQUEST_BODY: usize = 8 << 20;
@@ -84,32 +94,32 @@ async fn send(
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> Sent {
-    let uri = request.uri().clone();
-    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
-    let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
-    let (host, _) = split_host_port(authority.as_str()).ok_or(HttpError::HttpRequestUriInvalid)?;
-    let host = host.to_ascii_lowercase();
-    let port = authority
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    // The query is left out: it may carry tokens, and audit records are kept.
-    let target = format!("{} {scheme}://{authority}{}", request.method(), uri.path());
     let operation = "request";
+    let target = match Target::parse(request.method(), request.uri()) {
+        Ok(target) => target,
+        Err(invalid) => {
+            calls.record("http", operation, &invalid.0, Decision::Denied);
+            return Err(HttpError::HttpRequestUriInvalid);
+        }
+    };
     let deny = |error: HttpError| {
-        calls.record("http", operation, &target, Decision::Denied);
+        calls.record("http", operation, &target.audited, Decision::Denied);
         Err(error)
     };
 
     let Some(client) = client else {
         return deny(HttpError::HttpRequestDenied);
     };
-    if !calls.grants.allows_http(&scheme, &host, port) {
+    // `granted.example:x@127.0.0.1` dresses another host up as a granted one, and
+    // credentials in a URL would go to whichever host follows them.
+    if target.userinfo || !calls.grants.allows_http(&target.origin) {
         return deny(HttpError::HttpRequestDenied);
     }
-    // A literal address never reaches the resolver: check it here.
-    if let Ok(ip) = host.parse::<IpAddr>()
+    // A literal address never reaches the resolver: the same policy is applied here,
+    // widened only by an origin that names this address and matched this request.
+    if let Some(ip) = target.origin.ip
         && !client.policy.allows(ip)
-        && !calls.grants.names_address(ip)
+        && !calls.grants.names_literally(&target.origin)
     {
         return deny(HttpError::DestinationIpProhibited);
     }
@@ -123,7 +133,7 @@ async fn send(
         .to_bytes();
     let mut outgoing = client
         .client
-        .request(parts.method, uri.to_string())
+        .request(parts.method, target.url.clone())
         .headers(parts.headers)
         .body(body);
     if let Some(timeout) = options.and_then(|o| o.first_byte_timeout) {
@@ -134,7 +144,12 @@ async fn send(
         Err(e) if prohibited(&e) => return deny(HttpError::DestinationIpProhibited),
         Err(e) => return Err(transport_error(e)),
     };
-    calls.record("http", operation, &target, Decision::Allowed(Effect::Sent));
+    calls.record(
+        "http",
+        operation,
+        &target.audited,
+        Decision::Allowed(Effect::Sent),
+    );
     let response = http::Response::<reqwest::Body>::from(response).map(|body| {
         body.map_err(|_| HttpError::HttpResponseIncomplete)
             .boxed_unsync()
