@@ -215,9 +215,6 @@ struct NatsArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Everything cfm writes (database, secrets, zone files, manifests, caches) is for the
-    // user it runs as; a file another backend or library creates is owner-only too.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             // The Vault client's transport logs every non-2xx answer as an error, the 404
@@ -227,7 +224,17 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(
+        command,
+        Command::Serve(_) | Command::Manager(_) | Command::Agent(_)
+    ) {
+        // Everything a server writes (database, secrets, zone files, manifests, caches) is
+        // for the user it runs as; a file a backend or library creates is owner-only too.
+        // The plugin tools' outputs (built plugins, signatures) are meant to be shared.
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    }
+    match command {
         Command::Serve(args) => serve(args).await,
         Command::Manager(args) => manager(args).await,
         Command::Agent(args) => agent(args).await,

@@ -598,7 +598,11 @@ async fn a_plugin_cannot_redirect_later_activities_to_another_participant() {
     )
     .await;
     // The host picks up the changed configuration within its reload period.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    while !server.log().contains("plugin configuration reloaded") {
+        assert!(started.elapsed() < Duration::from_secs(20), "no reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let attacker = onboard("did:web:attacker.example").await;
     // Refused, then compensated: the VPAs end disposed with the error kept.
     let path = format!("/tenants/{tenant_id}/participant-profiles/{attacker}");

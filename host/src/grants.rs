@@ -241,15 +241,25 @@ pub fn is_special(ip: IpAddr) -> bool {
                 || (a == 100 && (64..128).contains(&b))
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                // NAT64 and 6to4 embed an IPv4 address that could be any of the above.
-                || (first == 0x0064 && v6.segments()[1] == 0xff9b)
+                // Site-local, deprecated but still routed inside some networks.
+                || (first & 0xffc0) == 0xfec0
+                // Forms that embed an IPv4 address, which could be any of the above:
+                // IPv4-compatible (::/96), IPv4-translated (::ffff:0:0/96), NAT64,
+                // 6to4 and Teredo.
+                || segments[..6] == [0; 6]
+                || segments[..6] == [0, 0, 0, 0, 0xffff, 0]
+                || (first == 0x0064 && segments[1] == 0xff9b)
                 || first == 0x2002
+                || (first == 0x2001 && segments[1] == 0)
+                // Documentation.
+                || (first == 0x2001 && segments[1] == 0x0db8)
         }
     }
 }
@@ -848,6 +858,11 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+            "::ffff:0:7f00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "2001:db8::1",
         ] {
             assert!(!closed.allows(ip.parse().unwrap()), "{ip} was allowed");
         }

@@ -269,6 +269,7 @@ impl AgentHost {
             grants: plugin.grants.scoped(&task.participant_context_id),
             backends: self.inner.backends.clone(),
             audit: self.inner.audit.clone(),
+            denials: Default::default(),
         });
         let state = Invocation {
             // Nothing inherited: no environment, no files, no sockets, no stdio.

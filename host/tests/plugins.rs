@@ -631,6 +631,15 @@ async fn http_escapes_are_refused_audited_and_never_connect() {
             format!("http://[::ffff:7f00:1]:{port}/"),
             format!("http://[::ffff:7f00:1]:{port}/"),
         ),
+        // IPv4-compatible and IPv4-translated forms embed an address too.
+        (
+            format!("http://[::127.0.0.1]:{port}/"),
+            format!("http://[::7f00:1]:{port}/"),
+        ),
+        (
+            format!("http://[::ffff:0:7f00:1]:{port}/"),
+            format!("http://[::ffff:0:7f00:1]:{port}/"),
+        ),
         (
             "http://2852039166/latest/meta-data/".into(),
             "http://169.254.169.254/latest/meta-data/".into(),

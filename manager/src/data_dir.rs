@@ -18,11 +18,21 @@ pub fn create_private(dir: &Path) -> io::Result<()> {
         .create(dir)?;
     let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        tracing::warn!(
-            dir = %dir.display(),
-            "data directory was open to others (mode {mode:o}); narrowing it to {DIR_MODE:o}"
-        );
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)) {
+            Ok(()) => tracing::warn!(
+                dir = %dir.display(),
+                "data directory was open to others (mode {mode:o}); narrowed it to {DIR_MODE:o}"
+            ),
+            // A volume mounted for a group (Kubernetes `fsGroup`) belongs to someone else:
+            // cfm still runs, and everything it creates inside is owner-only.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => tracing::warn!(
+                dir = %dir.display(),
+                "data directory is open to others (mode {mode:o}) and not cfm's to narrow; \
+                 what cfm creates in it is owner-only, but make the directory {DIR_MODE:o} \
+                 if nothing else needs it"
+            ),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -813,7 +813,7 @@ impl Parser<'_> {
             return Ok(Expr::Compare {
                 field,
                 op,
-                value: self.text_literal()?,
+                value: self.pattern(true)?,
             });
         }
         if self.keyword("IN") {
@@ -845,7 +845,7 @@ impl Parser<'_> {
                     return Ok(Expr::Compare {
                         field,
                         op,
-                        value: self.text_literal()?,
+                        value: self.pattern(false)?,
                     });
                 }
             }
@@ -875,7 +875,11 @@ impl Parser<'_> {
             Some(Token::Text(t)) => Literal::Text(t.clone()),
             Some(Token::Number(n)) => match n.parse::<i64>() {
                 Ok(i) => Literal::Integer(i),
-                Err(_) => Literal::Real(n.parse().map_err(|_| self.expected("a number"))?),
+                // A literal past f64's range reads as infinity, which no database compares.
+                Err(_) => match n.parse::<f64>() {
+                    Ok(real) if real.is_finite() => Literal::Real(real),
+                    _ => return Err(self.expected("a number")),
+                },
             },
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("true") => Literal::Bool(true),
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("false") => Literal::Bool(false),
@@ -885,12 +889,14 @@ impl Parser<'_> {
         Ok(literal)
     }
 
-    /// The pattern of LIKE and its shorthands: a quoted string with few enough wildcards.
-    fn text_literal(&mut self) -> Result<Literal> {
+    /// The value of LIKE and its shorthands: a quoted string. A LIKE pattern (`wildcards`)
+    /// may hold only so many `%` and `_`; the shorthands escape theirs, so they count none.
+    fn pattern(&mut self, wildcards: bool) -> Result<Literal> {
         match self.literal()? {
             Literal::Text(text)
-                if text.bytes().filter(|b| matches!(b, b'%' | b'_')).count()
-                    > self.limits.wildcards =>
+                if wildcards
+                    && text.bytes().filter(|b| matches!(b, b'%' | b'_')).count()
+                        > self.limits.wildcards =>
             {
                 Err(over_limit(
                     "predicate-wildcards",
@@ -1097,6 +1103,13 @@ mod tests {
             refused_for(&format!("identifier LIKE '{pattern}'")),
             "predicate-wildcards"
         );
+        // The shorthands escape their wildcards: a CONTAINS of underscores is no pattern.
+        translate(&format!(
+            "identifier CONTAINS '{}'",
+            "_".repeat(limits.wildcards + 1)
+        ));
+        let err = Predicate::parse(&format!("vpas.n = 1{}", "0".repeat(400))).unwrap_err();
+        assert!(err.to_string().contains("a number"), "{err}");
         let huge = format!("identifier = '{}'", "x".repeat(limits.bytes));
         assert_eq!(refused_for(&huge), "predicate-bytes");
         // Many lists, each within its own bound, still count toward all values.

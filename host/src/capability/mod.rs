@@ -84,7 +84,14 @@ pub struct CallContext {
     pub grants: ScopedGrants,
     pub backends: Backends,
     pub audit: Audit,
+    /// Refusals audited so far in this invocation (see [`MAX_AUDITED_DENIALS`]).
+    pub denials: std::sync::atomic::AtomicU32,
 }
+
+/// Refusals one invocation may leave in the audit log. A refusal costs the guest no I/O,
+/// so a plugin looping on them could otherwise fill the disk within its time limit; past
+/// this, one last record says the rest went unrecorded, and the refusals go on.
+pub const MAX_AUDITED_DENIALS: u32 = 100;
 
 impl CallContext {
     /// Runs `call` if `allowed`, auditing the decision and, for writes, what changed.
@@ -125,12 +132,7 @@ impl CallContext {
         raw_target: &str,
         message: String,
     ) -> CapabilityError {
-        self.record(
-            capability,
-            operation,
-            &bounded(raw_target),
-            Decision::Denied,
-        );
+        self.record(capability, operation, raw_target, Decision::Denied);
         CapabilityError::Invalid(message)
     }
 
@@ -142,6 +144,21 @@ impl CallContext {
         target: &str,
         decision: Decision,
     ) {
+        // A guest chooses what it passes: no record grows with it.
+        let kept = bounded(target);
+        let mut target = kept.as_str();
+        if decision == Decision::Denied {
+            let seen = self
+                .denials
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match seen.cmp(&MAX_AUDITED_DENIALS) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    target = "(further refusals of this invocation are not audited)"
+                }
+                std::cmp::Ordering::Greater => return,
+            }
+        }
         self.audit.record(AuditEvent {
             plugin: &self.plugin,
             orchestration_id: &self.orchestration_id,

@@ -103,6 +103,31 @@ struct Participant {
     context_id: String,
 }
 
+impl Participant {
+    /// From base data the server built (the start of an orchestration).
+    fn of(data: &Properties) -> Self {
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Self {
+            id: text(keys::PARTICIPANT_ID),
+            context_id: text(keys::PARTICIPANT_CONTEXT_ID),
+        }
+    }
+
+    /// Sets the base keys of `data` to this participant, whatever they said.
+    fn stamp(&self, data: &mut Properties) {
+        data.insert(keys::PARTICIPANT_ID.into(), Value::from(self.id.as_str()));
+        data.insert(
+            keys::PARTICIPANT_CONTEXT_ID.into(),
+            Value::from(self.context_id.as_str()),
+        );
+    }
+}
+
 struct StepRow {
     activity_id: String,
     activity_type: String,
@@ -153,18 +178,7 @@ impl Engine {
                     start.definition.id, start.orchestration_type
                 ))
             })?;
-        let text = |key: &str| {
-            start
-                .processing_data
-                .get(key)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let participant = Participant {
-            id: text(keys::PARTICIPANT_ID),
-            context_id: text(keys::PARTICIPANT_CONTEXT_ID),
-        };
+        let participant = Participant::of(&start.processing_data);
         let id = new_id();
         let timestamp = now();
         sqlx::query(
@@ -248,7 +262,13 @@ impl Engine {
             step.filter(|s| live && s.state == "dispatched" && s.attempt == task.attempt as i64)
         else {
             tracing::debug!(activity = %task.activity_id, attempt = task.attempt, "stale outcome dropped");
-            let undoing = self.undo_late_run(&mut tx, &current, task).await?;
+            let late_output = match &outcome {
+                ActivityOutcome::Complete { output } => Some(output),
+                _ => None,
+            };
+            let undoing = self
+                .undo_late_run(&mut tx, &current, task, late_output)
+                .await?;
             tx.commit().await?;
             if undoing {
                 self.wake();
@@ -256,7 +276,7 @@ impl Engine {
             return Ok(());
         };
         let retries = step.retries;
-        match refuse_server_owned_keys(outcome) {
+        match refuse_unfit_output(outcome) {
             ActivityOutcome::Complete { output } => {
                 self.complete(&mut tx, task, current, output, all).await?;
             }
@@ -608,16 +628,24 @@ impl Engine {
         .fetch_optional(tx)
         .await?;
         row.map(|row| {
+            let processing_data: Properties =
+                from_json(row.get("processing_data"), "processing data")?;
+            let mut participant = Participant {
+                id: row.get("participant_id"),
+                context_id: row.get("participant_context_id"),
+            };
+            // A manager of the release before these columns, running beside this one
+            // during an upgrade, leaves them empty; its rows' base keys are still its own.
+            if participant.context_id.is_empty() {
+                participant = Participant::of(&processing_data);
+            }
             Ok(Current {
-                participant: Participant {
-                    id: row.get("participant_id"),
-                    context_id: row.get("participant_context_id"),
-                },
+                participant,
                 correlation_id: row.get("correlation_id"),
                 definition_id: row.get("definition_id"),
                 orchestration_type: row.get("orchestration_type"),
                 state: row.get("state"),
-                processing_data: from_json(row.get("processing_data"), "processing data")?,
+                processing_data,
                 output_data: from_json(row.get("output_data"), "output data")?,
             })
         })
@@ -638,30 +666,42 @@ impl Engine {
         tx: &mut Conn,
         current: &Current,
         task: &ActivityTask,
+        late_output: Option<&Properties>,
     ) -> Result<bool> {
         if current.orchestration_type != orchestration_types::VPA_DEPLOY {
             return Ok(false);
         }
-        let dispose: Option<String> = sqlx::query_scalar(
-            "SELECT definition_id FROM orchestrations
-             WHERE correlation_id = $1 AND orchestration_type = $2
-             ORDER BY created_timestamp DESC LIMIT 1",
+        // The newest dispose, and whether it has reached this activity type yet: while
+        // its own step waits, it will undo the late run itself.
+        let dispose = sqlx::query(
+            "SELECT o.definition_id, s.state FROM orchestrations o
+               LEFT JOIN orchestration_steps s ON s.orchestration_id = o.id AND s.activity_type = $3
+             WHERE o.correlation_id = $1 AND o.orchestration_type = $2
+             ORDER BY o.created_timestamp DESC LIMIT 1",
         )
         .bind(&current.correlation_id)
         .bind(orchestration_types::VPA_DISPOSE)
+        .bind(&task.activity_type)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(template) = dispose else {
+        let Some(dispose) = dispose else {
             return Ok(false);
         };
-        let mut definition = match definitions::get_orchestration(tx, &template).await {
-            Ok(definition) => definition,
+        let step_state: Option<String> = dispose.get("state");
+        if step_state.as_deref() == Some("pending") {
+            return Ok(false);
+        }
+        let template: String = dispose.get("definition_id");
+        let definition = match definitions::get_orchestration(tx, &template).await {
+            Ok(definition) => Some(definition),
+            // As a compensation does: the newest template that disposes.
             Err(ManagerError::NotFound(_)) => {
-                tracing::warn!(%template, activity = %task.activity_id,
-                    "a deploy step ran after its dispose, and the dispose's template is gone: nothing can undo it");
-                return Ok(false);
+                definitions::select(tx, orchestration_types::VPA_DISPOSE, None).await?
             }
             Err(e) => return Err(e),
+        };
+        let Some(mut definition) = definition else {
+            return Ok(false);
         };
         let undo = definition
             .activities
@@ -669,6 +709,8 @@ impl Engine {
             .and_then(|steps| steps.iter().find(|s| s.activity_type == task.activity_type))
             .cloned();
         let Some(undo) = undo else {
+            tracing::warn!(activity = %task.activity_id, %template,
+                "a deploy step ran after its dispose began, and no dispose step undoes its type");
             return Ok(false);
         };
         definition.activities = BTreeMap::from([(
@@ -678,6 +720,16 @@ impl Engine {
                 ..undo
             }],
         )]);
+        // What the deploy knew, what the late run made (ids of what it created), and
+        // whom it works for from the orchestration row.
+        let mut data = current.processing_data.clone();
+        if let Some(output) = late_output {
+            let fit = output
+                .iter()
+                .filter(|(k, v)| !keys::is_server_owned(k) && !k.contains('\0') && !holds_nul(v));
+            data.extend(fit.map(|(k, v)| (k.clone(), v.clone())));
+        }
+        current.participant.stamp(&mut data);
         let cleanup = self
             .start(
                 tx,
@@ -685,7 +737,7 @@ impl Engine {
                     correlation_id: format!("{}{CLEANUP_SUFFIX}", current.correlation_id),
                     orchestration_type: orchestration_types::VPA_DISPOSE.into(),
                     definition,
-                    processing_data: current.processing_data.clone(),
+                    processing_data: data,
                 },
             )
             .await?;
@@ -706,22 +758,38 @@ impl Engine {
     }
 }
 
-/// An output naming a key the server owns turns the outcome fatal: a plugin that could
-/// write `cfm.participant.contextId` would choose whose data the next activity touches.
-fn refuse_server_owned_keys(outcome: ActivityOutcome) -> ActivityOutcome {
-    match outcome {
-        ActivityOutcome::Complete { output } => {
-            match output.keys().find(|k| keys::is_server_owned(k)) {
-                Some(key) => ActivityOutcome::Fatal {
-                    reason: format!(
-                        "its output names '{key}', a key the server owns ({}*): an activity may not change whom an orchestration works for",
-                        keys::SERVER_OWNED_PREFIXES.join("*, ")
-                    ),
-                },
-                None => ActivityOutcome::Complete { output },
-            }
-        }
-        other => other,
+/// An output the server will not keep turns the outcome fatal. One naming a key the server
+/// owns: a plugin that could write `cfm.participant.contextId` would choose whose data the
+/// next activity touches. One holding U+0000: PostgreSQL cannot keep it in a JSON document,
+/// so applying it would fail, and the report would come back for ever.
+fn refuse_unfit_output(outcome: ActivityOutcome) -> ActivityOutcome {
+    let ActivityOutcome::Complete { output } = outcome else {
+        return outcome;
+    };
+    let reason = if let Some(key) = output.keys().find(|k| keys::is_server_owned(k)) {
+        format!(
+            "its output names '{key}', a key the server owns ({}*): an activity may not change whom an orchestration works for",
+            keys::SERVER_OWNED_PREFIXES.join("*, ")
+        )
+    } else if output
+        .iter()
+        .any(|(key, value)| key.contains('\0') || holds_nul(value))
+    {
+        "its output holds U+0000, which no backend stores".to_string()
+    } else {
+        return ActivityOutcome::Complete { output };
+    };
+    ActivityOutcome::Fatal { reason }
+}
+
+/// Whether a JSON value holds U+0000 anywhere. Recursion is bounded: outputs arrive as
+/// parsed JSON, whose parser stops at 128 levels.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
