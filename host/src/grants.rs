@@ -357,10 +357,15 @@ impl Grants {
             None => Default::default(),
         };
         let http_origins = match &self.http {
-            // Validated at load; a context id that makes an origin malformed drops it.
-            Some(h) => resolve(&h.origins)
+            // A templated host is a DNS name too (`https://{participantContextId}.hub.example`),
+            // so it takes the DNS rule. Validated at load; a context id that makes an origin
+            // malformed drops it.
+            Some(h) => h
+                .origins
                 .iter()
-                .filter_map(|o| OriginPattern::parse(o).ok())
+                .filter(|p| dns_safe || !p.contains('{'))
+                .map(|p| p.replace("{participantContextId}", participant_context_id))
+                .filter_map(|o| OriginPattern::parse(&o).ok())
                 .collect(),
             None => Vec::new(),
         };
@@ -735,6 +740,24 @@ mod tests {
     /// The origin of `url`, as the http capability sees it.
     fn origin(url: &str) -> Origin {
         Origin::of(&Url::parse(url).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_context_id_with_a_dot_gets_no_templated_origin() {
+        let grants = Grants {
+            http: Some(HttpGrant {
+                origins: vec!["https://{participantContextId}.hub.example".into()],
+                private_networks: vec![],
+            }),
+            ..Default::default()
+        };
+        let scoped = grants.scoped("x.p2");
+        assert!(!scoped.allows_http(&origin("https://x.p2.hub.example")));
+        assert!(
+            grants
+                .scoped("p2")
+                .allows_http(&origin("https://p2.hub.example"))
+        );
     }
 
     #[test]

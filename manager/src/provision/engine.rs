@@ -367,7 +367,8 @@ impl Engine {
     /// Reads an orchestration with its steps.
     pub async fn get(&self, id: &str) -> Result<Orchestration> {
         let predicate = Predicate::default().and_equals("id", Literal::Text(id.to_string()));
-        self.query(&predicate, Page::default())
+        // A read by id is cheap and the engine's own: not queued behind API predicates.
+        self.read(self.db.read(), &predicate, Page::default())
             .await?
             .pop()
             .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))
@@ -376,10 +377,19 @@ impl Engine {
     /// Orchestrations matching a predicate (upstream's `/orchestrations/query`), sorted by
     /// id, each with its steps.
     pub async fn query(&self, predicate: &Predicate, page: Page) -> Result<Vec<Orchestration>> {
+        self.read(self.db.queries(), predicate, page).await
+    }
+
+    async fn read(
+        &self,
+        pool: &sqlx::AnyPool,
+        predicate: &Predicate,
+        page: Page,
+    ) -> Result<Vec<Orchestration>> {
         let select = "SELECT id, correlation_id, definition_id, orchestration_type, state,
               state_timestamp, created_timestamp, processing_data, output_data, error_detail
             FROM orchestrations";
-        let mut conn = self.db.queries().acquire().await?;
+        let mut conn = pool.acquire().await?;
         let rows = predicate
             .select_page(select, &orchestration_field, self.db.backend(), page)?
             .fetch_all(&mut *conn)
