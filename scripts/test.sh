@@ -17,6 +17,9 @@ echo "==> format"
 cargo fmt --all --check
 (cd plugins && cargo fmt --all --check)
 
+echo "==> layers"
+scripts/check-layers.sh
+
 echo "==> lint"
 cargo clippy --all-targets --locked -- -D warnings
 (cd plugins && cargo clippy --release --locked -- -D warnings)

@@ -5,14 +5,14 @@
 //! `cargo bench -p cfm --bench onboarding` (needs scripts/build-plugins.sh first).
 //! Prints a table; compare the ratios, absolute times on a shared machine are noise.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use cfm_test_support::{Server, percentile};
 use serde_json::{Value, json};
-use support::{Server, percentile};
 
 const PARTICIPANTS: usize = 400;
 const CLIENTS: usize = 8;

@@ -7,8 +7,8 @@
 //! servers scripts/services.sh starts). `CFM_BENCH_COUNTS=1000,10000` sets the runs.
 //! Prints a table; compare the ratios, absolute times on a shared machine are noise.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use cfm_manager::testing::ScratchDatabase;
 use cfm_queue::Queue;
 use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
+use cfm_test_support::{Api, Deployment, Server, nats_url, percentile};
 use serde_json::json;
 use sqlx::Row;
-use support::{Api, Deployment, Server, nats_url, percentile};
 
 /// Activities per onboarding, one after the other.
 const CHAIN: usize = 5;

@@ -7,8 +7,8 @@
 //! scripts/build-plugins.sh first). `CFM_BENCH_PROFILES` changes the population.
 //! Prints a table; compare the ratios, absolute times on a shared machine are noise.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use cfm_manager::query::Predicate;
 use cfm_manager::store::{Db, Page};
 use cfm_manager::tenant::profiles;
 use cfm_manager::testing::TestBackend;
+use cfm_test_support::{Api, Server, percentile};
 use serde_json::json;
-use support::{Api, Server, percentile};
 
 const TENANTS: usize = 1_000;
 const CLIENTS: usize = 16;

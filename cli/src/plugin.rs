@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use cfm_host::grants::Capability;
 use cfm_host::runtime::signature_path;
-use cfm_host::signature;
+use cfm_host::{HostError, signature};
 use clap::Subcommand;
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
@@ -82,7 +85,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
             println!("signature {}", sig_path.display());
         }
         PluginCommand::Inspect { file } => {
-            let inspection = cfm_host::runtime::inspect(&file)?;
+            let inspection = inspect(&file)?;
             println!("file: {}", file.display());
             println!("sha256: {}", inspection.sha256);
             println!("size: {} bytes", inspection.size);
@@ -111,7 +114,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
                 if !names.is_empty() && !names.contains(&plugin.name) {
                     continue;
                 }
-                match cfm_host::runtime::check(&config, plugin) {
+                match cfm_host::runtime::verify_plugin(&config, plugin) {
                     Ok(()) => println!("{}: ok", plugin.name),
                     Err(e) => {
                         failed += 1;
@@ -148,7 +151,62 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
 
 fn digest(file: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
+    Ok(sha256_hex(&bytes))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// What a component file declares, for `cfm plugin inspect`.
+struct Inspection {
+    sha256: String,
+    size: usize,
+    imports: Vec<String>,
+    exports: Vec<String>,
+}
+
+impl Inspection {
+    /// The capabilities it imports (`secrets`, `cluster`, `dns`, `http`; `log` needs no
+    /// grant): each needs a `[plugin.grants]` entry before the host will load it.
+    fn capabilities(&self) -> Vec<&'static str> {
+        let mut needed: Vec<&str> = self
+            .imports
+            .iter()
+            .filter_map(|import| Capability::from_import(import))
+            .map(Capability::as_str)
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        needed
+    }
+}
+
+/// Reads and compiles a component file to list what it imports and exports. Errors read
+/// as the host's own, since an operator sees both.
+fn inspect(path: &Path) -> Result<Inspection, HostError> {
+    let bytes = std::fs::read(path).map_err(|source| HostError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })?;
+    let engine = Engine::new(&Config::new()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let component = Component::new(&engine, &bytes).map_err(|e| HostError::Load {
+        plugin: path.display().to_string(),
+        message: format!("not a valid component: {e:#}"),
+    })?;
+    let ty = component.component_type();
+    Ok(Inspection {
+        sha256: sha256_hex(&bytes),
+        size: bytes.len(),
+        imports: ty
+            .imports(&engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        exports: ty
+            .exports(&engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+    })
 }
 
 const CARGO_TOML: &str = include_str!("plugin_template/Cargo.toml.tmpl");

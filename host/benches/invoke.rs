@@ -4,6 +4,9 @@
 //! `cargo bench -p cfm-host --bench invoke` (needs scripts/build-plugins.sh first).
 //! Prints a table; compare the ratios, absolute times on a shared machine are noise.
 
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+/// Where audit records go: always the `cfm::audit` log target, and a JSON-lines file
+///  when one is opened ([`Audit::to_file`]); the default writes to the log only.
 #[derive(Clone, Default)]
 pub struct Audit {
     sink: Option<Arc<Mutex<File>>>,
@@ -23,23 +25,36 @@ pub struct Audit {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent<'a> {
+    /// The plugin that made the call.
     pub plugin: &'a str,
+    /// The orchestration the invocation belongs to.
     pub orchestration_id: &'a str,
+    /// The activity within that orchestration.
     pub activity_id: &'a str,
+    /// The activity type the plugin was run for.
     pub activity_type: &'a str,
+    /// The participant context the grants were scoped to.
     pub participant_context_id: &'a str,
+    /// The invocation's idempotency key, shared by its redeliveries.
     pub idempotency_key: &'a str,
+    /// The capability called: `secrets`, `cluster`, `dns` or `http`.
     pub capability: &'static str,
+    /// The operation called (`put`, `apply`, `upsert`, `request`, ...).
     pub operation: &'static str,
+    /// What the call named (a path, an object, a record, a request), bounded in length.
     pub target: &'a str,
+    /// Whether it was allowed, and what an allowed write did.
     #[serde(flatten)]
     pub decision: Decision,
 }
 
+/// What became of a capability call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", content = "effect", rename_all = "camelCase")]
 pub enum Decision {
+    /// Allowed, with what it did.
     Allowed(Effect),
+    /// Refused: outside the grants, or malformed.
     Denied,
 }
 
@@ -47,10 +62,15 @@ pub enum Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Effect {
+    /// Something new was written.
     Created,
+    /// Something was changed.
     Updated,
+    /// It was already so: nothing was written.
     Unchanged,
+    /// Something was removed.
     Deleted,
+    /// A deletion found nothing to remove.
     Absent,
     /// An outbound request went out (whatever the server answered).
     Sent,
@@ -73,6 +93,8 @@ impl Audit {
         })
     }
 
+    /// Records `event` in the log and, if one is open, the file. A record that cannot be
+    ///  written is logged as an error, not returned: the call it describes has happened.
     pub fn record(&self, event: AuditEvent<'_>) {
         match event.decision {
             Decision::Denied => tracing::warn!(

@@ -15,6 +15,7 @@ use crate::grants::Grants;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
+    /// The plugins, as the file lists them.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
     /// Where the file was read from; plugin paths are relative to its folder.
@@ -26,20 +27,25 @@ pub struct HostConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PluginConfig {
+    /// Names the plugin in logs, audit records and errors; unique in the file.
     pub name: String,
+    /// The component file, relative to the configuration file's folder.
     pub path: PathBuf,
     /// Hex sha256 of the `.wasm` file; a file with another digest is refused.
     pub sha256: String,
+    /// The activity types it serves; no two plugins serve the same one.
     pub activity_types: Vec<String>,
     /// Base64 Ed25519 public keys; when any are listed, the plugin loads only with a
     /// signature file (`<path>.sig`) one of them made (see `cfm plugin sign`).
     #[serde(default)]
     pub trusted_keys: Vec<String>,
+    /// What one invocation may use.
     #[serde(default)]
     pub limits: Limits,
     /// Free-form settings handed to the plugin as a JSON object.
     #[serde(default)]
     pub settings: toml::Table,
+    /// What it may reach; nothing unless granted.
     #[serde(default)]
     pub grants: Grants,
 }
@@ -67,6 +73,7 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// [`Self::memory_mib`] in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.memory_mib as usize * 1024 * 1024
     }
@@ -142,7 +149,7 @@ impl HostConfig {
             if limits.timeout_ms == 0 || limits.max_output_kib == 0 {
                 return Err(bad("limits must be greater than zero".into()));
             }
-            plugin.grants.validate().map_err(bad)?;
+            plugin.grants.validate().map_err(|e| bad(e.to_string()))?;
         }
         Ok(())
     }

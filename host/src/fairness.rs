@@ -31,6 +31,7 @@ pub struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// A meter that has counted nothing yet.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             base: Instant::now(),

@@ -13,10 +13,13 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 /// Why a signature or key was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
+    /// A key that is not a base64 Ed25519 public key.
     #[error("not a base64 Ed25519 public key (32 bytes): {0}")]
     BadKey(String),
+    /// A signature file that holds no base64 Ed25519 signature.
     #[error("the signature file is not one base64 Ed25519 signature (64 bytes)")]
     BadSignature,
+    /// No trusted key made the signature.
     #[error("no trusted key made this signature")]
     Untrusted,
 }

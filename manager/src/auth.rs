@@ -27,16 +27,22 @@ use tokio::sync::RwLock;
 
 use crate::error::{ManagerError, Result};
 
+/// Reads of tenants, participant profiles, cells and dataspace profiles, and their `/query` routes.
 pub const TENANT_READ: &str = "tenant-manager-api:read";
+/// Every other request to the tenant routes.
 pub const TENANT_WRITE: &str = "tenant-manager-api:write";
+/// Reads of activity and orchestration definitions and orchestrations, and their `/query` routes.
 pub const PROVISION_READ: &str = "provision-manager-api:read";
+/// Every other request to the definition and orchestration routes.
 pub const PROVISION_WRITE: &str = "provision-manager-api:write";
+/// Every scope there is: what the admin token carries.
 pub const ALL_SCOPES: [&str; 4] = [TENANT_READ, TENANT_WRITE, PROVISION_READ, PROVISION_WRITE];
 
 const ISSUER: &str = "cfm";
 const AUDIENCE: &str = "cfm-api";
 const LOCAL_KID: &str = "cfm-local";
 const KEY_FILE: &str = "signing.key";
+/// The data directory's file holding the admin token, readable only by its owner.
 pub const TOKEN_FILE: &str = "admin.token";
 /// A JWKS URL is fetched again for an unknown key id at most this often by default, so
 /// a stream of forged key ids cannot turn the manager into a load generator against the IdP.
@@ -59,8 +65,10 @@ pub struct AuthSettings {
 /// The claims cfm reads.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
+    /// Who the token stands for; a cancelled orchestration names it ("cancelled by ...").
     #[serde(default)]
     pub sub: String,
+    /// Space-separated scopes.
     #[serde(default)]
     pub scope: String,
     /// Confines the token to this tenant.
@@ -69,6 +77,7 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Whether `scope` is one of the token's scopes.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.split_whitespace().any(|s| s == scope)
     }
@@ -90,12 +99,16 @@ struct Issued<'a> {
 /// Why a request is not authenticated.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// No `Authorization: Bearer` header.
     #[error("missing bearer token")]
     Missing,
+    /// A token that does not verify: malformed, expired, of another issuer or audience,
+    /// or signed with an unknown key or algorithm.
     #[error("invalid token: {0}")]
     Invalid(String),
 }
 
+/// Issues local tokens and verifies local and external ones; clones share the keys.
 #[derive(Clone)]
 pub struct Auth {
     decoding: DecodingKey,

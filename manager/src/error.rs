@@ -1,5 +1,6 @@
 //! The manager's error type. `api::error` is the one place that maps it to HTTP.
 
+/// Everything a manager operation can fail with; `api::error` answers each with its status.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     /// The request is malformed or refers to something it may not.
@@ -9,42 +10,76 @@ pub enum ManagerError {
     /// a query past its time budget); `limit` names which, for clients to match on.
     #[error("{message}")]
     OverLimit {
+        /// The rule that refused the request (`predicate-depth`, ...), sent as `reason`.
         limit: &'static str,
+        /// What was asked and what is allowed, for people.
         message: String,
     },
+    /// The resource does not exist, or belongs to another tenant.
     #[error("{0}")]
     NotFound(String),
     /// The request clashes with current state (duplicate, stale version, no capacity).
     #[error("{0}")]
     Conflict(String),
+    /// A tenant, cell or dataspace profile cannot be deleted while participants of it
+    /// are not disposed.
+    #[error("{owner} has {live} participant profile(s) that are not disposed; dispose them first")]
+    ParticipantsNotDisposed {
+        /// The resource being deleted, as the message names it.
+        owner: String,
+        /// How many of its participant profiles are not disposed.
+        live: i64,
+    },
+    /// A database call failed. A query past its time budget is answered 400, a busy
+    /// database 503 (send again), anything else 500.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date when the database was opened.
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     /// Stored data that cannot be read back: a bug or a hand-edited database.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// A file of the data directory, the signing key or an identity provider's key set
+    /// could not be read, written or used.
     #[error("{0}")]
     Io(String),
+    /// The queue of a distributed deployment failed (relaying work, consuming reports).
     #[error(transparent)]
     Queue(#[from] cfm_queue::QueueError),
 }
 
+/// What manager operations return.
 pub type Result<T, E = ManagerError> = std::result::Result<T, E>;
 
+impl From<cfm_query::QueryError> for ManagerError {
+    fn from(error: cfm_query::QueryError) -> Self {
+        match error {
+            cfm_query::QueryError::Invalid(message) => Self::BadRequest(message),
+            cfm_query::QueryError::OverLimit { limit, message } => {
+                Self::OverLimit { limit, message }
+            }
+        }
+    }
+}
+
 impl ManagerError {
+    /// A [`ManagerError::BadRequest`] saying `message`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::BadRequest(message.into())
     }
+    /// A [`ManagerError::OverLimit`] for the rule `limit`.
     pub fn over_limit(limit: &'static str, message: impl Into<String>) -> Self {
         Self::OverLimit {
             limit,
             message: message.into(),
         }
     }
+    /// A [`ManagerError::NotFound`] saying `message`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(message.into())
     }
+    /// A [`ManagerError::Conflict`] saying `message`.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::Conflict(message.into())
     }

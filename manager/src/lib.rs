@@ -6,9 +6,9 @@ pub mod api;
 pub mod auth;
 pub mod data_dir;
 pub mod error;
+pub mod lifecycle;
 pub mod model;
 pub mod provision;
-pub mod query;
 pub mod queue;
 pub mod seed;
 pub mod store;
@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use cfm_protocol::ActivityExecutor;
 
+/// The predicate language of the query routes.
+pub use cfm_query as query;
 pub use error::{ManagerError, Result};
 pub use provision::transport::run_distributed;
 pub use provision::{Engine, EngineSettings};
@@ -32,14 +34,18 @@ pub struct Options {
     pub database_url: Option<String>,
     /// An identity provider whose tokens are accepted besides local ones.
     pub auth: auth::AuthSettings,
+    /// Retries, backoff and limits of the orchestration engine.
     pub engine: EngineSettings,
 }
 
 /// A manager over one data directory (signing key, admin token, and the embedded SQLite
 /// database unless a database URL names another).
 pub struct Manager {
+    /// The orchestration engine, holding the database every part shares.
     pub engine: Engine,
+    /// Issues and checks the API's bearer tokens.
     pub auth: auth::Auth,
+    /// The file holding the admin token (`admin.token` in the data directory).
     pub token_path: PathBuf,
 }
 
@@ -63,16 +69,20 @@ impl Manager {
             .await?;
         let token_path = auth.ensure_admin_token(data_dir)?;
         Ok(Self {
-            engine: Engine::new(db, options.engine),
+            engine: Engine::new(db, options.engine)
+                .with_hooks(Arc::new(tenant::profiles::ProfileLifecycle)),
             auth,
             token_path,
         })
     }
 
+    /// Seeds the built-in activity definitions and default template where this database
+    /// lacks them; returns whether anything was seeded (see [`seed`]).
     pub async fn seed(&self) -> Result<bool> {
         seed::seed(self.engine.db()).await
     }
 
+    /// This manager's HTTP surface: the REST API, its OpenAPI document and the health check.
     pub fn router(&self) -> axum::Router {
         api::router(api::AppState {
             engine: self.engine.clone(),
@@ -84,13 +94,8 @@ impl Manager {
     pub async fn embedded_worker(
         &self,
         executor: Arc<dyn ActivityExecutor>,
-        concurrency: usize,
+        settings: cfm_queue::worker::WorkerSettings,
     ) -> cfm_queue::worker::Worker {
-        let settings = cfm_queue::worker::WorkerSettings {
-            concurrency,
-            max_deliveries: self.engine.settings().max_deliveries,
-            ..Default::default()
-        };
         provision::transport::embedded_worker(&self.engine, executor, settings).await
     }
 }

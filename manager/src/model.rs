@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::lifecycle::{OrchestrationState, StepState, VpaState};
+
+/// Free-form JSON properties of a resource, queryable as `properties.<key>`.
 pub type Properties = Map<String, Value>;
 
 /// The four VPA types every participant profile gets, in upstream's order.
@@ -19,22 +22,35 @@ pub const VPA_TYPES: [&str; 4] = [
 /// The profile property that holds the deploy orchestration's output.
 pub const VPA_STATE_PROPERTY: &str = "cfm.vpa.state";
 
+/// An organisation whose participants cfm provisions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Tenant {
+    /// The tenant's id, chosen by the server.
     pub id: String,
+    /// Incremented on every change; sent back in `If-Match` to make a change conditional.
     pub version: i64,
+    /// The tenant's own properties, set and removed by `PATCH`.
     #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
+/// A shared runtime cluster participants are placed in.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cell {
+    /// The cell's id, chosen by the server.
     pub id: String,
+    /// The version a conditional delete (`If-Match`) names.
     pub version: i64,
+    /// The cluster's own id; unique among cells unless empty. Requests may name the cell by it.
     pub external_id: String,
+    /// `initial`, `pending`, `active`, `disposing`, `disposed`, `locked`, `offline` or
+    /// `error`; only an `active` cell takes new participants.
     pub state: String,
+    /// When the cell entered its state (RFC 3339).
     pub state_timestamp: String,
+    /// Per-cell settings: handed to plugins with every VPA placed here, and
+    /// `cfm.orchestrationDefinitionId` may select the template its participants deploy with.
     #[schema(value_type = Object)]
     pub properties: Properties,
 }
@@ -51,67 +67,102 @@ pub const DEPLOYMENT_STATES: &[&str] = &[
     "error",
 ];
 
+/// What a dataspace asks of its participants.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataspaceSpec {
+    /// The protocols of the dataspace, e.g. `dsp-2025-1`, `dcp-2025-1`; stored as given.
     #[serde(default)]
     pub protocol_stack: Vec<String>,
+    /// The credentials participants of the dataspace need; deploys receive those that
+    /// apply to the participant's roles as `cfm.vpa.credentials`.
     #[serde(default)]
     pub credential_specs: Vec<CredentialSpec>,
 }
 
+/// A verifiable credential participants of a dataspace request from an issuer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CredentialSpec {
+    /// The credential's id, as requested from the issuer.
     #[serde(default)]
     pub id: String,
+    /// The credential type, e.g. `MembershipCredential`.
     #[serde(default, rename = "type")]
     pub credential_type: String,
+    /// The DID of the issuer that issues it; empty: any issuer.
     #[serde(default)]
     pub issuer: String,
+    /// The format it is issued in, e.g. `vc20-bssl/jwt`.
     #[serde(default)]
     pub format: String,
+    /// The participant role it is for; empty: every participant of the dataspace.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
 }
 
+/// A dataspace's settings and credential specs, and the cells it is deployed to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataspaceProfile {
+    /// The profile's id, chosen by the server.
     pub id: String,
+    /// The profile's version; no route changes it.
     pub version: i64,
+    /// What the dataspace asks of its participants.
     pub dataspace_spec: DataspaceSpec,
+    /// The cells the dataspace is deployed to: only those take its participants.
     pub deployments: Vec<DataspaceDeployment>,
+    /// The profile's own properties; `cfm.orchestrationDefinitionId` selects the template
+    /// its participants deploy with.
     #[serde(skip_serializing_if = "Map::is_empty", default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
+/// A dataspace profile's deployment to one cell.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataspaceDeployment {
+    /// The deployment's id, chosen by the server.
     pub id: String,
+    /// The deployment's version; no route changes it.
     pub version: i64,
+    /// `active` from creation, and no route changes it; the cell takes the dataspace's
+    /// participants only while it is.
     pub state: String,
+    /// When the deployment entered its state (RFC 3339).
     pub state_timestamp: String,
+    /// The cell's id.
     pub cell_id: String,
+    /// The cell's external id.
     pub external_cell_id: String,
 }
 
+/// A participant of a tenant: its DID, its roles, and the VPAs provisioned for it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParticipantProfile {
+    /// The profile's id, chosen by the server; also the participant context id plugins see.
     pub id: String,
+    /// Incremented whenever the VPAs change state.
     pub version: i64,
+    /// The participant's DID.
     pub identifier: String,
+    /// The tenant the participant belongs to.
     pub tenant_id: String,
+    /// Dataspace profile id → the participant's roles there (an array of strings).
     #[schema(value_type = Object)]
     pub participant_roles: Map<String, Value>,
+    /// The participant's four VPAs, one of each type, all in one cell.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub vpas: Vec<Vpa>,
+    /// The client's properties; once deployed also `cfm.vpa.state`, the deploy's output.
     #[serde(skip_serializing_if = "Map::is_empty", default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
+    /// Whether one of the participant's orchestrations failed; stays set once it is.
     pub error: bool,
+    /// Why the last failed orchestration failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error_detail: Option<String>,
 }
@@ -120,29 +171,44 @@ pub struct ParticipantProfile {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Vpa {
+    /// The VPA's id, chosen by the server.
     pub id: String,
+    /// Incremented on every state change.
     pub version: i64,
-    pub state: String,
+    /// Where the VPA is in its lifecycle; all four of a participant move together.
+    pub state: VpaState,
+    /// When the VPA entered its state (RFC 3339).
     pub state_timestamp: String,
+    /// `cfm.connector`, `cfm.credentialservice`, `cfm.dataplane` or `cfm.issuer`.
     #[serde(rename = "type")]
     pub vpa_type: String,
+    /// The cell the VPA runs in.
     pub cell_id: String,
+    /// The properties the deploy request gave this VPA type (`vpaProperties`).
     #[serde(skip_serializing_if = "Map::is_empty", default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
+/// An activity type templates may use, and the data it needs and produces.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityDefinition {
+    /// The activity type: dot-separated tokens, since it names the queue topic its work
+    /// travels on; agent hosts run it with the plugin configured for it.
     #[serde(rename = "type")]
     #[schema(pattern = r"^[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)*$")]
     pub activity_type: String,
+    /// What the activity does, for people.
     #[serde(default)]
     pub description: String,
+    /// A JSON Schema of its input: the keys it lists as `required` must be in the base
+    /// data or produced by an activity it depends on.
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub input_schema: Value,
+    /// A JSON Schema of its output: its `properties` are the keys it produces for later
+    /// activities.
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub output_schema: Value,
@@ -152,52 +218,65 @@ pub struct ActivityDefinition {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrchestrationDefinition {
+    /// The definition's id, chosen by the server; `cfm.orchestrationDefinitionId` names it.
     pub id: String,
+    /// What the template provisions, for people.
     #[serde(default)]
     pub description: String,
+    /// Upstream's schema field: stored and returned as given.
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub schema: Value,
+    /// Orchestration type (`cfm.orchestration.vpa.deploy`, ...) → its activities, a DAG
+    /// through their `dependsOn`.
     pub activities: std::collections::BTreeMap<String, Vec<ActivitySpec>>,
 }
 
+/// One activity of an orchestration template.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivitySpec {
+    /// The activity's id, unique within its orchestration type.
     pub id: String,
+    /// The activity type that runs it; its activity definition must exist.
     #[serde(rename = "type")]
     pub activity_type: String,
+    /// Ids of the activities that must complete before this one is dispatched.
     #[serde(default)]
     pub depends_on: Vec<String>,
 }
 
-/// Orchestration states, numbered as upstream numbers them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrchestrationState {
-    Initialized = 0,
-    Running = 1,
-    Completed = 2,
-    Errored = 3,
-}
-
+/// One run of an orchestration template's activities for one orchestration type.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Orchestration {
+    /// The orchestration's id, chosen by the server.
     pub id: String,
+    /// What it works on: the participant profile's id for deploys and disposes.
     pub correlation_id: String,
+    /// The template it runs.
     pub definition_id: String,
+    /// 0 initialized, 1 running, 2 completed, 3 errored (upstream's numbers).
     pub state: i64,
+    /// When it entered its state (RFC 3339).
     pub state_timestamp: String,
+    /// When it was started (RFC 3339).
     pub created_timestamp: String,
+    /// Which of the template's activity lists runs (`cfm.orchestration.vpa.deploy`, ...).
     pub orchestration_type: String,
+    /// Its activities, in the template's order.
     pub steps: Vec<Step>,
+    /// The base data merged with every completed activity's output: what the next
+    /// activities receive.
     #[schema(value_type = Object)]
     pub processing_data: Properties,
+    /// The completed activities' outputs alone.
     #[schema(value_type = Object)]
     pub output_data: Properties,
     /// Activity id → true for every completed activity (upstream's shape).
     #[schema(value_type = Object)]
     pub completed: Map<String, Value>,
+    /// Why it errored: which activity failed and how, or who cancelled it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error_detail: Option<String>,
 }
@@ -206,17 +285,25 @@ pub struct Orchestration {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
+    /// The activity's id in the template.
     pub id: String,
+    /// The activity type that runs it.
     #[serde(rename = "type")]
     pub activity_type: String,
+    /// Ids of the activities that complete before this one is dispatched.
     pub depends_on: Vec<String>,
-    /// pending | dispatched | completed | failed
-    pub state: String,
+    /// Where the step is.
+    pub state: StepState,
+    /// The number of its latest attempt: 0 before it is dispatched, 1 on the first, one
+    /// more for every retry or reschedule.
     pub attempts: i64,
+    /// The reason of its latest retry or failure.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_error: Option<String>,
+    /// When it was first dispatched (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub started_timestamp: Option<String>,
+    /// When it completed, failed or was cancelled (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub completed_timestamp: Option<String>,
 }
@@ -230,6 +317,7 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A fresh random id (UUID v4) for a new resource.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }

@@ -13,6 +13,7 @@ use crate::model::{ActivityDefinition, ActivitySpec};
 use crate::provision::definitions;
 use crate::store::{self, Db};
 
+/// The id of the seeded deploy/dispose template on the local backends.
 pub const DEFAULT_TEMPLATE_ID: &str = "cfm-default";
 const SEEDED: &str = "seeded.v1";
 const SEEDED_EDC_V: &str = "seeded.edc-v.v1";

@@ -9,9 +9,13 @@ use serde_json::{Map, Value};
 
 /// Processing-data keys every activity input carries (upstream CFM's names).
 pub mod keys {
+    /// The participant's DID.
     pub const PARTICIPANT_ID: &str = "cfm.participant.id";
+    /// The participant profile's id: one stable id through migrations and upgrades.
     pub const PARTICIPANT_CONTEXT_ID: &str = "cfm.participant.contextId";
+    /// One object per VPA of the profile: its id, type, properties and the cell it runs in.
     pub const VPA_DATA: &str = "cfm.vpa.data";
+    /// The credential specs of the participant's dataspaces that apply to its roles.
     pub const VPA_CREDENTIALS: &str = "cfm.vpa.credentials";
     /// What every orchestration's processing data starts with.
     pub const BASE: [&str; 4] = [
@@ -34,7 +38,9 @@ pub mod keys {
 
 /// Orchestration types with a meaning of their own to the tenant manager.
 pub mod orchestration_types {
+    /// Deploys a participant's VPAs; on completion they become active.
     pub const VPA_DEPLOY: &str = "cfm.orchestration.vpa.deploy";
+    /// Disposes of a participant's VPAs; also compensates a failed deploy.
     pub const VPA_DISPOSE: &str = "cfm.orchestration.vpa.dispose";
 }
 
@@ -42,14 +48,19 @@ pub mod orchestration_types {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityTask {
+    /// The orchestration this activity belongs to.
     pub orchestration_id: String,
+    /// The activity's id within its orchestration definition.
     pub activity_id: String,
+    /// Chooses the plugin that runs the activity, and the queue topic it travels on.
     pub activity_type: String,
     /// The orchestration type (deploy, dispose, ...).
     pub discriminator: String,
     /// 1 on the first run; grows with every retry, reschedule or redelivery.
     pub attempt: u32,
+    /// The participant's DID.
     pub participant_id: String,
+    /// The participant profile's id.
     pub participant_context_id: String,
     /// Base data merged with the outputs of every completed activity.
     pub processing_data: Map<String, Value>,
@@ -71,14 +82,28 @@ impl ActivityTask {
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum ActivityOutcome {
     /// Done; `output` is merged into the processing data.
-    Complete { output: Map<String, Value> },
+    Complete {
+        /// Keys this activity adds for later activities and the orchestration's output.
+        output: Map<String, Value>,
+    },
     /// Run again after `delay_ms`, handing `state` back.
     #[serde(rename_all = "camelCase")]
-    Reschedule { delay_ms: u64, state: Value },
+    Reschedule {
+        /// How long to wait before the next attempt, in milliseconds; the engine caps it.
+        delay_ms: u64,
+        /// Handed to the next attempt as [`ActivityTask::state`].
+        state: Value,
+    },
     /// Transient failure: retry with backoff while attempts remain.
-    Retry { reason: String },
+    Retry {
+        /// What went wrong: logged and kept as the step's last error.
+        reason: String,
+    },
     /// Permanent failure: the orchestration errors.
-    Fatal { reason: String },
+    Fatal {
+        /// What went wrong: kept as the step's last error and in the orchestration's error detail.
+        reason: String,
+    },
 }
 
 /// An outcome on its way from an agent host to the managers.
@@ -87,8 +112,16 @@ pub enum ActivityOutcome {
 pub struct ActivityReport {
     /// The id of the message that carried the task: which attempt this reports.
     pub message_id: String,
+    /// The task the attempt ran.
     pub task: ActivityTask,
+    /// How the attempt ended.
     pub outcome: ActivityOutcome,
+    /// Which delivery of the message ran it (1 for the first). A redelivered task runs
+    /// again, and its report must reach the managers even when the first delivery's did:
+    /// a run that came late is how the engine learns to undo what it made. Absent (0)
+    /// from agents that predate it.
+    #[serde(default)]
+    pub delivery: u64,
 }
 
 /// Runs activities. The agent host implements it; the engine's queue workers call it.

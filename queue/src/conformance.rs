@@ -5,11 +5,15 @@
 //! Call [`run`] with a fresh queue (nothing published yet) whose ack-wait is `ack_wait`;
 //! one second keeps the suite quick and still well above scheduling noise.
 
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::{Consumer, Message, Queue};
 
+/// Runs every check of the suite against `queue` in turn; panics at the first that fails.
 pub async fn run(queue: &dyn Queue, ack_wait: Duration) {
     delivers_then_forgets_acked(queue).await;
     drops_duplicate_ids(queue).await;

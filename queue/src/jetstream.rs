@@ -33,16 +33,19 @@ pub struct JetStreamSettings {
 }
 
 impl JetStreamSettings {
+    /// Settings for the server at `url`: namespace `cfm`, a 30 s ack-wait and a 2 min
+    /// duplicate window.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             namespace: "cfm".into(),
-            ack_wait: Duration::from_secs(30),
+            ack_wait: crate::DEFAULT_ACK_WAIT,
             duplicate_window: Duration::from_secs(120),
         }
     }
 }
 
+/// A [`Queue`] on one namespace's JetStream stream; clones share the connection.
 #[derive(Clone)]
 pub struct JetStreamQueue {
     context: jetstream::Context,

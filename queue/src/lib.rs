@@ -24,6 +24,10 @@ pub fn activity_topic(activity_type: &str) -> String {
     format!("activity.{activity_type}")
 }
 
+/// How long a taken message stays with its consumer without a sign of life before it is
+/// delivered again, unless configured: workers signal every third of it.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
 /// The topic managers pull activity reports from.
 pub const REPORTS_TOPIC: &str = "reports";
 
@@ -32,7 +36,9 @@ pub const REPORTS_TOPIC: &str = "reports";
 pub struct Message {
     /// Stable across re-publishes: a second publish of the same id is dropped.
     pub id: String,
+    /// Where it goes; see [`check_topic`].
     pub topic: String,
+    /// The body: JSON from cfm; the embedded queue takes only UTF-8.
     pub payload: Vec<u8>,
 }
 
@@ -71,7 +77,9 @@ pub trait Consumer: Send {
 /// A pulled message, leased to its consumer until acknowledged or its ack-wait passes.
 #[async_trait]
 pub trait Delivery: Send + Sync {
+    /// The id the message was published with.
     fn id(&self) -> &str;
+    /// The body the message was published with.
     fn payload(&self) -> &[u8];
     /// How many times this message has been delivered, this time included.
     fn deliveries(&self) -> u64;
@@ -106,18 +114,25 @@ pub async fn pull_retrying(
     }
 }
 
+/// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// A topic (or JetStream namespace) that is not plain dot-separated tokens.
     #[error("invalid topic '{0}': use dot-separated tokens of letters, digits, '-' and '_'")]
     InvalidTopic(String),
+    /// The queue's server could not be reached.
     #[error("cannot reach the queue: {0}")]
     Connect(String),
+    /// Creating, reading or deleting a stream or consumer failed.
     #[error("cannot set up the queue: {0}")]
     Setup(String),
+    /// A message was not accepted; it names the message.
     #[error("cannot publish: {0}")]
     Publish(String),
+    /// Pulling messages failed.
     #[error("cannot pull messages: {0}")]
     Pull(String),
+    /// An ack, nak or progress signal was not accepted; it names the message.
     #[error("cannot acknowledge message: {0}")]
     Ack(String),
     /// The embedded queue's database failed.

@@ -21,7 +21,22 @@ use crate::{Delivery, Message, Queue, QueueError, REPORTS_TOPIC, activity_topic}
 /// Where outcomes go: the engine directly (embedded) or the reports topic.
 #[async_trait]
 pub trait OutcomeSink: Send + Sync {
-    async fn report(&self, report: ActivityReport) -> Result<(), String>;
+    /// Hands one outcome on; once this returns `Ok` the task's message is acknowledged.
+    async fn report(&self, report: ActivityReport) -> Result<(), ReportError>;
+}
+
+/// Why an outcome could not be reported; the worker tries again, then hands the task back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Publishing to the reports topic failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The report could not be serialized as JSON.
+    #[error("cannot encode the report: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The engine this process feeds could not apply it.
+    #[error("cannot apply the outcome: {0}")]
+    Apply(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Publishes outcomes to the reports topic, for the managers to apply.
@@ -29,20 +44,27 @@ pub struct QueueSink(pub Arc<dyn Queue>);
 
 #[async_trait]
 impl OutcomeSink for QueueSink {
-    async fn report(&self, report: ActivityReport) -> Result<(), String> {
+    async fn report(&self, report: ActivityReport) -> Result<(), ReportError> {
         let message = Message {
-            // A re-run of the same delivery reports under the same id: de-duplicated.
-            id: format!("{}/report", report.message_id),
+            // Sending the same report again (after a failed publish) is de-duplicated; a
+            // later delivery's run is a report of its own.
+            id: format!("{}/report/{}", report.message_id, report.delivery),
             topic: REPORTS_TOPIC.into(),
-            payload: serde_json::to_vec(&report).map_err(|e| e.to_string())?,
+            payload: serde_json::to_vec(&report)?,
         };
         self.0
             .publish(std::slice::from_ref(&message))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ReportError::from)
     }
 }
 
+/// Deliveries of one task without a result before it is given up, unless configured.
+pub const DEFAULT_MAX_DELIVERIES: u64 = 10;
+/// Activities one worker runs at once, unless configured.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// How a [`Worker`] shares out and looks after its work.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     /// Activities run at once, over all types.
@@ -59,14 +81,16 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            concurrency: 16,
-            max_deliveries: 10,
+            concurrency: DEFAULT_CONCURRENCY,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
             progress_every: Duration::from_secs(10),
             pull_wait: Duration::from_secs(5),
         }
     }
 }
 
+/// The agent worker loop: pulls the tasks of every activity type its executor runs,
+/// runs them and reports their outcomes (see the module docs).
 pub struct Worker {
     queue: Arc<dyn Queue>,
     executor: Arc<dyn ActivityExecutor>,
@@ -75,6 +99,8 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker pulling from `queue`, running on `executor`, reporting to `sink`;
+    /// nothing happens until [`Worker::run`].
     pub fn new(
         queue: Arc<dyn Queue>,
         executor: Arc<dyn ActivityExecutor>,
@@ -165,6 +191,7 @@ impl Worker {
             message_id: delivery.id().to_string(),
             task,
             outcome,
+            delivery: delivery.deliveries(),
         };
         for attempt in 1..=3u64 {
             match self.sink.report(report.clone()).await {

@@ -16,6 +16,9 @@
 //! conflicts. What it leaves out: watches, lists, validation against OpenAPI schemas,
 //! admission, finalizers other than the namespace's.
 
+// Over 500 lines, one job: the part of the Kubernetes API server cfm's client uses
+// (server-side apply, get, delete, discovery), with the API server's error shapes.
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -27,6 +30,7 @@ use serde_json::{Map, Value, json};
 
 /// The API server stand-in on a free loopback port; stopped on drop.
 pub struct KubeApi {
+    /// The API server's base URL (`http://127.0.0.1:<port>`).
     pub url: String,
     state: Shared,
     task: tokio::task::JoinHandle<()>,
@@ -64,6 +68,7 @@ struct Stored {
 }
 
 impl KubeApi {
+    /// Starts the stand-in over an empty cluster: no objects, not even a namespace.
     pub async fn start() -> Self {
         let state: Shared = Arc::default();
         let app = Router::new().fallback(handle).with_state(state.clone());

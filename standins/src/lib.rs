@@ -3,7 +3,7 @@
 //! Issuer Service, here) and the Kubernetes API server ([`kubernetes`]).
 //!
 //! Those are Java services that cannot run on cfm's test machines. These servers implement
-//! exactly the request and response shapes cfm's plugins rely on (see the README's
+//! exactly the request and response shapes cfm's plugins rely on (see docs/operator-guide.md,
 //! "Production backends") and refuse anything else: an unknown path is 404, a wrong method
 //! 405, a body that is not `application/json` 415, a missing or mistyped field 400, a
 //! missing or wrong `x-api-key` 401, a second create 409. Each service listens on its own
@@ -11,6 +11,13 @@
 //! would in production. Tests script failures (`fail_next`), choose how a credential
 //! request ends (`credential_outcome`), and read what is stored to prove that a dispose
 //! left nothing behind.
+
+// Over 500 lines, one job: the three EDC services share one store and one router, so a test
+// sees what each was asked in one place. (The EDC-V work replaces them with token-exchange
+// versions; they split then.)
+
+// Stand-ins run inside tests: a panic fails the test that started them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,22 +37,35 @@ pub const MANAGEMENT_CONTEXT: &str = "https://w3id.org/edc/connector/management/
 /// The routes whose answers a test can script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Route {
+    /// Identity Hub: `POST /v1beta/participants`, creating a participant context.
     IdentityHubCreate,
+    /// Identity Hub: `DELETE /v1beta/participants/{pc}`.
     IdentityHubDelete,
+    /// Identity Hub: `POST /v1beta/participants/{pc}/credentials/request`.
     CredentialRequest,
+    /// Identity Hub: `GET /v1beta/participants/{pc}/credentials/request/{pid}`, a poll.
     CredentialStatus,
+    /// Control Plane: `POST /v5beta/participants`.
     ControlPlaneCreate,
+    /// Control Plane: `PATCH /v5beta/participants/{pc}/config`.
     ControlPlaneConfig,
+    /// Control Plane: `DELETE /v5beta/participants/{pc}`.
     ControlPlaneDelete,
+    /// Issuer Service: `POST /v1beta/participants/{issuer}/holders`, registering a holder.
     HolderCreate,
+    /// Issuer Service: `DELETE /v1beta/participants/{issuer}/holders/{did}`.
     HolderDelete,
 }
 
 /// The three services, each on a free loopback port; stopped on drop.
 pub struct Standins {
+    /// Base URL of the Identity Hub's identity API (`http://127.0.0.1:<port>`).
     pub identity_hub_url: String,
+    /// Base URL of the Control Plane's management API.
     pub control_plane_url: String,
+    /// Base URL of the Issuer Service's administration API.
     pub issuer_url: String,
+    /// The `x-api-key` every service requires.
     pub api_key: String,
     state: Shared,
     tasks: Vec<tokio::task::JoinHandle<()>>,

@@ -9,9 +9,12 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ManagerError;
 use crate::store;
 
+/// An error answer of the API; its response is the [`ErrorBody`].
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status answered.
     pub status: StatusCode,
+    /// What went wrong, for people; server errors say only "see the server log".
     pub message: String,
     /// Seconds after which the same request is worth sending again (`Retry-After`).
     pub retry_after: Option<u32>,
@@ -20,6 +23,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An answer with `status` and `message`, no reason and no `Retry-After`.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -29,6 +33,7 @@ impl ApiError {
         }
     }
 
+    /// The same answer naming the rule that refused the request.
     pub fn with_reason(self, reason: &'static str) -> Self {
         Self {
             reason: Some(reason),
@@ -74,6 +79,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A refused predicate answers as the manager's own refusals do.
+impl From<cfm_query::QueryError> for ApiError {
+    fn from(error: cfm_query::QueryError) -> Self {
+        ManagerError::from(error).into()
+    }
+}
+
 impl From<ManagerError> for ApiError {
     fn from(error: ManagerError) -> Self {
         let status = match &error {
@@ -93,6 +105,10 @@ impl From<ManagerError> for ApiError {
             }
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Conflict(_) => StatusCode::CONFLICT,
+            ManagerError::ParticipantsNotDisposed { .. } => {
+                return Self::new(StatusCode::CONFLICT, error.to_string())
+                    .with_reason("participants-not-disposed");
+            }
             ManagerError::Database(e) if store::is_transient(e) => {
                 // The transaction was rolled back whole: nothing half-written, and the
                 // same request can simply be sent again.
@@ -116,6 +132,7 @@ impl From<ManagerError> for ApiError {
     }
 }
 
+/// What API handlers return.
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl From<sqlx::Error> for ApiError {

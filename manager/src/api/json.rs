@@ -13,6 +13,7 @@ use super::error::ApiError;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// A JSON request body read as the module docs say; use it in place of axum's `Json`.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>

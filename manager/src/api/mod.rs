@@ -20,12 +20,15 @@ use crate::auth::{self, Auth, AuthError};
 use crate::provision::Engine;
 use error::ApiError;
 
+/// Where every API route lives, the OpenAPI document and a health check included.
 pub const PREFIX: &str = "/api/v1alpha1";
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// The orchestration engine, and through it the database.
     pub engine: Engine,
+    /// Checks each request's bearer token.
     pub auth: Auth,
 }
 

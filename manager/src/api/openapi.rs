@@ -26,15 +26,15 @@ use super::{provision, tenant};
         tenant::get_profile,
         tenant::dispose_profile,
         tenant::query_profiles,
-        tenant::list_cells,
-        tenant::create_cell,
-        tenant::get_cell,
-        tenant::delete_cell,
-        tenant::list_dataspaces,
-        tenant::create_dataspace,
-        tenant::get_dataspace,
-        tenant::delete_dataspace,
-        tenant::deploy_dataspace,
+        tenant::infrastructure::list_cells,
+        tenant::infrastructure::create_cell,
+        tenant::infrastructure::get_cell,
+        tenant::infrastructure::delete_cell,
+        tenant::infrastructure::list_dataspaces,
+        tenant::infrastructure::create_dataspace,
+        tenant::infrastructure::get_dataspace,
+        tenant::infrastructure::delete_dataspace,
+        tenant::infrastructure::deploy_dataspace,
         provision::list_activities,
         provision::put_activity,
         provision::delete_activity,
@@ -49,6 +49,7 @@ use super::{provision, tenant};
     modifiers(&BearerTokens),
     security(("bearer" = []))
 )]
+/// The API's OpenAPI document, derived by utoipa; [`document`] serves it as JSON.
 pub struct ApiDoc;
 
 /// The JSON document, built once.

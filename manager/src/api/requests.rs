@@ -8,45 +8,60 @@ use serde_json::{Map, Value};
 
 use crate::model::{ActivitySpec, DataspaceSpec, Properties};
 
+/// A tenant to create.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewTenant {
+    /// The tenant's own properties.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
+/// A change to a tenant's properties: keys set, then keys removed.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TenantPatch {
+    /// Keys to set, replacing their values; the others stay.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
+    /// Keys to remove, after the ones set.
     #[serde(default)]
     pub removed: Vec<String>,
     /// The version the client read; a stale one is a conflict.
     pub version: Option<i64>,
 }
 
+/// A cell to register.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewCell {
+    /// The cluster's own id; unique among cells unless empty.
     #[serde(default)]
     pub external_id: String,
+    /// `initial`, `pending`, `active`, `disposing`, `disposed`, `locked`, `offline` or
+    /// `error`; `active` when absent. No route changes it later.
     pub state: Option<String>,
+    /// Per-cell settings, handed to plugins with every VPA placed in the cell.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
+/// A dataspace profile to create.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewDataspaceProfile {
+    /// What the dataspace asks of its participants.
     #[serde(default)]
     pub dataspace_spec: DataspaceSpec,
+    /// The profile's own properties; `cfm.orchestrationDefinitionId` selects the template
+    /// its participants deploy with.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
+/// A deployment of a dataspace profile to a cell.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewDataspaceDeployment {
@@ -54,29 +69,39 @@ pub struct NewDataspaceDeployment {
     #[serde(default)]
     #[allow(dead_code)]
     pub profile_id: String,
+    /// The cell, by id or external id; an unknown one is a 400.
     pub cell_id: String,
 }
 
+/// A participant to onboard: its profile is created and its VPAs deployed.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewParticipantProfileDeployment {
     /// The participant's DID.
     #[schema(pattern = r"^did:[a-z0-9]+:\S+$")]
     pub identifier: String,
+    /// The cell asked for, by id or external id. It must be active and serve one of the
+    /// dataspace profiles; an unknown id falls back to placement in the least loaded cell.
     pub cell_id: Option<String>,
+    /// The dataspaces the participant joins.
     #[serde(default)]
     pub dataspace_profile_ids: Vec<String>,
+    /// Dataspace profile id → the participant's roles there (an array of strings): which
+    /// of that dataspace's credential specs apply to it.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub participant_roles: Map<String, Value>,
+    /// VPA type (`cfm.connector`, ...) → the properties that VPA starts with.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub vpa_properties: Map<String, Value>,
+    /// The profile's own properties.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
 }
 
+/// A query: a predicate and the page of matches wanted.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryRequest {
@@ -98,13 +123,18 @@ impl QueryRequest {
     }
 }
 
+/// An orchestration template to create; it is validated as a whole.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewOrchestrationDefinition {
+    /// What the template provisions, for people.
     #[serde(default)]
     pub description: String,
+    /// Upstream's schema field: stored and returned as given.
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub schema: Value,
+    /// Orchestration type (`cfm.orchestration.vpa.deploy`, ...) → its activities: known
+    /// types, unique ids, known dependencies, no cycles, every required input available.
     pub activities: BTreeMap<String, Vec<ActivitySpec>>,
 }
 

@@ -51,13 +51,14 @@ pub async fn put_activity(conn: &mut Conn, definition: &ActivityDefinition) -> R
     )
     .bind(&definition.activity_type)
     .bind(&definition.description)
-    .bind(to_json(&definition.input_schema))
-    .bind(to_json(&definition.output_schema))
+    .bind(to_json(&definition.input_schema)?)
+    .bind(to_json(&definition.output_schema)?)
     .execute(conn)
     .await?;
     Ok(())
 }
 
+/// Every activity definition, sorted by type.
 pub async fn list_activities(db: &Db) -> Result<Vec<ActivityDefinition>> {
     let rows = sqlx::query(
         "SELECT type, description, input_schema, output_schema FROM activity_definitions ORDER BY type",
@@ -106,8 +107,8 @@ pub async fn create_orchestration(
     )
     .bind(&definition.id)
     .bind(&definition.description)
-    .bind(to_json(&definition.schema))
-    .bind(to_json(&definition.activities))
+    .bind(to_json(&definition.schema)?)
+    .bind(to_json(&definition.activities)?)
     .bind(next_created_at(conn).await?)
     .execute(&mut *conn)
     .await?;
@@ -186,11 +187,13 @@ pub async fn delete_orchestration(db: &Db, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every orchestration definition, oldest first.
 pub async fn list_orchestrations(db: &Db) -> Result<Vec<OrchestrationDefinition>> {
     let mut conn = db.acquire().await?;
     all(&mut conn).await
 }
 
+/// The orchestration definition `id`; a missing one is "not found".
 pub async fn get_orchestration(conn: &mut Conn, id: &str) -> Result<OrchestrationDefinition> {
     let row = sqlx::query(SELECT_ONE)
         .bind(id)

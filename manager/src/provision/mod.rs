@@ -7,6 +7,8 @@
 
 pub mod definitions;
 pub mod engine;
+pub mod hooks;
 pub mod transport;
 
-pub use engine::{Engine, EngineSettings};
+pub use engine::{Engine, EngineSettings, Start};
+pub use hooks::{Finished, OrchestrationHooks};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cfm_protocol::{ActivityExecutor, ActivityReport};
-use cfm_queue::worker::{OutcomeSink, Worker, WorkerSettings};
+use cfm_queue::worker::{OutcomeSink, ReportError, Worker, WorkerSettings};
 use cfm_queue::{Message, Queue, REPORTS_TOPIC};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -22,18 +22,18 @@ use crate::queue::{self, DbQueue};
 
 /// How long a pulled message stays leased without a progress signal. Workers signal
 /// every third of it, so only a dead worker's work waits this long to be redelivered.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
+pub const ACK_WAIT: Duration = cfm_queue::DEFAULT_ACK_WAIT;
 
 /// Applies reports to the engine in this process.
 pub struct EngineSink(pub Engine);
 
 #[async_trait]
 impl OutcomeSink for EngineSink {
-    async fn report(&self, report: ActivityReport) -> Result<(), String> {
+    async fn report(&self, report: ActivityReport) -> Result<(), ReportError> {
         self.0
             .apply(&report.message_id, &report.task, report.outcome)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| ReportError::Apply(Box::new(e)))
     }
 }
 
@@ -101,6 +101,7 @@ const LOSS_CHECK: Duration = Duration::from_secs(2);
 const CLOCK_SLACK_MS: i64 = 5_000;
 
 impl Relay {
+    /// A relay from `engine`'s outbox to `queue`; nothing moves until [`Relay::run`].
     pub fn new(engine: Engine, queue: Arc<dyn Queue>) -> Self {
         Self {
             engine,
@@ -139,11 +140,9 @@ impl Relay {
     }
 
     /// Publishes one batch; returns how many rows it moved.
-    async fn relay_once(&self) -> Result<usize, String> {
+    async fn relay_once(&self) -> crate::Result<usize> {
         let db = self.engine.db();
-        let rows = queue::lease(db, None, RELAY_BATCH, RELAY_LEASE.as_millis() as i64)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rows = queue::lease(db, None, RELAY_BATCH, RELAY_LEASE.as_millis() as i64).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -158,29 +157,22 @@ impl Relay {
         // A crash between publish and hold publishes again under the same ids, which
         // the queue drops; past its duplicate window the engine drops the stale outcome.
         let handed_over_at = queue::now_ms();
-        self.queue
-            .publish(&messages)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.queue.publish(&messages).await?;
         let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
-        queue::hold(db, &ids, handed_over_at)
-            .await
-            .map_err(|e| e.to_string())?;
+        queue::hold(db, &ids, handed_over_at).await?;
         tracing::debug!(messages = rows.len(), "relayed outbox");
         Ok(rows.len())
     }
 
     /// Publishes again what the queue lost: the rows held from before its new start.
-    async fn recover_lost(&mut self) -> Result<(), String> {
-        let Some(since) = self.queue.holds_since().await.map_err(|e| e.to_string())? else {
+    async fn recover_lost(&mut self) -> crate::Result<()> {
+        let Some(since) = self.queue.holds_since().await? else {
             return Ok(());
         };
         if self.holds_since == Some(since) {
             return Ok(());
         }
-        let released = queue::release_held(self.engine.db(), since + CLOCK_SLACK_MS)
-            .await
-            .map_err(|e| e.to_string())?;
+        let released = queue::release_held(self.engine.db(), since + CLOCK_SLACK_MS).await?;
         if released > 0 {
             tracing::warn!(
                 messages = released,
@@ -202,6 +194,8 @@ pub struct Reports {
 }
 
 impl Reports {
+    /// Applies reports from `queue` to `engine`, at most `concurrency` (at least 1) at a
+    /// time; nothing is pulled until [`Reports::run`].
     pub fn new(engine: Engine, queue: Arc<dyn Queue>, concurrency: usize) -> Self {
         Self {
             engine,

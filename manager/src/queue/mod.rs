@@ -26,8 +26,11 @@ use crate::store::{Backend, Conn, Db};
 /// A leased outbox row.
 #[derive(Debug, Clone)]
 pub struct Leased {
+    /// The message id: stable, so a re-publish is dropped as a duplicate.
     pub id: String,
+    /// The topic it was published on; the engine's are `activity.<type>`.
     pub topic: String,
+    /// The body; the engine's are [`cfm_protocol::ActivityTask`]s as JSON.
     pub payload: String,
     /// How many times it has been leased, this time included.
     pub deliveries: i64,
@@ -177,6 +180,7 @@ pub async fn next_available_at(db: &Db, topic: Option<&str>) -> Result<Option<i6
     .await?)
 }
 
+/// Now, in Unix milliseconds: the clock of `available_at` and leases.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -193,10 +197,12 @@ impl Default for Signal {
 }
 
 impl Signal {
+    /// Wakes every waiter: new rows may be there.
     pub fn notify(&self) {
         self.0.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// A receiver to wait on (see [`wait_for_work`]).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.0.subscribe()
     }

@@ -16,16 +16,14 @@ use sqlx::{Any, AnyPool, AssertSqlSafe, ConnectOptions, Executor};
 
 use crate::error::{ManagerError, Result};
 
+/// A write transaction, from [`write()`].
 pub type Tx = sqlx::Transaction<'static, Any>;
+/// A connection of either backend; a [`Tx`] derefs to one.
 pub type Conn = sqlx::AnyConnection;
+/// A result row of either backend.
 pub type Row = sqlx::any::AnyRow;
 
-/// Which SQL server holds the data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+pub use cfm_query::{Backend, MAX_PAGE, Page};
 
 /// The database, as a read pool and a write pool.
 ///
@@ -72,10 +70,12 @@ impl Db {
         }
     }
 
+    /// Which server this is, for the few statements that differ between them.
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
+    /// The pool for reads; on SQLite it is read-only.
     pub fn read(&self) -> &AnyPool {
         &self.read
     }
@@ -95,6 +95,7 @@ impl Db {
         self.read.acquire().await
     }
 
+    /// Closes the read, write and query pools.
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
@@ -253,10 +254,15 @@ pub async fn share_row(conn: &mut Conn, table: Table, id: &str) -> Result<()> {
 /// Tables [`lock_row`] and [`share_row`] can lock.
 #[derive(Debug, Clone, Copy)]
 pub enum Table {
+    /// `tenants`.
     Tenants,
+    /// `cells`.
     Cells,
+    /// `participant_profiles`.
     ParticipantProfiles,
+    /// `orchestrations`.
     Orchestrations,
+    /// `dataspace_profiles`.
     DataspaceProfiles,
 }
 
@@ -304,48 +310,27 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
-    // Serialising our own model types cannot fail: they hold only strings, numbers and maps.
-    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+/// `value` as the JSON text a column stores. Our own model types always serialise; a
+/// failure is still an error, never a stored `null`.
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| ManagerError::Corrupt(format!("not storable as JSON: {e}")))
 }
 
+/// Reads a stored JSON column; text that does not parse is [`ManagerError::Corrupt`],
+/// naming `what`.
 pub fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| ManagerError::Corrupt(format!("{what}: {e}")))
-}
-
-/// Paging of list routes: `offset` and `limit` (0 or over the maximum means the maximum).
-#[derive(Debug, Clone, Copy)]
-pub struct Page {
-    pub offset: i64,
-    pub limit: i64,
-}
-
-pub const MAX_PAGE: i64 = 10_000;
-
-impl Page {
-    pub fn new(offset: Option<i64>, limit: Option<i64>) -> Self {
-        let limit = match limit {
-            Some(l) if l > 0 && l <= MAX_PAGE => l,
-            _ => MAX_PAGE,
-        };
-        Self {
-            offset: offset.unwrap_or(0).max(0),
-            limit,
-        }
-    }
-}
-
-impl Default for Page {
-    fn default() -> Self {
-        Self::new(None, None)
-    }
 }
 
 /// One page of results and the total they were cut from.
 #[derive(Debug, Clone)]
 pub struct Paged<T> {
+    /// The rows of this page, sorted by id.
     pub items: Vec<T>,
+    /// How many rows there are in all, for `X-Total-Count` and the `Link` header.
     pub total: i64,
+    /// The page these items are.
     pub page: Page,
 }
 
@@ -389,6 +374,7 @@ pub async fn meta(conn: &mut Conn, key: &str) -> Result<Option<String>> {
         .await?)
 }
 
+/// Sets a value of the `meta` table, replacing any before.
 pub async fn set_meta(conn: &mut Conn, key: &str, value: &str) -> Result<()> {
     sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(key)

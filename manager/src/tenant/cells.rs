@@ -7,12 +7,17 @@ use crate::model::{Cell, DEPLOYMENT_STATES, Properties, new_id, now};
 use crate::store::{self, Conn, Db, Page, Paged, Table, from_json, to_json};
 use crate::tenant::{profiles, tenants};
 
+/// A cell to create, as the API received it.
 pub struct NewCell {
+    /// The cluster's own id; unique among cells unless empty.
     pub external_id: String,
+    /// One of [`DEPLOYMENT_STATES`]; `active` when absent.
     pub state: Option<String>,
+    /// Per-cell settings, handed to plugins with every VPA placed in the cell.
     pub properties: Properties,
 }
 
+/// Creates a cell; an unknown state is a bad request, a taken `external_id` a conflict.
 pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
     let state = new.state.unwrap_or_else(|| "active".into());
     if !DEPLOYMENT_STATES.contains(&state.as_str()) {
@@ -38,7 +43,7 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
     .bind(&cell.external_id)
     .bind(&cell.state)
     .bind(&cell.state_timestamp)
-    .bind(to_json(&cell.properties))
+    .bind(to_json(&cell.properties)?)
     .execute(db.writer())
     .await?;
     if inserted.rows_affected() == 0 {
@@ -57,6 +62,7 @@ pub async fn list(db: &Db, page: Page) -> Result<Paged<Cell>> {
     Ok(Paged { items, total, page })
 }
 
+/// The cell `id`; a missing one is "not found".
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Cell> {
     let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
         .bind(id)
@@ -73,12 +79,7 @@ pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<
     store::lock_row(&mut tx, Table::Cells, id).await?;
     let cell = get(&mut tx, id).await?;
     tenants::check_version("cell", id, cell.version, expected_version)?;
-    let live = profiles::count_not_disposed(&mut tx, "cellId", id).await?;
-    if live > 0 {
-        return Err(ManagerError::conflict(format!(
-            "cell '{id}' has {live} participant profile(s) placed in it that are not disposed"
-        )));
-    }
+    profiles::refuse_while_participants_live(&mut tx, profiles::Owner::Cell(id)).await?;
     for statement in [
         "DELETE FROM participant_profiles WHERE cell_id = $1",
         "DELETE FROM dataspace_deployments WHERE cell_id = $1",

@@ -8,6 +8,7 @@ use crate::model::{DataspaceDeployment, DataspaceProfile, DataspaceSpec, Propert
 use crate::store::{Conn, Db, Page, Paged, from_json, to_json};
 use crate::tenant::{cells, profiles};
 
+/// Creates a dataspace profile, deployed to no cell yet.
 pub async fn create(
     db: &Db,
     spec: DataspaceSpec,
@@ -23,13 +24,14 @@ pub async fn create(
     sqlx::query("INSERT INTO dataspace_profiles (id, version, dataspace_spec, properties) VALUES ($1, $2, $3, $4)")
         .bind(&profile.id)
         .bind(profile.version)
-        .bind(to_json(&profile.dataspace_spec))
-        .bind(to_json(&profile.properties))
+        .bind(to_json(&profile.dataspace_spec)?)
+        .bind(to_json(&profile.properties)?)
         .execute(db.writer())
         .await?;
     Ok(profile)
 }
 
+/// The dataspace profile `id` with its deployments; a missing one is "not found".
 pub async fn get(conn: &mut Conn, id: &str) -> Result<DataspaceProfile> {
     let row = sqlx::query(
         "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles WHERE id = $1",
@@ -68,12 +70,8 @@ pub async fn delete(db: &Db, id: &str) -> Result<()> {
     let mut tx = crate::store::write(db).await?;
     crate::store::lock_row(&mut tx, crate::store::Table::DataspaceProfiles, id).await?;
     get(&mut tx, id).await?;
-    let live = profiles::count_not_disposed(&mut tx, "dataspaceProfileIds", id).await?;
-    if live > 0 {
-        return Err(ManagerError::conflict(format!(
-            "dataspace profile '{id}' has {live} participant profile(s) that are not disposed"
-        )));
-    }
+    profiles::refuse_while_participants_live(&mut tx, profiles::Owner::DataspaceProfile(id))
+        .await?;
     for statement in [
         "DELETE FROM dataspace_deployments WHERE profile_id = $1",
         "DELETE FROM dataspace_profiles WHERE id = $1",

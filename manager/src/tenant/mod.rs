@@ -1,10 +1,12 @@
 //! The Tenant Manager: tenants, cells, dataspace profiles and participant profiles.
 //!
 //! It is the metadata control point. Deploying a participant profile writes the profile
-//! and starts its orchestration in one transaction; the engine reports back through
-//! [`profiles::on_orchestration_finished`] in the transaction that finishes it.
+//! and starts its orchestration in one transaction; the engine reports back through the
+//! hooks the tenant manager gives it ([`profiles::ProfileLifecycle`]), in the transaction
+//! that finishes the orchestration.
 
 pub mod cells;
 pub mod dataspaces;
+mod placement;
 pub mod profiles;
 pub mod tenants;

@@ -1,36 +1,44 @@
 //! Participant profiles: a participant's DID, roles, and the VPAs provisioned for it.
 //!
 //! Creating a profile places it in a cell, writes it with four `pending` VPAs and starts
-//! the deploy orchestration, all in one transaction. The engine calls
-//! [`on_orchestration_finished`] in the transaction that ends the orchestration, so a
-//! profile's state never disagrees with its orchestration.
+//! the deploy orchestration, all in one transaction. The engine tells [`ProfileLifecycle`]
+//! (its hooks) in the transaction that ends the orchestration, so a profile's state never
+//! disagrees with its orchestration.
 
 use cfm_protocol::{keys, orchestration_types};
 use serde_json::{Map, Value, json};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
+use crate::lifecycle::{VpaState, VpaTransition};
 use crate::model::{
-    Cell, CredentialSpec, DataspaceProfile, OrchestrationState, ParticipantProfile, Properties,
-    VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, now,
+    CredentialSpec, ParticipantProfile, Properties, VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, now,
 };
-use crate::provision::definitions;
-use crate::provision::engine::{Engine, Finished, Start};
+use crate::provision::{Engine, Finished, OrchestrationHooks, Start, definitions};
 use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
 use crate::store::{self, Conn, Db, Paged, Table, from_json, to_json};
-use crate::tenant::{cells, dataspaces, tenants};
+use crate::tenant::{dataspaces, placement, tenants};
 
 /// A request to deploy a participant (upstream's NewParticipantProfileDeployment).
 #[derive(Debug, Clone, Default)]
 pub struct NewDeployment {
+    /// The participant's DID.
     pub identifier: String,
+    /// The cell asked for, by id or external id; an unknown one falls back to placement.
     pub cell_id: Option<String>,
+    /// The dataspaces the participant joins; the cell must serve one of them.
     pub dataspace_profile_ids: Vec<String>,
+    /// Dataspace profile id → the participant's roles there (an array of strings): which
+    /// of that dataspace's credential specs apply to it.
     pub participant_roles: Map<String, Value>,
+    /// VPA type → the properties that VPA starts with.
     pub vpa_properties: Map<String, Value>,
+    /// The profile's own properties.
     pub properties: Properties,
 }
 
+/// Places the participant in a cell, writes its profile with four `pending` VPAs and
+/// starts the deploy orchestration, in one transaction (see the module docs).
 pub async fn deploy(
     engine: &Engine,
     tenant_id: &str,
@@ -61,9 +69,10 @@ pub async fn deploy(
         })?;
         dataspace_profiles.push(profile);
     }
-    let cell = place(&mut tx, new.cell_id.as_deref(), &new.dataspace_profile_ids).await?;
+    let cell =
+        placement::place(&mut tx, new.cell_id.as_deref(), &new.dataspace_profile_ids).await?;
     store::share_row(&mut tx, Table::Cells, &cell.id).await?;
-    let chosen = chosen_template(&dataspace_profiles, &cell)?;
+    let chosen = placement::chosen_template(&dataspace_profiles, &cell)?;
     let definition =
         definitions::select(&mut tx, orchestration_types::VPA_DEPLOY, chosen.as_deref())
             .await?
@@ -87,7 +96,7 @@ pub async fn deploy(
         .map(|vpa_type| Vpa {
             id: new_id(),
             version: 0,
-            state: "pending".into(),
+            state: VpaState::Pending,
             state_timestamp: timestamp.clone(),
             vpa_type: vpa_type.to_string(),
             cell_id: cell.id.clone(),
@@ -118,10 +127,10 @@ pub async fn deploy(
     .bind(&profile.tenant_id)
     .bind(&profile.identifier)
     .bind(&cell.id)
-    .bind(to_json(&new.dataspace_profile_ids))
-    .bind(to_json(&profile.participant_roles))
-    .bind(to_json(&profile.vpas))
-    .bind(to_json(&profile.properties))
+    .bind(to_json(&new.dataspace_profile_ids)?)
+    .bind(to_json(&profile.participant_roles)?)
+    .bind(to_json(&profile.vpas)?)
+    .bind(to_json(&profile.properties)?)
     .execute(&mut *tx)
     .await?;
 
@@ -157,7 +166,8 @@ pub async fn deploy(
     data.insert(keys::VPA_DATA.into(), Value::Array(vpa_data));
     data.insert(
         keys::VPA_CREDENTIALS.into(),
-        serde_json::to_value(&credentials).unwrap_or_default(),
+        serde_json::to_value(&credentials)
+            .map_err(|e| ManagerError::Corrupt(format!("credential specs: {e}")))?,
     );
     engine
         .start(
@@ -190,14 +200,10 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
     // Two DELETEs at once must not both start a dispose.
     store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?;
     let mut profile = fetch(&mut tx, tenant_id, id).await?;
-    if profile
-        .vpas
-        .iter()
-        .any(|v| v.state == "disposing" || v.state == "disposed")
-    {
+    if profile.vpas.iter().any(|v| v.state.is_disposing_or_gone()) {
         return Ok(profile);
     }
-    if profile.vpas.iter().any(|v| v.state == "pending") {
+    if profile.vpas.iter().any(|v| v.state == VpaState::Pending) {
         return Err(ManagerError::conflict(format!(
             "participant profile '{id}' is still being deployed; dispose it once its VPAs are active or in error"
         )));
@@ -217,9 +223,9 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
     let data: Properties = from_json(deploy.get("processing_data"), "deploy processing data")?;
     let template: String = deploy.get("definition_id");
     let state = if start_dispose(engine, &mut tx, id, data, &template).await? {
-        "disposing"
+        VpaState::Disposing
     } else {
-        "disposed"
+        VpaState::Disposed
     };
     set_vpa_state(&mut tx, &mut profile, state, None).await?;
     tx.commit().await?;
@@ -264,58 +270,91 @@ pub async fn query(
     rows.iter().map(read).collect()
 }
 
-/// How many profiles with `field` (a query field such as `tenantId`, `cellId` or
-/// `dataspaceProfileIds`) equal to `value` still have a VPA that is not `disposed`.
-pub(crate) async fn count_not_disposed(conn: &mut Conn, field: &str, value: &str) -> Result<i64> {
-    let predicate = Predicate::parse("vpas.state != 'disposed'")?
-        .and_equals(field, Literal::Text(value.to_string()));
+/// Whose participants [`refuse_while_participants_live`] counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    /// The participants of the tenant with this id.
+    Tenant(&'a str),
+    /// The participants placed in the cell with this id.
+    Cell(&'a str),
+    /// The participants of the dataspace profile with this id.
+    DataspaceProfile(&'a str),
+}
+
+/// The one guard in front of deleting a tenant, cell or dataspace profile: refused while
+/// any participant profile of it has a VPA that is not `disposed`, so that nothing a
+/// participant runs on is deleted under it.
+pub(crate) async fn refuse_while_participants_live(
+    conn: &mut Conn,
+    owner: Owner<'_>,
+) -> Result<()> {
+    let (field, id, what) = match owner {
+        Owner::Tenant(id) => ("tenantId", id, format!("tenant '{id}'")),
+        Owner::Cell(id) => ("cellId", id, format!("cell '{id}'")),
+        Owner::DataspaceProfile(id) => (
+            "dataspaceProfileIds",
+            id,
+            format!("dataspace profile '{id}'"),
+        ),
+    };
+    let predicate = Predicate::parse(&format!("vpas.state != '{}'", VpaState::Disposed))?
+        .and_equals(field, Literal::Text(id.to_string()));
     let mut params = Params::default();
     let condition = predicate.to_sql(&profile_field, store::backend_of(conn), &mut params)?;
     let sql = format!("SELECT COUNT(*) FROM participant_profiles WHERE {condition}");
-    Ok(params.query(sql).fetch_one(conn).await?.get(0))
+    let live: i64 = params.query(sql).fetch_one(conn).await?.get(0);
+    if live > 0 {
+        return Err(ManagerError::ParticipantsNotDisposed { owner: what, live });
+    }
+    Ok(())
 }
 
-/// Applies the end of a profile's orchestration to its VPAs. A failed deploy is
-/// compensated: the dispose template runs with everything the deploy got done, the VPAs
-/// go `disposing` then `disposed`, and the profile keeps the error that caused it.
-pub async fn on_orchestration_finished(
-    engine: &Engine,
-    conn: &mut Conn,
-    finished: &Finished<'_>,
-) -> Result<()> {
-    let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
-        .bind(finished.correlation_id)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
-        return Ok(());
-    };
-    let mut profile = read(&row)?;
-    let failed = finished.state == OrchestrationState::Errored;
-    let error_detail = finished.error_detail.filter(|_| failed);
-    let vpa_state = match (finished.orchestration_type, finished.state) {
-        (orchestration_types::VPA_DEPLOY, OrchestrationState::Completed) => {
+/// The tenant manager's side of the engine: a profile's VPAs follow the orchestrations
+/// correlated with it ([`VpaState::after`]). A failed deploy is compensated: the dispose
+/// template runs with everything the deploy got done, the VPAs go `disposing` then
+/// `disposed`, and the profile keeps the error that caused it.
+pub struct ProfileLifecycle;
+
+#[async_trait::async_trait]
+impl OrchestrationHooks for ProfileLifecycle {
+    async fn finished(
+        &self,
+        engine: &Engine,
+        conn: &mut Conn,
+        finished: &Finished<'_>,
+    ) -> Result<()> {
+        let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+            .bind(finished.correlation_id)
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(());
+        };
+        let mut profile = read(&row)?;
+        let vpa_state = match VpaState::after(finished.orchestration_type, finished.state) {
+            VpaTransition::Unchanged => return Ok(()),
+            VpaTransition::To(state) => state,
+            VpaTransition::Compensate => {
+                let data = finished.processing_data.clone();
+                if start_dispose(engine, conn, &profile.id, data, finished.definition_id).await? {
+                    VpaState::Disposing
+                } else {
+                    VpaState::Error
+                }
+            }
+        };
+        if vpa_state == VpaState::Active {
             profile.properties.insert(
                 VPA_STATE_PROPERTY.into(),
                 Value::Object(finished.output_data.clone()),
             );
-            "active"
         }
-        (orchestration_types::VPA_DISPOSE, OrchestrationState::Completed) => "disposed",
-        (orchestration_types::VPA_DEPLOY, OrchestrationState::Errored) => {
-            let data = finished.processing_data.clone();
-            if start_dispose(engine, conn, &profile.id, data, finished.definition_id).await? {
-                "disposing"
-            } else {
-                "error"
-            }
-        }
-        (_, OrchestrationState::Errored) => "error",
-        _ => return Ok(()),
-    };
-    set_vpa_state(conn, &mut profile, vpa_state, error_detail).await?;
-    tracing::info!(profile = %profile.id, orchestration = %finished.id, state = vpa_state, "participant VPAs updated");
-    Ok(())
+        let failed = finished.state == crate::lifecycle::OrchestrationState::Errored;
+        let error_detail = finished.error_detail.filter(|_| failed);
+        set_vpa_state(conn, &mut profile, vpa_state, error_detail).await?;
+        tracing::info!(profile = %profile.id, orchestration = %finished.id, state = %vpa_state, "participant VPAs updated");
+        Ok(())
+    }
 }
 
 /// Starts the dispose orchestration of a profile from `data` (base keys plus what the
@@ -360,12 +399,12 @@ async fn start_dispose(
 async fn set_vpa_state(
     conn: &mut Conn,
     profile: &mut ParticipantProfile,
-    state: &str,
+    state: VpaState,
     error_detail: Option<&str>,
 ) -> Result<()> {
     let timestamp = now();
     for vpa in &mut profile.vpas {
-        vpa.state = state.into();
+        vpa.state = state;
         vpa.state_timestamp = timestamp.clone();
         vpa.version += 1;
     }
@@ -378,68 +417,14 @@ async fn set_vpa_state(
         "UPDATE participant_profiles SET vpas = $1, properties = $2, error = $3, error_detail = $4, version = version + 1
          WHERE id = $5",
     )
-    .bind(to_json(&profile.vpas))
-    .bind(to_json(&profile.properties))
+    .bind(to_json(&profile.vpas)?)
+    .bind(to_json(&profile.properties)?)
     .bind(profile.error as i64)
     .bind(&profile.error_detail)
     .bind(&profile.id)
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-/// Picks the cell: the requested one when it exists, is active and serves the
-/// participant's dataspaces; otherwise the active serving cell with the fewest participants.
-/// Upstream clients send stale cell ids, so an unknown id falls back to placement.
-async fn place(
-    conn: &mut Conn,
-    requested: Option<&str>,
-    dataspace_profile_ids: &[String],
-) -> Result<crate::model::Cell> {
-    // Active cells serving at least one of the dataspace profiles (any cell when none is
-    // asked for), least loaded first.
-    let serving = if dataspace_profile_ids.is_empty() {
-        "TRUE".to_string()
-    } else {
-        let marks = (1..=dataspace_profile_ids.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "EXISTS (SELECT 1 FROM dataspace_deployments d
-               WHERE d.cell_id = c.id AND d.state = 'active' AND d.profile_id IN ({marks}))"
-        )
-    };
-    let mut query = sqlx::query(AssertSqlSafe(format!(
-        "SELECT c.id, (SELECT COUNT(*) FROM participant_profiles p WHERE p.cell_id = c.id) AS load
-         FROM cells c WHERE c.state = 'active' AND {serving} ORDER BY load, c.id"
-    )));
-    for id in dataspace_profile_ids {
-        query = query.bind(id);
-    }
-    let candidates = query.fetch_all(&mut *conn).await?;
-    let ids: Vec<String> = candidates.iter().map(|r| r.get("id")).collect();
-    let chosen = match requested {
-        Some(wanted) if !wanted.is_empty() => match cells::find(conn, wanted).await? {
-            Some(cell) if ids.contains(&cell.id) => Some(cell.id),
-            Some(cell) => {
-                return Err(ManagerError::conflict(format!(
-                    "cell '{wanted}' is {} or has no active deployment of the participant's dataspace profiles",
-                    cell.state
-                )));
-            }
-            None => ids.first().cloned(),
-        },
-        _ => ids.first().cloned(),
-    };
-    let id = chosen.ok_or_else(|| {
-        ManagerError::conflict(
-            "no active cell has an active deployment of the participant's dataspace profiles",
-        )
-    })?;
-    cells::find(conn, &id)
-        .await?
-        .ok_or_else(|| ManagerError::Corrupt(format!("cell '{id}' vanished")))
 }
 
 fn validate_did(identifier: &str) -> Result<()> {
@@ -504,41 +489,6 @@ fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
         error: row.get::<i64, _>("error") != 0,
         error_detail: row.get("error_detail"),
     })
-}
-
-/// The template a participant's dataspace profiles (first) or cell select with
-/// [`definitions::TEMPLATE_PROPERTY`]; None to use the newest. Dataspace profiles that
-/// select different templates are a conflict the operator must resolve.
-fn chosen_template(dataspaces: &[DataspaceProfile], cell: &Cell) -> Result<Option<String>> {
-    let named = |properties: &Properties, whose: String| -> Result<Option<String>> {
-        match properties.get(definitions::TEMPLATE_PROPERTY) {
-            None => Ok(None),
-            Some(Value::String(id)) => Ok(Some(id.clone())),
-            Some(_) => Err(ManagerError::conflict(format!(
-                "{whose}'s {} must be a string",
-                definitions::TEMPLATE_PROPERTY
-            ))),
-        }
-    };
-    let mut chosen: Option<(String, &str)> = None;
-    for dataspace in dataspaces {
-        let whose = format!("dataspace profile '{}'", dataspace.id);
-        if let Some(id) = named(&dataspace.properties, whose)? {
-            match &chosen {
-                Some((other, by)) if *other != id => {
-                    return Err(ManagerError::conflict(format!(
-                        "dataspace profiles '{by}' and '{}' select different orchestration definitions ('{other}', '{id}')",
-                        dataspace.id
-                    )));
-                }
-                _ => chosen = Some((id, &dataspace.id)),
-            }
-        }
-    }
-    match chosen {
-        Some((id, _)) => Ok(Some(id)),
-        None => named(&cell.properties, format!("cell '{}'", cell.id)),
-    }
 }
 
 #[cfg(test)]

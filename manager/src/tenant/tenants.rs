@@ -11,10 +11,13 @@ use crate::tenant::profiles;
 /// A change to a tenant's properties: keys to set, then keys to remove.
 #[derive(Debug, Clone, Default)]
 pub struct Patch {
+    /// Keys to set, replacing their values.
     pub properties: Properties,
+    /// Keys to remove, after the ones set.
     pub removed: Vec<String>,
 }
 
+/// Creates a tenant with `properties`, at version 0.
 pub async fn create(db: &Db, properties: Properties) -> Result<Tenant> {
     let tenant = Tenant {
         id: new_id(),
@@ -26,7 +29,7 @@ pub async fn create(db: &Db, properties: Properties) -> Result<Tenant> {
     )
     .bind(&tenant.id)
     .bind(tenant.version)
-    .bind(to_json(&tenant.properties))
+    .bind(to_json(&tenant.properties)?)
     .bind(now())
     .execute(db.writer())
     .await?;
@@ -54,7 +57,7 @@ pub async fn patch(
     }
     tenant.version += 1;
     sqlx::query("UPDATE tenants SET properties = $1, version = $2 WHERE id = $3")
-        .bind(to_json(&tenant.properties))
+        .bind(to_json(&tenant.properties)?)
         .bind(tenant.version)
         .bind(id)
         .execute(&mut *tx)
@@ -72,12 +75,7 @@ pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<
     }
     let tenant = get(&mut tx, id).await?;
     check_version("tenant", id, tenant.version, expected_version)?;
-    let live = profiles::count_not_disposed(&mut tx, "tenantId", id).await?;
-    if live > 0 {
-        return Err(ManagerError::bad_request(format!(
-            "tenant '{id}' has {live} participant profile(s) that are not disposed; decommission them first"
-        )));
-    }
+    profiles::refuse_while_participants_live(&mut tx, profiles::Owner::Tenant(id)).await?;
     sqlx::query("DELETE FROM participant_profiles WHERE tenant_id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -109,6 +107,7 @@ pub fn check_version(what: &str, id: &str, current: i64, expected: Option<i64>) 
     }
 }
 
+/// The tenant `id`; a missing one is "not found".
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
     let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
         .bind(id)

@@ -42,6 +42,33 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
     ),
 ];
 
+/// Why no client for the cluster could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The API server's URL does not parse.
+    #[error("Kubernetes API server '{url}': {source}")]
+    ApiServer {
+        /// The URL as given.
+        url: String,
+        /// Why it does not parse.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// No cluster in `KUBECONFIG`, `~/.kube/config` or a pod's service account.
+    #[error("finding the Kubernetes cluster: {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    /// No client could be made for the cluster.
+    #[error("Kubernetes client for {server}: {source}")]
+    Client {
+        /// The API server it was for.
+        server: String,
+        /// Why not.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Cluster objects kept by a Kubernetes API server.
 pub struct KubernetesCluster {
     client: Client,
     field_manager: String,
@@ -51,19 +78,22 @@ pub struct KubernetesCluster {
 impl KubernetesCluster {
     /// Connects to `api_server` (a URL), or with no URL to the cluster kubectl would use
     /// (`KUBECONFIG`, `~/.kube/config`, or the in-cluster service account).
-    pub async fn connect(api_server: Option<&str>, field_manager: &str) -> Result<Self, String> {
+    pub async fn connect(
+        api_server: Option<&str>,
+        field_manager: &str,
+    ) -> Result<Self, ConnectError> {
         let config = match api_server {
-            Some(url) => Config::new(
-                url.parse()
-                    .map_err(|e| format!("Kubernetes API server '{url}': {e}"))?,
-            ),
-            None => Config::infer()
-                .await
-                .map_err(|e| format!("finding the Kubernetes cluster: {e}"))?,
+            Some(url) => Config::new(url.parse().map_err(|source| ConnectError::ApiServer {
+                url: url.to_string(),
+                source,
+            })?),
+            None => Config::infer().await.map_err(ConnectError::Infer)?,
         };
         let server = config.cluster_url.to_string();
-        let client =
-            Client::try_from(config).map_err(|e| format!("Kubernetes client for {server}: {e}"))?;
+        let client = Client::try_from(config).map_err(|source| ConnectError::Client {
+            server: server.clone(),
+            source,
+        })?;
         Ok(Self {
             client,
             field_manager: field_manager.to_string(),

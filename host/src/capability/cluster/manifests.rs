@@ -16,6 +16,7 @@ use crate::capability::files::{self, blocking};
 
 use super::{ClusterBackend, ObjectRef};
 
+/// Cluster objects as YAML manifests in a folder.
 pub struct ManifestCluster {
     root: PathBuf,
     /// Apply is read-compare-write; one writer at a time keeps it exact: this mutex in
@@ -24,6 +25,7 @@ pub struct ManifestCluster {
 }
 
 impl ManifestCluster {
+    /// Manifests kept under `root`.
     pub fn new(root: PathBuf) -> Self {
         Self {
             root,

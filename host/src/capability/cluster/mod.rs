@@ -6,17 +6,19 @@ pub mod manifests;
 
 use serde_json::Value;
 
+use super::{BackendError, Capabilities};
 use crate::bindings::cfm::plugin::cluster::Host;
 use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
-use crate::runtime::Invocation;
-
-use super::BackendError;
+use crate::grants::Capability;
 
 /// Where an object lives: `Namespace` objects are cluster-scoped, everything else is namespaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
+    /// The object's kind (`ConfigMap`, `Namespace`, ...).
     pub kind: String,
+    /// Its namespace; empty for a `Namespace`, which is cluster-scoped.
     pub namespace: String,
+    /// Its name.
     pub name: String,
 }
 
@@ -30,6 +32,7 @@ impl ObjectRef {
         }
     }
 
+    /// `kind/namespace/name`, as audit records and messages name the object.
     pub fn describe(&self) -> String {
         format!("{}/{}/{}", self.kind, self.namespace, self.name)
     }
@@ -82,24 +85,29 @@ impl ObjectRef {
 /// A store of Kubernetes objects.
 #[async_trait::async_trait]
 pub trait ClusterBackend: Send + Sync {
+    /// Creates or updates `object` from `manifest`, saying which, or that nothing changed.
     async fn apply(&self, object: &ObjectRef, manifest: Value) -> Result<Change, BackendError>;
+    /// The object as JSON; None when it does not exist.
     async fn get(&self, object: &ObjectRef) -> Result<Option<Value>, BackendError>;
+    /// Deletes the object; false when it did not exist.
     async fn delete(&self, object: &ObjectRef) -> Result<bool, BackendError>;
 }
 
-impl Host for Invocation {
+impl Host for Capabilities {
     async fn apply(&mut self, manifest: String) -> Result<Change, CapabilityError> {
-        let refuse =
-            |target: &str, why: String| self.calls.invalid("cluster", "apply", target, why);
+        let refuse = |target: &str, why: String| {
+            self.calls
+                .invalid(Capability::Cluster, "apply", target, why)
+        };
         let manifest: Value = serde_json::from_str(&manifest)
             .map_err(|e| refuse("(not JSON)", format!("the manifest is not JSON: {e}")))?;
         let object = ObjectRef::of_manifest(&manifest)
             .map_err(|e| refuse(&claimed_object(&manifest), e.to_string()))?;
-        let allowed = self.allows(&object);
+        let allowed = self.allows_object(&object);
         let backend = self.calls.backends.cluster.clone();
         self.calls
             .guarded(
-                "cluster",
+                Capability::Cluster,
                 "apply",
                 &object.describe(),
                 allowed,
@@ -115,13 +123,15 @@ impl Host for Invocation {
         name: String,
     ) -> Result<Option<String>, CapabilityError> {
         let target = format!("{kind}/{namespace}/{name}");
-        let object = ObjectRef::new(&kind, &namespace, &name)
-            .map_err(|e| self.calls.invalid("cluster", "get", &target, e.to_string()))?;
-        let allowed = self.allows(&object);
+        let object = ObjectRef::new(&kind, &namespace, &name).map_err(|e| {
+            self.calls
+                .invalid(Capability::Cluster, "get", &target, e.to_string())
+        })?;
+        let allowed = self.allows_object(&object);
         let backend = self.calls.backends.cluster.clone();
         let read = async move { Ok(backend.get(&object).await?.map(|v| v.to_string())) };
         self.calls
-            .guarded("cluster", "get", &target, allowed, read)
+            .guarded(Capability::Cluster, "get", &target, allowed, read)
             .await
     }
 
@@ -134,13 +144,13 @@ impl Host for Invocation {
         let object = ObjectRef::new(&kind, &namespace, &name).map_err(|e| {
             let target = format!("{kind}/{namespace}/{name}");
             self.calls
-                .invalid("cluster", "delete", &target, e.to_string())
+                .invalid(Capability::Cluster, "delete", &target, e.to_string())
         })?;
-        let allowed = self.allows(&object);
+        let allowed = self.allows_object(&object);
         let backend = self.calls.backends.cluster.clone();
         self.calls
             .guarded(
-                "cluster",
+                Capability::Cluster,
                 "delete",
                 &object.describe(),
                 allowed,
@@ -150,8 +160,8 @@ impl Host for Invocation {
     }
 }
 
-impl Invocation {
-    fn allows(&self, object: &ObjectRef) -> bool {
+impl Capabilities {
+    fn allows_object(&self, object: &ObjectRef) -> bool {
         self.calls
             .grants
             .allows_cluster(&object.kind, object.grant_namespace())
@@ -185,7 +195,107 @@ fn is_dns_subdomain(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capability::fixture::Fixture;
+    use crate::grants::{ClusterGrant, Grants};
     use serde_json::json;
+
+    fn granted() -> Fixture {
+        Fixture::new(Grants {
+            cluster: Some(ClusterGrant {
+                namespaces: vec!["cfm-{participantContextId}".into()],
+                kinds: vec!["ConfigMap".into()],
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn config_map(namespace: &str) -> String {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "ctx", "namespace": namespace}, "data": {"k": "v"}})
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_granted_object_reaches_the_cluster() {
+        let mut fixture = granted();
+        let cluster = &mut fixture.capabilities;
+        assert_eq!(
+            cluster.apply(config_map("cfm-p1")).await.unwrap(),
+            Change::Created
+        );
+        assert_eq!(
+            cluster.apply(config_map("cfm-p1")).await.unwrap(),
+            Change::Unchanged
+        );
+        let read = cluster
+            .get("ConfigMap".into(), "cfm-p1".into(), "ctx".into())
+            .await
+            .unwrap()
+            .expect("the applied object");
+        let read: Value = serde_json::from_str(&read).unwrap();
+        assert_eq!(read["data"]["k"], "v");
+        assert!(fixture.stored("cluster/cfm-p1/ConfigMap/ctx.yaml").exists());
+        let record = fixture.last_audit();
+        assert_eq!(record["capability"], "cluster");
+        assert_eq!(record["operation"], "apply");
+        assert_eq!(record["target"], "ConfigMap/cfm-p1/ctx");
+        assert_eq!(record["effect"], "unchanged");
+        assert!(
+            fixture
+                .capabilities
+                .delete("ConfigMap".into(), "cfm-p1".into(), "ctx".into())
+                .await
+                .unwrap()
+        );
+        assert!(!fixture.stored("cluster/cfm-p1/ConfigMap/ctx.yaml").exists());
+    }
+
+    #[tokio::test]
+    async fn another_namespace_or_kind_is_denied_and_audited() {
+        let mut fixture = granted();
+        let refused = fixture
+            .capabilities
+            .apply(config_map("cfm-p2"))
+            .await
+            .unwrap_err();
+        let CapabilityError::Denied(message) = refused else {
+            panic!("not a denial: {refused:?}");
+        };
+        assert_eq!(
+            message,
+            "cluster apply on 'ConfigMap/cfm-p2/ctx' is outside this plugin's grants"
+        );
+        assert!(!fixture.stored("cluster/cfm-p2").exists());
+        let record = fixture.last_audit();
+        assert_eq!(record["capability"], "cluster");
+        assert_eq!(record["target"], "ConfigMap/cfm-p2/ctx");
+        assert_eq!(record["decision"], "denied");
+
+        let secret = fixture
+            .capabilities
+            .get("Secret".into(), "cfm-p1".into(), "ctx".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(secret, CapabilityError::Denied(_)), "{secret:?}");
+        assert_eq!(fixture.audit().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_manifest_is_invalid_and_audited_as_a_denial() {
+        let mut fixture = granted();
+        let refused = fixture
+            .capabilities
+            .apply("{not json".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, CapabilityError::Invalid(m) if m.starts_with("the manifest is not JSON")),
+            "{refused:?}"
+        );
+        let record = fixture.last_audit();
+        assert_eq!(record["target"], "(not JSON)");
+        assert_eq!(record["decision"], "denied");
+    }
 
     #[test]
     fn manifests_need_identity_and_valid_names() {

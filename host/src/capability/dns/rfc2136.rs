@@ -8,12 +8,14 @@
 //! lose an update and a redelivered activity reports `unchanged`.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use hickory_client::client::{Client, ClientHandle};
+use hickory_client::proto::ProtoError;
+use hickory_client::proto::dnssec::DnsSecError;
 use hickory_client::proto::dnssec::rdata::tsig::TsigAlgorithm;
 use hickory_client::proto::dnssec::tsig::TSigner;
 use hickory_client::proto::op::ResponseCode;
@@ -41,6 +43,7 @@ const FUDGE: u16 = 300;
 /// `key "name" { algorithm hmac-sha256; secret "<base64>"; };`.
 #[derive(Clone)]
 pub struct TsigKey {
+    /// The key's name, as the server knows it.
     pub name: String,
     algorithm: TsigAlgorithm,
     secret: Vec<u8>,
@@ -53,43 +56,103 @@ impl std::fmt::Debug for TsigKey {
     }
 }
 
+/// Why a TSIG key cannot be used; never shows the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum TsigKeyError {
+    /// The key file cannot be read.
+    #[error("reading TSIG key {}: {source}", path.display())]
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file holds no usable key.
+    #[error("TSIG key {}: {source}", path.display())]
+    File {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: KeyFormatError,
+    },
+    /// The key's name is not a domain name.
+    #[error("TSIG key name '{name}': {source}")]
+    Name {
+        /// The name the key file gives.
+        name: String,
+        /// Why it is not a domain name.
+        #[source]
+        source: ProtoError,
+    },
+    /// No signer can be made with the key.
+    #[error("TSIG key '{name}': {source}")]
+    Signer {
+        /// The key's name.
+        name: String,
+        /// Why not.
+        #[source]
+        source: DnsSecError,
+    },
+}
+
+/// What is wrong with the text of a key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFormatError {
+    /// A keyword of the format is missing.
+    #[error("no `{0}` found; expected key \"NAME\" {{ algorithm ...; secret \"...\"; }};")]
+    Missing(&'static str),
+    /// An algorithm cfm does not sign with.
+    #[error("algorithm '{0}' is not supported; use hmac-sha256, hmac-sha384 or hmac-sha512")]
+    Algorithm(String),
+    /// Without the decoder's error: it names a byte of the secret.
+    #[error("the secret is not base64")]
+    NotBase64,
+    /// The secret decodes to nothing.
+    #[error("the secret is empty")]
+    Empty,
+}
+
 impl TsigKey {
     /// Reads a key file; the error names the file, never the secret.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading TSIG key {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("TSIG key {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, TsigKeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TsigKeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| TsigKeyError::File {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Parses the text of a key file.
+    pub fn parse(text: &str) -> Result<Self, KeyFormatError> {
         let tokens: Vec<&str> = text
             .split(|c: char| c.is_whitespace() || matches!(c, '{' | '}' | ';'))
             .filter(|t| !t.is_empty())
             .collect();
-        let after = |word: &str| {
+        let after = |word: &'static str| {
             tokens
                 .iter()
                 .position(|t| *t == word)
                 .and_then(|i| tokens.get(i + 1))
                 .map(|t| t.trim_matches('"'))
-                .ok_or_else(|| format!("no `{word}` found; expected key \"NAME\" {{ algorithm ...; secret \"...\"; }};"))
+                .ok_or(KeyFormatError::Missing(word))
         };
         let name = after("key")?.to_string();
         let algorithm = match after("algorithm")?.to_ascii_lowercase().as_str() {
             "hmac-sha256" => TsigAlgorithm::HmacSha256,
             "hmac-sha384" => TsigAlgorithm::HmacSha384,
             "hmac-sha512" => TsigAlgorithm::HmacSha512,
-            other => {
-                return Err(format!(
-                    "algorithm '{other}' is not supported; use hmac-sha256, hmac-sha384 or hmac-sha512"
-                ));
-            }
+            other => return Err(KeyFormatError::Algorithm(other.to_string())),
         };
         let secret = base64::engine::general_purpose::STANDARD
             .decode(after("secret")?)
-            .map_err(|_| "the secret is not base64".to_string())?;
+            .map_err(|_| KeyFormatError::NotBase64)?;
         if secret.is_empty() {
-            return Err("the secret is empty".into());
+            return Err(KeyFormatError::Empty);
         }
         Ok(Self {
             name,
@@ -108,13 +171,19 @@ pub struct DynamicUpdates {
 impl DynamicUpdates {
     /// Updates go to `server` over TCP, signed with `key` when given (servers normally
     /// refuse unsigned updates).
-    pub fn new(server: SocketAddr, key: Option<TsigKey>) -> Result<Self, String> {
+    pub fn new(server: SocketAddr, key: Option<TsigKey>) -> Result<Self, TsigKeyError> {
         let signer = key
             .map(|key| {
-                let name = Name::from_ascii(&key.name)
-                    .map_err(|e| format!("TSIG key name '{}': {e}", key.name))?;
-                TSigner::new(key.secret, key.algorithm, name, FUDGE)
-                    .map_err(|e| format!("TSIG key '{}': {e}", key.name))
+                let name = Name::from_ascii(&key.name).map_err(|source| TsigKeyError::Name {
+                    name: key.name.clone(),
+                    source,
+                })?;
+                TSigner::new(key.secret, key.algorithm, name, FUDGE).map_err(|source| {
+                    TsigKeyError::Signer {
+                        name: key.name,
+                        source,
+                    }
+                })
             })
             .transpose()?;
         Ok(Self { server, signer })
@@ -342,9 +411,37 @@ mod tests {
         assert!(!format!("{key:?}").contains("c2Vj"));
         let err =
             TsigKey::parse("key \"k\" { algorithm hmac-md5; secret \"eA==\"; };").unwrap_err();
-        assert!(err.contains("hmac-md5"), "{err}");
-        assert!(TsigKey::parse("key \"k\" { algorithm hmac-sha256; secret \"%%\"; };").is_err());
-        assert!(TsigKey::parse("nothing here").is_err());
+        assert!(err.to_string().contains("hmac-md5"), "{err}");
+        let err =
+            TsigKey::parse("key \"k\" { algorithm hmac-sha256; secret \"%%\"; };").unwrap_err();
+        assert!(matches!(err, KeyFormatError::NotBase64), "{err}");
+        assert_eq!(
+            TsigKey::parse("nothing here").unwrap_err().to_string(),
+            "no `key` found; expected key \"NAME\" { algorithm ...; secret \"...\"; };"
+        );
+    }
+
+    #[test]
+    fn a_key_file_error_names_the_file_and_keeps_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.key");
+        let err = TsigKey::load(&missing).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("reading TSIG key {}: ", missing.display())),
+            "{err}"
+        );
+        let io = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        let empty = dir.path().join("empty.key");
+        std::fs::write(&empty, "key \"k\" { algorithm hmac-sha256; secret \"\"; };").unwrap();
+        assert_eq!(
+            TsigKey::load(&empty).unwrap_err().to_string(),
+            format!("TSIG key {}: the secret is empty", empty.display())
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::capability::files::{self, blocking};
 
 use super::{DnsBackend, Record};
 
+/// DNS zones kept as files in a folder.
 pub struct ZoneFiles {
     root: PathBuf,
     write: Mutex<()>,
@@ -29,6 +30,7 @@ struct Zone {
 }
 
 impl ZoneFiles {
+    /// Zones kept under `root`.
     pub fn new(root: PathBuf) -> Self {
         Self {
             root,

@@ -1,24 +1,16 @@
 //! The `http` capability: `wasi:http/outgoing-handler` under the plugin's grants.
 //!
-//! The URL is parsed once into its canonical form ([`target`]); a URL with userinfo is
-//! refused. Then two checks, because a host name alone says nothing about where a
-//! connection goes: the request's origin must match a granted `scheme://host:port`, and
-//! every address the connection is made to must be public, in a range the grant names,
-//! or (for an IP literal) named by the very origin that matched.
-//!
-//! The address check sits where the address connected to is decided. For a name, that
-//! is the resolver the connection uses, so a name rebound to `127.0.0.1` between two
-//! lookups gains nothing. For an IP literal the client resolves nothing: it connects to
-//! the address its URL's host parses to. It is handed the canonical [`url::Url`], whose
-//! host is a plain dotted quad or compressed IPv6 that parses to exactly the address
-//! checked here, never the guest's text, which could parse differently.
-//! Redirects are not followed and no proxy is used; each hop is the plugin's own request
-//! and passes both checks again.
+//! The URL is parsed once into its canonical form ([`target`]); where it may go is judged
+//! by [`egress_policy`], on the request and again when the client resolves a name. The
+//! client is handed the canonical [`url::Url`], whose host is a plain dotted quad or
+//! compressed IPv6 that parses to exactly the address checked, never the guest's text,
+//! which could parse differently. Redirects are not followed and no proxy is used; each
+//! hop is the plugin's own request and is judged again.
 
+pub mod egress_policy;
 pub mod target;
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +19,8 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use super::CallContext;
 use crate::audit::{Decision, Effect};
-use crate::grants::{AddressPolicy, HttpGrant};
+use crate::grants::{Capability, HttpGrant};
+use egress_policy::{AddressPolicy, FilteringResolver};
 use target::Target;
 
 /// Largest request body a plugin may send; plugins call JSON APIs, not upload files.
@@ -43,28 +36,41 @@ pub struct PluginHttp {
     policy: Arc<AddressPolicy>,
 }
 
+/// The plugin's HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building the HTTP client: {0}")]
+pub struct ClientError(#[source] reqwest::Error);
+
 impl PluginHttp {
-    pub fn new(grant: &HttpGrant) -> Result<Self, String> {
+    /// The client of a plugin with `grant`: it resolves through the grant's address policy,
+    ///  follows no redirect and uses no proxy.
+    pub fn new(grant: &HttpGrant) -> Result<Self, ClientError> {
         let policy = Arc::new(AddressPolicy::new(grant));
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(FilteringResolver {
-                policy: policy.clone(),
-            }))
+            .dns_resolver(Arc::new(FilteringResolver::new(policy.clone())))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            .map_err(ClientError)?;
         Ok(Self { client, policy })
     }
 }
 
 /// The `wasi:http` hooks of one invocation.
 pub struct OutboundHttp {
-    pub(crate) calls: Arc<CallContext>,
+    calls: Arc<CallContext>,
     /// None for a plugin without an `http` grant: it is not linked then, and if it
     /// were, every request would be denied.
-    pub(crate) client: Option<PluginHttp>,
+    client: Option<PluginHttp>,
+}
+
+impl OutboundHttp {
+    /// The hooks of one invocation calling as `calls`, with the plugin's client when it has
+    ///  an `http` grant.
+    pub fn new(calls: Arc<CallContext>, client: Option<PluginHttp>) -> Self {
+        Self { calls, client }
+    }
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -98,30 +104,25 @@ async fn send(
     let target = match Target::parse(request.method(), request.uri()) {
         Ok(target) => target,
         Err(invalid) => {
-            calls.record("http", operation, &invalid.0, Decision::Denied);
+            calls.record(Capability::Http, operation, &invalid.0, Decision::Denied);
             return Err(HttpError::HttpRequestUriInvalid);
         }
     };
     let deny = |error: HttpError| {
-        calls.record("http", operation, &target.audited, Decision::Denied);
+        calls.record(
+            Capability::Http,
+            operation,
+            &target.audited,
+            Decision::Denied,
+        );
         Err(error)
     };
 
     let Some(client) = client else {
         return deny(HttpError::HttpRequestDenied);
     };
-    // `granted.example:x@127.0.0.1` dresses another host up as a granted one, and
-    // credentials in a URL would go to whichever host follows them.
-    if target.userinfo || !calls.grants.allows_http(&target.origin) {
-        return deny(HttpError::HttpRequestDenied);
-    }
-    // A literal address never reaches the resolver: the same policy is applied here,
-    // widened only by an origin that names this address and matched this request.
-    if let Some(ip) = target.origin.ip
-        && !client.policy.allows(ip)
-        && !calls.grants.names_literally(&target.origin)
-    {
-        return deny(HttpError::DestinationIpProhibited);
+    if let Err(refused) = egress_policy::admit(&calls.grants, &client.policy, &target) {
+        return deny(refused);
     }
 
     request.headers_mut().remove(http::header::HOST);
@@ -141,11 +142,11 @@ async fn send(
     }
     let response = match outgoing.send().await {
         Ok(response) => response,
-        Err(e) if prohibited(&e) => return deny(HttpError::DestinationIpProhibited),
+        Err(e) if egress_policy::prohibited(&e) => return deny(HttpError::DestinationIpProhibited),
         Err(e) => return Err(transport_error(e)),
     };
     calls.record(
-        "http",
+        Capability::Http,
         operation,
         &target.audited,
         Decision::Allowed(Effect::Sent),
@@ -155,18 +156,6 @@ async fn send(
             .boxed_unsync()
     });
     Ok((response, Box::new(async { Ok(()) })))
-}
-
-/// Whether the connection failed because every address of the name was prohibited.
-fn prohibited(error: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<AddressProhibited>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// The `wasi:http` error code for a failed exchange; no URL in it (it may hold tokens).
@@ -180,38 +169,120 @@ fn transport_error(error: reqwest::Error) -> HttpError {
     }
 }
 
-/// Resolves with the system resolver, then drops the addresses the policy refuses.
-struct FilteringResolver {
-    policy: Arc<AddressPolicy>,
-}
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Every address a granted name resolved to lies in a range no grant names.
-#[derive(Debug, thiserror::Error)]
-#[error("'{name}' resolves only to addresses outside this plugin's grants ({addresses:?})")]
-struct AddressProhibited {
-    name: String,
-    addresses: Vec<IpAddr>,
-}
+    use super::*;
+    use crate::capability::fixture::Fixture;
+    use crate::grants::Grants;
 
-impl reqwest::dns::Resolve for FilteringResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let name = name.as_str().to_string();
-            let resolved: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            let allowed: Vec<_> = resolved
-                .iter()
-                .copied()
-                .filter(|a| policy.allows(a.ip()))
-                .collect();
-            if allowed.is_empty() && !resolved.is_empty() {
-                return Err(Box::new(AddressProhibited {
-                    name,
-                    addresses: resolved.iter().map(|a| a.ip()).collect(),
-                }) as _);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+    fn granted(origin: &str) -> Fixture {
+        Fixture::new(Grants {
+            http: Some(HttpGrant {
+                origins: vec![origin.into()],
+                private_networks: vec![],
+            }),
+            ..Default::default()
         })
+    }
+
+    /// A bodiless GET of `url` through the invocation's `wasi:http` hooks.
+    async fn get(fixture: &mut Fixture, url: &str) -> Sent {
+        let body: WasiBody = http_body_util::Empty::new()
+            .map_err(|never: std::convert::Infallible| -> HttpError { match never {} })
+            .boxed_unsync();
+        let request = http::Request::get(url).body(body).unwrap();
+        let sent =
+            fixture
+                .capabilities
+                .http()
+                .send_request(request, None, Box::new(async { Ok(()) }));
+        Box::into_pin(sent).await
+    }
+
+    /// A server on a loopback port that answers one request with `ok`.
+    async fn answer_once() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = stream.read(&mut chunk).await.unwrap();
+                if read == 0 {
+                    break;
+                }
+                head.extend_from_slice(&chunk[..read]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await
+                .unwrap();
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_granted_origin_is_reached() {
+        let port = answer_once().await;
+        let mut fixture = granted(&format!("http://127.0.0.1:{port}"));
+        let url = format!("http://127.0.0.1:{port}/x?token=s3cret");
+        let (response, _) = match get(&mut fixture, &url).await {
+            Ok(sent) => sent,
+            Err(e) => panic!("the request did not go out: {e:?}"),
+        };
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let record = fixture.last_audit();
+        assert_eq!(record["capability"], "http");
+        assert_eq!(record["operation"], "request");
+        // No query in the audit: it may carry credentials.
+        assert_eq!(record["target"], format!("GET http://127.0.0.1:{port}/x"));
+        assert_eq!(record["effect"], "sent");
+    }
+
+    #[tokio::test]
+    async fn an_ungranted_origin_is_denied_and_audited() {
+        let mut fixture = granted("https://issuer.example");
+        let Err(refused) = get(&mut fixture, "https://other.example/x").await else {
+            panic!("an ungranted request went out");
+        };
+        assert!(
+            matches!(refused, HttpError::HttpRequestDenied),
+            "{refused:?}"
+        );
+        let record = fixture.last_audit();
+        assert_eq!(record["capability"], "http");
+        assert_eq!(record["target"], "GET https://other.example/x");
+        assert_eq!(record["decision"], "denied");
+    }
+
+    #[tokio::test]
+    async fn a_special_address_is_prohibited_unless_named() {
+        let mut fixture = granted("http://*:*");
+        let Err(refused) = get(&mut fixture, "http://169.254.169.254/latest").await else {
+            panic!("a request to the metadata address went out");
+        };
+        assert!(
+            matches!(refused, HttpError::DestinationIpProhibited),
+            "{refused:?}"
+        );
+        assert_eq!(fixture.last_audit()["decision"], "denied");
+    }
+
+    #[tokio::test]
+    async fn without_a_grant_every_request_is_denied() {
+        let mut fixture = Fixture::new(Grants::default());
+        let Err(refused) = get(&mut fixture, "https://issuer.example/").await else {
+            panic!("a request without a grant went out");
+        };
+        assert!(
+            matches!(refused, HttpError::HttpRequestDenied),
+            "{refused:?}"
+        );
+        assert_eq!(fixture.last_audit()["decision"], "denied");
     }
 }

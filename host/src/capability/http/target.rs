@@ -14,6 +14,7 @@ use crate::grants::Origin;
 pub struct Target {
     /// What the client is given: the checked URL, a trailing dot stripped from its host.
     pub url: Url,
+    /// The origin the grants are matched against.
     pub origin: Origin,
     /// The URL carried a user name or password (`http://granted.example:x@127.0.0.1/`).
     pub userinfo: bool,
@@ -28,6 +29,8 @@ pub struct Target {
 pub struct InvalidTarget(pub String);
 
 impl Target {
+    /// Parses a request's method and URI; anything but an absolute `http(s)` URL with a host
+    ///  is invalid.
     pub fn parse(method: &http::Method, uri: &http::Uri) -> Result<Self, InvalidTarget> {
         // `Uri::host` leaves any userinfo out, so even the refusal audits none.
         let invalid = || {

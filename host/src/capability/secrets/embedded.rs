@@ -9,11 +9,13 @@ use crate::capability::files::{self, blocking};
 
 use super::SecretsBackend;
 
+/// Secrets kept as files under a folder.
 pub struct EmbeddedSecrets {
     root: PathBuf,
 }
 
 impl EmbeddedSecrets {
+    /// Secrets kept under `root`.
     pub fn new(root: PathBuf) -> Self {
         Self { root }
     }

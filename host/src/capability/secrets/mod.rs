@@ -3,16 +3,15 @@
 pub mod embedded;
 pub mod vault;
 
+use super::{BackendError, Capabilities};
 use crate::bindings::cfm::plugin::secrets::{AccessCredential, Host};
 use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
-use crate::grants::{ScopedGrants, normalize_secret_path};
-use crate::runtime::Invocation;
-
-use super::BackendError;
+use crate::grants::{Capability, ScopedGrants, normalize_secret_path};
 
 /// A store of secret strings by path. Implementations must make `put_if_absent` atomic.
 #[async_trait::async_trait]
 pub trait SecretsBackend: Send + Sync {
+    /// The secret at `path`; None when nothing is stored there.
     async fn get(&self, path: &str) -> Result<Option<String>, BackendError>;
     /// Returns the stored value (the existing one if there was one) and whether it was created.
     async fn put_if_absent(
@@ -20,7 +19,9 @@ pub trait SecretsBackend: Send + Sync {
         path: &str,
         value: &str,
     ) -> Result<(String, Change), BackendError>;
+    /// Stores `value` at `path`, replacing what is there, and says what changed.
     async fn put(&self, path: &str, value: &str) -> Result<Change, BackendError>;
+    /// Removes the secret at `path`; false when there was none.
     async fn delete(&self, path: &str) -> Result<bool, BackendError>;
 
     /// A credential that reads only the secrets under `folder`: (id, secret).
@@ -41,12 +42,18 @@ fn no_access(folder: &str) -> BackendError {
     ))
 }
 
-impl Host for Invocation {
+impl Host for Capabilities {
     async fn get(&mut self, path: String) -> Result<Option<String>, CapabilityError> {
         let (path, allowed) = self.check_secret("get", &path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
-            .guarded("secrets", "get", &path, allowed, backend.get(&path))
+            .guarded(
+                Capability::Secrets,
+                "get",
+                &path,
+                allowed,
+                backend.get(&path),
+            )
             .await
     }
 
@@ -59,7 +66,7 @@ impl Host for Invocation {
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded(
-                "secrets",
+                Capability::Secrets,
                 "put-if-absent",
                 &path,
                 allowed,
@@ -72,7 +79,13 @@ impl Host for Invocation {
         let (path, allowed) = self.check_secret("put", &path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
-            .guarded("secrets", "put", &path, allowed, backend.put(&path, &value))
+            .guarded(
+                Capability::Secrets,
+                "put",
+                &path,
+                allowed,
+                backend.put(&path, &value),
+            )
             .await
     }
 
@@ -80,7 +93,13 @@ impl Host for Invocation {
         let (path, allowed) = self.check_secret("delete", &path)?;
         let backend = self.calls.backends.secrets.clone();
         self.calls
-            .guarded("secrets", "delete", &path, allowed, backend.delete(&path))
+            .guarded(
+                Capability::Secrets,
+                "delete",
+                &path,
+                allowed,
+                backend.delete(&path),
+            )
             .await
     }
 
@@ -90,7 +109,7 @@ impl Host for Invocation {
         let (id, secret) = self
             .calls
             .guarded(
-                "secrets",
+                Capability::Secrets,
                 "issue-access",
                 &folder,
                 allowed,
@@ -105,7 +124,7 @@ impl Host for Invocation {
         let backend = self.calls.backends.secrets.clone();
         self.calls
             .guarded(
-                "secrets",
+                Capability::Secrets,
                 "revoke-access",
                 &folder,
                 allowed,
@@ -115,7 +134,7 @@ impl Host for Invocation {
     }
 }
 
-impl Invocation {
+impl Capabilities {
     fn check_secret(
         &self,
         operation: &'static str,
@@ -140,9 +159,115 @@ impl Invocation {
         raw: &str,
         allows: fn(&ScopedGrants, &str) -> bool,
     ) -> Result<(String, bool), CapabilityError> {
-        let path = normalize_secret_path(raw)
-            .map_err(|why| self.calls.invalid("secrets", operation, raw, why))?;
+        let path = normalize_secret_path(raw).map_err(|why| {
+            self.calls
+                .invalid(Capability::Secrets, operation, raw, why.to_string())
+        })?;
         let allowed = allows(&self.calls.grants, &path);
         Ok((path, allowed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::fixture::Fixture;
+    use crate::grants::Grants;
+
+    fn granted() -> Fixture {
+        Fixture::new(Grants {
+            secrets: vec!["participants/{participantContextId}/**".into()],
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_granted_path_reaches_the_store() {
+        let mut fixture = granted();
+        let secrets = &mut fixture.capabilities;
+        let created = secrets
+            .put_if_absent("participants/p1/api-key".into(), "first".into())
+            .await
+            .unwrap();
+        assert_eq!(created, ("first".to_string(), Change::Created));
+        let again = secrets
+            .put_if_absent("participants/p1/api-key".into(), "second".into())
+            .await
+            .unwrap();
+        assert_eq!(again, ("first".to_string(), Change::Unchanged));
+        let read = secrets.get("participants/p1/api-key".into()).await.unwrap();
+        assert_eq!(read.as_deref(), Some("first"));
+        assert!(
+            fixture
+                .stored("secrets/participants/p1/api-key.secret")
+                .exists()
+        );
+        let record = fixture.last_audit();
+        assert_eq!(record["capability"], "secrets");
+        assert_eq!(record["operation"], "put-if-absent");
+        assert_eq!(record["target"], "participants/p1/api-key");
+        assert_eq!(record["decision"], "allowed");
+        assert_eq!(record["effect"], "unchanged");
+    }
+
+    #[tokio::test]
+    async fn another_participants_path_is_denied_and_audited() {
+        let mut fixture = granted();
+        let refused = fixture
+            .capabilities
+            .put("participants/p2/api-key".into(), "stolen".into())
+            .await
+            .unwrap_err();
+        let CapabilityError::Denied(message) = refused else {
+            panic!("not a denial: {refused:?}");
+        };
+        assert_eq!(
+            message,
+            "secrets put on 'participants/p2/api-key' is outside this plugin's grants"
+        );
+        assert!(!fixture.stored("secrets/participants/p2").exists());
+        let record = fixture.last_audit();
+        assert_eq!(record["capability"], "secrets");
+        assert_eq!(record["operation"], "put");
+        assert_eq!(record["target"], "participants/p2/api-key");
+        assert_eq!(record["decision"], "denied");
+    }
+
+    #[tokio::test]
+    async fn a_traversal_is_invalid_and_audited_as_a_denial() {
+        let mut fixture = granted();
+        let refused = fixture
+            .capabilities
+            .get("participants/p1/../p2/api-key".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, CapabilityError::Invalid(m) if m.contains("'..'")),
+            "{refused:?}"
+        );
+        let record = fixture.last_audit();
+        assert_eq!(record["target"], "participants/p1/../p2/api-key");
+        assert_eq!(record["decision"], "denied");
+    }
+
+    #[tokio::test]
+    async fn access_needs_the_whole_folder_and_a_store_that_issues_it() {
+        let mut fixture = granted();
+        let denied = fixture
+            .capabilities
+            .issue_access("participants".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(denied, CapabilityError::Denied(_)), "{denied:?}");
+        // Granted, but files in the data directory have no credentials to issue.
+        let unsupported = fixture
+            .capabilities
+            .issue_access("participants/p1".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&unsupported, CapabilityError::Invalid(m) if m.contains("--vault-addr")),
+            "{unsupported:?}"
+        );
     }
 }

@@ -31,6 +31,7 @@ use super::SecretsBackend;
 pub struct VaultSettings {
     /// `http://127.0.0.1:8200`.
     pub address: String,
+    /// The token cfm authenticates with; never logged.
     pub token: String,
     /// The KV v2 mount (`secret` on a dev server).
     pub mount: String,
@@ -52,6 +53,7 @@ impl std::fmt::Debug for VaultSettings {
     }
 }
 
+/// Secrets kept in a Vault (or OpenBao) KV v2 mount.
 pub struct VaultSecrets {
     client: VaultClient,
     settings: VaultSettings,
@@ -62,6 +64,7 @@ type Fields = HashMap<String, String>;
 const FIELD: &str = "value";
 
 impl VaultSecrets {
+    /// A client for the server `settings` name; it connects on the first call.
     pub fn new(settings: VaultSettings) -> Result<Self, BackendError> {
         let client_settings = VaultClientSettingsBuilder::default()
             .address(&settings.address)

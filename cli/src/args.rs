@@ -1,0 +1,199 @@
+//! The command line: every subcommand's flags, their environment variables and defaults.
+//! Defaults that other parts of cfm also use come from where those parts define them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cfm_manager::EngineSettings;
+use clap::{Parser, Subcommand};
+
+use crate::plugin;
+
+#[derive(Parser)]
+#[command(
+    name = "cfm",
+    version,
+    about = "Connector Fabric Manager: the management plane for hosted dataspace participants"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run tenant manager, provision manager and agent host in one process: embedded
+    /// (SQLite, database-backed queue) by default, or against PostgreSQL and JetStream.
+    Serve(ServeArgs),
+    /// Run one manager replica: REST API and orchestration engine, sending work to agent
+    /// hosts over JetStream.
+    Manager(ManagerArgs),
+    /// Run one agent-host replica: activities from JetStream, run as plugins. Needs no
+    /// database.
+    Agent(AgentArgs),
+    /// Issue an API token signed with a data directory's key (print it on stdout).
+    Token(TokenArgs),
+    /// Plugin tools: signing keys and signatures, inspecting and checking components.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+#[derive(clap::Args)]
+pub(crate) struct TokenArgs {
+    /// The data directory of the manager that will check the token.
+    #[arg(long, env = "CFM_DATA_DIR", default_value = "cfm-data")]
+    pub(crate) data_dir: PathBuf,
+    /// A scope to grant; repeat for more. Default: all four.
+    #[arg(long = "scope", value_parser = clap::builder::PossibleValuesParser::new(cfm_manager::auth::ALL_SCOPES))]
+    pub(crate) scopes: Vec<String>,
+    /// Confine the token to this tenant's resources (`cfm_tenant` claim).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// Who the token is for (`sub` claim).
+    #[arg(long, default_value = "cfm-cli")]
+    pub(crate) subject: String,
+    /// Lifetime in hours.
+    #[arg(long, default_value_t = 24)]
+    pub(crate) ttl_hours: i64,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    #[command(flatten)]
+    pub(crate) host: HostArgs,
+    /// Distribute work over this JetStream server instead of the embedded queue.
+    #[arg(long, env = "CFM_NATS_URL")]
+    pub(crate) nats_url: Option<String>,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ManagerArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The JetStream server agent hosts take work from, e.g. `nats://127.0.0.1:4222`.
+    #[arg(long, env = "CFM_NATS_URL")]
+    pub(crate) nats_url: String,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+    /// Reports applied at once.
+    #[arg(long, default_value_t = cfm_queue::worker::DEFAULT_CONCURRENCY)]
+    pub(crate) concurrency: usize,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct AgentArgs {
+    /// Where the embedded backends, the audit log and the compiled-plugin cache live.
+    #[arg(long, env = "CFM_DATA_DIR", default_value = "cfm-data")]
+    pub(crate) data_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) host: HostArgs,
+    /// The JetStream server to take work from, e.g. `nats://127.0.0.1:4222`.
+    #[arg(long, env = "CFM_NATS_URL")]
+    pub(crate) nats_url: String,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+/// The REST API and the engine behind it.
+#[derive(clap::Args)]
+pub(crate) struct ApiArgs {
+    /// Where the database, signing key, admin token and embedded backends live.
+    #[arg(long, env = "CFM_DATA_DIR", default_value = "cfm-data")]
+    pub(crate) data_dir: PathBuf,
+    /// The metadata and orchestration database, e.g.
+    /// `postgres://postgres@127.0.0.1:5432/cfm` (created when missing). Without it, an
+    /// embedded SQLite database in the data directory.
+    #[arg(long, env = "CFM_DATABASE_URL")]
+    pub(crate) database_url: Option<String>,
+    /// JWKS of an identity provider whose tokens the API accepts besides local ones:
+    /// an http(s) URL or a file.
+    #[arg(long, env = "CFM_JWKS")]
+    pub(crate) jwks: Option<String>,
+    /// Required `iss` claim of identity-provider tokens.
+    #[arg(long, env = "CFM_JWT_ISSUER", requires = "jwks")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// Required `aud` claim of identity-provider tokens.
+    #[arg(long, env = "CFM_JWT_AUDIENCE", requires = "jwks")]
+    pub(crate) jwt_audience: Option<String>,
+    /// Least time between two fetches of a JWKS URL for key ids it did not have.
+    #[arg(long, env = "CFM_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub(crate) jwks_min_refresh_secs: u64,
+    /// Address of the REST API. Loopback by default; port 0 picks a free port.
+    #[arg(long, env = "CFM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// Do not seed the built-in activity definitions and default template.
+    #[arg(long)]
+    pub(crate) no_seed: bool,
+    /// Wall-clock budget of one activity attempt, in milliseconds.
+    #[arg(long, default_value_t = EngineSettings::DEFAULT_ACTIVITY_TIMEOUT_MS)]
+    pub(crate) activity_timeout_ms: u64,
+}
+
+/// The agent host: plugins and how many activities run at once.
+#[derive(clap::Args)]
+pub(crate) struct HostArgs {
+    /// Agent-host plugin configuration (TOML). Defaults to the built-in plugins built by
+    /// scripts/build-plugins.sh (`target/plugins/plugins.toml` next to this binary's folder).
+    #[arg(long, env = "CFM_PLUGINS")]
+    pub(crate) plugins: Option<PathBuf>,
+    /// Activities run at once.
+    #[arg(long, default_value_t = cfm_queue::worker::DEFAULT_CONCURRENCY)]
+    pub(crate) concurrency: usize,
+    /// Deliveries of one task without a result (its host died each time) before it is
+    /// reported fatal.
+    #[arg(long, default_value_t = cfm_queue::worker::DEFAULT_MAX_DELIVERIES)]
+    pub(crate) max_deliveries: u64,
+    /// How often to look for a changed plugin configuration or plugin file and reload;
+    /// running activities finish on the old version. 0 turns reloading off.
+    #[arg(long, env = "CFM_PLUGIN_RELOAD_SECS", default_value_t = 2)]
+    pub(crate) plugin_reload_secs: u64,
+    /// Keep plugins' secrets in Vault or OpenBao (KV v2) at this address instead of the
+    /// data directory, e.g. `https://vault.example:8200`.
+    #[arg(long, env = "CFM_VAULT_ADDR", requires = "vault_token_file")]
+    pub(crate) vault_addr: Option<String>,
+    /// A file holding the Vault token (read once at start; never logged).
+    #[arg(long, env = "CFM_VAULT_TOKEN_FILE")]
+    pub(crate) vault_token_file: Option<PathBuf>,
+    /// The KV v2 mount.
+    #[arg(long, env = "CFM_VAULT_MOUNT", default_value = "secret")]
+    pub(crate) vault_mount: String,
+    /// Folder of the mount that cfm's secrets live under.
+    #[arg(long, env = "CFM_VAULT_PREFIX", default_value = "cfm/")]
+    pub(crate) vault_prefix: String,
+    /// Where Vault's AppRole auth method is mounted: participants' runtime credentials are
+    /// AppRole roles.
+    #[arg(long, env = "CFM_VAULT_APPROLE_MOUNT", default_value = "approle")]
+    pub(crate) vault_approle_mount: String,
+    /// Send plugins' DNS records to this authoritative server (`host:port`) as RFC 2136
+    /// dynamic updates, instead of zone files in the data directory.
+    #[arg(long, env = "CFM_DNS_SERVER")]
+    pub(crate) dns_server: Option<std::net::SocketAddr>,
+    /// The TSIG key signing those updates, in BIND's key-file format (`tsig-keygen NAME`
+    /// writes one). Read once at start; the secret is never logged.
+    #[arg(long, env = "CFM_DNS_TSIG_KEY_FILE", requires = "dns_server")]
+    pub(crate) dns_tsig_key_file: Option<PathBuf>,
+    /// Keep plugins' cluster objects in Kubernetes (server-side apply) instead of manifests
+    /// in the data directory: `infer` for the cluster kubectl would use (`KUBECONFIG`,
+    /// `~/.kube/config`, in-cluster), or the API server's URL.
+    #[arg(long, env = "CFM_KUBERNETES")]
+    pub(crate) kubernetes: Option<String>,
+    /// The field manager cfm's server-side applies use.
+    #[arg(long, env = "CFM_KUBERNETES_FIELD_MANAGER", default_value = "cfm")]
+    pub(crate) kubernetes_field_manager: String,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct NatsArgs {
+    /// Prefix of the JetStream stream, subjects and consumers: installations sharing a
+    /// server keep apart by it.
+    #[arg(long, env = "CFM_NATS_NAMESPACE", default_value = "cfm")]
+    pub(crate) nats_namespace: String,
+    /// Seconds a taken task stays with its agent host without a sign of life; running
+    /// activities signal every third of it, so this is how soon a dead host's work moves.
+    #[arg(long, env = "CFM_ACK_WAIT_SECS", default_value_t = cfm_queue::DEFAULT_ACK_WAIT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) ack_wait_secs: u64,
+}

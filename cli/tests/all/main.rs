@@ -1,0 +1,21 @@
+//! The integration tests of the `cfm` command, as one test binary: each module is a suite
+//! that drives real `cfm` processes over loopback (see docs/testing.md). One binary links
+//! the workspace once instead of once per suite; `cargo test -p cfm --test all chaos::`
+//! runs one suite.
+//!
+//! They need the built-in plugins (`scripts/build-plugins.sh`) and the services
+//! `scripts/services.sh` starts; the test script runs both.
+
+// Test code: a panic is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod chaos;
+mod distributed;
+mod e2e;
+mod edc_v;
+mod hostile_api;
+mod plugin_tools;
+mod production_backends;
+mod provision_api;
+mod tenant_api;

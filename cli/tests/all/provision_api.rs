@@ -1,0 +1,430 @@
+//! Provision Manager routes over HTTP against the real `cfm serve`, on both backends:
+//! querying and cancelling orchestrations, validating and deleting definitions.
+
+use std::time::Duration;
+
+use cfm_manager::on_both_backends;
+use cfm_manager::testing::TestBackend;
+use cfm_test_support::Server;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both_backends!(
+    orchestrations_are_found_by_predicate,
+    definitions_in_use_cannot_be_deleted,
+    definitions_whose_data_does_not_flow_are_refused,
+    a_cancelled_deploy_stops_and_is_compensated,
+    a_dataspace_profile_or_cell_selects_the_template,
+);
+
+async fn orchestrations_are_found_by_predicate(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-o").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let mut profiles = Vec::new();
+    for name in ["one", "two"] {
+        let profile = api
+            .post_ok(
+                &format!("/tenants/{tenant_id}/participant-profiles"),
+                json!({"identifier": format!("did:web:{name}.example"),
+                       "dataspaceProfileIds": [env.dataspace_id]}),
+                202,
+            )
+            .await;
+        profiles.push(profile["id"].as_str().unwrap().to_string());
+    }
+    for profile in &profiles {
+        api.wait_active(tenant_id, profile, Duration::from_secs(30))
+            .await;
+    }
+
+    let found = api
+        .post_ok(
+            "/orchestrations/query",
+            json!({"predicate": format!("correlationId = '{}'", profiles[0])}),
+            200,
+        )
+        .await;
+    let found = found.as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["state"], 2);
+    assert_eq!(
+        found[0]["orchestrationType"],
+        "cfm.orchestration.vpa.deploy"
+    );
+    assert!(
+        found[0]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "completed")
+    );
+    let single = api
+        .get_json(&format!(
+            "/orchestrations/{}",
+            found[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(single, found[0]);
+
+    let completed = api
+        .post_ok(
+            "/orchestrations/query",
+            json!({"predicate": "state = 2 AND orchestrationType STARTS_WITH 'cfm.orchestration.vpa.'",
+                   "limit": 1}),
+            200,
+        )
+        .await;
+    assert_eq!(completed.as_array().unwrap().len(), 1);
+    for bad in ["state = 'done'", "nope = 1", "correlationId ="] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                "/orchestrations/query",
+                Some(json!({"predicate": bad})),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+async fn definitions_in_use_cannot_be_deleted(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let (status, body) = api
+        .call(
+            Method::DELETE,
+            "/activity-definitions/cfm.vault.credentials",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("referenced"));
+
+    api.post_ok(
+        "/activity-definitions",
+        json!({"type": "x.unused", "description": "nobody runs it"}),
+        201,
+    )
+    .await;
+    let path = "/activity-definitions/x.unused";
+    assert_eq!(api.call(Method::DELETE, path, None, None).await.0, 200);
+    assert_eq!(api.call(Method::DELETE, path, None, None).await.0, 404);
+
+    // Without the only template, a new participant has nothing to run.
+    let templates = api.get_json("/orchestration-definitions").await;
+    for template in templates.as_array().unwrap() {
+        let path = format!(
+            "/orchestration-definitions/{}",
+            template["id"].as_str().unwrap()
+        );
+        assert_eq!(api.call(Method::DELETE, &path, None, None).await.0, 200);
+        assert_eq!(api.get(&path).await.status(), 404);
+    }
+    let env = api.dataspace_with_cell("cell-d").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!(
+                "/tenants/{}/participant-profiles",
+                tenant["id"].as_str().unwrap()
+            ),
+            Some(json!({"identifier": "did:web:late.example",
+                        "dataspaceProfileIds": [env.dataspace_id]})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    // Now nothing uses the activity types either.
+    let (status, body) = api
+        .call(
+            Method::DELETE,
+            "/activity-definitions/cfm.vault.credentials",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn definitions_whose_data_does_not_flow_are_refused(backend: TestBackend) {
+    let server = Server::start_on(backend, &["--no-seed"]).await;
+    let api = server.client();
+    api.post_ok(
+        "/activity-definitions",
+        json!({"type": "x.makes", "outputSchema": {"type": "object", "properties": {"token": {"type": "string"}}}}),
+        201,
+    )
+    .await;
+    api.post_ok(
+        "/activity-definitions",
+        json!({"type": "x.needs", "inputSchema": {"type": "object",
+               "required": ["token", "cfm.participant.contextId"]}}),
+        201,
+    )
+    .await;
+    let template = |needs_depends_on: Vec<&str>| {
+        json!({"activities": {"cfm.orchestration.vpa.deploy": [
+            {"id": "makes", "type": "x.makes"},
+            {"id": "needs", "type": "x.needs", "dependsOn": needs_depends_on}]}})
+    };
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/orchestration-definitions",
+            Some(template(vec![])),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("'needs'") && message.contains("'token'"),
+        "{message}"
+    );
+    api.post_ok("/orchestration-definitions", template(vec!["makes"]), 201)
+        .await;
+
+    for bad in [
+        json!({"type": "a..b"}),
+        json!({"type": "a.*"}),
+        json!({"type": "x.y", "inputSchema": {"required": "token"}}),
+        json!({"type": "x.y", "outputSchema": {"properties": []}}),
+    ] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                "/activity-definitions",
+                Some(bad.clone()),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+async fn a_cancelled_deploy_stops_and_is_compensated(backend: TestBackend) {
+    let server = Server::start_on(backend, &["--no-seed"]).await;
+    let api = server.client();
+    api.slow_template(true).await;
+    let env = api.dataspace_with_cell("cell-c").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let profile = api
+        .post_ok(
+            &format!("/tenants/{tenant_id}/participant-profiles"),
+            json!({"identifier": "did:web:cancel.example", "dataspaceProfileIds": [env.dataspace_id]}),
+            202,
+        )
+        .await;
+    let profile_id = profile["id"].as_str().unwrap();
+    let deploy = api.orchestrations_of(profile_id, "deploy").await;
+    let deploy_id = deploy[0]["id"].as_str().unwrap().to_string();
+
+    // The slow activity (200 ms) is still ahead or running.
+    let cancel = format!("/orchestrations/{deploy_id}/cancel");
+    let (status, cancelled) = api.call(Method::POST, &cancel, None, None).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["state"], 3, "{cancelled}");
+    assert!(
+        cancelled["errorDetail"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled by "),
+        "{cancelled}"
+    );
+    let steps = cancelled["steps"].as_array().unwrap();
+    assert!(
+        steps.iter().any(|s| s["state"] == "cancelled"),
+        "{cancelled}"
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["state"] != "dispatched" && s["state"] != "pending"),
+        "{cancelled}"
+    );
+
+    let (status, body) = api.call(Method::POST, &cancel, None, None).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/orchestrations/no-such-id/cancel",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // Compensation: the dispose template runs and the VPAs end disposed.
+    let started = std::time::Instant::now();
+    loop {
+        let profile = api
+            .get_json(&format!(
+                "/tenants/{tenant_id}/participant-profiles/{profile_id}"
+            ))
+            .await;
+        if profile["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "disposed")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not disposed: {profile}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dispose = api.orchestrations_of(profile_id, "dispose").await;
+    assert_eq!(dispose[0]["state"], 2, "{dispose}");
+    // The deploy stays as cancelled: a late outcome of its running attempt changed nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = api.get_json(&format!("/orchestrations/{deploy_id}")).await;
+    assert_eq!(after["state"], 3);
+    assert_eq!(after["steps"], cancelled["steps"]);
+}
+
+async fn a_dataspace_profile_or_cell_selects_the_template(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    // Newer than the seeded `cfm-default`, so it is what nothing-selected gets.
+    let newest = api
+        .post_ok(
+            "/orchestration-definitions",
+            json!({"activities": {
+                "cfm.orchestration.vpa.deploy": [{"id": "dns", "type": "cfm.dns.routing"}],
+                "cfm.orchestration.vpa.dispose": [{"id": "dns", "type": "cfm.dns.routing"}]}}),
+            201,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let select = |id: &str| json!({"cfm.orchestrationDefinitionId": id});
+    let cell = |external: &str, properties: Value| {
+        let api = &api;
+        let external = external.to_string();
+        async move {
+            api.post_ok(
+                "/cells",
+                json!({"externalId": external, "properties": properties}),
+                201,
+            )
+            .await;
+        }
+    };
+    let dataspace = |cell: &str, properties: Value| {
+        let api = &api;
+        let cell = cell.to_string();
+        async move {
+            let id = api
+                .post_ok(
+                    "/dataspace-profiles",
+                    json!({"dataspaceSpec": {"protocolStack": ["dsp-2025-1"]}, "properties": properties}),
+                    201,
+                )
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            api.post_ok(
+                &format!("/dataspace-profiles/{id}/deployments"),
+                json!({"profileId": id, "cellId": cell}),
+                202,
+            )
+            .await;
+            id
+        }
+    };
+    cell("plain", json!({})).await;
+    cell("pinned", select("cfm-default")).await;
+    let by_dataspace = dataspace("plain", select("cfm-default")).await;
+    let other_choice = dataspace("plain", select(&newest)).await;
+    let unselected = dataspace("plain", json!({})).await;
+    let on_pinned_cell = dataspace("pinned", json!({})).await;
+
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let onboard = |name: &str, dataspaces: Vec<&str>, cell: &str| {
+        let api = &api;
+        let body = json!({"identifier": format!("did:web:{name}.example"), "cellId": cell,
+                          "dataspaceProfileIds": dataspaces});
+        let path = format!("/tenants/{tenant_id}/participant-profiles");
+        async move { api.call(Method::POST, &path, Some(body), None).await }
+    };
+    let template_of = |profile: String, orchestration_type: &'static str| {
+        let api = &api;
+        async move {
+            let found = api
+                .post_ok(
+                    "/orchestrations/query",
+                    json!({"predicate": format!("correlationId = '{profile}' AND orchestrationType = '{orchestration_type}'")}),
+                    200,
+                )
+                .await;
+            found[0]["definitionId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let deploy = "cfm.orchestration.vpa.deploy";
+    let dispose = "cfm.orchestration.vpa.dispose";
+
+    let mut expected = Vec::new();
+    for (name, dataspaces, cell, template) in [
+        (
+            "by-dataspace",
+            vec![by_dataspace.as_str()],
+            "plain",
+            "cfm-default",
+        ),
+        (
+            "by-cell",
+            vec![on_pinned_cell.as_str()],
+            "pinned",
+            "cfm-default",
+        ),
+        (
+            "newest",
+            vec![unselected.as_str()],
+            "plain",
+            newest.as_str(),
+        ),
+    ] {
+        let (status, profile) = onboard(name, dataspaces, cell).await;
+        assert_eq!(status, 202, "{name}: {profile}");
+        let id = profile["id"].as_str().unwrap().to_string();
+        assert_eq!(template_of(id.clone(), deploy).await, template, "{name}");
+        expected.push((id, template));
+    }
+    let (status, body) = onboard("torn", vec![&by_dataspace, &other_choice], "plain").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("different orchestration definitions"),
+        "{body}"
+    );
+
+    // Decommissioning runs the dispose of the template the deploy ran.
+    for (id, template) in expected {
+        api.wait_active(tenant_id, &id, Duration::from_secs(30))
+            .await;
+        let path = format!("/tenants/{tenant_id}/participant-profiles/{id}");
+        assert_eq!(api.call(Method::DELETE, &path, None, None).await.0, 202);
+        assert_eq!(template_of(id.clone(), dispose).await, template, "{id}");
+        api.wait_vpas(tenant_id, &id, "disposed", Duration::from_secs(30))
+            .await;
+    }
+}

@@ -1,0 +1,459 @@
+//! Tenant Manager conformance: the REST API's contract (versions, deletes, placement,
+//! the predicate language, paging), each scenario run against the real `cfm serve` once
+//! on SQLite and once on PostgreSQL.
+
+use std::time::Duration;
+
+use cfm_manager::on_both_backends;
+use cfm_manager::testing::TestBackend;
+use cfm_test_support::{Api, Server};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both_backends!(
+    tenant_patches_merge_and_versions_guard_writes,
+    concurrent_patches_lose_no_key,
+    deletes_wait_until_participants_are_disposed,
+    queries_reach_through_json_paths_and_arrays,
+    tenant_lists_page_with_links,
+    placement_honours_a_named_cell_and_balances_load,
+);
+
+async fn tenant_patches_merge_and_versions_guard_writes(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let tenant = api
+        .post_ok("/tenants", json!({"properties": {"a": 1, "b": 2}}), 201)
+        .await;
+    let path = format!("/tenants/{}", tenant["id"].as_str().unwrap());
+
+    let patch = json!({"properties": {"c": 3, "b": "two"}, "removed": ["a", "missing"]});
+    let (status, patched) = api.call(Method::PATCH, &path, Some(patch), None).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["properties"], json!({"b": "two", "c": 3}));
+    assert_eq!(patched["version"], 1);
+    let read = api.get(&path).await;
+    assert_eq!(read.headers()["etag"], "\"1\"");
+
+    // A write based on version 0 lost the race: header or body, it is refused whole.
+    let stale = json!({"properties": {"d": 4}});
+    let (status, body) = api
+        .call(Method::PATCH, &path, Some(stale.clone()), Some("\"0\""))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("version 1"));
+    let (status, _) = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"properties": {"d": 4}, "version": 0})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        api.get_json(&path).await["properties"],
+        patched["properties"]
+    );
+
+    let (status, current) = api
+        .call(Method::PATCH, &path, Some(stale.clone()), Some("W/\"1\""))
+        .await;
+    assert_eq!((status, current["version"].clone()), (200, json!(2)));
+    let (status, body) = api
+        .call(Method::PATCH, &path, Some(stale.clone()), Some("soon"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = api
+        .call(Method::PATCH, "/tenants/nope", Some(stale), None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = api
+        .call(Method::PATCH, &path, Some(json!({"removed": "a"})), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+async fn concurrent_patches_lose_no_key(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let path = format!("/tenants/{}", tenant["id"].as_str().unwrap());
+    let writers = (0..50).map(|i| {
+        let api = server.client();
+        let path = path.clone();
+        tokio::spawn(async move {
+            let patch = json!({"properties": {format!("k{i}"): i}});
+            api.call(Method::PATCH, &path, Some(patch), None).await.0
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        assert_eq!(writer.await.unwrap(), 200);
+    }
+    let tenant = api.get_json(&path).await;
+    let properties = tenant["properties"].as_object().unwrap();
+    assert_eq!(properties.len(), 50, "{tenant}");
+    assert_eq!(tenant["version"], 50);
+}
+
+async fn deletes_wait_until_participants_are_disposed(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-del").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let profile = api
+        .post_ok(
+            &format!("/tenants/{tenant_id}/participant-profiles"),
+            json!({"identifier": "did:web:leaving.example",
+                   "dataspaceProfileIds": [env.dataspace_id]}),
+            202,
+        )
+        .await;
+    let profile_id = profile["id"].as_str().unwrap();
+    api.wait_active(tenant_id, profile_id, Duration::from_secs(30))
+        .await;
+
+    let tenant_path = format!("/tenants/{tenant_id}");
+    let cell_path = format!("/cells/{}", env.cell_id);
+    let dataspace_path = format!("/dataspace-profiles/{}", env.dataspace_id);
+    // One guard, one answer, whichever owner is deleted.
+    for path in [&tenant_path, &cell_path, &dataspace_path] {
+        let (status, body) = api.call(Method::DELETE, path, None, None).await;
+        assert_eq!(status, 409, "{path}: {body}");
+        assert_eq!(
+            body["reason"], "participants-not-disposed",
+            "{path}: {body}"
+        );
+        assert!(body["message"].as_str().unwrap().contains("not disposed"));
+    }
+
+    let profile_path = format!("{tenant_path}/participant-profiles/{profile_id}");
+    assert_eq!(
+        api.call(Method::DELETE, &profile_path, None, None).await.0,
+        202
+    );
+    api.wait_vpas(tenant_id, profile_id, "disposed", Duration::from_secs(30))
+        .await;
+    let (status, _) = api
+        .call(Method::DELETE, &tenant_path, None, Some("\"7\""))
+        .await;
+    assert_eq!(status, 409, "a stale If-Match guards deletes too");
+    assert_eq!(
+        api.call(Method::DELETE, &tenant_path, None, None).await.0,
+        200
+    );
+    assert_eq!(api.get(&tenant_path).await.status(), 404);
+    assert_eq!(
+        api.call(Method::DELETE, &cell_path, None, None).await.0,
+        200
+    );
+    assert_eq!(api.get(&cell_path).await.status(), 404);
+    assert_eq!(
+        api.call(Method::DELETE, &dataspace_path, None, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(api.get(&dataspace_path).await.status(), 404);
+    assert_eq!(
+        api.call(Method::DELETE, &cell_path, None, None).await.0,
+        404
+    );
+}
+
+async fn queries_reach_through_json_paths_and_arrays(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-q").await;
+    let tenant = api
+        .post_ok(
+            "/tenants",
+            json!({"properties": {"name": "Consumer", "size": 3}}),
+            201,
+        )
+        .await;
+    api.post_ok("/tenants", json!({"properties": {"name": "Provider"}}), 201)
+        .await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let profiles = format!("/tenants/{tenant_id}/participant-profiles");
+    let create = |identifier: &str, properties: Value, vpa_properties: Value| {
+        api.post_ok(
+            &profiles,
+            json!({"identifier": identifier, "dataspaceProfileIds": [env.dataspace_id],
+                   "properties": properties, "vpaProperties": vpa_properties}),
+            202,
+        )
+    };
+    let alpha = create(
+        "did:web:alpha.example",
+        json!({"group": "a", "tier": 1, "tags": ["x", "y"], "nested": {"deep": true}}),
+        json!({"cfm.issuer": {"k": "v"}}),
+    )
+    .await;
+    let beta = create(
+        "did:web:beta.example",
+        json!({"group": "b", "tier": 2.5}),
+        json!({}),
+    )
+    .await;
+    let (alpha, beta) = (alpha["id"].as_str().unwrap(), beta["id"].as_str().unwrap());
+    let mut both = vec![alpha, beta];
+    both.sort();
+
+    let cases: &[(&str, Vec<&str>)] = &[
+        ("vpas.type = 'cfm.connector'", both.clone()),
+        ("vpas.type = 'cfm.nothing'", vec![]),
+        ("vpas.properties.k = 'v'", vec![alpha]),
+        ("vpas.properties.k != 'v'", vec![]),
+        ("properties.group = 'b'", vec![beta]),
+        ("properties.tier >= 2", vec![beta]),
+        ("properties.tier < 2", vec![alpha]),
+        ("properties.tags = 'y'", vec![alpha]),
+        ("properties.tags IS NULL", vec![beta]),
+        ("properties.tags IS NOT NULL", vec![alpha]),
+        ("properties.nested.deep = true", vec![alpha]),
+        ("properties.group NOT IN ('a')", vec![beta]),
+        (
+            "properties.group IN ('a', 'b') AND tenantId = 'nobody'",
+            vec![],
+        ),
+        ("identifier LIKE '%ALPHA%'", vec![]),
+        (
+            "identifier like '%alpha%' OR identifier ENDS_WITH 'beta.example'",
+            both.clone(),
+        ),
+        ("identifier STARTS_WITH 'did:web:b'", vec![beta]),
+        (
+            "properties.group = 'a' AND (properties.tier = 1 OR error = true)",
+            vec![alpha],
+        ),
+        ("error = false", both.clone()),
+        ("properties.tier = '1'", vec![]),
+    ];
+    let dataspace = format!("dataspaceProfileIds = '{}'", env.dataspace_id);
+    for (predicate, expected) in cases
+        .iter()
+        .cloned()
+        .chain([(dataspace.as_str(), both.clone())])
+    {
+        let found = api
+            .post_ok(
+                "/participant-profiles/query",
+                json!({"predicate": predicate}),
+                200,
+            )
+            .await;
+        let ids: Vec<&str> = found
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, expected, "{predicate}");
+    }
+
+    let page = api
+        .post_ok(
+            "/participant-profiles/query",
+            json!({"predicate": "", "offset": 1, "limit": 1}),
+            200,
+        )
+        .await;
+    assert_eq!(page[0]["id"], both[1]);
+    let tenants = api
+        .post_ok(
+            "/tenants/query",
+            json!({"predicate": "properties.name = 'Consumer' AND properties.size > 2"}),
+            200,
+        )
+        .await;
+    assert_eq!(tenants.as_array().unwrap().len(), 1);
+    assert_eq!(tenants[0]["id"], tenant_id);
+
+    for (bad, says) in [
+        ("identifier = 3", "quoted string"),
+        ("vpas.type >", "position 11"),
+        ("vpas..type = 'x'", "empty path"),
+        ("secret = 'x'", "unknown field 'secret'"),
+        ("properties.tier > true", "booleans"),
+    ] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                "/participant-profiles/query",
+                Some(json!({"predicate": bad})),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(says), "{bad}: {message}");
+    }
+}
+
+async fn tenant_lists_page_with_links(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    for i in 0..5 {
+        api.post_ok("/tenants", json!({"properties": {"i": i}}), 201)
+            .await;
+    }
+    let all = api.get_json("/tenants").await;
+    let mut ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    let listed = ids.clone();
+    ids.sort();
+    assert_eq!(listed, ids, "lists are sorted by id");
+
+    let page = api.get("/tenants?offset=2&limit=2").await;
+    assert_eq!(page.headers()["x-total-count"], "5");
+    let links = page.headers()["link"].to_str().unwrap().to_string();
+    for (rel, offset) in [
+        ("self", 2),
+        ("first", 0),
+        ("prev", 0),
+        ("next", 4),
+        ("last", 4),
+    ] {
+        let link = format!("</api/v1alpha1/tenants?offset={offset}&limit=2>; rel=\"{rel}\"");
+        assert!(links.contains(&link), "{link} not in {links}");
+    }
+    let items: Value = page.json().await.unwrap();
+    assert_eq!(items[0]["id"], ids[2]);
+    assert_eq!(items[1]["id"], ids[3]);
+    assert_eq!(api.get("/tenants?limit=x").await.status(), 400);
+    // A repeated parameter keeps its last value, as a repeated JSON key does.
+    let repeated = api.get("/tenants?limit=1&limit=3").await;
+    assert_eq!(
+        repeated
+            .json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // The other lists page the same way.
+    for external_id in ["c-1", "c-2", "c-3"] {
+        api.post_ok("/cells", json!({"externalId": external_id}), 201)
+            .await;
+    }
+    let cells = api.get("/cells?offset=1&limit=1").await;
+    assert_eq!(cells.headers()["x-total-count"], "3");
+    let links = cells.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        links.contains("</api/v1alpha1/cells?offset=2&limit=1>; rel=\"next\""),
+        "{links}"
+    );
+    assert_eq!(
+        cells
+            .json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let profiles = api
+        .get(&format!("/tenants/{}/participant-profiles?limit=5", ids[0]))
+        .await;
+    assert_eq!(profiles.headers()["x-total-count"], "0");
+    assert_eq!(api.get("/dataspace-profiles?offset=-1").await.status(), 200);
+}
+
+async fn placement_honours_a_named_cell_and_balances_load(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-a").await;
+    let cell_b = api
+        .post_ok("/cells", json!({"externalId": "cell-b"}), 201)
+        .await;
+    api.post_ok(
+        &format!("/dataspace-profiles/{}/deployments", env.dataspace_id),
+        json!({"cellId": cell_b["id"]}),
+        202,
+    )
+    .await;
+    let bare = api
+        .post_ok("/cells", json!({"externalId": "cell-bare"}), 201)
+        .await;
+    let locked = api
+        .post_ok(
+            "/cells",
+            json!({"externalId": "cell-locked", "state": "locked"}),
+            201,
+        )
+        .await;
+    api.post_ok(
+        &format!("/dataspace-profiles/{}/deployments", env.dataspace_id),
+        json!({"cellId": "cell-locked"}),
+        202,
+    )
+    .await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let deploy = |cell: Value| {
+        let api: &Api = &api;
+        let env = &env;
+        async move {
+            let (status, body) = api
+                .call(
+                    Method::POST,
+                    &format!("/tenants/{tenant_id}/participant-profiles"),
+                    Some(json!({"identifier": "did:web:p.example", "cellId": cell,
+                                "dataspaceProfileIds": [env.dataspace_id]})),
+                    None,
+                )
+                .await;
+            let placed = body["vpas"][0]["cellId"].as_str().unwrap_or_default();
+            let message = body["message"].as_str().unwrap_or_default();
+            (status, format!("{placed}{message}"))
+        }
+    };
+    let (a, b) = (env.cell_id.as_str(), cell_b["id"].as_str().unwrap());
+    // Named by external id, then the least loaded, then a stale id falls back to it.
+    assert_eq!(deploy(json!("cell-a")).await, (202, a.to_string()));
+    assert_eq!(deploy(json!(null)).await, (202, b.to_string()));
+    let lowest = a.min(b).to_string();
+    assert_eq!(deploy(json!("stale-id")).await, (202, lowest));
+    for cell in [bare["id"].clone(), locked["id"].clone()] {
+        let (status, message) = deploy(cell.clone()).await;
+        assert_eq!(status, 409, "{cell}: {message}");
+        assert!(
+            message.contains("no active deployment"),
+            "{cell}: {message}"
+        );
+    }
+    let lonely = api
+        .post_ok("/dataspace-profiles", json!({"dataspaceSpec": {}}), 201)
+        .await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/tenants/{tenant_id}/participant-profiles"),
+            Some(json!({"identifier": "did:web:p.example",
+                        "dataspaceProfileIds": [lonely["id"]]})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("no active cell"));
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/tenants/{tenant_id}/participant-profiles"),
+            Some(json!({"identifier": "did:web:p.example", "dataspaceProfileIds": ["nope"]})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("'nope'"));
+}

@@ -1,0 +1,219 @@
+//! The context capability calls run in: who is calling, under which grants, and the
+//! state each capability keeps for one invocation. The host's store data owns one
+//! [`Capabilities`] and links every capability interface through it, so a capability
+//! never sees the wasm store and can be exercised without one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::http::{OutboundHttp, PluginHttp};
+use super::log::LogLines;
+use super::{BackendError, Backends};
+use crate::audit::{Audit, AuditEvent, Decision, Effect};
+use crate::bindings::cfm::plugin::types::{CapabilityError, Change};
+use crate::grants::{Capability, ScopedGrants};
+
+/// What the capabilities of one invocation hold: the call context every call is checked
+/// and audited in, and what `log` and `http` keep between calls.
+pub struct Capabilities {
+    pub(super) calls: Arc<CallContext>,
+    pub(super) log: LogLines,
+    http: OutboundHttp,
+}
+
+impl Capabilities {
+    /// `http` is the plugin's client when it has an `http` grant.
+    pub fn new(calls: CallContext, http: Option<PluginHttp>) -> Self {
+        let calls = Arc::new(calls);
+        Self {
+            http: OutboundHttp::new(calls.clone(), http),
+            calls,
+            log: LogLines::default(),
+        }
+    }
+
+    /// Log lines dropped because the invocation went past [`super::log::MAX_LINES`].
+    pub fn logs_dropped(&self) -> u32 {
+        self.log.dropped()
+    }
+
+    /// The `wasi:http` hooks every outbound request of this invocation passes.
+    pub fn http(&mut self) -> &mut OutboundHttp {
+        &mut self.http
+    }
+}
+
+/// Who is calling: the context every capability call is checked and audited in.
+pub struct CallContext {
+    /// The plugin making the calls.
+    pub plugin: Arc<str>,
+    /// The orchestration the invocation belongs to.
+    pub orchestration_id: String,
+    /// The activity within that orchestration.
+    pub activity_id: String,
+    /// The activity type the plugin runs for.
+    pub activity_type: String,
+    /// The participant context the invocation works for.
+    pub participant_context_id: String,
+    /// The invocation's idempotency key, shared by its redeliveries.
+    pub idempotency_key: String,
+    /// The plugin's grants, resolved for `participant_context_id`.
+    pub grants: ScopedGrants,
+    /// Where granted calls end.
+    pub backends: Backends,
+    /// Where decisions are recorded.
+    pub audit: Audit,
+    /// Refusals audited so far in this invocation (see [`MAX_AUDITED_DENIALS`]).
+    pub denials: AtomicU32,
+}
+
+/// Refusals one invocation may leave in the audit log. A refusal costs the guest no I/O,
+/// so a plugin looping on them could otherwise fill the disk within its time limit; past
+/// this, one last record says the rest went unrecorded, and the refusals go on.
+pub const MAX_AUDITED_DENIALS: u32 = 100;
+
+impl CallContext {
+    /// Runs `call` if `allowed`, auditing the decision and, for writes, what changed.
+    pub(super) async fn guarded<T, F>(
+        &self,
+        capability: Capability,
+        operation: &'static str,
+        target: &str,
+        allowed: bool,
+        call: F,
+    ) -> Result<T, CapabilityError>
+    where
+        F: std::future::Future<Output = Result<T, BackendError>>,
+        T: Audited,
+    {
+        if !allowed {
+            self.record(capability, operation, target, Decision::Denied);
+            return Err(CapabilityError::Denied(format!(
+                "{capability} {operation} on '{target}' is outside this plugin's grants"
+            )));
+        }
+        let value = call.await.map_err(|e| match e {
+            BackendError::Invalid(m) => CapabilityError::Invalid(m),
+            BackendError::Unavailable(m) => CapabilityError::Unavailable(m),
+        })?;
+        if let Some(effect) = value.effect() {
+            self.record(capability, operation, target, Decision::Allowed(effect));
+        }
+        Ok(value)
+    }
+
+    /// Refuses a malformed call with `invalid`, saying why, and audits it as a denial:
+    /// a traversal or an encoding trick is an attempt at something outside the grants.
+    pub(super) fn invalid(
+        &self,
+        capability: Capability,
+        operation: &'static str,
+        raw_target: &str,
+        message: String,
+    ) -> CapabilityError {
+        self.record(capability, operation, raw_target, Decision::Denied);
+        CapabilityError::Invalid(message)
+    }
+
+    /// Writes one audit record in this call's context.
+    pub(super) fn record(
+        &self,
+        capability: Capability,
+        operation: &'static str,
+        target: &str,
+        decision: Decision,
+    ) {
+        // A guest chooses what it passes: no record grows with it.
+        let kept = bounded(target);
+        let mut target = kept.as_str();
+        if decision == Decision::Denied {
+            let seen = self.denials.fetch_add(1, Ordering::Relaxed);
+            match seen.cmp(&MAX_AUDITED_DENIALS) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    target = "(further refusals of this invocation are not audited)"
+                }
+                std::cmp::Ordering::Greater => return,
+            }
+        }
+        self.audit.record(AuditEvent {
+            plugin: &self.plugin,
+            orchestration_id: &self.orchestration_id,
+            activity_id: &self.activity_id,
+            activity_type: &self.activity_type,
+            participant_context_id: &self.participant_context_id,
+            idempotency_key: &self.idempotency_key,
+            capability: capability.as_str(),
+            operation,
+            target,
+            decision,
+        });
+    }
+}
+
+/// Longest raw target kept in an audit record: a guest chooses what it passes.
+const MAX_AUDITED_TARGET: usize = 256;
+
+/// `raw` cut to [`MAX_AUDITED_TARGET`] bytes, so a guest cannot bloat the audit log.
+fn bounded(raw: &str) -> String {
+    if raw.len() <= MAX_AUDITED_TARGET {
+        return raw.to_string();
+    }
+    let mut end = MAX_AUDITED_TARGET;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &raw[..end])
+}
+
+/// What a successful call changed, if it was a write worth an audit record.
+pub(super) trait Audited {
+    fn effect(&self) -> Option<Effect>;
+}
+
+impl Audited for Change {
+    fn effect(&self) -> Option<Effect> {
+        Some(Effect::from(*self))
+    }
+}
+
+/// Deletions answer whether something was there.
+impl Audited for bool {
+    fn effect(&self) -> Option<Effect> {
+        Some(if *self {
+            Effect::Deleted
+        } else {
+            Effect::Absent
+        })
+    }
+}
+
+impl Audited for (String, Change) {
+    fn effect(&self) -> Option<Effect> {
+        Some(Effect::from(self.1))
+    }
+}
+
+/// An issued access credential (id, secret): each issue is a new secret.
+impl Audited for (String, String) {
+    fn effect(&self) -> Option<Effect> {
+        Some(Effect::Created)
+    }
+}
+
+/// Reads are not audited unless denied.
+impl Audited for Option<String> {
+    fn effect(&self) -> Option<Effect> {
+        None
+    }
+}
+
+impl From<Change> for Effect {
+    fn from(change: Change) -> Self {
+        match change {
+            Change::Created => Effect::Created,
+            Change::Updated => Effect::Updated,
+            Change::Unchanged => Effect::Unchanged,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! What the capabilities' unit tests share: the capabilities of one invocation on the
+//! embedded backends in a temporary folder, and the audit log they write, read back.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::http::PluginHttp;
+use super::{Backends, CallContext, Capabilities};
+use crate::audit::Audit;
+use crate::grants::Grants;
+
+/// The participant context every fixture invocation works for.
+pub const PARTICIPANT: &str = "p1";
+
+pub struct Fixture {
+    data: TempDir,
+    pub capabilities: Capabilities,
+}
+
+impl Fixture {
+    /// An invocation for [`PARTICIPANT`] under `grants`, set up as the runtime does it.
+    pub fn new(grants: Grants) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let http = grants
+            .http
+            .as_ref()
+            .map(|grant| PluginHttp::new(grant).unwrap());
+        let calls = CallContext {
+            plugin: "under-test".into(),
+            orchestration_id: "o1".into(),
+            activity_id: "a1".into(),
+            activity_type: "t".into(),
+            participant_context_id: PARTICIPANT.into(),
+            idempotency_key: "o1/a1".into(),
+            grants: grants.scoped(PARTICIPANT),
+            backends: Backends::embedded(data.path()),
+            audit: Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
+            denials: Default::default(),
+        };
+        Self {
+            capabilities: Capabilities::new(calls, http),
+            data,
+        }
+    }
+
+    /// Where the embedded backends keep `relative` (`secrets/...`, `cluster/...`, `dns/...`).
+    pub fn stored(&self, relative: &str) -> PathBuf {
+        self.data.path().join(relative)
+    }
+
+    /// Every audit record so far, oldest first.
+    pub fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.data.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// The most recent audit record; the test fails when there is none.
+    pub fn last_audit(&self) -> Value {
+        self.audit().pop().expect("an audit record")
+    }
+}

@@ -1,0 +1,152 @@
+//! One invocation: a fresh store with the plugin's limits, WASI with nothing granted and
+//! the capabilities scoped to the task's participant, run against the time budget.
+
+use std::time::Duration;
+
+use cfm_protocol::{ActivityOutcome, ActivityTask};
+use serde_json::Value;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::load::LoadedPlugin;
+use super::{AgentHost, outcome};
+use crate::bindings::cfm::plugin::types::ActivityRequest;
+use crate::capability::{CallContext, Capabilities};
+use crate::fairness::CpuMeter;
+
+/// Why a started invocation returned no result.
+pub(super) enum Failure {
+    /// No instance could be made, for want of resources (pool slots) most likely.
+    Instantiate(wasmtime::Error),
+    /// The plugin trapped or ran out of memory while running.
+    Call(wasmtime::Error),
+}
+
+impl AgentHost {
+    /// Runs `task` in a fresh instance of `plugin`; the caller holds a slot.
+    pub(super) async fn invoke(
+        &self,
+        plugin: &LoadedPlugin,
+        task: &ActivityTask,
+    ) -> ActivityOutcome {
+        let mut store = Store::new(&self.inner.engine, self.invocation(plugin, task));
+        store.limiter(|s| &mut s.limits);
+        // Yield to the executor on every tick so a CPU-bound guest can be cancelled by
+        // dropping its future and never starves other invocations; slow it down once it
+        // has computed for long (see `fairness`).
+        let meter = CpuMeter::new();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(meter.epoch_callback());
+
+        let request = request(plugin, task);
+        let budget = Duration::from_millis(plugin.limits.timeout_ms.min(task.timeout_ms.max(1)));
+        let call = async {
+            let instance = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Failure::Instantiate)?;
+            instance
+                .cfm_plugin_activity()
+                .call_execute(&mut store, &request)
+                .await
+                .map_err(Failure::Call)
+        };
+        let finished = tokio::time::timeout(budget, meter.measure(call)).await;
+        let dropped = store.data().capabilities.logs_dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "plugin logged more than {} lines; the rest were dropped",
+                crate::capability::log::MAX_LINES
+            );
+        }
+        match finished {
+            Err(_) => outcome::timed_out(plugin, budget),
+            Ok(ran) => outcome::of_run(plugin, ran),
+        }
+    }
+
+    /// The store data of one invocation of `plugin` for `task`.
+    fn invocation(&self, plugin: &LoadedPlugin, task: &ActivityTask) -> Invocation {
+        let calls = CallContext {
+            plugin: plugin.name.clone(),
+            orchestration_id: task.orchestration_id.clone(),
+            activity_id: task.activity_id.clone(),
+            activity_type: task.activity_type.clone(),
+            participant_context_id: task.participant_context_id.clone(),
+            idempotency_key: task.idempotency_key(),
+            grants: plugin.grants.scoped(&task.participant_context_id),
+            backends: self.inner.backends.clone(),
+            audit: self.inner.audit.clone(),
+            denials: Default::default(),
+        };
+        Invocation {
+            // Nothing inherited: no environment, no files, no sockets, no stdio.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(plugin.limits.memory_bytes())
+                .trap_on_grow_failure(true)
+                .build(),
+            http_ctx: WasiHttpCtx::new(),
+            capabilities: Capabilities::new(calls, plugin.http.clone()),
+        }
+    }
+}
+
+/// The per-invocation store data: WASI state with nothing granted, plus the capabilities.
+pub(super) struct Invocation {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    http_ctx: WasiHttpCtx,
+    capabilities: Capabilities,
+}
+
+impl Invocation {
+    /// The projection every cfm capability interface is linked through.
+    pub(super) fn capabilities(&mut self) -> &mut Capabilities {
+        &mut self.capabilities
+    }
+}
+
+impl WasiView for Invocation {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Linked only for plugins with an `http` grant; every request passes the capability's
+/// hooks.
+impl WasiHttpView for Invocation {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: self.capabilities.http(),
+        }
+    }
+}
+
+/// What the plugin's `execute` is called with.
+fn request(plugin: &LoadedPlugin, task: &ActivityTask) -> ActivityRequest {
+    ActivityRequest {
+        orchestration_id: task.orchestration_id.clone(),
+        activity_id: task.activity_id.clone(),
+        activity_type: task.activity_type.clone(),
+        discriminator: task.discriminator.clone(),
+        attempt: task.attempt,
+        idempotency_key: task.idempotency_key(),
+        participant_id: task.participant_id.clone(),
+        participant_context_id: task.participant_context_id.clone(),
+        processing_data: Value::Object(task.processing_data.clone()).to_string(),
+        settings: plugin.settings.clone(),
+        state: task.state.as_ref().map(Value::to_string),
+    }
+}

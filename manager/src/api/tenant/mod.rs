@@ -1,0 +1,400 @@
+//! Tenant Manager routes: tenants and participant profiles here, cells and dataspace
+//! profiles in [`infrastructure`].
+
+pub(super) mod infrastructure;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::json::JsonBody;
+use super::requests::{
+    NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewParticipantProfileDeployment,
+    NewTenant, QueryRequest, TenantPatch,
+};
+use super::{AppState, Caller};
+use crate::model::{Cell, DataspaceDeployment, DataspaceProfile, ParticipantProfile, Tenant};
+use crate::query::{Literal, Predicate};
+use crate::store::{Page, Paged};
+use crate::tenant::{cells, dataspaces, profiles, tenants};
+
+pub fn routes() -> Router<AppState> {
+    use infrastructure::*;
+    Router::new()
+        .route("/tenants", get(list_tenants).post(create_tenant))
+        .route("/tenants/query", post(query_tenants))
+        .route(
+            "/tenants/{id}",
+            get(get_tenant).patch(patch_tenant).delete(delete_tenant),
+        )
+        .route(
+            "/tenants/{tid}/participant-profiles",
+            get(list_profiles).post(deploy_profile),
+        )
+        .route(
+            "/tenants/{tid}/participant-profiles/{pid}",
+            get(get_profile).delete(dispose_profile),
+        )
+        .route("/participant-profiles/query", post(query_profiles))
+        .route("/cells", get(list_cells).post(create_cell))
+        .route("/cells/{id}", get(get_cell).delete(delete_cell))
+        .route(
+            "/dataspace-profiles",
+            get(list_dataspaces).post(create_dataspace),
+        )
+        .route(
+            "/dataspace-profiles/{id}",
+            get(get_dataspace).delete(delete_dataspace),
+        )
+        .route(
+            "/dataspace-profiles/{id}/deployments",
+            post(deploy_dataspace),
+        )
+}
+
+/// `offset` and `limit` from a query string. Parsed by hand rather than with axum's
+/// `Query`, whose rejections are plain text: a repeated parameter keeps its last value
+/// (as duplicate JSON keys do) and a bad number is a 400 in the standard error body.
+pub(super) fn page_of(query: Option<&str>) -> ApiResult<Page> {
+    let (mut offset, mut limit) = (None, None);
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let slot = match name.as_ref() {
+            "offset" => &mut offset,
+            "limit" => &mut limit,
+            _ => continue,
+        };
+        *slot = Some(value.parse::<i64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{name} must be an integer, got '{value}'"),
+            )
+        })?);
+    }
+    Ok(Page::new(offset, limit))
+}
+
+#[utoipa::path(
+    get,
+    path = "/tenants",
+    tag = "tenants",
+    summary = "List tenants (paginated; Link and X-Total-Count headers)",
+    params(("offset" = Option<i64>, Query, description = "Items to skip"), ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")),
+    responses(
+        (status = 200, description = "Tenants sorted by id", body = [Tenant]),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody)
+    )
+)]
+pub(super) async fn list_tenants(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<impl IntoResponse> {
+    let page = page_of(query.as_deref())?;
+    let paged = tenants::list(state.engine.db(), caller.tenant.as_deref(), page).await?;
+    Ok((paging_headers("/tenants", &paged), Json(paged.items)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/tenants",
+    tag = "tenants",
+    summary = "Create a tenant",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "Created", body = Tenant),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn create_tenant(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewTenant>,
+) -> ApiResult<impl IntoResponse> {
+    let tenant = tenants::create(state.engine.db(), body.properties).await?;
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/tenants/{id}",
+    tag = "tenants",
+    summary = "Read a tenant (ETag carries its version)",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant", body = Tenant),
+        (status = 404, description = "No such tenant", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_tenant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let mut conn = state.engine.db().acquire().await?;
+    let tenant = tenants::get(&mut conn, &id).await?;
+    Ok((etag(tenant.version), Json(tenant)))
+}
+
+/// Sets `properties` and removes the `removed` keys. `If-Match` (or the body's
+/// `version`) makes it conditional on the version the client read.
+#[utoipa::path(
+    patch,
+    path = "/tenants/{id}",
+    tag = "tenants",
+    summary = "Set and remove tenant properties",
+    params(("id" = String, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "Version the change is based on, e.g. \"3\"; a stale one is a 409")),
+    request_body = TenantPatch,
+    responses(
+        (status = 200, description = "The changed tenant", body = Tenant),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "Stale version", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn patch_tenant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<TenantPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let expected = if_match(&headers)?.or(body.version);
+    let patch = tenants::Patch {
+        properties: body.properties,
+        removed: body.removed,
+    };
+    let tenant = tenants::patch(state.engine.db(), &id, patch, expected).await?;
+    Ok((etag(tenant.version), Json(tenant)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/tenants/{id}",
+    tag = "tenants",
+    summary = "Delete a tenant whose participants are all disposed",
+    params(("id" = String, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "Version the change is based on, e.g. \"3\"; a stale one is a 409")),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 400, description = "A malformed If-Match", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "Participants not yet disposed (reason participants-not-disposed), or a stale version", body = ErrorBody)
+    )
+)]
+pub(super) async fn delete_tenant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    tenants::delete(state.engine.db(), &id, if_match(&headers)?).await?;
+    Ok(StatusCode::OK)
+}
+
+#[utoipa::path(
+    post,
+    path = "/tenants/query",
+    tag = "tenants",
+    summary = "Query tenants with a predicate",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "Matching tenants sorted by id", body = [Tenant]),
+        (status = 400, description = "Malformed body or predicate; a predicate past a limit (reason predicate-bytes, -depth, -terms, -in-values, -values, -path-segments, -text-bytes, -wildcards) or a query past its time budget (reason query-timeout)", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn query_tenants(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<QueryRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let predicate = caller.scope(Predicate::parse(&body.predicate)?, "id");
+    Ok(Json(
+        tenants::query(state.engine.db(), &predicate, body.page()).await?,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/tenants/{tid}/participant-profiles",
+    tag = "participant profiles",
+    summary = "List a tenant's participant profiles (paginated)",
+    params(
+        ("tid" = String, Path, description = "Tenant id"),
+        ("offset" = Option<i64>, Query, description = "Items to skip"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")
+    ),
+    responses(
+        (status = 200, description = "Profiles sorted by id", body = [ParticipantProfile]),
+        (status = 400, description = "Malformed paging parameters", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody)
+    )
+)]
+pub(super) async fn list_profiles(
+    State(state): State<AppState>,
+    Path(tid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<impl IntoResponse> {
+    let page = page_of(query.as_deref())?;
+    let paged = profiles::list(state.engine.db(), &tid, page).await?;
+    let path = format!("/tenants/{tid}/participant-profiles");
+    Ok((paging_headers(&path, &paged), Json(paged.items)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/tenants/{tid}/participant-profiles",
+    tag = "participant profiles",
+    summary = "Create a participant profile and start its deploy orchestration",
+    params(("tid" = String, Path, description = "Tenant id")),
+    request_body = NewParticipantProfileDeployment,
+    responses(
+        (status = 202, description = "Accepted; VPAs pending", body = ParticipantProfile),
+        (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "No cell can take the participant, or no deploy template", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn deploy_profile(
+    State(state): State<AppState>,
+    Path(tid): Path<String>,
+    JsonBody(body): JsonBody<NewParticipantProfileDeployment>,
+) -> ApiResult<impl IntoResponse> {
+    let new = profiles::NewDeployment {
+        identifier: body.identifier,
+        cell_id: body.cell_id,
+        dataspace_profile_ids: body.dataspace_profile_ids,
+        participant_roles: body.participant_roles,
+        vpa_properties: body.vpa_properties,
+        properties: body.properties,
+    };
+    let profile = profiles::deploy(&state.engine, &tid, new).await?;
+    Ok((StatusCode::ACCEPTED, Json(profile)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/tenants/{tid}/participant-profiles/{pid}",
+    tag = "participant profiles",
+    summary = "Read a participant profile",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    responses(
+        (status = 200, description = "The profile", body = ParticipantProfile),
+        (status = 404, description = "No such profile in this tenant", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(profiles::get(state.engine.db(), &tid, &pid).await?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/tenants/{tid}/participant-profiles/{pid}",
+    tag = "participant profiles",
+    summary = "Decommission a participant (starts its dispose orchestration)",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    responses(
+        (status = 202, description = "Accepted; VPAs disposing", body = ParticipantProfile),
+        (status = 404, description = "No such profile in this tenant", body = ErrorBody),
+        (status = 409, description = "Still being deployed", body = ErrorBody)
+    )
+)]
+pub(super) async fn dispose_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let profile = profiles::dispose(&state.engine, &tid, &pid).await?;
+    Ok((StatusCode::ACCEPTED, Json(profile)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/participant-profiles/query",
+    tag = "participant profiles",
+    summary = "Query participant profiles with a predicate",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "Matching profiles sorted by id", body = [ParticipantProfile]),
+        (status = 400, description = "Malformed body or predicate; a predicate past a limit (reason predicate-bytes, -depth, -terms, -in-values, -values, -path-segments, -text-bytes, -wildcards) or a query past its time budget (reason query-timeout)", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn query_profiles(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<QueryRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let predicate = caller.scope(Predicate::parse(&body.predicate)?, "tenantId");
+    Ok(Json(
+        profiles::query(state.engine.db(), &predicate, body.page()).await?,
+    ))
+}
+
+/// `X-Total-Count` and a `Link` header with self/first/prev/next/last pages.
+pub(super) fn paging_headers<T>(path: &str, paged: &Paged<T>) -> HeaderMap {
+    let Page { offset, limit } = paged.page;
+    let total = paged.total;
+    let url = |offset: i64| format!("<{}{path}?offset={offset}&limit={limit}>", super::PREFIX);
+    let last = if total == 0 {
+        0
+    } else {
+        ((total - 1) / limit) * limit
+    };
+    let mut links = vec![
+        format!("{}; rel=\"self\"", url(offset)),
+        format!("{}; rel=\"first\"", url(0)),
+    ];
+    if offset > 0 {
+        links.push(format!(
+            "{}; rel=\"prev\"",
+            url(offset.saturating_sub(limit).max(0))
+        ));
+    }
+    if offset.saturating_add(limit) < total {
+        links.push(format!("{}; rel=\"next\"", url(offset + limit)));
+    }
+    links.push(format!("{}; rel=\"last\"", url(last)));
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
+        headers.insert(header::LINK, v);
+    }
+    headers.insert("x-total-count", HeaderValue::from(total));
+    headers
+}
+
+/// The version an `If-Match` header asks for: `3`, `"3"` or `W/"3"`; `*` asks for none.
+pub(super) fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let bare = text.trim_start_matches("W/").trim_matches('"');
+    bare.parse().map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("If-Match must name a version, like \"3\"; got '{text}'"),
+        )
+    })
+}
+
+/// The `ETag` of a resource at `version`, for a later `If-Match`.
+pub(super) fn etag(version: i64) -> [(header::HeaderName, String); 1] {
+    [(header::ETAG, format!("\"{version}\""))]
+}
+
+impl Caller {
+    /// Narrows a query to the caller's tenant, when its token is confined to one.
+    fn scope(&self, predicate: Predicate, tenant_field: &str) -> Predicate {
+        match &self.tenant {
+            Some(tenant) => predicate.and_equals(tenant_field, Literal::Text(tenant.clone())),
+            None => predicate,
+        }
+    }
+}

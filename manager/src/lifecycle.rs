@@ -1,0 +1,247 @@
+//! Lifecycle states of orchestrations, their steps and participants' VPAs, and the one
+//! place each state's transitions are decided.
+//!
+//! States are stored as text (steps) or inside JSON documents (VPAs) with the names
+//! upstream CFM uses; the enums map to those names through `serde` and `sqlx`, so a
+//! misspelt state cannot compile and a stored one that no release wrote fails to read.
+
+use std::fmt;
+
+use cfm_protocol::orchestration_types;
+use serde::{Deserialize, Serialize};
+
+/// Orchestration states, numbered as upstream numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrchestrationState {
+    /// Upstream's state before an orchestration runs; cfm starts every one `Running`.
+    Initialized = 0,
+    /// Activities are being dispatched and their outcomes applied.
+    Running = 1,
+    /// Every activity completed.
+    Completed = 2,
+    /// An activity failed, or the orchestration was cancelled.
+    Errored = 3,
+}
+
+impl OrchestrationState {
+    /// Upstream's number, as stored and as the API shows it.
+    pub const fn code(self) -> i64 {
+        self as i64
+    }
+}
+
+/// Where one step of an orchestration is.
+///
+/// `pending` → `dispatched` once every dependency is `completed` (a retry or a reschedule
+/// stays `dispatched`, with a new attempt) → `completed` or `failed`. Cancelling the
+/// orchestration moves its `pending` and `dispatched` steps to `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    /// Waiting for its dependencies to complete.
+    Pending,
+    /// An attempt is queued or running.
+    Dispatched,
+    /// An attempt completed; its output is in the processing data.
+    Completed,
+    /// It failed for good: a fatal outcome, or out of retries.
+    Failed,
+    /// Its orchestration was cancelled before it finished.
+    Cancelled,
+}
+
+impl StepState {
+    /// Steps a cancel stops: not yet finished.
+    pub const UNFINISHED: [StepState; 2] = [StepState::Pending, StepState::Dispatched];
+}
+
+/// Where a participant's VPAs are; all four move together.
+///
+/// `pending` (deploying) → `active`, or on a failed deploy `disposing` (its compensation
+/// runs) or `error` (nothing to compensate); `active` or `error` → `disposing` when the
+/// participant is decommissioned → `disposed`; a failed dispose ends in `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VpaState {
+    /// The deploy orchestration is running.
+    Pending,
+    /// The deploy completed; the profile's `cfm.vpa.state` holds its output.
+    Active,
+    /// A dispose orchestration is running: a decommission, or a failed deploy's compensation.
+    Disposing,
+    /// Disposed of; the profile no longer blocks deleting its tenant, cell or dataspace
+    /// profile.
+    Disposed,
+    /// A deploy failed with no dispose template to compensate it, or a dispose failed.
+    Error,
+}
+
+/// What a participant's VPAs do when one of its orchestrations ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VpaTransition {
+    /// They move to this state.
+    To(VpaState),
+    /// A deploy failed: its compensation (the dispose template) starts, and they go
+    /// `disposing`, or `error` when the template disposes nothing.
+    Compensate,
+    /// The orchestration is not one the VPAs follow.
+    Unchanged,
+}
+
+impl VpaState {
+    /// The VPA transitions caused by orchestrations, in one table.
+    pub fn after(orchestration_type: &str, end: OrchestrationState) -> VpaTransition {
+        use OrchestrationState::{Completed, Errored};
+        use orchestration_types::{VPA_DEPLOY, VPA_DISPOSE};
+        match (orchestration_type, end) {
+            (VPA_DEPLOY, Completed) => VpaTransition::To(VpaState::Active),
+            (VPA_DISPOSE, Completed) => VpaTransition::To(VpaState::Disposed),
+            (VPA_DEPLOY, Errored) => VpaTransition::Compensate,
+            (_, Errored) => VpaTransition::To(VpaState::Error),
+            _ => VpaTransition::Unchanged,
+        }
+    }
+
+    /// Whether a dispose has begun (or ended): asking for another changes nothing.
+    pub fn is_disposing_or_gone(self) -> bool {
+        matches!(self, VpaState::Disposing | VpaState::Disposed)
+    }
+}
+
+/// The text form and the `sqlx` mapping of a state stored as text.
+macro_rules! stored_as_text {
+    ($state:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $state {
+            /// The stored and wire name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($state::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $state {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $state {
+            type Err = UnknownState;
+
+            fn from_str(text: &str) -> Result<Self, UnknownState> {
+                match text {
+                    $($text => Ok($state::$variant),)+
+                    _ => Err(UnknownState {
+                        kind: stringify!($state),
+                        text: text.to_string(),
+                    }),
+                }
+            }
+        }
+
+        impl sqlx::Type<sqlx::Any> for $state {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <str as sqlx::Type<sqlx::Any>>::type_info()
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Any> for $state {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, sqlx::Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Any> for $state {
+            fn decode(
+                value: <sqlx::Any as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
+                Ok(text.parse::<$state>()?)
+            }
+        }
+    };
+}
+
+stored_as_text!(StepState {
+    Pending => "pending",
+    Dispatched => "dispatched",
+    Completed => "completed",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
+stored_as_text!(VpaState {
+    Pending => "pending",
+    Active => "active",
+    Disposing => "disposing",
+    Disposed => "disposed",
+    Error => "error",
+});
+
+/// A stored state no release of cfm writes.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} '{text}'")]
+pub struct UnknownState {
+    kind: &'static str,
+    text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_serde_names_agree() {
+        for state in [
+            StepState::Pending,
+            StepState::Dispatched,
+            StepState::Completed,
+            StepState::Failed,
+            StepState::Cancelled,
+        ] {
+            let json = serde_json::to_value(state).unwrap();
+            assert_eq!(json, state.as_str());
+            assert_eq!(state.as_str().parse::<StepState>().unwrap(), state);
+        }
+        for state in [
+            VpaState::Pending,
+            VpaState::Active,
+            VpaState::Disposing,
+            VpaState::Disposed,
+            VpaState::Error,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(state.as_str().parse::<VpaState>().unwrap(), state);
+        }
+        assert!("canceled".parse::<StepState>().is_err());
+    }
+
+    #[test]
+    fn vpas_follow_their_orchestrations() {
+        use OrchestrationState::*;
+        use orchestration_types::{VPA_DEPLOY, VPA_DISPOSE};
+        let to = VpaTransition::To;
+        assert_eq!(VpaState::after(VPA_DEPLOY, Completed), to(VpaState::Active));
+        assert_eq!(
+            VpaState::after(VPA_DISPOSE, Completed),
+            to(VpaState::Disposed)
+        );
+        assert_eq!(
+            VpaState::after(VPA_DEPLOY, Errored),
+            VpaTransition::Compensate
+        );
+        assert_eq!(VpaState::after(VPA_DISPOSE, Errored), to(VpaState::Error));
+        assert_eq!(
+            VpaState::after("other", Completed),
+            VpaTransition::Unchanged
+        );
+        assert_eq!(
+            VpaState::after(VPA_DEPLOY, Running),
+            VpaTransition::Unchanged
+        );
+    }
+}

@@ -1,0 +1,531 @@
+//! The orchestration engine: starts orchestrations and applies activity outcomes.
+//!
+//! An activity is dispatched as soon as all its dependencies are complete. Applying an
+//! outcome, recording what it changed, acknowledging its message and dispatching the
+//! activities it unblocks happen in one transaction: a crash before the commit leaves the
+//! message to be delivered again, a crash after leaves nothing to redo.
+
+mod cleanup;
+mod dispatch;
+mod output;
+mod read;
+
+use std::sync::Arc;
+
+use cfm_protocol::{ActivityOutcome, ActivityTask, keys};
+use serde_json::Value;
+use sqlx::Row;
+use tracing::Instrument;
+
+use crate::error::{ManagerError, Result};
+use crate::model::{
+    Orchestration, OrchestrationDefinition, OrchestrationState, Properties, StepState, new_id, now,
+};
+use crate::provision::hooks::{self, Finished, OrchestrationHooks};
+use crate::queue::{self, Signal};
+use crate::store::{self, Conn, Db, from_json, to_json};
+use output::refuse_unfit_output;
+use read::{StepRow, steps};
+
+/// What the correlation id of an orchestration that undoes a late deploy step ends with.
+pub const CLEANUP_SUFFIX: &str = "/cleanup";
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Wall-clock budget of one activity attempt.
+    pub activity_timeout_ms: u64,
+    /// Retries an activity may ask for before it counts as failed.
+    pub max_retries: u32,
+    /// Delay before the first retry; each further retry doubles it (±20 % jitter).
+    pub retry_base_ms: u64,
+    /// The cap on the doubling retry delay, before jitter.
+    pub retry_max_ms: u64,
+    /// Longest reschedule delay honoured.
+    pub max_reschedule_ms: u64,
+}
+
+impl EngineSettings {
+    /// Wall-clock budget of one activity attempt, unless configured.
+    pub const DEFAULT_ACTIVITY_TIMEOUT_MS: u64 = 60_000;
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            activity_timeout_ms: Self::DEFAULT_ACTIVITY_TIMEOUT_MS,
+            max_retries: 5,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            max_reschedule_ms: 3_600_000,
+        }
+    }
+}
+
+/// The durable orchestration engine over one database; clones share it.
+#[derive(Clone)]
+pub struct Engine {
+    db: Db,
+    settings: EngineSettings,
+    outbox: Signal,
+    hooks: Arc<dyn OrchestrationHooks>,
+}
+
+/// What to start: one orchestration type of a definition, with its base data.
+pub struct Start {
+    /// What the orchestration works on: the participant profile's id for deploys and disposes.
+    pub correlation_id: String,
+    /// Which of the definition's activity lists runs (deploy, dispose, ...).
+    pub orchestration_type: String,
+    /// The template whose activities become the orchestration's steps.
+    pub definition: OrchestrationDefinition,
+    /// Must hold `cfm.participant.id` and `cfm.participant.contextId`.
+    pub processing_data: Properties,
+}
+
+/// The orchestration row fields `apply` works with.
+struct Current {
+    /// Whom the orchestration works for, from its own columns: every task it sends is
+    /// addressed from here, whatever its processing data says.
+    participant: Participant,
+    correlation_id: String,
+    definition_id: String,
+    orchestration_type: String,
+    state: i64,
+    processing_data: Properties,
+    output_data: Properties,
+}
+
+/// A participant as an orchestration addresses it.
+#[derive(Debug, Clone)]
+struct Participant {
+    id: String,
+    context_id: String,
+}
+
+impl Participant {
+    /// From base data the server built (the start of an orchestration).
+    fn of(data: &Properties) -> Self {
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Self {
+            id: text(keys::PARTICIPANT_ID),
+            context_id: text(keys::PARTICIPANT_CONTEXT_ID),
+        }
+    }
+
+    /// Sets the base keys of `data` to this participant, whatever they said.
+    fn stamp(&self, data: &mut Properties) {
+        data.insert(keys::PARTICIPANT_ID.into(), Value::from(self.id.as_str()));
+        data.insert(
+            keys::PARTICIPANT_CONTEXT_ID.into(),
+            Value::from(self.context_id.as_str()),
+        );
+    }
+}
+
+impl Engine {
+    /// An engine with nobody above it; see [`Engine::with_hooks`].
+    pub fn new(db: Db, settings: EngineSettings) -> Self {
+        Self {
+            db,
+            settings,
+            outbox: Signal::default(),
+            hooks: hooks::none(),
+        }
+    }
+
+    /// The same engine, telling `hooks` when orchestrations end.
+    pub fn with_hooks(self, hooks: Arc<dyn OrchestrationHooks>) -> Self {
+        Self { hooks, ..self }
+    }
+
+    /// The tunables this engine runs with.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// The database the engine, and the Tenant Manager beside it, work on.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Tells whoever drains the outbox that new work may be there; call after committing.
+    pub fn wake(&self) {
+        self.outbox.notify();
+    }
+
+    /// What [`Engine::wake`] signals.
+    pub fn outbox_signal(&self) -> &Signal {
+        &self.outbox
+    }
+
+    /// Creates an orchestration and dispatches its first activities, inside the caller's
+    /// transaction. Returns its id.
+    pub async fn start(&self, conn: &mut Conn, start: Start) -> Result<String> {
+        let activities = start
+            .definition
+            .activities
+            .get(&start.orchestration_type)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                ManagerError::conflict(format!(
+                    "orchestration definition '{}' does not define {}",
+                    start.definition.id, start.orchestration_type
+                ))
+            })?;
+        let participant = Participant::of(&start.processing_data);
+        let id = new_id();
+        let timestamp = now();
+        sqlx::query(
+            "INSERT INTO orchestrations (id, version, correlation_id, definition_id, orchestration_type, state,
+               state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id)
+             VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, '{}', $9, $10)",
+        )
+        .bind(&id)
+        .bind(&start.correlation_id)
+        .bind(&start.definition.id)
+        .bind(&start.orchestration_type)
+        .bind(OrchestrationState::Running.code())
+        .bind(&timestamp)
+        .bind(&timestamp)
+        .bind(to_json(&start.processing_data)?)
+        .bind(&participant.id)
+        .bind(&participant.context_id)
+        .execute(&mut *conn)
+        .await?;
+        for (position, activity) in activities.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&id)
+            .bind(&activity.id)
+            .bind(position as i64)
+            .bind(&activity.activity_type)
+            .bind(to_json(&activity.depends_on)?)
+            .bind(StepState::Pending)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let all = steps(conn, &id).await?;
+        self.dispatch_ready(
+            conn,
+            &id,
+            &participant,
+            &start.orchestration_type,
+            &start.processing_data,
+            &all,
+        )
+        .await?;
+        tracing::info!(orchestration = %id, correlation = %start.correlation_id,
+            orchestration_type = %start.orchestration_type, "orchestration started");
+        Ok(id)
+    }
+
+    /// Applies the outcome of the attempt that `message_id` carried. Outcomes of stale
+    /// attempts (a redelivery whose twin already reported) are acknowledged and dropped.
+    pub async fn apply(
+        &self,
+        message_id: &str,
+        task: &ActivityTask,
+        outcome: ActivityOutcome,
+    ) -> Result<()> {
+        let span = tracing::info_span!("orchestration", id = %task.orchestration_id);
+        self.apply_in_span(message_id, task, outcome)
+            .instrument(span)
+            .await
+    }
+
+    async fn apply_in_span(
+        &self,
+        message_id: &str,
+        task: &ActivityTask,
+        outcome: ActivityOutcome,
+    ) -> Result<()> {
+        let mut tx = store::write(&self.db).await?;
+        // The orchestration's row first, then its queue rows: the order cancel takes them
+        // in too, so the two never deadlock on PostgreSQL.
+        let current = self.current(&mut tx, &task.orchestration_id).await?;
+        queue::ack(&mut tx, message_id).await?;
+        let Some(current) = current else {
+            tx.commit().await?;
+            return Ok(());
+        };
+        let all = steps(&mut tx, &task.orchestration_id).await?;
+        let step = all.iter().find(|s| s.activity_id == task.activity_id);
+        let live = current.state == OrchestrationState::Running.code();
+        let Some(step) = step.filter(|s| {
+            live && s.state == StepState::Dispatched && s.attempt == task.attempt as i64
+        }) else {
+            tracing::debug!(activity = %task.activity_id, attempt = task.attempt, "stale outcome dropped");
+            let late_output = match &outcome {
+                ActivityOutcome::Complete { output } => Some(output),
+                _ => None,
+            };
+            let undoing = self
+                .undo_late_run(&mut tx, &current, task, late_output)
+                .await?;
+            tx.commit().await?;
+            if undoing {
+                self.wake();
+            }
+            return Ok(());
+        };
+        let retries = step.retries;
+        match refuse_unfit_output(outcome) {
+            ActivityOutcome::Complete { output } => {
+                self.complete(&mut tx, task, current, output, all).await?;
+            }
+            ActivityOutcome::Reschedule { delay_ms, state } => {
+                let delay = delay_ms.min(self.settings.max_reschedule_ms);
+                self.dispatch(
+                    &mut tx,
+                    task,
+                    &current,
+                    task.attempt + 1,
+                    delay,
+                    Some(state),
+                )
+                .await?;
+            }
+            ActivityOutcome::Retry { reason } if retries < self.settings.max_retries as i64 => {
+                sqlx::query("UPDATE orchestration_steps SET retries = retries + 1, last_error = $1 WHERE orchestration_id = $2 AND activity_id = $3")
+                    .bind(&reason)
+                    .bind(&task.orchestration_id)
+                    .bind(&task.activity_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let delay = self.backoff(retries as u32);
+                tracing::warn!(activity = %task.activity_id, delay_ms = delay, %reason, "activity will be retried");
+                self.dispatch(
+                    &mut tx,
+                    task,
+                    &current,
+                    task.attempt + 1,
+                    delay,
+                    task.state.clone(),
+                )
+                .await?;
+            }
+            ActivityOutcome::Retry { reason } => {
+                let reason = format!("gave up after {retries} retries: {reason}");
+                self.fail(&mut tx, task, &current, &reason).await?;
+            }
+            ActivityOutcome::Fatal { reason } => {
+                self.fail(&mut tx, task, &current, &reason).await?;
+            }
+        }
+        tx.commit().await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Stops a running orchestration: its queued work is dropped, its unfinished steps
+    /// are marked cancelled, and it ends errored, which compensates like any failure (a
+    /// cancelled deploy runs the dispose template). Outcomes of attempts already running
+    /// arrive later and are dropped as stale.
+    pub async fn cancel(&self, id: &str, by: &str) -> Result<Orchestration> {
+        let mut tx = store::write(&self.db).await?;
+        let current = self
+            .current(&mut tx, id)
+            .await?
+            .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))?;
+        if current.state != OrchestrationState::Running.code() {
+            return Err(ManagerError::conflict(format!(
+                "orchestration '{id}' is not running (state {}); only a running orchestration can be cancelled",
+                current.state
+            )));
+        }
+        queue::purge_prefix(&mut tx, &format!("{id}/")).await?;
+        let [pending, dispatched] = StepState::UNFINISHED;
+        sqlx::query(
+            "UPDATE orchestration_steps SET state = $1, completed_at = $2
+             WHERE orchestration_id = $3 AND state IN ($4, $5)",
+        )
+        .bind(StepState::Cancelled)
+        .bind(now())
+        .bind(id)
+        .bind(pending)
+        .bind(dispatched)
+        .execute(&mut *tx)
+        .await?;
+        let detail = format!("cancelled by {by}");
+        tracing::warn!(orchestration = %id, %by, "orchestration cancelled");
+        self.finish(
+            &mut tx,
+            id,
+            &current,
+            OrchestrationState::Errored,
+            Some(&detail),
+        )
+        .await?;
+        tx.commit().await?;
+        self.wake();
+        self.get(id).await
+    }
+
+    async fn complete(
+        &self,
+        tx: &mut Conn,
+        task: &ActivityTask,
+        mut current: Current,
+        output: Properties,
+        mut all: Vec<StepRow>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE orchestration_steps SET state = $1, completed_at = $2, output = $3, last_error = NULL
+             WHERE orchestration_id = $4 AND activity_id = $5",
+        )
+        .bind(StepState::Completed)
+        .bind(now())
+        .bind(to_json(&output)?)
+        .bind(&task.orchestration_id)
+        .bind(&task.activity_id)
+        .execute(&mut *tx)
+        .await?;
+        for (key, value) in output {
+            current.processing_data.insert(key.clone(), value.clone());
+            current.output_data.insert(key, value);
+        }
+        sqlx::query("UPDATE orchestrations SET processing_data = $1, output_data = $2, version = version + 1 WHERE id = $3")
+            .bind(to_json(&current.processing_data)?)
+            .bind(to_json(&current.output_data)?)
+            .bind(&task.orchestration_id)
+            .execute(&mut *tx)
+            .await?;
+        // The steps as read at the start of this transaction, which holds the
+        // orchestration's lock, with this one now completed.
+        for step in all.iter_mut().filter(|s| s.activity_id == task.activity_id) {
+            step.state = StepState::Completed;
+        }
+        let remaining = all
+            .iter()
+            .filter(|s| s.state != StepState::Completed)
+            .count();
+        if remaining == 0 {
+            self.finish(
+                tx,
+                &task.orchestration_id,
+                &current,
+                OrchestrationState::Completed,
+                None,
+            )
+            .await
+        } else {
+            self.dispatch_ready(
+                tx,
+                &task.orchestration_id,
+                &current.participant,
+                &current.orchestration_type,
+                &current.processing_data,
+                &all,
+            )
+            .await
+        }
+    }
+
+    async fn fail(
+        &self,
+        tx: &mut Conn,
+        task: &ActivityTask,
+        current: &Current,
+        reason: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE orchestration_steps SET state = $1, completed_at = $2, last_error = $3
+             WHERE orchestration_id = $4 AND activity_id = $5",
+        )
+        .bind(StepState::Failed)
+        .bind(now())
+        .bind(reason)
+        .bind(&task.orchestration_id)
+        .bind(&task.activity_id)
+        .execute(&mut *tx)
+        .await?;
+        // Nothing else of an errored orchestration should run.
+        queue::purge_prefix(tx, &format!("{}/", task.orchestration_id)).await?;
+        let detail = format!("activity '{}' failed: {reason}", task.activity_id);
+        tracing::warn!(activity = %task.activity_id, %reason, "orchestration errored");
+        self.finish(
+            tx,
+            &task.orchestration_id,
+            current,
+            OrchestrationState::Errored,
+            Some(&detail),
+        )
+        .await
+    }
+
+    async fn finish(
+        &self,
+        tx: &mut Conn,
+        id: &str,
+        current: &Current,
+        state: OrchestrationState,
+        error_detail: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE orchestrations SET state = $1, state_timestamp = $2, error_detail = $3, version = version + 1 WHERE id = $4",
+        )
+        .bind(state.code())
+        .bind(now())
+        .bind(error_detail)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(orchestration = %id, state = ?state, "orchestration finished");
+        let finished = Finished {
+            id,
+            correlation_id: &current.correlation_id,
+            definition_id: &current.definition_id,
+            orchestration_type: &current.orchestration_type,
+            state,
+            processing_data: &current.processing_data,
+            output_data: &current.output_data,
+            error_detail,
+        };
+        self.hooks.finished(self, tx, &finished).await
+    }
+
+    /// Reads an orchestration for changing it, locking it for the rest of the transaction.
+    async fn current(&self, tx: &mut Conn, id: &str) -> Result<Option<Current>> {
+        let row = sqlx::query(
+            // An UPDATE that changes nothing, to lock the row: outcomes of one
+            // orchestration's parallel activities are applied one after the other.
+            "UPDATE orchestrations SET version = version WHERE id = $1
+             RETURNING correlation_id, definition_id, orchestration_type, state, processing_data, output_data,
+               participant_id, participant_context_id",
+        )
+        .bind(id)
+        .fetch_optional(tx)
+        .await?;
+        row.map(|row| {
+            let processing_data: Properties =
+                from_json(row.get("processing_data"), "processing data")?;
+            let mut participant = Participant {
+                id: row.get("participant_id"),
+                context_id: row.get("participant_context_id"),
+            };
+            // A manager of the release before these columns, running beside this one
+            // during an upgrade, leaves them empty; its rows' base keys are still its own.
+            if participant.context_id.is_empty() {
+                participant = Participant::of(&processing_data);
+            }
+            Ok(Current {
+                participant,
+                correlation_id: row.get("correlation_id"),
+                definition_id: row.get("definition_id"),
+                orchestration_type: row.get("orchestration_type"),
+                state: row.get("state"),
+                processing_data,
+                output_data: from_json(row.get("output_data"), "output data")?,
+            })
+        })
+        .transpose()
+    }
+}

@@ -1,0 +1,145 @@
+//! Reading orchestrations back: by id for the engine, by predicate for the API.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::Engine;
+use crate::error::{ManagerError, Result};
+use crate::model::{Orchestration, Step, StepState};
+use crate::query::{Field, Literal, Predicate};
+use crate::store::{self, Conn, Page, from_json};
+
+impl Engine {
+    /// Reads an orchestration with its steps.
+    pub async fn get(&self, id: &str) -> Result<Orchestration> {
+        let predicate = Predicate::default().and_equals("id", Literal::Text(id.to_string()));
+        // A read by id is cheap and the engine's own: not queued behind API predicates.
+        self.read(self.db.read(), &predicate, Page::default())
+            .await?
+            .pop()
+            .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))
+    }
+
+    /// Orchestrations matching a predicate (upstream's `/orchestrations/query`), sorted by
+    /// id, each with its steps.
+    pub async fn query(&self, predicate: &Predicate, page: Page) -> Result<Vec<Orchestration>> {
+        self.read(self.db.queries(), predicate, page).await
+    }
+
+    async fn read(
+        &self,
+        pool: &sqlx::AnyPool,
+        predicate: &Predicate,
+        page: Page,
+    ) -> Result<Vec<Orchestration>> {
+        let select = "SELECT id, correlation_id, definition_id, orchestration_type, state,
+              state_timestamp, created_timestamp, processing_data, output_data, error_detail
+            FROM orchestrations";
+        let mut conn = pool.acquire().await?;
+        let rows = predicate
+            .select_page(select, &orchestration_field, self.db.backend(), page)?
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.get("id");
+            let step_rows = sqlx::query(
+                "SELECT activity_id, activity_type, depends_on, state, attempt, last_error, started_at, completed_at
+                 FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position",
+            )
+            .bind(&id)
+            .fetch_all(&mut *conn)
+            .await?;
+            found.push(read_orchestration(row, &step_rows)?);
+        }
+        Ok(found)
+    }
+}
+
+/// A step as the engine works with it.
+pub(super) struct StepRow {
+    pub activity_id: String,
+    pub activity_type: String,
+    pub depends_on: Vec<String>,
+    pub state: StepState,
+    pub attempt: i64,
+    pub retries: i64,
+}
+
+/// The steps of orchestration `id`, in their template's order.
+pub(super) async fn steps(conn: &mut Conn, id: &str) -> Result<Vec<StepRow>> {
+    let rows = sqlx::query(
+        "SELECT activity_id, activity_type, depends_on, state, attempt, retries
+         FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StepRow {
+                activity_id: r.get("activity_id"),
+                activity_type: r.get("activity_type"),
+                depends_on: from_json(r.get("depends_on"), "step dependencies")?,
+                state: step_state(r)?,
+                attempt: r.get("attempt"),
+                retries: r.get("retries"),
+            })
+        })
+        .collect()
+}
+
+fn read_orchestration(row: &store::Row, step_rows: &[store::Row]) -> Result<Orchestration> {
+    let mut steps = Vec::with_capacity(step_rows.len());
+    let mut completed = serde_json::Map::new();
+    for s in step_rows {
+        let step = Step {
+            id: s.get("activity_id"),
+            activity_type: s.get("activity_type"),
+            depends_on: from_json(s.get("depends_on"), "step dependencies")?,
+            state: step_state(s)?,
+            attempts: s.get("attempt"),
+            last_error: s.get("last_error"),
+            started_timestamp: s.get("started_at"),
+            completed_timestamp: s.get("completed_at"),
+        };
+        if step.state == StepState::Completed {
+            completed.insert(step.id.clone(), Value::Bool(true));
+        }
+        steps.push(step);
+    }
+    Ok(Orchestration {
+        id: row.get("id"),
+        correlation_id: row.get("correlation_id"),
+        definition_id: row.get("definition_id"),
+        state: row.get("state"),
+        state_timestamp: row.get("state_timestamp"),
+        created_timestamp: row.get("created_timestamp"),
+        orchestration_type: row.get("orchestration_type"),
+        steps,
+        processing_data: from_json(row.get("processing_data"), "processing data")?,
+        output_data: from_json(row.get("output_data"), "output data")?,
+        completed,
+        error_detail: row.get("error_detail"),
+    })
+}
+
+/// Query fields of orchestrations and where they are stored.
+fn orchestration_field(field: &str) -> Option<Field> {
+    Some(match field {
+        "id" => Field::Text("id"),
+        "correlationId" => Field::Text("correlation_id"),
+        "definitionId" => Field::Text("definition_id"),
+        "orchestrationType" => Field::Text("orchestration_type"),
+        "state" => Field::Integer("state"),
+        "stateTimestamp" => Field::Text("state_timestamp"),
+        "createdTimestamp" => Field::Text("created_timestamp"),
+        "errorDetail" => Field::Text("error_detail"),
+        _ => return None,
+    })
+}
+
+fn step_state(row: &store::Row) -> Result<StepState> {
+    row.try_get("state")
+        .map_err(|e| ManagerError::Corrupt(format!("step state: {e}")))
+}

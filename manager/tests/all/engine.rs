@@ -1,0 +1,607 @@
+//! The orchestration engine end to end on real databases (SQLite and PostgreSQL), with a scripted
+//! executor standing in for the agent host: dependency order, retry, reschedule and
+//! failure, as the participant profile sees them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cfm_manager::model::{ActivityDefinition, ActivitySpec, ParticipantProfile};
+use cfm_manager::provision::definitions;
+use cfm_manager::tenant::{cells, profiles, tenants};
+use cfm_manager::testing::{ScratchDatabase, TestBackend};
+use cfm_manager::{EngineSettings, Manager, ManagerError, Options, on_both_backends};
+use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask};
+use cfm_queue::worker::WorkerSettings;
+use serde_json::{Map, Value, json};
+
+on_both_backends!(
+    activities_run_after_their_dependencies_and_see_their_outputs,
+    retry_and_reschedule_run_the_activity_again_with_its_state,
+    a_failing_activity_errors_the_orchestration_and_the_profile,
+    dispose_waits_for_the_deploy_and_needs_no_template_to_finish,
+    a_failed_deploy_is_compensated_by_the_dispose_template,
+    a_failed_dispose_is_recorded_and_can_be_retried,
+    an_output_naming_a_server_owned_key_fails_and_redirects_nothing,
+    a_deploy_step_that_runs_after_the_dispose_is_undone,
+    an_output_holding_nul_fails_its_activity,
+);
+
+type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
+
+/// Answers each task with the script and remembers every task it saw.
+struct Scripted {
+    script: Box<Script>,
+    seen: Mutex<Vec<ActivityTask>>,
+}
+
+#[async_trait::async_trait]
+impl ActivityExecutor for Scripted {
+    async fn execute(&self, task: ActivityTask) -> ActivityOutcome {
+        self.seen.lock().unwrap().push(task.clone());
+        (self.script)(&task)
+    }
+
+    fn activity_types(&self) -> Vec<String> {
+        ["a", "b", "c"].map(String::from).to_vec()
+    }
+}
+
+fn vpas_are(profile: &ParticipantProfile, state: &str) -> bool {
+    profile.vpas.iter().all(|v| v.state.as_str() == state)
+}
+
+fn complete(output: Value) -> ActivityOutcome {
+    ActivityOutcome::Complete {
+        output: output.as_object().cloned().unwrap_or_default(),
+    }
+}
+
+struct Fixture {
+    manager: Manager,
+    executor: Arc<Scripted>,
+    tenant: String,
+    _dir: tempfile::TempDir,
+    // Declared last: dropped after the manager's connections.
+    _scratch: Option<ScratchDatabase>,
+}
+
+/// A database with activity types a, b, c; deploy = a → b, and c on its own.
+async fn fixture(
+    backend: TestBackend,
+    script: impl Fn(&ActivityTask) -> ActivityOutcome + Send + Sync + 'static,
+) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = EngineSettings {
+        retry_base_ms: 10,
+        retry_max_ms: 50,
+        max_retries: 2,
+        ..EngineSettings::default()
+    };
+    let scratch = backend.scratch().await;
+    let options = Options {
+        database_url: scratch.as_ref().map(|s| s.url().to_string()),
+        engine: settings,
+        ..Options::default()
+    };
+    let manager = Manager::open(dir.path(), options).await.unwrap();
+    let db = manager.engine.db().clone();
+    let mut conn = db.writer().acquire().await.unwrap();
+    for t in ["a", "b", "c"] {
+        let definition = ActivityDefinition {
+            activity_type: t.into(),
+            description: String::new(),
+            input_schema: json!({}),
+            output_schema: json!({}),
+        };
+        definitions::put_activity(&mut conn, &definition)
+            .await
+            .unwrap();
+    }
+    let spec = |id: &str, deps: &[&str]| ActivitySpec {
+        id: id.into(),
+        activity_type: id.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+    };
+    let activities = BTreeMap::from([(
+        "cfm.orchestration.vpa.deploy".to_string(),
+        vec![spec("a", &[]), spec("b", &["a"]), spec("c", &[])],
+    )]);
+    definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
+        .await
+        .unwrap();
+    drop(conn);
+    cells::create(
+        &db,
+        cells::NewCell {
+            external_id: "cell".into(),
+            state: None,
+            properties: Map::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let tenant = tenants::create(&db, Map::new()).await.unwrap().id;
+    let executor = Arc::new(Scripted {
+        script: Box::new(script),
+        seen: Mutex::new(vec![]),
+    });
+    let settings = WorkerSettings {
+        concurrency: 4,
+        ..WorkerSettings::default()
+    };
+    tokio::spawn(
+        manager
+            .embedded_worker(executor.clone(), settings)
+            .await
+            .run(),
+    );
+    Fixture {
+        manager,
+        executor,
+        tenant,
+        _dir: dir,
+        _scratch: scratch,
+    }
+}
+
+impl Fixture {
+    /// Adds a template with these deploy and dispose activities (id = activity type).
+    async fn template(&self, deploy: &[(&str, &[&str])], dispose: &[(&str, &[&str])]) {
+        let specs = |list: &[(&str, &[&str])]| -> Vec<ActivitySpec> {
+            list.iter()
+                .map(|(id, deps)| ActivitySpec {
+                    id: id.to_string(),
+                    activity_type: id.to_string(),
+                    depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                })
+                .collect()
+        };
+        let activities = BTreeMap::from([
+            ("cfm.orchestration.vpa.deploy".to_string(), specs(deploy)),
+            ("cfm.orchestration.vpa.dispose".to_string(), specs(dispose)),
+        ]);
+        let mut conn = self.manager.engine.db().writer().acquire().await.unwrap();
+        definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until every VPA of the profile is in `state`.
+    async fn vpas_reach(&self, id: &str, state: &str) -> ParticipantProfile {
+        let started = Instant::now();
+        loop {
+            let profile = profiles::get(self.manager.engine.db(), &self.tenant, id)
+                .await
+                .unwrap();
+            if vpas_are(&profile, state) {
+                return profile;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "not {state}: {profile:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn deploy(&self) -> String {
+        let new = profiles::NewDeployment {
+            identifier: "did:web:p.example".into(),
+            ..Default::default()
+        };
+        profiles::deploy(&self.manager.engine, &self.tenant, new)
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// Waits until the profile's VPAs leave `pending`.
+    async fn settled(&self, id: &str) -> ParticipantProfile {
+        let started = Instant::now();
+        loop {
+            let profile = profiles::get(self.manager.engine.db(), &self.tenant, id)
+                .await
+                .unwrap();
+            if profile.vpas.iter().all(|v| v.state.as_str() != "pending") {
+                return profile;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "still pending: {profile:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn orchestration(&self, profile_id: &str) -> cfm_manager::model::Orchestration {
+        let id: String =
+            sqlx::query_scalar("SELECT id FROM orchestrations WHERE correlation_id = $1")
+                .bind(profile_id)
+                .fetch_one(self.manager.engine.db().read())
+                .await
+                .unwrap();
+        self.manager.engine.get(&id).await.unwrap()
+    }
+
+    fn seen(&self) -> Vec<ActivityTask> {
+        self.executor.seen.lock().unwrap().clone()
+    }
+
+    async fn queued(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM queue")
+            .fetch_one(self.manager.engine.db().read())
+            .await
+            .unwrap()
+    }
+}
+
+async fn activities_run_after_their_dependencies_and_see_their_outputs(backend: TestBackend) {
+    let fx = fixture(backend, |task| {
+        complete(json!({ format!("{}.out", task.activity_id): task.attempt }))
+    })
+    .await;
+    let id = fx.deploy().await;
+    let profile = fx.settled(&id).await;
+    assert!(vpas_are(&profile, "active"), "{profile:?}");
+    assert_eq!(
+        profile.properties["cfm.vpa.state"],
+        json!({"a.out": 1, "b.out": 1, "c.out": 1})
+    );
+
+    let seen = fx.seen();
+    let position = |id: &str| seen.iter().position(|t| t.activity_id == id).unwrap();
+    assert!(position("a") < position("b"));
+    let b = &seen[position("b")];
+    assert_eq!(b.processing_data["a.out"], 1, "b did not see a's output");
+    assert_eq!(b.participant_context_id, id);
+    assert_eq!(b.processing_data["cfm.participant.id"], "did:web:p.example");
+    assert_eq!(
+        b.processing_data["cfm.vpa.data"].as_array().unwrap().len(),
+        4
+    );
+
+    let orchestration = fx.orchestration(&id).await;
+    assert_eq!(orchestration.state, 2);
+    assert!(
+        orchestration
+            .steps
+            .iter()
+            .all(|s| s.state.as_str() == "completed")
+    );
+    assert_eq!(orchestration.completed.len(), 3);
+    assert_eq!(fx.queued().await, 0);
+}
+
+async fn retry_and_reschedule_run_the_activity_again_with_its_state(backend: TestBackend) {
+    let fx = fixture(backend, |task| {
+        match (task.activity_id.as_str(), task.attempt) {
+            ("a", 1) => ActivityOutcome::Retry {
+                reason: "flaky".into(),
+            },
+            ("b", 1) => ActivityOutcome::Reschedule {
+                delay_ms: 20,
+                state: json!({"poll": 1}),
+            },
+            ("b", 2) => {
+                assert_eq!(task.state, Some(json!({"poll": 1})));
+                complete(json!({"polled": true}))
+            }
+            _ => complete(json!({})),
+        }
+    })
+    .await;
+    let id = fx.deploy().await;
+    let profile = fx.settled(&id).await;
+    assert!(vpas_are(&profile, "active"), "{profile:?}");
+    let orchestration = fx.orchestration(&id).await;
+    let attempts: Vec<i64> = orchestration.steps.iter().map(|s| s.attempts).collect();
+    assert_eq!(attempts, [2, 2, 1]);
+    assert_eq!(orchestration.output_data["polled"], true);
+}
+
+async fn a_failing_activity_errors_the_orchestration_and_the_profile(backend: TestBackend) {
+    let fx = fixture(backend, |task| match task.activity_id.as_str() {
+        "a" => ActivityOutcome::Retry {
+            reason: "backend down".into(),
+        },
+        _ => complete(json!({})),
+    })
+    .await;
+    let id = fx.deploy().await;
+    let profile = fx.settled(&id).await;
+    assert!(profile.error);
+    assert!(vpas_are(&profile, "error"), "{profile:?}");
+    let detail = profile.error_detail.unwrap();
+    assert!(
+        detail.contains("gave up after 2 retries: backend down"),
+        "{detail}"
+    );
+
+    let orchestration = fx.orchestration(&id).await;
+    assert_eq!(orchestration.state, 3);
+    let a = &orchestration.steps[0];
+    assert_eq!((a.state.as_str(), a.attempts), ("failed", 3));
+    assert_eq!(
+        orchestration.steps[1].state.as_str(),
+        "pending",
+        "b ran although a failed"
+    );
+    assert_eq!(fx.queued().await, 0);
+    assert!(!fx.seen().iter().any(|t| t.activity_id == "b"));
+}
+
+async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish(backend: TestBackend) {
+    let fx = fixture(backend, |task| match task.activity_id.as_str() {
+        // Keeps the first deploy pending for as long as the test looks.
+        "a" if task.participant_id == "did:web:slow.example" => ActivityOutcome::Reschedule {
+            delay_ms: 60_000,
+            state: json!({}),
+        },
+        _ => complete(json!({})),
+    })
+    .await;
+    let engine = &fx.manager.engine;
+    let slow = profiles::NewDeployment {
+        identifier: "did:web:slow.example".into(),
+        ..Default::default()
+    };
+    let pending = profiles::deploy(engine, &fx.tenant, slow).await.unwrap();
+    let err = profiles::dispose(engine, &fx.tenant, &pending.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::Conflict(_)), "{err}");
+
+    // This fixture's template has no dispose activities: nothing to undo.
+    let id = fx.deploy().await;
+    fx.settled(&id).await;
+    let disposed = profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
+    assert!(vpas_are(&disposed, "disposed"), "{disposed:?}");
+    let orchestrations: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations WHERE correlation_id = $1")
+            .bind(&id)
+            .fetch_one(engine.db().read())
+            .await
+            .unwrap();
+    assert_eq!(
+        orchestrations, 1,
+        "a dispose orchestration ran without a template"
+    );
+    let again = profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
+    assert_eq!(
+        again.version, disposed.version,
+        "a repeated dispose changed the profile"
+    );
+}
+
+async fn a_failed_deploy_is_compensated_by_the_dispose_template(backend: TestBackend) {
+    let fx = fixture(backend, |task| {
+        match (task.discriminator.as_str(), task.activity_id.as_str()) {
+            ("cfm.orchestration.vpa.deploy", "b") => ActivityOutcome::Fatal {
+                reason: "quota exceeded".into(),
+            },
+            _ => complete(json!({ format!("{}.done", task.activity_id): true })),
+        }
+    })
+    .await;
+    fx.template(&[("a", &[]), ("b", &["a"])], &[("c", &[])])
+        .await;
+
+    let id = fx.deploy().await;
+    let profile = fx.vpas_reach(&id, "disposed").await;
+    assert!(
+        profile.error,
+        "the failure that caused the dispose was lost"
+    );
+    assert!(profile.error_detail.unwrap().contains("quota exceeded"));
+    let dispose = fx
+        .seen()
+        .into_iter()
+        .find(|t| t.discriminator == "cfm.orchestration.vpa.dispose")
+        .expect("the dispose orchestration never ran");
+    assert_eq!(
+        dispose.processing_data["a.done"], true,
+        "compensation did not see what the deploy had done"
+    );
+}
+
+async fn a_failed_dispose_is_recorded_and_can_be_retried(backend: TestBackend) {
+    // Cleared to arm a failure: the next activity to run then fails, once.
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = failed_once.clone();
+    let fx = fixture(backend, move |task| {
+        let first = !flag.swap(true, std::sync::atomic::Ordering::SeqCst);
+        match task.activity_id.as_str() {
+            "c" if first => ActivityOutcome::Fatal {
+                reason: "secrets backend unreachable".into(),
+            },
+            _ => complete(json!({})),
+        }
+    })
+    .await;
+    fx.template(&[("a", &[])], &[("c", &[])]).await;
+    let id = fx.deploy().await;
+    fx.vpas_reach(&id, "active").await;
+    failed_once.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let engine = &fx.manager.engine;
+    profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
+    let failed = fx.vpas_reach(&id, "error").await;
+    assert!(failed.error, "{failed:?}");
+    assert!(
+        failed
+            .error_detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("secrets backend unreachable"),
+        "{failed:?}"
+    );
+
+    // Asking again runs the dispose again, which now succeeds.
+    let retried = profiles::dispose(engine, &fx.tenant, &id).await.unwrap();
+    assert!(vpas_are(&retried, "disposing"), "{retried:?}");
+    fx.vpas_reach(&id, "disposed").await;
+    let disposes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = 'cfm.orchestration.vpa.dispose'",
+    )
+    .bind(&id)
+    .fetch_one(engine.db().read())
+    .await
+    .unwrap();
+    assert_eq!(disposes, 2);
+}
+
+/// A plugin that outputs `cfm.participant.contextId: <victim>` once made the next activity
+/// (the vault step) work on the victim's secrets, and the attacker's own dispose delete
+/// them. Now the output is refused, the orchestration fails naming the key, and every
+/// task, the compensation's included, is addressed to the profile's own context.
+async fn an_output_naming_a_server_owned_key_fails_and_redirects_nothing(backend: TestBackend) {
+    let fx = fixture(backend, |task| match task.activity_id.as_str() {
+        "a" => complete(json!({
+            "cfm.participant.contextId": "victim",
+            "cfm.participant.id": "did:web:victim.example",
+        })),
+        _ => complete(json!({})),
+    })
+    .await;
+    fx.template(&[("a", &[]), ("b", &["a"])], &[("c", &[])])
+        .await;
+    let id = fx.deploy().await;
+    let profile = fx.vpas_reach(&id, "disposed").await;
+    let deploy = fx.orchestration(&id).await;
+    assert_eq!(deploy.state, 3, "{deploy:?}");
+    let detail = deploy.error_detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("cfm.participant.") && detail.contains("server owns"),
+        "{detail}"
+    );
+    assert!(profile.error, "{profile:?}");
+
+    let seen = fx.seen();
+    assert!(
+        seen.iter().all(|t| t.activity_id != "b"),
+        "b ran after a's refused output"
+    );
+    let compensation = seen
+        .iter()
+        .find(|t| t.activity_id == "c")
+        .expect("the dispose ran");
+    for task in &seen {
+        assert_eq!(task.participant_context_id, id, "{task:?}");
+        assert_eq!(task.participant_id, "did:web:p.example");
+        assert_eq!(task.processing_data["cfm.participant.contextId"], json!(id));
+    }
+    assert!(
+        !compensation.processing_data.values().any(|v| v == "victim"),
+        "{compensation:?}"
+    );
+}
+
+/// A queue server that lost an acknowledgement hands a deploy task out again, even after
+/// the participant was disposed (the chaos soak saw a namespace made again nine minutes
+/// after its dispose). The late run's outcome is stale, and its step's dispose runs again.
+async fn a_deploy_step_that_runs_after_the_dispose_is_undone(backend: TestBackend) {
+    let fx = fixture(backend, |_| complete(json!({}))).await;
+    fx.template(&[("a", &[]), ("b", &["a"])], &[("b", &[]), ("a", &["b"])])
+        .await;
+    let id = fx.deploy().await;
+    fx.vpas_reach(&id, "active").await;
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM orchestrations")
+            .fetch_one(fx.manager.engine.db().read())
+            .await
+            .unwrap()
+    };
+    // A late report while the participant is live needs nothing undone.
+    let live = fx
+        .seen()
+        .into_iter()
+        .find(|t| t.activity_id == "a")
+        .unwrap();
+    let message = format!("{}/a/{}", live.orchestration_id, live.attempt);
+    let before = count().await;
+    fx.manager
+        .engine
+        .apply(&message, &live, complete(json!({})))
+        .await
+        .unwrap();
+    assert_eq!(count().await, before);
+    profiles::dispose(&fx.manager.engine, &fx.tenant, &id)
+        .await
+        .unwrap();
+    fx.vpas_reach(&id, "disposed").await;
+    let disposes_of_b = |fx: &Fixture| {
+        fx.seen()
+            .iter()
+            .filter(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.dispose")
+            .count()
+    };
+    assert_eq!(disposes_of_b(&fx), 1);
+
+    // The deploy's b runs again, late, and reports.
+    let late = fx
+        .seen()
+        .into_iter()
+        .find(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.deploy")
+        .unwrap();
+    let message = format!("{}/b/{}", late.orchestration_id, late.attempt);
+    fx.manager
+        .engine
+        .apply(&message, &late, complete(json!({})))
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    while disposes_of_b(&fx) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "b was not disposed again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = fx.seen();
+    let undo = seen
+        .iter()
+        .rfind(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.dispose")
+        .unwrap();
+    assert_eq!(undo.participant_context_id, id);
+    assert!(
+        seen.iter().filter(|t| t.activity_id == "a").count() == 2,
+        "only the late step is undone: {seen:?}"
+    );
+    let cleanup: Vec<String> =
+        sqlx::query_scalar("SELECT correlation_id FROM orchestrations WHERE id = $1")
+            .bind(&undo.orchestration_id)
+            .fetch_all(fx.manager.engine.db().read())
+            .await
+            .unwrap();
+    assert_eq!(cleanup, [format!("{id}/cleanup")]);
+    // The profile's own record is untouched by the clean-up.
+    let profile = fx.vpas_reach(&id, "disposed").await;
+    assert!(!profile.error, "{profile:?}");
+
+    // A late dispose step needs nothing undone.
+    let before = count().await;
+    let message = format!("{}/b/{}", undo.orchestration_id, undo.attempt);
+    fx.manager
+        .engine
+        .apply(&message, undo, complete(json!({})))
+        .await
+        .unwrap();
+    assert_eq!(count().await, before);
+}
+
+/// PostgreSQL cannot keep U+0000 in a JSON document: such an output once failed every
+/// attempt to apply it, and its report came back for ever. Now the activity fails.
+async fn an_output_holding_nul_fails_its_activity(backend: TestBackend) {
+    let fx = fixture(backend, |task| match task.activity_id.as_str() {
+        "a" => complete(json!({"note": {"deep": ["x\u{0}y"]}})),
+        _ => complete(json!({})),
+    })
+    .await;
+    let id = fx.deploy().await;
+    let profile = fx.settled(&id).await;
+    let detail = profile.error_detail.clone().unwrap_or_default();
+    assert!(detail.contains("U+0000"), "{profile:?}");
+    assert_eq!(fx.queued().await, 0);
+}

@@ -1,0 +1,178 @@
+//! The agent worker loop against the real JetStream server: a task that keeps killing
+//! its run ends as a fatal report after the delivery limit (the dead-letter record), and
+//! a task running longer than the ack-wait keeps its lease by progress signals and runs
+//! once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask};
+use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
+use cfm_queue::worker::{OutcomeSink, QueueSink, Worker, WorkerSettings};
+use cfm_queue::{Message, Queue, REPORTS_TOPIC, activity_topic};
+use serde_json::Map;
+
+const ACK_WAIT: Duration = Duration::from_secs(1);
+
+/// Panics (as a crashing plugin host would die) or sleeps, counting its runs.
+struct Behaviour {
+    runs: AtomicU32,
+    panics: bool,
+    sleep: Duration,
+}
+
+#[async_trait::async_trait]
+impl ActivityExecutor for Behaviour {
+    async fn execute(&self, _task: ActivityTask) -> ActivityOutcome {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if self.panics {
+            panic!("the activity took its host down");
+        }
+        tokio::time::sleep(self.sleep).await;
+        ActivityOutcome::Complete { output: Map::new() }
+    }
+
+    fn activity_types(&self) -> Vec<String> {
+        vec!["test.behaviour".into()]
+    }
+}
+
+async fn queue() -> Arc<JetStreamQueue> {
+    let url = std::env::var("CFM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let settings = JetStreamSettings {
+        namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
+        ack_wait: ACK_WAIT,
+        ..JetStreamSettings::new(url)
+    };
+    Arc::new(
+        JetStreamQueue::connect(settings)
+            .await
+            .expect("JetStream at the test URL"),
+    )
+}
+
+fn task() -> ActivityTask {
+    ActivityTask {
+        orchestration_id: "o1".into(),
+        activity_id: "a1".into(),
+        activity_type: "test.behaviour".into(),
+        discriminator: "cfm.orchestration.vpa.deploy".into(),
+        attempt: 1,
+        participant_id: "did:web:p.example".into(),
+        participant_context_id: "p".into(),
+        processing_data: Map::new(),
+        state: None,
+        timeout_ms: 60_000,
+    }
+}
+
+/// Publishes one task, runs a worker, and returns the first report that comes back.
+async fn run(
+    queue: Arc<JetStreamQueue>,
+    executor: Arc<Behaviour>,
+    max_deliveries: u64,
+) -> ActivityReport {
+    let mut reports = queue.consumer(REPORTS_TOPIC).await.unwrap();
+    let message = Message {
+        id: "o1/a1/1".into(),
+        topic: activity_topic("test.behaviour"),
+        payload: serde_json::to_vec(&task()).unwrap(),
+    };
+    queue.publish(&[message]).await.unwrap();
+    let settings = WorkerSettings {
+        concurrency: 2,
+        max_deliveries,
+        progress_every: ACK_WAIT / 3,
+        pull_wait: Duration::from_millis(500),
+    };
+    let worker = Worker::new(
+        queue.clone(),
+        executor,
+        Arc::new(QueueSink(queue.clone())),
+        settings,
+    );
+    let running = tokio::spawn(worker.run());
+    let batch = reports.pull(1, Duration::from_secs(30)).await.unwrap();
+    running.abort();
+    assert_eq!(batch.len(), 1, "no report came back");
+    batch[0].ack().await.unwrap();
+    serde_json::from_slice(batch[0].payload()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_keeps_killing_its_run_is_reported_fatal() {
+    let queue = queue().await;
+    let executor = Arc::new(Behaviour {
+        runs: AtomicU32::new(0),
+        panics: true,
+        sleep: Duration::ZERO,
+    });
+    let report = run(queue.clone(), executor.clone(), 2).await;
+    assert_eq!(report.message_id, "o1/a1/1");
+    match &report.outcome {
+        ActivityOutcome::Fatal { reason } => assert!(reason.starts_with("delivered "), "{reason}"),
+        other => panic!("expected a fatal report, got {other:?}"),
+    }
+    // The count is JetStream's: a delivery that raced a pull request's expiry counts
+    // without a run, and once in a while a redelivery arrives under the count of the one
+    // before (seen on nats-server 2.9), so the bound is the limit plus one.
+    let runs = executor.runs.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&runs),
+        "ran {runs} times with a limit of 2"
+    );
+    (*queue).clone().delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_longer_than_the_ack_wait_runs_once() {
+    let queue = queue().await;
+    let executor = Arc::new(Behaviour {
+        runs: AtomicU32::new(0),
+        panics: false,
+        sleep: ACK_WAIT * 3,
+    });
+    let report = run(queue.clone(), executor.clone(), 10).await;
+    assert!(
+        matches!(report.outcome, ActivityOutcome::Complete { .. }),
+        "{report:?}"
+    );
+    // A redelivery would have started a second run while the first slept.
+    assert_eq!(executor.runs.load(Ordering::SeqCst), 1);
+    (*queue).clone().delete().await.unwrap();
+}
+
+/// An agent killed after its report was published but before the task's acknowledgement
+/// gets the task again and runs it again. That run's report must reach the managers (it
+/// may come after the participant's dispose, which must then undo it), while a report
+/// merely sent twice is still de-duplicated.
+#[tokio::test]
+async fn a_redelivered_run_reports_again_and_a_resent_report_does_not() {
+    let queue = queue().await;
+    let mut reports = queue.consumer(REPORTS_TOPIC).await.unwrap();
+    let sink = QueueSink(queue.clone());
+    let report = |delivery| ActivityReport {
+        message_id: "o1/a1/1".into(),
+        task: task(),
+        outcome: ActivityOutcome::Complete { output: Map::new() },
+        delivery,
+    };
+    sink.report(report(1)).await.unwrap();
+    sink.report(report(1)).await.unwrap();
+    sink.report(report(2)).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let batch = reports.pull(10, Duration::from_secs(2)).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for message in batch {
+            message.ack().await.unwrap();
+            let got: ActivityReport = serde_json::from_slice(message.payload()).unwrap();
+            seen.push(got.delivery);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![1, 2]);
+}

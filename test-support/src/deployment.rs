@@ -1,0 +1,146 @@
+//! Managers and agents of one distributed deployment, on the shared JetStream server.
+
+use crate::*;
+
+/// The JetStream server the tests use (`CFM_TEST_NATS_URL`; scripts/services.sh starts it).
+pub fn nats_url() -> String {
+    std::env::var("CFM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Managers and agents of one deployment, in one scratch directory.
+pub struct Deployment {
+    common: Vec<String>,
+    /// The JetStream namespace the replicas share (`--nats-namespace`).
+    pub namespace: String,
+    /// The `cfm manager` replicas, in start order; each serves the API.
+    pub managers: Vec<Replica>,
+    /// The `cfm agent` replicas, in start order.
+    pub agents: Vec<Replica>,
+    // Dropped after the replicas, so their connections are gone and their logs can
+    // still be shown.
+    /// The PostgreSQL database the managers share.
+    pub scratch: ScratchDatabase,
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// Starts the managers; agents come with [`Deployment::start_agents`].
+    pub async fn start(nats: &str, managers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ScratchDatabase::create().await;
+        let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let manager_dir = dir.path().join("manager");
+        let mut this = Deployment {
+            common: [
+                "--nats-url",
+                nats,
+                "--nats-namespace",
+                &namespace,
+                "--ack-wait-secs",
+                "2",
+            ]
+            .map(String::from)
+            .to_vec(),
+            namespace: namespace.clone(),
+            managers: Vec::new(),
+            agents: Vec::new(),
+            scratch,
+            dir,
+        };
+        for i in 0..managers {
+            // One data directory: the replicas share the API signing key.
+            let mut args = this.args("manager");
+            args.extend(
+                [
+                    "--data-dir",
+                    manager_dir.to_str().unwrap(),
+                    "--database-url",
+                    this.scratch.url(),
+                ]
+                .map(String::from),
+            );
+            args.extend(["--listen", "127.0.0.1:0", "--no-seed"].map(String::from));
+            let log = this.dir.path().join(format!("manager-{i}.log"));
+            this.managers.push(Replica::start(args, log));
+        }
+        this
+    }
+
+    /// `dirs`: each agent's data directory (equal names share one, as agents do that
+    /// share real backends).
+    pub fn start_agents(&mut self, dirs: &[&str], concurrency: usize) {
+        for dir in dirs {
+            let mut args = self.args("agent");
+            let data = self.dir.path().join(dir);
+            args.extend(["--data-dir".to_string(), data.display().to_string()]);
+            args.extend([
+                "--plugins".to_string(),
+                plugins_config().display().to_string(),
+            ]);
+            args.extend(["--concurrency".to_string(), concurrency.to_string()]);
+            let log = self
+                .dir
+                .path()
+                .join(format!("agent-{}.log", self.agents.len()));
+            self.agents.push(Replica::start(args, log));
+        }
+    }
+
+    fn args(&self, command: &str) -> Vec<String> {
+        let mut args = vec![command.to_string()];
+        args.extend(self.common.iter().cloned());
+        args
+    }
+
+    /// An API client of the `manager`th manager, with the admin token the managers share.
+    pub fn api(&self, manager: usize) -> Api {
+        self.managers[manager].client(&self.dir.path().join("manager"))
+    }
+
+    /// The data directory of the agents started with `name` (see
+    /// [`Deployment::start_agents`]).
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// The `p`th percentile (0–100) of `samples`; zero when there are none.
+pub fn percentile(samples: &[Duration], p: usize) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+impl Deployment {
+    /// Like [`Deployment::start_agents`], with the plugin configuration `plugins` and
+    /// `extra` flags (production backends, say) for every agent.
+    pub fn start_agents_with(
+        &mut self,
+        dirs: &[&str],
+        concurrency: usize,
+        plugins: &Path,
+        extra: &[String],
+    ) {
+        for dir in dirs {
+            let mut args = self.args("agent");
+            let data = self.dir.path().join(dir);
+            args.extend(["--data-dir".to_string(), data.display().to_string()]);
+            args.extend(["--plugins".to_string(), plugins.display().to_string()]);
+            args.extend(["--concurrency".to_string(), concurrency.to_string()]);
+            args.extend(extra.iter().cloned());
+            let log = self
+                .dir
+                .path()
+                .join(format!("agent-{}.log", self.agents.len()));
+            self.agents.push(Replica::start(args, log));
+        }
+    }
+
+    /// The deployment's scratch directory (replica logs, agent data directories).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
