@@ -184,7 +184,8 @@ impl Queue for JetStreamQueue {
             stream_config: self.stream_config.clone(),
             name,
             config,
-            broken: false,
+            failures: 0,
+            stalls: 0,
         }))
     }
 }
@@ -196,9 +197,19 @@ struct JetStreamConsumer {
     stream_config: stream::Config,
     name: String,
     config: consumer::pull::Config,
-    /// The last pull failed: repair before the next one.
-    broken: bool,
+    /// Pulls that failed in a row: repaired before the next one.
+    failures: u32,
+    /// Pulls in a row the server accepted and never ended (see [`REBUILD_AFTER`]).
+    stalls: u32,
 }
+
+/// Pulls in a row that the server accepted but never ended, after which the consumer is
+/// deleted and made again. nats-server 2.9 can come back from a restart with a consumer
+/// that exists but answers no pull, for good; only a new one delivers again. (A server
+/// that is down fails pulls at once and counts nothing here.) The stream is a work queue,
+/// so the new consumer starts at the first unacknowledged message: nothing is lost, and
+/// what was in flight is delivered again, which at-least-once delivery allows.
+const REBUILD_AFTER: u32 = 3;
 
 #[async_trait]
 impl Consumer for JetStreamConsumer {
@@ -210,11 +221,16 @@ impl Consumer for JetStreamConsumer {
         // Repaired before the next pull rather than right after the failure: a failure
         // can be the stream being deleted, and recreating it while the server is still
         // tearing the old one down leaves a stream whose consumers never answer.
-        if self.broken {
+        if self.failures > 0 {
             self.repair().await;
         }
         let pulled = self.pull_once(max, wait).await;
-        self.broken = pulled.is_err();
+        if pulled.is_ok() {
+            self.failures = 0;
+            self.stalls = 0;
+        } else {
+            self.failures += 1;
+        }
         pulled
     }
 }
@@ -227,6 +243,14 @@ impl JetStreamConsumer {
         let Ok(stream) = ensure_stream(&self.context, &self.stream_config).await else {
             return;
         };
+        if self.stalls >= REBUILD_AFTER {
+            self.stalls = 0;
+            tracing::warn!(consumer = %self.name,
+                "the server accepts this consumer's pulls and never ends them: making it again");
+            if let Err(e) = stream.delete_consumer(&self.name).await {
+                tracing::warn!(consumer = %self.name, "cannot delete the consumer: {e}");
+            }
+        }
         if let Ok(consumer) = stream
             .get_or_create_consumer(&self.name, self.config.clone())
             .await
@@ -274,7 +298,7 @@ const EXPIRY_SLACK: Duration = Duration::from_secs(3);
 
 impl JetStreamConsumer {
     async fn collect(
-        &self,
+        &mut self,
         batch: Result<consumer::pull::Batch, consumer::pull::BatchError>,
         expires: Duration,
     ) -> Result<Vec<Box<dyn Delivery>>, QueueError> {
@@ -286,6 +310,7 @@ impl JetStreamConsumer {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(_) if found.is_empty() => {
+                    self.stalls += 1;
                     return Err(QueueError::Pull(
                         "the server did not end a pull in time (did it restart?)".into(),
                     ));
