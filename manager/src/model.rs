@@ -153,6 +153,10 @@ pub struct ParticipantProfile {
     /// Dataspace profile id → the participant's roles there (an array of strings).
     #[schema(value_type = Object)]
     pub participant_roles: Map<String, Value>,
+    /// The dataspaces the participant joined: those its deployment named, or, when it named
+    /// none, those deployed to its cell (every one, when none is), as upstream derives them.
+    #[serde(default)]
+    pub dataspace_profile_ids: Vec<String>,
     /// The participant's four VPAs, one of each type, all in one cell.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub vpas: Vec<Vpa>,

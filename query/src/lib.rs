@@ -237,7 +237,7 @@ impl Predicate {
             ));
         }
         let tokens = parse::tokenize(text)?;
-        if tokens.is_empty() {
+        if tokens.is_empty() || parse::is_bare_true(&tokens) {
             return Ok(Self(None));
         }
         parse::Parser::new(tokens, text, limits)
@@ -278,6 +278,20 @@ impl Predicate {
         Ok(params.query(format!(
             "{select} WHERE {condition} ORDER BY id LIMIT {limit} OFFSET {offset}"
         )))
+    }
+
+    /// How many rows of `select` (the same `SELECT ... FROM table` as [`Predicate::select_page`]
+    /// takes) this predicate matches in all: what `X-Total-Count` says.
+    pub fn select_count(
+        &self,
+        select: &str,
+        fields: &dyn Fn(&str) -> Option<Field>,
+        backend: Backend,
+    ) -> Result<Query<'static, Any, AnyArguments>> {
+        let mut params = Params::default();
+        let condition = self.to_sql(fields, backend, &mut params)?;
+        let from = select.find(" FROM ").map_or(select, |at| &select[at..]);
+        Ok(params.query(format!("SELECT COUNT(*){from} WHERE {condition}")))
     }
 
     /// The SQL condition, its values added to `params`. `fields` names a resource's

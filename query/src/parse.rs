@@ -13,6 +13,12 @@ pub(crate) enum Token {
     Comma,
 }
 
+/// Whether the predicate is the bare keyword `true`: upstream's grammar for "everything"
+/// (`TRUE_KEYWORD EOF`), which clients send to list all.
+pub(crate) fn is_bare_true(tokens: &[(usize, Token)]) -> bool {
+    matches!(tokens, [(_, Token::Word(word))] if word.eq_ignore_ascii_case("true"))
+}
+
 /// Tokens with their byte positions, for error messages.
 pub(crate) fn tokenize(text: &str) -> Result<Vec<(usize, Token)>> {
     let bytes = text.as_bytes();

@@ -39,6 +39,12 @@ fn like_and_boolean_structure_translate_to_bound_sql() {
     assert_eq!(params.len(), 4);
     let (sql, _) = translate("");
     assert_eq!(sql, "1 = 1");
+    // Upstream's "everything": the bare keyword, in any case; not a term of its own.
+    for everything in ["true", "TRUE", " True "] {
+        assert_eq!(translate(everything).0, "1 = 1", "{everything}");
+    }
+    assert!(translate_on(Backend::Sqlite, "true AND identifier = 'a'").is_err());
+    assert!(translate_on(Backend::Sqlite, "false").is_err());
 }
 
 #[test]

@@ -17,6 +17,8 @@ on_both_backends!(
     queries_reach_through_json_paths_and_arrays,
     tenant_lists_page_with_links,
     placement_honours_a_named_cell_and_balances_load,
+    a_participant_naming_no_dataspace_joins_those_its_cell_serves,
+    cells_keep_a_clients_state_timestamp,
 );
 
 async fn tenant_patches_merge_and_versions_guard_writes(backend: TestBackend) {
@@ -229,6 +231,8 @@ async fn queries_reach_through_json_paths_and_arrays(backend: TestBackend) {
             vec![alpha],
         ),
         ("error = false", both.clone()),
+        // Upstream's "everything".
+        ("true", both.clone()),
         ("properties.tier = '1'", vec![]),
     ];
     let dataspace = format!("dataspaceProfileIds = '{}'", env.dataspace_id);
@@ -261,6 +265,39 @@ async fn queries_reach_through_json_paths_and_arrays(backend: TestBackend) {
         )
         .await;
     assert_eq!(page[0]["id"], both[1]);
+    // Every query route says how many match in all, and links the pages, as lists do.
+    for (path, predicate, total) in [
+        ("/participant-profiles/query", "true", 2),
+        (
+            "/participant-profiles/query",
+            "identifier STARTS_WITH 'did:web:b'",
+            1,
+        ),
+        ("/tenants/query", "true", 2),
+        ("/orchestrations/query", "orchestrationType = 'nope'", 0),
+    ] {
+        let response = api
+            .raw(
+                Method::POST,
+                path,
+                Some(&json!({"predicate": predicate, "limit": 1}).to_string()),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers();
+        assert_eq!(
+            headers["x-total-count"],
+            total.to_string().as_str(),
+            "{path}"
+        );
+        let link = headers["link"].to_str().unwrap();
+        assert!(
+            link.contains(&format!("{path}?offset=0&limit=1>; rel=\"first\"")),
+            "{link}"
+        );
+        assert_eq!(link.contains("rel=\"next\""), total > 1, "{link}");
+    }
     let tenants = api
         .post_ok(
             "/tenants/query",
@@ -456,4 +493,115 @@ async fn placement_honours_a_named_cell_and_balances_load(backend: TestBackend) 
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["message"].as_str().unwrap().contains("'nope'"));
+}
+
+/// Upstream's clients (JAD's) deploy participants without `dataspaceProfileIds`: such a
+/// participant joins the dataspaces its cell serves, or every one when the cell serves
+/// none, gets their credentials, and its profile says which.
+async fn a_participant_naming_no_dataspace_joins_those_its_cell_serves(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-n").await;
+    // Deployed to no cell.
+    let other = api
+        .post_ok(
+            "/dataspace-profiles",
+            json!({"dataspaceSpec": {"credentialSpecs": [{"id": "other", "type": "OtherCredential",
+                   "issuer": "did:web:issuer.example", "format": "vc20-bssl/jwt"}]}}),
+            201,
+        )
+        .await;
+    let other_id = other["id"].as_str().unwrap().to_string();
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let profiles = format!(
+        "/tenants/{}/participant-profiles",
+        tenant["id"].as_str().unwrap()
+    );
+
+    let served = api
+        .post_ok(
+            &profiles,
+            json!({"identifier": "did:web:n.example", "cellId": env.cell_id}),
+            202,
+        )
+        .await;
+    assert_eq!(served["dataspaceProfileIds"], json!([env.dataspace_id]));
+    let deploy = api
+        .orchestrations_of(served["id"].as_str().unwrap(), "deploy")
+        .await;
+    let credentials = &deploy[0]["processingData"]["cfm.vpa.credentials"];
+    assert_eq!(
+        credentials.as_array().map(Vec::len),
+        Some(1),
+        "{credentials}"
+    );
+    assert_eq!(credentials[0]["id"], "membership", "{credentials}");
+
+    let bare = api
+        .post_ok("/cells", json!({"externalId": "cell-bare"}), 201)
+        .await;
+    let everywhere = api
+        .post_ok(
+            &profiles,
+            json!({"identifier": "did:web:m.example", "cellId": bare["id"]}),
+            202,
+        )
+        .await;
+    let mut joined: Vec<String> =
+        serde_json::from_value(everywhere["dataspaceProfileIds"].clone()).unwrap();
+    joined.sort();
+    let mut all = vec![env.dataspace_id.clone(), other_id];
+    all.sort();
+    assert_eq!(joined, all);
+    // Stored, not only answered: the query language finds it by a joined dataspace.
+    let found = api
+        .post_ok(
+            "/participant-profiles/query",
+            json!({"predicate": format!("dataspaceProfileIds = '{}'", all[1])}),
+            200,
+        )
+        .await;
+    assert!(
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == everywhere["id"]),
+        "{found}"
+    );
+}
+
+/// Upstream keeps the `stateTimestamp` a client registers a cell with; one that is not a
+/// timestamp is the client's mistake, and nothing is created.
+async fn cells_keep_a_clients_state_timestamp(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let given = "2026-07-01T10:00:00Z";
+    let cell = api
+        .post_ok(
+            "/cells",
+            json!({"externalId": "cell-t", "stateTimestamp": given}),
+            201,
+        )
+        .await;
+    assert_eq!(cell["stateTimestamp"], given);
+    let read = api
+        .get_json(&format!("/cells/{}", cell["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(read["stateTimestamp"], given);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/cells",
+            Some(json!({"externalId": "cell-u", "stateTimestamp": "yesterday"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("RFC 3339"),
+        "{body}"
+    );
+    let cells = api.get_json("/cells").await;
+    assert_eq!(cells.as_array().unwrap().len(), 1, "{cells}");
 }

@@ -13,6 +13,7 @@ use super::requests::{NewOrchestrationDefinition, QueryRequest};
 use crate::model::{ActivityDefinition, Orchestration, OrchestrationDefinition};
 use crate::provision::definitions;
 use crate::query::Predicate;
+use crate::store::Paged;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -213,7 +214,7 @@ pub(super) async fn delete_orchestration_definition(
     post,
     path = "/orchestrations/query",
     tag = "orchestrations",
-    summary = "Query orchestrations with a predicate (e.g. correlationId = '<profile id>')",
+    summary = "Query orchestrations with a predicate, e.g. correlationId = '<profile id>' (Link and X-Total-Count headers)",
     request_body = QueryRequest,
     responses(
         (status = 200, description = "Matching orchestrations sorted by id", body = [Orchestration]),
@@ -226,5 +227,14 @@ pub(super) async fn query_orchestrations(
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let predicate = Predicate::parse(&body.predicate)?;
-    Ok(Json(state.engine.query(&predicate, body.page()).await?))
+    let page = body.page();
+    let paged = Paged {
+        items: state.engine.query(&predicate, page).await?,
+        total: state.engine.count(&predicate).await?,
+        page,
+    };
+    Ok((
+        super::tenant::paging_headers("/orchestrations/query", &paged),
+        Json(paged.items),
+    ))
 }

@@ -41,6 +41,8 @@ pub struct NewCell {
     /// `initial`, `pending`, `active`, `disposing`, `disposed`, `locked`, `offline` or
     /// `error`; `active` when absent. No route changes it later.
     pub state: Option<String>,
+    /// When the cell entered its state (RFC 3339), as the client knows it; now when absent.
+    pub state_timestamp: Option<String>,
     /// Per-cell settings, handed to plugins with every VPA placed in the cell.
     #[serde(default)]
     #[schema(value_type = Object)]

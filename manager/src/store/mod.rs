@@ -366,6 +366,15 @@ pub async fn paged(
     Ok((rows, total))
 }
 
+/// Runs a `SELECT COUNT(*)` built from an API predicate, on the pool such queries use.
+pub async fn count_matching(
+    db: &Db,
+    count: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>,
+) -> Result<i64> {
+    let row = count.fetch_one(db.queries()).await?;
+    Ok(sqlx::Row::try_get(&row, 0)?)
+}
+
 /// Reads a value of the `meta` table.
 pub async fn meta(conn: &mut Conn, key: &str) -> Result<Option<String>> {
     Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")

@@ -13,6 +13,8 @@ pub struct NewCell {
     pub external_id: String,
     /// One of [`DEPLOYMENT_STATES`]; `active` when absent.
     pub state: Option<String>,
+    /// When the cell entered its state (RFC 3339), kept as given; now when absent.
+    pub state_timestamp: Option<String>,
     /// Per-cell settings, handed to plugins with every VPA placed in the cell.
     pub properties: Properties,
 }
@@ -26,12 +28,21 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
             DEPLOYMENT_STATES.join(", ")
         )));
     }
+    let state_timestamp = match new.state_timestamp {
+        None => now(),
+        Some(given) if chrono::DateTime::parse_from_rfc3339(&given).is_ok() => given,
+        Some(given) => {
+            return Err(ManagerError::bad_request(format!(
+                "stateTimestamp '{given}' is not an RFC 3339 timestamp"
+            )));
+        }
+    };
     let cell = Cell {
         id: new_id(),
         version: 0,
         external_id: new.external_id,
         state,
-        state_timestamp: now(),
+        state_timestamp,
         properties: new.properties,
     };
     let inserted = sqlx::query(

@@ -101,3 +101,23 @@ pub(super) fn chosen_template(
         None => named(&cell.properties, format!("cell '{}'", cell.id)),
     }
 }
+
+/// The dataspaces a participant that names none joins: those with an active deployment to
+/// its cell, or every dataspace profile when the cell has none (upstream's rule).
+pub(super) async fn implied_dataspaces(conn: &mut Conn, cell_id: &str) -> Result<Vec<String>> {
+    let deployed: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT profile_id FROM dataspace_deployments
+         WHERE cell_id = $1 AND state = 'active' ORDER BY profile_id",
+    )
+    .bind(cell_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !deployed.is_empty() {
+        return Ok(deployed);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT id FROM dataspace_profiles ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}

@@ -12,7 +12,8 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::{VpaState, VpaTransition};
 use crate::model::{
-    CredentialSpec, ParticipantProfile, Properties, VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, now,
+    CredentialSpec, DataspaceProfile, ParticipantProfile, Properties, VPA_STATE_PROPERTY,
+    VPA_TYPES, Vpa, new_id, now,
 };
 use crate::provision::{Engine, Finished, OrchestrationHooks, Start, definitions};
 use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
@@ -58,20 +59,17 @@ pub async fn deploy(
     let mut tx = store::write(engine.db()).await?;
     store::share_row(&mut tx, Table::Tenants, tenant_id).await?;
     tenants::get(&mut tx, tenant_id).await?;
-    let mut dataspace_profiles = Vec::new();
-    for id in &new.dataspace_profile_ids {
-        store::share_row(&mut tx, Table::DataspaceProfiles, id).await?;
-        let profile = dataspaces::get(&mut tx, id).await.map_err(|e| match e {
-            ManagerError::NotFound(_) => {
-                ManagerError::bad_request(format!("dataspace profile '{id}' does not exist"))
-            }
-            other => other,
-        })?;
-        dataspace_profiles.push(profile);
-    }
+    let mut dataspace_profiles = joined(&mut tx, &new.dataspace_profile_ids).await?;
     let cell =
         placement::place(&mut tx, new.cell_id.as_deref(), &new.dataspace_profile_ids).await?;
     store::share_row(&mut tx, Table::Cells, &cell.id).await?;
+    let mut dataspace_profile_ids = new.dataspace_profile_ids.clone();
+    if dataspace_profile_ids.is_empty() {
+        // Upstream's clients (JAD's) name no dataspace; the participant then gets the
+        // credentials of those its cell serves.
+        dataspace_profile_ids = placement::implied_dataspaces(&mut tx, &cell.id).await?;
+        dataspace_profiles = joined(&mut tx, &dataspace_profile_ids).await?;
+    }
     let chosen = placement::chosen_template(&dataspace_profiles, &cell)?;
     let definition =
         definitions::select(&mut tx, orchestration_types::VPA_DEPLOY, chosen.as_deref())
@@ -114,6 +112,7 @@ pub async fn deploy(
         identifier: new.identifier.clone(),
         tenant_id: tenant_id.to_string(),
         participant_roles: new.participant_roles.clone(),
+        dataspace_profile_ids,
         vpas,
         properties: new.properties,
         error: false,
@@ -127,7 +126,7 @@ pub async fn deploy(
     .bind(&profile.tenant_id)
     .bind(&profile.identifier)
     .bind(&cell.id)
-    .bind(to_json(&new.dataspace_profile_ids)?)
+    .bind(to_json(&profile.dataspace_profile_ids)?)
     .bind(to_json(&profile.participant_roles)?)
     .bind(to_json(&profile.vpas)?)
     .bind(to_json(&profile.properties)?)
@@ -183,6 +182,23 @@ pub async fn deploy(
     tx.commit().await?;
     engine.wake();
     Ok(profile)
+}
+
+/// The dataspace profiles `ids` names, each share-locked so none is deleted under the
+/// deployment; an unknown id is the client's mistake.
+async fn joined(conn: &mut Conn, ids: &[String]) -> Result<Vec<DataspaceProfile>> {
+    let mut profiles = Vec::with_capacity(ids.len());
+    for id in ids {
+        store::share_row(conn, Table::DataspaceProfiles, id).await?;
+        let profile = dataspaces::get(conn, id).await.map_err(|e| match e {
+            ManagerError::NotFound(_) => {
+                ManagerError::bad_request(format!("dataspace profile '{id}' does not exist"))
+            }
+            other => other,
+        })?;
+        profiles.push(profile);
+    }
+    Ok(profiles)
 }
 
 /// Reads a profile of `tenant_id`; one of another tenant is "not found".
@@ -268,6 +284,15 @@ pub async fn query(
         .fetch_all(db.queries())
         .await?;
     rows.iter().map(read).collect()
+}
+
+/// How many profiles match a predicate in all.
+pub async fn count(db: &Db, predicate: &Predicate) -> Result<i64> {
+    store::count_matching(
+        db,
+        predicate.select_count(SELECT, &profile_field, db.backend())?,
+    )
+    .await
 }
 
 /// Whose participants [`refuse_while_participants_live`] counts.
@@ -474,7 +499,7 @@ fn profile_field(field: &str) -> Option<Field> {
     })
 }
 
-const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, vpas, properties, error, error_detail
+const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, dataspace_profile_ids, vpas, properties, error, error_detail
     FROM participant_profiles";
 
 fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
@@ -484,6 +509,10 @@ fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
         identifier: row.get("identifier"),
         tenant_id: row.get("tenant_id"),
         participant_roles: from_json(row.get("participant_roles"), "participant roles")?,
+        dataspace_profile_ids: from_json(
+            row.get("dataspace_profile_ids"),
+            "dataspace profile ids",
+        )?,
         vpas: from_json(row.get("vpas"), "vpas")?,
         properties: from_json(row.get("properties"), "profile properties")?,
         error: row.get::<i64, _>("error") != 0,

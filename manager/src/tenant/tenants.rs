@@ -97,6 +97,15 @@ pub async fn query(db: &Db, predicate: &Predicate, page: Page) -> Result<Vec<Ten
     rows.iter().map(read).collect()
 }
 
+/// How many tenants match a predicate in all.
+pub async fn count(db: &Db, predicate: &Predicate) -> Result<i64> {
+    store::count_matching(
+        db,
+        predicate.select_count(SELECT, &tenant_field, db.backend())?,
+    )
+    .await
+}
+
 /// A stale `expected` version is a conflict naming both versions.
 pub fn check_version(what: &str, id: &str, current: i64, expected: Option<i64>) -> Result<()> {
     match expected {

@@ -116,6 +116,7 @@ async fn fixture(
         cells::NewCell {
             external_id: "cell".into(),
             state: None,
+            state_timestamp: None,
             properties: Map::new(),
         },
     )

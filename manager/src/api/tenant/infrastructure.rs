@@ -45,6 +45,7 @@ pub(crate) async fn create_cell(
     let new = cells::NewCell {
         external_id: body.external_id,
         state: body.state,
+        state_timestamp: body.state_timestamp,
         properties: body.properties,
     };
     Ok((

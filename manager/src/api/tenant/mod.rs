@@ -195,7 +195,7 @@ pub(super) async fn delete_tenant(
     post,
     path = "/tenants/query",
     tag = "tenants",
-    summary = "Query tenants with a predicate",
+    summary = "Query tenants with a predicate (Link and X-Total-Count headers)",
     request_body = QueryRequest,
     responses(
         (status = 200, description = "Matching tenants sorted by id", body = [Tenant]),
@@ -209,9 +209,14 @@ pub(super) async fn query_tenants(
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let predicate = caller.scope(Predicate::parse(&body.predicate)?, "id");
-    Ok(Json(
-        tenants::query(state.engine.db(), &predicate, body.page()).await?,
-    ))
+    let db = state.engine.db();
+    let page = body.page();
+    let paged = Paged {
+        items: tenants::query(db, &predicate, page).await?,
+        total: tenants::count(db, &predicate).await?,
+        page,
+    };
+    Ok((paging_headers("/tenants/query", &paged), Json(paged.items)))
 }
 
 #[utoipa::path(
@@ -315,7 +320,7 @@ pub(super) async fn dispose_profile(
     post,
     path = "/participant-profiles/query",
     tag = "participant profiles",
-    summary = "Query participant profiles with a predicate",
+    summary = "Query participant profiles with a predicate (Link and X-Total-Count headers)",
     request_body = QueryRequest,
     responses(
         (status = 200, description = "Matching profiles sorted by id", body = [ParticipantProfile]),
@@ -329,8 +334,16 @@ pub(super) async fn query_profiles(
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let predicate = caller.scope(Predicate::parse(&body.predicate)?, "tenantId");
-    Ok(Json(
-        profiles::query(state.engine.db(), &predicate, body.page()).await?,
+    let db = state.engine.db();
+    let page = body.page();
+    let paged = Paged {
+        items: profiles::query(db, &predicate, page).await?,
+        total: profiles::count(db, &predicate).await?,
+        page,
+    };
+    Ok((
+        paging_headers("/participant-profiles/query", &paged),
+        Json(paged.items),
     ))
 }
 

@@ -20,6 +20,12 @@ impl Engine {
             .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))
     }
 
+    /// How many orchestrations match a predicate in all.
+    pub async fn count(&self, predicate: &Predicate) -> Result<i64> {
+        let count = predicate.select_count(SELECT, &orchestration_field, self.db.backend())?;
+        store::count_matching(&self.db, count).await
+    }
+
     /// Orchestrations matching a predicate (upstream's `/orchestrations/query`), sorted by
     /// id, each with its steps.
     pub async fn query(&self, predicate: &Predicate, page: Page) -> Result<Vec<Orchestration>> {
@@ -32,12 +38,9 @@ impl Engine {
         predicate: &Predicate,
         page: Page,
     ) -> Result<Vec<Orchestration>> {
-        let select = "SELECT id, correlation_id, definition_id, orchestration_type, state,
-              state_timestamp, created_timestamp, processing_data, output_data, error_detail
-            FROM orchestrations";
         let mut conn = pool.acquire().await?;
         let rows = predicate
-            .select_page(select, &orchestration_field, self.db.backend(), page)?
+            .select_page(SELECT, &orchestration_field, self.db.backend(), page)?
             .fetch_all(&mut *conn)
             .await?;
         let mut found = Vec::with_capacity(rows.len());
@@ -143,3 +146,7 @@ fn step_state(row: &store::Row) -> Result<StepState> {
     row.try_get("state")
         .map_err(|e| ManagerError::Corrupt(format!("step state: {e}")))
 }
+
+const SELECT: &str = "SELECT id, correlation_id, definition_id, orchestration_type, state,
+      state_timestamp, created_timestamp, processing_data, output_data, error_detail
+    FROM orchestrations";
