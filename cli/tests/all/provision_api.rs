@@ -15,6 +15,7 @@ on_both_backends!(
     definitions_whose_data_does_not_flow_are_refused,
     a_cancelled_deploy_stops_and_is_compensated,
     a_dataspace_profile_or_cell_selects_the_template,
+    a_client_chosen_template_id_is_kept,
 );
 
 async fn orchestrations_are_found_by_predicate(backend: TestBackend) {
@@ -427,4 +428,60 @@ async fn a_dataspace_profile_or_cell_selects_the_template(backend: TestBackend) 
         api.wait_vpas(tenant_id, &id, "disposed", Duration::from_secs(30))
             .await;
     }
+}
+
+/// Upstream's clients (JAD's seed job) register templates under their own id, the
+/// templateRef, and read them back by it.
+async fn a_client_chosen_template_id_is_kept(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let template = |id: &str| {
+        json!({"id": id, "description": "JAD's onboarding",
+               "activities": {"cfm.orchestration.vpa.deploy": [
+                   {"id": "dns", "type": "cfm.dns.routing"}]}})
+    };
+    let created = api
+        .post_ok(
+            "/orchestration-definitions",
+            template("jad:onboarding-v1"),
+            201,
+        )
+        .await;
+    assert_eq!(created["id"], "jad:onboarding-v1");
+    assert_eq!(created["description"], "JAD's onboarding");
+    let read = api
+        .get_json("/orchestration-definitions/jad:onboarding-v1")
+        .await;
+    assert_eq!(read["activities"], created["activities"]);
+
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/orchestration-definitions",
+            Some(template("jad:onboarding-v1")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    for bad in ["", "a/b", "two words", &"x".repeat(129)] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                "/orchestration-definitions",
+                Some(template(bad)),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    // Without an id the server chooses one, as before.
+    let chosen = api
+        .post_ok(
+            "/orchestration-definitions",
+            json!({"activities": {"cfm.orchestration.vpa.deploy": [
+                {"id": "dns", "type": "cfm.dns.routing"}]}}),
+            201,
+        )
+        .await;
+    assert_eq!(chosen["id"].as_str().map(str::len), Some(36), "{chosen}");
 }

@@ -95,6 +95,7 @@ pub(super) async fn list_orchestrations(
     responses(
         (status = 201, description = "Created", body = OrchestrationDefinition),
         (status = 400, description = "Malformed body or parameters", body = ErrorBody),
+        (status = 409, description = "A definition with this id exists", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody)
     )
 )]
@@ -102,10 +103,13 @@ pub(super) async fn create_orchestration(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewOrchestrationDefinition>,
 ) -> ApiResult<impl IntoResponse> {
+    if let Some(id) = &body.id {
+        definitions::check_template_ref(id)?;
+    }
     let mut conn = state.engine.db().writer().acquire().await?;
     let definition = definitions::create_orchestration(
         &mut conn,
-        None,
+        body.id,
         body.description,
         body.schema,
         body.activities,

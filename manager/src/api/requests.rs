@@ -128,6 +128,11 @@ impl QueryRequest {
 /// An orchestration template to create; it is validated as a whole.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewOrchestrationDefinition {
+    /// The template's id (upstream's templateRef), kept as given; chosen by the server when
+    /// absent. 1 to 128 letters, digits, `.`, `_`, `-` or `:`.
+    #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
+    pub id: Option<String>,
     /// What the template provisions, for people.
     #[serde(default)]
     pub description: String,
