@@ -119,6 +119,10 @@ pub(crate) struct ApiArgs {
     /// Required `aud` claim of identity-provider tokens.
     #[arg(long, env = "CFM_JWT_AUDIENCE", requires = "jwks")]
     pub(crate) jwt_audience: Option<String>,
+    /// The claim that must hold `--jwt-audience` (default `aud`), e.g. `azp` for identity
+    /// providers that name the client there instead.
+    #[arg(long, env = "CFM_JWT_AUDIENCE_CLAIM", requires = "jwt_audience")]
+    pub(crate) jwt_audience_claim: Option<String>,
     /// Least time between two fetches of a JWKS URL for key ids it did not have.
     #[arg(long, env = "CFM_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
     pub(crate) jwks_min_refresh_secs: u64,

@@ -124,6 +124,7 @@ async fn open_manager(args: &ApiArgs) -> anyhow::Result<Manager> {
             jwks: args.jwks.clone(),
             issuer: args.jwt_issuer.clone(),
             audience: args.jwt_audience.clone(),
+            audience_claim: args.jwt_audience_claim.clone(),
             min_refresh: Some(std::time::Duration::from_secs(args.jwks_min_refresh_secs)),
         },
         engine: EngineSettings {

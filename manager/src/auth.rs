@@ -57,6 +57,10 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     /// Required `aud` of external tokens.
     pub audience: Option<String>,
+    /// The claim that must hold `audience`: `aud` when None. Some identity providers
+    /// (Keycloak's client-credential tokens, as upstream's deployments use) name the
+    /// client in `azp` instead.
+    pub audience_claim: Option<String>,
     /// How soon a JWKS URL may be fetched again for a key id it did not have;
     /// None means 30 seconds.
     pub min_refresh: Option<Duration>,
@@ -178,6 +182,7 @@ impl Auth {
             source,
             issuer: settings.issuer,
             audience: settings.audience,
+            audience_claim: settings.audience_claim.unwrap_or_else(|| "aud".into()),
             min_refresh: settings.min_refresh.unwrap_or(JWKS_REFETCH),
             keys: RwLock::new(KeySet::default()),
             http: reqwest::Client::builder()
@@ -281,9 +286,14 @@ impl Auth {
             Some(issuer) => validation.set_issuer(&[issuer]),
             None => validation.iss = None,
         }
+        // `aud` is checked by the JWT library; another claim after the signature verified.
+        let other_claim = external
+            .audience
+            .as_deref()
+            .filter(|_| external.audience_claim != "aud");
         match &external.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
+            Some(audience) if other_claim.is_none() => validation.set_audience(&[audience]),
+            _ => validation.validate_aud = false,
         }
         let mut keys = external.candidates(header).await;
         if keys.is_empty() && external.refresh_if_stale().await {
@@ -297,12 +307,33 @@ impl Auth {
         }
         let mut last = None;
         for key in &keys {
-            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return Ok(data.claims),
+            match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
+                Ok(data) => {
+                    if let Some(audience) = other_claim {
+                        let claim = &external.audience_claim;
+                        if !names(&data.claims[claim.as_str()], audience) {
+                            return Err(AuthError::Invalid(format!(
+                                "the token's '{claim}' claim does not name this API"
+                            )));
+                        }
+                    }
+                    return serde_json::from_value(data.claims)
+                        .map_err(|e| AuthError::Invalid(format!("claims: {e}")));
+                }
                 Err(e) => last = Some(e),
             }
         }
         Err(last.map_or_else(|| AuthError::Invalid("no key fits".into()), invalid))
+    }
+}
+
+/// Whether a claim names `audience`: it is that string, or an array holding it (as `aud`
+/// may be).
+fn names(claim: &serde_json::Value, audience: &str) -> bool {
+    match claim {
+        serde_json::Value::String(one) => one == audience,
+        serde_json::Value::Array(many) => many.iter().any(|v| v.as_str() == Some(audience)),
+        _ => false,
     }
 }
 
@@ -320,6 +351,8 @@ struct External {
     source: JwksSource,
     issuer: Option<String>,
     audience: Option<String>,
+    /// The claim that holds the audience (`aud` unless configured otherwise).
+    audience_claim: String,
     min_refresh: Duration,
     keys: RwLock<KeySet>,
     http: reqwest::Client,

@@ -175,6 +175,42 @@ async fn identity_provider_tokens_are_checked_against_its_jwks() {
     assert_eq!(status_with(&server, &fresh).await, 200);
 }
 
+/// Identity providers that name the client in `azp` rather than `aud` (Keycloak's
+/// client-credential tokens): `--jwt-audience-claim azp` checks that claim instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audience_can_be_another_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, format!("{{\"keys\": [{RSA_JWK}]}}")).unwrap();
+    let server = Server::start(&[
+        "--jwks",
+        file.to_str().unwrap(),
+        "--jwt-audience",
+        AUDIENCE,
+        "--jwt-audience-claim",
+        "azp",
+    ])
+    .await;
+    let rsa = EncodingKey::from_rsa_der(RSA_DER);
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut claims = claims(&[TENANT_READ]);
+        edit(&mut claims);
+        sign(Algorithm::RS256, "test-rsa", &rsa, &claims)
+    };
+    let azp = with(&|c| {
+        c["aud"] = json!("account");
+        c["azp"] = json!(AUDIENCE);
+    });
+    assert_eq!(status_with(&server, &azp).await, 200);
+    let listed = with(&|c| c["azp"] = json!(["other", AUDIENCE]));
+    assert_eq!(status_with(&server, &listed).await, 200);
+    let other_client = with(&|c| c["azp"] = json!("someone-else"));
+    assert_eq!(status_with(&server, &other_client).await, 401);
+    // `aud` alone no longer counts.
+    let aud_only = with(&|_| {});
+    assert_eq!(status_with(&server, &aud_only).await, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwks_file_works_and_a_missing_one_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
