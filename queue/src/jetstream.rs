@@ -184,7 +184,7 @@ impl Queue for JetStreamQueue {
             stream_config: self.stream_config.clone(),
             name,
             config,
-            failures: 0,
+            broken: false,
             stalls: 0,
         }))
     }
@@ -197,13 +197,14 @@ struct JetStreamConsumer {
     stream_config: stream::Config,
     name: String,
     config: consumer::pull::Config,
-    /// Pulls that failed in a row: repaired before the next one.
-    failures: u32,
-    /// Pulls in a row the server accepted and never ended (see [`REBUILD_AFTER`]).
+    /// The last pull failed: repair before the next one.
+    broken: bool,
+    /// Pulls the server accepted and never ended since the last one that worked (see
+    /// [`REBUILD_AFTER`]).
     stalls: u32,
 }
 
-/// Pulls in a row that the server accepted but never ended, after which the consumer is
+/// Pulls the server accepted but never ended, with none working between, after which the consumer is
 /// deleted and made again. nats-server 2.9 can come back from a restart with a consumer
 /// that exists but answers no pull, for good; only a new one delivers again. (A server
 /// that is down fails pulls at once and counts nothing here.) The stream is a work queue,
@@ -221,15 +222,13 @@ impl Consumer for JetStreamConsumer {
         // Repaired before the next pull rather than right after the failure: a failure
         // can be the stream being deleted, and recreating it while the server is still
         // tearing the old one down leaves a stream whose consumers never answer.
-        if self.failures > 0 {
+        if self.broken {
             self.repair().await;
         }
         let pulled = self.pull_once(max, wait).await;
-        if pulled.is_ok() {
-            self.failures = 0;
+        self.broken = pulled.is_err();
+        if !self.broken {
             self.stalls = 0;
-        } else {
-            self.failures += 1;
         }
         pulled
     }

@@ -279,6 +279,11 @@ async fn tenant_tokens_reach_only_their_tenant(backend: TestBackend) {
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["id"], mine);
     for query in ["/tenants/query", "/participant-profiles/query"] {
+        // The count is of the same tenant-scoped predicate: others' rows are not counted.
+        let counted = api
+            .raw(Method::POST, query, Some(r#"{"predicate": "true"}"#), None)
+            .await;
+        assert_eq!(counted.headers()["x-total-count"], "1", "{query}");
         let found = api.post_ok(query, json!({"predicate": ""}), 200).await;
         let found = found.as_array().unwrap();
         assert_eq!(found.len(), 1, "{query}");

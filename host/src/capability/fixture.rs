@@ -9,6 +9,7 @@ use tempfile::TempDir;
 use super::http::PluginHttp;
 use super::{Backends, CallContext, Capabilities};
 use crate::audit::Audit;
+use crate::bindings::cfm::plugin::types::CapabilityError;
 use crate::grants::Grants;
 
 /// The participant context every fixture invocation works for.
@@ -57,6 +58,29 @@ impl Fixture {
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
+    }
+
+    /// `refused` is a denial of `operation` on `target` by `capability`, and the last audit
+    /// record says the same.
+    pub fn assert_denied(
+        &self,
+        refused: CapabilityError,
+        capability: &str,
+        operation: &str,
+        target: &str,
+    ) {
+        let CapabilityError::Denied(message) = refused else {
+            panic!("not a denial: {refused:?}");
+        };
+        assert_eq!(
+            message,
+            format!("{capability} {operation} on '{target}' is outside this plugin's grants")
+        );
+        let record = self.last_audit();
+        assert_eq!(record["capability"], capability);
+        assert_eq!(record["operation"], operation);
+        assert_eq!(record["target"], target);
+        assert_eq!(record["decision"], "denied");
     }
 
     /// The most recent audit record; the test fails when there is none.

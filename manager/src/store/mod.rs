@@ -366,12 +366,16 @@ pub async fn paged(
     Ok((rows, total))
 }
 
-/// Runs a `SELECT COUNT(*)` built from an API predicate, on the pool such queries use.
-pub async fn count_matching(
-    db: &Db,
-    count: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>,
-) -> Result<i64> {
-    let row = count.fetch_one(db.queries()).await?;
+/// Runs a `SELECT COUNT(*)` (such as [`cfm_query::Predicate::select_count`] builds) on
+/// `executor`: the query pool for an API predicate, the caller's transaction for a guard.
+pub async fn count<'e, E>(
+    executor: E,
+    count: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>,
+) -> Result<i64>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let row = count.fetch_one(executor).await?;
     Ok(sqlx::Row::try_get(&row, 0)?)
 }
 

@@ -16,7 +16,7 @@ use crate::model::{
     VPA_TYPES, Vpa, new_id, now,
 };
 use crate::provision::{Engine, Finished, OrchestrationHooks, Start, definitions};
-use crate::query::{Field, JsonColumn, Literal, Params, Predicate};
+use crate::query::{Field, JsonColumn, Literal, Predicate};
 use crate::store::{self, Conn, Db, Paged, Table, from_json, to_json};
 use crate::tenant::{dataspaces, placement, tenants};
 
@@ -288,11 +288,8 @@ pub async fn query(
 
 /// How many profiles match a predicate in all.
 pub async fn count(db: &Db, predicate: &Predicate) -> Result<i64> {
-    store::count_matching(
-        db,
-        predicate.select_count(SELECT, &profile_field, db.backend())?,
-    )
-    .await
+    let count = predicate.select_count(SELECT, &profile_field, db.backend())?;
+    store::count(db.queries(), count).await
 }
 
 /// Whose participants [`refuse_while_participants_live`] counts.
@@ -324,10 +321,8 @@ pub(crate) async fn refuse_while_participants_live(
     };
     let predicate = Predicate::parse(&format!("vpas.state != '{}'", VpaState::Disposed))?
         .and_equals(field, Literal::Text(id.to_string()));
-    let mut params = Params::default();
-    let condition = predicate.to_sql(&profile_field, store::backend_of(conn), &mut params)?;
-    let sql = format!("SELECT COUNT(*) FROM participant_profiles WHERE {condition}");
-    let live: i64 = params.query(sql).fetch_one(conn).await?.get(0);
+    let count = predicate.select_count(SELECT, &profile_field, store::backend_of(conn))?;
+    let live = store::count(conn, count).await?;
     if live > 0 {
         return Err(ManagerError::ParticipantsNotDisposed { owner: what, live });
     }

@@ -99,11 +99,8 @@ pub async fn query(db: &Db, predicate: &Predicate, page: Page) -> Result<Vec<Ten
 
 /// How many tenants match a predicate in all.
 pub async fn count(db: &Db, predicate: &Predicate) -> Result<i64> {
-    store::count_matching(
-        db,
-        predicate.select_count(SELECT, &tenant_field, db.backend())?,
-    )
-    .await
+    let count = predicate.select_count(SELECT, &tenant_field, db.backend())?;
+    store::count(db.queries(), count).await
 }
 
 /// A stale `expected` version is a conflict naming both versions.

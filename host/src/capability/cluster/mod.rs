@@ -258,18 +258,8 @@ mod tests {
             .apply(config_map("cfm-p2"))
             .await
             .unwrap_err();
-        let CapabilityError::Denied(message) = refused else {
-            panic!("not a denial: {refused:?}");
-        };
-        assert_eq!(
-            message,
-            "cluster apply on 'ConfigMap/cfm-p2/ctx' is outside this plugin's grants"
-        );
+        fixture.assert_denied(refused, "cluster", "apply", "ConfigMap/cfm-p2/ctx");
         assert!(!fixture.stored("cluster/cfm-p2").exists());
-        let record = fixture.last_audit();
-        assert_eq!(record["capability"], "cluster");
-        assert_eq!(record["target"], "ConfigMap/cfm-p2/ctx");
-        assert_eq!(record["decision"], "denied");
 
         let secret = fixture
             .capabilities

@@ -252,17 +252,8 @@ mod tests {
             .upsert(ZONE.into(), cname("p2"))
             .await
             .unwrap_err();
-        let CapabilityError::Denied(message) = refused else {
-            panic!("not a denial: {refused:?}");
-        };
-        assert_eq!(
-            message,
-            "dns upsert on 'p2.participants.example CNAME' is outside this plugin's grants"
-        );
+        fixture.assert_denied(refused, "dns", "upsert", "p2.participants.example CNAME");
         assert!(!fixture.stored("dns/participants.example.zone").exists());
-        let record = fixture.last_audit();
-        assert_eq!(record["capability"], "dns");
-        assert_eq!(record["decision"], "denied");
     }
 
     #[tokio::test]

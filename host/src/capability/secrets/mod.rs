@@ -218,19 +218,8 @@ mod tests {
             .put("participants/p2/api-key".into(), "stolen".into())
             .await
             .unwrap_err();
-        let CapabilityError::Denied(message) = refused else {
-            panic!("not a denial: {refused:?}");
-        };
-        assert_eq!(
-            message,
-            "secrets put on 'participants/p2/api-key' is outside this plugin's grants"
-        );
+        fixture.assert_denied(refused, "secrets", "put", "participants/p2/api-key");
         assert!(!fixture.stored("secrets/participants/p2").exists());
-        let record = fixture.last_audit();
-        assert_eq!(record["capability"], "secrets");
-        assert_eq!(record["operation"], "put");
-        assert_eq!(record["target"], "participants/p2/api-key");
-        assert_eq!(record["decision"], "denied");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use cfm_protocol::{ActivityTask, keys, orchestration_types};
 use sqlx::Row;
 
 use super::output::holds_nul;
+use super::read::step_state;
 use super::{CLEANUP_SUFFIX, Current, Engine, Start};
 use crate::error::{ManagerError, Result};
 use crate::model::{ActivitySpec, Properties, StepState};
@@ -52,9 +53,7 @@ impl Engine {
         let Some(dispose) = dispose else {
             return Ok(false);
         };
-        let step_state: Option<StepState> = dispose
-            .try_get("state")
-            .map_err(|e| ManagerError::Corrupt(format!("step state: {e}")))?;
+        let step_state: Option<StepState> = step_state(&dispose)?;
         if step_state == Some(StepState::Pending) {
             return Ok(false);
         }

@@ -23,7 +23,7 @@ impl Engine {
     /// How many orchestrations match a predicate in all.
     pub async fn count(&self, predicate: &Predicate) -> Result<i64> {
         let count = predicate.select_count(SELECT, &orchestration_field, self.db.backend())?;
-        store::count_matching(&self.db, count).await
+        store::count(self.db.queries(), count).await
     }
 
     /// Orchestrations matching a predicate (upstream's `/orchestrations/query`), sorted by
@@ -142,7 +142,12 @@ fn orchestration_field(field: &str) -> Option<Field> {
     })
 }
 
-fn step_state(row: &store::Row) -> Result<StepState> {
+/// A row's `state` column as a [`StepState`] (or `Option<StepState>` where a join may
+/// find no step); a state no release writes is corrupt data, not a panic.
+pub(super) fn step_state<'r, T>(row: &'r store::Row) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
     row.try_get("state")
         .map_err(|e| ManagerError::Corrupt(format!("step state: {e}")))
 }
