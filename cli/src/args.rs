@@ -24,13 +24,13 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run tenant manager, provision manager and agent host in one process: embedded
     /// (SQLite, database-backed queue) by default, or against PostgreSQL and JetStream.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run one manager replica: REST API and orchestration engine, sending work to agent
     /// hosts over JetStream.
-    Manager(ManagerArgs),
+    Manager(Box<ManagerArgs>),
     /// Run one agent-host replica: activities from JetStream, run as plugins. Needs no
     /// database.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Issue an API token signed with a data directory's key (print it on stdout).
     Token(TokenArgs),
     /// Plugin tools: signing keys and signatures, inspecting and checking components.
@@ -68,6 +68,25 @@ pub(crate) struct ServeArgs {
     pub(crate) nats_url: Option<String>,
     #[command(flatten)]
     pub(crate) nats: NatsArgs,
+    #[command(flatten)]
+    pub(crate) events: EventArgs,
+}
+
+/// Events other services publish on JetStream that start orchestrations.
+#[derive(clap::Args)]
+pub(crate) struct EventArgs {
+    /// The JetStream stream the Identity Hub publishes keypair events into (JAD:
+    /// `edc-events`): each `activated`, `revoked` or `rotated` event starts an orchestration
+    /// of the participant it names. Needs --nats-url.
+    #[arg(long, env = "CFM_KEYPAIR_EVENTS_STREAM")]
+    pub(crate) keypair_events_stream: Option<String>,
+    /// The subjects of those events in that stream.
+    #[arg(
+        long,
+        env = "CFM_KEYPAIR_EVENTS_SUBJECT",
+        default_value = "events.keypair.>"
+    )]
+    pub(crate) keypair_events_subject: String,
 }
 
 #[derive(clap::Args)]
@@ -79,6 +98,8 @@ pub(crate) struct ManagerArgs {
     pub(crate) nats_url: String,
     #[command(flatten)]
     pub(crate) nats: NatsArgs,
+    #[command(flatten)]
+    pub(crate) events: EventArgs,
     /// Reports applied at once.
     #[arg(long, default_value_t = cfm_queue::worker::DEFAULT_CONCURRENCY)]
     pub(crate) concurrency: usize,
@@ -188,6 +209,15 @@ pub(crate) struct HostArgs {
     /// The field manager cfm's server-side applies use.
     #[arg(long, env = "CFM_KUBERNETES_FIELD_MANAGER", default_value = "cfm")]
     pub(crate) kubernetes_field_manager: String,
+    /// Base URL of the token service (jwtlet's token-exchange listener, e.g.
+    /// `http://jwtlet:8080`): plugins with a `tokens` grant get participant-scoped tokens
+    /// exchanged at `<url>/token` (RFC 8693).
+    #[arg(long, env = "CFM_TOKEN_EXCHANGE_URL", requires = "subject_token_file")]
+    pub(crate) token_exchange_url: Option<String>,
+    /// The agent host's own subject token (a projected Kubernetes service-account token):
+    /// read again whenever the file changes, never logged, never shown to a plugin.
+    #[arg(long, env = "CFM_SUBJECT_TOKEN_FILE", requires = "token_exchange_url")]
+    pub(crate) subject_token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -200,4 +230,53 @@ pub(crate) struct NatsArgs {
     /// activities signal every third of it, so this is how soon a dead host's work moves.
     #[arg(long, env = "CFM_ACK_WAIT_SECS", default_value_t = cfm_queue::DEFAULT_ACK_WAIT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) ack_wait_secs: u64,
+    /// NATS user name; the password comes from --nats-password-file.
+    #[arg(
+        long,
+        env = "CFM_NATS_USER",
+        requires = "nats_password_file",
+        group = "nats_auth"
+    )]
+    pub(crate) nats_user: Option<String>,
+    /// A file holding the NATS user's password (read at start; never logged).
+    #[arg(long, env = "CFM_NATS_PASSWORD_FILE", requires = "nats_user")]
+    pub(crate) nats_password_file: Option<PathBuf>,
+    /// A file holding a NATS authorization token.
+    #[arg(long, env = "CFM_NATS_TOKEN_FILE", group = "nats_auth")]
+    pub(crate) nats_token_file: Option<PathBuf>,
+    /// A file holding a NATS NKey seed (`SU…`).
+    #[arg(long, env = "CFM_NATS_NKEY_SEED_FILE", group = "nats_auth")]
+    pub(crate) nats_nkey_seed_file: Option<PathBuf>,
+    /// A NATS `.creds` file (user JWT and NKey seed), for decentralised authentication.
+    #[arg(long, env = "CFM_NATS_CREDS_FILE", group = "nats_auth")]
+    pub(crate) nats_creds_file: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// The authentication the flags choose (at most one kind: clap's `nats_auth` group).
+    pub(crate) fn auth(&self) -> anyhow::Result<cfm_queue::jetstream::NatsAuth> {
+        use anyhow::Context;
+        use cfm_queue::jetstream::NatsAuth;
+        let secret = |path: &PathBuf, what: &str| -> anyhow::Result<String> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the NATS {what} from {}", path.display()))?;
+            Ok(text.trim().to_string())
+        };
+        Ok(
+            if let (Some(user), Some(file)) = (&self.nats_user, &self.nats_password_file) {
+                NatsAuth::UserPassword {
+                    user: user.clone(),
+                    password: secret(file, "password")?,
+                }
+            } else if let Some(file) = &self.nats_token_file {
+                NatsAuth::Token(secret(file, "token")?)
+            } else if let Some(file) = &self.nats_nkey_seed_file {
+                NatsAuth::NKeySeed(secret(file, "NKey seed")?)
+            } else if let Some(file) = &self.nats_creds_file {
+                NatsAuth::CredentialsFile(file.clone())
+            } else {
+                NatsAuth::None
+            },
+        )
+    }
 }

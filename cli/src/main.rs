@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use cfm_host::capability::cluster::kubernetes::KubernetesCluster;
 use cfm_host::capability::dns::rfc2136::{DynamicUpdates, TsigKey};
 use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
+use cfm_host::capability::tokens::exchange::TokenExchange;
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig};
 use cfm_manager::auth::AuthSettings;
@@ -26,7 +27,8 @@ use cfm_queue::worker::{QueueSink, Worker, WorkerSettings};
 use clap::Parser;
 
 use args::{
-    AgentArgs, ApiArgs, Cli, Command, HostArgs, ManagerArgs, NatsArgs, ServeArgs, TokenArgs,
+    AgentArgs, ApiArgs, Cli, Command, EventArgs, HostArgs, ManagerArgs, NatsArgs, ServeArgs,
+    TokenArgs,
 };
 
 #[tokio::main]
@@ -51,9 +53,9 @@ async fn main() -> anyhow::Result<()> {
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     }
     match command {
-        Command::Serve(args) => serve(args).await,
-        Command::Manager(args) => manager(args).await,
-        Command::Agent(args) => agent(args).await,
+        Command::Serve(args) => serve(*args).await,
+        Command::Manager(args) => manager(*args).await,
+        Command::Agent(args) => agent(*args).await,
         Command::Token(args) => token(args),
         Command::Plugin(command) => plugin::run(command),
     }
@@ -64,13 +66,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let host = Arc::new(open_host(&args.api.data_dir, &args.host).await?);
     let work = match &args.nats_url {
         None => {
+            if args.events.keypair_events_stream.is_some() {
+                anyhow::bail!(
+                    "--keypair-events-stream needs --nats-url: events come from JetStream"
+                );
+            }
             tracing::info!("work goes through the embedded queue");
             let settings = worker_settings(&args.host, None);
             let worker = manager.embedded_worker(host, settings).await;
             tokio::spawn(async move { worker.run().await.map_err(anyhow::Error::from) })
         }
         Some(url) => {
-            let queue = connect(url, &args.nats).await?;
+            let jetstream = connect(url, &args.nats).await?;
+            keypair_events(&manager, &jetstream, &args.events).await?;
+            let queue: Arc<dyn Queue> = Arc::new(jetstream);
             let worker = agent_worker(queue.clone(), host, &args.host, &args.nats);
             let distributed =
                 cfm_manager::run_distributed(manager.engine.clone(), queue, args.host.concurrency);
@@ -88,7 +97,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     let manager = open_manager(&args.api).await?;
-    let queue = connect(&args.nats_url, &args.nats).await?;
+    let jetstream = connect(&args.nats_url, &args.nats).await?;
+    keypair_events(&manager, &jetstream, &args.events).await?;
+    let queue: Arc<dyn Queue> = Arc::new(jetstream);
     let engine = manager.engine.clone();
     let concurrency = args.concurrency;
     let work = tokio::spawn(async move {
@@ -101,7 +112,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let host = Arc::new(open_host(&args.data_dir, &args.host).await?);
-    let queue = connect(&args.nats_url, &args.nats).await?;
+    let queue = Arc::new(connect(&args.nats_url, &args.nats).await?);
     let worker = agent_worker(queue, host.clone(), &args.host, &args.nats);
     let mut work = tokio::spawn(worker.run());
     // Scripts and tests read this line.
@@ -196,6 +207,11 @@ async fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost
             DynamicUpdates::new(server, key).map_err(anyhow::Error::msg)?,
         ));
     }
+    if let (Some(url), Some(file)) = (&args.token_exchange_url, &args.subject_token_file) {
+        let exchange = TokenExchange::new(url, file)?;
+        tracing::info!(endpoint = %exchange.endpoint(), "plugin tokens are exchanged at a token service");
+        backends = backends.with_tokens(Arc::new(exchange));
+    }
     let host = AgentHost::new(
         &config,
         backends,
@@ -212,7 +228,28 @@ async fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost
     Ok(host)
 }
 
-async fn connect(url: &str, args: &NatsArgs) -> anyhow::Result<Arc<dyn Queue>> {
+/// Starts consuming keypair events when a stream is named; runs for the life of the process.
+async fn keypair_events(
+    manager: &Manager,
+    jetstream: &JetStreamQueue,
+    args: &EventArgs,
+) -> anyhow::Result<()> {
+    let Some(stream) = &args.keypair_events_stream else {
+        return Ok(());
+    };
+    let consumer = jetstream
+        .event_consumer(stream, &args.keypair_events_subject)
+        .await
+        .context("consuming keypair events")?;
+    tracing::info!(%stream, subject = %args.keypair_events_subject, "keypair events start orchestrations");
+    tokio::spawn(cfm_manager::tenant::keypairs::run(
+        manager.engine.clone(),
+        consumer,
+    ));
+    Ok(())
+}
+
+async fn connect(url: &str, args: &NatsArgs) -> anyhow::Result<JetStreamQueue> {
     let shown = cfm_manager::store::redact_url(url);
     tracing::info!(
         "work goes through JetStream at {shown} (namespace {})",
@@ -221,12 +258,12 @@ async fn connect(url: &str, args: &NatsArgs) -> anyhow::Result<Arc<dyn Queue>> {
     let settings = JetStreamSettings {
         namespace: args.nats_namespace.clone(),
         ack_wait: Duration::from_secs(args.ack_wait_secs),
+        auth: args.auth()?,
         ..JetStreamSettings::new(url)
     };
-    let queue = JetStreamQueue::connect(settings)
+    JetStreamQueue::connect(settings)
         .await
-        .with_context(|| format!("connecting to JetStream at {shown}"))?;
-    Ok(Arc::new(queue))
+        .with_context(|| format!("connecting to JetStream at {shown}"))
 }
 
 fn agent_worker(

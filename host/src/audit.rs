@@ -74,6 +74,8 @@ pub enum Effect {
     Absent,
     /// An outbound request went out (whatever the server answered).
     Sent,
+    /// A token was handed to the plugin (never recorded itself).
+    Issued,
 }
 
 impl Audit {

@@ -93,6 +93,9 @@ impl VpaState {
     pub fn after(orchestration_type: &str, end: OrchestrationState) -> VpaTransition {
         use OrchestrationState::{Completed, Errored};
         use orchestration_types::{VPA_DEPLOY, VPA_DISPOSE};
+        if orchestration_type.starts_with(orchestration_types::KEYPAIR_PREFIX) {
+            return VpaTransition::Unchanged;
+        }
         match (orchestration_type, end) {
             (VPA_DEPLOY, Completed) => VpaTransition::To(VpaState::Active),
             (VPA_DISPOSE, Completed) => VpaTransition::To(VpaState::Disposed),

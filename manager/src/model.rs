@@ -325,3 +325,10 @@ pub fn now() -> String {
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+/// A fresh id for a participant profile, which is also its participant context id: a UUID
+/// v4 as 32 lowercase hex digits, the form upstream's participant contexts take, so it is
+/// a path segment, a DNS label and a Kubernetes name alike.
+pub fn new_participant_context_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

@@ -16,7 +16,8 @@ use crate::store::{self, Db};
 /// The id of the seeded deploy/dispose template on the local backends.
 pub const DEFAULT_TEMPLATE_ID: &str = "cfm-default";
 const SEEDED: &str = "seeded.v1";
-const SEEDED_EDC_V: &str = "seeded.edc-v.v1";
+/// v1 seeded the API-key EDC plugins' types, retired since; v2 seeds upstream's types.
+const SEEDED_EDC_V: &str = "seeded.edc-v.v2";
 
 /// The built-in activity types and what they do.
 pub const BUILTIN_ACTIVITIES: &[(&str, &str)] = &[
@@ -30,13 +31,44 @@ pub const BUILTIN_ACTIVITIES: &[(&str, &str)] = &[
     ),
     ("cfm.dns.routing", "DNS routing record of the participant"),
     (
-        "cfm.issuer.credentials",
-        "Registration with the Issuer Service and credential requests",
+        "jwtlet-activity",
+        "Token-exchange mappings of the participant context at jwtlet",
     ),
     (
-        "cfm.edc.participant-context",
-        "Participant context in the EDC Identity Hub and Control Plane",
+        "identityhub-activity",
+        "Participant context, DID and key in the EDC Identity Hub",
     ),
+    (
+        "edcv-activity",
+        "Participant context and its configuration in the EDC Control Plane",
+    ),
+    (
+        "registration-activity",
+        "The participant as a holder at the Issuer Service",
+    ),
+    (
+        "onboarding-activity",
+        "Credential request to the issuer, polled until issued; revocation on dispose",
+    ),
+    (
+        "siglet-activity",
+        "Transfer-type mappings at Siglet and the data plane at the Control Plane",
+    ),
+    (
+        "keymanagement-activity",
+        "Keypair lifecycle events: Siglet key mappings and the Control Plane's signing configuration",
+    ),
+];
+
+/// Upstream's EDC-V activity types, served by the built-in `edc-v` plugin.
+const EDC_V_ACTIVITIES: [&str; 7] = [
+    "jwtlet-activity",
+    "identityhub-activity",
+    "edcv-activity",
+    "registration-activity",
+    "onboarding-activity",
+    "siglet-activity",
+    "keymanagement-activity",
 ];
 
 /// Runs the seeding steps this database has not had yet; returns whether any ran.
@@ -93,7 +125,6 @@ async fn seed_default(tx: &mut store::Tx) -> Result<()> {
             "cfm.vault.credentials",
             "cfm.k8s.runtime",
             "cfm.dns.routing",
-            "cfm.issuer.credentials",
         ],
     )
     .await?;
@@ -127,9 +158,9 @@ async fn seed_default(tx: &mut store::Tx) -> Result<()> {
     Ok(())
 }
 
-/// Activity types added after the first release, for databases seeded before them. The
-/// `edc-v` template that uses them ships as `templates/edc-v.json`: a template is chosen
-/// per dataspace profile, so it is the operator's to add, not the newest by default.
+/// Upstream's EDC-V activity types, also for databases seeded before them. The `edc-v`
+/// template that uses them ships as `templates/edc-v.json`: a template is chosen per
+/// dataspace profile, so it is the operator's to add, not the newest by default.
 async fn seed_edc_v(tx: &mut store::Tx) -> Result<()> {
-    put_builtin_activities(tx, &["cfm.edc.participant-context"]).await
+    put_builtin_activities(tx, &EDC_V_ACTIVITIES).await
 }

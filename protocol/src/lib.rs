@@ -42,6 +42,9 @@ pub mod orchestration_types {
     pub const VPA_DEPLOY: &str = "cfm.orchestration.vpa.deploy";
     /// Disposes of a participant's VPAs; also compensates a failed deploy.
     pub const VPA_DISPOSE: &str = "cfm.orchestration.vpa.dispose";
+    /// What keypair lifecycle events start: `<KEYPAIR_PREFIX>activated`, `…revoked`,
+    /// `…rotated`. They change the participant's services, never its VPAs' state.
+    pub const KEYPAIR_PREFIX: &str = "cfm.orchestration.keypair.";
 }
 
 /// One activity to run: what the agent host hands to a plugin.

@@ -30,6 +30,71 @@ pub struct JetStreamSettings {
     pub ack_wait: Duration,
     /// How long JetStream remembers message ids to drop re-publishes.
     pub duplicate_window: Duration,
+    /// How cfm proves who it is to the server.
+    pub auth: NatsAuth,
+}
+
+/// How cfm authenticates to the NATS server, besides credentials in the URL. The secrets
+/// are held only to connect and reconnect; `Debug` shows which kind, never the value.
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    /// No credentials, or only those in the URL.
+    #[default]
+    None,
+    /// A user name and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// Their password.
+        password: String,
+    },
+    /// An authorization token.
+    Token(String),
+    /// An NKey seed (`SU…`): the server checks a signature of its nonce.
+    NKeySeed(String),
+    /// A `.creds` file (a user JWT and its NKey seed), for operator/decentralised auth.
+    CredentialsFile(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NatsAuth::None => "None",
+            NatsAuth::UserPassword { .. } => "UserPassword(..)",
+            NatsAuth::Token(_) => "Token(..)",
+            NatsAuth::NKeySeed(_) => "NKeySeed(..)",
+            NatsAuth::CredentialsFile(_) => "CredentialsFile(..)",
+        })
+    }
+}
+
+impl NatsAuth {
+    async fn apply(
+        &self,
+        options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, QueueError> {
+        Ok(match self.clone() {
+            NatsAuth::None => options,
+            NatsAuth::UserPassword { user, password } => options.user_and_password(user, password),
+            NatsAuth::Token(token) => options.token(token),
+            NatsAuth::NKeySeed(seed) => {
+                // Checked here: the client would otherwise fail only inside the handshake.
+                nkeys::KeyPair::from_seed(&seed).map_err(|_| {
+                    QueueError::Setup("the NATS NKey seed is not a valid seed".into())
+                })?;
+                options.nkey(seed)
+            }
+            NatsAuth::CredentialsFile(path) => {
+                options.credentials_file(&path).await.map_err(|e| {
+                    QueueError::Setup(format!(
+                        "reading the NATS credentials file {}: {}",
+                        path.display(),
+                        e.kind()
+                    ))
+                })?
+            }
+        })
+    }
 }
 
 impl JetStreamSettings {
@@ -41,6 +106,7 @@ impl JetStreamSettings {
             namespace: "cfm".into(),
             ack_wait: crate::DEFAULT_ACK_WAIT,
             duplicate_window: Duration::from_secs(120),
+            auth: NatsAuth::None,
         }
     }
 }
@@ -62,7 +128,11 @@ impl JetStreamQueue {
         check_topic(&settings.namespace).map_err(|_| {
             QueueError::Setup(format!("invalid namespace '{}'", settings.namespace))
         })?;
-        let client = async_nats::ConnectOptions::new()
+        let options = settings
+            .auth
+            .apply(async_nats::ConnectOptions::new())
+            .await?;
+        let client = options
             .name("cfm")
             .connection_timeout(Duration::from_secs(5))
             .connect(settings.url.as_str())
@@ -109,6 +179,47 @@ impl JetStreamQueue {
 
     fn subject(&self, topic: &str) -> String {
         format!("{}.{topic}", self.settings.namespace)
+    }
+
+    /// A durable consumer of the messages on `filter_subject` in another service's stream
+    /// (the keypair events the Identity Hub publishes, say), shared by every replica. The
+    /// stream must exist: it belongs to whoever publishes into it. Only this namespace's
+    /// consumer is created, so installations sharing a server read the stream apart.
+    pub async fn event_consumer(
+        &self,
+        stream: &str,
+        filter_subject: &str,
+    ) -> Result<Box<dyn Consumer>, QueueError> {
+        let name = consumer_name(
+            &self.settings.namespace,
+            &format!("events.{stream}.{filter_subject}"),
+        );
+        let found = self.context.get_stream(stream).await.map_err(|e| {
+            QueueError::Setup(format!(
+                "event stream '{stream}' (it is not cfm's to create): {e}"
+            ))
+        })?;
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: filter_subject.to_string(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            max_deliver: -1,
+            ..Default::default()
+        };
+        let consumer = found
+            .get_or_create_consumer(&name, config.clone())
+            .await
+            .map_err(|e| QueueError::Setup(format!("consumer {name}: {e}")))?;
+        Ok(Box::new(JetStreamConsumer {
+            consumer,
+            context: self.context.clone(),
+            stream_config: found.cached_info().config.clone(),
+            name,
+            config,
+            broken: false,
+            stalls: 0,
+        }))
     }
 }
 
@@ -357,6 +468,10 @@ impl Delivery for JetStreamDelivery {
         self.deliveries
     }
 
+    fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
     async fn ack(&self) -> Result<(), QueueError> {
         self.acknowledge(jetstream::AckKind::Ack).await
     }
@@ -398,14 +513,12 @@ fn stream_name(namespace: &str) -> String {
     )
 }
 
-/// Durable names may not contain dots; the digest keeps `a.b` and `a_b` apart.
+/// Durable names may not contain `.`, `*` or `>` (a subject filter has them); the digest
+/// keeps `a.b` and `a_b` apart.
 fn consumer_name(namespace: &str, topic: &str) -> String {
     let digest = hex::encode(&Sha256::digest(format!("{namespace}/{topic}"))[..4]);
-    format!(
-        "{}-{}-{digest}",
-        namespace.replace('.', "_"),
-        topic.replace('.', "_")
-    )
+    let plain = |text: &str| text.replace(['.', '*', '>'], "_");
+    format!("{}-{}-{digest}", plain(namespace), plain(topic))
 }
 
 #[cfg(test)]
@@ -418,6 +531,8 @@ mod tests {
         let b = consumer_name("cfm", "activity.a_b");
         assert_ne!(a, b);
         assert!(!a.contains('.') && !a.contains('*') && !a.contains('>'));
+        let events = consumer_name("cfm", "events.edc-events.events.keypair.>");
+        assert!(!events.contains('.') && !events.contains('>'), "{events}");
         assert_eq!(stream_name("cfm.test-1"), "CFM_CFM_TEST_1");
     }
 }

@@ -83,6 +83,11 @@ pub trait Delivery: Send + Sync {
     fn payload(&self) -> &[u8];
     /// How many times this message has been delivered, this time included.
     fn deliveries(&self) -> u64;
+    /// The subject it was published on, where the queue has subjects (JetStream); the
+    /// topic otherwise, or empty.
+    fn subject(&self) -> &str {
+        ""
+    }
     /// Done with: the message is removed.
     async fn ack(&self) -> Result<(), QueueError>;
     /// Not done: deliver it again after `delay`.

@@ -26,6 +26,11 @@ pub struct Deployment {
 impl Deployment {
     /// Starts the managers; agents come with [`Deployment::start_agents`].
     pub async fn start(nats: &str, managers: usize) -> Self {
+        Self::start_with(nats, managers, &[]).await
+    }
+
+    /// The same, with `extra` flags for every manager.
+    pub async fn start_with(nats: &str, managers: usize, extra: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let scratch = ScratchDatabase::create().await;
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -60,6 +65,7 @@ impl Deployment {
                 .map(String::from),
             );
             args.extend(["--listen", "127.0.0.1:0", "--no-seed"].map(String::from));
+            args.extend(extra.iter().cloned());
             let log = this.dir.path().join(format!("manager-{i}.log"));
             this.managers.push(Replica::start(args, log));
         }

@@ -9,20 +9,38 @@ pub struct JetStreamServer {
     child: Child,
     port: u16,
     store: tempfile::TempDir,
+    config: Option<PathBuf>,
 }
 
 impl JetStreamServer {
     /// Starts `nats-server -js` on a free port with an empty store; returns once it accepts
     /// connections.
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// The same, with `config` (nats-server's configuration syntax, e.g. an
+    /// `authorization { ... }` block) as its configuration file.
+    pub fn start_with_config(config: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let store = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, store.path());
-        JetStreamServer { child, port, store }
+        let config = (!config.is_empty()).then(|| {
+            // Beside the store, not in it: restart_without_storage empties the store.
+            let path = store.path().with_extension("conf");
+            std::fs::write(&path, config).unwrap();
+            path
+        });
+        let child = Self::spawn(port, store.path(), config.as_deref());
+        JetStreamServer {
+            child,
+            port,
+            store,
+            config,
+        }
     }
 
     /// The server's `nats://127.0.0.1:<port>` URL; it stays the same across restarts.
@@ -40,7 +58,7 @@ impl JetStreamServer {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.port, self.store.path());
+        self.child = Self::spawn(self.port, self.store.path(), self.config.as_deref());
     }
 
     /// Restarts it with its storage gone, as after losing a disk.
@@ -49,13 +67,17 @@ impl JetStreamServer {
         let _ = self.child.wait();
         std::fs::remove_dir_all(self.store.path()).unwrap();
         std::fs::create_dir(self.store.path()).unwrap();
-        self.child = Self::spawn(self.port, self.store.path());
+        self.child = Self::spawn(self.port, self.store.path(), self.config.as_deref());
     }
 
-    fn spawn(port: u16, store: &Path) -> Child {
+    fn spawn(port: u16, store: &Path, config: Option<&Path>) -> Child {
         let mut tries = 0;
         loop {
-            let mut child = Command::new("nats-server")
+            let mut command = Command::new("nats-server");
+            if let Some(config) = config {
+                command.arg("-c").arg(config);
+            }
+            let mut child = command
                 .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                 .arg(store)
                 .stdout(Stdio::null())
@@ -88,5 +110,8 @@ impl Drop for JetStreamServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
     }
 }

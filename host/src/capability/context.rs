@@ -19,6 +19,9 @@ pub struct Capabilities {
     pub(super) calls: Arc<CallContext>,
     pub(super) log: LogLines,
     http: OutboundHttp,
+    /// The tokens handed to the plugin in this invocation, so none leaves it in a log
+    /// line, an output or an error.
+    pub(super) issued: Vec<String>,
 }
 
 impl Capabilities {
@@ -29,7 +32,22 @@ impl Capabilities {
             http: OutboundHttp::new(calls.clone(), http),
             calls,
             log: LogLines::default(),
+            issued: Vec::new(),
         }
+    }
+
+    /// `text` with every token handed out in this invocation replaced by `[token]`.
+    pub fn redact(&self, text: &str) -> String {
+        self.issued.iter().fold(text.to_string(), |text, token| {
+            text.replace(token.as_str(), "[token]")
+        })
+    }
+
+    /// Whether `text` holds a token handed out in this invocation.
+    pub fn holds_token(&self, text: &str) -> bool {
+        self.issued
+            .iter()
+            .any(|token| text.contains(token.as_str()))
     }
 
     /// Log lines dropped because the invocation went past [`super::log::MAX_LINES`].

@@ -23,6 +23,11 @@ pub struct Fixture {
 impl Fixture {
     /// An invocation for [`PARTICIPANT`] under `grants`, set up as the runtime does it.
     pub fn new(grants: Grants) -> Self {
+        Self::with_backends(grants, |backends| backends)
+    }
+
+    /// The same, on the embedded backends as `adapt` changes them.
+    pub fn with_backends(grants: Grants, adapt: impl FnOnce(Backends) -> Backends) -> Self {
         let data = tempfile::tempdir().unwrap();
         let http = grants
             .http
@@ -36,7 +41,7 @@ impl Fixture {
             participant_context_id: PARTICIPANT.into(),
             idempotency_key: "o1/a1".into(),
             grants: grants.scoped(PARTICIPANT),
-            backends: Backends::embedded(data.path()),
+            backends: adapt(Backends::embedded(data.path())),
             audit: Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
             denials: Default::default(),
         };

@@ -42,7 +42,7 @@ impl Host for Capabilities {
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        let message = &message[..end];
+        let message = self.redact(&message[..end]);
         let plugin = &*self.calls.plugin;
         match level {
             Level::Debug => tracing::debug!(target: "cfm::plugin", plugin, "{message}"),

@@ -15,6 +15,7 @@ mod fixture;
 pub mod http;
 pub mod log;
 pub mod secrets;
+pub mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Backends {
     pub cluster: Arc<dyn cluster::ClusterBackend>,
     /// Where the `dns` capability keeps records.
     pub dns: Arc<dyn dns::DnsBackend>,
+    /// Where the `tokens` capability gets tokens, and the http capability the subject token.
+    pub tokens: Arc<dyn tokens::TokenBackend>,
 }
 
 impl Backends {
@@ -45,6 +48,7 @@ impl Backends {
                 data_dir.join("cluster"),
             )),
             dns: Arc::new(dns::zonefile::ZoneFiles::new(data_dir.join("dns"))),
+            tokens: Arc::new(tokens::Unconfigured),
         }
     }
 
@@ -61,6 +65,11 @@ impl Backends {
     /// The same, with DNS records kept by `dns` (an authoritative server) instead.
     pub fn with_dns(self, dns: Arc<dyn dns::DnsBackend>) -> Self {
         Self { dns, ..self }
+    }
+
+    /// The same, with tokens exchanged by `tokens` (a token service) instead of refused.
+    pub fn with_tokens(self, tokens: Arc<dyn tokens::TokenBackend>) -> Self {
+        Self { tokens, ..self }
     }
 }
 

@@ -32,24 +32,28 @@ pub enum Capability {
     Dns,
     /// Outbound HTTP (`wasi:http`).
     Http,
+    /// Access tokens by token exchange (`cfm:plugin/tokens`).
+    Tokens,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 4] = [
+    pub const ALL: [Capability; 5] = [
         Capability::Secrets,
         Capability::Cluster,
         Capability::Dns,
         Capability::Http,
+        Capability::Tokens,
     ];
 
-    /// The capability's name: `secrets`, `cluster`, `dns` or `http`.
+    /// The capability's name: `secrets`, `cluster`, `dns`, `http` or `tokens`.
     pub fn as_str(self) -> &'static str {
         match self {
             Capability::Secrets => "secrets",
             Capability::Cluster => "cluster",
             Capability::Dns => "dns",
             Capability::Http => "http",
+            Capability::Tokens => "tokens",
         }
     }
 
@@ -99,6 +103,14 @@ pub enum GrantError {
     /// An http origin that does not parse.
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// A subject-token origin that is not one exact origin among the grant's `origins`.
+    #[error(
+        "subject-token-origin '{0}' must be one exact origin (no '*', no placeholder) listed in origins"
+    )]
+    SubjectTokenOrigin(String),
+    /// A tokens grant naming a scope with a space, or an empty audience or scope.
+    #[error("tokens grant: '{0}' is not a single non-empty audience or scope")]
+    TokenName(String),
 }
 
 /// What a plugin's configuration grants, before it is scoped to a participant.
@@ -114,6 +126,19 @@ pub struct Grants {
     pub dns: Option<DnsGrant>,
     /// Outbound HTTP, by origin.
     pub http: Option<HttpGrant>,
+    /// Access tokens for the participant being processed, by audience and scope.
+    pub tokens: Option<TokenGrant>,
+}
+
+/// What a `tokens` grant opens: tokens exchanged for the participant context being
+/// processed (never another), for these audiences, carrying only these scopes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokenGrant {
+    /// Audiences a token may be asked for (`edcv`).
+    pub audiences: Vec<String>,
+    /// Scopes a token may carry; a request for several must have each granted.
+    pub scopes: Vec<String>,
 }
 
 /// What a `cluster` grant opens: objects of these kinds in these namespaces.
@@ -156,6 +181,35 @@ pub struct HttpGrant {
     /// that address for itself alone: its scheme and port, not every origin's.
     #[serde(default)]
     pub private_networks: Vec<ipnet::IpNet>,
+    /// One of `origins`, exactly, to which the host presents its own subject token
+    /// (`Authorization: Bearer <token>`, replacing any the plugin set), for a service that
+    /// authenticates the agent itself rather than a participant (jwtlet's management API).
+    /// The plugin never sees the token.
+    pub subject_token_origin: Option<String>,
+}
+
+impl HttpGrant {
+    /// The parsed [`HttpGrant::subject_token_origin`]: one exact origin, listed in `origins`.
+    pub fn subject_token_origin(&self) -> Result<Option<Origin>, GrantError> {
+        let Some(raw) = &self.subject_token_origin else {
+            return Ok(None);
+        };
+        let refused = || GrantError::SubjectTokenOrigin(raw.clone());
+        if raw.contains(['*', '{']) {
+            return Err(refused());
+        }
+        let pattern = OriginPattern::parse(raw).map_err(|_| refused())?;
+        let listed = self
+            .origins
+            .iter()
+            .any(|o| OriginPattern::parse(o).is_ok_and(|o| o == pattern));
+        let origin = url::Url::parse(raw)
+            .ok()
+            .and_then(|url| Origin::of(&url))
+            .filter(|_| listed)
+            .ok_or_else(refused)?;
+        Ok(Some(origin))
+    }
 }
 
 /// Grants resolved for one participant context.
@@ -168,6 +222,9 @@ pub struct ScopedGrants {
     dns_names: Vec<String>,
     dns_record_types: Vec<String>,
     http_origins: Vec<OriginPattern>,
+    subject_token_origin: Option<Origin>,
+    token_audiences: Vec<String>,
+    token_scopes: Vec<String>,
 }
 
 impl Grants {
@@ -193,6 +250,18 @@ impl Grants {
                 return Err(GrantError::SecretPattern(pattern.clone()));
             }
         }
+        if let Some(http) = &self.http {
+            http.subject_token_origin()?;
+        }
+        for name in self
+            .tokens
+            .iter()
+            .flat_map(|t| t.audiences.iter().chain(&t.scopes))
+        {
+            if name.is_empty() || name.chars().any(char::is_whitespace) {
+                return Err(GrantError::TokenName(name.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -204,6 +273,7 @@ impl Grants {
             Capability::Cluster => self.cluster.is_some(),
             Capability::Dns => self.dns.is_some(),
             Capability::Http => self.http.is_some(),
+            Capability::Tokens => self.tokens.is_some(),
         }
     }
 
@@ -258,8 +328,18 @@ impl Grants {
                 .collect(),
             None => Vec::new(),
         };
+        let (token_audiences, token_scopes) = match &self.tokens {
+            Some(t) => (t.audiences.clone(), t.scopes.clone()),
+            None => Default::default(),
+        };
         ScopedGrants {
             http_origins,
+            subject_token_origin: self
+                .http
+                .as_ref()
+                .and_then(|h| h.subject_token_origin().ok().flatten()),
+            token_audiences,
+            token_scopes,
             secrets: resolve(&self.secrets),
             cluster_namespaces: namespaces,
             cluster_kinds: kinds,
@@ -314,6 +394,20 @@ impl ScopedGrants {
                 .dns_record_types
                 .iter()
                 .any(|t| t == "*" || *t == record_type)
+    }
+
+    /// Whether a token for `audience` carrying `scope` (scopes separated by spaces, each
+    /// granted) may be exchanged. An empty scope is no scope and is refused.
+    pub fn allows_token(&self, audience: &str, scope: &str) -> bool {
+        let mut scopes = scope.split(' ').peekable();
+        scopes.peek().is_some_and(|s| !s.is_empty())
+            && self.token_audiences.iter().any(|a| a == audience)
+            && scopes.all(|s| self.token_scopes.iter().any(|g| g == s))
+    }
+
+    /// Whether requests to `origin` carry the host's subject token.
+    pub fn presents_subject_token_to(&self, origin: &Origin) -> bool {
+        self.subject_token_origin.as_ref() == Some(origin)
     }
 
     /// Whether a request to `origin` matches a granted origin. Where it may connect is judged

@@ -24,6 +24,11 @@ fn grants() -> Grants {
                 "https://*.hub.example:8443".into(),
             ],
             private_networks: vec![],
+            subject_token_origin: None,
+        }),
+        tokens: Some(TokenGrant {
+            audiences: vec!["edcv".into()],
+            scopes: vec!["identity-api:admin".into(), "read".into()],
         }),
     }
 }
@@ -207,6 +212,7 @@ fn a_context_id_with_a_dot_gets_no_templated_origin() {
         http: Some(HttpGrant {
             origins: vec!["https://{participantContextId}.hub.example".into()],
             private_networks: vec![],
+            subject_token_origin: None,
         }),
         ..Default::default()
     };
@@ -273,6 +279,7 @@ fn a_literal_origin_opens_its_address_for_itself_only() {
         http: Some(HttpGrant {
             origins: vec!["http://127.0.0.1:8081".into(), "http://*:*".into()],
             private_networks: vec![],
+            subject_token_origin: None,
         }),
         ..Default::default()
     }
@@ -330,6 +337,7 @@ fn imports_name_the_capability_they_need() {
     assert_eq!(needs("cfm:plugin/secrets@0.1.0"), Some(Capability::Secrets));
     assert_eq!(needs("cfm:plugin/cluster@0.1.0"), Some(Capability::Cluster));
     assert_eq!(needs("cfm:plugin/dns"), Some(Capability::Dns));
+    assert_eq!(needs("cfm:plugin/tokens@0.1.0"), Some(Capability::Tokens));
     assert_eq!(
         needs("wasi:http/outgoing-handler@0.2.6"),
         Some(Capability::Http)
@@ -343,7 +351,7 @@ fn imports_name_the_capability_they_need() {
         assert_eq!(needs(free), None, "{free}");
     }
     let names: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
-    assert_eq!(names, ["secrets", "cluster", "dns", "http"]);
+    assert_eq!(names, ["secrets", "cluster", "dns", "http", "tokens"]);
 }
 
 #[test]
@@ -393,4 +401,54 @@ fn grant_errors_say_what_is_wrong() {
         normalize_secret_path("a/../b").unwrap_err(),
         SecretPathError::Segment("..".into())
     );
+}
+
+#[test]
+fn tokens_need_a_granted_audience_and_every_scope_granted() {
+    let scoped = grants().scoped("p1");
+    assert!(scoped.allows_token("edcv", "identity-api:admin"));
+    assert!(scoped.allows_token("edcv", "identity-api:admin read"));
+    assert!(!scoped.allows_token("edcv", "identity-api:admin write"));
+    assert!(!scoped.allows_token("other", "read"));
+    assert!(!scoped.allows_token("edcv", ""));
+    assert!(!scoped.allows_token("edcv", "read  identity-api:admin"));
+    assert!(!Grants::default().scoped("p1").allows_token("edcv", "read"));
+}
+
+#[test]
+fn the_subject_token_goes_to_one_listed_origin_only() {
+    let grant = |origin: &str| HttpGrant {
+        origins: vec![
+            "http://jwtlet.example:8081".into(),
+            "https://*.hub.example".into(),
+        ],
+        private_networks: vec![],
+        subject_token_origin: Some(origin.into()),
+    };
+    let listed = Grants {
+        http: Some(grant("http://jwtlet.example:8081")),
+        ..Default::default()
+    };
+    listed.validate().unwrap();
+    let scoped = listed.scoped("p1");
+    let origin = |url: &str| Origin::of(&Url::parse(url).unwrap()).unwrap();
+    assert!(
+        scoped.presents_subject_token_to(&origin("http://JWTLET.example:8081/api/v1/mappings"))
+    );
+    assert!(!scoped.presents_subject_token_to(&origin("http://jwtlet.example:8080/token")));
+    assert!(!scoped.presents_subject_token_to(&origin("https://a.hub.example/")));
+    for refused in [
+        "http://unlisted.example:8081",
+        "https://*.hub.example",
+        "http://{participantContextId}.example",
+    ] {
+        let grants = Grants {
+            http: Some(grant(refused)),
+            ..Default::default()
+        };
+        assert!(
+            matches!(grants.validate(), Err(GrantError::SubjectTokenOrigin(_))),
+            "{refused} was accepted"
+        );
+    }
 }

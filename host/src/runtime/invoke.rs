@@ -65,7 +65,11 @@ impl AgentHost {
         }
         match finished {
             Err(_) => outcome::timed_out(plugin, budget),
-            Ok(ran) => outcome::of_run(plugin, ran),
+            Ok(ran) => outcome::without_tokens(
+                plugin,
+                outcome::of_run(plugin, ran),
+                &store.data().capabilities,
+            ),
         }
     }
 

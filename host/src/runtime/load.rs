@@ -13,7 +13,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use super::cache::CompileCache;
 use super::invoke::Invocation;
 use crate::bindings::ActivityPluginPre;
-use crate::bindings::cfm::plugin::{cluster, dns, log, secrets};
+use crate::bindings::cfm::plugin::{cluster, dns, log, secrets, tokens};
 use crate::capability::Capabilities;
 use crate::capability::http::PluginHttp;
 use crate::config::{HostConfig, Limits, PluginConfig};
@@ -45,8 +45,11 @@ pub(super) fn load_all(
     cache: Option<&CompileCache>,
 ) -> Result<HashMap<String, Arc<LoadedPlugin>>, HostError> {
     let mut by_activity_type = HashMap::new();
+    // Several entries may run one component under different grants (the EDC-V agents do):
+    // it is compiled once.
+    let mut compiled = HashMap::new();
     for plugin in &config.plugins {
-        let loaded = Arc::new(load(engine, config, plugin, cache)?);
+        let loaded = Arc::new(load(engine, config, plugin, cache, &mut compiled)?);
         for activity_type in &plugin.activity_types {
             by_activity_type.insert(activity_type.clone(), loaded.clone());
         }
@@ -60,6 +63,7 @@ pub(super) fn load(
     config: &HostConfig,
     plugin: &PluginConfig,
     cache: Option<&CompileCache>,
+    compiled: &mut HashMap<String, Component>,
 ) -> Result<LoadedPlugin, HostError> {
     let path = config.plugin_path(plugin);
     let failed = |message: String| HostError::Load {
@@ -82,12 +86,19 @@ pub(super) fn load(
     if !plugin.trusted_keys.is_empty() {
         check_signature(plugin, &path, &actual)?;
     }
-    let component = compile(engine, &bytes, &actual, cache).map_err(|e| {
-        failed(format!(
-            "{} is not a valid component: {e:#}",
-            path.display()
-        ))
-    })?;
+    let component = match compiled.get(&actual) {
+        Some(component) => component.clone(),
+        None => {
+            let component = compile(engine, &bytes, &actual, cache).map_err(|e| {
+                failed(format!(
+                    "{} is not a valid component: {e:#}",
+                    path.display()
+                ))
+            })?;
+            compiled.insert(actual.clone(), component.clone());
+            component
+        }
+    };
 
     // Deny by default: a plugin that imports a capability its configuration does not
     // grant is refused at load time, naming the capability, rather than failing later.
@@ -119,6 +130,10 @@ pub(super) fn load(
     }
     if grants.opens(Capability::Dns) {
         dns::add_to_linker::<_, HasSelf<Capabilities>>(&mut linker, Invocation::capabilities)
+            .map_err(link)?;
+    }
+    if grants.opens(Capability::Tokens) {
+        tokens::add_to_linker::<_, HasSelf<Capabilities>>(&mut linker, Invocation::capabilities)
             .map_err(link)?;
     }
     let http = match &grants.http {

@@ -151,7 +151,7 @@ impl ActivityExecutor for AgentHost {
 /// contract) without running it.
 pub fn verify_plugin(config: &HostConfig, plugin: &PluginConfig) -> Result<(), HostError> {
     let engine = pool::engine(plugin.limits.memory_bytes(), 1)?;
-    load(&engine, config, plugin, None).map(|_| ())
+    load(&engine, config, plugin, None, &mut Default::default()).map(|_| ())
 }
 
 struct Inner {

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::invoke::Failure;
 use super::load::LoadedPlugin;
 use crate::bindings::cfm::plugin::types::ActivityResult;
+use crate::capability::Capabilities;
 
 /// Longest reason or error text handed on to the engine.
 const MAX_REASON: usize = 2048;
@@ -30,6 +31,39 @@ pub(super) fn of_run(
         Err(Failure::Call(e)) => ActivityOutcome::Fatal {
             reason: truncate(describe_trap(&plugin.name, &e)),
         },
+    }
+}
+
+/// `outcome` with no token the plugin was handed: an error's text has them redacted, an
+/// output or state that holds one fails the activity, since it would be stored and shown.
+pub(super) fn without_tokens(
+    plugin: &LoadedPlugin,
+    outcome: ActivityOutcome,
+    capabilities: &Capabilities,
+) -> ActivityOutcome {
+    let leaked = |value: &dyn std::fmt::Display| capabilities.holds_token(&value.to_string());
+    match outcome {
+        ActivityOutcome::Complete { output } if leaked(&Value::Object(output.clone())) => {
+            ActivityOutcome::Fatal {
+                reason: format!(
+                    "plugin '{}' put an access token in its output; tokens never leave a plugin",
+                    plugin.name
+                ),
+            }
+        }
+        ActivityOutcome::Reschedule { state, .. } if leaked(&state) => ActivityOutcome::Fatal {
+            reason: format!(
+                "plugin '{}' put an access token in its reschedule state; tokens never leave a plugin",
+                plugin.name
+            ),
+        },
+        ActivityOutcome::Retry { reason } => ActivityOutcome::Retry {
+            reason: capabilities.redact(&reason),
+        },
+        ActivityOutcome::Fatal { reason } => ActivityOutcome::Fatal {
+            reason: capabilities.redact(&reason),
+        },
+        other => other,
     }
 }
 

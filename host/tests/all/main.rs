@@ -10,8 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dns;
-mod edc;
 mod kubernetes;
 mod plugins;
 mod support;
+mod tokens;
 mod vault;

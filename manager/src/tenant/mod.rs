@@ -7,6 +7,7 @@
 
 pub mod cells;
 pub mod dataspaces;
+pub mod keypairs;
 mod placement;
 pub mod profiles;
 pub mod tenants;

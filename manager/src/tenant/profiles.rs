@@ -13,7 +13,7 @@ use crate::error::{ManagerError, Result};
 use crate::lifecycle::{VpaState, VpaTransition};
 use crate::model::{
     CredentialSpec, DataspaceProfile, ParticipantProfile, Properties, VPA_STATE_PROPERTY,
-    VPA_TYPES, Vpa, new_id, now,
+    VPA_TYPES, Vpa, new_id, new_participant_context_id, now,
 };
 use crate::provision::{Engine, Finished, OrchestrationHooks, Start, definitions};
 use crate::query::{Field, JsonColumn, Literal, Predicate};
@@ -87,7 +87,7 @@ pub async fn deploy(
                 })
             })?;
 
-    let id = new_id();
+    let id = new_participant_context_id();
     let timestamp = now();
     let vpas: Vec<Vpa> = VPA_TYPES
         .iter()
@@ -224,20 +224,11 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
             "participant profile '{id}' is still being deployed; dispose it once its VPAs are active or in error"
         )));
     }
-    // The deploy's processing data holds the base keys and every deploy activity's output.
-    let deploy = sqlx::query(
-        "SELECT processing_data, definition_id FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2
-         ORDER BY created_timestamp DESC LIMIT 1",
-    )
-    .bind(id)
-    .bind(orchestration_types::VPA_DEPLOY)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| {
-        ManagerError::Corrupt(format!("participant profile '{id}' has no deploy orchestration"))
+    let (data, template) = last_deploy(&mut tx, id).await?.ok_or_else(|| {
+        ManagerError::Corrupt(format!(
+            "participant profile '{id}' has no deploy orchestration"
+        ))
     })?;
-    let data: Properties = from_json(deploy.get("processing_data"), "deploy processing data")?;
-    let template: String = deploy.get("definition_id");
     let state = if start_dispose(engine, &mut tx, id, data, &template).await? {
         VpaState::Disposing
     } else {
@@ -247,6 +238,36 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
     tx.commit().await?;
     engine.wake();
     Ok(profile)
+}
+
+/// The processing data of a profile's latest deploy (the base keys and every deploy
+/// activity's output) and the template it ran; None before any deploy.
+pub(crate) async fn last_deploy(
+    conn: &mut Conn,
+    profile_id: &str,
+) -> Result<Option<(Properties, String)>> {
+    let Some(deploy) = sqlx::query(
+        "SELECT processing_data, definition_id FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2
+         ORDER BY created_timestamp DESC LIMIT 1",
+    )
+    .bind(profile_id)
+    .bind(orchestration_types::VPA_DEPLOY)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let data: Properties = from_json(deploy.get("processing_data"), "deploy processing data")?;
+    Ok(Some((data, deploy.get("definition_id"))))
+}
+
+/// A profile of any tenant by its id (its participant context id); None when there is none.
+pub(crate) async fn find(conn: &mut Conn, id: &str) -> Result<Option<ParticipantProfile>> {
+    let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|row| read(&row)).transpose()
 }
 
 async fn fetch(conn: &mut Conn, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {

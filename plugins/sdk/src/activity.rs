@@ -28,6 +28,9 @@ pub enum Operation {
     Deploy,
     /// `cfm.orchestration.vpa.dispose`
     Dispose,
+    /// Any other orchestration type (a lifecycle event's, say), named by the request's
+    /// discriminator: served only by plugins that implement [`Plugin::other`].
+    Other,
 }
 
 impl Operation {
@@ -37,11 +40,16 @@ impl Operation {
         match discriminator {
             "cfm.orchestration.vpa.deploy" => Ok(Operation::Deploy),
             "cfm.orchestration.vpa.dispose" => Ok(Operation::Dispose),
-            other => Err(Error::Fatal(format!(
-                "unsupported orchestration type '{other}': expected \
-                 cfm.orchestration.vpa.deploy or cfm.orchestration.vpa.dispose"
-            ))),
+            other => Err(Self::unsupported(other)),
         }
+    }
+
+    /// The failure for an orchestration type a plugin does not serve.
+    pub fn unsupported(discriminator: &str) -> Error {
+        Error::Fatal(format!(
+            "unsupported orchestration type '{discriminator}': expected \
+             cfm.orchestration.vpa.deploy or cfm.orchestration.vpa.dispose"
+        ))
     }
 }
 
@@ -99,7 +107,8 @@ pub struct Activity<S> {
 impl<S: DeserializeOwned> Activity<S> {
     /// Parses the request's discriminator, settings and processing data.
     pub fn parse(request: ActivityRequest) -> Result<Self, Error> {
-        let operation = Operation::from_discriminator(&request.discriminator)?;
+        let operation =
+            Operation::from_discriminator(&request.discriminator).unwrap_or(Operation::Other);
         let settings = parse_json(&request.settings, "settings")?;
         let data = parse_json(&request.processing_data, "processing data")?;
         Ok(Activity {
@@ -117,7 +126,7 @@ impl<S> Activity<S> {
         &self.request
     }
 
-    /// Deploy or dispose.
+    /// Deploy, dispose, or another orchestration type (see [`Operation::Other`]).
     pub fn operation(&self) -> Operation {
         self.operation
     }
@@ -261,6 +270,12 @@ pub trait Plugin {
 
     /// Handles `cfm.orchestration.vpa.dispose`, undoing what deploy did.
     fn dispose(activity: &Activity<Self::Settings>) -> Result<Outcome, Error>;
+
+    /// Handles any other orchestration type, `activity.request().discriminator`, for a
+    /// plugin that serves one (a lifecycle event's, say). By default the activity fails.
+    fn other(activity: &Activity<Self::Settings>) -> Result<Outcome, Error> {
+        Err(Operation::unsupported(&activity.request().discriminator))
+    }
 }
 
 /// Runs `P` on one request: what [`export_plugin!`](crate::export_plugin) wires
@@ -270,6 +285,7 @@ pub fn execute<P: Plugin>(request: ActivityRequest) -> ActivityResult {
         Activity::<P::Settings>::parse(request).and_then(|activity| match activity.operation() {
             Operation::Deploy => P::deploy(&activity),
             Operation::Dispose => P::dispose(&activity),
+            Operation::Other => P::other(&activity),
         });
     match outcome {
         Ok(outcome) => outcome.into(),
@@ -360,6 +376,35 @@ mod tests {
             execute::<Echo>(request(DEPLOY, "[", "{}")),
             ActivityResult::Fatal(m) if m.starts_with("invalid settings")
         ));
+    }
+
+    struct Lifecycle;
+
+    impl Plugin for Lifecycle {
+        type Settings = Settings;
+
+        fn deploy(_: &Activity<Settings>) -> Result<Outcome, Error> {
+            Ok(Outcome::empty())
+        }
+
+        fn dispose(_: &Activity<Settings>) -> Result<Outcome, Error> {
+            Ok(Outcome::empty())
+        }
+
+        fn other(activity: &Activity<Settings>) -> Result<Outcome, Error> {
+            assert_eq!(activity.operation(), Operation::Other);
+            Outcome::complete(serde_json::json!({ "event": activity.request().discriminator }))
+        }
+    }
+
+    #[test]
+    fn other_orchestration_types_reach_plugins_that_serve_them() {
+        let ActivityResult::Complete(output) =
+            execute::<Lifecycle>(request("cfm.orchestration.keypair.activated", "{}", "{}"))
+        else {
+            panic!("expected complete");
+        };
+        assert_eq!(output, r#"{"event":"cfm.orchestration.keypair.activated"}"#);
     }
 
     #[test]

@@ -30,8 +30,8 @@
 //! cfm_plugin_sdk::export_plugin!(Hello);
 //! ```
 //!
-//! The capability imports are re-exported as [`secrets`], [`cluster`] and [`dns`], and
-//! outbound HTTP (`wasi:http`) is wrapped by [`http`]; attach
+//! The capability imports are re-exported as [`secrets`], [`cluster`], [`dns`] and
+//! [`tokens`], and outbound HTTP (`wasi:http`) is wrapped by [`http`]; attach
 //! [`CapabilityResultExt::context`] to their results to get an [`Error`] that retries
 //! when the backend is unavailable and fails the activity otherwise.
 
@@ -59,7 +59,7 @@ pub use activity::{Activity, NoSettings, Operation, Outcome, Plugin, Vpa, execut
 pub use bindings::cfm::plugin::types::{
     ActivityRequest, ActivityResult, CapabilityError, Change, Reschedule,
 };
-pub use bindings::cfm::plugin::{cluster, dns, secrets};
+pub use bindings::cfm::plugin::{cluster, dns, secrets, tokens};
 pub use error::{CapabilityResultExt, Error};
 pub use support::{is_dns_label, random_hex, required_secret, required_setting};
 

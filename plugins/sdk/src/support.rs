@@ -39,23 +39,6 @@ pub fn is_dns_label(name: &str) -> bool {
         && bytes.iter().all(|byte| alphanumeric(byte) || *byte == b'-')
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels() {
-        assert!(is_dns_label("cfm-0b7e2c1a-5f0e-4c8e-9a55-3f1d2e4c6b7a"));
-        assert!(is_dns_label("a"));
-        assert!(!is_dns_label(""));
-        assert!(!is_dns_label("-a"));
-        assert!(!is_dns_label("a-"));
-        assert!(!is_dns_label("Upper"));
-        assert!(!is_dns_label("a.b"));
-        assert!(!is_dns_label(&"a".repeat(64)));
-    }
-}
-
 /// Fails the activity, naming `setting`, when a setting the plugin cannot work without is
 /// empty: a configuration error that no retry would fix.
 pub fn required_setting<'a>(plugin: &str, setting: &str, value: &'a str) -> Result<&'a str, Error> {
@@ -74,4 +57,21 @@ pub fn required_secret(path: &str) -> Result<String, Error> {
     secrets::get(path)
         .context(format!("read the secret at {path}"))?
         .ok_or_else(|| Error::Fatal(format!("no secret is stored at {path}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(is_dns_label("cfm-0b7e2c1a-5f0e-4c8e-9a55-3f1d2e4c6b7a"));
+        assert!(is_dns_label("a"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a-"));
+        assert!(!is_dns_label("Upper"));
+        assert!(!is_dns_label("a.b"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
 }

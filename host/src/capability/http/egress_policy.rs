@@ -172,6 +172,7 @@ mod tests {
             http: Some(HttpGrant {
                 origins: origins.iter().map(|o| o.to_string()).collect(),
                 private_networks: vec![],
+                subject_token_origin: None,
             }),
             ..Default::default()
         }
@@ -207,6 +208,7 @@ mod tests {
         let open = AddressPolicy::new(&HttpGrant {
             origins: vec![],
             private_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            subject_token_origin: None,
         });
         assert!(open.allows("10.1.2.3".parse().unwrap()));
         assert!(!open.allows("127.0.0.1".parse().unwrap()));

@@ -126,6 +126,22 @@ async fn send(
     }
 
     request.headers_mut().remove(http::header::HOST);
+    if calls.grants.presents_subject_token_to(&target.origin) {
+        // The service authenticates the agent host itself; the plugin never holds the token.
+        let token = match calls.backends.tokens.subject_token().await {
+            Ok(token) => token,
+            Err(e) => return Err(HttpError::InternalError(Some(e.to_string()))),
+        };
+        let Ok(mut value) = http::HeaderValue::from_str(&format!("Bearer {token}")) else {
+            return Err(HttpError::InternalError(Some(
+                "the subject token is not a valid header value".into(),
+            )));
+        };
+        value.set_sensitive(true);
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, value);
+    }
     let (parts, body) = request.into_parts();
     let body = http_body_util::Limited::new(body, MAX_REQUEST_BODY)
         .collect()
@@ -174,6 +190,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::capability::BackendError;
     use crate::capability::fixture::Fixture;
     use crate::grants::Grants;
 
@@ -182,6 +199,7 @@ mod tests {
             http: Some(HttpGrant {
                 origins: vec![origin.into()],
                 private_networks: vec![],
+                subject_token_origin: None,
             }),
             ..Default::default()
         })
@@ -203,6 +221,11 @@ mod tests {
 
     /// A server on a loopback port that answers one request with `ok`.
     async fn answer_once() -> u16 {
+        answer_once_with(|_| "ok".into()).await
+    }
+
+    /// A server on a loopback port that answers one request with `body(request head)`.
+    async fn answer_once_with(body: fn(&str) -> String) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -216,10 +239,12 @@ mod tests {
                 }
                 head.extend_from_slice(&chunk[..read]);
             }
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                .await
-                .unwrap();
+            let body = body(&String::from_utf8_lossy(&head));
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.unwrap();
         });
         port
     }
@@ -242,6 +267,66 @@ mod tests {
         // No query in the audit: it may carry credentials.
         assert_eq!(record["target"], format!("GET http://127.0.0.1:{port}/x"));
         assert_eq!(record["effect"], "sent");
+    }
+
+    /// The `authorization` header lines of a request head, one per line.
+    fn authorization(head: &str) -> String {
+        head.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+            .map(|l| format!("{}\n", l.trim()))
+            .collect()
+    }
+
+    struct Subject;
+
+    #[async_trait::async_trait]
+    impl crate::capability::tokens::TokenBackend for Subject {
+        async fn exchange(&self, _: &str, _: &str, _: &str) -> Result<String, BackendError> {
+            unreachable!("no exchange in these tests")
+        }
+
+        async fn subject_token(&self) -> Result<String, BackendError> {
+            Ok("sa-token".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_subject_token_replaces_the_plugins_authorization_for_its_origin_only() {
+        for designated in [true, false] {
+            let port = answer_once_with(authorization).await;
+            let origin = format!("http://127.0.0.1:{port}");
+            let grants = Grants {
+                http: Some(HttpGrant {
+                    origins: vec![origin.clone()],
+                    private_networks: vec![],
+                    subject_token_origin: designated.then(|| origin.clone()),
+                }),
+                ..Default::default()
+            };
+            let mut fixture =
+                Fixture::with_backends(grants, |b| b.with_tokens(std::sync::Arc::new(Subject)));
+            let body: WasiBody = http_body_util::Empty::new()
+                .map_err(|never: std::convert::Infallible| -> HttpError { match never {} })
+                .boxed_unsync();
+            let request = http::Request::get(format!("{origin}/api/v1/mappings"))
+                .header("authorization", "Bearer forged")
+                .body(body)
+                .unwrap();
+            let sent =
+                fixture
+                    .capabilities
+                    .http()
+                    .send_request(request, None, Box::new(async { Ok(()) }));
+            let (response, _) = Box::into_pin(sent).await.unwrap();
+            let seen = response.into_body().collect().await.unwrap().to_bytes();
+            let expected = if designated {
+                "authorization: Bearer sa-token\n"
+            } else {
+                "authorization: Bearer forged\n"
+            };
+            assert_eq!(String::from_utf8_lossy(&seen), expected);
+            assert!(!fixture.last_audit().to_string().contains("sa-token"));
+        }
     }
 
     #[tokio::test]

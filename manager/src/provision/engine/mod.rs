@@ -167,6 +167,28 @@ impl Engine {
     /// Creates an orchestration and dispatches its first activities, inside the caller's
     /// transaction. Returns its id.
     pub async fn start(&self, conn: &mut Conn, start: Start) -> Result<String> {
+        let id = new_id();
+        self.insert(conn, &id, start).await?;
+        Ok(id)
+    }
+
+    /// [`Engine::start`] under an id the caller chose, once: false (and nothing done) when
+    /// an orchestration with that id exists, so a redelivered request or event that
+    /// starts it again changes nothing.
+    pub async fn start_once(&self, conn: &mut Conn, id: &str, start: Start) -> Result<bool> {
+        let exists = sqlx::query("SELECT 1 FROM orchestrations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some();
+        if exists {
+            return Ok(false);
+        }
+        self.insert(conn, id, start).await?;
+        Ok(true)
+    }
+
+    async fn insert(&self, conn: &mut Conn, id: &str, start: Start) -> Result<()> {
         let activities = start
             .definition
             .activities
@@ -179,14 +201,13 @@ impl Engine {
                 ))
             })?;
         let participant = Participant::of(&start.processing_data);
-        let id = new_id();
         let timestamp = now();
         sqlx::query(
             "INSERT INTO orchestrations (id, version, correlation_id, definition_id, orchestration_type, state,
                state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id)
              VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, '{}', $9, $10)",
         )
-        .bind(&id)
+        .bind(id)
         .bind(&start.correlation_id)
         .bind(&start.definition.id)
         .bind(&start.orchestration_type)
@@ -203,7 +224,7 @@ impl Engine {
                 "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state)
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
-            .bind(&id)
+            .bind(id)
             .bind(&activity.id)
             .bind(position as i64)
             .bind(&activity.activity_type)
@@ -212,10 +233,10 @@ impl Engine {
             .execute(&mut *conn)
             .await?;
         }
-        let all = steps(conn, &id).await?;
+        let all = steps(conn, id).await?;
         self.dispatch_ready(
             conn,
-            &id,
+            id,
             &participant,
             &start.orchestration_type,
             &start.processing_data,
@@ -224,7 +245,7 @@ impl Engine {
         .await?;
         tracing::info!(orchestration = %id, correlation = %start.correlation_id,
             orchestration_type = %start.orchestration_type, "orchestration started");
-        Ok(id)
+        Ok(())
     }
 
     /// Applies the outcome of the attempt that `message_id` carried. Outcomes of stale

@@ -3,7 +3,7 @@
 //! while the host stays healthy. Never configure it outside tests.
 
 use cfm_plugin_sdk::{
-    Activity, CapabilityError, Error, Outcome, Plugin, cluster, dns, http, log, secrets,
+    Activity, CapabilityError, Error, Outcome, Plugin, cluster, dns, http, log, secrets, tokens,
 };
 use serde_json::{Value, json};
 
@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 #[derive(serde::Deserialize)]
 #[serde(default)]
 struct Settings {
-    /// noop | spin | memory | recursion | huge-output | log-flood | tcp | output | probes,
-    /// or one of the capability modes a probe runs: secret | cluster | http | dns-upsert |
-    /// dns-remove
+    /// noop | spin | memory | recursion | huge-output | log-flood | tcp | output | probes |
+    /// leak-token, or one of the capability modes a probe runs: secret | cluster | http |
+    /// dns-upsert | dns-remove | token (target `<audience> <scope>`)
     mode: String,
     /// The secret path, namespace, URL or record name the capability modes reach for;
     /// for `output`, the JSON object to complete with.
@@ -52,6 +52,14 @@ impl Plugin for Hostile {
         match settings.mode.as_str() {
             // The well-behaved baseline the benchmarks compare against.
             "noop" => Ok(Outcome::empty()),
+            // Tries to carry a token out: in a log line and in the output.
+            "leak-token" => {
+                let (audience, scope) = settings.target.split_once(' ').unwrap_or_default();
+                let token = tokens::exchange(audience, scope)
+                    .map_err(|e| Error::Fatal(format!("{e:?}")))?;
+                log::info(&format!("here is my token: {token}"));
+                Outcome::complete(json!({ "token": token }))
+            }
             "spin" => spin(),
             "memory" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -149,6 +157,14 @@ fn probe(mode: &str, target: &str, zone: &str) -> Option<Value> {
             report(dns::upsert(zone, &record).map(|_| ()))
         }
         "dns-remove" => report(dns::remove(zone, target, "CNAME").map(|_| ())),
+        "token" => {
+            let (audience, scope) = target.split_once(' ').unwrap_or((target, ""));
+            match tokens::exchange(audience, scope) {
+                // The token's shape only: it must not leave the plugin.
+                Ok(token) => json!({ "outcome": "ok", "parts": token.split('.').count() }),
+                Err(e) => report(Err(e)),
+            }
+        }
         _ => return None,
     };
     Some(answer)
