@@ -24,8 +24,8 @@ echo "==> lint"
 cargo clippy --all-targets --locked -- -D warnings
 (cd plugins && cargo clippy --release --locked -- -D warnings)
 
-echo "==> plugin SDK tests"
-(cd plugins && cargo test --locked -p cfm-plugin-sdk --target "$(rustc -vV | sed -n 's/^host: //p')")
+echo "==> plugin SDK and edc-v tests"
+(cd plugins && cargo test --locked -p cfm-plugin-sdk -p cfm-plugin-edc-v --target "$(rustc -vV | sed -n 's/^host: //p')")
 
 echo "==> tests"
 cargo test --locked --workspace

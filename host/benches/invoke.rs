@@ -188,7 +188,8 @@ fn config() -> HostConfig {
          [[plugin]]\nname = \"spin\"\npath = \"hostile.wasm\"\nsha256 = \"{}\"\nactivity-types = [\"example.spin\"]\n\
          [plugin.limits]\ntimeout-ms = 3000\n[plugin.settings]\nmode = \"spin\"\n[plugin.grants]\nsecrets = [\"none\"]\n\
          [plugin.grants.cluster]\nnamespaces = []\nkinds = []\n\
-         [plugin.grants.dns]\nzones = []\nnames = []\nrecord-types = []\n[plugin.grants.http]\norigins = []\n",
+         [plugin.grants.dns]\nzones = []\nnames = []\nrecord-types = []\n[plugin.grants.http]\norigins = []\n\
+         [plugin.grants.tokens]\naudiences = []\nscopes = []\n",
         digest("noop"),
         digest("hostile"),
     );

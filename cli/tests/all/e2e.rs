@@ -538,6 +538,9 @@ async fn a_plugin_cannot_redirect_later_activities_to_another_participant() {
             record-types = ["CNAME"]
             [grants.http]
             origins = []
+            [grants.tokens]
+            audiences = []
+            scopes = []
             "#,
             hostile.display()
         ))

@@ -16,6 +16,7 @@ on_both_backends!(
     a_cancelled_deploy_stops_and_is_compensated,
     a_dataspace_profile_or_cell_selects_the_template,
     a_client_chosen_template_id_is_kept,
+    a_manifest_starts_its_orchestration_once,
 );
 
 async fn orchestrations_are_found_by_predicate(backend: TestBackend) {
@@ -484,4 +485,93 @@ async fn a_client_chosen_template_id_is_kept(backend: TestBackend) {
         )
         .await;
     assert_eq!(chosen["id"].as_str().map(str::len), Some(36), "{chosen}");
+}
+
+/// Upstream's tenant manager starts orchestrations with a manifest: the default template's
+/// deploy runs for the participant it names, and the same manifest again starts nothing.
+async fn a_manifest_starts_its_orchestration_once(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let context = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let manifest = json!({
+        "id": "manifest-1", "correlationId": context,
+        "orchestrationType": "cfm.orchestration.vpa.deploy",
+        "payload": {"cfm.participant.id": "did:web:manifest.example",
+                    "cfm.vpa.data": [{"id": "v1", "vpaType": "cfm.connector", "cellId": "c1",
+                                      "externalCellId": "cell-m", "properties": {}}],
+                    "cfm.vpa.credentials": []}});
+    for _ in 0..2 {
+        let sent = api
+            .raw(
+                Method::POST,
+                "/orchestrations",
+                Some(&manifest.to_string()),
+                None,
+            )
+            .await;
+        assert_eq!(sent.status(), 202);
+    }
+    let started = std::time::Instant::now();
+    let orchestration = loop {
+        let found = api.get_json("/orchestrations/manifest-1").await;
+        if found["state"] == 2 {
+            break found;
+        }
+        assert!(found["state"] != 3, "{found}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{found}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(orchestration["correlationId"], context);
+    assert_eq!(
+        orchestration["processingData"]["cfm.participant.contextId"],
+        context
+    );
+    let all = api
+        .post_ok(
+            "/orchestrations/query",
+            json!({"predicate": format!("correlationId = '{context}'")}),
+            200,
+        )
+        .await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+
+    for (bad, why) in [
+        (
+            json!({"id": "m/2", "correlationId": context, "orchestrationType": "cfm.orchestration.vpa.deploy",
+                "payload": {"cfm.participant.id": "did:web:x"}}),
+            "orchestration id",
+        ),
+        (
+            json!({"id": "m-3", "correlationId": "../etc", "orchestrationType": "cfm.orchestration.vpa.deploy",
+                "payload": {"cfm.participant.id": "did:web:x"}}),
+            "correlationId",
+        ),
+        (
+            json!({"id": "m-4", "correlationId": context, "orchestrationType": "cfm.orchestration.vpa.deploy",
+                "payload": {}}),
+            "cfm.participant.id",
+        ),
+        (
+            json!({"id": "m-5", "correlationId": context, "orchestrationType": "no.such.type",
+                "payload": {"cfm.participant.id": "did:web:x"}}),
+            "no orchestration definition",
+        ),
+        (
+            json!({"id": "m-6", "correlationId": context, "orchestrationType": "cfm.orchestration.vpa.deploy",
+                "payload": {"cfm.participant.id": "did:web:x", "note": "a\u{0}b"}}),
+            "U+0000",
+        ),
+    ] {
+        let refused = api
+            .raw(
+                Method::POST,
+                "/orchestrations",
+                Some(&bad.to_string()),
+                None,
+            )
+            .await;
+        assert_eq!(refused.status(), 400, "{bad}");
+        let body: Value = refused.json().await.unwrap();
+        assert!(body.to_string().contains(why), "{body}");
+    }
 }

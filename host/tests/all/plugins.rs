@@ -213,6 +213,7 @@ fn hostile_config(limits: &str, settings: &str, http: &str) -> HostConfig {
          [plugin.grants.cluster]\nnamespaces = [\"cfm-{{participantContextId}}\"]\nkinds = [\"ConfigMap\"]\n\
          [plugin.grants.dns]\nzones = [\"{HOSTILE_ZONE}\"]\n\
          names = [\"{{participantContextId}}\", \"*.{{participantContextId}}\"]\nrecord-types = [\"CNAME\"]\n\
+         [plugin.grants.tokens]\naudiences = []\nscopes = []\n\
          [plugin.grants.http]\n{http}\n"
     );
     config("hostile", "example.hostile", &extra)
@@ -841,7 +842,8 @@ async fn the_built_in_dns_grant_covers_the_name_the_dns_plugin_writes() {
 #[test]
 fn a_plugin_importing_http_without_a_grant_is_refused() {
     let extra = "[plugin.grants]\nsecrets = [\"x\"]\n[plugin.grants.cluster]\nnamespaces = []\nkinds = []\n\
-                 [plugin.grants.dns]\nzones = []\nnames = []\nrecord-types = []\n";
+                 [plugin.grants.dns]\nzones = []\nnames = []\nrecord-types = []\n\
+                 [plugin.grants.tokens]\naudiences = []\nscopes = []\n";
     let err = refused(&config("hostile", "example.hostile", extra));
     assert!(err.to_string().contains("'http' capability"), "{err}");
 }

@@ -42,6 +42,7 @@ use super::{provision, tenant};
         provision::create_orchestration,
         provision::get_orchestration_definition,
         provision::delete_orchestration_definition,
+        provision::start_orchestration,
         provision::query_orchestrations,
         provision::get_orchestration,
         provision::cancel_orchestration,

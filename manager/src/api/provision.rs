@@ -9,9 +9,9 @@ use axum::{Json, Router};
 use super::AppState;
 use super::error::{ApiResult, ErrorBody};
 use super::json::JsonBody;
-use super::requests::{NewOrchestrationDefinition, QueryRequest};
+use super::requests::{NewOrchestrationDefinition, OrchestrationManifest, QueryRequest};
 use crate::model::{ActivityDefinition, Orchestration, OrchestrationDefinition};
-use crate::provision::definitions;
+use crate::provision::{definitions, manifests};
 use crate::query::Predicate;
 use crate::store::Paged;
 
@@ -30,6 +30,7 @@ pub fn routes() -> Router<AppState> {
             "/orchestration-definitions/{id}",
             get(get_orchestration_definition).delete(delete_orchestration_definition),
         )
+        .route("/orchestrations", post(start_orchestration))
         .route("/orchestrations/query", post(query_orchestrations))
         .route("/orchestrations/{id}", get(get_orchestration))
         .route("/orchestrations/{id}/cancel", post(cancel_orchestration))
@@ -67,6 +68,32 @@ pub(super) async fn put_activity(
     let mut conn = state.engine.db().writer().acquire().await?;
     definitions::put_activity(&mut conn, &body).await?;
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/orchestrations",
+    tag = "orchestrations",
+    summary = "Start an orchestration from a manifest (once per id)",
+    request_body = OrchestrationManifest,
+    responses(
+        (status = 202, description = "Started, or started before under this id"),
+        (status = 400, description = "Malformed manifest, or no definition defines its type", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn start_orchestration(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<OrchestrationManifest>,
+) -> ApiResult<impl IntoResponse> {
+    let manifest = manifests::Manifest {
+        id: body.id,
+        correlation_id: body.correlation_id,
+        orchestration_type: body.orchestration_type,
+        payload: body.payload,
+    };
+    manifests::start(&state.engine, manifest).await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 #[utoipa::path(

@@ -125,6 +125,26 @@ impl QueryRequest {
     }
 }
 
+/// An orchestration to start now, as upstream's tenant manager sends it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrchestrationManifest {
+    /// The orchestration's id, the client's: a second manifest with it starts nothing.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
+    pub id: String,
+    /// Whom it is for (a participant profile's id); also the participant context id when
+    /// the payload names none.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
+    pub correlation_id: String,
+    /// Which activity list runs (`cfm.orchestration.vpa.deploy`, ...), from the newest
+    /// definition that defines it.
+    pub orchestration_type: String,
+    /// Base data: `cfm.participant.id` (required), `cfm.vpa.data`, `cfm.vpa.credentials`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Map<String, Value>,
+}
+
 /// An orchestration template to create; it is validated as a whole.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewOrchestrationDefinition {

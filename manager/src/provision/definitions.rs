@@ -80,18 +80,7 @@ pub async fn list_activities(db: &Db) -> Result<Vec<ActivityDefinition>> {
 /// A client-chosen template id (upstream's templateRef) must be one path segment that is
 /// safe in a URL and in logs: 1 to 128 letters, digits, `.`, `_`, `-` or `:`.
 pub fn check_template_ref(id: &str) -> Result<()> {
-    let fits = (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
-    if fits {
-        Ok(())
-    } else {
-        Err(ManagerError::bad_request(format!(
-            "orchestration definition id '{}' must be 1 to 128 letters, digits, '.', '_', '-' or ':'",
-            id.chars().take(128).collect::<String>()
-        )))
-    }
+    super::manifests::check_id("orchestration definition id", id)
 }
 
 /// Validates and stores a new orchestration definition under `id` (a new one if None).

@@ -8,6 +8,7 @@
 pub mod definitions;
 pub mod engine;
 pub mod hooks;
+pub mod manifests;
 pub mod transport;
 
 pub use engine::{Engine, EngineSettings, Start};

@@ -24,6 +24,7 @@ use crate::model::{
 use crate::provision::hooks::{self, Finished, OrchestrationHooks};
 use crate::queue::{self, Signal};
 use crate::store::{self, Conn, Db, from_json, to_json};
+pub(crate) use output::holds_nul;
 use output::refuse_unfit_output;
 use read::{StepRow, steps};
 

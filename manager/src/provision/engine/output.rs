@@ -29,7 +29,7 @@ pub(super) fn refuse_unfit_output(outcome: ActivityOutcome) -> ActivityOutcome {
 
 /// Whether a JSON value holds U+0000 anywhere. Recursion is bounded: outputs arrive as
 /// parsed JSON, whose parser stops at 128 levels.
-pub(super) fn holds_nul(value: &Value) -> bool {
+pub(crate) fn holds_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
         Value::Array(items) => items.iter().any(holds_nul),
