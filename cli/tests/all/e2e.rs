@@ -203,7 +203,22 @@ async fn a_killed_server_resumes_every_orchestration_with_side_effects_once(back
             .await;
         ids.push(profile["id"].as_str().unwrap().to_string());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Killed as soon as a slow activity has written its marker: it then waits 200 ms
+    // before completing, so the kill lands inside it, whatever the machine's load.
+    let started = std::time::Instant::now();
+    while !read_audit(&server.data_dir()).iter().any(|r| {
+        r["operation"] == "put-if-absent"
+            && r["effect"] == "created"
+            && r["target"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/slow-marker"))
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no slow activity started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let pending_before_kill = api.count_not_active(&tenant_id).await;
     server.kill();
     assert!(

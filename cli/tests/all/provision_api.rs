@@ -510,6 +510,13 @@ async fn a_manifest_starts_its_orchestration_once(backend: TestBackend) {
             )
             .await;
         assert_eq!(sent.status(), 202);
+        // Upstream answers with the orchestration, the one started before on a repeat.
+        let answered: Value = sent.json().await.unwrap();
+        assert_eq!(answered["id"], "manifest-1", "{answered}");
+        assert_eq!(
+            answered["orchestrationType"],
+            "cfm.orchestration.vpa.deploy"
+        );
     }
     let started = std::time::Instant::now();
     let orchestration = loop {

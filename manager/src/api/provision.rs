@@ -77,7 +77,7 @@ pub(super) async fn put_activity(
     summary = "Start an orchestration from a manifest (once per id)",
     request_body = OrchestrationManifest,
     responses(
-        (status = 202, description = "Started, or started before under this id"),
+        (status = 202, description = "Started, or started before under this id: the orchestration", body = Orchestration),
         (status = 400, description = "Malformed manifest, or no definition defines its type", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody)
     )
@@ -86,6 +86,7 @@ pub(super) async fn start_orchestration(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<OrchestrationManifest>,
 ) -> ApiResult<impl IntoResponse> {
+    let id = body.id.clone();
     let manifest = manifests::Manifest {
         id: body.id,
         correlation_id: body.correlation_id,
@@ -93,7 +94,7 @@ pub(super) async fn start_orchestration(
         payload: body.payload,
     };
     manifests::start(&state.engine, manifest).await?;
-    Ok(StatusCode::ACCEPTED)
+    Ok((StatusCode::ACCEPTED, Json(state.engine.get(&id).await?)))
 }
 
 #[utoipa::path(

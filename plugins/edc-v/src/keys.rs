@@ -158,12 +158,7 @@ fn revoked(
         return Ok(Outcome::empty());
     }
 
-    let action = format!("delete the Siglet key mapping of {pc}");
-    let request = http::Request::delete(key_mapping_url(siglet, pc));
-    let outcome = if deleted(
-        send(AGENT, settings, WRITE_SCOPE, request, &action)?,
-        &action,
-    )? {
+    let outcome = if delete_key_mapping(AGENT, settings, siglet, pc)? {
         "deleted"
     } else {
         "already gone"
@@ -172,6 +167,21 @@ fn revoked(
         "Siglet key mapping of {pc}: {outcome} (key {kid} revoked)"
     ));
     Ok(Outcome::empty())
+}
+
+/// Deletes the Siglet key mapping of `pc` on behalf of `agent`; false when there was none.
+pub fn delete_key_mapping(
+    agent: &str,
+    settings: &Settings,
+    siglet: &str,
+    pc: &str,
+) -> Result<bool, Error> {
+    let action = format!("delete the Siglet key mapping of {pc}");
+    let request = http::Request::delete(key_mapping_url(siglet, pc));
+    deleted(
+        send(agent, settings, WRITE_SCOPE, request, &action)?,
+        &action,
+    )
 }
 
 /// The Siglet key mapping the event asks for, for the participant context being processed.

@@ -155,12 +155,7 @@ pub fn dispose(activity: &Activity<Settings>, settings: &Settings) -> Result<Out
 
     // Keypair events leave a signing-key mapping in Siglet; a decommissioned participant
     // keeps nothing there (upstream left it behind).
-    let action = format!("delete the Siglet key mapping of {pc}");
-    let request = http::Request::delete(http::join(siglet, &format!("/key-mappings/{pc}")));
-    let outcome = if deleted(
-        send(AGENT, settings, WRITE_SCOPE, request, &action)?,
-        &action,
-    )? {
+    let outcome = if crate::keys::delete_key_mapping(AGENT, settings, siglet, pc)? {
         "deleted"
     } else {
         "none"
