@@ -132,13 +132,18 @@ pub(crate) struct ApiArgs {
     pub(crate) database_url: Option<String>,
     /// JWKS of an identity provider whose tokens the API accepts besides local ones:
     /// an http(s) URL or a file.
-    #[arg(long, env = "CFM_JWKS")]
+    #[arg(long, env = "CFM_JWKS", group = "identity_provider")]
     pub(crate) jwks: Option<String>,
+    /// The identity provider's OpenID Connect discovery document (e.g.
+    /// `https://keycloak/realms/cfm/.well-known/openid-configuration`), read at start: its
+    /// `jwks_uri` is the JWKS and its `issuer` the required `iss` (unless --jwt-issuer).
+    #[arg(long, env = "CFM_OIDC_DISCOVERY_URL", group = "identity_provider")]
+    pub(crate) oidc_discovery_url: Option<String>,
     /// Required `iss` claim of identity-provider tokens.
-    #[arg(long, env = "CFM_JWT_ISSUER", requires = "jwks")]
+    #[arg(long, env = "CFM_JWT_ISSUER", requires = "identity_provider")]
     pub(crate) jwt_issuer: Option<String>,
     /// Required `aud` claim of identity-provider tokens.
-    #[arg(long, env = "CFM_JWT_AUDIENCE", requires = "jwks")]
+    #[arg(long, env = "CFM_JWT_AUDIENCE", requires = "identity_provider")]
     pub(crate) jwt_audience: Option<String>,
     /// The claim that must hold `--jwt-audience` (default `aud`), e.g. `azp` for identity
     /// providers that name the client there instead.

@@ -133,6 +133,7 @@ async fn open_manager(args: &ApiArgs) -> anyhow::Result<Manager> {
         database_url: args.database_url.clone(),
         auth: AuthSettings {
             jwks: args.jwks.clone(),
+            oidc_discovery: args.oidc_discovery_url.clone(),
             issuer: args.jwt_issuer.clone(),
             audience: args.jwt_audience.clone(),
             audience_claim: args.jwt_audience_claim.clone(),

@@ -53,6 +53,9 @@ const JWKS_REFETCH: Duration = Duration::from_secs(30);
 pub struct AuthSettings {
     /// JWKS: an `http(s)://` URL or a file path.
     pub jwks: Option<String>,
+    /// An OpenID Connect discovery document (`…/.well-known/openid-configuration`): its
+    /// `jwks_uri` is the JWKS and its `issuer` the required `iss`, unless `issuer` is set.
+    pub oidc_discovery: Option<String>,
     /// Required `iss` of external tokens.
     pub issuer: Option<String>,
     /// Required `aud` of external tokens.
@@ -164,7 +167,13 @@ impl Auth {
 
     /// Also accepts tokens of an identity provider. A JWKS file must load now; a URL is
     /// fetched now and, when that fails, again on the first token that needs it.
-    pub async fn with_external(mut self, settings: AuthSettings) -> Result<Self> {
+    pub async fn with_external(mut self, mut settings: AuthSettings) -> Result<Self> {
+        if let Some(url) = settings.oidc_discovery.take() {
+            let discovered = discover(&url).await?;
+            tracing::info!(issuer = %discovered.issuer, jwks = %discovered.jwks_uri, "identity provider discovered");
+            settings.jwks = Some(discovered.jwks_uri);
+            settings.issuer = settings.issuer.or(Some(discovered.issuer));
+        }
         let Some(jwks) = settings.jwks else {
             if settings.issuer.is_some() || settings.audience.is_some() {
                 return Err(ManagerError::bad_request(
@@ -473,6 +482,39 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// What cfm reads of an OpenID Connect discovery document.
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+/// Fetches the discovery document at `url`: the identity provider must answer now, since
+/// without its JWKS no token of it could be checked.
+async fn discover(url: &str) -> Result<Discovery> {
+    let failed = |why: String| ManagerError::Io(format!("OIDC discovery at {url}: {why}"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| failed(e.without_url().to_string()))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("answered {}", response.status())));
+    }
+    let discovery: Discovery = response
+        .json()
+        .await
+        .map_err(|e| failed(format!("not a discovery document: {}", e.without_url())))?;
+    if !(discovery.jwks_uri.starts_with("https://") || discovery.jwks_uri.starts_with("http://")) {
+        return Err(failed("jwks_uri is not an http(s) URL".into()));
+    }
+    Ok(discovery)
 }
 
 #[cfg(test)]

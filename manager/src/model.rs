@@ -110,6 +110,9 @@ pub struct DataspaceProfile {
     pub version: i64,
     /// What the dataspace asks of its participants.
     pub dataspace_spec: DataspaceSpec,
+    /// Upstream's artifacts of the dataspace (references, as strings): kept as given.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub artifacts: Vec<String>,
     /// The cells the dataspace is deployed to: only those take its participants.
     pub deployments: Vec<DataspaceDeployment>,
     /// The profile's own properties; `cfm.orchestrationDefinitionId` selects the template

@@ -233,6 +233,60 @@ async fn a_jwks_file_works_and_a_missing_one_stops_the_start() {
     assert!(stderr.contains("absent.json"), "{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_provider_is_found_by_oidc_discovery() {
+    let jwks = serve_jwks(Arc::new(Mutex::new(vec![
+        serde_json::from_str::<Value>(RSA_JWK).unwrap(),
+    ])))
+    .await;
+    let document = json!({"issuer": ISSUER, "jwks_uri": jwks,
+                          "token_endpoint": "https://idp.example/token"});
+    let app = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { axum::Json(document) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let discovery = format!(
+        "http://{}/.well-known/openid-configuration",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = Server::start(&[
+        "--oidc-discovery-url",
+        &discovery,
+        "--jwt-audience",
+        AUDIENCE,
+    ])
+    .await;
+    let rsa = EncodingKey::from_rsa_der(RSA_DER);
+    let read = claims(&[TENANT_READ]);
+    assert_eq!(
+        status_with(&server, &sign(Algorithm::RS256, "test-rsa", &rsa, &read)).await,
+        200
+    );
+    // The discovered issuer is required.
+    let mut other_issuer = read.clone();
+    other_issuer["iss"] = json!("https://evil.example");
+    let forged = sign(Algorithm::RS256, "test-rsa", &rsa, &other_issuer);
+    assert_eq!(status_with(&server, &forged).await, 401);
+
+    // Without its document cfm cannot check any token of the provider: it does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cfm"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--oidc-discovery-url"])
+        .arg(format!("{jwks}/absent"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("OIDC discovery"), "{stderr}");
+}
+
 async fn tenant_tokens_reach_only_their_tenant(backend: TestBackend) {
     let server = Server::start_on(backend, &[]).await;
     let admin = server.client();

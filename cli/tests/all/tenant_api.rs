@@ -19,6 +19,7 @@ on_both_backends!(
     placement_honours_a_named_cell_and_balances_load,
     a_participant_naming_no_dataspace_joins_those_its_cell_serves,
     cells_keep_a_clients_state_timestamp,
+    dataspace_profiles_keep_their_artifacts,
 );
 
 async fn tenant_patches_merge_and_versions_guard_writes(backend: TestBackend) {
@@ -604,4 +605,36 @@ async fn cells_keep_a_clients_state_timestamp(backend: TestBackend) {
     );
     let cells = api.get_json("/cells").await;
     assert_eq!(cells.as_array().unwrap().len(), 1, "{cells}");
+}
+
+async fn dataspace_profiles_keep_their_artifacts(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let artifacts = json!([
+        "https://dataspace.example/policies/membership.json",
+        "urn:x"
+    ]);
+    let created = api
+        .post_ok("/dataspace-profiles", json!({"artifacts": artifacts}), 201)
+        .await;
+    assert_eq!(created["artifacts"], artifacts);
+    let read = api
+        .get_json(&format!(
+            "/dataspace-profiles/{}",
+            created["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(read["artifacts"], artifacts);
+    // None given, none shown (upstream leaves the empty list out too).
+    let bare = api.post_ok("/dataspace-profiles", json!({}), 201).await;
+    assert!(bare.get("artifacts").is_none(), "{bare}");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/dataspace-profiles",
+            Some(json!({"artifacts": [1, 2]})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
 }

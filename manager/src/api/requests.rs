@@ -56,6 +56,9 @@ pub struct NewDataspaceProfile {
     /// What the dataspace asks of its participants.
     #[serde(default)]
     pub dataspace_spec: DataspaceSpec,
+    /// Upstream's artifacts of the dataspace: kept and returned as given.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
     /// The profile's own properties; `cfm.orchestrationDefinitionId` selects the template
     /// its participants deploy with.
     #[serde(default)]

@@ -12,19 +12,22 @@ use crate::tenant::{cells, profiles};
 pub async fn create(
     db: &Db,
     spec: DataspaceSpec,
+    artifacts: Vec<String>,
     properties: Properties,
 ) -> Result<DataspaceProfile> {
     let profile = DataspaceProfile {
         id: new_id(),
         version: 0,
         dataspace_spec: spec,
+        artifacts,
         deployments: vec![],
         properties,
     };
-    sqlx::query("INSERT INTO dataspace_profiles (id, version, dataspace_spec, properties) VALUES ($1, $2, $3, $4)")
+    sqlx::query("INSERT INTO dataspace_profiles (id, version, dataspace_spec, artifacts, properties) VALUES ($1, $2, $3, $4, $5)")
         .bind(&profile.id)
         .bind(profile.version)
         .bind(to_json(&profile.dataspace_spec)?)
+        .bind(to_json(&profile.artifacts)?)
         .bind(to_json(&profile.properties)?)
         .execute(db.writer())
         .await?;
@@ -34,7 +37,7 @@ pub async fn create(
 /// The dataspace profile `id` with its deployments; a missing one is "not found".
 pub async fn get(conn: &mut Conn, id: &str) -> Result<DataspaceProfile> {
     let row = sqlx::query(
-        "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles WHERE id = $1",
+        "SELECT id, version, dataspace_spec, artifacts, properties FROM dataspace_profiles WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -49,7 +52,7 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<DataspaceProfile> {
 pub async fn list(db: &Db, page: Page) -> Result<Paged<DataspaceProfile>> {
     let (rows, total) = crate::store::paged(
         db,
-        "SELECT id, version, dataspace_spec, properties FROM dataspace_profiles",
+        "SELECT id, version, dataspace_spec, artifacts, properties FROM dataspace_profiles",
         None,
         page,
     )
@@ -146,6 +149,7 @@ fn read(row: &crate::store::Row) -> Result<DataspaceProfile> {
         id: row.get("id"),
         version: row.get("version"),
         dataspace_spec: from_json(row.get("dataspace_spec"), "dataspace spec")?,
+        artifacts: from_json(row.get("artifacts"), "dataspace profile artifacts")?,
         deployments: vec![],
         properties: from_json(row.get("properties"), "dataspace profile properties")?,
     })

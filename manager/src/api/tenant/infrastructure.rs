@@ -137,8 +137,13 @@ pub(crate) async fn create_dataspace(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewDataspaceProfile>,
 ) -> ApiResult<impl IntoResponse> {
-    let profile =
-        dataspaces::create(state.engine.db(), body.dataspace_spec, body.properties).await?;
+    let profile = dataspaces::create(
+        state.engine.db(),
+        body.dataspace_spec,
+        body.artifacts,
+        body.properties,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(profile)))
 }
 
