@@ -212,6 +212,17 @@ async fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost
         let exchange = TokenExchange::new(url, file)?;
         tracing::info!(endpoint = %exchange.endpoint(), "plugin tokens are exchanged at a token service");
         backends = backends.with_tokens(Arc::new(exchange));
+    } else {
+        // Loading them is fine (an embedded setup never runs them); running them is not.
+        let needing: Vec<&str> = config
+            .plugins
+            .iter()
+            .filter(|p| p.grants.tokens.is_some())
+            .map(|p| p.name.as_str())
+            .collect();
+        if !needing.is_empty() {
+            tracing::info!(plugins = ?needing, "these plugins exchange tokens, but no --token-exchange-url is set: their activities fail until it is");
+        }
     }
     let host = AgentHost::new(
         &config,

@@ -73,6 +73,18 @@ impl Principal {
     pub fn may_act_for(&self, owner: &str, admin_scope: &str) -> bool {
         self.sub == owner || self.is_admin(admin_scope)
     }
+
+    /// [`Principal::may_act_for`], else EDC's 403 naming the token's and the owner's contexts.
+    pub fn authorize(&self, owner: &str, admin_scope: &str) -> Result<(), Response> {
+        if self.may_act_for(owner, admin_scope) {
+            return Ok(());
+        }
+        let message = format!(
+            "User '{}' is not authorized to access resources of '{owner}'.",
+            self.sub
+        );
+        Err(edc_error(StatusCode::FORBIDDEN, &message))
+    }
 }
 
 /// The signing keys: jwtlet's (access tokens) and the cluster's (service-account tokens).
@@ -320,17 +332,6 @@ pub(crate) fn guarded(
     router
         .route_layer(axum::middleware::from_fn_with_state(state, guard))
         .with_state(inner.clone())
-}
-
-/// A 403 for a token that may not act for `owner`, in EDC's shape.
-pub(crate) fn not_authorized(principal: &Principal, owner: &str) -> Response {
-    edc_error(
-        StatusCode::FORBIDDEN,
-        &format!(
-            "User '{}' is not authorized to access resources of '{owner}'.",
-            principal.sub
-        ),
-    )
 }
 
 #[cfg(test)]

@@ -13,9 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, patch, post, put};
 use axum::{Json, Router};
@@ -23,7 +22,10 @@ use serde_json::{Value, json};
 
 use crate::bearer::{self, Principal};
 use crate::route::{Route, Service, path_of};
-use crate::{EdcV, MANAGEMENT_CONTEXT, Shared, edc_error, edc_json, edc_json_ld, edc_string};
+use crate::{
+    EdcJson, EdcV, MANAGEMENT_CONTEXT, Reply, Shared, edc_bad, edc_error, edc_json_ld,
+    edc_not_found, edc_owned, edc_string, edc_string_map,
+};
 
 const ADMIN: &str = "management-api:admin";
 
@@ -55,46 +57,28 @@ pub(crate) fn router(inner: Shared) -> Router {
     bearer::guarded(router, &inner, Service::ControlPlane)
 }
 
-fn bad(message: &str) -> Response {
-    edc_error(StatusCode::BAD_REQUEST, message)
-}
-
-fn not_found(kind: &str, id: &str) -> Response {
-    edc_error(
-        StatusCode::NOT_FOUND,
-        &format!("Object of type {kind} with ID={id} was not found"),
-    )
-}
-
 fn validate_context(body: &Value) -> Result<String, Response> {
     edc_json_ld(body, "ParticipantContext")?;
     let pc = edc_string(body, "@id")?;
     edc_string(body, "identity")?;
     if body.get("properties").is_some_and(|p| !p.is_object()) {
-        return Err(bad("'properties' must be an object"));
+        return Err(edc_bad("'properties' must be an object"));
     }
     match body.get("state") {
         None => {}
         Some(Value::String(s)) if ["CREATED", "ACTIVATED", "DEACTIVATED"].contains(&s.as_str()) => {
         }
-        Some(_) => return Err(bad("'state' must be CREATED, ACTIVATED or DEACTIVATED")),
+        Some(_) => return Err(edc_bad("'state' must be CREATED, ACTIVATED or DEACTIVATED")),
     }
     Ok(pc)
 }
 
-async fn create(State(inner): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let body = match edc_json(&headers, &body) {
-        Ok(body) => body,
-        Err(refusal) => return refusal,
-    };
-    let pc = match validate_context(&body) {
-        Ok(pc) => pc,
-        Err(refusal) => return refusal,
-    };
+async fn create(State(inner): State<Shared>, EdcJson(body): EdcJson) -> Reply {
+    let pc = validate_context(&body)?;
     let mut store = inner.store();
     if store.control_plane.participants.contains_key(&pc) {
         let message = format!("ParticipantContext with ID '{pc}' already exists");
-        return edc_error(StatusCode::CONFLICT, &message);
+        return Err(edc_error(StatusCode::CONFLICT, &message));
     }
     store.control_plane.participants.insert(pc.clone(), body);
     let created_at = bearer::now() * 1000;
@@ -104,40 +88,29 @@ async fn create(State(inner): State<Shared>, headers: HeaderMap, body: Bytes) ->
         "@id": pc,
         "createdAt": created_at,
     });
-    (StatusCode::OK, Json(answer)).into_response()
+    Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
-async fn remove(State(inner): State<Shared>, Path(pc): Path<String>) -> Response {
+async fn remove(State(inner): State<Shared>, Path(pc): Path<String>) -> Reply {
     let mut store = inner.store();
     if store.control_plane.participants.remove(&pc).is_none() {
-        return not_found("ParticipantContext", &pc);
+        return Err(edc_not_found("ParticipantContext", &pc));
     }
     store.control_plane.configs.remove(&pc);
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn config(
     State(inner): State<Shared>,
     Path(pc): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let body = match edc_json(&headers, &body) {
-        Ok(body) => body,
-        Err(refusal) => return refusal,
-    };
-    if let Err(refusal) = edc_json_ld(&body, "ParticipantContextConfig") {
-        return refusal;
-    }
-    let entries = crate::edc_string_map(&body, "entries");
-    let private = crate::edc_string_map(&body, "privateEntries");
-    let (entries, private) = match (entries, private) {
-        (Ok(e), Ok(p)) => (e, p),
-        (Err(refusal), _) | (_, Err(refusal)) => return refusal,
-    };
+    EdcJson(body): EdcJson,
+) -> Reply {
+    edc_json_ld(&body, "ParticipantContextConfig")?;
+    let entries = edc_string_map(&body, "entries")?;
+    let private = edc_string_map(&body, "privateEntries")?;
     let mut store = inner.store();
     if !store.control_plane.participants.contains_key(&pc) {
-        return not_found("ParticipantContext", &pc);
+        return Err(edc_not_found("ParticipantContext", &pc));
     }
     let config = store
         .control_plane
@@ -150,7 +123,7 @@ async fn config(
     for (k, v) in private {
         config["privateEntries"][k] = json!(v);
     }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn validate_registration(body: &Value) -> Result<String, Response> {
@@ -158,18 +131,18 @@ fn validate_registration(body: &Value) -> Result<String, Response> {
     edc_string(body, "endpoint")?;
     let strings = |v: &Value| v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
     if !body.get("transferTypes").is_some_and(strings) {
-        return Err(bad("'transferTypes' must be an array of strings"));
+        return Err(edc_bad("'transferTypes' must be an array of strings"));
     }
     if body
         .get("labels")
         .is_some_and(|l| !l.is_null() && !strings(l))
     {
-        return Err(bad("'labels' must be an array of strings"));
+        return Err(edc_bad("'labels' must be an array of strings"));
     }
     match body.get("authorization") {
         None | Some(Value::Null) => {}
         Some(a) if a.get("type").is_some_and(Value::is_string) => {}
-        Some(_) => return Err(bad("'authorization' must be an object with a 'type'")),
+        Some(_) => return Err(edc_bad("'authorization' must be an object with a 'type'")),
     }
     Ok(id)
 }
@@ -178,53 +151,41 @@ async fn register(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let body = match edc_json(&headers, &body) {
-        Ok(body) => body,
-        Err(refusal) => return refusal,
-    };
-    let id = match validate_registration(&body) {
-        Ok(id) => id,
-        Err(refusal) => return refusal,
-    };
+    EdcJson(body): EdcJson,
+) -> Reply {
+    let id = validate_registration(&body)?;
     let mut store = inner.store();
     if !store.control_plane.participants.contains_key(&pc) {
-        return not_found("ParticipantContext", &pc);
+        return Err(edc_not_found("ParticipantContext", &pc));
     }
-    if !principal.may_act_for(&pc, ADMIN) {
-        return bearer::not_authorized(&principal, &pc);
-    }
+    principal.authorize(&pc, ADMIN)?;
     if let Some(existing) = store.control_plane.dataplanes.get(&id)
         && existing.participant_context != pc
     {
         let message = format!("DataPlaneInstance with ID '{id}' already exists");
-        return edc_error(StatusCode::CONFLICT, &message);
+        return Err(edc_error(StatusCode::CONFLICT, &message));
     }
     let dataplane = Dataplane {
         participant_context: pc,
         registration: body,
     };
     store.control_plane.dataplanes.insert(id, dataplane);
-    StatusCode::OK.into_response()
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn unregister(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path((pc, id)): Path<(String, String)>,
-) -> Response {
+) -> Reply {
     let mut store = inner.store();
-    let owned = store.control_plane.dataplanes.get(&id);
-    if owned.is_none_or(|d| d.participant_context != pc) {
-        return not_found("DataPlaneInstance", &id);
-    }
-    if !principal.may_act_for(&pc, ADMIN) {
-        return bearer::not_authorized(&principal, &pc);
-    }
-    store.control_plane.dataplanes.remove(&id);
-    StatusCode::OK.into_response()
+    let dataplanes = &mut store.control_plane.dataplanes;
+    edc_owned(dataplanes, &id, "DataPlaneInstance", |d| {
+        d.participant_context == pc
+    })?;
+    principal.authorize(&pc, ADMIN)?;
+    dataplanes.remove(&id);
+    Ok(StatusCode::OK.into_response())
 }
 
 impl EdcV {

@@ -14,9 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -24,7 +23,9 @@ use serde_json::{Value, json};
 
 use crate::bearer::{self, Principal};
 use crate::route::{Route, Service, path_of};
-use crate::{EdcV, Shared, edc_error, edc_json, edc_string};
+use crate::{
+    EdcJson, EdcV, Reply, Shared, edc_bad, edc_error, edc_not_found, edc_owned, edc_string,
+};
 
 const ADMIN: &str = "identity-api:admin";
 
@@ -75,10 +76,6 @@ pub(crate) fn router(inner: Shared) -> Router {
     bearer::guarded(router, &inner, Service::IdentityHub)
 }
 
-fn bad(message: &str) -> Response {
-    edc_error(StatusCode::BAD_REQUEST, message)
-}
-
 /// `ParticipantManifestValidator` and `KeyDescriptorValidator`, plus the shapes Jackson binds.
 fn validate_manifest(body: &Value) -> Result<String, Response> {
     let pc = edc_string(body, "participantContextId")?;
@@ -87,10 +84,10 @@ fn validate_manifest(body: &Value) -> Result<String, Response> {
         (Some(key), _) if key.is_object() => vec![key],
         (_, Some(Value::Array(keys))) => keys.iter().collect(),
         (_, Some(key)) if key.is_object() => vec![key],
-        _ => return Err(bad("key descriptor cannot be null.")),
+        _ => return Err(edc_bad("key descriptor cannot be null.")),
     };
     if keys.is_empty() {
-        return Err(bad("key descriptor cannot be empty."));
+        return Err(edc_bad("key descriptor cannot be empty."));
     }
     for key in keys {
         edc_string(key, "keyId")?;
@@ -100,7 +97,7 @@ fn validate_manifest(body: &Value) -> Result<String, Response> {
             .iter()
             .any(|m| key.get(*m).is_some_and(|v| !v.is_null()))
         {
-            return Err(bad(
+            return Err(edc_bad(
                 "Either the public key is specified (PEM or JWK), or the generator parameters are provided.",
             ));
         }
@@ -114,29 +111,22 @@ fn validate_manifest(body: &Value) -> Result<String, Response> {
                 }
             }
         }
-        Some(_) => return Err(bad("'serviceEndpoints' must be an array")),
+        Some(_) => return Err(edc_bad("'serviceEndpoints' must be an array")),
     }
     for flag in ["active", "provisionStsAccount", "provisionApiKey"] {
         if body.get(flag).is_some_and(|v| !v.is_boolean()) {
-            return Err(bad(&format!("'{flag}' must be a boolean")));
+            return Err(edc_bad(&format!("'{flag}' must be a boolean")));
         }
     }
     Ok(pc)
 }
 
-async fn create(State(inner): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let body = match edc_json(&headers, &body) {
-        Ok(body) => body,
-        Err(refusal) => return refusal,
-    };
-    let pc = match validate_manifest(&body) {
-        Ok(pc) => pc,
-        Err(refusal) => return refusal,
-    };
+async fn create(State(inner): State<Shared>, EdcJson(body): EdcJson) -> Reply {
+    let pc = validate_manifest(&body)?;
     let mut store = inner.store();
     if store.identity_hub.participants.contains_key(&pc) {
         let message = format!("ParticipantContext with ID '{pc}' already exists.");
-        return edc_error(StatusCode::CONFLICT, &message);
+        return Err(edc_error(StatusCode::CONFLICT, &message));
     }
     let flag = |name: &str| body.get(name).and_then(Value::as_bool);
     let api_key = (flag("provisionApiKey") != Some(false)).then(crate::new_id);
@@ -147,85 +137,61 @@ async fn create(State(inner): State<Shared>, headers: HeaderMap, body: Bytes) ->
         "clientSecret": sts.then(crate::new_id),
     });
     store.identity_hub.participants.insert(pc, body);
-    (StatusCode::OK, Json(answer)).into_response()
+    Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
 async fn remove(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
-) -> Response {
-    if !principal.may_act_for(&pc, ADMIN) {
-        return bearer::not_authorized(&principal, &pc);
-    }
+) -> Reply {
+    principal.authorize(&pc, ADMIN)?;
     let mut store = inner.store();
     if store.identity_hub.participants.remove(&pc).is_none() {
-        return not_found("ParticipantContext", &pc);
+        return Err(edc_not_found("ParticipantContext", &pc));
     }
     store
         .identity_hub
         .requests
         .retain(|_, r| r.participant_context != pc);
-    StatusCode::NO_CONTENT.into_response()
-}
-
-fn not_found(kind: &str, id: &str) -> Response {
-    edc_error(
-        StatusCode::NOT_FOUND,
-        &format!("Object of type {kind} with ID={id} was not found"),
-    )
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `AuthorizationService.authorize(pc, pc, ParticipantContext)`: 404 when the context is
 /// unknown, 403 when the token may not act for it.
 fn authorize(store: &crate::Store, principal: &Principal, pc: &str) -> Result<(), Response> {
     if !store.identity_hub.participants.contains_key(pc) {
-        return Err(not_found("IdentityHubParticipantContext", pc));
+        return Err(edc_not_found("IdentityHubParticipantContext", pc));
     }
-    if !principal.may_act_for(pc, ADMIN) {
-        return Err(bearer::not_authorized(principal, pc));
-    }
-    Ok(())
+    principal.authorize(pc, ADMIN)
 }
 
 async fn request(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let body = match edc_json(&headers, &body) {
-        Ok(body) => body,
-        Err(refusal) => return refusal,
-    };
-    let issuer_did = match edc_string(&body, "issuerDid") {
-        Ok(did) => did,
-        Err(refusal) => return refusal,
-    };
+    EdcJson(body): EdcJson,
+) -> Reply {
+    let issuer_did = edc_string(&body, "issuerDid")?;
     let holder_pid = match body.get("holderPid") {
         None | Some(Value::Null) => crate::new_id(),
         Some(Value::String(pid)) if !pid.trim().is_empty() => pid.clone(),
-        Some(_) => return bad("'holderPid' must be a non-blank string"),
+        Some(_) => return Err(edc_bad("'holderPid' must be a non-blank string")),
     };
     let credentials = match body.get("credentials") {
         Some(Value::Array(items)) if !items.is_empty() => items.clone(),
-        _ => return bad("'credentials' must be a non-empty array"),
+        _ => return Err(edc_bad("'credentials' must be a non-empty array")),
     };
     for credential in &credentials {
         for field in ["format", "type", "id"] {
-            if let Err(refusal) = edc_string(credential, field) {
-                return refusal;
-            }
+            edc_string(credential, field)?;
         }
     }
     let mut store = inner.store();
-    if let Err(refusal) = authorize(&store, &principal, &pc) {
-        return refusal;
-    }
+    authorize(&store, &principal, &pc)?;
     if store.identity_hub.requests.contains_key(&holder_pid) {
         let message = format!("A HolderCredentialRequest with ID '{holder_pid}' already exists.");
-        return edc_error(StatusCode::CONFLICT, &message);
+        return Err(edc_error(StatusCode::CONFLICT, &message));
     }
     let location = format!("/v1beta/participants/{pc}/credentials/request/{holder_pid}");
     let request = CredentialRequest {
@@ -237,18 +203,16 @@ async fn request(
         polls: 0,
     };
     store.identity_hub.requests.insert(holder_pid, request);
-    (StatusCode::CREATED, [(header::LOCATION, location)]).into_response()
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
 async fn status(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path((pc, pid)): Path<(String, String)>,
-) -> Response {
+) -> Reply {
     let mut store = inner.store();
-    if let Err(refusal) = authorize(&store, &principal, &pc) {
-        return refusal;
-    }
+    authorize(&store, &principal, &pc)?;
     let (before, outcome) = (
         store.identity_hub.polls_before_outcome,
         store.identity_hub.outcome.clone(),
@@ -257,12 +221,10 @@ async fn status(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let Some(request) = store.identity_hub.requests.get_mut(&pid) else {
-        return not_found("HolderCredentialRequest", &pid);
-    };
-    if request.participant_context != pc {
-        return not_found("HolderCredentialRequest", &pid);
-    }
+    let requests = &mut store.identity_hub.requests;
+    let request = edc_owned(requests, &pid, "HolderCredentialRequest", |r| {
+        r.participant_context == pc
+    })?;
     let due = request.status == "CREATED" && request.polls >= before;
     request.polls += 1;
     let request = request.clone();
@@ -285,14 +247,14 @@ async fn status(
     let request = &store.identity_hub.requests[&pid];
     let issuer_pid =
         (request.status != "CREATED").then(|| format!("issuer-{}", request.holder_pid));
-    Json(json!({
+    let answer = json!({
         "issuerDid": request.issuer_did,
         "holderPid": request.holder_pid,
         "issuerPid": issuer_pid,
         "status": request.status,
         "typesAndFormats": request.credentials,
-    }))
-    .into_response()
+    });
+    Ok(Json(answer).into_response())
 }
 
 impl EdcV {

@@ -15,17 +15,19 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::bearer::{self, Principal};
 use crate::route::{Route, Service, path_of};
-use crate::{EdcV, Options, Shared, Store, edc_error, edc_json, edc_string};
+use crate::{
+    EdcJson, EdcV, Options, Reply, Shared, Store, edc_bad, edc_error, edc_not_found, edc_owned,
+    edc_string,
+};
 
 const ADMIN: &str = "issuer-admin-api:admin";
 
@@ -109,28 +111,14 @@ pub(crate) fn issue(
     true
 }
 
-fn not_found(kind: &str, id: &str) -> Response {
-    edc_error(
-        StatusCode::NOT_FOUND,
-        &format!("Object of type {kind} with ID={id} was not found"),
-    )
-}
-
 async fn create_holder(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(ctx): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let body = match edc_json(&headers, &body) {
-        Ok(body) => body,
-        Err(refusal) => return refusal,
-    };
-    let (holder_id, _did) = match (edc_string(&body, "holderId"), edc_string(&body, "did")) {
-        (Ok(h), Ok(d)) => (h, d),
-        (Err(refusal), _) | (_, Err(refusal)) => return refusal,
-    };
+    EdcJson(body): EdcJson,
+) -> Reply {
+    let holder_id = edc_string(&body, "holderId")?;
+    edc_string(&body, "did")?;
     let name_ok = body
         .get("name")
         .is_none_or(|n| n.is_null() || n.is_string());
@@ -138,41 +126,38 @@ async fn create_holder(
         .get("properties")
         .is_none_or(|p| p.is_null() || p.is_object());
     if !name_ok || !props_ok {
-        let message = "'name' must be a string and 'properties' an object";
-        return edc_error(StatusCode::BAD_REQUEST, message);
+        return Err(edc_bad(
+            "'name' must be a string and 'properties' an object",
+        ));
     }
     if ctx != inner.options.issuer_id {
-        return not_found("ParticipantContext", &ctx);
+        return Err(edc_not_found("ParticipantContext", &ctx));
     }
-    if !principal.may_act_for(&ctx, ADMIN) {
-        return bearer::not_authorized(&principal, &ctx);
-    }
+    principal.authorize(&ctx, ADMIN)?;
     let mut store = inner.store();
     let key = (ctx.clone(), holder_id.clone());
     if store.issuer.holders.contains_key(&key) {
         let message = format!("A Holder with ID '{holder_id}' already exists.");
-        return edc_error(StatusCode::CONFLICT, &message);
+        return Err(edc_error(StatusCode::CONFLICT, &message));
     }
     store.issuer.holders.insert(key, body);
     let location = format!("/v1beta/participants/{ctx}/holders/{holder_id}");
-    (StatusCode::CREATED, [(header::LOCATION, location)]).into_response()
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
 async fn delete_holder(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path((ctx, holder_id)): Path<(String, String)>,
-) -> Response {
+) -> Reply {
     let mut store = inner.store();
     let key = (ctx.clone(), holder_id.clone());
     if !store.issuer.holders.contains_key(&key) {
-        return not_found("Holder", &holder_id);
+        return Err(edc_not_found("Holder", &holder_id));
     }
-    if !principal.may_act_for(&ctx, ADMIN) {
-        return bearer::not_authorized(&principal, &ctx);
-    }
+    principal.authorize(&ctx, ADMIN)?;
     store.issuer.holders.remove(&key);
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// One criterion of a `QuerySpec`'s `filterExpression`.
@@ -241,27 +226,16 @@ async fn query(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(ctx): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let body = match edc_json(&headers, &body) {
-        Ok(body) => body,
-        Err(refusal) => return refusal,
-    };
+    EdcJson(body): EdcJson,
+) -> Reply {
     let number = |name: &str, default: u64| match body.get(name) {
         None | Some(Value::Null) => Some(default),
         Some(v) => v.as_u64(),
     };
     let (Some(offset), Some(limit)) = (number("offset", 0), number("limit", 50)) else {
-        return edc_error(
-            StatusCode::BAD_REQUEST,
-            "'offset' and 'limit' must be numbers",
-        );
+        return Err(edc_bad("'offset' and 'limit' must be numbers"));
     };
-    let criteria = match criteria(&body) {
-        Ok(c) => c,
-        Err(message) => return edc_error(StatusCode::BAD_REQUEST, &message),
-    };
+    let criteria = criteria(&body).map_err(|message| edc_bad(&message))?;
     let store = inner.store();
     let mut found = Vec::new();
     for credential in store.issuer.credentials.values() {
@@ -270,10 +244,7 @@ async fn query(
         }
         let mut all = true;
         for criterion in &criteria {
-            match matches(credential, criterion) {
-                Ok(m) => all &= m,
-                Err(message) => return edc_error(StatusCode::BAD_REQUEST, &message),
-            }
+            all &= matches(credential, criterion).map_err(|message| edc_bad(&message))?;
         }
         if all {
             found.push(json!({
@@ -289,24 +260,22 @@ async fn query(
         .skip(offset as usize)
         .take(limit as usize)
         .collect();
-    Json(page).into_response()
+    Ok(Json(page).into_response())
 }
 
 async fn revoke(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path((ctx, id)): Path<(String, String)>,
-) -> Response {
+) -> Reply {
     let mut store = inner.store();
-    let owned = store.issuer.credentials.get(&id);
-    if owned.is_none_or(|c| c.participant_context != ctx) {
-        return not_found("VerifiableCredentialResource", &id);
-    }
-    if !principal.may_act_for(&ctx, ADMIN) {
-        return bearer::not_authorized(&principal, &ctx);
-    }
-    store.issuer.credentials.get_mut(&id).unwrap().revoked = true;
-    StatusCode::NO_CONTENT.into_response()
+    let credentials = &mut store.issuer.credentials;
+    let credential = edc_owned(credentials, &id, "VerifiableCredentialResource", |c| {
+        c.participant_context == ctx
+    })?;
+    principal.authorize(&ctx, ADMIN)?;
+    credential.revoked = true;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 impl EdcV {

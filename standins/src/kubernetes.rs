@@ -72,13 +72,7 @@ impl KubeApi {
     pub async fn start() -> Self {
         let state: Shared = Arc::default();
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding a loopback port");
-        let url = format!("http://{}", listener.local_addr().expect("local address"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (url, task) = crate::serve(app).await;
         Self { url, state, task }
     }
 

@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -267,6 +269,7 @@ impl Drop for EdcV {
     }
 }
 
+/// Serves `router` on a free loopback port: its base URL, and the task to abort on drop.
 async fn serve(router: Router) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -279,6 +282,10 @@ async fn serve(router: Router) -> (String, tokio::task::JoinHandle<()>) {
 }
 
 // --- answers shared by the EDC services (Jersey, EDC's exception mapper) ---
+
+/// A handler's answer with its refusal on the `Err` side, so that `?` answers a failed
+/// check as it is; axum answers either side.
+pub(crate) type Reply = Result<Response, Response>;
 
 /// An EDC error answer: `[{"message", "type"}]` as EDC's exception mapper writes it.
 pub(crate) fn edc_error(status: StatusCode, message: &str) -> Response {
@@ -296,32 +303,65 @@ pub(crate) fn edc_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// A JSON body as Jersey takes it: another content type 415, malformed JSON 400.
-pub(crate) fn edc_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if !media.eq_ignore_ascii_case("application/json") {
-        return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response());
+/// EDC's 400 validation failure.
+pub(crate) fn edc_bad(message: &str) -> Response {
+    edc_error(StatusCode::BAD_REQUEST, message)
+}
+
+/// EDC's 404 for the object `id` of type `kind`.
+pub(crate) fn edc_not_found(kind: &str, id: &str) -> Response {
+    edc_error(
+        StatusCode::NOT_FOUND,
+        &format!("Object of type {kind} with ID={id} was not found"),
+    )
+}
+
+/// The record `id` of `records` if `owned` finds it the path's context's, else EDC's 404 for
+/// `kind`: EDC looks such records up by (owner, id), so another context's record is not
+/// found either.
+pub(crate) fn edc_owned<'a, T>(
+    records: &'a mut BTreeMap<String, T>,
+    id: &str,
+    kind: &str,
+    owned: impl FnOnce(&T) -> bool,
+) -> Result<&'a mut T, Response> {
+    let record = records.get_mut(id).filter(|record| owned(record));
+    record.ok_or_else(|| edc_not_found(kind, id))
+}
+
+/// A JSON body as Jersey takes it: another content type 415, malformed JSON 400. Taken as
+/// an extractor, like axum's `Json`, so handlers start from the parsed body.
+pub(crate) struct EdcJson(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for EdcJson {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        // The body first: one axum cannot read (over its size limit) is refused as such,
+        // whatever its content type.
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case("application/json") {
+            return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response());
+        }
+        serde_json::from_slice(&body)
+            .map(EdcJson)
+            .map_err(|e| edc_bad(&format!("the body is not JSON: {e}")))
     }
-    serde_json::from_slice(body).map_err(|e| {
-        edc_error(
-            StatusCode::BAD_REQUEST,
-            &format!("the body is not JSON: {e}"),
-        )
-    })
 }
 
 /// A required non-blank string field, else EDC's 400 validation failure.
 pub(crate) fn edc_string(body: &Value, name: &str) -> Result<String, Response> {
     match body.get(name).and_then(Value::as_str) {
         Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
-        _ => Err(edc_error(
-            StatusCode::BAD_REQUEST,
-            &format!("'{name}' must be a non-blank string"),
-        )),
+        _ => Err(edc_bad(&format!("'{name}' must be a non-blank string"))),
     }
 }
 
@@ -330,12 +370,7 @@ pub(crate) fn edc_string_map(
     body: &Value,
     name: &str,
 ) -> Result<BTreeMap<String, String>, Response> {
-    let refuse = || {
-        edc_error(
-            StatusCode::BAD_REQUEST,
-            &format!("'{name}' must be an object of string values"),
-        )
-    };
+    let refuse = || edc_bad(&format!("'{name}' must be an object of string values"));
     match body.get(name) {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(Value::Object(map)) => map
@@ -354,16 +389,12 @@ pub(crate) fn edc_json_ld(body: &Value, kind: &str) -> Result<(), Response> {
         _ => false,
     };
     if !names_context {
-        return Err(edc_error(
-            StatusCode::BAD_REQUEST,
-            &format!("@context must include {MANAGEMENT_CONTEXT}"),
-        ));
+        return Err(edc_bad(&format!(
+            "@context must include {MANAGEMENT_CONTEXT}"
+        )));
     }
     if body.get("@type").and_then(Value::as_str) != Some(kind) {
-        return Err(edc_error(
-            StatusCode::BAD_REQUEST,
-            &format!("@type must be {kind}"),
-        ));
+        return Err(edc_bad(&format!("@type must be {kind}")));
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::bearer::{self, Principal};
 use crate::route::{Route, Service, path_of};
-use crate::{EdcV, Shared};
+use crate::{EdcV, Reply, Shared};
 
 /// Where a transfer's token comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,45 +157,99 @@ fn check(principal: &Principal, pc: &str) -> Result<(), Response> {
     Ok(())
 }
 
-const TT_EXISTS: &str = "Transfer type mapping already exists";
-const TT_MISSING: &str = "Transfer type mapping not found";
-const KEY_EXISTS: &str = "Signing key mapping already exists";
-const KEY_MISSING: &str = "Signing key mapping not found";
+/// One of Siglet's maps from a participant context to its mapping, with the messages of
+/// its refusals: both kinds of mapping are created, read, replaced and deleted alike.
+struct Table<T> {
+    map: fn(&mut SigletStore) -> &mut BTreeMap<String, T>,
+    exists: &'static str,
+    missing: &'static str,
+}
+
+const TRANSFER_TYPES: Table<Mappings> = Table {
+    map: |siglet| &mut siglet.transfer_type_mappings,
+    exists: "Transfer type mapping already exists",
+    missing: "Transfer type mapping not found",
+};
+
+const KEYS: Table<KeyMapping> = Table {
+    map: |siglet| &mut siglet.key_mappings,
+    exists: "Signing key mapping already exists",
+    missing: "Signing key mapping not found",
+};
+
+impl<T> Table<T> {
+    /// Stores `pc`'s mapping: 201, or 409 when it has one.
+    fn create(&self, inner: &Shared, pc: String, mapping: T) -> Reply {
+        let mut store = inner.store();
+        let map = (self.map)(&mut store.siglet);
+        if map.contains_key(&pc) {
+            return Err(error(StatusCode::CONFLICT, self.exists));
+        }
+        map.insert(pc, mapping);
+        Ok(StatusCode::CREATED.into_response())
+    }
+
+    /// `pc`'s mapping as `show` answers it, or 404.
+    fn read(&self, inner: &Shared, pc: &str, show: impl FnOnce(&T) -> Response) -> Reply {
+        let mut store = inner.store();
+        Ok(show(self.find(&mut store.siglet, pc)?))
+    }
+
+    /// Changes `pc`'s mapping with `update`: 204, or 404.
+    fn replace(&self, inner: &Shared, pc: &str, update: impl FnOnce(&mut T)) -> Reply {
+        let mut store = inner.store();
+        update(self.find(&mut store.siglet, pc)?);
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    /// Removes `pc`'s mapping: 204, or 404.
+    fn delete(&self, inner: &Shared, pc: &str) -> Reply {
+        let mut store = inner.store();
+        if (self.map)(&mut store.siglet).remove(pc).is_none() {
+            return Err(self.not_found());
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    /// `pc`'s mapping, else 404.
+    fn find<'a>(&self, siglet: &'a mut SigletStore, pc: &str) -> Result<&'a mut T, Response> {
+        (self.map)(siglet)
+            .get_mut(pc)
+            .ok_or_else(|| self.not_found())
+    }
+
+    fn not_found(&self) -> Response {
+        error(StatusCode::NOT_FOUND, self.missing)
+    }
+}
+
+/// Siglet refuses a blank `kid` on create and replace alike.
+fn nonblank_kid(kid: &str) -> Result<(), Response> {
+    if kid.trim().is_empty() {
+        return Err(error(StatusCode::BAD_REQUEST, "kid must not be blank"));
+    }
+    Ok(())
+}
 
 async fn create_transfer(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Json(body): Json<TransferTypeMapping>,
-) -> Response {
+) -> Reply {
     let pc = body.participant_context_id;
-    if let Err(refusal) = check(&principal, &pc) {
-        return refusal;
-    }
-    let mut store = inner.store();
-    if store.siglet.transfer_type_mappings.contains_key(&pc) {
-        return error(StatusCode::CONFLICT, TT_EXISTS);
-    }
-    store
-        .siglet
-        .transfer_type_mappings
-        .insert(pc, body.mappings);
-    StatusCode::CREATED.into_response()
+    check(&principal, &pc)?;
+    TRANSFER_TYPES.create(&inner, pc, body.mappings)
 }
 
 async fn get_transfer(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
-) -> Response {
-    if let Err(refusal) = check(&principal, &pc) {
-        return refusal;
-    }
-    match inner.store().siglet.transfer_type_mappings.get(&pc) {
-        Some(mappings) => {
-            Json(json!({"participantContextId": pc, "mappings": mappings})).into_response()
-        }
-        None => error(StatusCode::NOT_FOUND, TT_MISSING),
-    }
+) -> Reply {
+    check(&principal, &pc)?;
+    TRANSFER_TYPES.read(&inner, &pc, |mappings| {
+        Json(json!({"participantContextId": pc, "mappings": mappings})).into_response()
+    })
 }
 
 async fn replace_transfer(
@@ -203,69 +257,37 @@ async fn replace_transfer(
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
     Json(mappings): Json<Mappings>,
-) -> Response {
-    if let Err(refusal) = check(&principal, &pc) {
-        return refusal;
-    }
-    match inner.store().siglet.transfer_type_mappings.get_mut(&pc) {
-        Some(existing) => {
-            *existing = mappings;
-            StatusCode::NO_CONTENT.into_response()
-        }
-        None => error(StatusCode::NOT_FOUND, TT_MISSING),
-    }
+) -> Reply {
+    check(&principal, &pc)?;
+    TRANSFER_TYPES.replace(&inner, &pc, |existing| *existing = mappings)
 }
 
 async fn delete_transfer(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
-) -> Response {
-    if let Err(refusal) = check(&principal, &pc) {
-        return refusal;
-    }
-    match inner.store().siglet.transfer_type_mappings.remove(&pc) {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => error(StatusCode::NOT_FOUND, TT_MISSING),
-    }
+) -> Reply {
+    check(&principal, &pc)?;
+    TRANSFER_TYPES.delete(&inner, &pc)
 }
 
 async fn create_key(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Json(body): Json<KeyMapping>,
-) -> Response {
-    if let Err(refusal) = check(&principal, &body.participant_context_id) {
-        return refusal;
-    }
-    if body.kid.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "kid must not be blank");
-    }
-    let mut store = inner.store();
-    if store
-        .siglet
-        .key_mappings
-        .contains_key(&body.participant_context_id)
-    {
-        return error(StatusCode::CONFLICT, KEY_EXISTS);
-    }
-    let pc = body.participant_context_id.clone();
-    store.siglet.key_mappings.insert(pc, body);
-    StatusCode::CREATED.into_response()
+) -> Reply {
+    check(&principal, &body.participant_context_id)?;
+    nonblank_kid(&body.kid)?;
+    KEYS.create(&inner, body.participant_context_id.clone(), body)
 }
 
 async fn get_key(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
-) -> Response {
-    if let Err(refusal) = check(&principal, &pc) {
-        return refusal;
-    }
-    match inner.store().siglet.key_mappings.get(&pc) {
-        Some(mapping) => Json(mapping.clone()).into_response(),
-        None => error(StatusCode::NOT_FOUND, KEY_MISSING),
-    }
+) -> Reply {
+    check(&principal, &pc)?;
+    KEYS.read(&inner, &pc, |mapping| Json(mapping).into_response())
 }
 
 async fn replace_key(
@@ -273,35 +295,22 @@ async fn replace_key(
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
     Json(body): Json<KeyMappingUpdate>,
-) -> Response {
-    if let Err(refusal) = check(&principal, &pc) {
-        return refusal;
-    }
-    if body.kid.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "kid must not be blank");
-    }
-    match inner.store().siglet.key_mappings.get_mut(&pc) {
-        Some(existing) => {
-            existing.key_name = body.key_name;
-            existing.kid = body.kid;
-            StatusCode::NO_CONTENT.into_response()
-        }
-        None => error(StatusCode::NOT_FOUND, KEY_MISSING),
-    }
+) -> Reply {
+    check(&principal, &pc)?;
+    nonblank_kid(&body.kid)?;
+    KEYS.replace(&inner, &pc, |existing| {
+        existing.key_name = body.key_name;
+        existing.kid = body.kid;
+    })
 }
 
 async fn delete_key(
     State(inner): State<Shared>,
     Extension(principal): Extension<Principal>,
     Path(pc): Path<String>,
-) -> Response {
-    if let Err(refusal) = check(&principal, &pc) {
-        return refusal;
-    }
-    match inner.store().siglet.key_mappings.remove(&pc) {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => error(StatusCode::NOT_FOUND, KEY_MISSING),
-    }
+) -> Reply {
+    check(&principal, &pc)?;
+    KEYS.delete(&inner, &pc)
 }
 
 impl EdcV {
