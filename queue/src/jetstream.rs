@@ -205,6 +205,9 @@ impl JetStreamQueue {
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.settings.ack_wait,
             max_deliver: -1,
+            // The stream keeps history it was not made for cfm: a new consumer starts at
+            // what is published from now on, not at the first event ever.
+            deliver_policy: consumer::DeliverPolicy::New,
             ..Default::default()
         };
         let consumer = found
@@ -215,6 +218,7 @@ impl JetStreamQueue {
             consumer,
             context: self.context.clone(),
             stream_config: found.cached_info().config.clone(),
+            owns_stream: false,
             name,
             config,
             broken: false,
@@ -293,6 +297,7 @@ impl Queue for JetStreamQueue {
             consumer,
             context: self.context.clone(),
             stream_config: self.stream_config.clone(),
+            owns_stream: true,
             name,
             config,
             broken: false,
@@ -306,6 +311,8 @@ struct JetStreamConsumer {
     /// What recreating the consumer (and its stream) takes.
     context: jetstream::Context,
     stream_config: stream::Config,
+    /// The stream is cfm's own (a work queue it may make again); not another service's.
+    owns_stream: bool,
     name: String,
     config: consumer::pull::Config,
     /// The last pull failed: repair before the next one.
@@ -350,10 +357,17 @@ impl JetStreamConsumer {
     /// without it, its metadata not yet on disk; pulls then go unanswered. Creating both
     /// again is idempotent, so it is done after every failed pull, before the caller's retry.
     async fn repair(&mut self) {
-        let Ok(stream) = ensure_stream(&self.context, &self.stream_config).await else {
+        let stream = if self.owns_stream {
+            ensure_stream(&self.context, &self.stream_config).await.ok()
+        } else {
+            self.context.get_stream(&self.stream_config.name).await.ok()
+        };
+        let Some(stream) = stream else {
             return;
         };
-        if self.stalls >= REBUILD_AFTER {
+        // Another service's stream keeps its history: a consumer made again would lose
+        // its place in it, so it is only looked up again.
+        if self.stalls >= REBUILD_AFTER && self.owns_stream {
             self.stalls = 0;
             tracing::warn!(consumer = %self.name,
                 "the server accepts this consumer's pulls and never ends them: making it again");

@@ -87,6 +87,13 @@ fn jad_configuration(dir: &Path, edc: &EdcV) -> (PathBuf, Vec<String>) {
                 "subject-token-origin".into(),
                 edc.jwtlet_management_url.clone().into(),
             );
+            http.insert(
+                "subject-token-paths".into(),
+                toml::Value::Array(vec![
+                    "/api/v1/mappings".into(),
+                    "/api/v1/mappings/*/{participantContextId}".into(),
+                ]),
+            );
         }
     });
     let flags = vec![

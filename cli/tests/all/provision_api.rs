@@ -542,7 +542,42 @@ async fn a_manifest_starts_its_orchestration_once(backend: TestBackend) {
         .await;
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
 
+    // A taken id for another participant, and a participant of cfm's own tenant manager,
+    // are conflicts.
+    let mut other = manifest.clone();
+    other["correlationId"] = json!("another-participant");
+    let (status, body) = api
+        .call(Method::POST, "/orchestrations", Some(other), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let env = api.dataspace_with_cell("cell-m").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let profile = api
+        .post_ok(
+            &format!("/tenants/{}/participant-profiles", tenant["id"].as_str().unwrap()),
+            json!({"identifier": "did:web:owned.example", "dataspaceProfileIds": [env.dataspace_id]}),
+            202,
+        )
+        .await;
+    let mut owned = manifest.clone();
+    owned["id"] = json!("manifest-owned");
+    owned["correlationId"] = profile["id"].clone();
+    let (status, body) = api
+        .call(Method::POST, "/orchestrations", Some(owned), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+
     for (bad, why) in [
+        (
+            json!({"id": "..", "correlationId": context, "orchestrationType": "cfm.orchestration.vpa.deploy",
+                "payload": {"cfm.participant.id": "did:web:x"}}),
+            "orchestration id",
+        ),
+        (
+            json!({"id": "m-7", "correlationId": "a.b", "orchestrationType": "cfm.orchestration.vpa.deploy",
+                "payload": {"cfm.participant.id": "did:web:x"}}),
+            "participant context",
+        ),
         (
             json!({"id": "m/2", "correlationId": context, "orchestrationType": "cfm.orchestration.vpa.deploy",
                 "payload": {"cfm.participant.id": "did:web:x"}}),

@@ -20,6 +20,7 @@ on_both_backends!(
     a_participant_naming_no_dataspace_joins_those_its_cell_serves,
     cells_keep_a_clients_state_timestamp,
     dataspace_profiles_keep_their_artifacts,
+    a_did_is_deployed_once,
 );
 
 async fn tenant_patches_merge_and_versions_guard_writes(backend: TestBackend) {
@@ -637,4 +638,50 @@ async fn dataspace_profiles_keep_their_artifacts(backend: TestBackend) {
         )
         .await;
     assert_eq!(status, 400, "{body}");
+}
+
+/// Services key holders and credentials by DID: a second live participant with another's
+/// DID, in any tenant, is refused; once the first is disposed the DID is free again. A DID
+/// that could leave a URL path segment is no DID.
+async fn a_did_is_deployed_once(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-d").await;
+    let deploy = |tenant: String, did: &'static str| {
+        let api = api.clone();
+        let dataspace = env.dataspace_id.clone();
+        async move {
+            api.call(
+                Method::POST,
+                &format!("/tenants/{tenant}/participant-profiles"),
+                Some(json!({"identifier": did, "dataspaceProfileIds": [dataspace]})),
+                None,
+            )
+            .await
+        }
+    };
+    let first = api.post_ok("/tenants", json!({}), 201).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = api.post_ok("/tenants", json!({}), 201).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, profile) = deploy(first.clone(), "did:web:twin.example").await;
+    assert_eq!(status, 202, "{profile}");
+    let (status, body) = deploy(second.clone(), "did:web:twin.example").await;
+    assert_eq!(status, 409, "{body}");
+    let id = profile["id"].as_str().unwrap();
+    api.wait_active(&first, id, Duration::from_secs(30)).await;
+    api.dispose(&first, id).await;
+    let (status, body) = deploy(second.clone(), "did:web:twin.example").await;
+    assert_eq!(status, 202, "{body}");
+    for bad in [
+        "did:web:x/../../issuer/holders/did:web:v",
+        "did:web:v.example?x",
+    ] {
+        let (status, body) = deploy(second.clone(), bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
 }

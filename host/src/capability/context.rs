@@ -19,9 +19,6 @@ pub struct Capabilities {
     pub(super) calls: Arc<CallContext>,
     pub(super) log: LogLines,
     http: OutboundHttp,
-    /// The tokens handed to the plugin in this invocation, so none leaves it in a log
-    /// line, an output or an error.
-    pub(super) issued: Vec<String>,
 }
 
 impl Capabilities {
@@ -32,20 +29,23 @@ impl Capabilities {
             http: OutboundHttp::new(calls.clone(), http),
             calls,
             log: LogLines::default(),
-            issued: Vec::new(),
         }
     }
 
-    /// `text` with every token handed out in this invocation replaced by `[token]`.
+    /// `text` with every token used in this invocation replaced by `[token]`.
     pub fn redact(&self, text: &str) -> String {
-        self.issued.iter().fold(text.to_string(), |text, token| {
-            text.replace(token.as_str(), "[token]")
-        })
+        self.calls
+            .tokens()
+            .iter()
+            .fold(text.to_string(), |text, token| {
+                text.replace(token.as_str(), "[token]")
+            })
     }
 
-    /// Whether `text` holds a token handed out in this invocation.
+    /// Whether `text` holds a token used in this invocation.
     pub fn holds_token(&self, text: &str) -> bool {
-        self.issued
+        self.calls
+            .tokens()
             .iter()
             .any(|token| text.contains(token.as_str()))
     }
@@ -83,6 +83,9 @@ pub struct CallContext {
     pub audit: Audit,
     /// Refusals audited so far in this invocation (see [`MAX_AUDITED_DENIALS`]).
     pub denials: AtomicU32,
+    /// The tokens this invocation used: handed to the plugin, or attached by the host for
+    /// it. None may leave in a log line, an output or an error.
+    pub used_tokens: std::sync::Mutex<Vec<String>>,
 }
 
 /// Refusals one invocation may leave in the audit log. A refusal costs the guest no I/O,
@@ -91,6 +94,21 @@ pub struct CallContext {
 pub const MAX_AUDITED_DENIALS: u32 = 100;
 
 impl CallContext {
+    /// Remembers `token` as used by this invocation (see [`CallContext::used_tokens`]).
+    pub(super) fn used(&self, token: &str) {
+        let mut tokens = self.used_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if !token.is_empty() && !tokens.iter().any(|t| t == token) {
+            tokens.push(token.to_string());
+        }
+    }
+
+    fn tokens(&self) -> Vec<String> {
+        self.used_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Runs `call` if `allowed`, auditing the decision and, for writes, what changed.
     pub(super) async fn guarded<T, F>(
         &self,

@@ -44,6 +44,7 @@ impl Fixture {
             backends: adapt(Backends::embedded(data.path())),
             audit: Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
             denials: Default::default(),
+            used_tokens: Default::default(),
         };
         Self {
             capabilities: Capabilities::new(calls, http),

@@ -38,11 +38,13 @@ impl Host for Capabilities {
         if !self.log.admit() {
             return;
         }
+        // Redacted whole, then cut: a token across the cut would leave a piece otherwise.
+        let message = self.redact(&message);
         let mut end = message.len().min(MAX_MESSAGE);
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        let message = self.redact(&message[..end]);
+        let message = &message[..end];
         let plugin = &*self.calls.plugin;
         match level {
             Level::Debug => tracing::debug!(target: "cfm::plugin", plugin, "{message}"),

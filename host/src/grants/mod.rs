@@ -105,7 +105,7 @@ pub enum GrantError {
     Origin(#[from] OriginError),
     /// A subject-token origin that is not one exact origin among the grant's `origins`.
     #[error(
-        "subject-token-origin '{0}' must be one exact origin (no '*', no placeholder) listed in origins"
+        "subject-token-origin '{0}' must be one exact origin (no '*', no placeholder) listed in origins, with subject-token-paths (absolute path patterns)"
     )]
     SubjectTokenOrigin(String),
     /// A tokens grant naming a scope with a space, or an empty audience or scope.
@@ -184,8 +184,14 @@ pub struct HttpGrant {
     /// One of `origins`, exactly, to which the host presents its own subject token
     /// (`Authorization: Bearer <token>`, replacing any the plugin set), for a service that
     /// authenticates the agent itself rather than a participant (jwtlet's management API).
-    /// The plugin never sees the token.
+    /// The plugin never sees the token, but it acts with the host's authority there: grant it
+    /// only to a plugin you trust with that service.
     pub subject_token_origin: Option<String>,
+    /// The paths on that origin the token goes with (required with it): segment patterns
+    /// where `*` matches within one segment and `**` any number, templated by participant
+    /// (`/api/v1/mappings/*/{participantContextId}`). Other paths go out without it.
+    #[serde(default)]
+    pub subject_token_paths: Vec<String>,
 }
 
 impl HttpGrant {
@@ -195,7 +201,10 @@ impl HttpGrant {
             return Ok(None);
         };
         let refused = || GrantError::SubjectTokenOrigin(raw.clone());
-        if raw.contains(['*', '{']) {
+        if raw.contains(['*', '{'])
+            || self.subject_token_paths.is_empty()
+            || self.subject_token_paths.iter().any(|p| !p.starts_with('/'))
+        {
             return Err(refused());
         }
         let pattern = OriginPattern::parse(raw).map_err(|_| refused())?;
@@ -223,6 +232,7 @@ pub struct ScopedGrants {
     dns_record_types: Vec<String>,
     http_origins: Vec<OriginPattern>,
     subject_token_origin: Option<Origin>,
+    subject_token_paths: Vec<String>,
     token_audiences: Vec<String>,
     token_scopes: Vec<String>,
 }
@@ -232,7 +242,10 @@ impl Grants {
     pub fn validate(&self) -> Result<(), GrantError> {
         let cluster = self.cluster.iter().flat_map(|c| &c.namespaces);
         let dns = self.dns.iter().flat_map(|d| d.zones.iter().chain(&d.names));
-        let http = self.http.iter().flat_map(|h| &h.origins);
+        let http = self
+            .http
+            .iter()
+            .flat_map(|h| h.origins.iter().chain(&h.subject_token_paths));
         for pattern in self.secrets.iter().chain(cluster).chain(dns).chain(http) {
             check_placeholders(pattern)?;
         }
@@ -338,6 +351,11 @@ impl Grants {
                 .http
                 .as_ref()
                 .and_then(|h| h.subject_token_origin().ok().flatten()),
+            subject_token_paths: self
+                .http
+                .as_ref()
+                .map(|h| resolve(&h.subject_token_paths))
+                .unwrap_or_default(),
             token_audiences,
             token_scopes,
             secrets: resolve(&self.secrets),
@@ -405,9 +423,15 @@ impl ScopedGrants {
             && scopes.all(|s| self.token_scopes.iter().any(|g| g == s))
     }
 
-    /// Whether requests to `origin` carry the host's subject token.
-    pub fn presents_subject_token_to(&self, origin: &Origin) -> bool {
+    /// Whether a request to `path` on `origin` carries the host's subject token. `path` is
+    /// the parsed URL's (dot segments resolved, escapes kept), so `%2F` never splits one.
+    pub fn presents_subject_token_to(&self, origin: &Origin, path: &str) -> bool {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         self.subject_token_origin.as_ref() == Some(origin)
+            && self.subject_token_paths.iter().any(|pattern| {
+                let pattern: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+                path_matches(&pattern, &segments)
+            })
     }
 
     /// Whether a request to `origin` matches a granted origin. Where it may connect is judged

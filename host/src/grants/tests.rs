@@ -25,6 +25,7 @@ fn grants() -> Grants {
             ],
             private_networks: vec![],
             subject_token_origin: None,
+            subject_token_paths: vec![],
         }),
         tokens: Some(TokenGrant {
             audiences: vec!["edcv".into()],
@@ -213,6 +214,7 @@ fn a_context_id_with_a_dot_gets_no_templated_origin() {
             origins: vec!["https://{participantContextId}.hub.example".into()],
             private_networks: vec![],
             subject_token_origin: None,
+            subject_token_paths: vec![],
         }),
         ..Default::default()
     };
@@ -280,6 +282,7 @@ fn a_literal_origin_opens_its_address_for_itself_only() {
             origins: vec!["http://127.0.0.1:8081".into(), "http://*:*".into()],
             private_networks: vec![],
             subject_token_origin: None,
+            subject_token_paths: vec![],
         }),
         ..Default::default()
     }
@@ -424,6 +427,10 @@ fn the_subject_token_goes_to_one_listed_origin_only() {
         ],
         private_networks: vec![],
         subject_token_origin: Some(origin.into()),
+        subject_token_paths: vec![
+            "/api/v1/mappings".into(),
+            "/api/v1/mappings/*/{participantContextId}".into(),
+        ],
     };
     let listed = Grants {
         http: Some(grant("http://jwtlet.example:8081")),
@@ -431,12 +438,30 @@ fn the_subject_token_goes_to_one_listed_origin_only() {
     };
     listed.validate().unwrap();
     let scoped = listed.scoped("p1");
-    let origin = |url: &str| Origin::of(&Url::parse(url).unwrap()).unwrap();
-    assert!(
-        scoped.presents_subject_token_to(&origin("http://JWTLET.example:8081/api/v1/mappings"))
-    );
-    assert!(!scoped.presents_subject_token_to(&origin("http://jwtlet.example:8080/token")));
-    assert!(!scoped.presents_subject_token_to(&origin("https://a.hub.example/")));
+    let presented = |url: &str| {
+        let parsed = Url::parse(url).unwrap();
+        scoped.presents_subject_token_to(&Origin::of(&parsed).unwrap(), parsed.path())
+    };
+    assert!(presented("http://JWTLET.example:8081/api/v1/mappings"));
+    assert!(presented(
+        "http://jwtlet.example:8081/api/v1/mappings/system:sa:x/p1"
+    ));
+    // Another participant's mapping, all of a client's, the scopes API, other origins: no.
+    assert!(!presented(
+        "http://jwtlet.example:8081/api/v1/mappings/system:sa:x/p2"
+    ));
+    assert!(!presented(
+        "http://jwtlet.example:8081/api/v1/mappings/system:sa:x"
+    ));
+    assert!(!presented(
+        "http://jwtlet.example:8081/api/v1/mappings/x/p1%2F..%2Fp2"
+    ));
+    assert!(!presented(
+        "http://jwtlet.example:8081/api/v1/mappings/x/p1/../p2"
+    ));
+    assert!(!presented("http://jwtlet.example:8081/api/v1/scopes"));
+    assert!(!presented("http://jwtlet.example:8080/api/v1/mappings"));
+    assert!(!presented("https://a.hub.example/api/v1/mappings"));
     for refused in [
         "http://unlisted.example:8081",
         "https://*.hub.example",

@@ -65,11 +65,7 @@ impl AgentHost {
         }
         match finished {
             Err(_) => outcome::timed_out(plugin, budget),
-            Ok(ran) => outcome::without_tokens(
-                plugin,
-                outcome::of_run(plugin, ran),
-                &store.data().capabilities,
-            ),
+            Ok(ran) => outcome::of_run(plugin, ran, &store.data().capabilities),
         }
     }
 
@@ -86,6 +82,7 @@ impl AgentHost {
             backends: self.inner.backends.clone(),
             audit: self.inner.audit.clone(),
             denials: Default::default(),
+            used_tokens: Default::default(),
         };
         Invocation {
             // Nothing inherited: no environment, no files, no sockets, no stdio.

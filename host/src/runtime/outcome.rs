@@ -18,9 +18,10 @@ const MAX_REASON: usize = 2048;
 pub(super) fn of_run(
     plugin: &LoadedPlugin,
     ran: Result<ActivityResult, Failure>,
+    capabilities: &Capabilities,
 ) -> ActivityOutcome {
     match ran {
-        Ok(result) => outcome(plugin, result),
+        Ok(result) => outcome(plugin, result, capabilities),
         // Instantiation fails for want of resources (pool slots): worth another try.
         Err(Failure::Instantiate(e)) => ActivityOutcome::Retry {
             reason: truncate(format!(
@@ -31,39 +32,6 @@ pub(super) fn of_run(
         Err(Failure::Call(e)) => ActivityOutcome::Fatal {
             reason: truncate(describe_trap(&plugin.name, &e)),
         },
-    }
-}
-
-/// `outcome` with no token the plugin was handed: an error's text has them redacted, an
-/// output or state that holds one fails the activity, since it would be stored and shown.
-pub(super) fn without_tokens(
-    plugin: &LoadedPlugin,
-    outcome: ActivityOutcome,
-    capabilities: &Capabilities,
-) -> ActivityOutcome {
-    let leaked = |value: &dyn std::fmt::Display| capabilities.holds_token(&value.to_string());
-    match outcome {
-        ActivityOutcome::Complete { output } if leaked(&Value::Object(output.clone())) => {
-            ActivityOutcome::Fatal {
-                reason: format!(
-                    "plugin '{}' put an access token in its output; tokens never leave a plugin",
-                    plugin.name
-                ),
-            }
-        }
-        ActivityOutcome::Reschedule { state, .. } if leaked(&state) => ActivityOutcome::Fatal {
-            reason: format!(
-                "plugin '{}' put an access token in its reschedule state; tokens never leave a plugin",
-                plugin.name
-            ),
-        },
-        ActivityOutcome::Retry { reason } => ActivityOutcome::Retry {
-            reason: capabilities.redact(&reason),
-        },
-        ActivityOutcome::Fatal { reason } => ActivityOutcome::Fatal {
-            reason: capabilities.redact(&reason),
-        },
-        other => other,
     }
 }
 
@@ -78,8 +46,21 @@ pub(super) fn timed_out(plugin: &LoadedPlugin, budget: Duration) -> ActivityOutc
     }
 }
 
-/// Checks what a plugin returned against its limits and the contract.
-fn outcome(plugin: &LoadedPlugin, result: ActivityResult) -> ActivityOutcome {
+/// Checks what a plugin returned against its limits and the contract. No token the
+/// invocation used leaves: reasons have them redacted (before they are cut, so no part of
+/// one is left either), and an output or state holding one fails the activity, since it
+/// would be stored and shown.
+fn outcome(
+    plugin: &LoadedPlugin,
+    result: ActivityResult,
+    capabilities: &Capabilities,
+) -> ActivityOutcome {
+    let leaked = |what: &str| ActivityOutcome::Fatal {
+        reason: format!(
+            "plugin '{}' put an access token in its {what}; tokens never leave a plugin",
+            plugin.name
+        ),
+    };
     let max = plugin.limits.max_output_kib as usize * 1024;
     let object = |what: &str, json: &str| -> Result<Value, String> {
         if json.len() > max {
@@ -97,6 +78,10 @@ fn outcome(plugin: &LoadedPlugin, result: ActivityResult) -> ActivityOutcome {
         })
     };
     match result {
+        ActivityResult::Complete(json) if capabilities.holds_token(&json) => leaked("output"),
+        ActivityResult::Reschedule(r) if capabilities.holds_token(&r.state) => {
+            leaked("reschedule state")
+        }
         ActivityResult::Complete(json) => match object("output", &json) {
             Ok(Value::Object(output)) => ActivityOutcome::Complete { output },
             Ok(_) => ActivityOutcome::Fatal {
@@ -115,10 +100,10 @@ fn outcome(plugin: &LoadedPlugin, result: ActivityResult) -> ActivityOutcome {
             Err(reason) => ActivityOutcome::Fatal { reason },
         },
         ActivityResult::Retry(reason) => ActivityOutcome::Retry {
-            reason: truncate(reason),
+            reason: truncate(capabilities.redact(&reason)),
         },
         ActivityResult::Fatal(reason) => ActivityOutcome::Fatal {
-            reason: truncate(reason),
+            reason: truncate(capabilities.redact(&reason)),
         },
     }
 }

@@ -22,6 +22,12 @@ pub trait OrchestrationHooks: Send + Sync + 'static {
         conn: &mut Conn,
         finished: &Finished<'_>,
     ) -> Result<()>;
+
+    /// Whether `correlation_id` is something this layer owns (a participant profile), so
+    /// that orchestrations started from outside it (manifests) may not address it.
+    async fn claims(&self, _conn: &mut Conn, _correlation_id: &str) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// An orchestration that has just completed or errored.

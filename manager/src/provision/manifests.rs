@@ -52,13 +52,29 @@ pub async fn start(engine: &Engine, manifest: Manifest) -> Result<bool> {
             )));
         }
     };
-    check_id(keys::PARTICIPANT_CONTEXT_ID, &context)?;
+    // Stricter than an id: plugins put it into URL paths and Kubernetes names.
+    if !(1..=128).contains(&context.len())
+        || !context
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ManagerError::bad_request(format!(
+            "the participant context ('{}' or the correlationId) must be 1 to 128 letters, digits, '-' or '_'",
+            keys::PARTICIPANT_CONTEXT_ID
+        )));
+    }
     data.insert(keys::PARTICIPANT_CONTEXT_ID.into(), Value::String(context));
     for key in [keys::VPA_DATA, keys::VPA_CREDENTIALS] {
         data.entry(key).or_insert_with(|| Value::Array(Vec::new()));
     }
 
     let mut tx = store::write(engine.db()).await?;
+    if engine.is_claimed(&mut tx, &manifest.correlation_id).await? {
+        return Err(ManagerError::conflict(format!(
+            "correlationId '{}' is a participant profile of this tenant manager: deploy and dispose it through /tenants/{{tenantId}}/participant-profiles",
+            manifest.correlation_id
+        )));
+    }
     let definition = definitions::select(&mut tx, &manifest.orchestration_type, None)
         .await?
         .ok_or_else(|| {
@@ -77,7 +93,28 @@ pub async fn start(engine: &Engine, manifest: Manifest) -> Result<bool> {
         definition,
         processing_data: data,
     };
+    let (correlation_id, orchestration_type) = (
+        start.correlation_id.clone(),
+        start.orchestration_type.clone(),
+    );
     let started = engine.start_once(&mut tx, &manifest.id, start).await?;
+    if !started {
+        // The same manifest again is fine; another one under a taken id is not.
+        let existing = sqlx::query(
+            "SELECT 1 FROM orchestrations WHERE id = $1 AND correlation_id = $2 AND orchestration_type = $3",
+        )
+        .bind(&manifest.id)
+        .bind(&correlation_id)
+        .bind(&orchestration_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if existing.is_none() {
+            return Err(ManagerError::conflict(format!(
+                "orchestration '{}' exists for another correlationId or orchestrationType",
+                manifest.id
+            )));
+        }
+    }
     tx.commit().await?;
     if started {
         engine.wake();
@@ -88,6 +125,8 @@ pub async fn start(engine: &Engine, manifest: Manifest) -> Result<bool> {
 /// `value` is 1 to 128 letters, digits, `.`, `_`, `-` or `:`.
 pub(super) fn check_id(what: &str, value: &str) -> Result<()> {
     let fits = (1..=128).contains(&value.len())
+        && value != "."
+        && value != ".."
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));

@@ -9,7 +9,7 @@
 use cfm_protocol::{keys, orchestration_types};
 use serde_json::{Map, Value};
 
-use crate::error::Result;
+use crate::error::{ManagerError, Result};
 use crate::provision::{Engine, Start, definitions};
 use crate::store;
 use crate::tenant::profiles;
@@ -43,7 +43,9 @@ pub async fn on_event(engine: &Engine, subject: &str, payload: &[u8]) -> Result<
         Err(why) => return ignored(format!("malformed event: {why}")),
     };
     let orchestration_type = format!("{}{kind}", orchestration_types::KEYPAIR_PREFIX);
-    let id = uuid::Uuid::new_v5(&EVENT_NAMESPACE, event.id.as_bytes()).to_string();
+    // CloudEvents ids are unique per source.
+    let name = format!("{}\n{}", event.source, event.id);
+    let id = uuid::Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()).to_string();
 
     let mut tx = store::write(engine.db()).await?;
     let pc = &event.participant_context_id;
@@ -107,9 +109,15 @@ pub async fn run(engine: Engine, mut consumer: Box<dyn cfm_queue::Consumer>) {
                     delivery.ack().await
                 }
                 Ok(_) => delivery.ack().await,
-                Err(e) => {
+                // The database is away: the same event will work later.
+                Err(e @ (ManagerError::Database(_) | ManagerError::Io(_))) => {
                     tracing::warn!(%subject, "keypair event not handled, retrying: {e}");
                     delivery.nak(RETRY_AFTER).await
+                }
+                // Anything else would fail the same way every time.
+                Err(e) => {
+                    tracing::warn!(%subject, "keypair event dropped: {e}");
+                    delivery.ack().await
                 }
             };
             if let Err(e) = acked {
@@ -129,6 +137,7 @@ const EVENT_NAMESPACE: uuid::Uuid =
 /// What cfm reads of a CloudEvent.
 struct Event {
     id: String,
+    source: String,
     participant_context_id: String,
     data: Value,
 }
@@ -136,6 +145,10 @@ struct Event {
 impl Event {
     fn parse(payload: &[u8]) -> std::result::Result<Self, String> {
         let envelope: Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        // A string the database cannot store would fail the event every time it came.
+        if crate::provision::engine::holds_nul(&envelope) {
+            return Err("it holds U+0000".into());
+        }
         let text = |value: Option<&Value>, name: &str| {
             value
                 .and_then(Value::as_str)
@@ -144,6 +157,11 @@ impl Event {
                 .ok_or_else(|| format!("no {name}"))
         };
         let id = text(envelope.get("id"), "id")?;
+        let source = envelope
+            .get("source")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let data = envelope
             .get("data")
             .filter(|d| d.is_object())
@@ -155,6 +173,7 @@ impl Event {
         )?;
         Ok(Self {
             id,
+            source,
             participant_context_id,
             data,
         })
@@ -179,6 +198,7 @@ mod tests {
             br#"{"id":"e1"}"#,
             br#"{"id":"e1","data":{"keyId":"k1"}}"#,
             br#"{"id":"","data":{"participantContextId":"pc1"}}"#,
+            br#"{"id":"e1","data":{"participantContextId":"pc1","keyId":"k\u0000"}}"#,
         ] {
             assert!(
                 Event::parse(bad).is_err(),

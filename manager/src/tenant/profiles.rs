@@ -59,6 +59,7 @@ pub async fn deploy(
     let mut tx = store::write(engine.db()).await?;
     store::share_row(&mut tx, Table::Tenants, tenant_id).await?;
     tenants::get(&mut tx, tenant_id).await?;
+    refuse_a_live_twin(&mut tx, &new.identifier).await?;
     let mut dataspace_profiles = joined(&mut tx, &new.dataspace_profile_ids).await?;
     let cell =
         placement::place(&mut tx, new.cell_id.as_deref(), &new.dataspace_profile_ids).await?;
@@ -182,6 +183,25 @@ pub async fn deploy(
     tx.commit().await?;
     engine.wake();
     Ok(profile)
+}
+
+/// One DID is one participant: services key holders and credentials by it, so a second
+/// live profile with another's DID (in any tenant) would adopt, and on dispose revoke,
+/// what belongs to the first.
+async fn refuse_a_live_twin(conn: &mut Conn, identifier: &str) -> Result<()> {
+    let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE identifier = $1")))
+        .bind(identifier)
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in &rows {
+        let twin = read(row)?;
+        if twin.vpas.iter().any(|v| v.state != VpaState::Disposed) {
+            return Err(ManagerError::conflict(format!(
+                "a participant with identifier '{identifier}' exists; dispose it before deploying the DID again"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The dataspace profiles `ids` names, each share-locked so none is deleted under the
@@ -358,6 +378,10 @@ pub struct ProfileLifecycle;
 
 #[async_trait::async_trait]
 impl OrchestrationHooks for ProfileLifecycle {
+    async fn claims(&self, conn: &mut Conn, correlation_id: &str) -> Result<bool> {
+        Ok(find(conn, correlation_id).await?.is_some())
+    }
+
     async fn finished(
         &self,
         engine: &Engine,
@@ -476,16 +500,38 @@ fn validate_did(identifier: &str) -> Result<()> {
                 && m.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
-        && parts
-            .next()
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        && parts.next().is_some_and(is_method_specific_id);
     if ok {
         Ok(())
     } else {
         Err(ManagerError::bad_request(format!(
-            "identifier '{identifier}' is not a DID (did:<method>:<id>)"
+            "identifier '{}' is not a DID (did:<method>:<id>, the id of letters, digits, '.', '-', '_', ':' and %-escapes)",
+            identifier.chars().take(256).collect::<String>()
         )))
     }
+}
+
+/// W3C DID syntax: `*( *idchar ":" ) 1*idchar`, idchar = ALPHA / DIGIT / "." / "-" /
+/// "_" / pct-encoded. Strict on purpose: plugins put the DID into URLs (the Issuer
+/// Service's holder path), so a `/`, `?` or `#` in it would address something else.
+fn is_method_specific_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':') => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    !id.is_empty() && !id.ends_with(':')
 }
 
 /// Query fields of profiles and where they are stored.
@@ -552,6 +598,11 @@ mod tests {
             "web:x",
             "did:Web:x",
             "did:web:a b",
+            "did:web:x/../../other/holders/did:web:victim",
+            "did:web:victim.example?x",
+            "did:web:victim.example#key",
+            "did:web:a%zz",
+            "did:web:a:",
         ] {
             assert!(validate_did(bad).is_err(), "{bad} accepted");
         }

@@ -190,6 +190,24 @@ pub fn participant_did(activity: &Activity<Settings>) -> Result<&str, Error> {
     }
 }
 
+/// `text` as one URL path segment: RFC 3986 `pchar`s stay, everything else is
+/// percent-encoded, and a whole `.` or `..` too, so no value (a DID, a credential id that
+/// is a URL) can end the segment or climb out of the path it is put in.
+pub fn path_segment(text: &str) -> String {
+    if text == "." || text == ".." {
+        return text.replace('.', "%2E");
+    }
+    let mut segment = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte) {
+            segment.push(char::from(byte));
+        } else {
+            segment.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    segment
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cfm_plugin_sdk::{Activity, Error, Outcome, http, keys, log, required_setting};
 use serde_json::{Value, json};
 
-use crate::common::{Settings, participant_did, send};
+use crate::common::{Settings, participant_did, path_segment, send};
 use crate::registration;
 
 /// The activity type this module serves.
@@ -320,22 +320,12 @@ fn credential_request(specs: &[CredentialSpec], holder_pid: &str) -> Result<Valu
 fn request_url(identity_hub: &str, participant_context_id: &str, holder_pid: &str) -> String {
     http::join(
         identity_hub,
-        &format!("/v1beta/participants/{participant_context_id}/credentials/request/{holder_pid}"),
+        &format!(
+            "/v1beta/participants/{}/credentials/request/{}",
+            path_segment(participant_context_id),
+            path_segment(holder_pid)
+        ),
     )
-}
-
-/// `text` as one URL path segment: RFC 3986 `pchar`s stay, everything else is
-/// percent-encoded (a credential id may be a URL).
-fn path_segment(text: &str) -> String {
-    let mut segment = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte) {
-            segment.push(char::from(byte));
-        } else {
-            segment.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    segment
 }
 
 /// Several revocations' failures as one: retried when all of them may clear up, fatal

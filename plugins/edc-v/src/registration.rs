@@ -4,7 +4,9 @@
 use cfm_plugin_sdk::{Activity, Error, Outcome, http, log, required_setting};
 use serde_json::{Map, Value, json};
 
-use crate::common::{Settings, created, deleted, participant_did, send, vpa_properties};
+use crate::common::{
+    Settings, created, deleted, participant_did, path_segment, send, vpa_properties,
+};
 
 /// The activity type this module serves.
 pub const ACTIVITY_TYPE: &str = "registration-activity";
@@ -48,10 +50,15 @@ pub fn dispose(activity: &Activity<Settings>, settings: &Settings) -> Result<Out
     let issuer_id = required_setting(AGENT, "issuerId", &settings.issuer_id)?;
     let did = participant_did(activity)?;
     let action = format!("remove holder {did} from the Issuer Service");
-    // The DID goes into the path as it is, as upstream sends it.
+    // One path segment whatever the DID holds: a DID's own characters (`:` among them)
+    // go as upstream sends them, anything that could leave the segment is encoded.
     let request = http::Request::delete(http::join(
         issuer,
-        &format!("/v1beta/participants/{issuer_id}/holders/{did}"),
+        &format!(
+            "/v1beta/participants/{}/holders/{}",
+            path_segment(issuer_id),
+            path_segment(did)
+        ),
     ));
     let outcome = if deleted(send(AGENT, settings, SCOPE, request, &action)?, &action)? {
         "removed"

@@ -173,6 +173,7 @@ mod tests {
                 origins: origins.iter().map(|o| o.to_string()).collect(),
                 private_networks: vec![],
                 subject_token_origin: None,
+                subject_token_paths: vec![],
             }),
             ..Default::default()
         }
@@ -209,6 +210,7 @@ mod tests {
             origins: vec![],
             private_networks: vec!["10.0.0.0/8".parse().unwrap()],
             subject_token_origin: None,
+            subject_token_paths: vec![],
         });
         assert!(open.allows("10.1.2.3".parse().unwrap()));
         assert!(!open.allows("127.0.0.1".parse().unwrap()));

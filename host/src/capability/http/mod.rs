@@ -126,12 +126,16 @@ async fn send(
     }
 
     request.headers_mut().remove(http::header::HOST);
-    if calls.grants.presents_subject_token_to(&target.origin) {
+    if calls
+        .grants
+        .presents_subject_token_to(&target.origin, target.url.path())
+    {
         // The service authenticates the agent host itself; the plugin never holds the token.
         let token = match calls.backends.tokens.subject_token().await {
             Ok(token) => token,
             Err(e) => return Err(HttpError::InternalError(Some(e.to_string()))),
         };
+        calls.used(&token);
         let Ok(mut value) = http::HeaderValue::from_str(&format!("Bearer {token}")) else {
             return Err(HttpError::InternalError(Some(
                 "the subject token is not a valid header value".into(),
@@ -200,6 +204,7 @@ mod tests {
                 origins: vec![origin.into()],
                 private_networks: vec![],
                 subject_token_origin: None,
+                subject_token_paths: vec![],
             }),
             ..Default::default()
         })
@@ -300,6 +305,7 @@ mod tests {
                     origins: vec![origin.clone()],
                     private_networks: vec![],
                     subject_token_origin: designated.then(|| origin.clone()),
+                    subject_token_paths: vec!["/api/v1/mappings/*/{participantContextId}".into()],
                 }),
                 ..Default::default()
             };
@@ -308,7 +314,7 @@ mod tests {
             let body: WasiBody = http_body_util::Empty::new()
                 .map_err(|never: std::convert::Infallible| -> HttpError { match never {} })
                 .boxed_unsync();
-            let request = http::Request::get(format!("{origin}/api/v1/mappings"))
+            let request = http::Request::get(format!("{origin}/api/v1/mappings/client/p1"))
                 .header("authorization", "Bearer forged")
                 .body(body)
                 .unwrap();

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::os::unix::fs::MetadataExt;
+
 use async_trait::async_trait;
 use serde::Deserialize;
 
@@ -27,13 +29,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CACHE_LIMIT: usize = 50_000;
 /// Assumed lifetime of a token whose answer names none (RFC 6749 makes `expires_in` optional).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+/// Longest a token is kept, whatever the service says it lives.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Why a token service client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeSetupError {
-    /// The URL is not an absolute http(s) URL.
-    #[error("--token-exchange-url '{0}' is not an absolute http(s) URL")]
-    Url(String),
+    /// The URL is not an absolute http(s) URL without credentials (not repeated: it may
+    /// hold some).
+    #[error("--token-exchange-url is not an absolute http(s) URL without a user or password")]
+    Url,
     /// The subject token file cannot be read now.
     #[error("reading the subject token from {path}: {source}")]
     SubjectToken {
@@ -69,11 +74,16 @@ impl TokenExchange {
     pub fn new(url: &str, subject_token_file: &Path) -> Result<Self, ExchangeSetupError> {
         let base = reqwest::Url::parse(url)
             .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| ExchangeSetupError::Url(url.to_string()))?;
+            .filter(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.has_host()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+            })
+            .ok_or(ExchangeSetupError::Url)?;
         let endpoint = base
             .join(&format!("{}/token", base.path().trim_end_matches('/')))
-            .map_err(|_| ExchangeSetupError::Url(url.to_string()))?;
+            .map_err(|_| ExchangeSetupError::Url)?;
         let subject = SubjectTokenFile::new(subject_token_file);
         subject
             .read()
@@ -109,6 +119,7 @@ impl TokenExchange {
     }
 
     fn keep(&self, key: CacheKey, token: &str, lifetime: Duration) {
+        let lifetime = lifetime.min(MAX_LIFETIME);
         // Refreshed a tenth of its life before it ends (between 5 s and a minute), so a
         // token handed out is never about to expire on its way to the service.
         let margin = (lifetime / 10).clamp(Duration::from_secs(5), Duration::from_secs(60));
@@ -182,11 +193,17 @@ impl TokenBackend for TokenExchange {
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default();
             let message = format!("token exchange for {asked} refused: {status}{error}");
-            return Err(if status.is_server_error() || status.as_u16() == 429 {
-                BackendError::Unavailable(message)
-            } else {
-                BackendError::Invalid(message)
-            });
+            // The host's own subject token not (yet) accepted, as while the kubelet rotates
+            // it or the service refreshes its keys, is not the participant's fault: a later
+            // try may work, and a fatal failure would tear the participant down.
+            let subject_refused = status.as_u16() == 401 || error.contains("invalid_grant");
+            return Err(
+                if status.is_server_error() || status.as_u16() == 429 || subject_refused {
+                    BackendError::Unavailable(message)
+                } else {
+                    BackendError::Invalid(message)
+                },
+            );
         }
         let answer: Answer = response.json().await.map_err(|_| {
             BackendError::Unavailable(format!(
@@ -233,8 +250,9 @@ struct SubjectTokenFile {
     last: Mutex<Option<(FileStamp, String)>>,
 }
 
-/// What tells a replaced file from the one read before.
-type FileStamp = (Option<SystemTime>, u64);
+/// What tells a replaced file from the one read before: a projected token is swapped in
+/// as a new file (another inode) even when its length and second stay the same.
+type FileStamp = (Option<SystemTime>, u64, u64, i64);
 
 impl SubjectTokenFile {
     fn new(path: &Path) -> Self {
@@ -246,7 +264,12 @@ impl SubjectTokenFile {
 
     fn read(&self) -> std::io::Result<String> {
         let metadata = std::fs::metadata(&self.path)?;
-        let stamp = (metadata.modified().ok(), metadata.len());
+        let stamp = (
+            metadata.modified().ok(),
+            metadata.len(),
+            metadata.ino(),
+            metadata.ctime_nsec(),
+        );
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((seen, token)) = last.as_ref()
             && *seen == stamp
@@ -394,6 +417,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn any_lifetime_the_service_names_is_taken_without_overflow() {
+        let service = Arc::new(Service::default());
+        *service.answer.lock().unwrap() = Some((
+            StatusCode::OK,
+            json!({"access_token": "t", "token_type": "Bearer", "expires_in": u64::MAX}),
+        ));
+        let url = serve(service.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let exchange = TokenExchange::new(&url, &subject_file(&dir, "sa-1")).unwrap();
+        assert_eq!(exchange.exchange("pc1", "edcv", "read").await.unwrap(), "t");
+        assert_eq!(exchange.exchange("pc1", "edcv", "read").await.unwrap(), "t");
+        assert_eq!(service.calls.load(Ordering::SeqCst), 1);
+        // A subject token the service does not accept (yet) is worth another try.
+        *service.answer.lock().unwrap() =
+            Some((StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"})));
+        assert!(matches!(
+            exchange.exchange("pc2", "edcv", "read").await,
+            Err(BackendError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn a_token_service_that_is_down_is_unavailable_not_refused() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -416,10 +461,11 @@ mod tests {
     fn setup_refuses_a_bad_url_and_an_unreadable_subject_token() {
         let dir = tempfile::tempdir().unwrap();
         let file = subject_file(&dir, "sa");
-        assert!(matches!(
-            TokenExchange::new("jwtlet:8080", &file),
-            Err(ExchangeSetupError::Url(_))
-        ));
+        for refused in ["jwtlet:8080", "http://user:secret@jwtlet:8080"] {
+            let error = TokenExchange::new(refused, &file).err().unwrap();
+            assert!(matches!(error, ExchangeSetupError::Url), "{refused}");
+            assert!(!error.to_string().contains("secret"));
+        }
         assert!(matches!(
             TokenExchange::new("http://127.0.0.1:1", &dir.path().join("missing")),
             Err(ExchangeSetupError::SubjectToken { .. })

@@ -68,8 +68,11 @@ impl Host for Capabilities {
         scope: String,
     ) -> Result<String, CapabilityError> {
         let calls = &self.calls;
+        // One form per set of scopes, so reordering or repeating them cannot mint cache
+        // entries (and exchanges) without end.
+        let scope = canonical(&scope);
         let target = format!("audience={audience} scope={scope}");
-        let allowed = calls.grants.allows_token(&audience, &scope);
+        let allowed = scope.len() <= MAX_SCOPE_LEN && calls.grants.allows_token(&audience, &scope);
         let backend = calls.backends.tokens.clone();
         let resource = calls.participant_context_id.as_str();
         let token = calls
@@ -81,12 +84,20 @@ impl Host for Capabilities {
             })
             .await?
             .0;
-        // Tokens are cached, so one token may be handed out many times: kept once.
-        if !token.is_empty() && !self.issued.contains(&token) {
-            self.issued.push(token.clone());
-        }
+        self.calls.used(&token);
         Ok(token)
     }
+}
+
+/// Longest scope list a plugin may ask for, in bytes.
+const MAX_SCOPE_LEN: usize = 1024;
+
+/// The scopes of `scope` (whitespace-separated) once each, sorted, space-joined.
+fn canonical(scope: &str) -> String {
+    let mut scopes: Vec<&str> = scope.split_whitespace().collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    scopes.join(" ")
 }
 
 #[cfg(test)]
@@ -143,6 +154,16 @@ mod tests {
             *backend.0.lock().unwrap(),
             [format!("{pc}|edcv|identity-api:admin read")]
         );
+        // Reordered and repeated, the same scopes are the same request.
+        fixture
+            .capabilities
+            .exchange("edcv".into(), " read identity-api:admin read ".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            backend.0.lock().unwrap().last().unwrap(),
+            &format!("{pc}|edcv|identity-api:admin read")
+        );
         let record = fixture.last_audit();
         assert_eq!(record["capability"], "tokens");
         assert_eq!(record["effect"], "issued");
@@ -159,7 +180,7 @@ mod tests {
         let mut fixture = granted(backend.clone());
         for (audience, scope) in [
             ("edcv", "management-api:admin"),
-            ("edcv", "read management-api:admin"),
+            ("edcv", "management-api:admin read"),
             ("other", "read"),
             ("edcv", ""),
         ] {

@@ -173,23 +173,23 @@ impl Engine {
         Ok(id)
     }
 
+    /// Whoever started an orchestration outside the tenant manager (a manifest, an event)
+    /// may not address what the tenant manager owns: true when `correlation_id` is one of
+    /// its participants.
+    pub async fn is_claimed(&self, conn: &mut Conn, correlation_id: &str) -> Result<bool> {
+        self.hooks.claims(conn, correlation_id).await
+    }
+
     /// [`Engine::start`] under an id the caller chose, once: false (and nothing done) when
     /// an orchestration with that id exists, so a redelivered request or event that
     /// starts it again changes nothing.
     pub async fn start_once(&self, conn: &mut Conn, id: &str, start: Start) -> Result<bool> {
-        let exists = sqlx::query("SELECT 1 FROM orchestrations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .is_some();
-        if exists {
-            return Ok(false);
-        }
-        self.insert(conn, id, start).await?;
-        Ok(true)
+        self.insert(conn, id, start).await
     }
 
-    async fn insert(&self, conn: &mut Conn, id: &str, start: Start) -> Result<()> {
+    /// Inserts the orchestration under `id` and dispatches its first activities; false
+    /// (nothing written) when `id` is taken, also by a concurrent start.
+    async fn insert(&self, conn: &mut Conn, id: &str, start: Start) -> Result<bool> {
         let activities = start
             .definition
             .activities
@@ -203,10 +203,11 @@ impl Engine {
             })?;
         let participant = Participant::of(&start.processing_data);
         let timestamp = now();
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO orchestrations (id, version, correlation_id, definition_id, orchestration_type, state,
                state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id)
-             VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, '{}', $9, $10)",
+             VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, '{}', $9, $10)
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(&start.correlation_id)
@@ -220,6 +221,9 @@ impl Engine {
         .bind(&participant.context_id)
         .execute(&mut *conn)
         .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
         for (position, activity) in activities.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state)
@@ -246,7 +250,7 @@ impl Engine {
         .await?;
         tracing::info!(orchestration = %id, correlation = %start.correlation_id,
             orchestration_type = %start.orchestration_type, "orchestration started");
-        Ok(())
+        Ok(true)
     }
 
     /// Applies the outcome of the attempt that `message_id` carried. Outcomes of stale
