@@ -41,7 +41,7 @@ async fn main() {
             tokio::spawn(async move {
                 let mut sent = Vec::new();
                 for i in (client..PARTICIPANTS).step_by(CLIENTS) {
-                    let body = json!({"identifier": format!("did:web:p{i}.example"), "dataspaceProfileIds": [dataspace]});
+                    let body = json!({"identifier": format!("did:web:p{i}-{tenant_id}.example"), "dataspaceProfileIds": [dataspace]});
                     let at = Instant::now();
                     let profile = api.post_ok(&format!("/tenants/{tenant_id}/participant-profiles"), body, 202).await;
                     let id = profile["id"].as_str().unwrap_or_default().to_string();

@@ -297,7 +297,8 @@ async fn submit(api: &Api, tenant: &str, dataspace: &str, count: usize) {
             let (api, tenant, dataspace) = (api.clone(), tenant.to_string(), dataspace.to_string());
             tokio::spawn(async move {
                 for i in (client..count).step_by(CLIENTS) {
-                    let body = json!({"identifier": format!("did:web:p{i}.example"), "dataspaceProfileIds": [dataspace]});
+                    // A DID is one live participant: unique per tenant and index.
+                    let body = json!({"identifier": format!("did:web:p{i}-{tenant}.example"), "dataspaceProfileIds": [dataspace]});
                     api.post_ok(&format!("/tenants/{tenant}/participant-profiles"), body, 202).await;
                 }
             })

@@ -27,11 +27,13 @@ async fn prepare(api: &Api) -> (String, String) {
 
 async fn onboard(api: &Api, tenant: &str, dataspace: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);
+    // A DID is one live participant: each batch names its own.
+    let batch = &uuid::Uuid::new_v4().simple().to_string()[..8];
     for i in 0..count {
         let profile = api
             .post_ok(
                 &format!("/tenants/{tenant}/participant-profiles"),
-                json!({"identifier": format!("did:web:p{i}.example"), "dataspaceProfileIds": [dataspace]}),
+                json!({"identifier": format!("did:web:p{i}-{batch}.example"), "dataspaceProfileIds": [dataspace]}),
                 202,
             )
             .await;

@@ -439,16 +439,21 @@ async fn placement_honours_a_named_cell_and_balances_load(backend: TestBackend) 
     .await;
     let tenant = api.post_ok("/tenants", json!({}), 201).await;
     let tenant_id = tenant["id"].as_str().unwrap();
+    let deployed = std::sync::atomic::AtomicUsize::new(0);
     let deploy = |cell: Value| {
         let api: &Api = &api;
         let env = &env;
+        // A DID is one live participant: each deployment names its own.
+        let n = deployed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             let (status, body) = api
                 .call(
                     Method::POST,
                     &format!("/tenants/{tenant_id}/participant-profiles"),
-                    Some(json!({"identifier": "did:web:p.example", "cellId": cell,
-                                "dataspaceProfileIds": [env.dataspace_id]})),
+                    Some(
+                        json!({"identifier": format!("did:web:p{n}.example"), "cellId": cell,
+                                "dataspaceProfileIds": [env.dataspace_id]}),
+                    ),
                     None,
                 )
                 .await;

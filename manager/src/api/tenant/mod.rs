@@ -257,7 +257,7 @@ pub(super) async fn list_profiles(
         (status = 202, description = "Accepted; VPAs pending", body = ParticipantProfile),
         (status = 400, description = "Malformed body or parameters", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody),
-        (status = 409, description = "No cell can take the participant, or no deploy template", body = ErrorBody),
+        (status = 409, description = "No cell can take the participant, no deploy template, or the DID belongs to a live participant", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody)
     )
 )]
