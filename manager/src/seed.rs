@@ -61,7 +61,7 @@ pub const BUILTIN_ACTIVITIES: &[(&str, &str)] = &[
 ];
 
 /// Upstream's EDC-V activity types, served by the built-in `edc-v` plugin.
-const EDC_V_ACTIVITIES: [&str; 7] = [
+pub const EDC_V_ACTIVITIES: [&str; 7] = [
     "jwtlet-activity",
     "identityhub-activity",
     "edcv-activity",

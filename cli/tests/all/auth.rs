@@ -221,16 +221,23 @@ async fn a_jwks_file_works_and_a_missing_one_stops_the_start() {
     let token = sign(Algorithm::RS256, "test-rsa", &rsa, &claims(&ALL_SCOPES));
     assert_eq!(status_with(&server, &token).await, 200);
 
+    let absent = dir.path().join("absent.json");
+    let stderr = refused_start(&["--jwks", absent.to_str().unwrap()]);
+    assert!(stderr.contains("absent.json"), "{stderr}");
+}
+
+/// What `cfm serve` with `args` says on its way out: it must not start.
+fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_cfm"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--jwks"])
-        .arg(dir.path().join("absent.json"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("absent.json"), "{stderr}");
+    assert!(!output.status.success(), "cfm serve {args:?} started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,16 +281,7 @@ async fn the_identity_provider_is_found_by_oidc_discovery() {
     assert_eq!(status_with(&server, &forged).await, 401);
 
     // Without its document cfm cannot check any token of the provider: it does not start.
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cfm"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--oidc-discovery-url"])
-        .arg(format!("{jwks}/absent"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--oidc-discovery-url", &format!("{jwks}/absent")]);
     assert!(stderr.contains("OIDC discovery"), "{stderr}");
 }
 

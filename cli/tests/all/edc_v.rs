@@ -110,15 +110,7 @@ fn jad_configuration(dir: &Path, edc: &EdcV) -> (PathBuf, Vec<String>) {
 /// JAD's leaves behind) under a template reference of the client's, a cell and a dataspace
 /// profile deployed to it. Returns the tenant's id and the cell's external id.
 async fn seed(api: &Api, edc: &EdcV) -> (String, String) {
-    for activity_type in [
-        "jwtlet-activity",
-        "identityhub-activity",
-        "edcv-activity",
-        "registration-activity",
-        "onboarding-activity",
-        "siglet-activity",
-        "keymanagement-activity",
-    ] {
+    for activity_type in cfm_manager::seed::EDC_V_ACTIVITIES {
         api.post_ok(
             "/activity-definitions",
             json!({"type": activity_type, "description": activity_type,
@@ -218,15 +210,45 @@ fn assert_only_participant_scoped_tokens(records: &[AuthRecord], contexts: &[&st
     }
 }
 
+/// `cfm serve` configured as the README's "Running JAD on cfm" says, seeded as JAD's jobs
+/// seed it, beside the EDC-V stand-ins.
+struct Jad {
+    edc: EdcV,
+    /// Holds the plugin configuration and the subject token file.
+    dir: tempfile::TempDir,
+    server: Server,
+    api: Api,
+    tenant: String,
+}
+
+impl Jad {
+    async fn start() -> Self {
+        let edc = EdcV::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (plugins, mut args) = jad_configuration(dir.path(), &edc);
+        args.extend(["--plugins".to_string(), plugins.display().to_string()]);
+        let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let api = server.client();
+        let (tenant, _) = seed(&api, &edc).await;
+        Self {
+            edc,
+            dir,
+            server,
+            api,
+            tenant,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jad_onboarding_runs_on_cfm_and_decommissioning_leaves_nothing_behind() {
-    let edc = EdcV::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (plugins, mut args) = jad_configuration(dir.path(), &edc);
-    args.extend(["--plugins".to_string(), plugins.display().to_string()]);
-    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let api = server.client();
-    let (tenant, _) = seed(&api, &edc).await;
+    let Jad {
+        edc,
+        dir,
+        server,
+        api,
+        tenant,
+    } = Jad::start().await;
 
     let participants = [
         (
@@ -292,13 +314,14 @@ async fn a_jad_onboarding_runs_on_cfm_and_decommissioning_leaves_nothing_behind(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_service_that_is_down_is_waited_out_and_one_that_refuses_fails_naming_the_request()
 {
-    let edc = EdcV::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (plugins, mut args) = jad_configuration(dir.path(), &edc);
-    args.extend(["--plugins".to_string(), plugins.display().to_string()]);
-    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let api = server.client();
-    let (tenant, _) = seed(&api, &edc).await;
+    // Held to the end: dropping them would stop the server.
+    let Jad {
+        edc,
+        dir: _dir,
+        server: _server,
+        api,
+        tenant,
+    } = Jad::start().await;
 
     edc.set_token_endpoint_down(true);
     let pc = deploy_participant(&api, &tenant, "did:web:patient.example").await;

@@ -57,6 +57,17 @@ fn mappings(namespace: &str, audience: &str, participant_context_id: &str) -> [M
     ]
 }
 
+/// jwtlet's management URL and the service accounts' namespace, both required.
+fn management(settings: &Settings) -> Result<(&str, &str), Error> {
+    let base = required_setting(AGENT, "jwtletUrl", &settings.jwtlet_url)?;
+    let namespace = required_setting(
+        AGENT,
+        "serviceAccountNamespace",
+        &settings.service_account_namespace,
+    )?;
+    Ok((base, namespace))
+}
+
 /// A Kubernetes service account's token subject.
 fn client(namespace: &str, account: &str) -> String {
     format!("system:serviceaccount:{namespace}:{account}")
@@ -74,12 +85,7 @@ fn mapping_url(base: &str, client_identifier: &str, participant_context_id: &str
 /// that the host can now exchange a token with all the agents' scopes. Outputs
 /// `participantContextId`.
 pub fn deploy(activity: &Activity<Settings>, settings: &Settings) -> Result<Outcome, Error> {
-    let base = required_setting(AGENT, "jwtletUrl", &settings.jwtlet_url)?;
-    let namespace = required_setting(
-        AGENT,
-        "serviceAccountNamespace",
-        &settings.service_account_namespace,
-    )?;
+    let (base, namespace) = management(settings)?;
     let audience = required_setting(AGENT, "audience", &settings.audience)?;
     participant_did(activity)?;
     let pc = activity.participant_context_id();
@@ -113,12 +119,7 @@ pub fn deploy(activity: &Activity<Settings>, settings: &Settings) -> Result<Outc
 
 /// Removes the three mappings; one already gone is fine (jwtlet answers 204 anyway).
 pub fn dispose(activity: &Activity<Settings>, settings: &Settings) -> Result<Outcome, Error> {
-    let base = required_setting(AGENT, "jwtletUrl", &settings.jwtlet_url)?;
-    let namespace = required_setting(
-        AGENT,
-        "serviceAccountNamespace",
-        &settings.service_account_namespace,
-    )?;
+    let (base, namespace) = management(settings)?;
     let pc = activity.participant_context_id();
     for mapping in mappings(namespace, &settings.audience, pc) {
         let client = &mapping.client_identifier;
