@@ -96,17 +96,14 @@ pub const MAX_AUDITED_DENIALS: u32 = 100;
 impl CallContext {
     /// Remembers `token` as used by this invocation (see [`CallContext::used_tokens`]).
     pub(super) fn used(&self, token: &str) {
-        let mut tokens = self.used_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tokens = self.tokens();
         if !token.is_empty() && !tokens.iter().any(|t| t == token) {
             tokens.push(token.to_string());
         }
     }
 
-    fn tokens(&self) -> Vec<String> {
-        self.used_tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn tokens(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.used_tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `call` if `allowed`, auditing the decision and, for writes, what changed.

@@ -36,11 +36,7 @@ impl Harness {
     }
 
     fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.data.path().join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        support::audit_records(self.data.path())
     }
 }
 

@@ -9,6 +9,15 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 pub const DID: &str = "did:web:p.example";
+
+/// The audit records a host wrote to `<dir>/audit.jsonl`, oldest first.
+pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
 pub const DEPLOY: &str = "cfm.orchestration.vpa.deploy";
 pub const DISPOSE: &str = "cfm.orchestration.vpa.dispose";
 
