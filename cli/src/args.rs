@@ -161,6 +161,10 @@ pub(crate) struct ApiArgs {
     /// Wall-clock budget of one activity attempt, in milliseconds.
     #[arg(long, default_value_t = EngineSettings::DEFAULT_ACTIVITY_TIMEOUT_MS)]
     pub(crate) activity_timeout_ms: u64,
+    /// How participants are placed among the cells that can take them: `spread` (the
+    /// least utilised cell) or `pack` (the most utilised one with room).
+    #[arg(long, env = "CFM_PLACEMENT_POLICY", default_value = "spread")]
+    pub(crate) placement_policy: cfm_manager::model::PlacementPolicy,
 }
 
 /// The agent host: plugins and how many activities run at once.

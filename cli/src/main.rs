@@ -141,6 +141,7 @@ async fn open_manager(args: &ApiArgs) -> anyhow::Result<Manager> {
         },
         engine: EngineSettings {
             activity_timeout_ms: args.activity_timeout_ms,
+            placement: args.placement_policy,
             ..EngineSettings::default()
         },
     };
@@ -316,6 +317,8 @@ async fn serve_api(
     // Scripts and tests read these two lines.
     println!("cfm listening on http://{address}");
     println!("admin token: {}", manager.token_path.display());
+    // Every replica tops up running drains; the database decides who starts what.
+    let drains = tokio::spawn(cfm_manager::tenant::drains::run(manager.engine.clone()));
     let api = axum::serve(listener, manager.router()).with_graceful_shutdown(shutdown());
     tokio::select! {
         served = api => served?,
@@ -325,6 +328,7 @@ async fn serve_api(
         }
     }
     work.abort();
+    drains.abort();
     tracing::info!("stopped");
     Ok(())
 }

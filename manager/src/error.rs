@@ -30,6 +30,12 @@ pub enum ManagerError {
         /// How many of its participant profiles are not disposed.
         live: i64,
     },
+    /// No cell can take a participant: each cell considered, with why it was refused.
+    #[error("no cell can take the participant: {}", describe_refusals(.cells))]
+    NoCellFits {
+        /// The cells considered and the reason each was refused.
+        cells: Vec<CellRefusal>,
+    },
     /// A database call failed. A query past its time budget is answered 400, a busy
     /// database 503 (send again), anything else 500.
     #[error("database: {0}")]
@@ -47,6 +53,27 @@ pub enum ManagerError {
     /// The queue of a distributed deployment failed (relaying work, consuming reports).
     #[error(transparent)]
     Queue(#[from] cfm_queue::QueueError),
+}
+
+/// A cell placement refused, and why.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellRefusal {
+    /// The cell's id.
+    pub cell_id: String,
+    /// Why it cannot take the participant, for people.
+    pub reason: String,
+}
+
+fn describe_refusals(cells: &[CellRefusal]) -> String {
+    if cells.is_empty() {
+        return "there are no cells".into();
+    }
+    cells
+        .iter()
+        .map(|c| format!("cell '{}' {}", c.cell_id, c.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What manager operations return.

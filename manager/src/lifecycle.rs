@@ -93,7 +93,11 @@ impl VpaState {
     pub fn after(orchestration_type: &str, end: OrchestrationState) -> VpaTransition {
         use OrchestrationState::{Completed, Errored};
         use orchestration_types::{VPA_DEPLOY, VPA_DISPOSE};
-        if orchestration_type.starts_with(orchestration_types::KEYPAIR_PREFIX) {
+        // A participant stays active while it migrates, and keypair events change its
+        // services, not its VPAs.
+        if orchestration_type.starts_with(orchestration_types::KEYPAIR_PREFIX)
+            || orchestration_type.starts_with(orchestration_types::VPA_MIGRATE)
+        {
             return VpaTransition::Unchanged;
         }
         match (orchestration_type, end) {
@@ -112,6 +116,74 @@ impl VpaState {
 }
 
 /// The text form and the `sqlx` mapping of a state stored as text.
+/// Where a participant's move between cells stands.
+///
+/// `provisioning` (the target is being provisioned) → `switched` (the participant now
+/// lives in the target; the source is being cleaned up) → `completed`; or, when
+/// provisioning fails, `rolling-back` → `rolled-back` (the participant never left its
+/// source). `failed`: the rollback itself failed and left objects in the target;
+/// `cleanup-failed`: the participant moved but its source still holds objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationState {
+    /// The target cell is being provisioned.
+    Provisioning,
+    /// Routing and the VPAs point at the target; the source is being disposed of.
+    Switched,
+    /// The participant lives in the target alone.
+    Completed,
+    /// Provisioning failed; what it made in the target is being disposed of.
+    RollingBack,
+    /// The participant stayed in its source; the target holds nothing of it.
+    RolledBack,
+    /// The rollback failed: the target may hold objects of the participant.
+    Failed,
+    /// The participant moved, but disposing of its source failed.
+    CleanupFailed,
+}
+
+impl MigrationState {
+    /// States in which a migration is under way (at most one per participant), in SQL.
+    pub const UNFINISHED_SQL: &str = "'provisioning', 'switched', 'rolling-back'";
+    /// States in which a migration holds a place in its target cell, in SQL.
+    pub const RESERVING_SQL: &str = "'provisioning', 'rolling-back'";
+    /// States in which a migration failed to move its participant, in SQL.
+    pub const UNMOVED_SQL: &str = "'rolled-back', 'failed'";
+
+    /// Whether the migration has ended.
+    pub fn is_finished(self) -> bool {
+        !matches!(
+            self,
+            Self::Provisioning | Self::Switched | Self::RollingBack
+        )
+    }
+}
+
+/// Where the draining of a cell stands: `running` ⇄ `paused`, then `completed` (the
+/// cell is `drained`), `cancelled` (the cell is `cordoned`) or `stalled` (participants
+/// are left that cannot move; resuming tries again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainState {
+    /// Migrations are being started.
+    Running,
+    /// No new migrations start; those under way finish.
+    Paused,
+    /// Every participant has left the cell.
+    Completed,
+    /// Stopped by the operator.
+    Cancelled,
+    /// Participants remain that could not be moved.
+    Stalled,
+}
+
+impl DrainState {
+    /// Whether a drain in this state still owns its cell.
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
+
 macro_rules! stored_as_text {
     ($state:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         impl $state {
@@ -175,6 +247,24 @@ stored_as_text!(StepState {
     Completed => "completed",
     Failed => "failed",
     Cancelled => "cancelled",
+});
+
+stored_as_text!(MigrationState {
+    Provisioning => "provisioning",
+    Switched => "switched",
+    Completed => "completed",
+    RollingBack => "rolling-back",
+    RolledBack => "rolled-back",
+    Failed => "failed",
+    CleanupFailed => "cleanup-failed",
+});
+
+stored_as_text!(DrainState {
+    Running => "running",
+    Paused => "paused",
+    Completed => "completed",
+    Cancelled => "cancelled",
+    Stalled => "stalled",
 });
 
 stored_as_text!(VpaState {

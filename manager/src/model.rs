@@ -3,10 +3,12 @@
 //! These types are what the store returns and what the API sends; request bodies have
 //! their own types in `api::requests`, so a client can never set an id or a version.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::lifecycle::{OrchestrationState, StepState, VpaState};
+pub use crate::lifecycle::{DrainState, MigrationState, OrchestrationState, StepState, VpaState};
 
 /// Free-form JSON properties of a resource, queryable as `properties.<key>`.
 pub type Properties = Map<String, Value>;
@@ -44,8 +46,7 @@ pub struct Cell {
     pub version: i64,
     /// The cluster's own id; unique among cells unless empty. Requests may name the cell by it.
     pub external_id: String,
-    /// `initial`, `pending`, `active`, `disposing`, `disposed`, `locked`, `offline` or
-    /// `error`; only an `active` cell takes new participants.
+    /// One of [`CELL_STATES`]; only an `active` cell takes new participants.
     pub state: String,
     /// When the cell entered its state (RFC 3339).
     pub state_timestamp: String,
@@ -53,9 +54,92 @@ pub struct Cell {
     /// `cfm.orchestrationDefinitionId` may select the template its participants deploy with.
     #[schema(value_type = Object)]
     pub properties: Properties,
+    /// Labels placement matches requirements against (`region`, `tier`, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub labels: BTreeMap<String, String>,
+    /// How many participants the cell takes; absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub capacity: Option<CellCapacity>,
+    /// What the cell holds now, against its capacity. Computed, never stored.
+    #[serde(default)]
+    pub usage: CellUsage,
 }
 
-/// Lifecycle states of cells and deployments.
+/// A cell's capacity.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellCapacity {
+    /// The most participants (not disposed, plus those migrating in) the cell holds.
+    pub max_participants: i64,
+}
+
+/// What a cell holds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellUsage {
+    /// Participants placed in the cell whose VPAs are not disposed.
+    pub participants: i64,
+    /// Participants being migrated into the cell: their place is reserved.
+    pub arriving: i64,
+    /// `(participants + arriving) / maxParticipants`; absent without a capacity.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub utilisation: Option<f64>,
+}
+
+impl CellUsage {
+    /// The places taken: participants plus those arriving.
+    pub fn taken(&self) -> i64 {
+        self.participants + self.arriving
+    }
+}
+
+/// How placement chooses among the cells that can take a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementPolicy {
+    /// The least utilised cell (fewest participants where no capacity is set): load spreads.
+    #[default]
+    Spread,
+    /// The most utilised cell that still has room: cells fill one after another.
+    Pack,
+}
+
+impl std::str::FromStr for PlacementPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "spread" => Ok(Self::Spread),
+            "pack" => Ok(Self::Pack),
+            _ => Err(format!(
+                "'{text}' is not a placement policy: spread or pack"
+            )),
+        }
+    }
+}
+
+/// The property (of a participant profile or a dataspace profile) naming the cell labels
+/// its participants need: `{"region": "eu"}`.
+pub const REQUIRED_CELL_LABELS_PROPERTY: &str = "cfm.requiredCellLabels";
+
+/// Lifecycle states of cells: upstream's [`DEPLOYMENT_STATES`] and cfm's fleet states.
+/// `cordoned` takes no new participants, `draining` has its participants moved out,
+/// `drained` is empty and takes none.
+pub const CELL_STATES: &[&str] = &[
+    "initial",
+    "pending",
+    "active",
+    "disposing",
+    "disposed",
+    "locked",
+    "offline",
+    "error",
+    "cordoned",
+    "draining",
+    "drained",
+];
+
+/// Lifecycle states of deployments.
 pub const DEPLOYMENT_STATES: &[&str] = &[
     "initial",
     "pending",
@@ -172,6 +256,9 @@ pub struct ParticipantProfile {
     /// Why the last failed orchestration failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error_detail: Option<String>,
+    /// The move to another cell under way, if one is (on reads of one profile).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub migration: Option<Migration>,
 }
 
 /// A virtual participant agent: one of the participant's runtime roles in a cell.
@@ -334,4 +421,65 @@ pub fn new_id() -> String {
 /// a path segment, a DNS label and a Kubernetes name alike.
 pub fn new_participant_context_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A move of a participant from one cell to another, make-before-break.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    /// The migration's id, chosen by the server.
+    pub id: String,
+    /// The participant profile that moves.
+    pub profile_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// The cell it leaves.
+    pub source_cell_id: String,
+    /// The cell it moves to.
+    pub target_cell_id: String,
+    /// Where the move stands.
+    pub state: MigrationState,
+    /// The drain that started it, if one did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drain_id: Option<String>,
+    /// Why provisioning, rollback or cleanup failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error_detail: Option<String>,
+    /// When it started (RFC 3339).
+    pub created_at: String,
+    /// When its state last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+/// The draining of a cell, with its progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Drain {
+    /// The drain's id, chosen by the server.
+    pub id: String,
+    /// Incremented on every change of state.
+    pub version: i64,
+    /// The cell being drained.
+    pub cell_id: String,
+    /// Where the drain stands.
+    pub state: DrainState,
+    /// How many of its migrations run at once.
+    pub parallelism: i64,
+    /// Participants in the cell when the drain started.
+    pub total: i64,
+    /// Participants it has moved out.
+    pub moved: i64,
+    /// Its migrations under way.
+    pub in_flight: i64,
+    /// Its migrations that failed and left their participant in the cell.
+    pub failed: i64,
+    /// Participants still placed in the cell (not disposed).
+    pub remaining: i64,
+    /// What holds it up, when something does (no cell has room, participants that cannot move).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+    /// When it started (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
 }

@@ -17,6 +17,9 @@ pub mod keys {
     pub const VPA_DATA: &str = "cfm.vpa.data";
     /// The credential specs of the participant's dataspaces that apply to its roles.
     pub const VPA_CREDENTIALS: &str = "cfm.vpa.credentials";
+    /// A migration's cells and phase: `{"id", "phase": "target"|"source"|"rollback",
+    /// "source": {cellId, externalCellId, cellProperties}, "target": {...}}`.
+    pub const MIGRATION: &str = "cfm.migration";
     /// What every orchestration's processing data starts with.
     pub const BASE: [&str; 4] = [
         PARTICIPANT_ID,
@@ -26,7 +29,7 @@ pub mod keys {
     ];
     /// Namespaces of keys the server writes and activities only read: an activity
     /// output naming one is refused, so no plugin can re-address later activities.
-    pub const SERVER_OWNED_PREFIXES: [&str; 2] = ["cfm.participant.", "cfm.vpa."];
+    pub const SERVER_OWNED_PREFIXES: [&str; 3] = ["cfm.participant.", "cfm.vpa.", "cfm.migration"];
 
     /// Whether `key` belongs to the server (see [`SERVER_OWNED_PREFIXES`]).
     pub fn is_server_owned(key: &str) -> bool {
@@ -42,6 +45,16 @@ pub mod orchestration_types {
     pub const VPA_DEPLOY: &str = "cfm.orchestration.vpa.deploy";
     /// Disposes of a participant's VPAs; also compensates a failed deploy.
     pub const VPA_DISPOSE: &str = "cfm.orchestration.vpa.dispose";
+    /// Moves a participant to another cell, make-before-break: provisions it in the
+    /// target cell (plugins run their deploy with the target's VPA data). Processing data
+    /// carries [`keys::MIGRATION`].
+    pub const VPA_MIGRATE: &str = "cfm.orchestration.vpa.migrate";
+    /// After a migration's switch: disposes of what the participant left in its source
+    /// cell (plugins run their dispose with the source's VPA data).
+    pub const VPA_MIGRATE_SOURCE: &str = "cfm.orchestration.vpa.migrate.source";
+    /// A migration that failed before its switch: disposes of what it made in the target
+    /// cell; the participant stays where it was.
+    pub const VPA_MIGRATE_ROLLBACK: &str = "cfm.orchestration.vpa.migrate.rollback";
     /// What keypair lifecycle events start: `<KEYPAIR_PREFIX>activated`, `…revoked`,
     /// `…rotated`. They change the participant's services, never its VPAs' state.
     pub const KEYPAIR_PREFIX: &str = "cfm.orchestration.keypair.";

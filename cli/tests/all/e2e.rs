@@ -84,7 +84,8 @@ async fn walkthrough_turns_all_four_vpas_active(backend: TestBackend) {
         "the secret leaked into the API"
     );
     let config_map = std::fs::read_to_string(data.join(format!(
-        "cluster/cfm-{pc}/ConfigMap/participant-context.yaml"
+        "cluster/{}/cfm-{pc}/ConfigMap/participant-context.yaml",
+        env.cell_id
     )))
     .unwrap();
     assert!(
@@ -92,8 +93,11 @@ async fn walkthrough_turns_all_four_vpas_active(backend: TestBackend) {
         "{config_map}"
     );
     assert!(
-        data.join(format!("cluster/_cluster/Namespace/cfm-{pc}.yaml"))
-            .exists()
+        data.join(format!(
+            "cluster/{}/_cluster/Namespace/cfm-{pc}.yaml",
+            env.cell_id
+        ))
+        .exists()
     );
     let zone = std::fs::read_to_string(data.join("dns/participants.cfm.local.zone")).unwrap();
     assert!(
@@ -155,13 +159,17 @@ async fn walkthrough_turns_all_four_vpas_active(backend: TestBackend) {
     assert!(
         !data
             .join(format!(
-                "cluster/cfm-{pc}/ConfigMap/participant-context.yaml"
+                "cluster/{}/cfm-{pc}/ConfigMap/participant-context.yaml",
+                env.cell_id
             ))
             .exists()
     );
     assert!(
         !data
-            .join(format!("cluster/_cluster/Namespace/cfm-{pc}.yaml"))
+            .join(format!(
+                "cluster/{}/_cluster/Namespace/cfm-{pc}.yaml",
+                env.cell_id
+            ))
             .exists()
     );
     let zone = std::fs::read_to_string(data.join("dns/participants.cfm.local.zone")).unwrap();

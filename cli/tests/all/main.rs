@@ -14,6 +14,7 @@ mod chaos;
 mod distributed;
 mod e2e;
 mod edc_v;
+mod fleet;
 mod hostile_api;
 mod nats_auth;
 mod plugin_tools;

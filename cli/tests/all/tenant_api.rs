@@ -468,13 +468,13 @@ async fn placement_honours_a_named_cell_and_balances_load(backend: TestBackend) 
     assert_eq!(deploy(json!(null)).await, (202, b.to_string()));
     let lowest = a.min(b).to_string();
     assert_eq!(deploy(json!("stale-id")).await, (202, lowest));
-    for cell in [bare["id"].clone(), locked["id"].clone()] {
+    for (cell, why) in [
+        (bare["id"].clone(), "has no active deployment"),
+        (locked["id"].clone(), "is locked"),
+    ] {
         let (status, message) = deploy(cell.clone()).await;
         assert_eq!(status, 409, "{cell}: {message}");
-        assert!(
-            message.contains("no active deployment"),
-            "{cell}: {message}"
-        );
+        assert!(message.contains(why), "{cell}: {message}");
     }
     let lonely = api
         .post_ok("/dataspace-profiles", json!({"dataspaceSpec": {}}), 201)
@@ -489,7 +489,14 @@ async fn placement_honours_a_named_cell_and_balances_load(backend: TestBackend) 
         )
         .await;
     assert_eq!(status, 409, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("no active cell"));
+    assert_eq!(body["reason"], "no-cell-fits", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no active deployment"),
+        "{body}"
+    );
     let (status, body) = api
         .call(
             Method::POST,

@@ -35,6 +35,9 @@ pub struct Backends {
     pub dns: Arc<dyn dns::DnsBackend>,
     /// Where the `tokens` capability gets tokens, and the http capability the subject token.
     pub tokens: Arc<dyn tokens::TokenBackend>,
+    /// With the embedded cluster backend: one folder of manifests per cell, which
+    /// [`Backends::for_cell`] picks for each invocation.
+    pub cluster_per_cell: Option<Arc<cluster::manifests::FolderPerCell>>,
 }
 
 impl Backends {
@@ -49,6 +52,22 @@ impl Backends {
             )),
             dns: Arc::new(dns::zonefile::ZoneFiles::new(data_dir.join("dns"))),
             tokens: Arc::new(tokens::Unconfigured),
+            cluster_per_cell: Some(Arc::new(cluster::manifests::FolderPerCell::new(
+                data_dir.join("cluster"),
+            ))),
+        }
+    }
+
+    /// The backends an invocation acting on `cell` uses: with the embedded cluster, that
+    /// cell's own folder (`cluster/<cell>/...`), so that moving a participant between cells
+    /// really moves its objects; anything else is shared by every cell.
+    pub fn for_cell(&self, cell: &str) -> Self {
+        match self.cluster_per_cell.as_ref().and_then(|f| f.cell(cell)) {
+            Some(cluster) => Self {
+                cluster,
+                ..self.clone()
+            },
+            None => self.clone(),
         }
     }
 
@@ -59,7 +78,11 @@ impl Backends {
 
     /// The same, with cluster objects kept by `cluster` (the Kubernetes API) instead.
     pub fn with_cluster(self, cluster: Arc<dyn cluster::ClusterBackend>) -> Self {
-        Self { cluster, ..self }
+        Self {
+            cluster,
+            cluster_per_cell: None,
+            ..self
+        }
     }
 
     /// The same, with DNS records kept by `dns` (an authoritative server) instead.

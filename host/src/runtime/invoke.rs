@@ -79,7 +79,7 @@ impl AgentHost {
             participant_context_id: task.participant_context_id.clone(),
             idempotency_key: task.idempotency_key(),
             grants: plugin.grants.scoped(&task.participant_context_id),
-            backends: self.inner.backends.clone(),
+            backends: self.inner.backends.for_cell(acting_cell(task)),
             audit: self.inner.audit.clone(),
             denials: Default::default(),
             used_tokens: Default::default(),
@@ -150,4 +150,14 @@ fn request(plugin: &LoadedPlugin, task: &ActivityTask) -> ActivityRequest {
         settings: plugin.settings.clone(),
         state: task.state.as_ref().map(Value::to_string),
     }
+}
+
+/// The cell an activity acts on: its first VPA's, from the server-owned VPA data.
+fn acting_cell(task: &ActivityTask) -> &str {
+    task.processing_data
+        .get(cfm_protocol::keys::VPA_DATA)
+        .and_then(|vpas| vpas.get(0))
+        .and_then(|vpa| vpa.get("cellId"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
     /// Which rule refused the request, when one did: stable across releases.
     pub reason: Option<&'static str>,
+    /// Structured facts behind the refusal (the cells placement considered, ...).
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             reason: None,
+            details: None,
         }
     }
 
@@ -55,6 +58,11 @@ pub struct ErrorBody {
     /// `query-timeout`, ...); absent where the status says it all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Structured facts behind the refusal: for `no-cell-fits`, `{"cells": [{cellId,
+    /// reason}]}`, every cell considered and why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 impl IntoResponse for ApiError {
@@ -68,6 +76,7 @@ impl IntoResponse for ApiError {
             message: self.message,
             code: self.status.as_u16(),
             reason: self.reason.map(str::to_string),
+            details: self.details,
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
@@ -108,6 +117,13 @@ impl From<ManagerError> for ApiError {
             ManagerError::ParticipantsNotDisposed { .. } => {
                 return Self::new(StatusCode::CONFLICT, error.to_string())
                     .with_reason("participants-not-disposed");
+            }
+            ManagerError::NoCellFits { cells } => {
+                return Self {
+                    details: Some(serde_json::json!({ "cells": cells })),
+                    ..Self::new(StatusCode::CONFLICT, error.to_string())
+                }
+                .with_reason("no-cell-fits");
             }
             ManagerError::Database(e) if store::is_transient(e) => {
                 // The transaction was rolled back whole: nothing half-written, and the

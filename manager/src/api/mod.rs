@@ -219,6 +219,9 @@ fn confine(tenant: &str, route: &str, path: &str, method: &Method) -> Result<(),
         // The handlers narrow these to the caller's tenant.
         return Ok(());
     }
+    if route.ends_with("/migrations") && !read {
+        return forbidden("migrate participants: moving between cells is the operator's");
+    }
     if route.starts_with("/tenants/{") {
         // The id as sent, before any decoding: an id that only decodes to the tenant's
         // is refused too, which costs nothing since ids are plain UUIDs.

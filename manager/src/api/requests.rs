@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::model::{ActivitySpec, DataspaceSpec, Properties};
+use crate::model::{ActivitySpec, CellCapacity, DataspaceSpec, Properties};
 
 /// A tenant to create.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -38,8 +38,8 @@ pub struct NewCell {
     /// The cluster's own id; unique among cells unless empty.
     #[serde(default)]
     pub external_id: String,
-    /// `initial`, `pending`, `active`, `disposing`, `disposed`, `locked`, `offline` or
-    /// `error`; `active` when absent. No route changes it later.
+    /// `initial`, `pending`, `active`, `disposing`, `disposed`, `locked`, `offline`,
+    /// `error` or `cordoned`; `active` when absent. `PATCH` changes it later.
     pub state: Option<String>,
     /// When the cell entered its state (RFC 3339), as the client knows it; now when absent.
     pub state_timestamp: Option<String>,
@@ -47,6 +47,64 @@ pub struct NewCell {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub properties: Properties,
+    /// Labels placement requirements match (`{"region": "eu"}`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How many participants the cell takes; absent: no limit.
+    pub capacity: Option<CellCapacity>,
+}
+
+/// A change to a cell: what is present is set, the rest stays.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CellPatch {
+    /// The new state: `active`, `cordoned` (takes no new participants), or another of
+    /// upstream's states; `draining` and `drained` belong to `POST /cells/{id}/drain`.
+    pub state: Option<String>,
+    /// Labels to set, replacing their values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Label keys to remove, after those set.
+    #[serde(default)]
+    pub removed_labels: Vec<String>,
+    /// The new capacity, `{"maxParticipants": 100}`; `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CellCapacity>)]
+    pub capacity: Option<Option<CellCapacity>>,
+    /// Properties to set, replacing their values.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Properties,
+    /// Property keys to remove, after those set.
+    #[serde(default)]
+    pub removed_properties: Vec<String>,
+    /// The version the client read; a stale one is a conflict.
+    pub version: Option<i64>,
+}
+
+/// Tells a field sent as `null` (Some(None)) from one left out (None).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Moves a participant to another cell.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewMigration {
+    /// The cell to move to, by id or external id.
+    pub target_cell_id: String,
+}
+
+/// Drains a cell.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewDrain {
+    /// How many migrations run at once, 1 to 256; 4 when absent.
+    pub parallelism: Option<i64>,
 }
 
 /// A dataspace profile to create.

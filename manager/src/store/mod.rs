@@ -264,6 +264,8 @@ pub enum Table {
     Orchestrations,
     /// `dataspace_profiles`.
     DataspaceProfiles,
+    /// `drains`.
+    Drains,
 }
 
 impl Table {
@@ -274,6 +276,7 @@ impl Table {
             Self::ParticipantProfiles => "participant_profiles",
             Self::Orchestrations => "orchestrations",
             Self::DataspaceProfiles => "dataspace_profiles",
+            Self::Drains => "drains",
         }
     }
 }

@@ -1,33 +1,53 @@
 //! Cells: the shared runtime clusters participants are placed in.
 
+use std::collections::{BTreeMap, HashMap};
+
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
-use crate::model::{Cell, DEPLOYMENT_STATES, Properties, new_id, now};
+use crate::lifecycle::MigrationState;
+use crate::model::{CELL_STATES, Cell, CellCapacity, CellUsage, Properties, new_id, now};
 use crate::store::{self, Conn, Db, Page, Paged, Table, from_json, to_json};
-use crate::tenant::{profiles, tenants};
+use crate::tenant::{drains, profiles, tenants};
 
 /// A cell to create, as the API received it.
 pub struct NewCell {
     /// The cluster's own id; unique among cells unless empty.
     pub external_id: String,
-    /// One of [`DEPLOYMENT_STATES`]; `active` when absent.
+    /// One of [`CELL_STATES`] but `draining` and `drained`; `active` when absent.
     pub state: Option<String>,
     /// When the cell entered its state (RFC 3339), kept as given; now when absent.
     pub state_timestamp: Option<String>,
     /// Per-cell settings, handed to plugins with every VPA placed in the cell.
     pub properties: Properties,
+    /// Labels placement requirements match.
+    pub labels: BTreeMap<String, String>,
+    /// How many participants it takes; None: no limit.
+    pub capacity: Option<CellCapacity>,
+}
+
+/// A change to a cell: what is present is set, the rest stays.
+#[derive(Debug, Default)]
+pub struct Patch {
+    /// The new state: any of [`CELL_STATES`] but `draining` (a drain sets it) and `drained`.
+    pub state: Option<String>,
+    /// Labels to set (replacing their values).
+    pub labels: BTreeMap<String, String>,
+    /// Label keys to remove, after those set.
+    pub removed_labels: Vec<String>,
+    /// The new capacity: `Some(None)` removes the limit.
+    pub capacity: Option<Option<CellCapacity>>,
+    /// Properties to set (replacing their values).
+    pub properties: Properties,
+    /// Property keys to remove, after those set.
+    pub removed_properties: Vec<String>,
 }
 
 /// Creates a cell; an unknown state is a bad request, a taken `external_id` a conflict.
 pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
     let state = new.state.unwrap_or_else(|| "active".into());
-    if !DEPLOYMENT_STATES.contains(&state.as_str()) {
-        return Err(ManagerError::bad_request(format!(
-            "state '{state}' is not one of {}",
-            DEPLOYMENT_STATES.join(", ")
-        )));
-    }
+    check_settable_state(&state)?;
+    validate(&new.labels, new.capacity)?;
     let state_timestamp = match new.state_timestamp {
         None => now(),
         Some(given) if chrono::DateTime::parse_from_rfc3339(&given).is_ok() => given,
@@ -45,10 +65,13 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
         state,
         state_timestamp,
         properties: new.properties,
+        labels: new.labels,
+        capacity: new.capacity,
+        usage: CellUsage::default(),
     };
     let inserted = sqlx::query(
-        "INSERT INTO cells (id, version, external_id, state, state_timestamp, properties)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "INSERT INTO cells (id, version, external_id, state, state_timestamp, properties, labels, max_participants)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
     .bind(&cell.id)
     .bind(cell.version)
@@ -56,6 +79,8 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
     .bind(&cell.state)
     .bind(&cell.state_timestamp)
     .bind(to_json(&cell.properties)?)
+    .bind(to_json(&cell.labels)?)
+    .bind(cell.capacity.map(|c| c.max_participants))
     .execute(db.writer())
     .await?;
     if inserted.rows_affected() == 0 {
@@ -67,21 +92,122 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
     Ok(cell)
 }
 
-/// A page of cells, sorted by id.
+/// A page of cells, sorted by id, each with its usage.
 pub async fn list(db: &Db, page: Page) -> Result<Paged<Cell>> {
     let (rows, total) = store::paged(db, SELECT, None, page).await?;
-    let items = rows.iter().map(read).collect::<Result<_>>()?;
+    let mut items = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
+    let usage = usage(&mut *db.acquire().await?).await?;
+    for cell in &mut items {
+        cell.usage = with_utilisation(usage.get(&cell.id).copied(), cell.capacity);
+    }
     Ok(Paged { items, total, page })
 }
 
-/// The cell `id`; a missing one is "not found".
+/// The cell `id` with its usage; a missing one is "not found".
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Cell> {
     let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
         .bind(id)
-        .fetch_optional(conn)
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| ManagerError::not_found(format!("cell '{id}' not found")))?;
-    read(&row)
+    let mut cell = read(&row)?;
+    cell.usage = usage_of(conn, &cell.id, cell.capacity).await?;
+    Ok(cell)
+}
+
+/// Every cell with its usage, sorted by id: what placement and rebalancing weigh.
+pub async fn all(conn: &mut Conn) -> Result<Vec<Cell>> {
+    let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} ORDER BY id")))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut cells = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
+    let usage = usage(conn).await?;
+    for cell in &mut cells {
+        cell.usage = with_utilisation(usage.get(&cell.id).copied(), cell.capacity);
+    }
+    Ok(cells)
+}
+
+/// Changes a cell's state, labels, capacity or properties. With `expected_version`, a
+/// cell changed since the client read it is a conflict. A cell being drained keeps its
+/// state until the drain ends or is cancelled.
+pub async fn patch(db: &Db, id: &str, patch: Patch, expected_version: Option<i64>) -> Result<Cell> {
+    let mut tx = store::write(db).await?;
+    if !store::lock_row(&mut tx, Table::Cells, id).await? {
+        return Err(ManagerError::not_found(format!("cell '{id}' not found")));
+    }
+    let mut cell = get(&mut tx, id).await?;
+    tenants::check_version("cell", id, cell.version, expected_version)?;
+    if let Some(state) = patch.state.filter(|s| *s != cell.state) {
+        check_settable_state(&state)?;
+        if let Some(drain) = drains::unfinished_of(&mut tx, id).await? {
+            return Err(ManagerError::conflict(format!(
+                "cell '{id}' is being drained (drain '{}' is {}); cancel the drain before changing its state",
+                drain.id, drain.state
+            )));
+        }
+        cell.state = state;
+        cell.state_timestamp = now();
+    }
+    cell.labels.extend(patch.labels);
+    for key in &patch.removed_labels {
+        cell.labels.remove(key);
+    }
+    if let Some(capacity) = patch.capacity {
+        cell.capacity = capacity;
+    }
+    cell.properties.extend(patch.properties);
+    for key in &patch.removed_properties {
+        cell.properties.remove(key);
+    }
+    validate(&cell.labels, cell.capacity)?;
+    cell.version += 1;
+    write_back(&mut tx, &cell).await?;
+    tx.commit().await?;
+    cell.usage = with_utilisation(Some(cell.usage), cell.capacity);
+    Ok(cell)
+}
+
+/// Moves a cell to `state` inside the caller's transaction (drains do).
+pub(crate) async fn set_state(conn: &mut Conn, id: &str, state: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE cells SET state = $1, state_timestamp = $2, version = version + 1 WHERE id = $3 AND state <> $1",
+    )
+    .bind(state)
+    .bind(now())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The usage of one cell.
+pub(crate) async fn usage_of(
+    conn: &mut Conn,
+    id: &str,
+    capacity: Option<CellCapacity>,
+) -> Result<CellUsage> {
+    let participants: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM participant_profiles WHERE cell_id = $1 AND disposed = 0",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let arriving: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM migrations WHERE target_cell_id = $1 AND state IN ({})",
+        MigrationState::RESERVING_SQL
+    )))
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(with_utilisation(
+        Some(CellUsage {
+            participants,
+            arriving,
+            utilisation: None,
+        }),
+        capacity,
+    ))
 }
 
 /// Deletes a cell with its dataspace deployments and the records of participants
@@ -92,9 +218,17 @@ pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<
     let cell = get(&mut tx, id).await?;
     tenants::check_version("cell", id, cell.version, expected_version)?;
     profiles::refuse_while_participants_live(&mut tx, profiles::Owner::Cell(id)).await?;
+    if let Some(drain) = drains::unfinished_of(&mut tx, id).await? {
+        return Err(ManagerError::conflict(format!(
+            "cell '{id}' is being drained (drain '{}'); cancel the drain first",
+            drain.id
+        )));
+    }
     for statement in [
+        "DELETE FROM migrations WHERE profile_id IN (SELECT id FROM participant_profiles WHERE cell_id = $1)",
         "DELETE FROM participant_profiles WHERE cell_id = $1",
         "DELETE FROM dataspace_deployments WHERE cell_id = $1",
+        "DELETE FROM drains WHERE cell_id = $1",
         "DELETE FROM cells WHERE id = $1",
     ] {
         sqlx::query(statement).bind(id).execute(&mut *tx).await?;
@@ -114,8 +248,98 @@ pub async fn find(conn: &mut Conn, id_or_external: &str) -> Result<Option<Cell>>
     row.as_ref().map(read).transpose()
 }
 
-const SELECT: &str =
-    "SELECT id, version, external_id, state, state_timestamp, properties FROM cells";
+const SELECT: &str = "SELECT id, version, external_id, state, state_timestamp, properties, labels, max_participants FROM cells";
+
+/// `draining` and `drained` are a drain's to set; the rest an operator may.
+fn check_settable_state(state: &str) -> Result<()> {
+    if matches!(state, "draining" | "drained") {
+        return Err(ManagerError::bad_request(format!(
+            "state '{state}' is set by draining the cell: POST /cells/{{id}}/drain"
+        )));
+    }
+    if !CELL_STATES.contains(&state) {
+        return Err(ManagerError::bad_request(format!(
+            "state '{}' is not one of {}",
+            state.chars().take(64).collect::<String>(),
+            CELL_STATES.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Label keys and values are short printable text; a capacity is not negative.
+fn validate(labels: &BTreeMap<String, String>, capacity: Option<CellCapacity>) -> Result<()> {
+    for (key, value) in labels {
+        let fine = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+        if key.is_empty() || !fine(key, 63) || !fine(value, 253) {
+            return Err(ManagerError::bad_request(
+                "labels are keys of 1 to 63 characters with values of at most 253, without control characters",
+            ));
+        }
+    }
+    if labels.len() > 64 {
+        return Err(ManagerError::bad_request("a cell has at most 64 labels"));
+    }
+    if capacity.is_some_and(|c| c.max_participants < 0) {
+        return Err(ManagerError::bad_request(
+            "capacity.maxParticipants must not be negative",
+        ));
+    }
+    Ok(())
+}
+
+async fn write_back(conn: &mut Conn, cell: &Cell) -> Result<()> {
+    sqlx::query(
+        "UPDATE cells SET state = $1, state_timestamp = $2, properties = $3, labels = $4,
+           max_participants = $5, version = $6 WHERE id = $7",
+    )
+    .bind(&cell.state)
+    .bind(&cell.state_timestamp)
+    .bind(to_json(&cell.properties)?)
+    .bind(to_json(&cell.labels)?)
+    .bind(cell.capacity.map(|c| c.max_participants))
+    .bind(cell.version)
+    .bind(&cell.id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Participants and arrivals of every cell that has any, by cell id.
+async fn usage(conn: &mut Conn) -> Result<HashMap<String, CellUsage>> {
+    let mut usage: HashMap<String, CellUsage> = HashMap::new();
+    let placed = sqlx::query(
+        "SELECT cell_id, COUNT(*) AS n FROM participant_profiles WHERE disposed = 0 GROUP BY cell_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in placed {
+        usage.entry(row.get("cell_id")).or_default().participants = row.get("n");
+    }
+    let arriving = sqlx::query(AssertSqlSafe(format!(
+        "SELECT target_cell_id, COUNT(*) AS n FROM migrations WHERE state IN ({}) GROUP BY target_cell_id",
+        MigrationState::RESERVING_SQL
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in arriving {
+        usage.entry(row.get("target_cell_id")).or_default().arriving = row.get("n");
+    }
+    Ok(usage)
+}
+
+fn with_utilisation(usage: Option<CellUsage>, capacity: Option<CellCapacity>) -> CellUsage {
+    let mut usage = usage.unwrap_or_default();
+    usage.utilisation = capacity.map(|c| {
+        if c.max_participants == 0 {
+            // A cell that takes nobody is full; JSON has no infinity.
+            1.0
+        } else {
+            usage.taken() as f64 / c.max_participants as f64
+        }
+    });
+    usage
+}
 
 fn read(row: &crate::store::Row) -> Result<Cell> {
     Ok(Cell {
@@ -125,5 +349,10 @@ fn read(row: &crate::store::Row) -> Result<Cell> {
         state: row.get("state"),
         state_timestamp: row.get("state_timestamp"),
         properties: from_json(row.get("properties"), "cell properties")?,
+        labels: from_json(row.get("labels"), "cell labels")?,
+        capacity: row
+            .get::<Option<i64>, _>("max_participants")
+            .map(|max_participants| CellCapacity { max_participants }),
+        usage: CellUsage::default(),
     })
 }

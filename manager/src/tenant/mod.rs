@@ -7,7 +7,9 @@
 
 pub mod cells;
 pub mod dataspaces;
+pub mod drains;
 pub mod keypairs;
+pub mod migrations;
 mod placement;
 pub mod profiles;
 pub mod tenants;

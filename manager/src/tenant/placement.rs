@@ -1,67 +1,201 @@
-//! Where a new participant goes: the cell it is placed in, and the orchestration
-//! template its dataspace profiles or cell select.
+//! Where a participant goes: the cell it is placed in (by state, dataspace deployments,
+//! required labels and capacity, then the operator's spread or pack policy), and the
+//! orchestration template its dataspace profiles or cell select.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
-use crate::error::{ManagerError, Result};
-use crate::model::{Cell, DataspaceProfile, Properties};
+use crate::error::{CellRefusal, ManagerError, Result};
+use crate::model::{
+    Cell, DataspaceProfile, PlacementPolicy, Properties, REQUIRED_CELL_LABELS_PROPERTY,
+};
 use crate::provision::definitions;
-use crate::store::Conn;
+use crate::store::{self, Conn, Table};
 use crate::tenant::cells;
 
-/// Picks the cell: the requested one when it exists, is active and serves the
-/// participant's dataspaces; otherwise the active serving cell with the fewest participants.
-/// Upstream clients send stale cell ids, so an unknown id falls back to placement.
-pub(super) async fn place(
+/// What a participant needs of its cell.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Requirements {
+    /// The cell must have an active deployment of one of these (any cell when empty).
+    pub dataspace_profile_ids: Vec<String>,
+    /// Labels the cell must carry with these values.
+    pub labels: BTreeMap<String, String>,
+    /// A cell that may not be chosen: the one a migrating participant leaves.
+    pub excluded: Option<String>,
+}
+
+impl Requirements {
+    /// The labels a participant's and its dataspace profiles' `cfm.requiredCellLabels`
+    /// ask for; two that ask different values of one label are a bad request.
+    pub(crate) fn labels_of(
+        profile: &Properties,
+        dataspaces: &[DataspaceProfile],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut labels = BTreeMap::new();
+        let sources = std::iter::once(("the participant".to_string(), profile)).chain(
+            dataspaces
+                .iter()
+                .map(|d| (format!("dataspace profile '{}'", d.id), &d.properties)),
+        );
+        for (whose, properties) in sources {
+            let Some(asked) = properties.get(REQUIRED_CELL_LABELS_PROPERTY) else {
+                continue;
+            };
+            let asked = asked.as_object().ok_or_else(|| {
+                ManagerError::bad_request(format!(
+                    "{whose}'s {REQUIRED_CELL_LABELS_PROPERTY} must be an object of strings"
+                ))
+            })?;
+            for (key, value) in asked {
+                let value = value.as_str().ok_or_else(|| {
+                    ManagerError::bad_request(format!(
+                        "{whose}'s {REQUIRED_CELL_LABELS_PROPERTY}.{key} must be a string"
+                    ))
+                })?;
+                match labels.insert(key.clone(), value.to_string()) {
+                    Some(other) if other != value => {
+                        return Err(ManagerError::bad_request(format!(
+                            "cell label '{key}' is required to be both '{other}' and '{value}'"
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(labels)
+    }
+}
+
+/// Picks the cell and locks it for the rest of the transaction, so that concurrent
+/// placements (on any replica) take turns at its capacity. The requested cell is
+/// honoured when it can take the participant; an unknown one (upstream clients send stale
+/// ids) falls back to placement by `policy`. When nothing fits, the error names every
+/// cell considered and why it was refused.
+pub(crate) async fn place(
     conn: &mut Conn,
     requested: Option<&str>,
-    dataspace_profile_ids: &[String],
+    needs: &Requirements,
+    policy: PlacementPolicy,
 ) -> Result<Cell> {
-    // Active cells serving at least one of the dataspace profiles (any cell when none is
-    // asked for), least loaded first.
-    let serving = if dataspace_profile_ids.is_empty() {
-        "TRUE".to_string()
-    } else {
-        let marks = (1..=dataspace_profile_ids.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "EXISTS (SELECT 1 FROM dataspace_deployments d
-               WHERE d.cell_id = c.id AND d.state = 'active' AND d.profile_id IN ({marks}))"
+    let serving = serving_cells(conn, &needs.dataspace_profile_ids).await?;
+    let mut cells = cells::all(conn).await?;
+    let requested = match requested.filter(|r| !r.is_empty()) {
+        Some(wanted) => cells::find(conn, wanted).await?.map(|c| c.id),
+        None => None,
+    };
+    if let Some(id) = &requested {
+        cells.retain(|c| &c.id == id);
+    }
+    let (mut fitting, mut refused): (Vec<Cell>, Vec<CellRefusal>) = (Vec::new(), Vec::new());
+    for cell in cells {
+        match refusal(&cell, needs, serving.as_ref()) {
+            Some(reason) => refused.push(CellRefusal {
+                cell_id: cell.id,
+                reason,
+            }),
+            None => fitting.push(cell),
+        }
+    }
+    // Every candidate locked, in one order for all placements (so two never deadlock),
+    // then counted again: another placement may have filled one meanwhile.
+    fitting.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut locked = Vec::with_capacity(fitting.len());
+    for candidate in &fitting {
+        store::lock_row(conn, Table::Cells, &candidate.id).await?;
+        locked.push(cells::get(conn, &candidate.id).await?);
+    }
+    order(&mut locked, policy);
+    for cell in locked {
+        match refusal(&cell, needs, serving.as_ref()) {
+            None => return Ok(cell),
+            Some(reason) => refused.push(CellRefusal {
+                cell_id: cell.id,
+                reason,
+            }),
+        }
+    }
+    refused.sort_by(|a, b| a.cell_id.cmp(&b.cell_id));
+    Err(ManagerError::NoCellFits { cells: refused })
+}
+
+/// Why `cell` cannot take the participant; None when it can.
+fn refusal(cell: &Cell, needs: &Requirements, serving: Option<&HashSet<String>>) -> Option<String> {
+    if needs.excluded.as_deref() == Some(cell.id.as_str()) {
+        return Some("is the participant's own cell".into());
+    }
+    if cell.state != "active" {
+        return Some(format!("is {}", cell.state));
+    }
+    if serving.is_some_and(|s| !s.contains(&cell.id)) {
+        return Some("has no active deployment of the participant's dataspace profiles".into());
+    }
+    for (key, value) in &needs.labels {
+        match cell.labels.get(key) {
+            Some(have) if have == value => {}
+            Some(have) => return Some(format!("has label {key}={have}, not {value}")),
+            None => return Some(format!("lacks label {key}={value}")),
+        }
+    }
+    if let Some(capacity) = cell.capacity
+        && cell.usage.taken() >= capacity.max_participants
+    {
+        return Some(format!(
+            "is full ({} of {} places taken)",
+            cell.usage.taken(),
+            capacity.max_participants
+        ));
+    }
+    None
+}
+
+/// Best first: spread takes the least utilised cell, pack the most utilised one. Cells
+/// without a capacity are weighed by their participant count after those with one.
+fn order(cells: &mut [Cell], policy: PlacementPolicy) {
+    let weight = |cell: &Cell| {
+        (
+            cell.usage.utilisation.unwrap_or(f64::MAX),
+            cell.usage.taken(),
         )
     };
-    let mut query = sqlx::query(AssertSqlSafe(format!(
-        "SELECT c.id, (SELECT COUNT(*) FROM participant_profiles p WHERE p.cell_id = c.id) AS load
-         FROM cells c WHERE c.state = 'active' AND {serving} ORDER BY load, c.id"
+    cells.sort_by(|a, b| {
+        let (ua, ta) = weight(a);
+        let (ub, tb) = weight(b);
+        let by_load = match policy {
+            PlacementPolicy::Spread => ua.total_cmp(&ub).then(ta.cmp(&tb)),
+            PlacementPolicy::Pack => match (a.capacity, b.capacity) {
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                _ => ub.total_cmp(&ua).then(tb.cmp(&ta)),
+            },
+        };
+        by_load.then_with(|| a.id.cmp(&b.id))
+    });
+}
+
+/// The cells with an active deployment of one of `dataspace_profile_ids`; None (every
+/// cell) when none is named.
+async fn serving_cells(
+    conn: &mut Conn,
+    dataspace_profile_ids: &[String],
+) -> Result<Option<HashSet<String>>> {
+    if dataspace_profile_ids.is_empty() {
+        return Ok(None);
+    }
+    let marks = (1..=dataspace_profile_ids.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut query = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT DISTINCT cell_id FROM dataspace_deployments WHERE state = 'active' AND profile_id IN ({marks})"
     )));
     for id in dataspace_profile_ids {
         query = query.bind(id);
     }
-    let candidates = query.fetch_all(&mut *conn).await?;
-    let ids: Vec<String> = candidates.iter().map(|r| r.get("id")).collect();
-    let chosen = match requested {
-        Some(wanted) if !wanted.is_empty() => match cells::find(conn, wanted).await? {
-            Some(cell) if ids.contains(&cell.id) => Some(cell.id),
-            Some(cell) => {
-                return Err(ManagerError::conflict(format!(
-                    "cell '{wanted}' is {} or has no active deployment of the participant's dataspace profiles",
-                    cell.state
-                )));
-            }
-            None => ids.first().cloned(),
-        },
-        _ => ids.first().cloned(),
-    };
-    let id = chosen.ok_or_else(|| {
-        ManagerError::conflict(
-            "no active cell has an active deployment of the participant's dataspace profiles",
-        )
-    })?;
-    cells::find(conn, &id)
-        .await?
-        .ok_or_else(|| ManagerError::Corrupt(format!("cell '{id}' vanished")))
+    let ids: Vec<String> = query.fetch_all(&mut *conn).await?;
+    Ok(Some(ids.into_iter().collect()))
 }
 
 /// The template a participant's dataspace profiles (first) or cell select with

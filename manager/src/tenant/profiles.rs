@@ -12,13 +12,13 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::{VpaState, VpaTransition};
 use crate::model::{
-    CredentialSpec, DataspaceProfile, ParticipantProfile, Properties, VPA_STATE_PROPERTY,
+    Cell, CredentialSpec, DataspaceProfile, ParticipantProfile, Properties, VPA_STATE_PROPERTY,
     VPA_TYPES, Vpa, new_id, new_participant_context_id, now,
 };
 use crate::provision::{Engine, Finished, OrchestrationHooks, Start, definitions};
 use crate::query::{Field, JsonColumn, Literal, Predicate};
 use crate::store::{self, Conn, Db, Paged, Table, from_json, to_json};
-use crate::tenant::{dataspaces, placement, tenants};
+use crate::tenant::{dataspaces, migrations, placement, tenants};
 
 /// A request to deploy a participant (upstream's NewParticipantProfileDeployment).
 #[derive(Debug, Clone, Default)]
@@ -61,9 +61,13 @@ pub async fn deploy(
     tenants::get(&mut tx, tenant_id).await?;
     refuse_a_live_twin(&mut tx, &new.identifier).await?;
     let mut dataspace_profiles = joined(&mut tx, &new.dataspace_profile_ids).await?;
-    let cell =
-        placement::place(&mut tx, new.cell_id.as_deref(), &new.dataspace_profile_ids).await?;
-    store::share_row(&mut tx, Table::Cells, &cell.id).await?;
+    let needs = placement::Requirements {
+        dataspace_profile_ids: new.dataspace_profile_ids.clone(),
+        labels: placement::Requirements::labels_of(&new.properties, &dataspace_profiles)?,
+        excluded: None,
+    };
+    let policy = engine.settings().placement;
+    let cell = placement::place(&mut tx, new.cell_id.as_deref(), &needs, policy).await?;
     let mut dataspace_profile_ids = new.dataspace_profile_ids.clone();
     if dataspace_profile_ids.is_empty() {
         // Upstream's clients (JAD's) name no dataspace; the participant then gets the
@@ -118,6 +122,7 @@ pub async fn deploy(
         properties: new.properties,
         error: false,
         error_detail: None,
+        migration: None,
     };
     sqlx::query(
         "INSERT INTO participant_profiles (id, version, tenant_id, identifier, cell_id, dataspace_profile_ids,
@@ -149,21 +154,11 @@ pub async fn deploy(
                 })
         })
         .collect();
-    let vpa_data: Vec<Value> = profile
-        .vpas
-        .iter()
-        .map(|vpa| {
-            json!({"id": vpa.id, "vpaType": vpa.vpa_type, "cellId": cell.id,
-                   "externalCellId": cell.external_id, "properties": vpa.properties,
-                   // Per-cell service endpoints and settings for the plugins.
-                   "cellProperties": cell.properties})
-        })
-        .collect();
     let mut data = Map::new();
     data.insert(keys::PARTICIPANT_ID.into(), json!(profile.identifier));
     // The participant context is the profile: one stable id through migrations and upgrades.
     data.insert(keys::PARTICIPANT_CONTEXT_ID.into(), json!(profile.id));
-    data.insert(keys::VPA_DATA.into(), Value::Array(vpa_data));
+    data.insert(keys::VPA_DATA.into(), vpa_data(&profile.vpas, &cell));
     data.insert(
         keys::VPA_CREDENTIALS.into(),
         serde_json::to_value(&credentials)
@@ -183,6 +178,18 @@ pub async fn deploy(
     tx.commit().await?;
     engine.wake();
     Ok(profile)
+}
+
+/// `cfm.vpa.data`: each VPA with the cell it runs in, as plugins read it.
+pub(crate) fn vpa_data(vpas: &[Vpa], cell: &Cell) -> Value {
+    vpas.iter()
+        .map(|vpa| {
+            json!({"id": vpa.id, "vpaType": vpa.vpa_type, "cellId": cell.id,
+                   "externalCellId": cell.external_id, "properties": vpa.properties,
+                   // Per-cell service endpoints and settings for the plugins.
+                   "cellProperties": cell.properties})
+        })
+        .collect()
 }
 
 /// One DID is one participant: services key holders and credentials by it, so a second
@@ -221,10 +228,13 @@ async fn joined(conn: &mut Conn, ids: &[String]) -> Result<Vec<DataspaceProfile>
     Ok(profiles)
 }
 
-/// Reads a profile of `tenant_id`; one of another tenant is "not found".
+/// Reads a profile of `tenant_id`, with the migration under way if one is; one of
+/// another tenant is "not found".
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
     let mut conn = db.acquire().await?;
-    fetch(&mut conn, tenant_id, id).await
+    let mut profile = fetch(&mut conn, tenant_id, id).await?;
+    profile.migration = migrations::unfinished(&mut conn, id).await?;
+    Ok(profile)
 }
 
 /// Starts decommissioning a participant: its dispose orchestration runs with everything
@@ -238,6 +248,12 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
     let mut profile = fetch(&mut tx, tenant_id, id).await?;
     if profile.vpas.iter().any(|v| v.state.is_disposing_or_gone()) {
         return Ok(profile);
+    }
+    if let Some(migration) = migrations::unfinished(&mut tx, id).await? {
+        return Err(ManagerError::conflict(format!(
+            "participant profile '{id}' is being migrated (migration '{}' is {}); dispose it once the migration has ended",
+            migration.id, migration.state
+        )));
     }
     if profile.vpas.iter().any(|v| v.state == VpaState::Pending) {
         return Err(ManagerError::conflict(format!(
@@ -260,25 +276,72 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
     Ok(profile)
 }
 
-/// The processing data of a profile's latest deploy (the base keys and every deploy
-/// activity's output) and the template it ran; None before any deploy.
+/// The processing data of what last provisioned a profile where it is (the base keys and
+/// every activity's output) and the template it ran; None before any deploy.
 pub(crate) async fn last_deploy(
     conn: &mut Conn,
     profile_id: &str,
 ) -> Result<Option<(Properties, String)>> {
-    let Some(deploy) = sqlx::query(
-        "SELECT processing_data, definition_id FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2
+    Ok(last_provisioning(conn, profile_id)
+        .await?
+        .map(|p| (p.data, p.template)))
+}
+
+/// What last provisioned a participant where it is: its latest deploy, or the latest
+/// migration that completed since.
+pub(crate) struct Provisioning {
+    /// The orchestration's id.
+    pub id: String,
+    /// Its processing data, without a migration's phase.
+    pub data: Properties,
+    /// The template it ran.
+    pub template: String,
+}
+
+/// See [`Provisioning`]; None before any deploy.
+pub(crate) async fn last_provisioning(
+    conn: &mut Conn,
+    profile_id: &str,
+) -> Result<Option<Provisioning>> {
+    let Some(row) = sqlx::query(
+        "SELECT id, processing_data, definition_id FROM orchestrations WHERE correlation_id = $1
+           AND (orchestration_type = $2 OR (orchestration_type = $3 AND state = $4))
          ORDER BY created_timestamp DESC LIMIT 1",
     )
     .bind(profile_id)
     .bind(orchestration_types::VPA_DEPLOY)
+    .bind(orchestration_types::VPA_MIGRATE)
+    .bind(crate::lifecycle::OrchestrationState::Completed.code())
     .fetch_optional(&mut *conn)
     .await?
     else {
         return Ok(None);
     };
-    let data: Properties = from_json(deploy.get("processing_data"), "deploy processing data")?;
-    Ok(Some((data, deploy.get("definition_id"))))
+    provisioning(&row)
+}
+
+/// The orchestration `id` as a [`Provisioning`]; None when it is gone.
+pub(crate) async fn provisioning_by_id(conn: &mut Conn, id: &str) -> Result<Option<Provisioning>> {
+    let row =
+        sqlx::query("SELECT id, processing_data, definition_id FROM orchestrations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match row {
+        Some(row) => provisioning(&row),
+        None => Ok(None),
+    }
+}
+
+fn provisioning(row: &crate::store::Row) -> Result<Option<Provisioning>> {
+    let mut data: Properties = from_json(row.get("processing_data"), "deploy processing data")?;
+    // A migration's phase is no business of what runs next.
+    data.remove(keys::MIGRATION);
+    Ok(Some(Provisioning {
+        id: row.get("id"),
+        data,
+        template: row.get("definition_id"),
+    }))
 }
 
 /// A profile of any tenant by its id (its participant context id); None when there is none.
@@ -290,7 +353,12 @@ pub(crate) async fn find(conn: &mut Conn, id: &str) -> Result<Option<Participant
     row.map(|row| read(&row)).transpose()
 }
 
-async fn fetch(conn: &mut Conn, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
+/// A profile of `tenant_id`; one of another tenant is "not found".
+pub(crate) async fn fetch(
+    conn: &mut Conn,
+    tenant_id: &str,
+    id: &str,
+) -> Result<ParticipantProfile> {
     let row = sqlx::query(AssertSqlSafe(format!(
         "{SELECT} WHERE id = $1 AND tenant_id = $2"
     )))
@@ -388,6 +456,12 @@ impl OrchestrationHooks for ProfileLifecycle {
         conn: &mut Conn,
         finished: &Finished<'_>,
     ) -> Result<()> {
+        if finished
+            .orchestration_type
+            .starts_with(orchestration_types::VPA_MIGRATE)
+        {
+            return migrations::finished(engine, conn, finished).await;
+        }
         let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
             .bind(finished.correlation_id)
             .fetch_optional(&mut *conn)
@@ -479,13 +553,14 @@ async fn set_vpa_state(
         profile.error_detail = Some(detail.to_string());
     }
     sqlx::query(
-        "UPDATE participant_profiles SET vpas = $1, properties = $2, error = $3, error_detail = $4, version = version + 1
-         WHERE id = $5",
+        "UPDATE participant_profiles SET vpas = $1, properties = $2, error = $3, error_detail = $4, disposed = $5,
+           version = version + 1 WHERE id = $6",
     )
     .bind(to_json(&profile.vpas)?)
     .bind(to_json(&profile.properties)?)
     .bind(profile.error as i64)
     .bind(&profile.error_detail)
+    .bind((state == VpaState::Disposed) as i64)
     .bind(&profile.id)
     .execute(&mut *conn)
     .await?;
@@ -579,6 +654,7 @@ fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
         properties: from_json(row.get("properties"), "profile properties")?,
         error: row.get::<i64, _>("error") != 0,
         error_detail: row.get("error_detail"),
+        migration: None,
     })
 }
 

@@ -118,6 +118,8 @@ async fn fixture(
             state: None,
             state_timestamp: None,
             properties: Map::new(),
+            labels: Default::default(),
+            capacity: None,
         },
     )
     .await

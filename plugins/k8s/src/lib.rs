@@ -81,6 +81,17 @@ fn context_data(activity: &Activity<Settings>) -> Result<Map<String, Value>, Err
     Ok(data)
 }
 
+/// Output of a migration's deploy that found the namespace serving the source cell.
+const SHARED_CLUSTER_OUTPUT: &str = "k8sClusterSharedWith";
+
+/// The cell the participant's namespace serves, from its ConfigMap; None without one.
+fn serving_cell(namespace: &str) -> Result<Option<String>, Error> {
+    Ok(cluster::get("ConfigMap", namespace, CONFIG_MAP)
+        .context(format!("read ConfigMap {namespace}/{CONFIG_MAP}"))?
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|map| map.pointer("/data/cellId")?.as_str().map(str::to_string)))
+}
+
 fn apply(manifest: Value, what: &str) -> Result<(), Error> {
     let change = cluster::apply(&manifest.to_string()).context(format!("apply {what}"))?;
     log::info(&format!("{what}: {}", change.as_str()));
@@ -94,6 +105,14 @@ impl Plugin for K8s {
         let namespace = namespace(activity)?;
         let pc = activity.participant_context_id();
         let data = context_data(activity)?;
+        // A migration into a cell whose cluster the source shares finds the namespace
+        // serving the source; a rollback must then hand it back rather than delete it.
+        let shared_with = match activity.migration()? {
+            Some(migration) => {
+                serving_cell(&namespace)?.filter(|cell| *cell == migration.source.cell_id)
+            }
+            None => None,
+        };
 
         // apply is create-or-update, so a redelivery converges on the same objects.
         apply(
@@ -183,15 +202,47 @@ impl Plugin for K8s {
             )?;
         }
 
-        Outcome::complete(json!({
+        let mut output = json!({
             "participantContextId": pc,
             "namespace": namespace,
             "protocolEndpoint": format!("https://{host}{}", settings.protocol_path),
-        }))
+        });
+        if let Some(cell) = shared_with {
+            output[SHARED_CLUSTER_OUTPUT] = cell.into();
+        }
+        Outcome::complete(output)
     }
 
     fn dispose(activity: &Activity<Settings>) -> Result<Outcome, Error> {
         let namespace = namespace(activity)?;
+        if let Some(migration) = activity.migration()? {
+            // Each cell normally has its own cluster. Where two cells share one, the
+            // namespace is the same object in both: the ConfigMap says which cell it
+            // serves now, and a namespace serving the other cell is left alone.
+            let other = &migration.other().cell_id;
+            let shared = activity.data_value::<String>(SHARED_CLUSTER_OUTPUT)?;
+            if shared.as_ref() == Some(other) {
+                // A rollback in a shared cluster: the source's ConfigMap back, nothing deleted.
+                let mut data = context_data(activity)?;
+                data.insert("cellId".into(), other.clone().into());
+                apply(
+                    json!({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": CONFIG_MAP, "namespace": namespace,
+                                        "labels": { PARTICIPANT_LABEL: activity.participant_context_id() }},
+                           "data": data}),
+                    &format!("ConfigMap {namespace}/{CONFIG_MAP} (handed back to cell {other})"),
+                )?;
+                return Ok(Outcome::empty());
+            }
+            let serving = serving_cell(&namespace)?;
+            if serving.as_ref() == Some(other) {
+                log::info(&format!(
+                    "Namespace {namespace} serves cell {}: left in place",
+                    migration.other().cell_id
+                ));
+                return Ok(Outcome::empty());
+            }
+        }
         // Reverse order of creation: on a real cluster namespace deletion is
         // asynchronous, and touching objects inside a terminating namespace fails.
         let objects = [

@@ -16,6 +16,81 @@ pub mod keys {
     pub const VPA_CREDENTIALS: &str = "cfm.vpa.credentials";
     /// Output of the vault plugin: where the participant's API key is stored.
     pub const CREDENTIAL_PATH: &str = "credentialPath";
+    /// A migration's cells and phase: read it with [`Activity::migration`](crate::Activity::migration).
+    pub const MIGRATION: &str = "cfm.migration";
+}
+
+/// Provisions a migrating participant in its target cell (the plugin's deploy runs).
+pub const MIGRATE: &str = "cfm.orchestration.vpa.migrate";
+/// Disposes of what a migrated participant left in its source cell (dispose runs).
+pub const MIGRATE_SOURCE: &str = "cfm.orchestration.vpa.migrate.source";
+/// Disposes of what a failed migration made in its target cell (dispose runs).
+pub const MIGRATE_ROLLBACK: &str = "cfm.orchestration.vpa.migrate.rollback";
+
+/// Which part of a migration an activity runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationPhase {
+    /// Provisioning the target cell; the participant still lives in the source.
+    Target,
+    /// The participant lives in the target now; cleaning up the source.
+    Source,
+    /// Provisioning the target failed; undoing it. The participant stays in the source.
+    Rollback,
+}
+
+/// One of a migration's two cells.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationCell {
+    /// The cell's id.
+    pub cell_id: String,
+    /// Its externally visible id, when it has one.
+    #[serde(default)]
+    pub external_cell_id: Option<String>,
+    /// Its properties: per-cell service endpoints.
+    #[serde(default)]
+    pub cell_properties: Option<Map<String, Value>>,
+}
+
+impl MigrationCell {
+    /// The cell property `name` as text, if the cell has it.
+    pub fn cell_property(&self, name: &str) -> Option<&str> {
+        self.cell_properties.as_ref()?.get(name)?.as_str()
+    }
+}
+
+/// A migration as an activity sees it: the VPA data names the cell it acts on (the
+/// target in the `target` and `rollback` phases, the source in the `source` phase).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Migration {
+    /// The migration's id.
+    pub id: String,
+    /// Which part this activity runs.
+    pub phase: MigrationPhase,
+    /// The cell the participant leaves.
+    pub source: MigrationCell,
+    /// The cell it moves to.
+    pub target: MigrationCell,
+}
+
+impl Migration {
+    /// The cell this activity acts on.
+    pub fn acting(&self) -> &MigrationCell {
+        match self.phase {
+            MigrationPhase::Source => &self.source,
+            MigrationPhase::Target | MigrationPhase::Rollback => &self.target,
+        }
+    }
+
+    /// The migration's other cell: where the participant lives (or will) when this
+    /// activity's cell is being emptied, so that a backend both share is left alone.
+    pub fn other(&self) -> &MigrationCell {
+        match self.phase {
+            MigrationPhase::Source => &self.target,
+            MigrationPhase::Target | MigrationPhase::Rollback => &self.source,
+        }
+    }
 }
 
 /// Settings type for plugins that take none: accepts any settings table.
@@ -38,8 +113,10 @@ impl Operation {
     /// redelivering it will not make the plugin understand it.
     pub fn from_discriminator(discriminator: &str) -> Result<Self, Error> {
         match discriminator {
-            "cfm.orchestration.vpa.deploy" => Ok(Operation::Deploy),
-            "cfm.orchestration.vpa.dispose" => Ok(Operation::Dispose),
+            "cfm.orchestration.vpa.deploy" | MIGRATE => Ok(Operation::Deploy),
+            "cfm.orchestration.vpa.dispose" | MIGRATE_SOURCE | MIGRATE_ROLLBACK => {
+                Ok(Operation::Dispose)
+            }
             other => Err(Self::unsupported(other)),
         }
     }
@@ -126,9 +203,18 @@ impl<S> Activity<S> {
         &self.request
     }
 
-    /// Deploy, dispose, or another orchestration type (see [`Operation::Other`]).
+    /// Deploy, dispose, or another orchestration type (see [`Operation::Other`]). A
+    /// migration's phases are deploys (target) and disposes (source, rollback).
     pub fn operation(&self) -> Operation {
         self.operation
+    }
+
+    /// The migration this activity is part of; None outside migrations.
+    pub fn migration(&self) -> Result<Option<Migration>, Error> {
+        if !self.request.discriminator.starts_with(MIGRATE) {
+            return Ok(None);
+        }
+        self.data_value(keys::MIGRATION)
     }
 
     /// The plugin's settings table.

@@ -55,7 +55,10 @@ pub mod bindings {
     });
 }
 
-pub use activity::{Activity, NoSettings, Operation, Outcome, Plugin, Vpa, execute, keys};
+pub use activity::{
+    Activity, Migration, MigrationCell, MigrationPhase, NoSettings, Operation, Outcome, Plugin,
+    Vpa, execute, keys,
+};
 pub use bindings::cfm::plugin::types::{
     ActivityRequest, ActivityResult, CapabilityError, Change, Reschedule,
 };

@@ -54,6 +54,15 @@ impl Plugin for Vault {
     }
 
     fn dispose(activity: &Activity<Settings>) -> Result<Outcome, Error> {
+        if let Some(migration) = activity.migration()? {
+            // One secrets store serves every cell: the participant keeps its secrets
+            // wherever it lives, so neither leaving a cell nor a rollback removes them.
+            log::info(&format!(
+                "migration {} ({:?}): secrets stay, the secrets store is shared by every cell",
+                migration.id, migration.phase
+            ));
+            return Ok(Outcome::empty());
+        }
         if activity.settings().runtime_access {
             let root = activity.secrets_root();
             let existed =

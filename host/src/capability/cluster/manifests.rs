@@ -16,6 +16,41 @@ use crate::capability::files::{self, blocking};
 
 use super::{ClusterBackend, ObjectRef};
 
+/// One [`ManifestCluster`] per cell, each in `<root>/<cell id>/`, made on first use.
+pub struct FolderPerCell {
+    root: PathBuf,
+    cells: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<ManifestCluster>>>,
+}
+
+impl FolderPerCell {
+    /// Cells' folders under `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            cells: Default::default(),
+        }
+    }
+
+    /// The cell's cluster; None for an id that is not a plain name (ids are UUIDs the
+    /// manager chose), so that no id reaches outside `root`.
+    pub fn cell(&self, cell: &str) -> Option<std::sync::Arc<ManifestCluster>> {
+        let plain = !cell.is_empty()
+            && cell.len() <= 64
+            && cell
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !cell.starts_with('_');
+        if !plain {
+            return None;
+        }
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        let cluster = cells
+            .entry(cell.to_string())
+            .or_insert_with(|| std::sync::Arc::new(ManifestCluster::new(self.root.join(cell))));
+        Some(cluster.clone())
+    }
+}
+
 /// Cluster objects as YAML manifests in a folder.
 pub struct ManifestCluster {
     root: PathBuf,

@@ -47,6 +47,8 @@ pub(crate) async fn create_cell(
         state: body.state,
         state_timestamp: body.state_timestamp,
         properties: body.properties,
+        labels: body.labels,
+        capacity: body.capacity,
     };
     Ok((
         StatusCode::CREATED,
@@ -72,6 +74,117 @@ pub(crate) async fn get_cell(
     let mut conn = state.engine.db().acquire().await?;
     let cell = cells::get(&mut conn, &id).await?;
     Ok((etag(cell.version), Json(cell)))
+}
+
+/// Changes a cell's state (`active` ⇄ `cordoned`, ...), labels, capacity or properties.
+/// `If-Match` (or the body's `version`) makes it conditional on the version the client read.
+#[utoipa::path(
+    patch,
+    path = "/cells/{id}",
+    tag = "cells",
+    summary = "Change a cell's state, labels, capacity or properties",
+    params(("id" = String, Path, description = "Cell id"), ("If-Match" = Option<String>, Header, description = "Version the change is based on, e.g. \"3\"; a stale one is a 409")),
+    request_body = CellPatch,
+    responses(
+        (status = 200, description = "The changed cell, with its usage", body = Cell),
+        (status = 400, description = "Malformed body, a state only a drain sets, bad labels or capacity", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "Stale version, or the cell is being drained", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(crate) async fn patch_cell(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CellPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let expected = if_match(&headers)?.or(body.version);
+    let patch = cells::Patch {
+        state: body.state,
+        labels: body.labels,
+        removed_labels: body.removed_labels,
+        capacity: body.capacity,
+        properties: body.properties,
+        removed_properties: body.removed_properties,
+    };
+    let cell = cells::patch(state.engine.db(), &id, patch, expected).await?;
+    Ok((etag(cell.version), Json(cell)))
+}
+
+/// Starts moving every participant out of the cell (see the operator guide); asking
+/// again while a drain is under way answers that drain.
+#[utoipa::path(
+    post,
+    path = "/cells/{id}/drain",
+    tag = "cells",
+    summary = "Drain a cell: move its participants to other cells",
+    params(("id" = String, Path, description = "Cell id")),
+    request_body = NewDrain,
+    responses(
+        (status = 202, description = "The drain, with its progress", body = Drain),
+        (status = 400, description = "Malformed body or parallelism", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(crate) async fn drain_cell(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<NewDrain>,
+) -> ApiResult<impl IntoResponse> {
+    let drain = drains::start(&state.engine, &id, body.parallelism).await?;
+    Ok((StatusCode::ACCEPTED, Json(drain)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/cells/{id}/drain",
+    tag = "cells",
+    summary = "Read the progress of a cell's latest drain",
+    params(("id" = String, Path, description = "Cell id")),
+    responses(
+        (status = 200, description = "The drain, with its progress", body = Drain),
+        (status = 404, description = "No such cell, or it was never drained", body = ErrorBody)
+    )
+)]
+pub(crate) async fn get_drain(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(drains::latest(&state.engine, &id).await?))
+}
+
+/// `pause`, `resume` or `cancel` the cell's latest drain.
+#[utoipa::path(
+    post,
+    path = "/cells/{id}/drain/{action}",
+    tag = "cells",
+    summary = "Pause, resume or cancel a cell's drain",
+    params(("id" = String, Path, description = "Cell id"), ("action" = String, Path, description = "pause, resume or cancel")),
+    responses(
+        (status = 200, description = "The drain, with its progress", body = Drain),
+        (status = 400, description = "An unknown action", body = ErrorBody),
+        (status = 404, description = "No such cell, or it was never drained", body = ErrorBody),
+        (status = 409, description = "The drain has finished", body = ErrorBody)
+    )
+)]
+pub(crate) async fn control_drain(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let control = match action.as_str() {
+        "pause" => drains::Control::Pause,
+        "resume" => drains::Control::Resume,
+        "cancel" => drains::Control::Cancel,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the action is pause, resume or cancel",
+            ));
+        }
+    };
+    Ok(Json(drains::control(&state.engine, &id, control).await?))
 }
 
 #[utoipa::path(

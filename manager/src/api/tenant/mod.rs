@@ -12,14 +12,16 @@ use axum::{Extension, Json, Router};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::requests::{
-    NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewParticipantProfileDeployment,
-    NewTenant, QueryRequest, TenantPatch,
+    CellPatch, NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewDrain, NewMigration,
+    NewParticipantProfileDeployment, NewTenant, QueryRequest, TenantPatch,
 };
 use super::{AppState, Caller};
-use crate::model::{Cell, DataspaceDeployment, DataspaceProfile, ParticipantProfile, Tenant};
+use crate::model::{
+    Cell, DataspaceDeployment, DataspaceProfile, Drain, Migration, ParticipantProfile, Tenant,
+};
 use crate::query::{Literal, Predicate};
 use crate::store::{Page, Paged};
-use crate::tenant::{cells, dataspaces, profiles, tenants};
+use crate::tenant::{cells, dataspaces, drains, migrations, profiles, tenants};
 
 pub fn routes() -> Router<AppState> {
     use infrastructure::*;
@@ -40,7 +42,16 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/participant-profiles/query", post(query_profiles))
         .route("/cells", get(list_cells).post(create_cell))
-        .route("/cells/{id}", get(get_cell).delete(delete_cell))
+        .route(
+            "/cells/{id}",
+            get(get_cell).patch(patch_cell).delete(delete_cell),
+        )
+        .route("/cells/{id}/drain", get(get_drain).post(drain_cell))
+        .route("/cells/{id}/drain/{action}", post(control_drain))
+        .route(
+            "/tenants/{tid}/participant-profiles/{pid}/migrations",
+            get(list_migrations).post(migrate_profile),
+        )
         .route(
             "/dataspace-profiles",
             get(list_dataspaces).post(create_dataspace),
@@ -410,4 +421,49 @@ impl Caller {
             None => predicate,
         }
     }
+}
+
+/// Moves the participant to another cell, make-before-break: it is provisioned in the
+/// target, routing and its VPAs switch, then its source is disposed of. It stays `active`
+/// throughout; a failure before the switch leaves it where it was.
+#[utoipa::path(
+    post,
+    path = "/tenants/{tid}/participant-profiles/{pid}/migrations",
+    tag = "participant profiles",
+    summary = "Migrate a participant to another cell",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    request_body = NewMigration,
+    responses(
+        (status = 202, description = "The migration, started", body = Migration),
+        (status = 400, description = "Malformed body, or no such target cell", body = ErrorBody),
+        (status = 404, description = "No such tenant or profile", body = ErrorBody),
+        (status = 409, description = "Not active, migrating already, already in the target, or the target cannot take it (reason no-cell-fits, with the reason in details)", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn migrate_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+    JsonBody(body): JsonBody<NewMigration>,
+) -> ApiResult<impl IntoResponse> {
+    let migration = migrations::start(&state.engine, &tid, &pid, &body.target_cell_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(migration)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/tenants/{tid}/participant-profiles/{pid}/migrations",
+    tag = "participant profiles",
+    summary = "A participant's migrations, newest first",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    responses(
+        (status = 200, description = "Its migrations", body = [Migration]),
+        (status = 404, description = "No such tenant or profile", body = ErrorBody)
+    )
+)]
+pub(super) async fn list_migrations(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(migrations::list(&state.engine, &tid, &pid).await?))
 }

@@ -44,6 +44,8 @@ pub struct EngineSettings {
     pub retry_max_ms: u64,
     /// Longest reschedule delay honoured.
     pub max_reschedule_ms: u64,
+    /// How the tenant manager places participants in cells; the engine itself ignores it.
+    pub placement: crate::model::PlacementPolicy,
 }
 
 impl EngineSettings {
@@ -59,6 +61,7 @@ impl Default for EngineSettings {
             retry_base_ms: 1_000,
             retry_max_ms: 60_000,
             max_reschedule_ms: 3_600_000,
+            placement: crate::model::PlacementPolicy::default(),
         }
     }
 }

@@ -1,0 +1,438 @@
+//! Fleet operations: cells with capacity and labels, placement, migrating a participant
+//! between cells (and a migration that fails before its switch), and draining a cell,
+//! through the real `cfm serve` with the built-in plugins on the embedded backends (one
+//! cluster folder per cell, one zone file), and concurrent placement on two `cfm manager`
+//! replicas sharing PostgreSQL.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cfm_manager::on_both_backends;
+use cfm_manager::testing::TestBackend;
+use cfm_test_support::{Api, Deployment, Server, nats_url};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both_backends!(cells_place_migrate_and_drain);
+
+async fn cells_place_migrate_and_drain(backend: TestBackend) {
+    let server = Server::start_on(backend, &["--no-seed"]).await;
+    let api = server.client();
+    template(&api).await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant = tenant["id"].as_str().unwrap().to_string();
+    let cells: Vec<String> = create_cells(&api, &["a", "b", "c"], 2).await;
+
+    // Versions and states of cells.
+    let (status, _) = api
+        .call(
+            Method::PATCH,
+            &format!("/cells/{}", cells[0]),
+            Some(json!({"labels": {"tier": "gold"}})),
+            Some("\"7\""),
+        )
+        .await;
+    assert_eq!(status, 409, "a stale If-Match");
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            &format!("/cells/{}", cells[0]),
+            Some(json!({"state": "draining"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Spread placement: two participants per cell, then nothing fits.
+    let mut profiles = Vec::new();
+    for i in 0..6 {
+        profiles.push(onboard(&api, &tenant, i, json!({})).await);
+    }
+    for id in &profiles {
+        api.wait_active(&tenant, id, Duration::from_secs(60)).await;
+    }
+    for cell in api.get_json("/cells").await.as_array().unwrap() {
+        assert_eq!(cell["usage"]["participants"], 2, "{cell}");
+        assert_eq!(cell["usage"]["utilisation"], 1.0, "{cell}");
+    }
+    let (status, refused) = deploy(&api, &tenant, 6, json!({})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["reason"], "no-cell-fits");
+    let reasons = refused["details"]["cells"].as_array().unwrap();
+    assert_eq!(reasons.len(), 3, "{refused}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r["reason"].as_str().unwrap().starts_with("is full")),
+        "{refused}"
+    );
+
+    // Labels: a fourth cell in another region takes only who asks for it.
+    let d = create_cell(&api, "d", 10, "us").await;
+    let (status, refused) = deploy(
+        &api,
+        &tenant,
+        7,
+        json!({"cfm.requiredCellLabels": {"region": "mars"}}),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(
+        refused
+            .to_string()
+            .contains("has label region=us, not mars"),
+        "{refused}"
+    );
+    let placed = onboard(
+        &api,
+        &tenant,
+        8,
+        json!({"cfm.requiredCellLabels": {"region": "us"}}),
+    )
+    .await;
+    let placed = api
+        .wait_active(&tenant, &placed, Duration::from_secs(60))
+        .await;
+    assert_eq!(placed["vpas"][0]["cellId"], d);
+
+    // A live migration, make-before-break.
+    let moving = &profiles[0];
+    let source = cell_of(&api, &tenant, moving).await;
+    let migration = api
+        .post_ok(
+            &format!("/tenants/{tenant}/participant-profiles/{moving}/migrations"),
+            json!({"targetCellId": d}),
+            202,
+        )
+        .await;
+    assert_eq!(migration["state"], "provisioning");
+    let during = api
+        .get_json(&format!("/tenants/{tenant}/participant-profiles/{moving}"))
+        .await;
+    assert!(
+        during["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "active"),
+        "{during}"
+    );
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/tenants/{tenant}/participant-profiles/{moving}/migrations"),
+            Some(json!({"targetCellId": d})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "one migration of a participant at a time");
+    let done = wait_migration(&api, &tenant, moving, "completed").await;
+    assert_eq!(done["sourceCellId"], source);
+    assert_eq!(cell_of(&api, &tenant, moving).await, d);
+    let data = server.data_dir();
+    assert!(
+        !namespace_in(&data, &source, moving),
+        "the source still holds the namespace: {}",
+        server.log()
+    );
+    assert!(
+        namespace_in(&data, &d, moving),
+        "the target lacks the namespace"
+    );
+    let config_map = std::fs::read_to_string(data.join(format!(
+        "cluster/{d}/cfm-{moving}/ConfigMap/participant-context.yaml"
+    )))
+    .unwrap();
+    assert!(config_map.contains(&d), "{config_map}");
+    assert_eq!(record(&data, moving), "d.cells.cfm.local.");
+
+    // A migration that fails before its switch (the target cell's DNS target is refused)
+    // rolls back: the participant stays active in its source, the target holds nothing.
+    let broken = create_cell(&api, "e", 5, "eu").await;
+    api.call(
+        Method::PATCH,
+        &format!("/cells/{broken}"),
+        Some(json!({"properties": {"dnsTarget": "bad;target"}})),
+        None,
+    )
+    .await;
+    let unlucky = &profiles[1];
+    let home = cell_of(&api, &tenant, unlucky).await;
+    api.post_ok(
+        &format!("/tenants/{tenant}/participant-profiles/{unlucky}/migrations"),
+        json!({"targetCellId": broken}),
+        202,
+    )
+    .await;
+    let rolled_back = wait_migration(&api, &tenant, unlucky, "rolled-back").await;
+    assert!(
+        rolled_back["errorDetail"]
+            .as_str()
+            .unwrap()
+            .contains("record data"),
+        "{rolled_back}"
+    );
+    let after = api
+        .get_json(&format!("/tenants/{tenant}/participant-profiles/{unlucky}"))
+        .await;
+    assert!(
+        after["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "active" && v["cellId"] == home.as_str()),
+        "{after}"
+    );
+    assert!(
+        !namespace_in(&data, &broken, unlucky),
+        "the failed target keeps objects"
+    );
+    assert!(namespace_in(&data, &home, unlucky));
+    assert!(
+        record(&data, unlucky).starts_with(&name_of(&api, &home).await),
+        "routing left the source"
+    );
+    let broken_cell = api.get_json(&format!("/cells/{broken}")).await;
+    assert_eq!(broken_cell["usage"]["participants"], 0);
+    assert_eq!(broken_cell["usage"]["arriving"], 0);
+    api.call(
+        Method::PATCH,
+        &format!("/cells/{broken}"),
+        Some(json!({"state": "cordoned"})),
+        None,
+    )
+    .await;
+
+    // Draining the unlucky participant's cell moves everyone out, two at a time.
+    api.call(
+        Method::PATCH,
+        &format!("/cells/{d}"),
+        Some(json!({"capacity": {"maxParticipants": 20}})),
+        None,
+    )
+    .await;
+    let before = api.get_json(&format!("/cells/{home}")).await;
+    let drain = api
+        .post_ok(
+            &format!("/cells/{home}/drain"),
+            json!({"parallelism": 2}),
+            202,
+        )
+        .await;
+    assert_eq!(drain["state"], "running");
+    assert_eq!(drain["total"], before["usage"]["participants"]);
+    assert!(drain["total"].as_i64().unwrap() >= 1);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let drain = loop {
+        let drain = api.get_json(&format!("/cells/{home}/drain")).await;
+        if drain["state"] == "completed" {
+            break drain;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drain did not finish: {drain}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(drain["moved"], before["usage"]["participants"], "{drain}");
+    let drained = api.get_json(&format!("/cells/{home}")).await;
+    assert_eq!(drained["state"], "drained");
+    assert_eq!(drained["usage"]["participants"], 0);
+    assert_eq!(
+        namespaces(&data, &home),
+        0,
+        "the drained cell holds objects"
+    );
+    let (status, _) = deploy(&api, &tenant, 9, json!({})).await;
+    assert_eq!(status, 202, "the other cells take new participants");
+
+    // End state: every participant active, with exactly one set of objects, in its cell,
+    // and its name pointing there.
+    let mut everyone = profiles.clone();
+    everyone.push(placed["id"].as_str().unwrap().to_string());
+    for id in &everyone {
+        let profile = api.wait_active(&tenant, id, Duration::from_secs(60)).await;
+        let cell = profile["vpas"][0]["cellId"].as_str().unwrap().to_string();
+        let holding: Vec<&String> = [&cells[0], &cells[1], &cells[2], &d, &broken]
+            .into_iter()
+            .filter(|c| namespace_in(&data, c, id))
+            .collect();
+        assert_eq!(holding, [&cell], "participant {id}");
+        assert!(
+            record(&data, id).starts_with(&name_of(&api, &cell).await),
+            "participant {id}"
+        );
+    }
+}
+
+/// 32 onboardings from 16 clients spread over two `cfm manager` replicas on one
+/// PostgreSQL: the cells' 10 places are taken exactly, never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_placement_never_overfills_a_cell() {
+    let deployment = Deployment::start(&nats_url(), 2).await;
+    let apis = [deployment.api(0), deployment.api(1)];
+    template(&apis[0]).await;
+    let tenant = apis[0].post_ok("/tenants", json!({}), 201).await;
+    let tenant = tenant["id"].as_str().unwrap().to_string();
+    let cells = create_cells(&apis[0], &["a", "b"], 5).await;
+    let mut clients = Vec::new();
+    for client in 0..16 {
+        let api = apis[client % 2].clone();
+        let tenant = tenant.clone();
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for n in 0..2 {
+                let (status, body) = deploy(&api, &tenant, 100 + client * 2 + n, json!({})).await;
+                assert!(
+                    status == 202 || (status == 409 && body["reason"] == "no-cell-fits"),
+                    "{status} {body}"
+                );
+                statuses.push(status);
+            }
+            statuses
+        }));
+    }
+    let mut accepted = 0;
+    for client in clients {
+        accepted += client.await.unwrap().iter().filter(|s| **s == 202).count();
+    }
+    assert_eq!(accepted, 10);
+    for cell in &cells {
+        let cell = apis[1].get_json(&format!("/cells/{cell}")).await;
+        assert_eq!(cell["usage"]["participants"], 5, "{cell}");
+    }
+}
+
+/// Activity definitions and a template of the three local plugins: vault, then k8s,
+/// then DNS (routing switches last), disposed in reverse.
+async fn template(api: &Api) {
+    for activity_type in [
+        "cfm.vault.credentials",
+        "cfm.k8s.runtime",
+        "cfm.dns.routing",
+    ] {
+        api.post_ok(
+            "/activity-definitions",
+            json!({"type": activity_type, "description": "fleet"}),
+            201,
+        )
+        .await;
+    }
+    api.post_ok(
+        "/orchestration-definitions",
+        json!({"activities": {
+            "cfm.orchestration.vpa.deploy": [
+                {"id": "vault", "type": "cfm.vault.credentials"},
+                {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["vault"]},
+                {"id": "dns", "type": "cfm.dns.routing", "dependsOn": ["k8s"]}],
+            "cfm.orchestration.vpa.dispose": [
+                {"id": "dns", "type": "cfm.dns.routing"},
+                {"id": "k8s", "type": "cfm.k8s.runtime", "dependsOn": ["dns"]},
+                {"id": "vault", "type": "cfm.vault.credentials", "dependsOn": ["k8s"]}]}}),
+        201,
+    )
+    .await;
+}
+
+async fn create_cells(api: &Api, names: &[&str], capacity: i64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for name in names {
+        ids.push(create_cell(api, name, capacity, "eu").await);
+    }
+    ids
+}
+
+async fn create_cell(api: &Api, name: &str, capacity: i64, region: &str) -> String {
+    let cell = api
+        .post_ok(
+            "/cells",
+            json!({"externalId": name, "labels": {"region": region},
+                   "capacity": {"maxParticipants": capacity}}),
+            201,
+        )
+        .await;
+    assert_eq!(cell["usage"]["participants"], 0);
+    cell["id"].as_str().unwrap().to_string()
+}
+
+async fn deploy(api: &Api, tenant: &str, n: usize, properties: Value) -> (u16, Value) {
+    api.call(
+        Method::POST,
+        &format!("/tenants/{tenant}/participant-profiles"),
+        Some(json!({"identifier": format!("did:web:p{n}.example"), "properties": properties})),
+        None,
+    )
+    .await
+}
+
+async fn onboard(api: &Api, tenant: &str, n: usize, properties: Value) -> String {
+    let (status, profile) = deploy(api, tenant, n, properties).await;
+    assert_eq!(status, 202, "{profile}");
+    profile["id"].as_str().unwrap().to_string()
+}
+
+async fn cell_of(api: &Api, tenant: &str, profile: &str) -> String {
+    let profile = api
+        .get_json(&format!("/tenants/{tenant}/participant-profiles/{profile}"))
+        .await;
+    profile["vpas"][0]["cellId"].as_str().unwrap().to_string()
+}
+
+/// The external id a cell's DNS target starts with.
+async fn name_of(api: &Api, cell: &str) -> String {
+    let cell = api.get_json(&format!("/cells/{cell}")).await;
+    format!("{}.", cell["externalId"].as_str().unwrap())
+}
+
+async fn wait_migration(api: &Api, tenant: &str, profile: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let history = api
+            .get_json(&format!(
+                "/tenants/{tenant}/participant-profiles/{profile}/migrations"
+            ))
+            .await;
+        let latest = history[0].clone();
+        if latest["state"] == state {
+            return latest;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "migration never reached {state}: {latest}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn namespace_in(data: &Path, cell: &str, pc: &str) -> bool {
+    data.join(format!("cluster/{cell}/_cluster/Namespace/cfm-{pc}.yaml"))
+        .exists()
+        || data
+            .join(format!(
+                "cluster/{cell}/cfm-{pc}/ConfigMap/participant-context.yaml"
+            ))
+            .exists()
+}
+
+fn namespaces(data: &Path, cell: &str) -> usize {
+    std::fs::read_dir(data.join(format!("cluster/{cell}/_cluster/Namespace")))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+/// The CNAME target of a participant's name in the embedded zone file.
+fn record(data: &Path, pc: &str) -> String {
+    let zone = std::fs::read_to_string(data.join("dns/participants.cfm.local.zone")).unwrap();
+    let records: HashMap<&str, &str> = zone
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() == 5 && fields[3] == "CNAME").then(|| (fields[0], fields[4]))
+        })
+        .collect();
+    records
+        .get(pc)
+        .unwrap_or_else(|| panic!("no record for {pc}: {zone}"))
+        .to_string()
+}
