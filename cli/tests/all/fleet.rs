@@ -14,7 +14,7 @@ use cfm_test_support::{Api, Deployment, Server, nats_url};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-on_both_backends!(cells_place_migrate_and_drain);
+on_both_backends!(cells_place_migrate_and_drain, fleet_routes_refuse_bad_input);
 
 async fn cells_place_migrate_and_drain(backend: TestBackend) {
     let server = Server::start_on(backend, &["--no-seed"]).await;
@@ -264,6 +264,213 @@ async fn cells_place_migrate_and_drain(backend: TestBackend) {
             "participant {id}"
         );
     }
+}
+
+/// Every input the fleet routes take, malformed or out of bounds: a clear 4xx naming the
+/// problem, never a 5xx; and a tenant's own token cannot move its participants.
+async fn fleet_routes_refuse_bad_input(backend: TestBackend) {
+    let server = Server::start_on(backend, &["--no-seed"]).await;
+    let api = server.client();
+    template(&api).await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant = tenant["id"].as_str().unwrap().to_string();
+    let cell = create_cell(&api, "a", 5, "eu").await;
+    let profile = onboard(&api, &tenant, 0, json!({})).await;
+    api.wait_active(&tenant, &profile, Duration::from_secs(60))
+        .await;
+    let many_labels: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let cases = [
+        (
+            Method::POST,
+            "/cells".to_string(),
+            json!({"labels": {"": "x"}}),
+            400,
+            "labels",
+        ),
+        (
+            Method::POST,
+            "/cells".into(),
+            json!({"labels": {"k": "a\nb"}}),
+            400,
+            "control",
+        ),
+        (
+            Method::POST,
+            "/cells".into(),
+            json!({"capacity": {"maxParticipants": -1}}),
+            400,
+            "negative",
+        ),
+        (
+            Method::POST,
+            "/cells".into(),
+            json!({"capacity": {"maxParticipants": "many"}}),
+            400,
+            "Invalid request",
+        ),
+        (
+            Method::POST,
+            "/cells".into(),
+            json!({"state": "draining"}),
+            400,
+            "POST /cells/{id}/drain",
+        ),
+        (
+            Method::POST,
+            "/cells".into(),
+            json!({"state": "sleepy"}),
+            400,
+            "is not one of",
+        ),
+        (
+            Method::PATCH,
+            format!("/cells/{cell}"),
+            json!({"labels": many_labels}),
+            400,
+            "at most 64 labels",
+        ),
+        (
+            Method::PATCH,
+            format!("/cells/{cell}"),
+            json!({"colour": "red"}),
+            400,
+            "unknown field",
+        ),
+        (
+            Method::PATCH,
+            format!("/cells/{cell}"),
+            json!({"state": "drained"}),
+            400,
+            "drain",
+        ),
+        (
+            Method::PATCH,
+            "/cells/nope".into(),
+            json!({"state": "cordoned"}),
+            404,
+            "not found",
+        ),
+        (
+            Method::POST,
+            format!("/cells/{cell}/drain"),
+            json!({"parallelism": 0}),
+            400,
+            "parallelism",
+        ),
+        (
+            Method::POST,
+            format!("/cells/{cell}/drain"),
+            json!({"parallelism": 100000}),
+            400,
+            "parallelism",
+        ),
+        (
+            Method::POST,
+            format!("/cells/{cell}/drain"),
+            json!({"speed": 1}),
+            400,
+            "unknown field",
+        ),
+        (
+            Method::POST,
+            "/cells/nope/drain".into(),
+            json!({}),
+            404,
+            "not found",
+        ),
+        (
+            Method::GET,
+            format!("/cells/{cell}/drain"),
+            Value::Null,
+            404,
+            "has not been drained",
+        ),
+        (
+            Method::POST,
+            format!("/cells/{cell}/drain/pause"),
+            Value::Null,
+            404,
+            "has not been drained",
+        ),
+        (
+            Method::POST,
+            format!("/cells/{cell}/drain/explode"),
+            Value::Null,
+            400,
+            "pause, resume or cancel",
+        ),
+        (
+            Method::POST,
+            format!("/tenants/{tenant}/participant-profiles/{profile}/migrations"),
+            json!({}),
+            400,
+            "targetCellId",
+        ),
+        (
+            Method::POST,
+            format!("/tenants/{tenant}/participant-profiles/{profile}/migrations"),
+            json!({"targetCellId": "nope"}),
+            400,
+            "does not exist",
+        ),
+        (
+            Method::POST,
+            format!("/tenants/{tenant}/participant-profiles/{profile}/migrations"),
+            json!({"targetCellId": cell}),
+            409,
+            "already",
+        ),
+        (
+            Method::POST,
+            format!("/tenants/{tenant}/participant-profiles/nope/migrations"),
+            json!({"targetCellId": cell}),
+            404,
+            "not found",
+        ),
+        (
+            Method::POST,
+            format!("/tenants/{tenant}/participant-profiles"),
+            json!({"identifier": "did:web:q.example", "properties": {"cfm.requiredCellLabels": "eu"}}),
+            400,
+            "must be an object",
+        ),
+        (
+            Method::POST,
+            format!("/tenants/{tenant}/participant-profiles"),
+            json!({"identifier": "did:web:q.example", "properties": {"cfm.requiredCellLabels": {"region": 1}}}),
+            400,
+            "must be a string",
+        ),
+    ];
+    for (method, path, body, status, says) in cases {
+        let body = (!body.is_null()).then_some(body);
+        let (got, answer) = api.call(method.clone(), &path, body, None).await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        assert!(
+            answer.to_string().contains(says),
+            "{method} {path}: {answer}"
+        );
+    }
+    // The cell is untouched by all of it.
+    let unchanged = api.get_json(&format!("/cells/{cell}")).await;
+    assert_eq!(unchanged["version"], 0, "{unchanged}");
+    assert_eq!(unchanged["state"], "active");
+
+    let own = server.client_with(server.tenant_token(&tenant, &cfm_manager::auth::ALL_SCOPES));
+    let path = format!("/tenants/{tenant}/participant-profiles/{profile}/migrations");
+    let (status, answer) = own
+        .call(
+            Method::POST,
+            &path,
+            Some(json!({"targetCellId": cell})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.to_string().contains("operator"), "{answer}");
+    let (status, history) = own.call(Method::GET, &path, None, None).await;
+    assert_eq!((status, history), (200, json!([])));
 }
 
 /// 32 onboardings from 16 clients spread over two `cfm manager` replicas on one

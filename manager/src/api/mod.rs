@@ -219,9 +219,6 @@ fn confine(tenant: &str, route: &str, path: &str, method: &Method) -> Result<(),
         // The handlers narrow these to the caller's tenant.
         return Ok(());
     }
-    if route.ends_with("/migrations") && !read {
-        return forbidden("migrate participants: moving between cells is the operator's");
-    }
     if route.starts_with("/tenants/{") {
         // The id as sent, before any decoding: an id that only decodes to the tenant's
         // is refused too, which costs nothing since ids are plain UUIDs.
@@ -229,13 +226,16 @@ fn confine(tenant: &str, route: &str, path: &str, method: &Method) -> Result<(),
             .strip_prefix("/tenants/")
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_default();
-        if id == tenant {
-            return Ok(());
+        if id != tenant {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("tenant '{id}' not found"),
+            ));
         }
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("tenant '{id}' not found"),
-        ));
+        if route.ends_with("/migrations") && !read {
+            return forbidden("migrate participants: moving between cells is the operator's");
+        }
+        return Ok(());
     }
     if route == "/tenants" {
         return if read {
