@@ -149,14 +149,6 @@ impl MigrationState {
     pub const RESERVING_SQL: &str = "'provisioning', 'rolling-back'";
     /// States in which a migration failed to move its participant, in SQL.
     pub const UNMOVED_SQL: &str = "'rolled-back', 'failed'";
-
-    /// Whether the migration has ended.
-    pub fn is_finished(self) -> bool {
-        !matches!(
-            self,
-            Self::Provisioning | Self::Switched | Self::RollingBack
-        )
-    }
 }
 
 /// Where the draining of a cell stands: `running` ⇄ `paused`, then `completed` (the
@@ -175,13 +167,6 @@ pub enum DrainState {
     Cancelled,
     /// Participants remain that could not be moved.
     Stalled,
-}
-
-impl DrainState {
-    /// Whether a drain in this state still owns its cell.
-    pub fn is_unfinished(self) -> bool {
-        matches!(self, Self::Running | Self::Paused)
-    }
 }
 
 macro_rules! stored_as_text {

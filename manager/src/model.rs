@@ -46,7 +46,8 @@ pub struct Cell {
     pub version: i64,
     /// The cluster's own id; unique among cells unless empty. Requests may name the cell by it.
     pub external_id: String,
-    /// One of [`CELL_STATES`]; only an `active` cell takes new participants.
+    /// One of upstream's [`DEPLOYMENT_STATES`] or cfm's [`FLEET_CELL_STATES`]; only an
+    /// `active` cell takes new participants.
     pub state: String,
     /// When the cell entered its state (RFC 3339).
     pub state_timestamp: String,
@@ -122,24 +123,16 @@ impl std::str::FromStr for PlacementPolicy {
 /// its participants need: `{"region": "eu"}`.
 pub const REQUIRED_CELL_LABELS_PROPERTY: &str = "cfm.requiredCellLabels";
 
-/// Lifecycle states of cells: upstream's [`DEPLOYMENT_STATES`] and cfm's fleet states.
-/// `cordoned` takes no new participants, `draining` has its participants moved out,
-/// `drained` is empty and takes none.
-pub const CELL_STATES: &[&str] = &[
-    "initial",
-    "pending",
-    "active",
-    "disposing",
-    "disposed",
-    "locked",
-    "offline",
-    "error",
-    "cordoned",
-    "draining",
-    "drained",
-];
+/// cfm's own cell states, beside upstream's [`DEPLOYMENT_STATES`]: `cordoned` takes no new
+/// participants, `draining` has its participants moved out, `drained` is empty and takes none.
+pub const FLEET_CELL_STATES: &[&str] = &["cordoned", "draining", "drained"];
 
-/// Lifecycle states of deployments.
+/// Whether `state` is a cell state: one of upstream's or of [`FLEET_CELL_STATES`].
+pub fn is_cell_state(state: &str) -> bool {
+    DEPLOYMENT_STATES.contains(&state) || FLEET_CELL_STATES.contains(&state)
+}
+
+/// Lifecycle states of deployments (upstream's), which cells share.
 pub const DEPLOYMENT_STATES: &[&str] = &[
     "initial",
     "pending",

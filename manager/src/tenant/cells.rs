@@ -6,7 +6,10 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::MigrationState;
-use crate::model::{CELL_STATES, Cell, CellCapacity, CellUsage, Properties, new_id, now};
+use crate::model::{
+    Cell, CellCapacity, CellUsage, DEPLOYMENT_STATES, FLEET_CELL_STATES, Properties, is_cell_state,
+    new_id, now,
+};
 use crate::store::{self, Conn, Db, Page, Paged, Table, from_json, to_json};
 use crate::tenant::{drains, profiles, tenants};
 
@@ -14,7 +17,7 @@ use crate::tenant::{drains, profiles, tenants};
 pub struct NewCell {
     /// The cluster's own id; unique among cells unless empty.
     pub external_id: String,
-    /// One of [`CELL_STATES`] but `draining` and `drained`; `active` when absent.
+    /// A cell state (see [`is_cell_state`]) but `draining` and `drained`; `active` when absent.
     pub state: Option<String>,
     /// When the cell entered its state (RFC 3339), kept as given; now when absent.
     pub state_timestamp: Option<String>,
@@ -29,7 +32,7 @@ pub struct NewCell {
 /// A change to a cell: what is present is set, the rest stays.
 #[derive(Debug, Default)]
 pub struct Patch {
-    /// The new state: any of [`CELL_STATES`] but `draining` (a drain sets it) and `drained`.
+    /// The new state: any cell state but `draining` (a drain sets it) and `drained`.
     pub state: Option<String>,
     /// Labels to set (replacing their values).
     pub labels: BTreeMap<String, String>,
@@ -95,11 +98,7 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
 /// A page of cells, sorted by id, each with its usage.
 pub async fn list(db: &Db, page: Page) -> Result<Paged<Cell>> {
     let (rows, total) = store::paged(db, SELECT, None, page).await?;
-    let mut items = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
-    let usage = usage(&mut *db.acquire().await?).await?;
-    for cell in &mut items {
-        cell.usage = with_utilisation(usage.get(&cell.id).copied(), cell.capacity);
-    }
+    let items = with_usage(&mut *db.acquire().await?, &rows).await?;
     Ok(Paged { items, total, page })
 }
 
@@ -120,12 +119,7 @@ pub async fn all(conn: &mut Conn) -> Result<Vec<Cell>> {
     let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} ORDER BY id")))
         .fetch_all(&mut *conn)
         .await?;
-    let mut cells = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
-    let usage = usage(conn).await?;
-    for cell in &mut cells {
-        cell.usage = with_utilisation(usage.get(&cell.id).copied(), cell.capacity);
-    }
-    Ok(cells)
+    with_usage(conn, &rows).await
 }
 
 /// Changes a cell's state, labels, capacity or properties. With `expected_version`, a
@@ -257,11 +251,12 @@ fn check_settable_state(state: &str) -> Result<()> {
             "state '{state}' is set by draining the cell: POST /cells/{{id}}/drain"
         )));
     }
-    if !CELL_STATES.contains(&state) {
+    if !is_cell_state(state) {
         return Err(ManagerError::bad_request(format!(
-            "state '{}' is not one of {}",
+            "state '{}' is not one of {}, {}",
             state.chars().take(64).collect::<String>(),
-            CELL_STATES.join(", ")
+            DEPLOYMENT_STATES.join(", "),
+            FLEET_CELL_STATES.join(", ")
         )));
     }
     Ok(())
@@ -303,6 +298,18 @@ async fn write_back(conn: &mut Conn, cell: &Cell) -> Result<()> {
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The cells `rows` hold, each with its usage (counted for all cells at once).
+async fn with_usage(conn: &mut Conn, rows: &[crate::store::Row]) -> Result<Vec<Cell>> {
+    let usage = usage(conn).await?;
+    rows.iter()
+        .map(|row| {
+            let mut cell = read(row)?;
+            cell.usage = with_utilisation(usage.get(&cell.id).copied(), cell.capacity);
+            Ok(cell)
+        })
+        .collect()
 }
 
 /// Participants and arrivals of every cell that has any, by cell id.

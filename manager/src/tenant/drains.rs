@@ -277,29 +277,34 @@ async fn get(conn: &mut Conn, id: &str) -> Result<Drain> {
 
 /// Fills in the counts a drain's progress shows.
 async fn progress(conn: &mut Conn, mut drain: Drain) -> Result<Drain> {
-    let count = |states: &str| {
-        format!("SELECT COUNT(*) FROM migrations WHERE drain_id = $1 AND state IN ({states})")
-    };
-    let moved_sql = count("'switched', 'completed', 'cleanup-failed'");
-    let counts = [
-        moved_sql.as_str(),
-        &count(MigrationState::UNFINISHED_SQL),
-        &count(MigrationState::UNMOVED_SQL),
-    ];
-    let mut values = [0i64; 3];
-    for (value, sql) in values.iter_mut().zip(counts) {
-        *value = sqlx::query_scalar(AssertSqlSafe(sql.to_string()))
-            .bind(&drain.id)
-            .fetch_one(&mut *conn)
-            .await?;
-    }
-    [drain.moved, drain.in_flight, drain.failed] = values;
-    drain.remaining = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM participant_profiles WHERE cell_id = $1 AND disposed = 0",
+    let rows = sqlx::query(
+        "SELECT state, COUNT(*) AS n FROM migrations WHERE drain_id = $1 GROUP BY state",
     )
-    .bind(&drain.cell_id)
-    .fetch_one(&mut *conn)
+    .bind(&drain.id)
+    .fetch_all(&mut *conn)
     .await?;
+    (drain.moved, drain.in_flight, drain.failed) = (0, 0, 0);
+    for row in rows {
+        let n: i64 = row.get("n");
+        let state: MigrationState = row
+            .get::<String, _>("state")
+            .parse()
+            .map_err(|e| ManagerError::Corrupt(format!("migration state: {e}")))?;
+        use MigrationState::*;
+        // A switched migration has moved its participant and is still cleaning up.
+        if matches!(state, Switched | Completed | CleanupFailed) {
+            drain.moved += n;
+        }
+        if matches!(state, Provisioning | Switched | RollingBack) {
+            drain.in_flight += n;
+        }
+        if matches!(state, RolledBack | Failed) {
+            drain.failed += n;
+        }
+    }
+    drain.remaining = cells::usage_of(conn, &drain.cell_id, None)
+        .await?
+        .participants;
     Ok(drain)
 }
 

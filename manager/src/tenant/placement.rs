@@ -102,11 +102,14 @@ pub(crate) async fn place(
     // Every candidate locked, in one order for all placements (so two never deadlock),
     // then counted again: another placement may have filled one meanwhile.
     fitting.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut locked = Vec::with_capacity(fitting.len());
     for candidate in &fitting {
         store::lock_row(conn, Table::Cells, &candidate.id).await?;
-        locked.push(cells::get(conn, &candidate.id).await?);
     }
+    let mut locked: Vec<Cell> = cells::all(conn)
+        .await?
+        .into_iter()
+        .filter(|cell| fitting.iter().any(|f| f.id == cell.id))
+        .collect();
     order(&mut locked, policy);
     for cell in locked {
         match refusal(&cell, needs, serving.as_ref()) {

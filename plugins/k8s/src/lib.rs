@@ -6,8 +6,8 @@
 //! one, a `vault-access` Secret with the runtime's credential for its secrets.
 
 use cfm_plugin_sdk::{
-    Activity, CapabilityResultExt, Error, Outcome, Plugin, RUNTIME_ACCESS_SECRET, Vpa, cluster,
-    is_dns_label, keys, log, secrets,
+    Activity, CapabilityResultExt, Error, MigrationPhase, Outcome, Plugin, RUNTIME_ACCESS_SECRET,
+    Vpa, cluster, is_dns_label, keys, log, secrets,
 };
 use serde_json::{Map, Value, json};
 
@@ -81,6 +81,20 @@ fn context_data(activity: &Activity<Settings>) -> Result<Map<String, Value>, Err
     Ok(data)
 }
 
+/// The `participant-context` ConfigMap holding `data`.
+fn context_config_map(namespace: &str, pc: &str, data: Map<String, Value>) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": CONFIG_MAP,
+            "namespace": namespace,
+            "labels": { PARTICIPANT_LABEL: pc },
+        },
+        "data": data,
+    })
+}
+
 /// Output of a migration's deploy that found the namespace serving the source cell.
 const SHARED_CLUSTER_OUTPUT: &str = "k8sClusterSharedWith";
 
@@ -124,16 +138,7 @@ impl Plugin for K8s {
             &format!("Namespace {namespace}"),
         )?;
         apply(
-            json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {
-                    "name": CONFIG_MAP,
-                    "namespace": namespace,
-                    "labels": { PARTICIPANT_LABEL: pc },
-                },
-                "data": data,
-            }),
+            context_config_map(&namespace, pc, data),
             &format!("ConfigMap {namespace}/{CONFIG_MAP}"),
         )?;
         let settings = activity.settings();
@@ -220,25 +225,23 @@ impl Plugin for K8s {
             // namespace is the same object in both: the ConfigMap says which cell it
             // serves now, and a namespace serving the other cell is left alone.
             let other = &migration.other().cell_id;
-            let shared = activity.data_value::<String>(SHARED_CLUSTER_OUTPUT)?;
+            let shared = match migration.phase {
+                MigrationPhase::Rollback => activity.data_value::<String>(SHARED_CLUSTER_OUTPUT)?,
+                MigrationPhase::Source | MigrationPhase::Target => None,
+            };
             if shared.as_ref() == Some(other) {
                 // A rollback in a shared cluster: the source's ConfigMap back, nothing deleted.
                 let mut data = context_data(activity)?;
                 data.insert("cellId".into(), other.clone().into());
                 apply(
-                    json!({"apiVersion": "v1", "kind": "ConfigMap",
-                           "metadata": {"name": CONFIG_MAP, "namespace": namespace,
-                                        "labels": { PARTICIPANT_LABEL: activity.participant_context_id() }},
-                           "data": data}),
+                    context_config_map(&namespace, activity.participant_context_id(), data),
                     &format!("ConfigMap {namespace}/{CONFIG_MAP} (handed back to cell {other})"),
                 )?;
                 return Ok(Outcome::empty());
             }
-            let serving = serving_cell(&namespace)?;
-            if serving.as_ref() == Some(other) {
+            if serving_cell(&namespace)?.as_ref() == Some(other) {
                 log::info(&format!(
-                    "Namespace {namespace} serves cell {}: left in place",
-                    migration.other().cell_id
+                    "Namespace {namespace} serves cell {other}: left in place"
                 ));
                 return Ok(Outcome::empty());
             }
