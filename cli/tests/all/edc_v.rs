@@ -468,3 +468,76 @@ async fn split_on_postgres_and_jetstream_a_keypair_event_updates_siglet_and_the_
     assert_eq!(edc.leftovers(&pc, did), Vec::<String>::new());
     jetstream.delete_stream(&stream_name).await.unwrap();
 }
+
+/// A JAD participant moved to another cell that uses the same EDC-V services: the move
+/// completes with the participant active in its new cell, and leaving the old cell removes
+/// nothing the shared services hold for it (no context deleted, no credential revoked);
+/// decommissioning it afterwards still leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_between_cells_sharing_the_services_keeps_the_participant_whole() {
+    let Jad {
+        edc,
+        dir: _dir,
+        server: _server,
+        api,
+        tenant,
+    } = Jad::start().await;
+    let did = "did:web:mover.example";
+    let pc = deploy_participant(&api, &tenant, did).await;
+    api.wait_active(&tenant, &pc, Duration::from_secs(20)).await;
+    let held_before = edc.leftovers(&pc, did);
+    assert!(!held_before.is_empty());
+
+    let target = api
+        .post_ok("/cells", json!({"externalId": "cell-jad-2"}), 201)
+        .await;
+    let target = target["id"].as_str().unwrap().to_string();
+    let dataspaces = api.get_json("/dataspace-profiles").await;
+    let dataspace = dataspaces[0]["id"].as_str().unwrap();
+    api.post_ok(
+        &format!("/dataspace-profiles/{dataspace}/deployments"),
+        json!({"profileId": dataspace, "cellId": target}),
+        202,
+    )
+    .await;
+    let path = format!("/tenants/{tenant}/participant-profiles/{pc}/migrations");
+    api.post_ok(&path, json!({"targetCellId": target}), 202)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history = api.get_json(&path).await;
+        match history[0]["state"].as_str().unwrap() {
+            "completed" => break,
+            "provisioning" | "switched" => {}
+            other => panic!("the migration ended {other}: {history}"),
+        }
+        assert!(Instant::now() < deadline, "{history}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let profile = api.wait_active(&tenant, &pc, Duration::from_secs(5)).await;
+    assert!(
+        profile["vpas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["cellId"] == target.as_str()),
+        "{profile}"
+    );
+    let held_after = edc.leftovers(&pc, did);
+    for kept in [
+        "identity hub participant",
+        "control plane participant context",
+    ] {
+        assert!(
+            held_after.iter().any(|h| h.starts_with(kept)),
+            "{kept} was removed: {held_after:?}"
+        );
+    }
+    assert!(
+        edc.revoked_credentials().is_empty(),
+        "a credential was revoked"
+    );
+
+    api.dispose(&tenant, &pc).await;
+    assert_eq!(edc.leftovers(&pc, did), Vec::<String>::new());
+}

@@ -1,7 +1,9 @@
 //! What every agent shares: the settings, calls authorised by an exchanged token, and
 //! what a response's status means.
 
-use cfm_plugin_sdk::{Activity, CapabilityResultExt, Error, http, required_setting, tokens};
+use cfm_plugin_sdk::{
+    Activity, CapabilityResultExt, Error, MigrationCell, http, required_setting, tokens,
+};
 use serde_json::{Map, Value};
 
 /// A cell overrides a URL setting for its participants with the cell property
@@ -73,16 +75,31 @@ impl Settings {
     /// The configured settings with the URLs the participant's cell overrides (cell
     /// properties `cfm.edc.<setting>` of the first VPA's cell) in their place.
     pub fn for_activity(activity: &Activity<Settings>) -> Result<Settings, Error> {
-        let mut settings = activity.settings().clone();
         let vpas = activity.vpas()?;
-        if let Some(vpa) = vpas.first() {
-            for (name, value) in settings.urls_mut() {
-                if let Some(url) = vpa.cell_property(&format!("{CELL_PROPERTY_PREFIX}{name}")) {
-                    *value = url.to_string();
-                }
+        let cell = vpas.first().and_then(|vpa| vpa.cell_properties.as_ref());
+        Ok(activity.settings().clone().overridden_by(cell))
+    }
+
+    /// The settings as `cell` (the other cell of a migration) overrides them.
+    pub fn for_cell(activity: &Activity<Settings>, cell: &MigrationCell) -> Settings {
+        activity
+            .settings()
+            .clone()
+            .overridden_by(cell.cell_properties.as_ref())
+    }
+
+    /// These settings with the URLs a cell's properties `cfm.edc.<setting>` name.
+    fn overridden_by(mut self, cell_properties: Option<&Map<String, Value>>) -> Settings {
+        let Some(properties) = cell_properties else {
+            return self;
+        };
+        for (name, value) in self.urls_mut() {
+            let property = format!("{CELL_PROPERTY_PREFIX}{name}");
+            if let Some(url) = properties.get(&property).and_then(Value::as_str) {
+                *value = url.to_string();
             }
         }
-        Ok(settings)
+        self
     }
 
     /// The settings a cell may override, by name.
@@ -218,6 +235,31 @@ mod tests {
             headers: Vec::new(),
             body: b"{}".to_vec(),
         }
+    }
+
+    #[test]
+    fn a_cell_overrides_only_the_urls_it_names() {
+        let configured = Settings {
+            identity_hub_url: "http://ih.shared".into(),
+            issuer_url: "http://issuer.shared".into(),
+            ..Settings::default()
+        };
+        let cell: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "cfm.edc.identityHubUrl": "http://ih.cell-b",
+            "cfm.edc.issuerUrl": 7,
+            "unrelated": "x"
+        }))
+        .unwrap();
+        let settings = configured.clone().overridden_by(Some(&cell));
+        assert_eq!(settings.identity_hub_url, "http://ih.cell-b");
+        assert_eq!(
+            settings.issuer_url, "http://issuer.shared",
+            "not a string: ignored"
+        );
+        assert_eq!(
+            configured.overridden_by(None).identity_hub_url,
+            "http://ih.shared"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ mod onboarding;
 mod registration;
 mod siglet;
 
-use cfm_plugin_sdk::{Activity, Error, Operation, Outcome, Plugin};
+use cfm_plugin_sdk::{Activity, Error, Operation, Outcome, Plugin, log};
 
 use crate::common::Settings;
 
@@ -66,6 +66,20 @@ enum Agent {
 }
 
 impl Agent {
+    /// The services holding what this agent's dispose removes.
+    fn holders(self, settings: &Settings) -> Vec<&str> {
+        match self {
+            Agent::Jwtlet => vec![&settings.jwtlet_url],
+            Agent::IdentityHub => vec![&settings.identity_hub_url],
+            Agent::ControlPlane => vec![&settings.control_plane_url],
+            // Holders and credentials are the issuer's; revoking them there would revoke
+            // what the participant uses in its new cell too.
+            Agent::Registration | Agent::Onboarding => vec![&settings.issuer_url],
+            Agent::Siglet => vec![&settings.siglet_url, &settings.control_plane_url],
+            Agent::KeyManagement => Vec::new(),
+        }
+    }
+
     fn of(activity: &Activity<Settings>) -> Result<Self, Error> {
         Ok(match activity.request().activity_type.as_str() {
             jwtlet::ACTIVITY_TYPE => Agent::Jwtlet,
@@ -104,7 +118,23 @@ impl Plugin for EdcV {
 
     fn dispose(activity: &Activity<Settings>) -> Result<Outcome, Error> {
         let settings = &Settings::for_activity(activity)?;
-        match Agent::of(activity)? {
+        let agent = Agent::of(activity)?;
+        if let Some(migration) = activity.migration()? {
+            // Leaving a cell, or rolling back a move into one, removes only what lives in a
+            // service of that cell alone: a service both cells use holds the participant's
+            // state wherever it lives now.
+            let other = Settings::for_cell(activity, migration.other());
+            if agent.holders(settings) == agent.holders(&other) {
+                log::info(&format!(
+                    "migration {} ({:?}): {} is shared by both cells; nothing removed",
+                    migration.id,
+                    migration.phase,
+                    agent.holders(settings).join(", ")
+                ));
+                return Ok(Outcome::empty());
+            }
+        }
+        match agent {
             Agent::Jwtlet => jwtlet::dispose(activity, settings),
             Agent::IdentityHub => identity_hub::dispose(activity, settings),
             Agent::ControlPlane => control_plane::dispose(activity, settings),
