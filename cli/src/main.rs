@@ -317,8 +317,9 @@ async fn serve_api(
     // Scripts and tests read these two lines.
     println!("cfm listening on http://{address}");
     println!("admin token: {}", manager.token_path.display());
-    // Every replica tops up running drains; the database decides who starts what.
-    let drains = tokio::spawn(cfm_manager::tenant::drains::run(manager.engine.clone()));
+    // Every replica tops up running drains and rebalance plans; the database decides who
+    // starts what.
+    let fleet = tokio::spawn(cfm_manager::tenant::operations::run(manager.engine.clone()));
     let api = axum::serve(listener, manager.router()).with_graceful_shutdown(shutdown());
     tokio::select! {
         served = api => served?,
@@ -328,7 +329,7 @@ async fn serve_api(
         }
     }
     work.abort();
-    drains.abort();
+    fleet.abort();
     tracing::info!("stopped");
     Ok(())
 }

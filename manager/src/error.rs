@@ -36,6 +36,13 @@ pub enum ManagerError {
         /// The cells considered and the reason each was refused.
         cells: Vec<CellRefusal>,
     },
+    /// A rebalance plan was computed for a fleet that has changed since: each reason says
+    /// what changed.
+    #[error("the rebalance plan is stale; compute a new one: {}", describe_reasons(.reasons))]
+    StalePlan {
+        /// What changed since the plan was computed.
+        reasons: Vec<String>,
+    },
     /// A database call failed. A query past its time budget is answered 400, a busy
     /// database 503 (send again), anything else 500.
     #[error("database: {0}")]
@@ -55,14 +62,31 @@ pub enum ManagerError {
     Queue(#[from] cfm_queue::QueueError),
 }
 
-/// A cell placement refused, and why.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+/// A cell placement refused (or left out of a plan), and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CellRefusal {
     /// The cell's id.
     pub cell_id: String,
     /// Why it cannot take the participant, for people.
     pub reason: String,
+}
+
+/// Reasons listed in a message; the rest are counted.
+const REASONS_SHOWN: usize = 20;
+
+/// `reasons` joined for people, at most [`REASONS_SHOWN`] of them.
+pub(crate) fn describe_reasons(reasons: &[String]) -> String {
+    let mut text = reasons
+        .iter()
+        .take(REASONS_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if reasons.len() > REASONS_SHOWN {
+        text.push_str(&format!("; and {} more", reasons.len() - REASONS_SHOWN));
+    }
+    text
 }
 
 fn describe_refusals(cells: &[CellRefusal]) -> String {

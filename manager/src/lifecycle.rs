@@ -169,6 +169,24 @@ pub enum DrainState {
     Stalled,
 }
 
+/// Where a rebalance plan stands: `planned` (a dry run to read) → `running` (executing)
+/// → `completed`; `cancelled` by the operator; `stale` when execution was asked after
+/// the fleet changed under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanState {
+    /// Computed, not executed.
+    Planned,
+    /// Its moves are being started.
+    Running,
+    /// Every move was started and has finished.
+    Completed,
+    /// Stopped by the operator: no further moves start.
+    Cancelled,
+    /// Refused at execution: the cells or participants it was computed from changed.
+    Stale,
+}
+
 macro_rules! stored_as_text {
     ($state:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         impl $state {
@@ -252,6 +270,14 @@ stored_as_text!(DrainState {
     Stalled => "stalled",
 });
 
+stored_as_text!(PlanState {
+    Planned => "planned",
+    Running => "running",
+    Completed => "completed",
+    Cancelled => "cancelled",
+    Stale => "stale",
+});
+
 stored_as_text!(VpaState {
     Pending => "pending",
     Active => "active",
@@ -294,6 +320,16 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
             assert_eq!(state.as_str().parse::<VpaState>().unwrap(), state);
+        }
+        for state in [
+            PlanState::Planned,
+            PlanState::Running,
+            PlanState::Completed,
+            PlanState::Cancelled,
+            PlanState::Stale,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(state.as_str().parse::<PlanState>().unwrap(), state);
         }
         assert!("canceled".parse::<StepState>().is_err());
     }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::lifecycle::{DrainState, MigrationState, OrchestrationState, StepState, VpaState};
+pub use crate::lifecycle::{
+    DrainState, MigrationState, OrchestrationState, PlanState, StepState, VpaState,
+};
 
 /// Free-form JSON properties of a resource, queryable as `properties.<key>`.
 pub type Properties = Map<String, Value>;
@@ -475,4 +477,110 @@ pub struct Drain {
     pub created_at: String,
     /// When it last changed (RFC 3339).
     pub updated_at: String,
+}
+
+/// The utilisation a rebalance aims every cell at: `min ≤ utilisation ≤ max`, as
+/// fractions of each cell's `maxParticipants`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UtilisationBand {
+    /// The least utilisation a cell should have, 0 to 1.
+    pub min: f64,
+    /// The most utilisation a cell should have, `min` to 1.
+    pub max: f64,
+}
+
+/// A cell as a rebalance plan found it, and as the plan leaves it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedCell {
+    /// The cell's id.
+    pub cell_id: String,
+    /// The cell's version when planned: a changed cell makes the plan stale.
+    pub version: i64,
+    /// Its `maxParticipants`.
+    pub max_participants: i64,
+    /// Places taken when planned (participants plus those arriving).
+    pub participants: i64,
+    /// Places taken once the plan's moves are done.
+    pub planned: i64,
+    /// `participants / maxParticipants`.
+    pub utilisation: f64,
+    /// `planned / maxParticipants`.
+    pub planned_utilisation: f64,
+}
+
+/// One participant a rebalance plan moves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedMove {
+    /// The participant profile.
+    pub profile_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// The cell it leaves.
+    pub source_cell_id: String,
+    /// The cell it goes to.
+    pub target_cell_id: String,
+    /// `planned`, `skipped` (not started: why in `detail`), or the state of the
+    /// migration it started (`provisioning`, `switched`, `completed`, `rolled-back`, ...).
+    pub state: String,
+    /// The migration the move started.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub migration_id: Option<String>,
+    /// Why it was skipped.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+}
+
+/// How far a rebalance plan's execution has got.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanProgress {
+    /// Moves whose participant is in its target cell.
+    pub moved: i64,
+    /// Moves whose migration is under way.
+    pub in_flight: i64,
+    /// Moves whose migration failed (the participant stayed in its source).
+    pub failed: i64,
+    /// Moves not started: the participant or target changed meanwhile.
+    pub skipped: i64,
+    /// Moves not started yet.
+    pub remaining: i64,
+}
+
+/// Moves that bring every cell's utilisation within a band: computed as a dry run,
+/// stored, executed on request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalancePlan {
+    /// The plan's id, chosen by the server.
+    pub id: String,
+    /// Incremented on every change of state.
+    pub version: i64,
+    /// Where the plan stands.
+    pub state: PlanState,
+    /// The utilisation aimed at.
+    pub band: UtilisationBand,
+    /// How many of its migrations run at once.
+    pub parallelism: i64,
+    /// The cells weighed: active cells with a capacity.
+    pub cells: Vec<PlannedCell>,
+    /// The moves, in the order they start.
+    pub moves: Vec<PlannedMove>,
+    /// Cells left out: not active, or without a capacity (so without a utilisation).
+    pub excluded_cells: Vec<crate::error::CellRefusal>,
+    /// Cells the plan leaves outside the band, and why no move helps.
+    pub unresolved_cells: Vec<crate::error::CellRefusal>,
+    /// How far execution has got.
+    pub progress: PlanProgress,
+    /// Why it ended as it did, when that needs saying.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+    /// When it was computed (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+    /// After this, executing it is refused as stale (RFC 3339).
+    pub expires_at: String,
 }

@@ -177,6 +177,25 @@ impl JetStreamQueue {
         Ok(stream.cached_info().state.messages)
     }
 
+    /// Work not yet done by the consumers: messages not yet delivered plus those delivered
+    /// and not yet acknowledged (a lease that will run out and hand the message out
+    /// again), summed over every consumer of the stream. Unlike [`Self::messages`], it
+    /// ignores messages no consumer will ever see again.
+    pub async fn outstanding(&self) -> Result<u64, QueueError> {
+        let stream = self
+            .context
+            .get_stream(&self.stream_config.name)
+            .await
+            .map_err(|e| QueueError::Setup(e.to_string()))?;
+        let mut consumers = stream.consumers();
+        let mut outstanding = 0u64;
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| QueueError::Setup(e.to_string()))?;
+            outstanding += info.num_pending + info.num_ack_pending as u64;
+        }
+        Ok(outstanding)
+    }
+
     fn subject(&self, topic: &str) -> String {
         format!("{}.{topic}", self.settings.namespace)
     }

@@ -6,7 +6,8 @@
 //! deployment's PostgreSQL backends terminated, OpenBao or BIND9 restarted.
 //!
 //! Once the faults stop and every server is back, it proves, against the backends
-//! themselves and not only the API: every orchestration is terminal; every participant is
+//! themselves and not only the API: every orchestration is terminal and the queue holds no
+//! task a lost acknowledgement would hand out again; every participant is
 //! active or disposed; each active one has exactly its effects (API key, marker, runtime
 //! credential, ACL policy and AppRole role in OpenBao, one CNAME in BIND9, its namespace
 //! and objects in the cluster) and each disposed one has none; nothing is left for an id
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use cfm_host::testing::{Bind, DurableOpenBao};
 use cfm_manager::provision::engine::CLEANUP_SUFFIX;
+use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
 use cfm_standins::kubernetes::KubeApi;
 use cfm_test_support::{Api, CallError, Deployment, JetStreamServer};
 use rand::seq::SliceRandom;
@@ -416,6 +418,15 @@ impl Rig {
         }
     }
 
+    /// Messages the deployment's JetStream consumers have not finished (tasks and reports
+    /// not delivered, or delivered and not acked); `None` while the server cannot tell.
+    async fn queued(&self) -> Option<u64> {
+        let mut settings = JetStreamSettings::new(self.nats.url());
+        settings.namespace = self.deployment.namespace.clone();
+        let queue = JetStreamQueue::connect(settings).await.ok()?;
+        queue.outstanding().await.ok()
+    }
+
     async fn inject(&mut self, fault: Fault, injected: &mut Injected) {
         match fault {
             Fault::KillManager | Fault::KillAgent => {
@@ -582,7 +593,7 @@ async fn onboarding_and_decommissioning_survive_random_faults() {
 
     let mut violations: Vec<String> = Vec::new();
     let settle_started = Instant::now();
-    let settled = settle(&work, &mut violations).await;
+    let settled = settle(&rig, &mut violations).await;
     let settle_took = settle_started.elapsed();
     let end = check(&rig, &mut violations).await;
 
@@ -690,11 +701,18 @@ async fn onboarding_and_decommissioning_survive_random_faults() {
     }
 }
 
-/// Waits until no orchestration is running and no profile is between states.
-async fn settle(work: &Workload, violations: &mut Vec<String>) -> bool {
+/// Waits until no orchestration is running, no profile is between states and no
+/// JetStream consumer has work outstanding. The queue counts: a task whose report was applied but whose
+/// ack was lost (a SIGKILLed agent, a NATS restart) is handed out again once its ack-wait
+/// ends, possibly after its participant's dispose, and the clean-up that undoes that late
+/// run starts only when its report arrives. The queue is read before and after the
+/// orchestrations, so no task can slip through between the two reads.
+async fn settle(rig: &Rig, violations: &mut Vec<String>) -> bool {
+    let work = &rig.work;
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < SETTLE {
+        let queued_before = rig.queued().await;
         let running = work
             .call_any(
                 Method::POST,
@@ -703,6 +721,7 @@ async fn settle(work: &Workload, violations: &mut Vec<String>) -> bool {
             )
             .await;
         let profiles = work.profiles().await;
+        let queued_after = rig.queued().await;
         if let (Some((200, Value::Array(running))), Some(profiles)) = (running, profiles) {
             let between: Vec<&Value> = profiles
                 .iter()
@@ -713,11 +732,15 @@ async fn settle(work: &Workload, violations: &mut Vec<String>) -> bool {
                     )
                 })
                 .collect();
-            if running.is_empty() && between.is_empty() {
+            if running.is_empty()
+                && between.is_empty()
+                && queued_before == Some(0)
+                && queued_after == Some(0)
+            {
                 return true;
             }
             last = format!(
-                "{} orchestrations not terminal, {} profiles between states",
+                "{} orchestrations not terminal, {} profiles between states, {queued_after:?} messages outstanding",
                 running.len(),
                 between.len()
             );

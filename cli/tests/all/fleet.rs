@@ -14,7 +14,11 @@ use cfm_test_support::{Api, Deployment, Server, nats_url};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-on_both_backends!(cells_place_migrate_and_drain, fleet_routes_refuse_bad_input);
+on_both_backends!(
+    cells_place_migrate_and_drain,
+    a_rebalance_plan_brings_a_new_cell_into_the_band,
+    fleet_routes_refuse_bad_input
+);
 
 async fn cells_place_migrate_and_drain(backend: TestBackend) {
     let server = Server::start_on(backend, &["--no-seed"]).await;
@@ -266,6 +270,188 @@ async fn cells_place_migrate_and_drain(backend: TestBackend) {
     }
 }
 
+/// Three cells holding four participants each, then a fourth, empty one: a plan into the
+/// band 25–35 % is a dry run that moves one participant from each full cell to the new
+/// one; executed, it leaves every cell at three, each moved participant whole in its new
+/// cell. A second plan computed beside it is stale afterwards, and a cancelled one cannot
+/// be executed.
+async fn a_rebalance_plan_brings_a_new_cell_into_the_band(backend: TestBackend) {
+    let server = Server::start_on(backend, &["--no-seed"]).await;
+    let api = server.client();
+    template(&api).await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant = tenant["id"].as_str().unwrap().to_string();
+    let full = create_cells(&api, &["a", "b", "c"], 10).await;
+    let mut profiles = Vec::new();
+    for i in 0..12 {
+        profiles.push(onboard(&api, &tenant, i, json!({})).await);
+    }
+    for id in &profiles {
+        api.wait_active(&tenant, id, Duration::from_secs(60)).await;
+    }
+    let new = create_cell(&api, "d", 10, "eu").await;
+
+    // The default band is the fleet's mean (12 of 40 places) ± 0.1.
+    let default = api.post_ok("/rebalance-plans", json!({}), 201).await;
+    assert!(
+        (default["band"]["min"].as_f64().unwrap() - 0.2).abs() < 1e-9,
+        "{default}"
+    );
+    assert!(
+        (default["band"]["max"].as_f64().unwrap() - 0.4).abs() < 1e-9,
+        "{default}"
+    );
+
+    let band = json!({"band": {"min": 0.25, "max": 0.35}, "parallelism": 2});
+    let plan = api.post_ok("/rebalance-plans", band.clone(), 201).await;
+    let id = plan["id"].as_str().unwrap().to_string();
+    assert_eq!(plan["state"], "planned");
+    let moves = plan["moves"].as_array().unwrap();
+    assert_eq!(moves.len(), 3, "{plan}");
+    let mut sources: Vec<&str> = moves
+        .iter()
+        .map(|m| m["sourceCellId"].as_str().unwrap())
+        .collect();
+    sources.sort();
+    let mut expected: Vec<&str> = full.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(sources, expected, "one from each full cell: {plan}");
+    assert!(
+        moves
+            .iter()
+            .all(|m| m["targetCellId"] == new.as_str() && m["state"] == "planned")
+    );
+    for cell in plan["cells"].as_array().unwrap() {
+        assert_eq!(cell["planned"], 3, "{cell}");
+        assert_eq!(cell["plannedUtilisation"], 0.3, "{cell}");
+    }
+    assert_eq!(plan["unresolvedCells"], json!([]));
+    assert_eq!(plan["progress"]["remaining"], 3);
+    // A dry run: nothing has moved.
+    let untouched = api.get_json(&format!("/cells/{new}")).await;
+    assert_eq!(untouched["usage"]["participants"], 0);
+    assert_eq!(untouched["usage"]["arriving"], 0);
+
+    let beside = api.post_ok("/rebalance-plans", band.clone(), 201).await;
+    let discarded = api.post_ok("/rebalance-plans", band.clone(), 201).await;
+    let discarded = discarded["id"].as_str().unwrap();
+    let cancelled = api
+        .post_ok(
+            &format!("/rebalance-plans/{discarded}/cancel"),
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(cancelled["state"], "cancelled");
+    let (status, refused) = api
+        .call(
+            Method::POST,
+            &format!("/rebalance-plans/{discarded}/execute"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+
+    let running = api
+        .post_ok(&format!("/rebalance-plans/{id}/execute"), Value::Null, 200)
+        .await;
+    assert_eq!(running["state"], "running");
+    let again = api
+        .post_ok(&format!("/rebalance-plans/{id}/execute"), Value::Null, 200)
+        .await;
+    assert_eq!(
+        again["state"], "running",
+        "executing twice is one execution"
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let plan = api.get_json(&format!("/rebalance-plans/{id}")).await;
+        assert!(
+            plan["progress"]["inFlight"].as_i64().unwrap() <= 2,
+            "over its parallelism: {plan}"
+        );
+        if plan["state"] == "completed" {
+            break plan;
+        }
+        assert!(Instant::now() < deadline, "the plan did not finish: {plan}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["progress"]["moved"], 3, "{done}");
+    assert!(
+        done["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["state"] == "completed"),
+        "{done}"
+    );
+    for cell in api.get_json("/cells").await.as_array().unwrap() {
+        assert_eq!(cell["usage"]["participants"], 3, "{cell}");
+    }
+    let data = server.data_dir();
+    for planned in done["moves"].as_array().unwrap() {
+        let moved = planned["profileId"].as_str().unwrap();
+        let profile = api
+            .wait_active(&tenant, moved, Duration::from_secs(60))
+            .await;
+        assert_eq!(profile["vpas"][0]["cellId"], new.as_str());
+        let source = planned["sourceCellId"].as_str().unwrap();
+        assert!(
+            !namespace_in(&data, source, moved),
+            "{moved} left objects in {source}"
+        );
+        assert!(namespace_in(&data, &new, moved));
+        assert_eq!(record(&data, moved), "d.cells.cfm.local.");
+    }
+
+    // The plan computed beside it was for a fleet that no longer exists.
+    let beside = beside["id"].as_str().unwrap();
+    let (status, refused) = api
+        .call(
+            Method::POST,
+            &format!("/rebalance-plans/{beside}/execute"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["reason"], "stale-plan");
+    let reasons = refused["details"]["reasons"].as_array().unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("is no longer active in cell")),
+        "{refused}"
+    );
+    let stale = api.get_json(&format!("/rebalance-plans/{beside}")).await;
+    assert_eq!(stale["state"], "stale");
+    assert_eq!(
+        stale["progress"]["remaining"], 3,
+        "a stale plan moved nobody"
+    );
+
+    // Balanced now, and a cordoned cell is left out, saying why.
+    api.call(
+        Method::PATCH,
+        &format!("/cells/{}", full[0]),
+        Some(json!({"state": "cordoned"})),
+        None,
+    )
+    .await;
+    let after = api.post_ok("/rebalance-plans", band, 201).await;
+    assert_eq!(after["moves"], json!([]), "{after}");
+    assert_eq!(after["excludedCells"][0]["cellId"], full[0].as_str());
+    assert!(
+        after["excludedCells"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cordoned")
+    );
+    let listed = api.get_json("/rebalance-plans").await;
+    assert_eq!(listed.as_array().unwrap().len(), 5);
+}
+
 /// Every input the fleet routes take, malformed or out of bounds: a clear 4xx naming the
 /// problem, never a 5xx; and a tenant's own token cannot move its participants.
 async fn fleet_routes_refuse_bad_input(backend: TestBackend) {
@@ -441,6 +627,69 @@ async fn fleet_routes_refuse_bad_input(backend: TestBackend) {
             json!({"identifier": "did:web:q.example", "properties": {"cfm.requiredCellLabels": {"region": 1}}}),
             400,
             "must be a string",
+        ),
+        (
+            Method::POST,
+            "/rebalance-plans".into(),
+            json!({"band": {"min": 0.8, "max": 0.2}}),
+            400,
+            "min ≤ max",
+        ),
+        (
+            Method::POST,
+            "/rebalance-plans".into(),
+            json!({"band": {"min": -1, "max": 2}}),
+            400,
+            "0 ≤ min",
+        ),
+        (
+            Method::POST,
+            "/rebalance-plans".into(),
+            json!({"band": {"min": 0.1}}),
+            400,
+            "max",
+        ),
+        (
+            Method::POST,
+            "/rebalance-plans".into(),
+            json!({"cellIds": ["nope"]}),
+            400,
+            "does not exist",
+        ),
+        (
+            Method::POST,
+            "/rebalance-plans".into(),
+            json!({"parallelism": 0}),
+            400,
+            "parallelism",
+        ),
+        (
+            Method::POST,
+            "/rebalance-plans".into(),
+            json!({"dryRun": false}),
+            400,
+            "unknown field",
+        ),
+        (
+            Method::GET,
+            "/rebalance-plans/nope".into(),
+            Value::Null,
+            404,
+            "not found",
+        ),
+        (
+            Method::POST,
+            "/rebalance-plans/nope/execute".into(),
+            Value::Null,
+            404,
+            "not found",
+        ),
+        (
+            Method::POST,
+            "/rebalance-plans/nope/explode".into(),
+            Value::Null,
+            400,
+            "execute or cancel",
         ),
     ];
     for (method, path, body, status, says) in cases {

@@ -90,6 +90,8 @@ async fn operations(api: &Api, world: &World) -> Vec<(Method, String, String)> {
                 "dataspace-profiles" => path.replace("{id}", &world.dataspace),
                 "orchestration-definitions" => path.replace("{id}", &world.definition),
                 "orchestrations" => path.replace("{id}", &world.orchestration),
+                // Refused before any handler looks the plan up.
+                "rebalance-plans" => path.replace("{id}", "a-plan"),
                 _ => path,
             };
             assert!(!path.contains('{'), "unfilled parameter in {template}");
@@ -392,6 +394,8 @@ async fn odd_ids_and_bodies_are_client_errors(backend: TestBackend) {
             (Method::GET, format!("/orchestrations/{id}")),
             (Method::DELETE, format!("/activity-definitions/{id}")),
             (Method::GET, format!("/cells/{id}")),
+            (Method::GET, format!("/rebalance-plans/{id}")),
+            (Method::POST, format!("/rebalance-plans/{id}/execute")),
         ] {
             let (status, text) = send(&admin, method.clone(), &path, "", &token).await;
             assert!(
@@ -418,6 +422,7 @@ async fn odd_ids_and_bodies_are_client_errors(backend: TestBackend) {
             format!("/tenants/{}/participant-profiles", world.tenant_a),
             "/orchestration-definitions".to_string(),
             "/cells".to_string(),
+            "/rebalance-plans".to_string(),
         ] {
             let (status, text) = send(&admin, Method::POST, &path, body, &token).await;
             assert!(

@@ -59,7 +59,8 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Structured facts behind the refusal: for `no-cell-fits`, `{"cells": [{cellId,
-    /// reason}]}`, every cell considered and why it was refused.
+    /// reason}]}`, every cell considered and why it was refused; for `stale-plan`,
+    /// `{"reasons": [...]}`, what changed since the plan was computed.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
@@ -124,6 +125,13 @@ impl From<ManagerError> for ApiError {
                     ..Self::new(StatusCode::CONFLICT, error.to_string())
                 }
                 .with_reason("no-cell-fits");
+            }
+            ManagerError::StalePlan { reasons } => {
+                return Self {
+                    details: Some(serde_json::json!({ "reasons": reasons })),
+                    ..Self::new(StatusCode::CONFLICT, error.to_string())
+                }
+                .with_reason("stale-plan");
             }
             ManagerError::Database(e) if store::is_transient(e) => {
                 // The transaction was rolled back whole: nothing half-written, and the

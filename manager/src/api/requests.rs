@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::model::{ActivitySpec, CellCapacity, DataspaceSpec, Properties};
+use crate::model::{ActivitySpec, CellCapacity, DataspaceSpec, Properties, UtilisationBand};
 
 /// A tenant to create.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -104,6 +104,19 @@ pub struct NewMigration {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewDrain {
     /// How many migrations run at once, 1 to 256; 4 when absent.
+    pub parallelism: Option<i64>,
+}
+
+/// Plans a rebalance.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewRebalancePlan {
+    /// The utilisation to bring every cell within; the fleet's mean ± 0.1 when absent.
+    pub band: Option<UtilisationBand>,
+    /// Only these cells (ids or external ids) are weighed and moved between; every cell
+    /// when absent.
+    pub cell_ids: Option<Vec<String>>,
+    /// How many migrations run at once when it is executed, 1 to 256; 4 when absent.
     pub parallelism: Option<i64>,
 }
 

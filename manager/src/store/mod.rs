@@ -266,6 +266,8 @@ pub enum Table {
     DataspaceProfiles,
     /// `drains`.
     Drains,
+    /// `rebalance_plans`.
+    RebalancePlans,
 }
 
 impl Table {
@@ -277,8 +279,32 @@ impl Table {
             Self::Orchestrations => "orchestrations",
             Self::DataspaceProfiles => "dataspace_profiles",
             Self::Drains => "drains",
+            Self::RebalancePlans => "rebalance_plans",
         }
     }
+}
+
+/// Moves a long-running operation's row (a drain, a rebalance plan) to `state` with
+/// `detail`, bumping its version.
+pub async fn set_operation_state(
+    conn: &mut Conn,
+    table: Table,
+    id: &str,
+    state: &str,
+    detail: Option<&str>,
+) -> Result<()> {
+    let sql = format!(
+        "UPDATE {} SET state = $1, detail = $2, version = version + 1, updated_at = $3 WHERE id = $4",
+        table.name()
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(state)
+        .bind(detail)
+        .bind(crate::model::now())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Whether a failed statement left nothing behind and is worth sending again as it was:

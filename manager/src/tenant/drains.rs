@@ -1,12 +1,10 @@
 //! Draining a cell: moving every participant out of it, a few at a time.
 //!
-//! A drain is a row, not a task in a process: every manager replica runs [`run`], which
-//! each tick locks each running drain's row in turn and tops its migrations up to its
-//! parallelism. So a drain survives the loss of any replica, two replicas never start the
+//! A drain is a row, not a task in a process: each tick of every manager replica's fleet
+//! loop ([`super::operations::run`]) locks each running drain's row in turn and tops its
+//! migrations up to its parallelism. So a drain survives the loss of any replica, two replicas never start the
 //! same participant's migration (the drain's row lock, and the unique index on unfinished
 //! migrations), and pausing, resuming or cancelling is a change of the row's state.
-
-use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Row};
 
@@ -23,8 +21,6 @@ pub const DEFAULT_PARALLELISM: i64 = 4;
 pub const MAX_PARALLELISM: i64 = 256;
 /// Failed migrations of one participant after which a drain stops trying it.
 pub const ATTEMPTS_PER_PARTICIPANT: i64 = 3;
-/// How often each replica looks at running drains.
-const TICK: Duration = Duration::from_millis(500);
 
 /// Starts draining a cell: it takes no new participants, and its participants are moved
 /// to other cells, `parallelism` at a time. Asking again while a drain of the cell is
@@ -152,16 +148,6 @@ pub async fn control(engine: &Engine, cell_id: &str, control: Control) -> Result
     tx.commit().await?;
     tracing::info!(cell = %cell_id, drain = %id, state = %drain.state, "drain changed by the operator");
     Ok(drain)
-}
-
-/// Tops up every running drain, every tick, for the life of the process.
-pub async fn run(engine: Engine) {
-    loop {
-        if let Err(e) = tick(&engine).await {
-            tracing::warn!("draining cells: {e}");
-        }
-        tokio::time::sleep(TICK).await;
-    }
 }
 
 /// One pass over the running drains; public so that tests can drive it.
@@ -314,16 +300,7 @@ async fn set_state(
     state: DrainState,
     detail: Option<&str>,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE drains SET state = $1, detail = $2, version = version + 1, updated_at = $3 WHERE id = $4",
-    )
-    .bind(state)
-    .bind(detail)
-    .bind(now())
-    .bind(id)
-    .execute(conn)
-    .await?;
-    Ok(())
+    store::set_operation_state(conn, Table::Drains, id, state.as_str(), detail).await
 }
 
 const SELECT: &str = "SELECT id, version, cell_id, state, parallelism, total, detail, created_at, updated_at FROM drains";

@@ -28,7 +28,7 @@ use crate::lifecycle::{MigrationState, OrchestrationState};
 use crate::model::{Cell, Migration, OrchestrationDefinition, Properties, VpaState, new_id, now};
 use crate::provision::{Engine, Finished, Start, definitions};
 use crate::store::{self, Conn, Table, to_json};
-use crate::tenant::{cells, dataspaces, placement, profiles};
+use crate::tenant::{cells, placement, profiles};
 
 /// Starts moving a tenant's participant to `target_cell_id` (by id or external id).
 pub async fn start(
@@ -102,19 +102,7 @@ pub(crate) async fn start_in(
     }
     let source_cell_id = profile.vpas[0].cell_id.clone();
     let source = cells::get(conn, &source_cell_id).await?;
-    let mut dataspaces = Vec::with_capacity(profile.dataspace_profile_ids.len());
-    for id in &profile.dataspace_profile_ids {
-        match dataspaces::get(conn, id).await {
-            Ok(dataspace) => dataspaces.push(dataspace),
-            Err(ManagerError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let needs = placement::Requirements {
-        dataspace_profile_ids: dataspaces.iter().map(|d| d.id.clone()).collect(),
-        labels: placement::Requirements::labels_of(&profile.properties, &dataspaces)?,
-        excluded: Some(source_cell_id.clone()),
-    };
+    let needs = placement::Requirements::of_moving(conn, &profile).await?;
     if target == Some(source_cell_id.as_str()) {
         return Err(ManagerError::conflict(format!(
             "participant profile '{profile_id}' is in cell '{source_cell_id}' already"

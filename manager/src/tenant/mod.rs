@@ -10,6 +10,8 @@ pub mod dataspaces;
 pub mod drains;
 pub mod keypairs;
 pub mod migrations;
+pub mod operations;
 mod placement;
 pub mod profiles;
+pub mod rebalance;
 pub mod tenants;

@@ -10,11 +10,12 @@ use sqlx::AssertSqlSafe;
 
 use crate::error::{CellRefusal, ManagerError, Result};
 use crate::model::{
-    Cell, DataspaceProfile, PlacementPolicy, Properties, REQUIRED_CELL_LABELS_PROPERTY,
+    Cell, DataspaceProfile, ParticipantProfile, PlacementPolicy, Properties,
+    REQUIRED_CELL_LABELS_PROPERTY,
 };
 use crate::provision::definitions;
 use crate::store::{self, Conn, Table};
-use crate::tenant::cells;
+use crate::tenant::{cells, dataspaces};
 
 /// What a participant needs of its cell.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +29,24 @@ pub(crate) struct Requirements {
 }
 
 impl Requirements {
+    /// What a placed participant needs of a cell it moves to: what placed it, and not
+    /// the cell it is in. Dataspace profiles deleted since are no longer asked for.
+    pub(crate) async fn of_moving(conn: &mut Conn, profile: &ParticipantProfile) -> Result<Self> {
+        let mut dataspaces = Vec::with_capacity(profile.dataspace_profile_ids.len());
+        for id in &profile.dataspace_profile_ids {
+            match dataspaces::get(conn, id).await {
+                Ok(dataspace) => dataspaces.push(dataspace),
+                Err(ManagerError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Self {
+            dataspace_profile_ids: dataspaces.iter().map(|d| d.id.clone()).collect(),
+            labels: Self::labels_of(&profile.properties, &dataspaces)?,
+            excluded: profile.vpas.first().map(|v| v.cell_id.clone()),
+        })
+    }
+
     /// The labels a participant's and its dataspace profiles' `cfm.requiredCellLabels`
     /// ask for; two that ask different values of one label are a bad request.
     pub(crate) fn labels_of(
@@ -125,7 +144,11 @@ pub(crate) async fn place(
 }
 
 /// Why `cell` cannot take the participant; None when it can.
-fn refusal(cell: &Cell, needs: &Requirements, serving: Option<&HashSet<String>>) -> Option<String> {
+pub(crate) fn refusal(
+    cell: &Cell,
+    needs: &Requirements,
+    serving: Option<&HashSet<String>>,
+) -> Option<String> {
     if needs.excluded.as_deref() == Some(cell.id.as_str()) {
         return Some("is the participant's own cell".into());
     }
@@ -180,7 +203,7 @@ fn order(cells: &mut [Cell], policy: PlacementPolicy) {
 
 /// The cells with an active deployment of one of `dataspace_profile_ids`; None (every
 /// cell) when none is named.
-async fn serving_cells(
+pub(crate) async fn serving_cells(
     conn: &mut Conn,
     dataspace_profile_ids: &[String],
 ) -> Result<Option<HashSet<String>>> {

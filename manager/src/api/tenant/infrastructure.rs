@@ -321,3 +321,107 @@ pub(crate) async fn deploy_dataspace(
     let deployment = dataspaces::deploy(state.engine.db(), &id, &body.cell_id).await?;
     Ok((StatusCode::ACCEPTED, Json(deployment)))
 }
+
+/// Computes the moves that bring every active cell with a capacity within a utilisation
+/// band, as a dry run: the plan is stored and nothing moves until it is executed.
+#[utoipa::path(
+    post,
+    path = "/rebalance-plans",
+    tag = "cells",
+    summary = "Plan a rebalance (a dry run)",
+    request_body = NewRebalancePlan,
+    responses(
+        (status = 201, description = "The plan: cells before and after, the moves, cells left out or left outside the band", body = RebalancePlan),
+        (status = 400, description = "Malformed body, a bad band or parallelism, or an unknown cell", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(crate) async fn plan_rebalance(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewRebalancePlan>,
+) -> ApiResult<impl IntoResponse> {
+    let new = rebalance::NewPlan {
+        band: body.band,
+        cell_ids: body.cell_ids,
+        parallelism: body.parallelism,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(rebalance::plan(&state.engine, new).await?),
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/rebalance-plans",
+    tag = "cells",
+    summary = "List rebalance plans (paginated), with their progress but not their moves",
+    params(
+        ("offset" = Option<i64>, Query, description = "Items to skip"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")
+    ),
+    responses(
+        (status = 200, description = "Plans sorted by id", body = [RebalancePlan]),
+        (status = 400, description = "Malformed paging parameters", body = ErrorBody)
+    )
+)]
+pub(crate) async fn list_rebalance_plans(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<impl IntoResponse> {
+    let paged = rebalance::list(&state.engine, page_of(query.as_deref())?).await?;
+    Ok((
+        paging_headers("/rebalance-plans", &paged),
+        Json(paged.items),
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/rebalance-plans/{id}",
+    tag = "cells",
+    summary = "Read a rebalance plan, its moves and its progress",
+    params(("id" = String, Path, description = "Plan id")),
+    responses(
+        (status = 200, description = "The plan", body = RebalancePlan),
+        (status = 404, description = "No such plan", body = ErrorBody)
+    )
+)]
+pub(crate) async fn get_rebalance_plan(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(rebalance::get(&state.engine, &id).await?))
+}
+
+/// `execute` a planned plan (refused when the fleet changed since it was computed), or
+/// `cancel` it (a running plan starts no further moves; those under way finish).
+#[utoipa::path(
+    post,
+    path = "/rebalance-plans/{id}/{action}",
+    tag = "cells",
+    summary = "Execute or cancel a rebalance plan",
+    params(("id" = String, Path, description = "Plan id"), ("action" = String, Path, description = "execute or cancel")),
+    responses(
+        (status = 200, description = "The plan, with its progress", body = RebalancePlan),
+        (status = 400, description = "An unknown action", body = ErrorBody),
+        (status = 404, description = "No such plan", body = ErrorBody),
+        (status = 409, description = "The plan is stale (reason stale-plan, what changed in details.reasons), or has finished", body = ErrorBody)
+    )
+)]
+pub(crate) async fn control_rebalance_plan(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let plan = match action.as_str() {
+        "execute" => rebalance::execute(&state.engine, &id).await?,
+        "cancel" => rebalance::cancel(&state.engine, &id).await?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the action is execute or cancel",
+            ));
+        }
+    };
+    Ok(Json(plan))
+}

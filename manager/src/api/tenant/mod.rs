@@ -13,15 +13,16 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::requests::{
     CellPatch, NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewDrain, NewMigration,
-    NewParticipantProfileDeployment, NewTenant, QueryRequest, TenantPatch,
+    NewParticipantProfileDeployment, NewRebalancePlan, NewTenant, QueryRequest, TenantPatch,
 };
 use super::{AppState, Caller};
 use crate::model::{
-    Cell, DataspaceDeployment, DataspaceProfile, Drain, Migration, ParticipantProfile, Tenant,
+    Cell, DataspaceDeployment, DataspaceProfile, Drain, Migration, ParticipantProfile,
+    RebalancePlan, Tenant,
 };
 use crate::query::{Literal, Predicate};
 use crate::store::{Page, Paged};
-use crate::tenant::{cells, dataspaces, drains, migrations, profiles, tenants};
+use crate::tenant::{cells, dataspaces, drains, migrations, profiles, rebalance, tenants};
 
 pub fn routes() -> Router<AppState> {
     use infrastructure::*;
@@ -48,6 +49,15 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/cells/{id}/drain", get(get_drain).post(drain_cell))
         .route("/cells/{id}/drain/{action}", post(control_drain))
+        .route(
+            "/rebalance-plans",
+            get(list_rebalance_plans).post(plan_rebalance),
+        )
+        .route("/rebalance-plans/{id}", get(get_rebalance_plan))
+        .route(
+            "/rebalance-plans/{id}/{action}",
+            post(control_rebalance_plan),
+        )
         .route(
             "/tenants/{tid}/participant-profiles/{pid}/migrations",
             get(list_migrations).post(migrate_profile),
