@@ -762,7 +762,7 @@ async fn concurrent_placement_never_overfills_a_cell() {
 
 /// Activity definitions and a template of the three local plugins: vault, then k8s,
 /// then DNS (routing switches last), disposed in reverse.
-async fn template(api: &Api) {
+pub(super) async fn template(api: &Api) {
     for activity_type in [
         "cfm.vault.credentials",
         "cfm.k8s.runtime",
@@ -799,7 +799,7 @@ async fn create_cells(api: &Api, names: &[&str], capacity: i64) -> Vec<String> {
     ids
 }
 
-async fn create_cell(api: &Api, name: &str, capacity: i64, region: &str) -> String {
+pub(super) async fn create_cell(api: &Api, name: &str, capacity: i64, region: &str) -> String {
     let cell = api
         .post_ok(
             "/cells",
@@ -812,7 +812,7 @@ async fn create_cell(api: &Api, name: &str, capacity: i64, region: &str) -> Stri
     cell["id"].as_str().unwrap().to_string()
 }
 
-async fn deploy(api: &Api, tenant: &str, n: usize, properties: Value) -> (u16, Value) {
+pub(super) async fn deploy(api: &Api, tenant: &str, n: usize, properties: Value) -> (u16, Value) {
     api.call(
         Method::POST,
         &format!("/tenants/{tenant}/participant-profiles"),

@@ -15,6 +15,7 @@ mod distributed;
 mod e2e;
 mod edc_v;
 mod fleet;
+mod fleet_load;
 mod hostile_api;
 mod nats_auth;
 mod plugin_tools;
