@@ -215,6 +215,12 @@ pub(crate) struct HostArgs {
     /// `~/.kube/config`, in-cluster), or the API server's URL.
     #[arg(long, env = "CFM_KUBERNETES")]
     pub(crate) kubernetes: Option<String>,
+    /// A cell whose participants' cluster objects go to a Kubernetes cluster of its own:
+    /// `CELL=TARGET`, CELL a cell's id or external id, TARGET the API server's URL or
+    /// `context:NAME` (a kubeconfig context). Repeat it for each such cell; other cells
+    /// use `--kubernetes` (or the embedded folder per cell).
+    #[arg(long = "kubernetes-cell", env = "CFM_KUBERNETES_CELLS", value_delimiter = ',', value_parser = cell_cluster)]
+    pub(crate) kubernetes_cells: Vec<(String, String)>,
     /// The field manager cfm's server-side applies use.
     #[arg(long, env = "CFM_KUBERNETES_FIELD_MANAGER", default_value = "cfm")]
     pub(crate) kubernetes_field_manager: String,
@@ -287,5 +293,17 @@ impl NatsArgs {
                 NatsAuth::None
             },
         )
+    }
+}
+
+/// `CELL=TARGET` of `--kubernetes-cell`.
+fn cell_cluster(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((cell, target)) if !cell.trim().is_empty() && !target.trim().is_empty() => {
+            Ok((cell.trim().to_string(), target.trim().to_string()))
+        }
+        _ => Err(format!(
+            "'{text}' is not CELL=TARGET (a cell id or external id, then an API server URL or context:NAME)"
+        )),
     }
 }

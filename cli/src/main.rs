@@ -190,6 +190,13 @@ async fn open_host(data_dir: &Path, args: &HostArgs) -> anyhow::Result<AgentHost
         tracing::info!(server = %cluster.server(), field_manager = %args.kubernetes_field_manager, "plugin cluster objects go to Kubernetes");
         backends = backends.with_cluster(Arc::new(cluster));
     }
+    for (cell, target) in &args.kubernetes_cells {
+        let cluster = KubernetesCluster::connect(Some(target), &args.kubernetes_field_manager)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(%cell, server = %cluster.server(), "cell's cluster objects go to its own Kubernetes");
+        backends = backends.with_cell_cluster(cell.clone(), Arc::new(cluster));
+    }
     if let Some(server) = args.dns_server {
         let key = args
             .dns_tsig_key_file

@@ -574,7 +574,8 @@ pub struct RebalancePlan {
     pub unresolved_cells: Vec<crate::error::CellRefusal>,
     /// How far execution has got.
     pub progress: PlanProgress,
-    /// Why it ended as it did, when that needs saying.
+    /// Why it stops short of the band (cut short), was refused as stale, or how it
+    /// ended.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub detail: Option<String>,
     /// When it was computed (RFC 3339).

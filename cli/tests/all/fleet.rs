@@ -364,6 +364,25 @@ async fn a_rebalance_plan_brings_a_new_cell_into_the_band(backend: TestBackend) 
         again["state"], "running",
         "executing twice is one execution"
     );
+    let beside_id = beside["id"].as_str().unwrap();
+    let (status, refused) = api
+        .call(
+            Method::POST,
+            &format!("/rebalance-plans/{beside_id}/execute"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 409,
+        "two plans over the same cells at once: {refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("is running over some of the same cells"),
+        "{refused}"
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     let done = loop {
         let plan = api.get_json(&format!("/rebalance-plans/{id}")).await;

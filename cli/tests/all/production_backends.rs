@@ -1,7 +1,8 @@
 //! `cfm serve` with production backends: the vault plugin's credential in a real OpenBao
 //! (`--vault-addr`), the dns plugin's records in a real BIND9 through RFC 2136 with TSIG
 //! (`--dns-server`), both still there once cfm is gone, and the k8s plugin's objects in
-//! Kubernetes (`--kubernetes`, against the API-server stand-in).
+//! Kubernetes (`--kubernetes`, against the API-server stand-in), or each cell's in a
+//! Kubernetes of its own (`--kubernetes-cell`).
 
 use std::time::Duration;
 
@@ -237,6 +238,79 @@ async fn serve_keeps_cluster_objects_in_kubernetes() {
 
     api.dispose(&tenant_id, &id).await;
     assert!(kube.names().is_empty(), "{:?}", kube.names());
+}
+
+/// `--kubernetes-cell`: each cell keeps its participants' objects in its own cluster
+/// (named here by external id), so a migration moves them from one API server to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cell_keeps_its_objects_in_its_own_kubernetes() {
+    let (east, west) = (KubeApi::start().await, KubeApi::start().await);
+    let server = Server::start(&[
+        "--kubernetes-cell",
+        &format!("cell-east={}", east.url),
+        "--kubernetes-cell",
+        &format!("cell-west={}", west.url),
+    ])
+    .await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-east").await;
+    let west_cell = api
+        .post_ok("/cells", json!({"externalId": "cell-west"}), 201)
+        .await;
+    api.post_ok(
+        &format!("/dataspace-profiles/{}/deployments", env.dataspace_id),
+        json!({"profileId": env.dataspace_id, "cellId": "cell-west"}),
+        202,
+    )
+    .await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant = tenant["id"].as_str().unwrap().to_string();
+    let profile = api
+        .post_ok(
+            &format!("/tenants/{tenant}/participant-profiles"),
+            json!({"identifier": "did:web:mover.example", "dataspaceProfileIds": [env.dataspace_id],
+                   "cellId": env.cell_id}),
+            202,
+        )
+        .await;
+    let id = profile["id"].as_str().unwrap().to_string();
+    api.wait_active(&tenant, &id, Duration::from_secs(60)).await;
+    let namespace = format!("cfm-{id}");
+    assert!(
+        east.object("v1", "configmaps", &namespace, "participant-context")
+            .is_some()
+    );
+    assert!(west.names().is_empty(), "{:?}", west.names());
+    assert!(
+        !server
+            .data_dir()
+            .join("cluster")
+            .join(&env.cell_id)
+            .exists()
+    );
+
+    let migrations = format!("/tenants/{tenant}/participant-profiles/{id}/migrations");
+    api.post_ok(&migrations, json!({"targetCellId": west_cell["id"]}), 202)
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while api.get_json(&migrations).await[0]["state"] != "completed" {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let context = west
+        .object("v1", "configmaps", &namespace, "participant-context")
+        .expect("the target cell's cluster holds the participant");
+    assert_eq!(context["data"]["did"], "did:web:mover.example");
+    assert!(
+        east.names().is_empty(),
+        "the source cell kept {:?}",
+        east.names()
+    );
+    assert!(
+        server
+            .log()
+            .contains("cell's cluster objects go to its own Kubernetes")
+    );
 }
 
 /// Every secret cfm is given or makes (the Vault token, the TSIG key, the signing key,

@@ -17,6 +17,7 @@ pub mod log;
 pub mod secrets;
 pub mod tokens;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -38,6 +39,9 @@ pub struct Backends {
     /// With the embedded cluster backend: one folder of manifests per cell, which
     /// [`Backends::for_cell`] picks for each invocation.
     pub cluster_per_cell: Option<Arc<cluster::manifests::FolderPerCell>>,
+    /// Cells with a cluster of their own (a Kubernetes API server or kubeconfig context),
+    /// by cell id or external id: they take precedence over `cluster`.
+    pub cluster_by_cell: Arc<BTreeMap<String, Arc<dyn cluster::ClusterBackend>>>,
 }
 
 impl Backends {
@@ -55,20 +59,42 @@ impl Backends {
             cluster_per_cell: Some(Arc::new(cluster::manifests::FolderPerCell::new(
                 data_dir.join("cluster"),
             ))),
+            cluster_by_cell: Arc::default(),
         }
     }
 
-    /// The backends an invocation acting on `cell` uses: with the embedded cluster, that
-    /// cell's own folder (`cluster/<cell>/...`), so that moving a participant between cells
-    /// really moves its objects; anything else is shared by every cell.
-    pub fn for_cell(&self, cell: &str) -> Self {
-        match self.cluster_per_cell.as_ref().and_then(|f| f.cell(cell)) {
+    /// The backends an invocation acting on a cell (its id and external id) uses: the
+    /// cell's own cluster when it was given one; else, with the embedded cluster, the
+    /// cell's own folder (`cluster/<cell id>/...`), so that moving a participant between
+    /// cells really moves its objects; anything else is shared by every cell.
+    pub fn for_cell(&self, cell_id: &str, external_id: &str) -> Self {
+        let own = [cell_id, external_id]
+            .into_iter()
+            .filter(|key| !key.is_empty())
+            .find_map(|key| self.cluster_by_cell.get(key));
+        if let Some(cluster) = own {
+            return Self {
+                cluster: cluster.clone(),
+                ..self.clone()
+            };
+        }
+        match self.cluster_per_cell.as_ref().and_then(|f| f.cell(cell_id)) {
             Some(cluster) => Self {
                 cluster,
                 ..self.clone()
             },
             None => self.clone(),
         }
+    }
+
+    /// The same, with `cell` (its id or external id) keeping its objects in `cluster`.
+    pub fn with_cell_cluster(
+        mut self,
+        cell: impl Into<String>,
+        cluster: Arc<dyn cluster::ClusterBackend>,
+    ) -> Self {
+        Arc::make_mut(&mut self.cluster_by_cell).insert(cell.into(), cluster);
+        self
     }
 
     /// The same, with secrets kept by `secrets` (Vault/OpenBao) instead.

@@ -79,7 +79,10 @@ impl AgentHost {
             participant_context_id: task.participant_context_id.clone(),
             idempotency_key: task.idempotency_key(),
             grants: plugin.grants.scoped(&task.participant_context_id),
-            backends: self.inner.backends.for_cell(acting_cell(task)),
+            backends: {
+                let (cell_id, external_id) = acting_cell(task);
+                self.inner.backends.for_cell(cell_id, external_id)
+            },
             audit: self.inner.audit.clone(),
             denials: Default::default(),
             used_tokens: Default::default(),
@@ -152,12 +155,17 @@ fn request(plugin: &LoadedPlugin, task: &ActivityTask) -> ActivityRequest {
     }
 }
 
-/// The cell an activity acts on: its first VPA's, from the server-owned VPA data.
-fn acting_cell(task: &ActivityTask) -> &str {
-    task.processing_data
+/// The cell an activity acts on, its id and external id: its first VPA's, from the
+/// server-owned VPA data.
+fn acting_cell(task: &ActivityTask) -> (&str, &str) {
+    let vpa = task
+        .processing_data
         .get(cfm_protocol::keys::VPA_DATA)
-        .and_then(|vpas| vpas.get(0))
-        .and_then(|vpa| vpa.get("cellId"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
+        .and_then(|vpas| vpas.get(0));
+    let field = |name: &str| {
+        vpa.and_then(|vpa| vpa.get(name))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    (field("cellId"), field("externalCellId"))
 }

@@ -9,6 +9,7 @@
 //! migrations' unique index keeps a participant from being moved twice at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Row};
@@ -31,6 +32,13 @@ pub const PLAN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 pub const MAX_MOVES: usize = 10_000;
 /// Without a band, cells are aimed at the fleet's mean utilisation, give or take this.
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
+/// Plans one list page holds at most: each carries its cells.
+const MAX_LISTED: i64 = 100;
+/// The most cells a plan may be asked to weigh by name.
+pub const MAX_CELL_IDS: usize = 1_000;
+/// Fit checks one plan may make: a fleet whose participants fit almost nowhere is cut
+/// short (and says so) rather than planned for minutes.
+const FIT_CHECKS: usize = 2_000_000;
 /// A cell whose load changed by more than this share of its capacity since planning
 /// (at least one place) makes the plan stale.
 const LOAD_DRIFT: f64 = 0.1;
@@ -57,21 +65,34 @@ pub async fn plan(engine: &Engine, new: NewPlan) -> Result<RebalancePlan> {
     if let Some(band) = new.band {
         check_band(band)?;
     }
-    let mut tx = store::write(engine.db()).await?;
-    let mut fleet = cells::all(&mut tx).await?;
+    // Computed on a plain connection: the write lock is taken only to store the result.
+    let mut conn = engine.db().acquire().await?;
+    let mut fleet = cells::all(&mut conn).await?;
     if let Some(wanted) = &new.cell_ids {
-        let mut ids = HashSet::new();
-        for id in wanted {
-            let cell = cells::find(&mut tx, id)
-                .await?
-                .ok_or_else(|| ManagerError::bad_request(format!("cell '{id}' does not exist")))?;
-            ids.insert(cell.id);
+        if wanted.len() > MAX_CELL_IDS {
+            return Err(ManagerError::bad_request(format!(
+                "cellIds names {} cells; at most {MAX_CELL_IDS}",
+                wanted.len()
+            )));
         }
-        fleet.retain(|c| ids.contains(&c.id));
+        let wanted: HashSet<&str> = wanted.iter().map(String::as_str).collect();
+        for id in &wanted {
+            if !fleet.iter().any(|c| c.id == *id || c.external_id == *id) {
+                let shown: String = id.chars().take(64).collect();
+                return Err(ManagerError::bad_request(format!(
+                    "cell '{shown}' does not exist"
+                )));
+            }
+        }
+        fleet.retain(|c| wanted.contains(c.id.as_str()) || wanted.contains(c.external_id.as_str()));
     }
     let (weighed, excluded_cells) = weighable(fleet);
-    let band = new.band.unwrap_or_else(|| mean_band(&weighed));
-    let computed = Planner::new(&mut tx, band, weighed).run().await?;
+    let band = match new.band {
+        Some(band) => band,
+        None => mean_band(&weighed)?,
+    };
+    let computed = Planner::new(&mut conn, band, weighed).run().await?;
+    drop(conn);
     let timestamp = now();
     let expires_at = (chrono::Utc::now()
         + chrono::Duration::from_std(PLAN_LIFETIME).unwrap_or_default())
@@ -87,11 +108,12 @@ pub async fn plan(engine: &Engine, new: NewPlan) -> Result<RebalancePlan> {
         excluded_cells,
         unresolved_cells: computed.unresolved,
         progress: PlanProgress::default(),
-        detail: None,
+        detail: computed.cut_short,
         created_at: timestamp.clone(),
         updated_at: timestamp,
         expires_at,
     };
+    let mut tx = store::write(engine.db()).await?;
     insert(&mut tx, &plan).await?;
     tx.commit().await?;
     tracing::info!(plan = %plan.id, moves = plan.moves.len(), band_min = band.min, band_max = band.max,
@@ -102,11 +124,12 @@ pub async fn plan(engine: &Engine, new: NewPlan) -> Result<RebalancePlan> {
 /// Plans sorted by id, with their progress but without their moves (read one plan for
 /// those).
 pub async fn list(engine: &Engine, page: Page) -> Result<Paged<RebalancePlan>> {
+    let page = Page::new(Some(page.offset), Some(page.limit.min(MAX_LISTED)));
     let (rows, total) = store::paged(engine.db(), SELECT_PLAN, None, page).await?;
     let mut items = rows.iter().map(read_plan).collect::<Result<Vec<_>>>()?;
     let mut conn = engine.db().acquire().await?;
     for plan in &mut items {
-        plan.progress = progress(&load_moves(&mut conn, &plan.id).await?);
+        plan.progress = counted_progress(&mut conn, &plan.id).await?;
     }
     Ok(Paged { items, total, page })
 }
@@ -133,6 +156,33 @@ pub async fn execute(engine: &Engine, id: &str) -> Result<RebalancePlan> {
             )));
         }
     }
+    // The plan's cells locked in id order (as placement takes them), then no other plan
+    // may be moving participants between any of them: two plans computed side by side
+    // would both fill the same target.
+    let mut cell_ids: Vec<&str> = plan.cells.iter().map(|c| c.cell_id.as_str()).collect();
+    cell_ids.sort_unstable();
+    for cell_id in &cell_ids {
+        store::lock_row(&mut tx, Table::Cells, cell_id).await?;
+    }
+    let running: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM rebalance_plans WHERE state = $1 AND id <> $2")
+            .bind(PlanState::Running)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    for other in running {
+        let other = fetch_head(&mut tx, &other).await?;
+        if other
+            .cells
+            .iter()
+            .any(|c| cell_ids.contains(&c.cell_id.as_str()))
+        {
+            return Err(ManagerError::conflict(format!(
+                "rebalance plan '{}' is running over some of the same cells; wait for it or cancel it",
+                other.id
+            )));
+        }
+    }
     let reasons = staleness(&mut tx, &plan).await?;
     if !reasons.is_empty() {
         let detail = describe_reasons(&reasons);
@@ -141,7 +191,7 @@ pub async fn execute(engine: &Engine, id: &str) -> Result<RebalancePlan> {
         tracing::info!(plan = %id, "rebalance plan refused as stale: {detail}");
         return Err(ManagerError::StalePlan { reasons });
     }
-    set_state(&mut tx, id, PlanState::Running, None).await?;
+    set_state(&mut tx, id, PlanState::Running, plan.detail.as_deref()).await?;
     let plan = fetch(&mut tx, id).await?;
     tx.commit().await?;
     tracing::info!(plan = %id, moves = plan.moves.len(), parallelism = plan.parallelism, "rebalance started");
@@ -171,71 +221,111 @@ pub async fn cancel(engine: &Engine, id: &str) -> Result<RebalancePlan> {
     Ok(plan)
 }
 
-/// One pass over the running plans: each is topped up to its parallelism, or ends.
+/// One pass over the running plans: each is topped up to its parallelism, or ends. A
+/// plan that fails is logged and the others still run.
 pub async fn tick(engine: &Engine) -> Result<()> {
     let running: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM rebalance_plans WHERE state = $1")
+        sqlx::query_scalar("SELECT id FROM rebalance_plans WHERE state = $1 ORDER BY id")
             .bind(PlanState::Running)
             .fetch_all(engine.db().queries())
             .await?;
     for id in running {
-        let mut tx = store::write(engine.db()).await?;
-        lock(&mut tx, &id).await?;
-        let plan = fetch(&mut tx, &id).await?;
-        if plan.state != PlanState::Running {
-            continue;
-        }
-        let started = top_up(engine, &mut tx, &plan).await?;
-        tx.commit().await?;
-        if started > 0 {
-            engine.wake();
+        if let Err(e) = top_up(engine, &id).await {
+            tracing::warn!(plan = %id, "rebalancing: {e}");
         }
     }
     Ok(())
 }
 
-/// Starts the next moves up to the plan's parallelism, or completes it.
-async fn top_up(engine: &Engine, tx: &mut Conn, plan: &RebalancePlan) -> Result<usize> {
-    if plan.progress.remaining == 0 && plan.progress.in_flight == 0 {
-        let p = plan.progress;
-        let detail = format!(
-            "{} moved, {} failed, {} skipped",
-            p.moved, p.failed, p.skipped
-        );
-        set_state(tx, &plan.id, PlanState::Completed, Some(&detail)).await?;
-        tracing::info!(plan = %plan.id, "rebalance completed: {detail}");
-        return Ok(0);
-    }
-    let mut slots = (plan.parallelism - plan.progress.in_flight).max(0);
-    let mut started = 0;
-    for (position, planned) in plan.moves.iter().enumerate() {
-        if slots == 0 {
-            break;
+/// Starts the plan's next moves up to its parallelism, or completes it: one transaction
+/// per move, so that no transaction holds several participants' and cells' locks (taken
+/// in no one order, they could deadlock with a migration started through the API).
+async fn top_up(engine: &Engine, id: &str) -> Result<()> {
+    loop {
+        let mut tx = store::write(engine.db()).await?;
+        lock(&mut tx, id).await?;
+        let plan = fetch_head(&mut tx, id).await?;
+        if plan.state != PlanState::Running {
+            return Ok(());
         }
-        if planned.state != MoveState::Planned.as_str() {
-            continue;
+        let progress = counted_progress(&mut tx, id).await?;
+        if progress.remaining == 0 && progress.in_flight == 0 {
+            let detail = format!(
+                "{} moved, {} failed, {} skipped",
+                progress.moved, progress.failed, progress.skipped
+            );
+            set_state(&mut tx, id, PlanState::Completed, Some(&detail)).await?;
+            tx.commit().await?;
+            tracing::info!(plan = %id, "rebalance completed: {detail}");
+            return Ok(());
         }
-        match start_move(engine, tx, planned).await? {
-            Ok(migration_id) => {
+        if progress.remaining == 0 || progress.in_flight >= plan.parallelism {
+            return Ok(());
+        }
+        let Some((position, planned)) = next_planned(&mut tx, id).await? else {
+            return Ok(());
+        };
+        match start_move(engine, &mut tx, &planned).await {
+            Ok(Ok(migration_id)) => {
                 record_move(
-                    tx,
-                    &plan.id,
+                    &mut tx,
+                    id,
                     position,
                     MoveState::Started,
                     Some(&migration_id),
                     None,
                 )
                 .await?;
-                slots -= 1;
-                started += 1;
+                tx.commit().await?;
+                engine.wake();
             }
-            Err(why) => {
-                tracing::info!(plan = %plan.id, profile = %planned.profile_id, "move skipped: {why}");
-                record_move(tx, &plan.id, position, MoveState::Skipped, None, Some(&why)).await?;
+            Ok(Err(why)) => {
+                tracing::info!(plan = %id, profile = %planned.profile_id, "move skipped: {why}");
+                record_move(&mut tx, id, position, MoveState::Skipped, None, Some(&why)).await?;
+                tx.commit().await?;
+            }
+            // The database: nothing was written; the next tick tries again.
+            Err(e @ ManagerError::Database(_)) => return Err(e),
+            // Anything else is this participant's: the move is skipped, saying why, in a
+            // transaction of its own (the failed one may have written part of a start).
+            Err(e) => {
+                drop(tx);
+                let mut tx = store::write(engine.db()).await?;
+                lock(&mut tx, id).await?;
+                let why = e.to_string();
+                tracing::warn!(plan = %id, profile = %planned.profile_id, "move skipped: {why}");
+                record_move(&mut tx, id, position, MoveState::Skipped, None, Some(&why)).await?;
+                tx.commit().await?;
             }
         }
     }
-    Ok(started)
+}
+
+/// The plan's first move not started yet, with its position.
+async fn next_planned(conn: &mut Conn, plan_id: &str) -> Result<Option<(usize, PlannedMove)>> {
+    let row = sqlx::query(
+        "SELECT position, profile_id, tenant_id, source_cell_id, target_cell_id FROM rebalance_moves
+          WHERE plan_id = $1 AND state = $2 ORDER BY position LIMIT 1",
+    )
+    .bind(plan_id)
+    .bind(MoveState::Planned.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|row| {
+        let position: i64 = row.get("position");
+        (
+            position as usize,
+            PlannedMove {
+                profile_id: row.get("profile_id"),
+                tenant_id: row.get("tenant_id"),
+                source_cell_id: row.get("source_cell_id"),
+                target_cell_id: row.get("target_cell_id"),
+                state: MoveState::Planned.as_str().into(),
+                migration_id: None,
+                detail: None,
+            },
+        )
+    }))
 }
 
 /// Starts one move's migration; `Ok(Err(why))` when the participant or its target no
@@ -255,8 +345,9 @@ async fn start_move(
             planned.source_cell_id
         )));
     }
-    // A deleted target must not fall back to placement elsewhere: the plan chose it.
-    if cells::find(tx, &planned.target_cell_id).await?.is_none() {
+    // Locked after the participant, as placement would; a deleted target must not fall
+    // back to placement elsewhere: the plan chose it.
+    if !store::lock_row(tx, Table::Cells, &planned.target_cell_id).await? {
         return Ok(Err(format!(
             "target cell '{}' no longer exists",
             planned.target_cell_id
@@ -342,12 +433,14 @@ struct Planner<'a> {
     band: UtilisationBand,
     cells: Vec<Cell>,
     /// Each cell's movable participants, ids in order, read once.
-    residents: HashMap<String, Vec<String>>,
+    residents: HashMap<String, Arc<Vec<String>>>,
     /// What each participant needs of a cell; None for one that cannot move now.
     needs: HashMap<String, Option<Movable>>,
     /// Cells serving each set of dataspace profiles, read once per set.
     serving: HashMap<Vec<String>, Option<HashSet<String>>>,
     moved: HashSet<String>,
+    /// Placement checks made so far, against [`FIT_CHECKS`].
+    fit_checks: usize,
 }
 
 struct Movable {
@@ -359,6 +452,8 @@ struct Computed {
     cells: Vec<PlannedCell>,
     moves: Vec<PlannedMove>,
     unresolved: Vec<CellRefusal>,
+    /// Why the plan stops short of the band, when it does.
+    cut_short: Option<String>,
 }
 
 impl<'a> Planner<'a> {
@@ -371,6 +466,7 @@ impl<'a> Planner<'a> {
             needs: HashMap::new(),
             serving: HashMap::new(),
             moved: HashSet::new(),
+            fit_checks: 0,
         }
     }
 
@@ -381,7 +477,20 @@ impl<'a> Planner<'a> {
             .map(|c| (c.id.clone(), c.usage.taken()))
             .collect();
         let mut moves = Vec::new();
-        while moves.len() < MAX_MOVES {
+        let mut cut_short = None;
+        loop {
+            if moves.len() == MAX_MOVES {
+                cut_short = Some(format!(
+                    "cut short at {MAX_MOVES} moves; once executed, plan again for the rest"
+                ));
+                break;
+            }
+            if self.fit_checks >= FIT_CHECKS {
+                cut_short = Some(format!(
+                    "cut short after {FIT_CHECKS} placement checks: few participants fit elsewhere; once executed, plan again"
+                ));
+                break;
+            }
             let Some((from, to, profile_id)) = self.next_move().await? else {
                 break;
             };
@@ -406,7 +515,7 @@ impl<'a> Planner<'a> {
         let mut unresolved = Vec::new();
         let mut planned_cells = Vec::new();
         for cell in &self.cells {
-            let capacity = cell.capacity.map(|c| c.max_participants).unwrap_or(1);
+            let capacity = capacity_of(cell);
             let taken = cell.usage.taken();
             let utilisation = utilisation(taken, capacity);
             if utilisation > band.max {
@@ -434,26 +543,24 @@ impl<'a> Planner<'a> {
                 participants,
                 planned: taken,
                 utilisation: utilisation_of(participants, capacity),
-                planned_utilisation: utilisation,
+                planned_utilisation: utilisation_of(taken, capacity),
             });
         }
         Ok(Computed {
             cells: planned_cells,
             moves,
             unresolved,
+            cut_short,
         })
     }
 
     /// The next move as (source index, target index, profile id); None when no move
-    /// brings the fleet closer to the band.
+    /// brings the fleet closer to the band. Cells over the band are relieved first; when
+    /// none of them can be (or none is over), cells under the band are filled from any
+    /// cell that stays within it, or from one over it.
     async fn next_move(&mut self) -> Result<Option<(usize, usize, String)>> {
         let band = self.band;
-        let util = |c: &Cell, delta: i64| {
-            utilisation(
-                c.usage.taken() + delta,
-                c.capacity.map(|c| c.max_participants).unwrap_or(1),
-            )
-        };
+        let util = |c: &Cell, delta: i64| utilisation(c.usage.taken() + delta, capacity_of(c));
         let by_load = |cells: &[Cell], mut ids: Vec<usize>, descending: bool| {
             ids.sort_by(|&a, &b| {
                 let order = util(&cells[a], 0).total_cmp(&util(&cells[b], 0));
@@ -462,54 +569,51 @@ impl<'a> Planner<'a> {
             });
             ids
         };
-        let all: Vec<usize> = (0..self.cells.len()).collect();
-        let over: Vec<usize> = all
-            .iter()
-            .copied()
-            .filter(|&i| util(&self.cells[i], 0) > band.max)
-            .collect();
-        let (sources, targets) = if !over.is_empty() {
-            let targets = all
-                .iter()
-                .copied()
-                .filter(|&i| util(&self.cells[i], 1) <= band.max)
-                .collect();
-            (
-                by_load(&self.cells, over, true),
-                by_load(&self.cells, targets, false),
-            )
-        } else {
-            let under: Vec<usize> = all
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    util(&self.cells[i], 0) < band.min && util(&self.cells[i], 1) <= band.max
-                })
-                .collect();
-            if under.is_empty() {
-                return Ok(None);
-            }
-            let sources = all
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    util(&self.cells[i], 0) >= band.min && util(&self.cells[i], -1) >= band.min
-                })
-                .collect();
-            (
-                by_load(&self.cells, sources, true),
-                by_load(&self.cells, under, false),
-            )
+        let pick = |cells: &[Cell], keep: &dyn Fn(&Cell) -> bool| -> Vec<usize> {
+            (0..cells.len()).filter(|&i| keep(&cells[i])).collect()
         };
-        for &from in &sources {
+        let over = pick(&self.cells, &|c| util(c, 0) > band.max);
+        if !over.is_empty() {
+            let sources = by_load(&self.cells, over, true);
+            let targets = by_load(
+                &self.cells,
+                pick(&self.cells, &|c| util(c, 1) <= band.max),
+                false,
+            );
+            if let Some(found) = self.find(&sources, &targets).await? {
+                return Ok(Some(found));
+            }
+        }
+        let under = pick(&self.cells, &|c| {
+            util(c, 0) < band.min && util(c, 1) <= band.max
+        });
+        if under.is_empty() {
+            return Ok(None);
+        }
+        let sources = pick(&self.cells, &|c| {
+            util(c, 0) > band.max || util(c, -1) >= band.min
+        });
+        let sources = by_load(&self.cells, sources, true);
+        let targets = by_load(&self.cells, under, false);
+        self.find(&sources, &targets).await
+    }
+
+    /// The first participant of `sources` (most loaded first) that fits one of
+    /// `targets` (least loaded first).
+    async fn find(
+        &mut self,
+        sources: &[usize],
+        targets: &[usize],
+    ) -> Result<Option<(usize, usize, String)>> {
+        for &from in sources {
             let residents = self.residents_of(from).await?;
-            for profile_id in residents {
-                if self.moved.contains(&profile_id) {
+            for profile_id in residents.iter() {
+                if self.moved.contains(profile_id) {
                     continue;
                 }
-                for &to in &targets {
-                    if to != from && self.fits(&profile_id, to).await? {
-                        return Ok(Some((from, to, profile_id)));
+                for &to in targets {
+                    if to != from && self.fits(profile_id, to).await? {
+                        return Ok(Some((from, to, profile_id.clone())));
                     }
                 }
             }
@@ -517,7 +621,7 @@ impl<'a> Planner<'a> {
         Ok(None)
     }
 
-    async fn residents_of(&mut self, index: usize) -> Result<Vec<String>> {
+    async fn residents_of(&mut self, index: usize) -> Result<Arc<Vec<String>>> {
         let cell_id = self.cells[index].id.clone();
         if let Some(ids) = self.residents.get(&cell_id) {
             return Ok(ids.clone());
@@ -531,12 +635,14 @@ impl<'a> Planner<'a> {
         .bind(&cell_id)
         .fetch_all(&mut *self.conn)
         .await?;
+        let ids = Arc::new(ids);
         self.residents.insert(cell_id, ids.clone());
         Ok(ids)
     }
 
     /// Whether the participant can move into cell `to` as the cells stand in the plan.
     async fn fits(&mut self, profile_id: &str, to: usize) -> Result<bool> {
+        self.fit_checks += 1;
         if !self.needs.contains_key(profile_id) {
             let movable = match profiles::find(self.conn, profile_id).await? {
                 Some(p)
@@ -574,8 +680,8 @@ fn weighable(fleet: Vec<Cell>) -> (Vec<Cell>, Vec<CellRefusal>) {
                 "is {}: only active cells are rebalanced",
                 cell.state
             ))
-        } else if cell.capacity.is_none() {
-            Some("has no maxParticipants, so no utilisation".to_string())
+        } else if cell.capacity.is_none_or(|c| c.max_participants <= 0) {
+            Some("has no maxParticipants (or 0), so no utilisation".to_string())
         } else {
             None
         };
@@ -590,19 +696,27 @@ fn weighable(fleet: Vec<Cell>) -> (Vec<Cell>, Vec<CellRefusal>) {
     (weighed, excluded)
 }
 
-/// The fleet's mean utilisation ± [`DEFAULT_TOLERANCE`].
-fn mean_band(cells: &[Cell]) -> UtilisationBand {
-    let (taken, capacity) = cells.iter().fold((0i64, 0i64), |(t, c), cell| {
-        (
-            t + cell.usage.taken(),
-            c + cell.capacity.map(|c| c.max_participants).unwrap_or(0),
-        )
+/// The weighed cells' mean utilisation (at most 1) ± [`DEFAULT_TOLERANCE`].
+fn mean_band(cells: &[Cell]) -> Result<UtilisationBand> {
+    let (taken, capacity) = cells.iter().fold((0f64, 0f64), |(t, c), cell| {
+        (t + cell.usage.taken() as f64, c + capacity_of(cell) as f64)
     });
-    let mean = utilisation_of(taken, capacity);
-    UtilisationBand {
+    let mean = if capacity > 0.0 {
+        (taken / capacity).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let band = UtilisationBand {
         min: (mean - DEFAULT_TOLERANCE).max(0.0),
         max: (mean + DEFAULT_TOLERANCE).min(1.0),
-    }
+    };
+    check_band(band)?;
+    Ok(band)
+}
+
+/// A weighed cell's `maxParticipants` (at least 1: cells without one are not weighed).
+fn capacity_of(cell: &Cell) -> i64 {
+    cell.capacity.map_or(1, |c| c.max_participants.max(1))
 }
 
 fn check_band(band: UtilisationBand) -> Result<()> {
@@ -653,13 +767,19 @@ async fn lock(conn: &mut Conn, id: &str) -> Result<()> {
     }
 }
 
-async fn fetch(conn: &mut Conn, id: &str) -> Result<RebalancePlan> {
+/// A plan's own row: no moves, no progress.
+async fn fetch_head(conn: &mut Conn, id: &str) -> Result<RebalancePlan> {
     let row = sqlx::query(AssertSqlSafe(format!("{SELECT_PLAN} WHERE id = $1")))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| ManagerError::not_found(format!("rebalance plan '{id}' not found")))?;
-    let mut plan = read_plan(&row)?;
+    read_plan(&row)
+}
+
+/// A plan with its moves and progress.
+async fn fetch(conn: &mut Conn, id: &str) -> Result<RebalancePlan> {
+    let mut plan = fetch_head(conn, id).await?;
     plan.moves = load_moves(conn, id).await?;
     plan.progress = progress(&plan.moves);
     Ok(plan)
@@ -716,39 +836,89 @@ async fn load_moves(conn: &mut Conn, plan_id: &str) -> Result<Vec<PlannedMove>> 
     Ok(rows
         .iter()
         .map(|row| {
+            let stored: String = row.get("state");
             let migration_state: Option<String> = row.get("migration_state");
             let detail: Option<String> = row.get("detail");
+            let detail = match &migration_state {
+                Some(_) => detail.or_else(|| row.get("error_detail")),
+                None if stored == MoveState::Started.as_str() => Some(FORGOTTEN.to_string()),
+                None => detail,
+            };
             PlannedMove {
                 profile_id: row.get("profile_id"),
                 tenant_id: row.get("tenant_id"),
                 source_cell_id: row.get("source_cell_id"),
                 target_cell_id: row.get("target_cell_id"),
-                state: migration_state.clone().unwrap_or_else(|| row.get("state")),
+                state: shown_state(&stored, migration_state.as_deref()).to_string(),
                 migration_id: row.get("migration_id"),
-                detail: detail.or_else(|| migration_state.and(row.get("error_detail"))),
+                detail,
             }
         })
         .collect())
 }
 
+/// Why a started move shows no migration: its record went when a cell it names was
+/// deleted.
+const FORGOTTEN: &str = "its migration's record was deleted with its cell";
+
+/// What a move shows: its migration's state once started (`unknown` when the record is
+/// gone), else its own.
+fn shown_state<'a>(stored: &'a str, migration_state: Option<&'a str>) -> &'a str {
+    match migration_state {
+        Some(state) => state,
+        None if stored == MoveState::Started.as_str() => "unknown",
+        None => stored,
+    }
+}
+
 fn progress(moves: &[PlannedMove]) -> PlanProgress {
     let mut progress = PlanProgress::default();
     for planned in moves {
-        use MigrationState::*;
-        match planned.state.parse::<MigrationState>() {
-            // A switched migration has moved its participant and is still cleaning up.
-            Ok(Switched | Completed | CleanupFailed) => progress.moved += 1,
-            Ok(Provisioning | RollingBack) => progress.in_flight += 1,
-            Ok(RolledBack | Failed) => progress.failed += 1,
-            Err(_) if planned.state == MoveState::Skipped.as_str() => progress.skipped += 1,
-            Err(_) => progress.remaining += 1,
-        }
-        if planned.state == Switched.as_str() {
-            // Still cleaning the source up: it counts against the parallelism too.
-            progress.in_flight += 1;
-        }
+        tally(&mut progress, &planned.state, 1);
     }
     progress
+}
+
+/// A plan's progress by one grouped count, without reading its moves.
+async fn counted_progress(conn: &mut Conn, plan_id: &str) -> Result<PlanProgress> {
+    let rows = sqlx::query(
+        "SELECT r.state, m.state AS migration_state, COUNT(*) AS n
+           FROM rebalance_moves r LEFT JOIN migrations m ON m.id = r.migration_id
+          WHERE r.plan_id = $1 GROUP BY r.state, m.state",
+    )
+    .bind(plan_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut progress = PlanProgress::default();
+    for row in rows {
+        let stored: String = row.get("state");
+        let migration_state: Option<String> = row.get("migration_state");
+        tally(
+            &mut progress,
+            shown_state(&stored, migration_state.as_deref()),
+            row.get("n"),
+        );
+    }
+    Ok(progress)
+}
+
+/// Counts `n` moves showing `state` into `progress`.
+fn tally(progress: &mut PlanProgress, state: &str, n: i64) {
+    use MigrationState::*;
+    match state.parse::<MigrationState>() {
+        // A switched migration has moved its participant and is still cleaning up: it
+        // counts against the parallelism too.
+        Ok(Switched) => {
+            progress.moved += n;
+            progress.in_flight += n;
+        }
+        Ok(Completed | CleanupFailed) => progress.moved += n,
+        Ok(Provisioning | RollingBack) => progress.in_flight += n,
+        Ok(RolledBack | Failed) => progress.failed += n,
+        Err(_) if state == MoveState::Planned.as_str() => progress.remaining += n,
+        // Skipped, or started with its record gone: finished either way.
+        Err(_) => progress.skipped += n,
+    }
 }
 
 async fn record_move(

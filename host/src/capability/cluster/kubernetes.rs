@@ -11,6 +11,7 @@
 //! other kind is refused as invalid.
 
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::config::KubeConfigOptions;
 use kube::core::ApiResource;
 use kube::{Client, Config};
 use serde_json::Value;
@@ -42,6 +43,10 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
     ),
 ];
 
+/// How a target names a context of the kubeconfig kubectl would read, not a URL:
+/// `context:NAME`.
+pub const CONTEXT_PREFIX: &str = "context:";
+
 /// Why no client for the cluster could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -57,6 +62,15 @@ pub enum ConnectError {
     /// No cluster in `KUBECONFIG`, `~/.kube/config` or a pod's service account.
     #[error("finding the Kubernetes cluster: {0}")]
     Infer(#[source] kube::config::InferConfigError),
+    /// The kubeconfig has no such context, or it cannot be used.
+    #[error("kubeconfig context '{context}': {source}")]
+    Context {
+        /// The context as given.
+        context: String,
+        /// Why it cannot be used.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
     /// No client could be made for the cluster.
     #[error("Kubernetes client for {server}: {source}")]
     Client {
@@ -76,13 +90,27 @@ pub struct KubernetesCluster {
 }
 
 impl KubernetesCluster {
-    /// Connects to `api_server` (a URL), or with no URL to the cluster kubectl would use
-    /// (`KUBECONFIG`, `~/.kube/config`, or the in-cluster service account).
+    /// Connects to `api_server` (a URL, or `context:NAME` for a context of the kubeconfig
+    /// kubectl would read), or with none to the cluster kubectl would use (`KUBECONFIG`,
+    /// `~/.kube/config`, or the in-cluster service account).
     pub async fn connect(
         api_server: Option<&str>,
         field_manager: &str,
     ) -> Result<Self, ConnectError> {
         let config = match api_server {
+            Some(target) if target.starts_with(CONTEXT_PREFIX) => {
+                let context = &target[CONTEXT_PREFIX.len()..];
+                let options = KubeConfigOptions {
+                    context: Some(context.to_string()),
+                    ..KubeConfigOptions::default()
+                };
+                Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|source| ConnectError::Context {
+                        context: context.to_string(),
+                        source,
+                    })?
+            }
             Some(url) => Config::new(url.parse().map_err(|source| ConnectError::ApiServer {
                 url: url.to_string(),
                 source,
