@@ -25,15 +25,7 @@ async fn main() {
     let server = Server::start(&["--concurrency", "16"]).await;
     let api = Arc::new(server.client());
     let env = api.dataspace_with_cell("cell-a").await;
-    let target = api
-        .post_ok("/cells", json!({"externalId": "cell-b"}), 201)
-        .await;
-    api.post_ok(
-        &format!("/dataspace-profiles/{}/deployments", env.dataspace_id),
-        json!({"profileId": env.dataspace_id, "cellId": "cell-b"}),
-        202,
-    )
-    .await;
+    let target = api.cell_serving(&env.dataspace_id, "cell-b").await;
     let tenant = api.post_ok("/tenants", json!({}), 201).await;
     let tenant = tenant["id"].as_str().unwrap().to_string();
 

@@ -157,6 +157,21 @@ impl Api {
         env
     }
 
+    /// Another cell, `external_id`, with an active deployment of `dataspace_id`: a place
+    /// its participants can move to. The cell as created.
+    pub async fn cell_serving(&self, dataspace_id: &str, external_id: &str) -> Value {
+        let cell = self
+            .post_ok("/cells", json!({"externalId": external_id}), 201)
+            .await;
+        self.post_ok(
+            &format!("/dataspace-profiles/{dataspace_id}/deployments"),
+            json!({"profileId": dataspace_id, "cellId": external_id}),
+            202,
+        )
+        .await;
+        cell
+    }
+
     /// Definitions for crash tests (on a server started with `--no-seed`): the built-in
     /// activity types plus `example.slow` (200 ms) between vault and k8s, so every
     /// onboarding has work in flight long enough to be interrupted. `dispose` adds a

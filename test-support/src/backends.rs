@@ -3,13 +3,27 @@
 use crate::*;
 
 /// `cfm serve` flags that keep plugins' secrets in `bao` (reached at `vault_address`, its
-/// token written into `dir`) and their DNS records in `bind`.
+/// token written into `dir`), their DNS records in `bind` and their cluster objects in
+/// `kube`.
 pub fn production_backends(
     dir: &Path,
     bao: &cfm_host::testing::OpenBao,
     vault_address: &str,
     bind: &cfm_host::testing::Bind,
     kube: &cfm_standins::kubernetes::KubeApi,
+) -> Vec<String> {
+    let mut flags = secrets_and_dns_backends(dir, bao, vault_address, bind);
+    flags.extend(["--kubernetes".to_string(), kube.url.clone()]);
+    flags
+}
+
+/// The same without Kubernetes: cluster objects stay in the data directory's folder per
+/// cell.
+pub fn secrets_and_dns_backends(
+    dir: &Path,
+    bao: &cfm_host::testing::OpenBao,
+    vault_address: &str,
+    bind: &cfm_host::testing::Bind,
 ) -> Vec<String> {
     let token_file = dir.join("vault.token");
     std::fs::write(&token_file, &bao.token).unwrap();
@@ -22,8 +36,6 @@ pub fn production_backends(
         &bind.address().to_string(),
         "--dns-tsig-key-file",
         &bind.key_file.display().to_string(),
-        "--kubernetes",
-        &kube.url,
     ]
     .map(String::from)
     .to_vec()

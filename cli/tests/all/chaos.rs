@@ -34,6 +34,9 @@ use serde_json::{Value, json};
 const DEFAULT_CHAOS_SECS: u64 = 75;
 /// How long the deployment may take to finish its work once the faults stop.
 const SETTLE: Duration = Duration::from_secs(120);
+/// How long nothing may run, with work still counted in the queue, before the deployment is
+/// judged settled anyway: five of the replicas' 2 s ack-waits.
+const QUIET: Duration = Duration::from_secs(10);
 const ZONE: &str = "participants.cfm.local";
 const CELL: &str = "cell-chaos";
 /// Where every participant's name points: its cell's ingress (the dns plugin's default suffix).
@@ -702,7 +705,7 @@ async fn onboarding_and_decommissioning_survive_random_faults() {
 }
 
 /// Waits until no orchestration is running, no profile is between states and no
-/// JetStream consumer has work outstanding. The queue counts: a task whose report was applied but whose
+/// JetStream consumer has work outstanding (or nothing has run for [`QUIET`]). The queue counts: a task whose report was applied but whose
 /// ack was lost (a SIGKILLed agent, a NATS restart) is handed out again once its ack-wait
 /// ends, possibly after its participant's dispose, and the clean-up that undoes that late
 /// run starts only when its report arrives. The queue is read before and after the
@@ -711,6 +714,7 @@ async fn settle(rig: &Rig, violations: &mut Vec<String>) -> bool {
     let work = &rig.work;
     let started = Instant::now();
     let mut last = String::new();
+    let mut quiet_since: Option<Instant> = None;
     while started.elapsed() < SETTLE {
         let queued_before = rig.queued().await;
         let running = work
@@ -732,12 +736,16 @@ async fn settle(rig: &Rig, violations: &mut Vec<String>) -> bool {
                     )
                 })
                 .collect();
-            if running.is_empty()
-                && between.is_empty()
-                && queued_before == Some(0)
-                && queued_after == Some(0)
-            {
-                return true;
+            if running.is_empty() && between.is_empty() {
+                let quiet = *quiet_since.get_or_insert_with(Instant::now);
+                // The queue's counts can lag behind after NATS restarts; a quiet spell of
+                // several ack-waits lets any lost acknowledgement's redelivery show.
+                let empty = queued_before == Some(0) && queued_after == Some(0);
+                if empty || quiet.elapsed() >= QUIET {
+                    return true;
+                }
+            } else {
+                quiet_since = None;
             }
             last = format!(
                 "{} orchestrations not terminal, {} profiles between states, {queued_after:?} messages outstanding",

@@ -31,19 +31,8 @@ async fn a_cell_drains_under_load_and_replica_kills_without_a_gap_in_dns() {
     let bao = DurableOpenBao::start();
     let bind = Bind::start(ZONE);
     let mut deployment = Deployment::start(&nats_url(), 2).await;
-    let token_file = deployment.dir().join("vault.token");
-    std::fs::write(&token_file, &bao.token).unwrap();
-    let backends = [
-        "--vault-addr",
-        &bao.address,
-        "--vault-token-file",
-        &token_file.display().to_string(),
-        "--dns-server",
-        &bind.address().to_string(),
-        "--dns-tsig-key-file",
-        &bind.key_file.display().to_string(),
-    ]
-    .map(String::from);
+    let backends =
+        cfm_test_support::secrets_and_dns_backends(deployment.dir(), &bao, &bao.address, &bind);
     // One data directory: the agents share the embedded cluster, a folder per cell.
     let plugins = cfm_test_support::plugins_config();
     deployment.start_agents_with(&["agents", "agents"], 8, &plugins, &backends);
@@ -66,8 +55,11 @@ async fn a_cell_drains_under_load_and_replica_kills_without_a_gap_in_dns() {
     }
     let onboarding_took = started.elapsed();
     let counts = usage(&api).await;
-    assert_eq!(counts.values().sum::<i64>(), PARTICIPANTS as i64);
-    for (cell, n) in &counts {
+    assert_eq!(
+        counts.values().map(|(n, _)| n).sum::<i64>(),
+        PARTICIPANTS as i64
+    );
+    for (cell, (n, _)) in &counts {
         assert_eq!(
             *n,
             PARTICIPANTS as i64 / 3,
@@ -116,7 +108,8 @@ async fn a_cell_drains_under_load_and_replica_kills_without_a_gap_in_dns() {
             drain["inFlight"].as_u64().unwrap() as usize,
             Ordering::SeqCst,
         );
-        for (cell, n) in usage_with_arriving(&api).await {
+        for (cell, (participants, arriving)) in usage(&api).await {
+            let n = participants + arriving;
             assert!(n <= CAPACITY, "cell {cell} over its capacity: {n}");
         }
         if !killed && drain["moved"].as_i64().unwrap() >= 10 {
@@ -382,24 +375,8 @@ fn context_of(text: &str, name: &str) -> String {
     lines[at.saturating_sub(12)..(at + 6).min(lines.len())].join("\n")
 }
 
-/// Participants (not disposed) per cell.
-async fn usage(api: &Api) -> BTreeMap<String, i64> {
-    let cells = api.get_json("/cells").await;
-    cells
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["id"].as_str().unwrap().to_string(),
-                c["usage"]["participants"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// Places taken per cell: participants and those migrating in.
-async fn usage_with_arriving(api: &Api) -> BTreeMap<String, i64> {
+/// Per cell: participants (not disposed) and those migrating in.
+async fn usage(api: &Api) -> BTreeMap<String, (i64, i64)> {
     let cells = api.get_json("/cells").await;
     cells
         .as_array()
@@ -409,7 +386,10 @@ async fn usage_with_arriving(api: &Api) -> BTreeMap<String, i64> {
             let usage = &c["usage"];
             (
                 c["id"].as_str().unwrap().to_string(),
-                usage["participants"].as_i64().unwrap() + usage["arriving"].as_i64().unwrap(),
+                (
+                    usage["participants"].as_i64().unwrap(),
+                    usage["arriving"].as_i64().unwrap(),
+                ),
             )
         })
         .collect()

@@ -254,15 +254,7 @@ async fn each_cell_keeps_its_objects_in_its_own_kubernetes() {
     .await;
     let api = server.client();
     let env = api.dataspace_with_cell("cell-east").await;
-    let west_cell = api
-        .post_ok("/cells", json!({"externalId": "cell-west"}), 201)
-        .await;
-    api.post_ok(
-        &format!("/dataspace-profiles/{}/deployments", env.dataspace_id),
-        json!({"profileId": env.dataspace_id, "cellId": "cell-west"}),
-        202,
-    )
-    .await;
+    let west_cell = api.cell_serving(&env.dataspace_id, "cell-west").await;
     let tenant = api.post_ok("/tenants", json!({}), 201).await;
     let tenant = tenant["id"].as_str().unwrap().to_string();
     let profile = api
