@@ -157,22 +157,35 @@ pub async fn tick(engine: &Engine) -> Result<()> {
         .fetch_all(engine.db().queries())
         .await?;
     for id in running {
-        let mut tx = store::write(engine.db()).await?;
-        store::lock_row(&mut tx, Table::Drains, &id).await?;
-        let drain = get(&mut tx, &id).await?;
-        if drain.state != DrainState::Running {
-            continue;
-        }
-        let started = top_up(engine, &mut tx, &drain).await?;
-        tx.commit().await?;
-        if started > 0 {
-            engine.wake();
+        if let Err(e) = tick_drain(engine, &id).await {
+            tracing::warn!(drain = %id, "draining: {e}");
         }
     }
     Ok(())
 }
 
-/// Starts migrations up to the drain's parallelism, or ends it; returns how many started.
+/// Tops one drain up, one migration per transaction: a transaction that started several
+/// would hold cells' locks while taking another participant's, against the order an
+/// API-started migration takes them (participant, then cells).
+async fn tick_drain(engine: &Engine, id: &str) -> Result<()> {
+    loop {
+        let mut tx = store::write(engine.db()).await?;
+        store::lock_row(&mut tx, Table::Drains, id).await?;
+        let drain = get(&mut tx, id).await?;
+        if drain.state != DrainState::Running {
+            return Ok(());
+        }
+        let started = top_up(engine, &mut tx, &drain).await?;
+        tx.commit().await?;
+        if started == 0 {
+            return Ok(());
+        }
+        engine.wake();
+    }
+}
+
+/// Starts the drain's next migration while it is under its parallelism, or ends it;
+/// returns how many started (0 or 1).
 async fn top_up(engine: &Engine, tx: &mut Conn, drain: &Drain) -> Result<usize> {
     let drain = progress(tx, drain.clone()).await?;
     if drain.remaining == 0 && drain.in_flight == 0 {
@@ -204,7 +217,7 @@ async fn top_up(engine: &Engine, tx: &mut Conn, drain: &Drain) -> Result<usize> 
     let mut started = 0usize;
     let mut detail = None;
     for profile_id in &candidates {
-        if started as i64 == slots {
+        if started == 1 {
             break;
         }
         store::lock_row(tx, Table::ParticipantProfiles, profile_id).await?;
