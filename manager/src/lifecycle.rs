@@ -93,10 +93,12 @@ impl VpaState {
     pub fn after(orchestration_type: &str, end: OrchestrationState) -> VpaTransition {
         use OrchestrationState::{Completed, Errored};
         use orchestration_types::{VPA_DEPLOY, VPA_DISPOSE};
-        // A participant stays active while it migrates, and keypair events change its
-        // services, not its VPAs.
+        // A participant stays active while it migrates or is upgraded (a failed upgrade
+        // leaves it on its old version), and keypair events change its services, not
+        // its VPAs.
         if orchestration_type.starts_with(orchestration_types::KEYPAIR_PREFIX)
             || orchestration_type.starts_with(orchestration_types::VPA_MIGRATE)
+            || orchestration_type == orchestration_types::VPA_UPGRADE
         {
             return VpaTransition::Unchanged;
         }
@@ -185,6 +187,56 @@ pub enum PlanState {
     Cancelled,
     /// Refused at execution: the cells or participants it was computed from changed.
     Stale,
+}
+
+/// Where a rollout stands: `running` ⇄ `paused` (by the operator, or by itself when its
+/// failure budget is spent), then `completed` (every selected participant was tried) or
+/// `aborted` (by the operator; upgrades under way finish, no further ones start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutState {
+    /// Upgrades are being started, batch after batch.
+    Running,
+    /// No new upgrades start; those under way finish.
+    Paused,
+    /// Every selected participant was upgraded, failed within the budget, or skipped.
+    Completed,
+    /// More upgrades failed than the budget allows and they could not be retried.
+    Failed,
+    /// Stopped for good by the operator.
+    Aborted,
+}
+
+/// Where one participant of a rollout stands: `pending` → `upgrading` → `upgraded` or
+/// `failed` (a resume makes failed ones pending again); `skipped` when it no longer
+/// qualifies (disposed, on the target version already) or the rollout was aborted first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutTargetState {
+    /// Not started yet.
+    Pending,
+    /// Its upgrade orchestration runs.
+    Upgrading,
+    /// On the target version.
+    Upgraded,
+    /// Its upgrade failed; it stays on its old version.
+    Failed,
+    /// Not upgraded, and not to be (detail says why).
+    Skipped,
+}
+
+/// Where decommissioning a tenant stands: `running` (its participants are being
+/// disposed), then `completed` (the tenant is deleted) or `failed` (a participant could not
+/// be disposed; the tenant stays, and asking again tries again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DecommissionState {
+    /// Participants are being disposed.
+    Running,
+    /// Every participant was disposed and the tenant deleted.
+    Completed,
+    /// A participant's dispose failed; the tenant is kept.
+    Failed,
 }
 
 macro_rules! stored_as_text {
@@ -276,6 +328,28 @@ stored_as_text!(PlanState {
     Completed => "completed",
     Cancelled => "cancelled",
     Stale => "stale",
+});
+
+stored_as_text!(DecommissionState {
+    Running => "running",
+    Completed => "completed",
+    Failed => "failed",
+});
+
+stored_as_text!(RolloutState {
+    Running => "running",
+    Paused => "paused",
+    Completed => "completed",
+    Failed => "failed",
+    Aborted => "aborted",
+});
+
+stored_as_text!(RolloutTargetState {
+    Pending => "pending",
+    Upgrading => "upgrading",
+    Upgraded => "upgraded",
+    Failed => "failed",
+    Skipped => "skipped",
 });
 
 stored_as_text!(VpaState {

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use crate::lifecycle::{
-    DrainState, MigrationState, OrchestrationState, PlanState, StepState, VpaState,
+    DecommissionState, DrainState, MigrationState, OrchestrationState, PlanState, RolloutState,
+    RolloutTargetState, StepState, VpaState,
 };
 
 /// Free-form JSON properties of a resource, queryable as `properties.<key>`.
@@ -254,6 +255,28 @@ pub struct ParticipantProfile {
     /// The move to another cell under way, if one is (on reads of one profile).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub migration: Option<Migration>,
+    /// The orchestration definition the participant was provisioned with.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub template_id: Option<String>,
+    /// Which version of it: the deploy's, then each completed upgrade's.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub template_version: Option<i64>,
+    /// The plugins that provisioned the participant: for each activity type, the one
+    /// that last ran it. Sorted by activity type.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub plugin_digests: Vec<PluginDigest>,
+}
+
+/// Which plugin ran an activity type for a participant.
+#[derive(
+    Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginDigest {
+    /// The activity type.
+    pub activity_type: String,
+    /// The sha256 of the plugin's component file, lowercase hex.
+    pub sha256: String,
 }
 
 /// A virtual participant agent: one of the participant's runtime roles in a cell.
@@ -303,12 +326,19 @@ pub struct ActivityDefinition {
     pub output_schema: Value,
 }
 
+fn first_version() -> i64 {
+    1
+}
+
 /// An orchestration template: activities per orchestration type.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrchestrationDefinition {
     /// The definition's id, chosen by the server; `cfm.orchestrationDefinitionId` names it.
     pub id: String,
+    /// 1 when created, one more with each new version; the id names the newest.
+    #[serde(default = "first_version")]
+    pub version: i64,
     /// What the template provisions, for people.
     #[serde(default)]
     pub description: String,
@@ -345,6 +375,9 @@ pub struct Orchestration {
     pub correlation_id: String,
     /// The template it runs.
     pub definition_id: String,
+    /// Which version of it.
+    #[serde(default = "first_version")]
+    pub definition_version: i64,
     /// 0 initialized, 1 running, 2 completed, 3 errored (upstream's numbers).
     pub state: i64,
     /// When it entered its state (RFC 3339).
@@ -584,4 +617,132 @@ pub struct RebalancePlan {
     pub updated_at: String,
     /// After this, executing it is refused as stale (RFC 3339).
     pub expires_at: String,
+}
+
+/// How many failed upgrades a rollout tolerates before it pauses itself.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureBudget {
+    /// This many participants.
+    Count(i64),
+    /// This share of the selected participants, 0 to 100 (rounded down).
+    Percent(f64),
+}
+
+/// Bringing the participants a selector picks to another version of their template, in
+/// batches, with its progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// The rollout's id, chosen by the server.
+    pub id: String,
+    /// Incremented on every change of state.
+    pub version: i64,
+    /// The orchestration definition whose participants it upgrades.
+    pub template_id: String,
+    /// The version it brings them to.
+    pub target_version: i64,
+    /// The predicate that selected the participants (over participant profiles).
+    pub selector: String,
+    /// Participants per batch: a batch starts when the one before it has finished.
+    pub batch_size: i64,
+    /// Upgrades that run at once, at most.
+    pub max_parallel: i64,
+    /// Failed upgrades tolerated, as asked.
+    pub failure_budget: FailureBudget,
+    /// The budget in participants.
+    pub max_failures: i64,
+    /// The wait between two batches, in milliseconds.
+    pub pause_between_batches_ms: i64,
+    /// Where the rollout stands.
+    pub state: RolloutState,
+    /// Participants selected.
+    pub total: i64,
+    /// The batch being worked on (from 0).
+    pub batch: i64,
+    /// Upgrades failed since it started or was last resumed: what the budget counts.
+    pub failures: i64,
+    /// Participants per state.
+    pub progress: RolloutProgress,
+    /// Why it paused or failed, when it did by itself.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+/// A rollout's participants per state.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutProgress {
+    /// Not started yet.
+    pub pending: i64,
+    /// Upgrades under way.
+    pub upgrading: i64,
+    /// On the target version.
+    pub upgraded: i64,
+    /// Upgrades that failed (the participant stays on its old version).
+    pub failed: i64,
+    /// Left out: no longer qualifying, or the rollout was aborted first.
+    pub skipped: i64,
+}
+
+/// One participant of a rollout: how its upgrade went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTarget {
+    /// The participant profile.
+    pub profile_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Its batch (from 0).
+    pub batch: i64,
+    /// Where its upgrade stands.
+    pub state: RolloutTargetState,
+    /// The template version it was on when its upgrade started.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub from_version: Option<i64>,
+    /// The upgrade orchestration (the latest, after a retry).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub orchestration_id: Option<String>,
+    /// Upgrades started for it.
+    pub attempts: i64,
+    /// Why it failed or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+/// Decommissioning a tenant: its participants disposed, a few at a time, then the tenant
+/// deleted; with its progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantDecommission {
+    /// The decommission's id, chosen by the server.
+    pub id: String,
+    /// Incremented on every change of state.
+    pub version: i64,
+    /// The tenant.
+    pub tenant_id: String,
+    /// Where it stands.
+    pub state: DecommissionState,
+    /// Disposes that run at once, at most.
+    pub parallelism: i64,
+    /// Participants not yet disposed when it started.
+    pub total: i64,
+    /// Participants still to dispose (not `disposed`), counting those being disposed.
+    pub remaining: i64,
+    /// Participants being disposed now.
+    pub disposing: i64,
+    /// Why it failed (which participants could not be disposed, and why), or what it
+    /// waits for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+    /// When it started (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
 }

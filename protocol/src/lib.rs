@@ -20,6 +20,9 @@ pub mod keys {
     /// A migration's cells and phase: `{"id", "phase": "target"|"source"|"rollback",
     /// "source": {cellId, externalCellId, cellProperties}, "target": {...}}`.
     pub const MIGRATION: &str = "cfm.migration";
+    /// An upgrade's versions: `{"templateId", "fromVersion", "toVersion", "rolloutId"}`
+    /// (`rolloutId` absent when no rollout started it).
+    pub const UPGRADE: &str = "cfm.upgrade";
     /// What every orchestration's processing data starts with.
     pub const BASE: [&str; 4] = [
         PARTICIPANT_ID,
@@ -29,7 +32,12 @@ pub mod keys {
     ];
     /// Namespaces of keys the server writes and activities only read: an activity
     /// output naming one is refused, so no plugin can re-address later activities.
-    pub const SERVER_OWNED_PREFIXES: [&str; 3] = ["cfm.participant.", "cfm.vpa.", "cfm.migration"];
+    pub const SERVER_OWNED_PREFIXES: [&str; 4] = [
+        "cfm.participant.",
+        "cfm.vpa.",
+        "cfm.migration",
+        "cfm.upgrade",
+    ];
 
     /// Whether `key` belongs to the server (see [`SERVER_OWNED_PREFIXES`]).
     pub fn is_server_owned(key: &str) -> bool {
@@ -58,6 +66,11 @@ pub mod orchestration_types {
     /// What keypair lifecycle events start: `<KEYPAIR_PREFIX>activated`, `…revoked`,
     /// `…rotated`. They change the participant's services, never its VPAs' state.
     pub const KEYPAIR_PREFIX: &str = "cfm.orchestration.keypair.";
+    /// Brings an active participant to another version of its template: the target
+    /// version's own upgrade activities, or its deploy activities re-run (plugins deploy
+    /// idempotently). Processing data carries [`keys::UPGRADE`] and what provisioned the
+    /// participant so far; its VPAs stay active whatever the outcome.
+    pub const VPA_UPGRADE: &str = "cfm.orchestration.vpa.upgrade";
 }
 
 /// One activity to run: what the agent host hands to a plugin.
@@ -138,6 +151,20 @@ pub struct ActivityReport {
     /// from agents that predate it.
     #[serde(default)]
     pub delivery: u64,
+    /// The sha256 of the plugin that ran the attempt, when the executor knows it: a
+    /// participant records which plugin versions provisioned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_digest: Option<String>,
+}
+
+/// An attempt's outcome with the plugin that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed {
+    /// How the attempt ended.
+    pub outcome: ActivityOutcome,
+    /// The sha256 of the plugin that ran it; None when no plugin ran (no plugin serves
+    /// the type, the host is shutting down) or the executor does not know.
+    pub plugin_digest: Option<String>,
 }
 
 /// Runs activities. The agent host implements it; the engine's queue workers call it.
@@ -146,6 +173,16 @@ pub trait ActivityExecutor: Send + Sync {
     /// Runs one attempt. Infrastructure trouble is reported as `Retry`, a plugin
     /// that breaks its limits or contract as `Fatal`: this never fails otherwise.
     async fn execute(&self, task: ActivityTask) -> ActivityOutcome;
+
+    /// [`ActivityExecutor::execute`], saying which plugin ran the attempt. The digest
+    /// must be that of the plugin invoked, not the one loaded now: a reload may swap
+    /// plugins while an attempt runs.
+    async fn execute_traced(&self, task: ActivityTask) -> Executed {
+        Executed {
+            outcome: self.execute(task).await,
+            plugin_digest: None,
+        }
+    }
 
     /// The activity types this executor can run.
     fn activity_types(&self) -> Vec<String>;

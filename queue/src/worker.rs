@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask};
+use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask, Executed};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -172,16 +172,19 @@ impl Worker {
 
     async fn run_and_report(&self, delivery: Box<dyn Delivery>, task: ActivityTask) {
         tracing::debug!(deliveries = delivery.deliveries(), "task received");
-        let outcome = if delivery.deliveries() > self.settings.max_deliveries {
+        let executed = if delivery.deliveries() > self.settings.max_deliveries {
             tracing::error!(
                 deliveries = delivery.deliveries(),
                 "giving up on an activity that never reported"
             );
-            ActivityOutcome::Fatal {
-                reason: format!(
-                    "delivered {} times without a result; the activity may crash its host",
-                    delivery.deliveries() - 1
-                ),
+            Executed {
+                outcome: ActivityOutcome::Fatal {
+                    reason: format!(
+                        "delivered {} times without a result; the activity may crash its host",
+                        delivery.deliveries() - 1
+                    ),
+                },
+                plugin_digest: None,
             }
         } else {
             self.execute_keeping_lease(delivery.as_ref(), task.clone())
@@ -190,8 +193,9 @@ impl Worker {
         let report = ActivityReport {
             message_id: delivery.id().to_string(),
             task,
-            outcome,
+            outcome: executed.outcome,
             delivery: delivery.deliveries(),
+            plugin_digest: executed.plugin_digest,
         };
         for attempt in 1..=3u64 {
             match self.sink.report(report.clone()).await {
@@ -214,12 +218,8 @@ impl Worker {
         let _ = delivery.nak(Duration::from_secs(1)).await;
     }
 
-    async fn execute_keeping_lease(
-        &self,
-        delivery: &dyn Delivery,
-        task: ActivityTask,
-    ) -> ActivityOutcome {
-        let execution = self.executor.execute(task);
+    async fn execute_keeping_lease(&self, delivery: &dyn Delivery, task: ActivityTask) -> Executed {
+        let execution = self.executor.execute_traced(task);
         tokio::pin!(execution);
         // The first signal is due one period in. (An interval's immediate first tick
         // still waits for the timer driver, up to a millisecond on every activity.)

@@ -172,17 +172,9 @@ impl Api {
         cell
     }
 
-    /// Definitions for crash tests (on a server started with `--no-seed`): the built-in
-    /// activity types plus `example.slow` (200 ms) between vault and k8s, so every
-    /// onboarding has work in flight long enough to be interrupted. `dispose` adds a
-    /// dispose template.
-    pub async fn slow_template(&self, dispose: bool) {
-        for activity_type in [
-            "cfm.vault.credentials",
-            "cfm.k8s.runtime",
-            "cfm.dns.routing",
-            "example.slow",
-        ] {
+    /// Creates an activity definition (no schemas) for each of `types`.
+    pub async fn define_activities(&self, types: &[&str]) {
+        for activity_type in types {
             self.post_ok(
                 "/activity-definitions",
                 json!({"type": activity_type, "description": "test"}),
@@ -190,6 +182,20 @@ impl Api {
             )
             .await;
         }
+    }
+
+    /// Definitions for crash tests (on a server started with `--no-seed`): the built-in
+    /// activity types plus `example.slow` (200 ms) between vault and k8s, so every
+    /// onboarding has work in flight long enough to be interrupted. `dispose` adds a
+    /// dispose template.
+    pub async fn slow_template(&self, dispose: bool) {
+        self.define_activities(&[
+            "cfm.vault.credentials",
+            "cfm.k8s.runtime",
+            "cfm.dns.routing",
+            "example.slow",
+        ])
+        .await;
         let mut activities = json!({"cfm.orchestration.vpa.deploy": [
             {"id": "vault", "type": "cfm.vault.credentials"},
             {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},

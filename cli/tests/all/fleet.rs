@@ -782,18 +782,12 @@ async fn concurrent_placement_never_overfills_a_cell() {
 /// Activity definitions and a template of the three local plugins: vault, then k8s,
 /// then DNS (routing switches last), disposed in reverse.
 pub(super) async fn template(api: &Api) {
-    for activity_type in [
+    api.define_activities(&[
         "cfm.vault.credentials",
         "cfm.k8s.runtime",
         "cfm.dns.routing",
-    ] {
-        api.post_ok(
-            "/activity-definitions",
-            json!({"type": activity_type, "description": "fleet"}),
-            201,
-        )
-        .await;
-    }
+    ])
+    .await;
     api.post_ok(
         "/orchestration-definitions",
         json!({"activities": {

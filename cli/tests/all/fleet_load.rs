@@ -239,7 +239,9 @@ async fn a_cell_drains_under_load_and_replica_kills_without_a_gap_in_dns() {
 }
 
 /// Onboards participants `range` from [`CLIENTS`] clients over `apis`; their ids.
-async fn onboard_concurrently(
+/// Onboards the participants numbered `range` from [`CLIENTS`] clients, alternating
+/// between the two APIs; their profile ids.
+pub(super) async fn onboard_concurrently(
     apis: &[Api; 2],
     tenant: &str,
     range: std::ops::Range<usize>,

@@ -83,7 +83,8 @@ async fn operations(api: &Api, world: &World) -> Vec<(Method, String, String)> {
                 .replace("{tid}", &world.tenant_a)
                 .replace("{pid}", &world.profile_a)
                 .replace("{type}", &world.activity_type)
-                .replace("{action}", "pause");
+                .replace("{action}", "pause")
+                .replace("{version}", "1");
             let path = match template.split('/').nth(1).unwrap_or_default() {
                 "tenants" => path.replace("{id}", &world.tenant_a),
                 "cells" => path.replace("{id}", &world.cell),
@@ -92,6 +93,7 @@ async fn operations(api: &Api, world: &World) -> Vec<(Method, String, String)> {
                 "orchestrations" => path.replace("{id}", &world.orchestration),
                 // Refused before any handler looks the plan up.
                 "rebalance-plans" => path.replace("{id}", "a-plan"),
+                "rollouts" => path.replace("{id}", "a-rollout"),
                 _ => path,
             };
             assert!(!path.contains('{'), "unfilled parameter in {template}");
@@ -396,6 +398,13 @@ async fn odd_ids_and_bodies_are_client_errors(backend: TestBackend) {
             (Method::GET, format!("/cells/{id}")),
             (Method::GET, format!("/rebalance-plans/{id}")),
             (Method::POST, format!("/rebalance-plans/{id}/execute")),
+            (Method::GET, format!("/rollouts/{id}")),
+            (Method::GET, format!("/rollouts/{id}/participants")),
+            (Method::POST, format!("/rollouts/{id}/abort")),
+            (
+                Method::GET,
+                format!("/orchestration-definitions/{id}/versions/{id}"),
+            ),
         ] {
             let (status, text) = send(&admin, method.clone(), &path, "", &token).await;
             assert!(
@@ -423,6 +432,8 @@ async fn odd_ids_and_bodies_are_client_errors(backend: TestBackend) {
             "/orchestration-definitions".to_string(),
             "/cells".to_string(),
             "/rebalance-plans".to_string(),
+            "/rollouts".to_string(),
+            format!("/orchestration-definitions/{}/versions", world.definition),
         ] {
             let (status, text) = send(&admin, Method::POST, &path, body, &token).await;
             assert!(

@@ -11,6 +11,7 @@
 
 mod auth;
 mod chaos;
+mod decommission;
 mod distributed;
 mod e2e;
 mod edc_v;
@@ -21,4 +22,7 @@ mod nats_auth;
 mod plugin_tools;
 mod production_backends;
 mod provision_api;
+mod retry;
+mod rollout_load;
+mod rollouts;
 mod tenant_api;

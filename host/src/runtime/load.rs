@@ -23,6 +23,8 @@ use crate::grants::{Capability, Grants};
 /// A plugin ready to be instantiated, with what each invocation of it needs.
 pub(super) struct LoadedPlugin {
     pub(super) name: Arc<str>,
+    /// The sha256 of the component file, lowercase hex: reported with every outcome.
+    pub(super) sha256: Arc<str>,
     pub(super) pre: ActivityPluginPre<Invocation>,
     pub(super) limits: Limits,
     pub(super) grants: Grants,
@@ -151,6 +153,7 @@ pub(super) fn load(
         .map_err(|e| failed(format!("settings cannot be turned into JSON: {e}")))?;
     Ok(LoadedPlugin {
         name: plugin.name.as_str().into(),
+        sha256: plugin.sha256.to_ascii_lowercase().into(),
         pre,
         limits: plugin.limits,
         grants: plugin.grants.clone(),

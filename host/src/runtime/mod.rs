@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask};
+use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask, Executed};
 use tracing::Instrument;
 use wasmtime::Engine;
 
@@ -93,12 +93,28 @@ impl AgentHost {
 
     /// Runs one activity attempt to an outcome; never panics on plugin behaviour.
     pub async fn run(&self, task: &ActivityTask) -> ActivityOutcome {
+        self.run_traced(task).await.outcome
+    }
+
+    /// [`AgentHost::run`], with the digest of the plugin that ran.
+    pub async fn run_traced(&self, task: &ActivityTask) -> Executed {
         let plugins = self.plugins();
         let Some(plugin) = plugins.get(&task.activity_type) else {
-            return ActivityOutcome::Fatal {
-                reason: format!("no plugin serves activity type '{}'", task.activity_type),
+            return Executed {
+                outcome: ActivityOutcome::Fatal {
+                    reason: format!("no plugin serves activity type '{}'", task.activity_type),
+                },
+                plugin_digest: None,
             };
         };
+        let outcome = self.run_plugin(plugin, task).await;
+        Executed {
+            outcome,
+            plugin_digest: Some(plugin.sha256.to_string()),
+        }
+    }
+
+    async fn run_plugin(&self, plugin: &Arc<LoadedPlugin>, task: &ActivityTask) -> ActivityOutcome {
         let span = tracing::info_span!(
             "activity",
             orchestration = %task.orchestration_id,
@@ -137,6 +153,10 @@ impl AgentHost {
 impl ActivityExecutor for AgentHost {
     async fn execute(&self, task: ActivityTask) -> ActivityOutcome {
         self.run(&task).await
+    }
+
+    async fn execute_traced(&self, task: ActivityTask) -> Executed {
+        self.run_traced(&task).await
     }
 
     fn activity_types(&self) -> Vec<String> {

@@ -7,7 +7,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::AppState;
-use super::error::{ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::requests::{NewOrchestrationDefinition, OrchestrationManifest, QueryRequest};
 use crate::model::{ActivityDefinition, Orchestration, OrchestrationDefinition};
@@ -29,6 +29,14 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/orchestration-definitions/{id}",
             get(get_orchestration_definition).delete(delete_orchestration_definition),
+        )
+        .route(
+            "/orchestration-definitions/{id}/versions",
+            get(list_orchestration_versions).post(add_orchestration_version),
+        )
+        .route(
+            "/orchestration-definitions/{id}/versions/{version}",
+            get(get_orchestration_version),
         )
         .route("/orchestrations", post(start_orchestration))
         .route("/orchestrations/query", post(query_orchestrations))
@@ -135,16 +143,102 @@ pub(super) async fn create_orchestration(
     if let Some(id) = &body.id {
         definitions::check_template_ref(id)?;
     }
-    let mut conn = state.engine.db().writer().acquire().await?;
+    let mut tx = crate::store::write(state.engine.db()).await?;
     let definition = definitions::create_orchestration(
-        &mut conn,
+        &mut tx,
         body.id,
         body.description,
         body.schema,
         body.activities,
     )
     .await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(definition)))
+}
+
+/// Adds the next version of a definition: new deployments run it, participants on older
+/// versions keep theirs until a rollout upgrades them. The body is a definition's; an `id`
+/// in it must be the path's. `cfm.orchestration.vpa.upgrade` is what a rollout runs to
+/// bring a participant to this version; without it, a rollout re-runs the deploy.
+#[utoipa::path(
+    post,
+    path = "/orchestration-definitions/{id}/versions",
+    tag = "definitions",
+    summary = "Add a version of an orchestration definition (validated); it becomes what the id names",
+    params(("id" = String, Path, description = "Definition id")),
+    request_body = NewOrchestrationDefinition,
+    responses(
+        (status = 201, description = "The new version", body = OrchestrationDefinition),
+        (status = 400, description = "Malformed body, a failed validation, or another id in the body", body = ErrorBody),
+        (status = 404, description = "No such definition", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody)
+    )
+)]
+pub(super) async fn add_orchestration_version(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<NewOrchestrationDefinition>,
+) -> ApiResult<impl IntoResponse> {
+    if body.id.as_ref().is_some_and(|named| *named != id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body's id is not the path's; leave it out",
+        ));
+    }
+    let mut tx = crate::store::write(state.engine.db()).await?;
+    let definition =
+        definitions::add_version(&mut tx, &id, body.description, body.schema, body.activities)
+            .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(definition)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/orchestration-definitions/{id}/versions",
+    tag = "definitions",
+    summary = "List every version of an orchestration definition, oldest first",
+    params(("id" = String, Path, description = "Definition id")),
+    responses(
+        (status = 200, description = "The versions", body = [OrchestrationDefinition]),
+        (status = 404, description = "No such definition", body = ErrorBody)
+    )
+)]
+pub(super) async fn list_orchestration_versions(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        definitions::list_versions(state.engine.db(), &id).await?,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/orchestration-definitions/{id}/versions/{version}",
+    tag = "definitions",
+    summary = "Read one version of an orchestration definition",
+    params(("id" = String, Path, description = "Definition id"), ("version" = i64, Path, description = "Version, from 1")),
+    responses(
+        (status = 200, description = "The version", body = OrchestrationDefinition),
+        (status = 400, description = "The version is not a number", body = ErrorBody),
+        (status = 404, description = "No such definition or version", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_orchestration_version(
+    State(state): State<AppState>,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let version: i64 = version.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the version must be a whole number, got '{version}'"),
+        )
+    })?;
+    let mut conn = state.engine.db().acquire().await?;
+    Ok(Json(
+        definitions::get_version(&mut conn, &id, version).await?,
+    ))
 }
 
 #[utoipa::path(

@@ -107,6 +107,14 @@ pub struct NewDrain {
     pub parallelism: Option<i64>,
 }
 
+/// Decommissions a tenant.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewDecommission {
+    /// How many participants are disposed at once, 1 to 256; 8 when absent.
+    pub parallelism: Option<i64>,
+}
+
 /// Plans a rebalance.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 use crate::error::{ManagerError, Result};
-use crate::model::{ActivityDefinition, ActivitySpec, OrchestrationDefinition, new_id};
+use crate::model::{ActivityDefinition, ActivitySpec, OrchestrationDefinition, new_id, now};
 use crate::store::{Conn, Db, from_json, to_json};
 
 /// Creates or replaces an activity definition (upstream's upsert).
@@ -91,6 +91,163 @@ pub async fn create_orchestration(
     schema: serde_json::Value,
     activities: BTreeMap<String, Vec<ActivitySpec>>,
 ) -> Result<OrchestrationDefinition> {
+    validate_against_known(conn, &activities).await?;
+    let definition = OrchestrationDefinition {
+        id: id.unwrap_or_else(new_id),
+        version: 1,
+        description,
+        schema,
+        activities,
+    };
+    let created_at = next_created_at(conn).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO orchestration_definitions (id, version, description, schema, activities, created_at)
+         VALUES ($1, 1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&definition.id)
+    .bind(&definition.description)
+    .bind(to_json(&definition.schema)?)
+    .bind(to_json(&definition.activities)?)
+    .bind(&created_at)
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(ManagerError::conflict(format!(
+            "orchestration definition '{}' already exists",
+            definition.id
+        )));
+    }
+    keep_version(conn, &definition, &created_at).await?;
+    Ok(definition)
+}
+
+/// Adds the next version of the orchestration definition `id`, which becomes what its id
+/// names: new deployments run it, and a rollout brings existing participants to it.
+/// Participants on older versions keep them (their dispose and migrations run the
+/// version that provisioned them).
+pub async fn add_version(
+    conn: &mut Conn,
+    id: &str,
+    description: String,
+    schema: serde_json::Value,
+    activities: BTreeMap<String, Vec<ActivitySpec>>,
+) -> Result<OrchestrationDefinition> {
+    // Locks the row: two new versions at once get consecutive numbers.
+    let current: Option<i64> = sqlx::query_scalar(
+        "UPDATE orchestration_definitions SET version = version WHERE id = $1 RETURNING version",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let current = current.ok_or_else(|| {
+        ManagerError::not_found(format!("orchestration definition '{id}' not found"))
+    })?;
+    validate_against_known(conn, &activities).await?;
+    let definition = OrchestrationDefinition {
+        id: id.to_string(),
+        version: current + 1,
+        description,
+        schema,
+        activities,
+    };
+    sqlx::query(
+        "UPDATE orchestration_definitions SET version = $1, description = $2, schema = $3, activities = $4
+         WHERE id = $5",
+    )
+    .bind(definition.version)
+    .bind(&definition.description)
+    .bind(to_json(&definition.schema)?)
+    .bind(to_json(&definition.activities)?)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    keep_version(conn, &definition, &now()).await?;
+    tracing::info!(definition = %id, version = definition.version, "orchestration definition versioned");
+    Ok(definition)
+}
+
+/// Version `version` of the orchestration definition `id`; "not found" when either is
+/// unknown.
+pub async fn get_version(
+    conn: &mut Conn,
+    id: &str,
+    version: i64,
+) -> Result<OrchestrationDefinition> {
+    let row = sqlx::query(
+        "SELECT id, version, description, schema, activities FROM orchestration_definition_versions
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(id)
+    .bind(version)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| {
+        ManagerError::not_found(format!(
+            "version {version} of orchestration definition '{id}' not found"
+        ))
+    })?;
+    read(&row)
+}
+
+/// Every version of the orchestration definition `id`, oldest first.
+pub async fn list_versions(db: &Db, id: &str) -> Result<Vec<OrchestrationDefinition>> {
+    let mut conn = db.acquire().await?;
+    get_orchestration(&mut conn, id).await?;
+    let rows = sqlx::query(
+        "SELECT id, version, description, schema, activities FROM orchestration_definition_versions
+         WHERE id = $1 ORDER BY version",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(read).collect()
+}
+
+/// The version a participant was provisioned with, so that undoing or moving it runs
+/// what made it: that version when it is kept, else the definition's newest, else (the
+/// definition deleted) None.
+pub async fn provisioned_with(
+    conn: &mut Conn,
+    id: &str,
+    version: i64,
+) -> Result<Option<OrchestrationDefinition>> {
+    match get_version(conn, id, version).await {
+        Ok(definition) => return Ok(Some(definition)),
+        Err(ManagerError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    match get_orchestration(conn, id).await {
+        Ok(definition) => Ok(Some(definition)),
+        Err(ManagerError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn keep_version(
+    conn: &mut Conn,
+    definition: &OrchestrationDefinition,
+    created_at: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO orchestration_definition_versions (id, version, description, schema, activities, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&definition.id)
+    .bind(definition.version)
+    .bind(&definition.description)
+    .bind(to_json(&definition.schema)?)
+    .bind(to_json(&definition.activities)?)
+    .bind(created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// [`validate`] against the activity definitions stored now.
+async fn validate_against_known(
+    conn: &mut Conn,
+    activities: &BTreeMap<String, Vec<ActivitySpec>>,
+) -> Result<()> {
     let rows = sqlx::query("SELECT type, input_schema, output_schema FROM activity_definitions")
         .fetch_all(&mut *conn)
         .await?;
@@ -100,31 +257,7 @@ pub async fn create_orchestration(
         let output: Value = from_json(row.get("output_schema"), "output schema")?;
         known.insert(row.get::<String, _>("type"), DataFlow::of(&input, &output));
     }
-    validate(&activities, &known)?;
-    let definition = OrchestrationDefinition {
-        id: id.unwrap_or_else(new_id),
-        description,
-        schema,
-        activities,
-    };
-    let inserted = sqlx::query(
-        "INSERT INTO orchestration_definitions (id, description, schema, activities, created_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&definition.id)
-    .bind(&definition.description)
-    .bind(to_json(&definition.schema)?)
-    .bind(to_json(&definition.activities)?)
-    .bind(next_created_at(conn).await?)
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(ManagerError::conflict(format!(
-            "orchestration definition '{}' already exists",
-            definition.id
-        )));
-    }
-    Ok(definition)
+    validate(activities, &known)
 }
 
 /// Now, or a millisecond after the newest definition if that is later: creation times
@@ -181,15 +314,21 @@ pub async fn delete_activity(db: &Db, activity_type: &str) -> Result<()> {
 /// Deletes an orchestration definition. Orchestrations already started keep running:
 /// each holds its own copy of its steps.
 pub async fn delete_orchestration(db: &Db, id: &str) -> Result<()> {
+    let mut tx = crate::store::write(db).await?;
     let deleted = sqlx::query("DELETE FROM orchestration_definitions WHERE id = $1")
         .bind(id)
-        .execute(db.writer())
+        .execute(&mut *tx)
         .await?;
     if deleted.rows_affected() == 0 {
         return Err(ManagerError::not_found(format!(
             "orchestration definition '{id}' not found"
         )));
     }
+    sqlx::query("DELETE FROM orchestration_definition_versions WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -243,19 +382,19 @@ pub const TEMPLATE_PROPERTY: &str = "cfm.orchestrationDefinitionId";
 /// Oldest first.
 async fn all(conn: &mut Conn) -> Result<Vec<OrchestrationDefinition>> {
     let rows = sqlx::query(
-        "SELECT id, description, schema, activities FROM orchestration_definitions ORDER BY created_at, id",
+        "SELECT id, version, description, schema, activities FROM orchestration_definitions ORDER BY created_at, id",
     )
     .fetch_all(conn)
     .await?;
     rows.iter().map(read).collect()
 }
 
-static SELECT_ONE: &str =
-    "SELECT id, description, schema, activities FROM orchestration_definitions WHERE id = $1";
+static SELECT_ONE: &str = "SELECT id, version, description, schema, activities FROM orchestration_definitions WHERE id = $1";
 
 fn read(row: &crate::store::Row) -> Result<OrchestrationDefinition> {
     Ok(OrchestrationDefinition {
         id: row.get("id"),
+        version: row.get("version"),
         description: row.get("description"),
         schema: from_json(row.get("schema"), "orchestration schema")?,
         activities: from_json(row.get("activities"), "orchestration activities")?,

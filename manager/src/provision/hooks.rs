@@ -38,6 +38,8 @@ pub struct Finished<'a> {
     pub correlation_id: &'a str,
     /// The template it ran from: compensation runs that template's dispose.
     pub definition_id: &'a str,
+    /// Which version of that template.
+    pub definition_version: i64,
     /// Which of the template's activity lists it ran (deploy, dispose, ...).
     pub orchestration_type: &'a str,
     /// How it ended: [`OrchestrationState::Completed`] or [`OrchestrationState::Errored`].

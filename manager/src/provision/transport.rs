@@ -31,7 +31,7 @@ pub struct EngineSink(pub Engine);
 impl OutcomeSink for EngineSink {
     async fn report(&self, report: ActivityReport) -> Result<(), ReportError> {
         self.0
-            .apply(&report.message_id, &report.task, report.outcome)
+            .apply_report(report)
             .await
             .map_err(|e| ReportError::Apply(Box::new(e)))
     }
@@ -233,16 +233,15 @@ impl Reports {
                             return;
                         }
                     };
-                    let result = engine
-                        .apply(&report.message_id, &report.task, report.outcome)
-                        .await;
+                    let message_id = report.message_id.clone();
+                    let result = engine.apply_report(report).await;
                     let settled = match result {
                         Ok(()) => {
-                            tracing::debug!(message = %report.message_id, "report applied");
+                            tracing::debug!(message = %message_id, "report applied");
                             delivery.ack().await
                         }
                         Err(e) => {
-                            tracing::warn!(message = %report.message_id, "cannot apply a report: {e}");
+                            tracing::warn!(message = %message_id, "cannot apply a report: {e}");
                             delivery.nak(Duration::from_secs(1)).await
                         }
                     };

@@ -268,6 +268,10 @@ pub enum Table {
     Drains,
     /// `rebalance_plans`.
     RebalancePlans,
+    /// `rollouts`.
+    Rollouts,
+    /// `tenant_decommissions`.
+    TenantDecommissions,
 }
 
 impl Table {
@@ -280,6 +284,8 @@ impl Table {
             Self::DataspaceProfiles => "dataspace_profiles",
             Self::Drains => "drains",
             Self::RebalancePlans => "rebalance_plans",
+            Self::Rollouts => "rollouts",
+            Self::TenantDecommissions => "tenant_decommissions",
         }
     }
 }

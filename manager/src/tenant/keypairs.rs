@@ -55,13 +55,13 @@ pub async fn on_event(engine: &Engine, subject: &str, payload: &[u8]) -> Result<
     if profile.vpas.iter().any(|v| v.state.is_disposing_or_gone()) {
         return ignored(format!("participant context '{pc}' is being disposed"));
     }
-    let Some((deployed, template)) = profiles::last_deploy(&mut tx, pc).await? else {
+    let Some((deployed, template, version)) = profiles::last_deploy(&mut tx, pc).await? else {
         return ignored(format!("participant context '{pc}' was never deployed"));
     };
     // The template the participant was deployed with, if it handles the event; else the
     // newest that does.
-    let definition = match definitions::get_orchestration(&mut tx, &template).await {
-        Ok(d)
+    let definition = match definitions::provisioned_with(&mut tx, &template, version).await {
+        Ok(Some(d))
             if d.activities
                 .get(&orchestration_type)
                 .is_some_and(|a| !a.is_empty()) =>

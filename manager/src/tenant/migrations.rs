@@ -100,6 +100,7 @@ pub(crate) async fn start_in(
             under_way.id, under_way.state
         )));
     }
+    profiles::refuse_while_busy(conn, profile_id, "migrated").await?;
     let source_cell_id = profile.vpas[0].cell_id.clone();
     let source = cells::get(conn, &source_cell_id).await?;
     let needs = placement::Requirements::of_moving(conn, &profile).await?;
@@ -116,7 +117,7 @@ pub(crate) async fn start_in(
                 "participant profile '{profile_id}' has no deploy orchestration"
             ))
         })?;
-    let definition = migration_template(conn, &provisioned.template).await?;
+    let definition = migration_template(conn, &provisioned.template, provisioned.version).await?;
 
     let migration = Migration {
         id: new_id(),
@@ -200,7 +201,9 @@ pub(crate) async fn finished(
                 keys::MIGRATION.into(),
                 phase(&migration, "rollback", &source, &target),
             );
-            let definition = migration_template(conn, finished.definition_id).await?;
+            let definition =
+                migration_template(conn, finished.definition_id, finished.definition_version)
+                    .await?;
             let next = if start_phase(
                 engine,
                 conn,
@@ -294,7 +297,12 @@ async fn switch(engine: &Engine, conn: &mut Conn, migration: &Migration) -> Resu
         keys::MIGRATION.into(),
         phase(migration, "source", &source, &target),
     );
-    let definition = migration_template(conn, &source_provisioning.template).await?;
+    let definition = migration_template(
+        conn,
+        &source_provisioning.template,
+        source_provisioning.version,
+    )
+    .await?;
     let next = if start_phase(
         engine,
         conn,
@@ -342,20 +350,21 @@ async fn start_phase(
 /// activity lists derived where it defines none: provisioning the target runs the deploy
 /// activities, the source and rollback phases the dispose activities. A template deleted
 /// since the participant was deployed falls back to the newest one that deploys.
-async fn migration_template(conn: &mut Conn, template: &str) -> Result<OrchestrationDefinition> {
-    let mut definition = match definitions::get_orchestration(conn, template).await {
-        Ok(definition) => definition,
-        Err(ManagerError::NotFound(_)) => {
-            definitions::select(conn, orchestration_types::VPA_DEPLOY, None)
-                .await?
-                .ok_or_else(|| {
-                    ManagerError::conflict(format!(
-                        "orchestration definition '{template}' is gone and none defines {}",
-                        orchestration_types::VPA_DEPLOY
-                    ))
-                })?
-        }
-        Err(e) => return Err(e),
+async fn migration_template(
+    conn: &mut Conn,
+    template: &str,
+    version: i64,
+) -> Result<OrchestrationDefinition> {
+    let mut definition = match definitions::provisioned_with(conn, template, version).await? {
+        Some(definition) => definition,
+        None => definitions::select(conn, orchestration_types::VPA_DEPLOY, None)
+            .await?
+            .ok_or_else(|| {
+                ManagerError::conflict(format!(
+                    "orchestration definition '{template}' is gone and none defines {}",
+                    orchestration_types::VPA_DEPLOY
+                ))
+            })?,
     };
     let derived = [
         (

@@ -7,6 +7,7 @@
 
 pub mod cells;
 pub mod dataspaces;
+pub mod decommissions;
 pub mod drains;
 pub mod keypairs;
 pub mod migrations;
@@ -14,4 +15,5 @@ pub mod operations;
 mod placement;
 pub mod profiles;
 pub mod rebalance;
+pub mod rollouts;
 pub mod tenants;

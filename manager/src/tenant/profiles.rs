@@ -12,13 +12,13 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::{VpaState, VpaTransition};
 use crate::model::{
-    Cell, CredentialSpec, DataspaceProfile, ParticipantProfile, Properties, VPA_STATE_PROPERTY,
-    VPA_TYPES, Vpa, new_id, new_participant_context_id, now,
+    Cell, CredentialSpec, DataspaceProfile, ParticipantProfile, PluginDigest, Properties,
+    VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, new_participant_context_id, now,
 };
 use crate::provision::{Engine, Finished, OrchestrationHooks, Start, definitions};
 use crate::query::{Field, JsonColumn, Literal, Predicate};
 use crate::store::{self, Conn, Db, Paged, Table, from_json, to_json};
-use crate::tenant::{dataspaces, migrations, placement, tenants};
+use crate::tenant::{dataspaces, decommissions, migrations, placement, rollouts, tenants};
 
 /// A request to deploy a participant (upstream's NewParticipantProfileDeployment).
 #[derive(Debug, Clone, Default)]
@@ -59,6 +59,7 @@ pub async fn deploy(
     let mut tx = store::write(engine.db()).await?;
     store::share_row(&mut tx, Table::Tenants, tenant_id).await?;
     tenants::get(&mut tx, tenant_id).await?;
+    decommissions::refuse_while_running(&mut tx, tenant_id).await?;
     refuse_a_live_twin(&mut tx, &new.identifier).await?;
     let mut dataspace_profiles = joined(&mut tx, &new.dataspace_profile_ids).await?;
     let needs = placement::Requirements {
@@ -123,10 +124,14 @@ pub async fn deploy(
         error: false,
         error_detail: None,
         migration: None,
+        template_id: Some(definition.id.clone()),
+        template_version: Some(definition.version),
+        plugin_digests: Vec::new(),
     };
     sqlx::query(
         "INSERT INTO participant_profiles (id, version, tenant_id, identifier, cell_id, dataspace_profile_ids,
-           participant_roles, vpas, properties) VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8)",
+           participant_roles, vpas, properties, template_id, template_version)
+         VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&profile.id)
     .bind(&profile.tenant_id)
@@ -136,6 +141,8 @@ pub async fn deploy(
     .bind(to_json(&profile.participant_roles)?)
     .bind(to_json(&profile.vpas)?)
     .bind(to_json(&profile.properties)?)
+    .bind(&profile.template_id)
+    .bind(profile.template_version)
     .execute(&mut *tx)
     .await?;
 
@@ -243,13 +250,27 @@ pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<ParticipantProfil
 /// while that is under way or done changes nothing.
 pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
     let mut tx = store::write(engine.db()).await?;
+    let profile = dispose_in(engine, &mut tx, tenant_id, id).await?;
+    tx.commit().await?;
+    engine.wake();
+    Ok(profile)
+}
+
+/// [`dispose`] inside the caller's transaction; the caller wakes the engine after
+/// committing.
+pub(crate) async fn dispose_in(
+    engine: &Engine,
+    tx: &mut Conn,
+    tenant_id: &str,
+    id: &str,
+) -> Result<ParticipantProfile> {
     // Two DELETEs at once must not both start a dispose.
-    store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?;
-    let mut profile = fetch(&mut tx, tenant_id, id).await?;
+    store::lock_row(tx, Table::ParticipantProfiles, id).await?;
+    let mut profile = fetch(tx, tenant_id, id).await?;
     if profile.vpas.iter().any(|v| v.state.is_disposing_or_gone()) {
         return Ok(profile);
     }
-    if let Some(migration) = migrations::unfinished(&mut tx, id).await? {
+    if let Some(migration) = migrations::unfinished(tx, id).await? {
         return Err(ManagerError::conflict(format!(
             "participant profile '{id}' is being migrated (migration '{}' is {}); dispose it once the migration has ended",
             migration.id, migration.state
@@ -260,19 +281,116 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
             "participant profile '{id}' is still being deployed; dispose it once its VPAs are active or in error"
         )));
     }
-    let (data, template) = last_deploy(&mut tx, id).await?.ok_or_else(|| {
+    refuse_while_busy(tx, id, "disposed").await?;
+    let (data, template, version) = last_deploy(tx, id).await?.ok_or_else(|| {
         ManagerError::Corrupt(format!(
             "participant profile '{id}' has no deploy orchestration"
         ))
     })?;
-    let state = if start_dispose(engine, &mut tx, id, data, &template).await? {
+    let state = if start_dispose(engine, tx, id, data, &template, version).await? {
         VpaState::Disposing
     } else {
         VpaState::Disposed
     };
-    set_vpa_state(&mut tx, &mut profile, state, None).await?;
+    set_vpa_state(tx, &mut profile, state, None).await?;
+    Ok(profile)
+}
+
+/// Deploys an errored participant again, from where its deploy failed: the activities
+/// that completed keep their outputs and do not run again, unless a dispose ran since
+/// (a compensation that failed part way), in which case the whole deploy runs again
+/// (plugins deploy idempotently). The VPAs go `pending`, the profile's error is cleared,
+/// and its history keeps the failed orchestration.
+pub async fn retry(engine: &Engine, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
+    let mut tx = store::write(engine.db()).await?;
+    store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?;
+    let mut profile = fetch(&mut tx, tenant_id, id).await?;
+    if profile.vpas.is_empty() || profile.vpas.iter().any(|v| v.state != VpaState::Error) {
+        return Err(ManagerError::conflict(format!(
+            "participant profile '{id}' is not in error (its VPAs are {}); only an errored participant is retried",
+            profile.vpas.first().map_or("missing", |v| v.state.as_str())
+        )));
+    }
+    refuse_while_busy(&mut tx, id, "retried").await?;
+    let row = sqlx::query(
+        "SELECT id, state, definition_id, definition_version, processing_data, created_timestamp FROM orchestrations
+         WHERE correlation_id = $1 AND orchestration_type = $2 ORDER BY created_timestamp DESC LIMIT 1",
+    )
+    .bind(id)
+    .bind(orchestration_types::VPA_DEPLOY)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| {
+        ManagerError::Corrupt(format!(
+            "participant profile '{id}' has no deploy orchestration"
+        ))
+    })?;
+    let deploy_id: String = row.get("id");
+    let (template, version): (String, i64) =
+        (row.get("definition_id"), row.get("definition_version"));
+    let undone: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2
+           AND created_timestamp >= $3 LIMIT 1",
+    )
+    .bind(id)
+    .bind(orchestration_types::VPA_DISPOSE)
+    .bind(row.get::<String, _>("created_timestamp"))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut done = std::collections::BTreeMap::new();
+    if undone.is_none() {
+        let steps = sqlx::query(
+            "SELECT activity_id, output FROM orchestration_steps WHERE orchestration_id = $1 AND state = $2",
+        )
+        .bind(&deploy_id)
+        .bind(crate::lifecycle::StepState::Completed)
+        .fetch_all(&mut *tx)
+        .await?;
+        for step in &steps {
+            let output: Option<String> = step.get("output");
+            let output: Properties = match output {
+                Some(text) => from_json(&text, "step output")?,
+                None => Properties::new(),
+            };
+            done.insert(step.get::<String, _>("activity_id"), output);
+        }
+    }
+    let definition = definitions::provisioned_with(&mut tx, &template, version)
+        .await?
+        .filter(|d| d.activities.contains_key(orchestration_types::VPA_DEPLOY))
+        .ok_or_else(|| {
+            ManagerError::conflict(format!(
+                "orchestration definition '{template}' (version {version}) no longer deploys; the participant cannot be retried"
+            ))
+        })?;
+    let deployed: Properties = from_json(row.get("processing_data"), "deploy processing data")?;
+    let data: Properties = deployed
+        .into_iter()
+        .filter(|(k, _)| keys::BASE.contains(&k.as_str()))
+        .collect();
+    let orchestration = engine
+        .start_resuming(
+            &mut tx,
+            Start {
+                correlation_id: id.to_string(),
+                orchestration_type: orchestration_types::VPA_DEPLOY.into(),
+                definition,
+                processing_data: data,
+            },
+            &done,
+        )
+        .await?;
+    profile.error = false;
+    profile.error_detail = None;
+    sqlx::query("UPDATE participant_profiles SET error = 0, error_detail = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    set_vpa_state(&mut tx, &mut profile, VpaState::Pending, None).await?;
     tx.commit().await?;
     engine.wake();
+    tracing::info!(profile = %id, orchestration = %orchestration, failed = %deploy_id,
+        kept = done.len(), "errored participant retried");
     Ok(profile)
 }
 
@@ -281,21 +399,23 @@ pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<Parti
 pub(crate) async fn last_deploy(
     conn: &mut Conn,
     profile_id: &str,
-) -> Result<Option<(Properties, String)>> {
+) -> Result<Option<(Properties, String, i64)>> {
     Ok(last_provisioning(conn, profile_id)
         .await?
-        .map(|p| (p.data, p.template)))
+        .map(|p| (p.data, p.template, p.version)))
 }
 
 /// What last provisioned a participant where it is: its latest deploy, or the latest
-/// migration that completed since.
+/// migration or upgrade that completed since.
 pub(crate) struct Provisioning {
     /// The orchestration's id.
     pub id: String,
-    /// Its processing data, without a migration's phase.
+    /// Its processing data, without a migration's phase or an upgrade's versions.
     pub data: Properties,
     /// The template it ran.
     pub template: String,
+    /// Which version of the template.
+    pub version: i64,
 }
 
 /// See [`Provisioning`]; None before any deploy.
@@ -304,14 +424,15 @@ pub(crate) async fn last_provisioning(
     profile_id: &str,
 ) -> Result<Option<Provisioning>> {
     let Some(row) = sqlx::query(
-        "SELECT id, processing_data, definition_id FROM orchestrations WHERE correlation_id = $1
-           AND (orchestration_type = $2 OR (orchestration_type = $3 AND state = $4))
+        "SELECT id, processing_data, definition_id, definition_version FROM orchestrations WHERE correlation_id = $1
+           AND (orchestration_type = $2 OR (orchestration_type IN ($3, $5) AND state = $4))
          ORDER BY created_timestamp DESC LIMIT 1",
     )
     .bind(profile_id)
     .bind(orchestration_types::VPA_DEPLOY)
     .bind(orchestration_types::VPA_MIGRATE)
     .bind(crate::lifecycle::OrchestrationState::Completed.code())
+    .bind(orchestration_types::VPA_UPGRADE)
     .fetch_optional(&mut *conn)
     .await?
     else {
@@ -322,11 +443,12 @@ pub(crate) async fn last_provisioning(
 
 /// The orchestration `id` as a [`Provisioning`]; None when it is gone.
 pub(crate) async fn provisioning_by_id(conn: &mut Conn, id: &str) -> Result<Option<Provisioning>> {
-    let row =
-        sqlx::query("SELECT id, processing_data, definition_id FROM orchestrations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row = sqlx::query(
+        "SELECT id, processing_data, definition_id, definition_version FROM orchestrations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
     match row {
         Some(row) => provisioning(&row),
         None => Ok(None),
@@ -335,12 +457,14 @@ pub(crate) async fn provisioning_by_id(conn: &mut Conn, id: &str) -> Result<Opti
 
 fn provisioning(row: &crate::store::Row) -> Result<Option<Provisioning>> {
     let mut data: Properties = from_json(row.get("processing_data"), "deploy processing data")?;
-    // A migration's phase is no business of what runs next.
+    // A migration's phase or an upgrade's versions are no business of what runs next.
     data.remove(keys::MIGRATION);
+    data.remove(keys::UPGRADE);
     Ok(Some(Provisioning {
         id: row.get("id"),
         data,
         template: row.get("definition_id"),
+        version: row.get("definition_version"),
     }))
 }
 
@@ -393,6 +517,43 @@ pub async fn query(
         .fetch_all(db.queries())
         .await?;
     rows.iter().map(read).collect()
+}
+
+/// A profile as a rollout weighs it.
+pub(crate) struct RolloutCandidate {
+    pub id: String,
+    pub tenant_id: String,
+    pub template_version: Option<i64>,
+    /// Every VPA active: deployed, not disposing, not in error.
+    pub live: bool,
+}
+
+/// A page of the profiles `predicate` matches, sorted by id, as rollouts weigh them.
+pub(crate) async fn select_for_rollout(
+    conn: &mut Conn,
+    predicate: &Predicate,
+    page: store::Page,
+) -> Result<Vec<RolloutCandidate>> {
+    let rows = predicate
+        .select_page(
+            "SELECT id, tenant_id, template_version, vpas FROM participant_profiles",
+            &profile_field,
+            store::backend_of(conn),
+            page,
+        )?
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let vpas: Vec<crate::model::Vpa> = from_json(row.get("vpas"), "vpas")?;
+            Ok(RolloutCandidate {
+                id: row.get("id"),
+                tenant_id: row.get("tenant_id"),
+                template_version: row.get("template_version"),
+                live: !vpas.is_empty() && vpas.iter().all(|v| v.state == VpaState::Active),
+            })
+        })
+        .collect()
 }
 
 /// How many profiles match a predicate in all.
@@ -462,6 +623,9 @@ impl OrchestrationHooks for ProfileLifecycle {
         {
             return migrations::finished(engine, conn, finished).await;
         }
+        if finished.orchestration_type == orchestration_types::VPA_UPGRADE {
+            return rollouts::finished(conn, finished).await;
+        }
         let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
             .bind(finished.correlation_id)
             .fetch_optional(&mut *conn)
@@ -475,7 +639,8 @@ impl OrchestrationHooks for ProfileLifecycle {
             VpaTransition::To(state) => state,
             VpaTransition::Compensate => {
                 let data = finished.processing_data.clone();
-                if start_dispose(engine, conn, &profile.id, data, finished.definition_id).await? {
+                let (template, version) = (finished.definition_id, finished.definition_version);
+                if start_dispose(engine, conn, &profile.id, data, template, version).await? {
                     VpaState::Disposing
                 } else {
                     VpaState::Error
@@ -487,6 +652,7 @@ impl OrchestrationHooks for ProfileLifecycle {
                 VPA_STATE_PROPERTY.into(),
                 Value::Object(finished.output_data.clone()),
             );
+            record_plugins(conn, &profile.id, finished.id).await?;
         }
         let failed = finished.state == crate::lifecycle::OrchestrationState::Errored;
         let error_detail = finished.error_detail.filter(|_| failed);
@@ -496,8 +662,75 @@ impl OrchestrationHooks for ProfileLifecycle {
     }
 }
 
+/// Records which plugins the orchestration `orchestration_id` ran for the participant
+/// (per activity type, the sha256), over what earlier ones recorded.
+pub(crate) async fn record_plugins(
+    conn: &mut Conn,
+    profile_id: &str,
+    orchestration_id: &str,
+) -> Result<()> {
+    let rows = sqlx::query(
+        "SELECT activity_type, plugin_digest FROM orchestration_steps
+         WHERE orchestration_id = $1 AND plugin_digest IS NOT NULL",
+    )
+    .bind(orchestration_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let recorded: Option<String> =
+        sqlx::query_scalar("SELECT plugin_digests FROM participant_profiles WHERE id = $1")
+            .bind(profile_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let recorded: Vec<PluginDigest> = match recorded {
+        Some(text) => from_json(&text, "plugin digests")?,
+        None => return Ok(()),
+    };
+    let mut digests: std::collections::BTreeMap<String, String> = recorded
+        .into_iter()
+        .map(|d| (d.activity_type, d.sha256))
+        .collect();
+    for row in &rows {
+        digests.insert(row.get("activity_type"), row.get("plugin_digest"));
+    }
+    let digests: Vec<PluginDigest> = digests
+        .into_iter()
+        .map(|(activity_type, sha256)| PluginDigest {
+            activity_type,
+            sha256,
+        })
+        .collect();
+    sqlx::query("UPDATE participant_profiles SET plugin_digests = $1 WHERE id = $2")
+        .bind(to_json(&digests)?)
+        .bind(profile_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One operation of a participant at a time: refused (naming what runs) while any
+/// orchestration of the participant is running, so that a dispose, a migration or an
+/// upgrade never races another over the same objects. `what` says what was asked.
+pub(crate) async fn refuse_while_busy(conn: &mut Conn, profile_id: &str, what: &str) -> Result<()> {
+    let running: Option<String> = sqlx::query_scalar(
+        "SELECT orchestration_type FROM orchestrations WHERE correlation_id = $1 AND state = $2 LIMIT 1",
+    )
+    .bind(profile_id)
+    .bind(crate::lifecycle::OrchestrationState::Running.code())
+    .fetch_optional(&mut *conn)
+    .await?;
+    match running {
+        Some(running) => Err(ManagerError::conflict(format!(
+            "participant profile '{profile_id}' cannot be {what} while its {running} orchestration runs"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Starts the dispose orchestration of a profile from `data` (base keys plus what the
-/// deploy produced), from the template its deploy ran (`template`). False when that
+/// deploy produced), from the template version that provisioned it. False when that
 /// template defines no dispose: there is nothing to run. A template deleted since falls
 /// back to the newest one that defines dispose, rather than leaving the deploy's work behind.
 async fn start_dispose(
@@ -506,19 +739,19 @@ async fn start_dispose(
     profile_id: &str,
     data: Properties,
     template: &str,
+    version: i64,
 ) -> Result<bool> {
-    let definition = match definitions::get_orchestration(conn, template).await {
-        Ok(definition) => definition
+    let definition = match definitions::provisioned_with(conn, template, version).await? {
+        Some(definition) => definition
             .activities
             .get(orchestration_types::VPA_DISPOSE)
             .is_some_and(|a| !a.is_empty())
             .then_some(definition),
-        Err(ManagerError::NotFound(_)) => {
+        None => {
             tracing::warn!(profile = %profile_id, %template,
                 "the deploy's template is gone; disposing with the newest dispose template");
             definitions::select(conn, orchestration_types::VPA_DISPOSE, None).await?
         }
-        Err(e) => return Err(e),
     };
     let Some(definition) = definition else {
         return Ok(false);
@@ -632,11 +865,18 @@ fn profile_field(field: &str) -> Option<Field> {
         "properties" => json("properties"),
         "participantRoles" => json("participant_roles"),
         "dataspaceProfileIds" => json("dataspace_profile_ids"),
+        "templateId" => Field::Text("template_id"),
+        "templateVersion" => Field::Integer("template_version"),
+        "pluginDigests" => Field::Json(JsonColumn {
+            column: "plugin_digests",
+            scalar_keys: &["activityType", "sha256"],
+        }),
         _ => return None,
     })
 }
 
-const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, dataspace_profile_ids, vpas, properties, error, error_detail
+const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, dataspace_profile_ids, vpas, properties, error, error_detail,
+      template_id, template_version, plugin_digests
     FROM participant_profiles";
 
 fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
@@ -655,6 +895,9 @@ fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
         error: row.get::<i64, _>("error") != 0,
         error_detail: row.get("error_detail"),
         migration: None,
+        template_id: row.get("template_id"),
+        template_version: row.get("template_version"),
+        plugin_digests: from_json(row.get("plugin_digests"), "plugin digests")?,
     })
 }
 

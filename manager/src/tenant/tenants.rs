@@ -46,11 +46,7 @@ pub async fn patch(
     expected_version: Option<i64>,
 ) -> Result<Tenant> {
     let mut tx = store::write(db).await?;
-    if !store::lock_row(&mut tx, Table::Tenants, id).await? {
-        return Err(not_found(id));
-    }
-    let mut tenant = get(&mut tx, id).await?;
-    check_version("tenant", id, tenant.version, expected_version)?;
+    let mut tenant = lock_checked(&mut tx, id, expected_version).await?;
     tenant.properties.extend(patch.properties);
     for key in &patch.removed {
         tenant.properties.remove(key);
@@ -70,12 +66,19 @@ pub async fn patch(
 /// participants is not yet `disposed`: their resources would be orphaned.
 pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<()> {
     let mut tx = store::write(db).await?;
-    if !store::lock_row(&mut tx, Table::Tenants, id).await? {
-        return Err(not_found(id));
-    }
-    let tenant = get(&mut tx, id).await?;
-    check_version("tenant", id, tenant.version, expected_version)?;
-    profiles::refuse_while_participants_live(&mut tx, profiles::Owner::Tenant(id)).await?;
+    delete_in(&mut tx, id, expected_version).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`delete`] inside the caller's transaction.
+pub(crate) async fn delete_in(
+    tx: &mut Conn,
+    id: &str,
+    expected_version: Option<i64>,
+) -> Result<()> {
+    lock_checked(tx, id, expected_version).await?;
+    profiles::refuse_while_participants_live(tx, profiles::Owner::Tenant(id)).await?;
     sqlx::query("DELETE FROM participant_profiles WHERE tenant_id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -84,8 +87,22 @@ pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
     Ok(())
+}
+
+/// Locks the tenant's row for the rest of the transaction; "not found" when it does not
+/// exist, a conflict when `expected_version` is stale.
+pub(crate) async fn lock_checked(
+    tx: &mut Conn,
+    id: &str,
+    expected_version: Option<i64>,
+) -> Result<Tenant> {
+    if !store::lock_row(tx, Table::Tenants, id).await? {
+        return Err(not_found(id));
+    }
+    let tenant = get(tx, id).await?;
+    check_version("tenant", id, tenant.version, expected_version)?;
+    Ok(tenant)
 }
 
 /// Tenants matching a predicate, sorted by id.

@@ -18,6 +18,8 @@ pub mod keys {
     pub const CREDENTIAL_PATH: &str = "credentialPath";
     /// A migration's cells and phase: read it with [`Activity::migration`](crate::Activity::migration).
     pub const MIGRATION: &str = "cfm.migration";
+    /// An upgrade's versions: read it with [`Activity::upgrade`](crate::Activity::upgrade).
+    pub const UPGRADE: &str = "cfm.upgrade";
 }
 
 /// Provisions a migrating participant in its target cell (the plugin's deploy runs).
@@ -26,6 +28,25 @@ pub const MIGRATE: &str = "cfm.orchestration.vpa.migrate";
 pub const MIGRATE_SOURCE: &str = "cfm.orchestration.vpa.migrate.source";
 /// Disposes of what a failed migration made in its target cell (dispose runs).
 pub const MIGRATE_ROLLBACK: &str = "cfm.orchestration.vpa.migrate.rollback";
+/// Brings an active participant to another version of its template: a plugin's deploy
+/// runs again (it must be idempotent), with [`Activity::upgrade`] saying the versions.
+pub const UPGRADE: &str = "cfm.orchestration.vpa.upgrade";
+
+/// An upgrade as an activity sees it: the processing data holds what provisioned the
+/// participant so far (the deploy's outputs among them).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Upgrade {
+    /// The orchestration definition (template) the participant runs.
+    pub template_id: String,
+    /// The version it is on until this upgrade completes.
+    pub from_version: i64,
+    /// The version this upgrade brings it to.
+    pub to_version: i64,
+    /// The rollout that started it, when one did.
+    #[serde(default)]
+    pub rollout_id: Option<String>,
+}
 
 /// Which part of a migration an activity runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -113,7 +134,7 @@ impl Operation {
     /// redelivering it will not make the plugin understand it.
     pub fn from_discriminator(discriminator: &str) -> Result<Self, Error> {
         match discriminator {
-            "cfm.orchestration.vpa.deploy" | MIGRATE => Ok(Operation::Deploy),
+            "cfm.orchestration.vpa.deploy" | MIGRATE | UPGRADE => Ok(Operation::Deploy),
             "cfm.orchestration.vpa.dispose" | MIGRATE_SOURCE | MIGRATE_ROLLBACK => {
                 Ok(Operation::Dispose)
             }
@@ -204,7 +225,8 @@ impl<S> Activity<S> {
     }
 
     /// Deploy, dispose, or another orchestration type (see [`Operation::Other`]). A
-    /// migration's phases are deploys (target) and disposes (source, rollback).
+    /// migration's phases are deploys (target) and disposes (source, rollback); an
+    /// upgrade is a deploy run again.
     pub fn operation(&self) -> Operation {
         self.operation
     }
@@ -215,6 +237,14 @@ impl<S> Activity<S> {
             return Ok(None);
         }
         self.data_value(keys::MIGRATION)
+    }
+
+    /// The upgrade this activity is part of; None outside upgrades.
+    pub fn upgrade(&self) -> Result<Option<Upgrade>, Error> {
+        if self.request.discriminator != UPGRADE {
+            return Ok(None);
+        }
+        self.data_value(keys::UPGRADE)
     }
 
     /// The plugin's settings table.
@@ -444,6 +474,19 @@ mod tests {
             panic!("expected complete");
         };
         assert_eq!(output, r#"{"cell":"c1","zone":"z"}"#);
+    }
+
+    #[test]
+    fn an_upgrade_is_a_deploy_that_knows_its_versions() {
+        let data = r#"{"cfm.vpa.data":[{"id":"v","vpaType":"connector","cellId":"c1"}],
+            "cfm.upgrade":{"templateId":"t","fromVersion":1,"toVersion":3,"rolloutId":"r"}}"#;
+        let activity = Activity::<Settings>::parse(request(UPGRADE, "{}", data)).unwrap();
+        assert_eq!(activity.operation(), Operation::Deploy);
+        let upgrade = activity.upgrade().unwrap().unwrap();
+        assert_eq!((upgrade.from_version, upgrade.to_version), (1, 3));
+        assert_eq!(upgrade.rollout_id.as_deref(), Some("r"));
+        let deploy = Activity::<Settings>::parse(request(DEPLOY, "{}", data)).unwrap();
+        assert_eq!(deploy.upgrade().unwrap(), None, "only an upgrade has one");
     }
 
     #[test]

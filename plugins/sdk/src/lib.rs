@@ -57,7 +57,7 @@ pub mod bindings {
 
 pub use activity::{
     Activity, Migration, MigrationCell, MigrationPhase, NoSettings, Operation, Outcome, Plugin,
-    Vpa, execute, keys,
+    Upgrade, Vpa, execute, keys,
 };
 pub use bindings::cfm::plugin::types::{
     ActivityRequest, ActivityResult, CapabilityError, Change, Reschedule,

@@ -157,6 +157,7 @@ async fn a_redelivered_run_reports_again_and_a_resent_report_does_not() {
         task: task(),
         outcome: ActivityOutcome::Complete { output: Map::new() },
         delivery,
+        plugin_digest: None,
     };
     sink.report(report(1)).await.unwrap();
     sink.report(report(1)).await.unwrap();

@@ -2,6 +2,7 @@
 //! profiles in [`infrastructure`].
 
 pub(super) mod infrastructure;
+pub(super) mod rollouts;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,20 +13,24 @@ use axum::{Extension, Json, Router};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::requests::{
-    CellPatch, NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewDrain, NewMigration,
-    NewParticipantProfileDeployment, NewRebalancePlan, NewTenant, QueryRequest, TenantPatch,
+    CellPatch, NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewDecommission, NewDrain,
+    NewMigration, NewParticipantProfileDeployment, NewRebalancePlan, NewTenant, QueryRequest,
+    TenantPatch,
 };
 use super::{AppState, Caller};
 use crate::model::{
     Cell, DataspaceDeployment, DataspaceProfile, Drain, Migration, ParticipantProfile,
-    RebalancePlan, Tenant,
+    RebalancePlan, Tenant, TenantDecommission,
 };
 use crate::query::{Literal, Predicate};
 use crate::store::{Page, Paged};
-use crate::tenant::{cells, dataspaces, drains, migrations, profiles, rebalance, tenants};
+use crate::tenant::{
+    cells, dataspaces, decommissions, drains, migrations, profiles, rebalance, tenants,
+};
 
 pub fn routes() -> Router<AppState> {
     use infrastructure::*;
+    use rollouts::*;
     Router::new()
         .route("/tenants", get(list_tenants).post(create_tenant))
         .route("/tenants/query", post(query_tenants))
@@ -34,12 +39,20 @@ pub fn routes() -> Router<AppState> {
             get(get_tenant).patch(patch_tenant).delete(delete_tenant),
         )
         .route(
+            "/tenants/{id}/decommission",
+            get(get_decommission).post(decommission_tenant),
+        )
+        .route(
             "/tenants/{tid}/participant-profiles",
             get(list_profiles).post(deploy_profile),
         )
         .route(
             "/tenants/{tid}/participant-profiles/{pid}",
             get(get_profile).delete(dispose_profile),
+        )
+        .route(
+            "/tenants/{tid}/participant-profiles/{pid}/retry",
+            post(retry_profile),
         )
         .route("/participant-profiles/query", post(query_profiles))
         .route("/cells", get(list_cells).post(create_cell))
@@ -58,6 +71,13 @@ pub fn routes() -> Router<AppState> {
             "/rebalance-plans/{id}/{action}",
             post(control_rebalance_plan),
         )
+        .route("/rollouts", get(list_rollouts).post(create_rollout))
+        .route("/rollouts/{id}", get(get_rollout))
+        .route(
+            "/rollouts/{id}/participants",
+            get(list_rollout_participants),
+        )
+        .route("/rollouts/{id}/{action}", post(control_rollout))
         .route(
             "/tenants/{tid}/participant-profiles/{pid}/migrations",
             get(list_migrations).post(migrate_profile),
@@ -190,15 +210,23 @@ pub(super) async fn patch_tenant(
     Ok((etag(tenant.version), Json(tenant)))
 }
 
+/// Without `cascade`, upstream's delete: refused while a participant is not disposed.
+/// With `cascade=true`, a decommission: every participant is disposed, then the tenant
+/// deleted (as `POST /tenants/{id}/decommission`).
 #[utoipa::path(
     delete,
     path = "/tenants/{id}",
     tag = "tenants",
-    summary = "Delete a tenant whose participants are all disposed",
-    params(("id" = String, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "Version the change is based on, e.g. \"3\"; a stale one is a 409")),
+    summary = "Delete a tenant whose participants are all disposed, or decommission it (cascade=true)",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("cascade" = Option<bool>, Query, description = "true: dispose every participant first (202 with the decommission)"),
+        ("If-Match" = Option<String>, Header, description = "Version the change is based on, e.g. \"3\"; a stale one is a 409")
+    ),
     responses(
         (status = 200, description = "Deleted"),
-        (status = 400, description = "A malformed If-Match", body = ErrorBody),
+        (status = 202, description = "cascade=true: the decommission, running", body = TenantDecommission),
+        (status = 400, description = "A malformed If-Match or cascade", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody),
         (status = 409, description = "Participants not yet disposed (reason participants-not-disposed), or a stale version", body = ErrorBody)
     )
@@ -206,10 +234,70 @@ pub(super) async fn patch_tenant(
 pub(super) async fn delete_tenant(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<axum::response::Response> {
+    let mut cascade = false;
+    for (name, value) in
+        url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
+    {
+        if name == "cascade" {
+            cascade = value
+                .parse()
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "cascade is true or false"))?;
+        }
+    }
+    if cascade {
+        let decommission =
+            decommissions::start(&state.engine, &id, None, if_match(&headers)?).await?;
+        return Ok((StatusCode::ACCEPTED, Json(decommission)).into_response());
+    }
     tenants::delete(state.engine.db(), &id, if_match(&headers)?).await?;
-    Ok(StatusCode::OK)
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Disposes every participant of the tenant, `parallelism` at a time, then deletes it.
+#[utoipa::path(
+    post,
+    path = "/tenants/{id}/decommission",
+    tag = "tenants",
+    summary = "Decommission a tenant: dispose every participant, then delete it",
+    params(("id" = String, Path, description = "Tenant id"), ("If-Match" = Option<String>, Header, description = "Version the change is based on; a stale one is a 409")),
+    request_body = NewDecommission,
+    responses(
+        (status = 202, description = "The decommission, running (the one under way, if one is)", body = TenantDecommission),
+        (status = 400, description = "Malformed body or parallelism", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "A stale version", body = ErrorBody)
+    )
+)]
+pub(super) async fn decommission_tenant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<NewDecommission>,
+) -> ApiResult<impl IntoResponse> {
+    let decommission =
+        decommissions::start(&state.engine, &id, body.parallelism, if_match(&headers)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(decommission)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/tenants/{id}/decommission",
+    tag = "tenants",
+    summary = "Read the progress of a tenant's latest decommission (also once the tenant is gone)",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The decommission: state, remaining, disposing, detail", body = TenantDecommission),
+        (status = 404, description = "Never decommissioned", body = ErrorBody)
+    )
+)]
+pub(super) async fn get_decommission(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(decommissions::latest(&state.engine, &id).await?))
 }
 
 #[utoipa::path(
@@ -337,6 +425,27 @@ pub(super) async fn dispose_profile(
     Ok((StatusCode::ACCEPTED, Json(profile)))
 }
 
+/// Deploys an errored participant again, resuming from its failed steps.
+#[utoipa::path(
+    post,
+    path = "/tenants/{tid}/participant-profiles/{pid}/retry",
+    tag = "participant profiles",
+    summary = "Retry an errored participant's deploy from its failed steps",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    responses(
+        (status = 202, description = "Accepted; VPAs pending again", body = ParticipantProfile),
+        (status = 404, description = "No such profile in this tenant", body = ErrorBody),
+        (status = 409, description = "Not in error, another orchestration of it runs, or its template no longer deploys", body = ErrorBody)
+    )
+)]
+pub(super) async fn retry_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let profile = profiles::retry(&state.engine, &tid, &pid).await?;
+    Ok((StatusCode::ACCEPTED, Json(profile)))
+}
+
 #[utoipa::path(
     post,
     path = "/participant-profiles/query",
@@ -372,7 +481,14 @@ pub(super) async fn query_profiles(
 pub(super) fn paging_headers<T>(path: &str, paged: &Paged<T>) -> HeaderMap {
     let Page { offset, limit } = paged.page;
     let total = paged.total;
-    let url = |offset: i64| format!("<{}{path}?offset={offset}&limit={limit}>", super::PREFIX);
+    // A path may carry a filter of its own (`?state=failed`).
+    let join = if path.contains('?') { '&' } else { '?' };
+    let url = |offset: i64| {
+        format!(
+            "<{}{path}{join}offset={offset}&limit={limit}>",
+            super::PREFIX
+        )
+    };
     let last = if total == 0 {
         0
     } else {

@@ -12,7 +12,7 @@ use sqlx::Row;
 use super::output::holds_nul;
 use super::read::step_state;
 use super::{CLEANUP_SUFFIX, Current, Engine, Start};
-use crate::error::{ManagerError, Result};
+use crate::error::Result;
 use crate::model::{ActivitySpec, Properties, StepState};
 use crate::provision::definitions;
 use crate::store::Conn;
@@ -40,7 +40,7 @@ impl Engine {
         // The newest dispose, and whether it has reached this activity type yet: while
         // its own step waits, it will undo the late run itself.
         let dispose = sqlx::query(
-            "SELECT o.definition_id, s.state FROM orchestrations o
+            "SELECT o.definition_id, o.definition_version, s.state FROM orchestrations o
                LEFT JOIN orchestration_steps s ON s.orchestration_id = o.id AND s.activity_type = $3
              WHERE o.correlation_id = $1 AND o.orchestration_type = $2
              ORDER BY o.created_timestamp DESC LIMIT 1",
@@ -58,13 +58,11 @@ impl Engine {
             return Ok(false);
         }
         let template: String = dispose.get("definition_id");
-        let definition = match definitions::get_orchestration(tx, &template).await {
-            Ok(definition) => Some(definition),
+        let version: i64 = dispose.get("definition_version");
+        let definition = match definitions::provisioned_with(tx, &template, version).await? {
+            Some(definition) => Some(definition),
             // As a compensation does: the newest template that disposes.
-            Err(ManagerError::NotFound(_)) => {
-                definitions::select(tx, orchestration_types::VPA_DISPOSE, None).await?
-            }
-            Err(e) => return Err(e),
+            None => definitions::select(tx, orchestration_types::VPA_DISPOSE, None).await?,
         };
         let Some(mut definition) = definition else {
             return Ok(false);

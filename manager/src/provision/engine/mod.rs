@@ -10,9 +10,10 @@ mod dispatch;
 mod output;
 mod read;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cfm_protocol::{ActivityOutcome, ActivityTask, keys};
+use cfm_protocol::{ActivityOutcome, ActivityReport, ActivityTask, keys};
 use serde_json::Value;
 use sqlx::Row;
 use tracing::Instrument;
@@ -94,6 +95,7 @@ struct Current {
     participant: Participant,
     correlation_id: String,
     definition_id: String,
+    definition_version: i64,
     orchestration_type: String,
     state: i64,
     processing_data: Properties,
@@ -172,7 +174,22 @@ impl Engine {
     /// transaction. Returns its id.
     pub async fn start(&self, conn: &mut Conn, start: Start) -> Result<String> {
         let id = new_id();
-        self.insert(conn, &id, start).await?;
+        self.insert(conn, &id, start, &BTreeMap::new()).await?;
+        Ok(id)
+    }
+
+    /// [`Engine::start`] with the activities `done` names (activity id → its output)
+    /// completed already: a retry resumes where an errored orchestration stopped, running
+    /// only what did not complete, with what completed in its data. Refused when `done`
+    /// leaves nothing to run.
+    pub async fn start_resuming(
+        &self,
+        conn: &mut Conn,
+        start: Start,
+        done: &BTreeMap<String, Properties>,
+    ) -> Result<String> {
+        let id = new_id();
+        self.insert(conn, &id, start, done).await?;
         Ok(id)
     }
 
@@ -187,12 +204,19 @@ impl Engine {
     /// an orchestration with that id exists, so a redelivered request or event that
     /// starts it again changes nothing.
     pub async fn start_once(&self, conn: &mut Conn, id: &str, start: Start) -> Result<bool> {
-        self.insert(conn, id, start).await
+        self.insert(conn, id, start, &BTreeMap::new()).await
     }
 
-    /// Inserts the orchestration under `id` and dispatches its first activities; false
-    /// (nothing written) when `id` is taken, also by a concurrent start.
-    async fn insert(&self, conn: &mut Conn, id: &str, start: Start) -> Result<bool> {
+    /// Inserts the orchestration under `id`, the activities in `done` completed with their
+    /// outputs, and dispatches the first activities to run; false (nothing written) when
+    /// `id` is taken, also by a concurrent start.
+    async fn insert(
+        &self,
+        conn: &mut Conn,
+        id: &str,
+        mut start: Start,
+        done: &BTreeMap<String, Properties>,
+    ) -> Result<bool> {
         let activities = start
             .definition
             .activities
@@ -204,12 +228,24 @@ impl Engine {
                     start.definition.id, start.orchestration_type
                 ))
             })?;
+        let activities = activities.clone();
+        if !done.is_empty() && activities.iter().all(|a| done.contains_key(&a.id)) {
+            return Err(ManagerError::conflict(format!(
+                "every activity of {} completed already: nothing to run",
+                start.orchestration_type
+            )));
+        }
+        let mut output_data = Properties::new();
+        for activity in activities.iter().filter(|a| done.contains_key(&a.id)) {
+            output_data.extend(done[&activity.id].clone());
+        }
+        start.processing_data.extend(output_data.clone());
         let participant = Participant::of(&start.processing_data);
         let timestamp = now();
         let inserted = sqlx::query(
-            "INSERT INTO orchestrations (id, version, correlation_id, definition_id, orchestration_type, state,
-               state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id)
-             VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, '{}', $9, $10)
+            "INSERT INTO orchestrations (id, version, correlation_id, definition_id, definition_version, orchestration_type,
+               state, state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id)
+             VALUES ($1, 0, $2, $3, $11, $4, $5, $6, $7, $8, $12, $9, $10)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
@@ -222,22 +258,35 @@ impl Engine {
         .bind(to_json(&start.processing_data)?)
         .bind(&participant.id)
         .bind(&participant.context_id)
+        .bind(start.definition.version)
+        .bind(to_json(&output_data)?)
         .execute(&mut *conn)
         .await?;
         if inserted.rows_affected() == 0 {
             return Ok(false);
         }
         for (position, activity) in activities.iter().enumerate() {
+            let (state, output, completed_at) = match done.get(&activity.id) {
+                Some(output) => (
+                    StepState::Completed,
+                    Some(to_json(output)?),
+                    Some(timestamp.clone()),
+                ),
+                None => (StepState::Pending, None, None),
+            };
             sqlx::query(
-                "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state,
+                   output, completed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(id)
             .bind(&activity.id)
             .bind(position as i64)
             .bind(&activity.activity_type)
             .bind(to_json(&activity.depends_on)?)
-            .bind(StepState::Pending)
+            .bind(state)
+            .bind(output)
+            .bind(completed_at)
             .execute(&mut *conn)
             .await?;
         }
@@ -264,10 +313,28 @@ impl Engine {
         task: &ActivityTask,
         outcome: ActivityOutcome,
     ) -> Result<()> {
-        let span = tracing::info_span!("orchestration", id = %task.orchestration_id);
-        self.apply_in_span(message_id, task, outcome)
-            .instrument(span)
-            .await
+        self.apply_report(ActivityReport {
+            message_id: message_id.to_string(),
+            task: task.clone(),
+            outcome,
+            delivery: 0,
+            plugin_digest: None,
+        })
+        .await
+    }
+
+    /// [`Engine::apply`] for a whole report: a completed step also records the plugin
+    /// that ran it.
+    pub async fn apply_report(&self, report: ActivityReport) -> Result<()> {
+        let span = tracing::info_span!("orchestration", id = %report.task.orchestration_id);
+        self.apply_in_span(
+            &report.message_id,
+            &report.task,
+            report.outcome,
+            report.plugin_digest.as_deref(),
+        )
+        .instrument(span)
+        .await
     }
 
     async fn apply_in_span(
@@ -275,6 +342,7 @@ impl Engine {
         message_id: &str,
         task: &ActivityTask,
         outcome: ActivityOutcome,
+        plugin_digest: Option<&str>,
     ) -> Result<()> {
         let mut tx = store::write(&self.db).await?;
         // The orchestration's row first, then its queue rows: the order cancel takes them
@@ -308,7 +376,8 @@ impl Engine {
         let retries = step.retries;
         match refuse_unfit_output(outcome) {
             ActivityOutcome::Complete { output } => {
-                self.complete(&mut tx, task, current, output, all).await?;
+                self.complete(&mut tx, task, current, output, plugin_digest, all)
+                    .await?;
             }
             ActivityOutcome::Reschedule { delay_ms, state } => {
                 let delay = delay_ms.min(self.settings.max_reschedule_ms);
@@ -404,10 +473,12 @@ impl Engine {
         task: &ActivityTask,
         mut current: Current,
         output: Properties,
+        plugin_digest: Option<&str>,
         mut all: Vec<StepRow>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE orchestration_steps SET state = $1, completed_at = $2, output = $3, last_error = NULL
+            "UPDATE orchestration_steps SET state = $1, completed_at = $2, output = $3, last_error = NULL,
+               plugin_digest = $6
              WHERE orchestration_id = $4 AND activity_id = $5",
         )
         .bind(StepState::Completed)
@@ -415,6 +486,7 @@ impl Engine {
         .bind(to_json(&output)?)
         .bind(&task.orchestration_id)
         .bind(&task.activity_id)
+        .bind(plugin_digest)
         .execute(&mut *tx)
         .await?;
         for (key, value) in output {
@@ -512,6 +584,7 @@ impl Engine {
             id,
             correlation_id: &current.correlation_id,
             definition_id: &current.definition_id,
+            definition_version: current.definition_version,
             orchestration_type: &current.orchestration_type,
             state,
             processing_data: &current.processing_data,
@@ -527,7 +600,7 @@ impl Engine {
             // An UPDATE that changes nothing, to lock the row: outcomes of one
             // orchestration's parallel activities are applied one after the other.
             "UPDATE orchestrations SET version = version WHERE id = $1
-             RETURNING correlation_id, definition_id, orchestration_type, state, processing_data, output_data,
+             RETURNING correlation_id, definition_id, definition_version, orchestration_type, state, processing_data, output_data,
                participant_id, participant_context_id",
         )
         .bind(id)
@@ -549,6 +622,7 @@ impl Engine {
                 participant,
                 correlation_id: row.get("correlation_id"),
                 definition_id: row.get("definition_id"),
+                definition_version: row.get("definition_version"),
                 orchestration_type: row.get("orchestration_type"),
                 state: row.get("state"),
                 processing_data,

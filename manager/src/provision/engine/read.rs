@@ -115,6 +115,7 @@ fn read_orchestration(row: &store::Row, step_rows: &[store::Row]) -> Result<Orch
         id: row.get("id"),
         correlation_id: row.get("correlation_id"),
         definition_id: row.get("definition_id"),
+        definition_version: row.get("definition_version"),
         state: row.get("state"),
         state_timestamp: row.get("state_timestamp"),
         created_timestamp: row.get("created_timestamp"),
@@ -133,6 +134,7 @@ fn orchestration_field(field: &str) -> Option<Field> {
         "id" => Field::Text("id"),
         "correlationId" => Field::Text("correlation_id"),
         "definitionId" => Field::Text("definition_id"),
+        "definitionVersion" => Field::Integer("definition_version"),
         "orchestrationType" => Field::Text("orchestration_type"),
         "state" => Field::Integer("state"),
         "stateTimestamp" => Field::Text("state_timestamp"),
@@ -152,6 +154,7 @@ where
         .map_err(|e| ManagerError::Corrupt(format!("step state: {e}")))
 }
 
-const SELECT: &str = "SELECT id, correlation_id, definition_id, orchestration_type, state,
+const SELECT: &str =
+    "SELECT id, correlation_id, definition_id, definition_version, orchestration_type, state,
       state_timestamp, created_timestamp, processing_data, output_data, error_detail
     FROM orchestrations";
