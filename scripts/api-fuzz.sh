@@ -2,7 +2,8 @@
 # Fuzzes the REST API against its own OpenAPI document with schemathesis: a real
 # `cfm serve` on a free loopback port, once on the embedded database and once on a
 # scratch PostgreSQL database. Fails on any 5xx and on any answer the document does
-# not describe (status, content type or body schema).
+# not describe (status, content type or body schema). `GET /events` is left out: it is a
+# stream that never ends (its own tests cover it).
 #
 # Needs target/debug/cfm (built by `cargo test`) and the built-in plugins.
 set -euo pipefail
@@ -45,6 +46,7 @@ fuzz() {
     (cd "$work" && "$st" run "$base/api/v1alpha1/openapi.json" --url "$base/api/v1alpha1" \
         -H "Authorization: Bearer $(cat "$dir/data/admin.token")" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+        --exclude-path /events \
         --max-examples "$examples" --generation-deterministic --no-color) \
         || { echo "--- cfm serve log ---" >&2; tail -n 50 "$dir/log" >&2; exit 1; }
     kill "$pid"

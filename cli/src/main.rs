@@ -402,5 +402,7 @@ async fn shutdown() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
+    // Event streams never end by themselves; the graceful shutdown would wait for them.
+    cfm_manager::api::close_streams();
     tracing::info!("shutting down");
 }

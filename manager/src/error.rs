@@ -21,6 +21,10 @@ pub enum ManagerError {
     /// The request clashes with current state (duplicate, stale version, no capacity).
     #[error("{0}")]
     Conflict(String),
+    /// Another orchestration of the participant runs (an upgrade, an update, a keypair
+    /// event's): one operation of a participant at a time. Asking again later may work.
+    #[error("{0}")]
+    Busy(String),
     /// A tenant, cell or dataspace profile cannot be deleted while participants of it
     /// are not disposed.
     #[error("{owner} has {live} participant profile(s) that are not disposed; dispose them first")]

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod data_dir;
 pub mod error;
+pub mod events;
 pub mod lifecycle;
 pub mod model;
 pub mod provision;

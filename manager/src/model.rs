@@ -255,6 +255,11 @@ pub struct ParticipantProfile {
     /// The move to another cell under way, if one is (on reads of one profile).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub migration: Option<Migration>,
+    /// A change of VPA properties asked for and being applied (VPA type → the properties
+    /// it will have); the VPAs show the properties applied so far.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<Object>)]
+    pub pending_vpa_properties: Option<Map<String, Value>>,
     /// The orchestration definition the participant was provisioned with.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub template_id: Option<String>,

@@ -95,3 +95,20 @@ CREATE TABLE tenant_decommissions (
 );
 CREATE INDEX tenant_decommissions_tenant ON tenant_decommissions (tenant_id, created_at);
 CREATE UNIQUE INDEX tenant_decommissions_one_running ON tenant_decommissions (tenant_id) WHERE state = 'running';
+
+-- Lifecycle events (orchestration and fleet-operation state changes), written in the
+-- transaction that makes the change and served in seq order.
+CREATE TABLE events (
+    seq       BIGSERIAL PRIMARY KEY,
+    at        TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    -- NULL for operator-wide events (a rollout's).
+    tenant_id TEXT,
+    subject   TEXT NOT NULL,
+    data      TEXT NOT NULL
+);
+CREATE INDEX events_at ON events (at);
+
+-- A change of a participant's VPA properties asked for and not yet applied (VPA type ->
+-- the properties it will have); NULL when none is under way.
+ALTER TABLE participant_profiles ADD COLUMN pending_vpa_properties TEXT;

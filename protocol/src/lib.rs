@@ -71,6 +71,10 @@ pub mod orchestration_types {
     /// idempotently). Processing data carries [`keys::UPGRADE`] and what provisioned the
     /// participant so far; its VPAs stay active whatever the outcome.
     pub const VPA_UPGRADE: &str = "cfm.orchestration.vpa.upgrade";
+    /// Applies a change of a participant's VPA properties (its runtime's replicas or
+    /// resources, say): the template's own update activities, or its deploy activities
+    /// re-run with the new VPA data. Its VPAs stay active whatever the outcome.
+    pub const VPA_UPDATE: &str = "cfm.orchestration.vpa.update";
 }
 
 /// One activity to run: what the agent host hands to a plugin.

@@ -115,6 +115,13 @@ impl From<ManagerError> for ApiError {
             }
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Conflict(_) => StatusCode::CONFLICT,
+            ManagerError::Busy(_) => {
+                return Self {
+                    retry_after: Some(1),
+                    ..Self::new(StatusCode::CONFLICT, error.to_string())
+                }
+                .with_reason("participant-busy");
+            }
             ManagerError::ParticipantsNotDisposed { .. } => {
                 return Self::new(StatusCode::CONFLICT, error.to_string())
                     .with_reason("participants-not-disposed");

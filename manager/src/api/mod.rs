@@ -1,6 +1,8 @@
 //! The REST API under `/api/v1alpha1`, wire-compatible with upstream CFM.
 
 pub mod error;
+mod events;
+pub use events::close_streams;
 pub mod json;
 pub mod openapi;
 mod provision;
@@ -37,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(tenant::routes())
         .merge(provision::routes())
+        .merge(events::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
@@ -215,7 +218,7 @@ fn confine(tenant: &str, route: &str, path: &str, method: &Method) -> Result<(),
     if is_provision(route) {
         return forbidden("use the provision manager's routes");
     }
-    if route == "/tenants/query" || route == "/participant-profiles/query" {
+    if route == "/tenants/query" || route == "/participant-profiles/query" || route == "/events" {
         // The handlers narrow these to the caller's tenant.
         return Ok(());
     }
@@ -234,6 +237,11 @@ fn confine(tenant: &str, route: &str, path: &str, method: &Method) -> Result<(),
         }
         if route.ends_with("/migrations") && !read {
             return forbidden("migrate participants: moving between cells is the operator's");
+        }
+        if route == "/tenants/{tid}/participant-profiles/{pid}" && *method == Method::PATCH {
+            return forbidden(
+                "change VPA properties: sizing participants on shared cells is the operator's",
+            );
         }
         return Ok(());
     }

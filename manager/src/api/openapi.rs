@@ -5,7 +5,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{provision, tenant};
+use super::{events, provision, tenant};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,7 @@ use super::{provision, tenant};
         tenant::get_profile,
         tenant::dispose_profile,
         tenant::retry_profile,
+        tenant::patch_profile,
         tenant::query_profiles,
         tenant::infrastructure::list_cells,
         tenant::infrastructure::create_cell,
@@ -53,6 +54,7 @@ use super::{provision, tenant};
         tenant::infrastructure::get_dataspace,
         tenant::infrastructure::delete_dataspace,
         tenant::infrastructure::deploy_dataspace,
+        events::stream,
         provision::list_activities,
         provision::put_activity,
         provision::delete_activity,

@@ -31,6 +31,17 @@ pub struct TenantPatch {
     pub version: Option<i64>,
 }
 
+/// A change to a participant profile: its VPAs' properties.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProfilePatch {
+    /// VPA type → the properties to set (a null value removes the key); the others stay.
+    #[schema(value_type = Object)]
+    pub vpa_properties: Map<String, Value>,
+    /// The version the client read; a stale one is a conflict (as `If-Match`).
+    pub version: Option<i64>,
+}
+
 /// A cell to register.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

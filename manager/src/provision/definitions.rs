@@ -91,7 +91,7 @@ pub async fn create_orchestration(
     schema: serde_json::Value,
     activities: BTreeMap<String, Vec<ActivitySpec>>,
 ) -> Result<OrchestrationDefinition> {
-    validate_against_known(conn, &activities).await?;
+    validate_against_known(conn, &schema, &activities).await?;
     let definition = OrchestrationDefinition {
         id: id.unwrap_or_else(new_id),
         version: 1,
@@ -142,7 +142,7 @@ pub async fn add_version(
     let current = current.ok_or_else(|| {
         ManagerError::not_found(format!("orchestration definition '{id}' not found"))
     })?;
-    validate_against_known(conn, &activities).await?;
+    validate_against_known(conn, &schema, &activities).await?;
     let definition = OrchestrationDefinition {
         id: id.to_string(),
         version: current + 1,
@@ -246,8 +246,12 @@ async fn keep_version(
 /// [`validate`] against the activity definitions stored now.
 async fn validate_against_known(
     conn: &mut Conn,
+    schema: &Value,
     activities: &BTreeMap<String, Vec<ActivitySpec>>,
 ) -> Result<()> {
+    if !schema.is_object() {
+        return Err(ManagerError::bad_request("schema must be a JSON object"));
+    }
     let rows = sqlx::query("SELECT type, input_schema, output_schema FROM activity_definitions")
         .fetch_all(&mut *conn)
         .await?;
@@ -682,10 +686,15 @@ mod tests {
         let mut created = Vec::new();
         for _ in 0..20 {
             let activities = BTreeMap::from([("deploy".to_string(), vec![spec("a", &[])])]);
-            let definition =
-                create_orchestration(&mut conn, None, String::new(), Value::Null, activities)
-                    .await
-                    .unwrap();
+            let definition = create_orchestration(
+                &mut conn,
+                None,
+                String::new(),
+                serde_json::json!({}),
+                activities,
+            )
+            .await
+            .unwrap();
             created.push(definition.id);
         }
         let newest = select(&mut conn, "deploy", None).await.unwrap().unwrap();

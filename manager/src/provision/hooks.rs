@@ -28,6 +28,12 @@ pub trait OrchestrationHooks: Send + Sync + 'static {
     async fn claims(&self, _conn: &mut Conn, _correlation_id: &str) -> Result<bool> {
         Ok(false)
     }
+
+    /// The tenant whose events an orchestration correlated with `correlation_id` is
+    /// (a participant's tenant); None when it is no tenant's.
+    async fn tenant_of(&self, _conn: &mut Conn, _correlation_id: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// An orchestration that has just completed or errored.

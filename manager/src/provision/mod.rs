@@ -11,5 +11,5 @@ pub mod hooks;
 pub mod manifests;
 pub mod transport;
 
-pub use engine::{Engine, EngineSettings, Start};
+pub use engine::{CarriedStep, Engine, EngineSettings, Start};
 pub use hooks::{Finished, OrchestrationHooks};

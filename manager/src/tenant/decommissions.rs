@@ -11,6 +11,7 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
+use crate::events;
 use crate::lifecycle::{DecommissionState, OrchestrationState, VpaState};
 use crate::model::{TenantDecommission, Vpa, new_id, now};
 use crate::provision::Engine;
@@ -68,6 +69,7 @@ pub async fn start(
     .bind(&timestamp)
     .execute(&mut *tx)
     .await?;
+    event(&mut tx, &id, tenant_id, DecommissionState::Running, None).await?;
     let decommission = get(&mut tx, &id).await?;
     let decommission = progress(&mut tx, decommission).await?;
     tx.commit().await?;
@@ -166,8 +168,10 @@ async fn tick_one(engine: &Engine, id: &str) -> Result<()> {
             VpaState::Pending | VpaState::Disposing | VpaState::Disposed => {}
         }
     }
-    // The others are disposed first: one that cannot be leaves the rest no reason to stay.
-    if !failed.is_empty() && candidates.is_empty() {
+    let deploying = live.iter().any(|p| p.state == VpaState::Pending);
+    // The others are disposed first (those deploying once their deploy ends): one that
+    // cannot be leaves the rest no reason to stay.
+    if !failed.is_empty() && candidates.is_empty() && !deploying {
         if disposing == 0 {
             let named: Vec<String> = failed
                 .iter()
@@ -198,7 +202,7 @@ async fn tick_one(engine: &Engine, id: &str) -> Result<()> {
         match profiles::dispose_in(engine, &mut tx, &tenant_id, &participant.id).await {
             Ok(_) => started += 1,
             // Migrating or busy with another operation: disposed on a later tick.
-            Err(ManagerError::Conflict(_)) => {}
+            Err(ManagerError::Conflict(_) | ManagerError::Busy(_)) => {}
             Err(e) => return Err(e),
         }
     }
@@ -287,7 +291,27 @@ async fn set_state(
     state: DecommissionState,
     detail: Option<&str>,
 ) -> Result<()> {
-    store::set_operation_state(conn, Table::TenantDecommissions, id, state.as_str(), detail).await
+    store::set_operation_state(conn, Table::TenantDecommissions, id, state.as_str(), detail)
+        .await?;
+    let tenant_id: String =
+        sqlx::query_scalar("SELECT tenant_id FROM tenant_decommissions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    event(conn, id, &tenant_id, state, detail).await
+}
+
+/// A decommission's change of state, as an event of its tenant.
+async fn event(
+    conn: &mut Conn,
+    id: &str,
+    tenant_id: &str,
+    state: DecommissionState,
+    detail: Option<&str>,
+) -> Result<()> {
+    let data =
+        serde_json::json!({"id": id, "tenantId": tenant_id, "state": state, "detail": detail});
+    events::record(conn, events::kinds::DECOMMISSION, Some(tenant_id), id, data).await
 }
 
 const SELECT: &str =

@@ -228,6 +228,9 @@ async fn top_up(engine: &Engine, tx: &mut Conn, drain: &Drain) -> Result<usize> 
                 detail = Some(format!("waiting for room: {e}"));
                 break;
             }
+            // Busy with another operation (an upgrade, say): tried again, and the drain
+            // waits for it rather than stalling.
+            Err(e @ ManagerError::Busy(_)) => detail = Some(format!("waiting: {e}")),
             // Not active yet (still deploying, disposing, in error): passed over this tick.
             Err(ManagerError::Conflict(_)) => {}
             Err(e) => return Err(e),

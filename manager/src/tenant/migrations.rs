@@ -193,7 +193,10 @@ pub(crate) async fn finished(
     let completed = finished.state == OrchestrationState::Completed;
     let detail = finished.error_detail.map(str::to_string);
     match (finished.orchestration_type, completed) {
-        (orchestration_types::VPA_MIGRATE, true) => switch(engine, conn, &migration).await,
+        (orchestration_types::VPA_MIGRATE, true) => {
+            profiles::record_plugins(conn, &migration.profile_id, finished.id).await?;
+            switch(engine, conn, &migration).await
+        }
         (orchestration_types::VPA_MIGRATE, false) => {
             let mut data = finished.processing_data.clone();
             let (source, target) = cells_of(conn, &migration).await?;

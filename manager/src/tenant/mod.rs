@@ -17,3 +17,4 @@ pub mod profiles;
 pub mod rebalance;
 pub mod rollouts;
 pub mod tenants;
+pub mod updates;

@@ -1,18 +1,23 @@
 //! The loop every manager replica runs for fleet operations that outlive a request:
-//! drains, rebalance plans, rollouts and tenant decommissions. Their state is rows, each locked while a replica tops it
-//! up, so any number of replicas run the loop and any of them may die.
+//! drains, rebalance plans, rollouts and tenant decommissions. Their state is rows, each
+//! locked while a replica tops it up, so any number of replicas run the loop and any of
+//! them may die. The loop also prunes old lifecycle events.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::events;
 use crate::provision::Engine;
 use crate::tenant::{decommissions, drains, rebalance, rollouts};
 
 /// How often each replica looks at running drains, plans, rollouts and decommissions.
 const TICK: Duration = Duration::from_millis(500);
+/// How often each replica prunes lifecycle events past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Tops up every running drain, rebalance plan, rollout and decommission, every tick,
 /// for the life of the process.
 pub async fn run(engine: Engine) {
+    let mut pruned = Instant::now();
     loop {
         if let Err(e) = drains::tick(&engine).await {
             tracing::warn!("draining cells: {e}");
@@ -25,6 +30,14 @@ pub async fn run(engine: Engine) {
         }
         if let Err(e) = decommissions::tick(&engine).await {
             tracing::warn!("decommissioning tenants: {e}");
+        }
+        if pruned.elapsed() >= PRUNE_EVERY {
+            pruned = Instant::now();
+            match events::prune(engine.db()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "old lifecycle events pruned"),
+                Err(e) => tracing::warn!("pruning lifecycle events: {e}"),
+            }
         }
         tokio::time::sleep(TICK).await;
     }

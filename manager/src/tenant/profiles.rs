@@ -15,10 +15,10 @@ use crate::model::{
     Cell, CredentialSpec, DataspaceProfile, ParticipantProfile, PluginDigest, Properties,
     VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, new_participant_context_id, now,
 };
-use crate::provision::{Engine, Finished, OrchestrationHooks, Start, definitions};
+use crate::provision::{CarriedStep, Engine, Finished, OrchestrationHooks, Start, definitions};
 use crate::query::{Field, JsonColumn, Literal, Predicate};
 use crate::store::{self, Conn, Db, Paged, Table, from_json, to_json};
-use crate::tenant::{dataspaces, decommissions, migrations, placement, rollouts, tenants};
+use crate::tenant::{dataspaces, decommissions, migrations, placement, rollouts, tenants, updates};
 
 /// A request to deploy a participant (upstream's NewParticipantProfileDeployment).
 #[derive(Debug, Clone, Default)]
@@ -124,6 +124,7 @@ pub async fn deploy(
         error: false,
         error_detail: None,
         migration: None,
+        pending_vpa_properties: None,
         template_id: Some(definition.id.clone()),
         template_version: Some(definition.version),
         plugin_digests: Vec::new(),
@@ -312,6 +313,12 @@ pub async fn retry(engine: &Engine, tenant_id: &str, id: &str) -> Result<Partici
         )));
     }
     refuse_while_busy(&mut tx, id, "retried").await?;
+    decommissions::refuse_while_running(&mut tx, tenant_id).await?;
+    if migrations::unfinished(&mut tx, id).await?.is_some() {
+        return Err(ManagerError::conflict(format!(
+            "participant profile '{id}' is being migrated; retry it once the migration has ended"
+        )));
+    }
     let row = sqlx::query(
         "SELECT id, state, definition_id, definition_version, processing_data, created_timestamp FROM orchestrations
          WHERE correlation_id = $1 AND orchestration_type = $2 ORDER BY created_timestamp DESC LIMIT 1",
@@ -340,7 +347,8 @@ pub async fn retry(engine: &Engine, tenant_id: &str, id: &str) -> Result<Partici
     let mut done = std::collections::BTreeMap::new();
     if undone.is_none() {
         let steps = sqlx::query(
-            "SELECT activity_id, output FROM orchestration_steps WHERE orchestration_id = $1 AND state = $2",
+            "SELECT activity_id, output, plugin_digest FROM orchestration_steps
+             WHERE orchestration_id = $1 AND state = $2",
         )
         .bind(&deploy_id)
         .bind(crate::lifecycle::StepState::Completed)
@@ -352,7 +360,11 @@ pub async fn retry(engine: &Engine, tenant_id: &str, id: &str) -> Result<Partici
                 Some(text) => from_json(&text, "step output")?,
                 None => Properties::new(),
             };
-            done.insert(step.get::<String, _>("activity_id"), output);
+            let carried = CarriedStep {
+                output,
+                plugin_digest: step.get("plugin_digest"),
+            };
+            done.insert(step.get::<String, _>("activity_id"), carried);
         }
     }
     let definition = definitions::provisioned_with(&mut tx, &template, version)
@@ -611,6 +623,15 @@ impl OrchestrationHooks for ProfileLifecycle {
         Ok(find(conn, correlation_id).await?.is_some())
     }
 
+    async fn tenant_of(&self, conn: &mut Conn, correlation_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT tenant_id FROM participant_profiles WHERE id = $1")
+                .bind(correlation_id)
+                .fetch_optional(conn)
+                .await?,
+        )
+    }
+
     async fn finished(
         &self,
         engine: &Engine,
@@ -625,6 +646,9 @@ impl OrchestrationHooks for ProfileLifecycle {
         }
         if finished.orchestration_type == orchestration_types::VPA_UPGRADE {
             return rollouts::finished(conn, finished).await;
+        }
+        if finished.orchestration_type == orchestration_types::VPA_UPDATE {
+            return updates::finished(conn, finished).await;
         }
         let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
             .bind(finished.correlation_id)
@@ -722,7 +746,7 @@ pub(crate) async fn refuse_while_busy(conn: &mut Conn, profile_id: &str, what: &
     .fetch_optional(&mut *conn)
     .await?;
     match running {
-        Some(running) => Err(ManagerError::conflict(format!(
+        Some(running) => Err(ManagerError::Busy(format!(
             "participant profile '{profile_id}' cannot be {what} while its {running} orchestration runs"
         ))),
         None => Ok(()),
@@ -876,7 +900,7 @@ fn profile_field(field: &str) -> Option<Field> {
 }
 
 const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, dataspace_profile_ids, vpas, properties, error, error_detail,
-      template_id, template_version, plugin_digests
+      template_id, template_version, plugin_digests, pending_vpa_properties
     FROM participant_profiles";
 
 fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
@@ -895,6 +919,10 @@ fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
         error: row.get::<i64, _>("error") != 0,
         error_detail: row.get("error_detail"),
         migration: None,
+        pending_vpa_properties: row
+            .get::<Option<String>, _>("pending_vpa_properties")
+            .map(|text| from_json(&text, "pending VPA properties"))
+            .transpose()?,
         template_id: row.get("template_id"),
         template_version: row.get("template_version"),
         plugin_digests: from_json(row.get("plugin_digests"), "plugin digests")?,

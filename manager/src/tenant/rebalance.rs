@@ -363,9 +363,11 @@ async fn start_move(
     .await
     {
         Ok(migration) => Ok(Ok(migration.id)),
-        Err(e @ (ManagerError::NoCellFits { .. } | ManagerError::Conflict(_))) => {
-            Ok(Err(e.to_string()))
-        }
+        Err(
+            e @ (ManagerError::NoCellFits { .. }
+            | ManagerError::Conflict(_)
+            | ManagerError::Busy(_)),
+        ) => Ok(Err(e.to_string())),
         Err(e) => Err(e),
     }
 }

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
+use crate::events;
 use crate::lifecycle::{OrchestrationState, RolloutState, RolloutTargetState};
 use crate::model::{
     FailureBudget, OrchestrationDefinition, Rollout, RolloutProgress, RolloutTarget,
@@ -165,23 +166,9 @@ pub async fn create(engine: &Engine, new: NewRollout) -> Result<Rollout> {
     .bind(&timestamp)
     .execute(&mut *tx)
     .await?;
-    for (position, (profile_id, tenant_id)) in selected.iter().enumerate() {
-        let position = position as i64;
-        sqlx::query(
-            "INSERT INTO rollout_targets (rollout_id, position, batch, profile_id, tenant_id, state, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&id)
-        .bind(position)
-        .bind(position / batch_size)
-        .bind(profile_id)
-        .bind(tenant_id)
-        .bind(RolloutTargetState::Pending)
-        .bind(&timestamp)
-        .execute(&mut *tx)
-        .await?;
-    }
+    insert_targets(&mut tx, &id, &selected, batch_size, &timestamp).await?;
     let rollout = fetch(&mut tx, &id).await?;
+    rollout_event(&mut tx, &rollout.id, rollout.state, None).await?;
     tx.commit().await?;
     tracing::info!(rollout = %id, template = %new.template_id, version = target_version, participants = total,
         batch_size, max_parallel, max_failures, "rollout started");
@@ -388,9 +375,10 @@ pub(crate) async fn finished(conn: &mut Conn, finished: &Finished<'_>) -> Result
     } else {
         (RolloutTargetState::Failed, finished.error_detail)
     };
-    let ended = sqlx::query(
+    let ended: Option<String> = sqlx::query_scalar(
         "UPDATE rollout_targets SET state = $1, detail = $2, updated_at = $3
-         WHERE rollout_id = $4 AND profile_id = $5 AND orchestration_id = $6 AND state = $7",
+         WHERE rollout_id = $4 AND profile_id = $5 AND orchestration_id = $6 AND state = $7
+         RETURNING tenant_id",
     )
     .bind(state)
     .bind(detail)
@@ -399,10 +387,21 @@ pub(crate) async fn finished(conn: &mut Conn, finished: &Finished<'_>) -> Result
     .bind(finished.correlation_id)
     .bind(finished.id)
     .bind(RolloutTargetState::Upgrading)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if completed || ended == 0 {
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(tenant_id) = ended else {
+        return Ok(());
+    };
+    let to_version = upgrade.get("toVersion").cloned().unwrap_or(Value::Null);
+    participant_event(
+        conn,
+        rollout_id,
+        &tenant_id,
+        finished.correlation_id,
+        json!({"state": state, "toVersion": to_version, "detail": detail}),
+    )
+    .await?;
+    if completed {
         return Ok(());
     }
     let row = sqlx::query(
@@ -636,9 +635,66 @@ async fn start_target(
     .bind(position)
     .execute(&mut *tx)
     .await?;
+    participant_event(
+        tx,
+        &rollout.id,
+        &profile.tenant_id,
+        profile_id,
+        json!({"state": RolloutTargetState::Upgrading, "fromVersion": from_version,
+               "toVersion": rollout.target_version, "orchestrationId": orchestration_id}),
+    )
+    .await?;
     tracing::info!(rollout = %rollout.id, profile = %profile_id, orchestration = %orchestration_id,
         from_version, to_version = rollout.target_version, "upgrade started");
     Ok(Started::Upgrading)
+}
+
+/// Rows written per statement: a rollout of 100,000 participants takes 200 statements,
+/// not 100,000, inside the transaction that creates it.
+const TARGETS_PER_STATEMENT: usize = 500;
+
+/// Writes the selected participants as the rollout's targets, in order, cut into batches.
+async fn insert_targets(
+    tx: &mut Conn,
+    rollout_id: &str,
+    selected: &[(String, String)],
+    batch_size: i64,
+    timestamp: &str,
+) -> Result<()> {
+    for (chunk_index, chunk) in selected.chunks(TARGETS_PER_STATEMENT).enumerate() {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = i * 4;
+                format!(
+                    "($1, ${}, ${}, ${}, ${}, $2, $3)",
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO rollout_targets (rollout_id, position, batch, profile_id, tenant_id, state, updated_at)
+             VALUES {}",
+            rows.join(", ")
+        );
+        // $1..$3 are shared; then four per row: position, batch, profile, tenant.
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(rollout_id)
+            .bind(RolloutTargetState::Pending)
+            .bind(timestamp);
+        for (i, (profile_id, tenant_id)) in chunk.iter().enumerate() {
+            let position = (chunk_index * TARGETS_PER_STATEMENT + i) as i64;
+            query = query
+                .bind(position)
+                .bind(position / batch_size)
+                .bind(profile_id)
+                .bind(tenant_id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// The template version as an upgrade runs it: its own upgrade activities, or its deploy
@@ -719,17 +775,25 @@ async fn set_target(
     state: RolloutTargetState,
     detail: Option<&str>,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE rollout_targets SET state = $1, detail = $2, updated_at = $3 WHERE rollout_id = $4 AND position = $5",
+    let row = sqlx::query(
+        "UPDATE rollout_targets SET state = $1, detail = $2, updated_at = $3 WHERE rollout_id = $4 AND position = $5
+         RETURNING tenant_id, profile_id",
     )
     .bind(state)
     .bind(detail)
     .bind(now())
     .bind(&rollout.id)
     .bind(position)
-    .execute(conn)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    participant_event(
+        conn,
+        &rollout.id,
+        &row.get::<String, _>("tenant_id"),
+        &row.get::<String, _>("profile_id"),
+        json!({"state": state, "detail": detail}),
+    )
+    .await
 }
 
 async fn set_state(
@@ -738,7 +802,40 @@ async fn set_state(
     state: RolloutState,
     detail: Option<&str>,
 ) -> Result<()> {
-    store::set_operation_state(conn, Table::Rollouts, id, state.as_str(), detail).await
+    store::set_operation_state(conn, Table::Rollouts, id, state.as_str(), detail).await?;
+    rollout_event(conn, id, state, detail).await
+}
+
+/// A rollout's change of state, as an operator-wide event.
+async fn rollout_event(
+    conn: &mut Conn,
+    id: &str,
+    state: RolloutState,
+    detail: Option<&str>,
+) -> Result<()> {
+    let data = json!({"id": id, "state": state, "detail": detail});
+    events::record(conn, events::kinds::ROLLOUT, None, id, data).await
+}
+
+/// One participant's change of state in a rollout, as an event of its tenant; `data`
+/// holds the state and what goes with it.
+async fn participant_event(
+    conn: &mut Conn,
+    rollout_id: &str,
+    tenant_id: &str,
+    profile_id: &str,
+    mut data: Value,
+) -> Result<()> {
+    data["rolloutId"] = json!(rollout_id);
+    data["profileId"] = json!(profile_id);
+    events::record(
+        conn,
+        events::kinds::ROLLOUT_PARTICIPANT,
+        Some(tenant_id),
+        profile_id,
+        data,
+    )
+    .await
 }
 
 async fn fetch(conn: &mut Conn, id: &str) -> Result<Rollout> {

@@ -74,6 +74,16 @@ fn context_data(activity: &Activity<Settings>) -> Result<Map<String, Value>, Err
     data.insert("did".into(), activity.participant_id().into());
     data.insert("vpaTypes".into(), vpa_types.join(",").into());
     data.insert("cellId".into(), Vpa::primary(&vpas)?.cell_id.clone().into());
+    // Each VPA's properties (replicas, resources, ...) for the workloads to size
+    // themselves by: a change of them reaches the cluster with the next update.
+    for vpa in &vpas {
+        if let Some(properties) = vpa.properties.as_ref().filter(|p| !p.is_empty()) {
+            data.insert(
+                format!("vpa.{}", vpa.vpa_type),
+                Value::String(Value::Object(properties.clone()).to_string()),
+            );
+        }
+    }
     // Present only when the vault activity ran earlier in this orchestration.
     if let Some(path) = activity.data_value::<String>(keys::CREDENTIAL_PATH)? {
         data.insert(keys::CREDENTIAL_PATH.into(), path.into());

@@ -32,6 +32,10 @@ pub const MIGRATE_ROLLBACK: &str = "cfm.orchestration.vpa.migrate.rollback";
 /// runs again (it must be idempotent), with [`Activity::upgrade`] saying the versions.
 pub const UPGRADE: &str = "cfm.orchestration.vpa.upgrade";
 
+/// Applies a change of a participant's VPA properties (its sizing): a plugin's deploy
+/// runs again with the new VPA data.
+pub const UPDATE: &str = "cfm.orchestration.vpa.update";
+
 /// An upgrade as an activity sees it: the processing data holds what provisioned the
 /// participant so far (the deploy's outputs among them).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -134,7 +138,7 @@ impl Operation {
     /// redelivering it will not make the plugin understand it.
     pub fn from_discriminator(discriminator: &str) -> Result<Self, Error> {
         match discriminator {
-            "cfm.orchestration.vpa.deploy" | MIGRATE | UPGRADE => Ok(Operation::Deploy),
+            "cfm.orchestration.vpa.deploy" | MIGRATE | UPGRADE | UPDATE => Ok(Operation::Deploy),
             "cfm.orchestration.vpa.dispose" | MIGRATE_SOURCE | MIGRATE_ROLLBACK => {
                 Ok(Operation::Dispose)
             }
@@ -226,7 +230,7 @@ impl<S> Activity<S> {
 
     /// Deploy, dispose, or another orchestration type (see [`Operation::Other`]). A
     /// migration's phases are deploys (target) and disposes (source, rollback); an
-    /// upgrade is a deploy run again.
+    /// upgrade, and an update of VPA properties, is a deploy run again.
     pub fn operation(&self) -> Operation {
         self.operation
     }
@@ -487,6 +491,12 @@ mod tests {
         assert_eq!(upgrade.rollout_id.as_deref(), Some("r"));
         let deploy = Activity::<Settings>::parse(request(DEPLOY, "{}", data)).unwrap();
         assert_eq!(deploy.upgrade().unwrap(), None, "only an upgrade has one");
+        let update = Activity::<Settings>::parse(request(UPDATE, "{}", data)).unwrap();
+        assert_eq!(
+            update.operation(),
+            Operation::Deploy,
+            "an update re-runs deploy"
+        );
     }
 
     #[test]

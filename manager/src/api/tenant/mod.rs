@@ -14,8 +14,8 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::requests::{
     CellPatch, NewCell, NewDataspaceDeployment, NewDataspaceProfile, NewDecommission, NewDrain,
-    NewMigration, NewParticipantProfileDeployment, NewRebalancePlan, NewTenant, QueryRequest,
-    TenantPatch,
+    NewMigration, NewParticipantProfileDeployment, NewRebalancePlan, NewTenant, ProfilePatch,
+    QueryRequest, TenantPatch,
 };
 use super::{AppState, Caller};
 use crate::model::{
@@ -25,7 +25,7 @@ use crate::model::{
 use crate::query::{Literal, Predicate};
 use crate::store::{Page, Paged};
 use crate::tenant::{
-    cells, dataspaces, decommissions, drains, migrations, profiles, rebalance, tenants,
+    cells, dataspaces, decommissions, drains, migrations, profiles, rebalance, tenants, updates,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -48,7 +48,9 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/tenants/{tid}/participant-profiles/{pid}",
-            get(get_profile).delete(dispose_profile),
+            get(get_profile)
+                .patch(patch_profile)
+                .delete(dispose_profile),
         )
         .route(
             "/tenants/{tid}/participant-profiles/{pid}/retry",
@@ -423,6 +425,39 @@ pub(super) async fn dispose_profile(
 ) -> ApiResult<impl IntoResponse> {
     let profile = profiles::dispose(&state.engine, &tid, &pid).await?;
     Ok((StatusCode::ACCEPTED, Json(profile)))
+}
+
+/// Changes a live participant's VPA properties (scaling its runtime, say): the change is
+/// pending on the profile until an update orchestration has applied it.
+#[utoipa::path(
+    patch,
+    path = "/tenants/{tid}/participant-profiles/{pid}",
+    tag = "participant profiles",
+    summary = "Change a participant's VPA properties (applied by an update orchestration)",
+    params(
+        ("tid" = String, Path, description = "Tenant id"),
+        ("pid" = String, Path, description = "Participant profile id"),
+        ("If-Match" = Option<String>, Header, description = "The profile version the change is based on; a stale one is a 409")
+    ),
+    request_body = ProfilePatch,
+    responses(
+        (status = 202, description = "Accepted; pendingVpaProperties shows the change until it is applied", body = ParticipantProfile),
+        (status = 400, description = "Malformed body, an unknown VPA type, or a change that is not an object", body = ErrorBody),
+        (status = 404, description = "No such profile in this tenant", body = ErrorBody),
+        (status = 409, description = "A stale version, not active, a change pending, or another orchestration of it runs", body = ErrorBody)
+    )
+)]
+pub(super) async fn patch_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ProfilePatch>,
+) -> ApiResult<impl IntoResponse> {
+    let expected = if_match(&headers)?.or(body.version);
+    let profile =
+        updates::change_vpa_properties(&state.engine, &tid, &pid, body.vpa_properties, expected)
+            .await?;
+    Ok((StatusCode::ACCEPTED, etag(profile.version), Json(profile)))
 }
 
 /// Deploys an errored participant again, resuming from its failed steps.

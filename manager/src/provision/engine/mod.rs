@@ -14,11 +14,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cfm_protocol::{ActivityOutcome, ActivityReport, ActivityTask, keys};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::Row;
 use tracing::Instrument;
 
 use crate::error::{ManagerError, Result};
+use crate::events;
 use crate::model::{
     Orchestration, OrchestrationDefinition, OrchestrationState, Properties, StepState, new_id, now,
 };
@@ -86,6 +87,15 @@ pub struct Start {
     pub definition: OrchestrationDefinition,
     /// Must hold `cfm.participant.id` and `cfm.participant.contextId`.
     pub processing_data: Properties,
+}
+
+/// A step an earlier orchestration completed, carried into a new one unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct CarriedStep {
+    /// What it output.
+    pub output: Properties,
+    /// The plugin that ran it, when known.
+    pub plugin_digest: Option<String>,
 }
 
 /// The orchestration row fields `apply` works with.
@@ -178,7 +188,7 @@ impl Engine {
         Ok(id)
     }
 
-    /// [`Engine::start`] with the activities `done` names (activity id → its output)
+    /// [`Engine::start`] with the activities `done` names (activity id → what it did)
     /// completed already: a retry resumes where an errored orchestration stopped, running
     /// only what did not complete, with what completed in its data. Refused when `done`
     /// leaves nothing to run.
@@ -186,7 +196,7 @@ impl Engine {
         &self,
         conn: &mut Conn,
         start: Start,
-        done: &BTreeMap<String, Properties>,
+        done: &BTreeMap<String, CarriedStep>,
     ) -> Result<String> {
         let id = new_id();
         self.insert(conn, &id, start, done).await?;
@@ -215,7 +225,7 @@ impl Engine {
         conn: &mut Conn,
         id: &str,
         mut start: Start,
-        done: &BTreeMap<String, Properties>,
+        done: &BTreeMap<String, CarriedStep>,
     ) -> Result<bool> {
         let activities = start
             .definition
@@ -237,7 +247,7 @@ impl Engine {
         }
         let mut output_data = Properties::new();
         for activity in activities.iter().filter(|a| done.contains_key(&a.id)) {
-            output_data.extend(done[&activity.id].clone());
+            output_data.extend(done[&activity.id].output.clone());
         }
         start.processing_data.extend(output_data.clone());
         let participant = Participant::of(&start.processing_data);
@@ -266,18 +276,19 @@ impl Engine {
             return Ok(false);
         }
         for (position, activity) in activities.iter().enumerate() {
-            let (state, output, completed_at) = match done.get(&activity.id) {
-                Some(output) => (
+            let (state, output, completed_at, plugin_digest) = match done.get(&activity.id) {
+                Some(carried) => (
                     StepState::Completed,
-                    Some(to_json(output)?),
+                    Some(to_json(&carried.output)?),
                     Some(timestamp.clone()),
+                    carried.plugin_digest.clone(),
                 ),
-                None => (StepState::Pending, None, None),
+                None => (StepState::Pending, None, None, None),
             };
             sqlx::query(
                 "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state,
-                   output, completed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                   output, completed_at, plugin_digest)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(id)
             .bind(&activity.id)
@@ -287,6 +298,7 @@ impl Engine {
             .bind(state)
             .bind(output)
             .bind(completed_at)
+            .bind(plugin_digest)
             .execute(&mut *conn)
             .await?;
         }
@@ -300,6 +312,11 @@ impl Engine {
             &all,
         )
         .await?;
+        let event = json!({"id": id, "correlationId": start.correlation_id,
+            "orchestrationType": start.orchestration_type, "definitionId": start.definition.id,
+            "definitionVersion": start.definition.version, "state": "running"});
+        self.record_event(conn, &start.correlation_id, id, event)
+            .await?;
         tracing::info!(orchestration = %id, correlation = %start.correlation_id,
             orchestration_type = %start.orchestration_type, "orchestration started");
         Ok(true)
@@ -580,6 +597,13 @@ impl Engine {
         .execute(&mut *tx)
         .await?;
         tracing::info!(orchestration = %id, state = ?state, "orchestration finished");
+        let event = json!({"id": id, "correlationId": current.correlation_id,
+            "orchestrationType": current.orchestration_type, "definitionId": current.definition_id,
+            "definitionVersion": current.definition_version,
+            "state": if state == OrchestrationState::Completed { "completed" } else { "errored" },
+            "errorDetail": error_detail});
+        self.record_event(tx, &current.correlation_id, id, event)
+            .await?;
         let finished = Finished {
             id,
             correlation_id: &current.correlation_id,
@@ -592,6 +616,25 @@ impl Engine {
             error_detail,
         };
         self.hooks.finished(self, tx, &finished).await
+    }
+
+    /// Records an orchestration's change of state as a lifecycle event of its tenant.
+    async fn record_event(
+        &self,
+        conn: &mut Conn,
+        correlation_id: &str,
+        id: &str,
+        data: Value,
+    ) -> Result<()> {
+        let tenant = self.hooks.tenant_of(conn, correlation_id).await?;
+        events::record(
+            conn,
+            events::kinds::ORCHESTRATION,
+            tenant.as_deref(),
+            id,
+            data,
+        )
+        .await
     }
 
     /// Reads an orchestration for changing it, locking it for the rest of the transaction.
