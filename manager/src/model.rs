@@ -751,3 +751,27 @@ pub struct TenantDecommission {
     /// When it last changed (RFC 3339).
     pub updated_at: String,
 }
+
+/// One orchestration of a participant's history: what ran, from which template version,
+/// and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The orchestration's id: `GET /orchestrations/{id}` has its steps.
+    pub orchestration_id: String,
+    /// Deploy, upgrade, update, migrate (and its phases), dispose, keypair events.
+    pub orchestration_type: String,
+    /// The template it ran.
+    pub definition_id: String,
+    /// Which version of it.
+    pub definition_version: i64,
+    /// Upstream's number: 1 running, 2 completed, 3 errored.
+    pub state: i64,
+    /// When it started (RFC 3339).
+    pub created_timestamp: String,
+    /// When it last changed state (RFC 3339).
+    pub state_timestamp: String,
+    /// Why it errored.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error_detail: Option<String>,
+}

@@ -248,9 +248,49 @@ async fn a_rollout_pauses_at_its_budget_resumes_after_a_fix_and_completes(backen
     let listed = api.get_json("/rollouts").await;
     assert_eq!(listed[0]["id"], slow_id.as_str(), "newest first");
 
+    // The history of the participant whose first upgrade failed, newest first.
+    let history = api
+        .get_json(&format!(
+            "/tenants/{tenant}/participant-profiles/{}/history",
+            profiles[FAILING]
+        ))
+        .await;
+    let entries: Vec<(&str, i64, i64)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["orchestrationType"].as_str().unwrap(),
+                e["definitionVersion"].as_i64().unwrap(),
+                e["state"].as_i64().unwrap(),
+            )
+        })
+        .filter(|(_, version, _)| *version <= 2)
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("cfm.orchestration.vpa.upgrade", 2, 2),
+            ("cfm.orchestration.vpa.upgrade", 2, 3),
+            ("cfm.orchestration.vpa.deploy", 1, 2),
+        ],
+        "{history}"
+    );
+
     // Disposing an upgraded participant runs its version's dispose: the name goes too.
     api.dispose(&tenant, &profiles[0]).await;
     assert!(record(&data, &profiles[0]).is_none());
+    let history = api
+        .get_json(&format!(
+            "/tenants/{tenant}/participant-profiles/{}/history",
+            profiles[0]
+        ))
+        .await;
+    assert_eq!(
+        history[0]["orchestrationType"],
+        "cfm.orchestration.vpa.dispose"
+    );
 }
 
 async fn rollout_routes_refuse_bad_input(backend: TestBackend) {

@@ -29,6 +29,7 @@ use super::{events, provision, tenant};
         tenant::dispose_profile,
         tenant::retry_profile,
         tenant::patch_profile,
+        tenant::profile_history,
         tenant::query_profiles,
         tenant::infrastructure::list_cells,
         tenant::infrastructure::create_cell,

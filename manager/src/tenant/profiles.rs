@@ -12,8 +12,8 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::{VpaState, VpaTransition};
 use crate::model::{
-    Cell, CredentialSpec, DataspaceProfile, ParticipantProfile, PluginDigest, Properties,
-    VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, new_participant_context_id, now,
+    Cell, CredentialSpec, DataspaceProfile, HistoryEntry, ParticipantProfile, PluginDigest,
+    Properties, VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, new_participant_context_id, now,
 };
 use crate::provision::{CarriedStep, Engine, Finished, OrchestrationHooks, Start, definitions};
 use crate::query::{Field, JsonColumn, Literal, Predicate};
@@ -243,6 +243,48 @@ pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<ParticipantProfil
     let mut profile = fetch(&mut conn, tenant_id, id).await?;
     profile.migration = migrations::unfinished(&mut conn, id).await?;
     Ok(profile)
+}
+
+/// A participant's orchestration history, newest first: its deploy, upgrades, updates,
+/// migrations, keypair events and dispose, however each ended.
+pub async fn history(
+    db: &Db,
+    tenant_id: &str,
+    id: &str,
+    page: store::Page,
+) -> Result<Paged<HistoryEntry>> {
+    let mut conn = db.acquire().await?;
+    fetch(&mut conn, tenant_id, id).await?;
+    let total: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM orchestrations WHERE correlation_id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let rows = sqlx::query(
+        "SELECT id, orchestration_type, definition_id, definition_version, state, created_timestamp,
+           state_timestamp, error_detail
+         FROM orchestrations WHERE correlation_id = $1
+         ORDER BY created_timestamp DESC, id LIMIT $2 OFFSET $3",
+    )
+    .bind(id)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(&mut *conn)
+    .await?;
+    let items = rows
+        .iter()
+        .map(|row| HistoryEntry {
+            orchestration_id: row.get("id"),
+            orchestration_type: row.get("orchestration_type"),
+            definition_id: row.get("definition_id"),
+            definition_version: row.get("definition_version"),
+            state: row.get("state"),
+            created_timestamp: row.get("created_timestamp"),
+            state_timestamp: row.get("state_timestamp"),
+            error_detail: row.get("error_detail"),
+        })
+        .collect();
+    Ok(Paged { items, total, page })
 }
 
 /// Starts decommissioning a participant: its dispose orchestration runs with everything

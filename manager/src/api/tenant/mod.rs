@@ -19,8 +19,8 @@ use super::requests::{
 };
 use super::{AppState, Caller};
 use crate::model::{
-    Cell, DataspaceDeployment, DataspaceProfile, Drain, Migration, ParticipantProfile,
-    RebalancePlan, Tenant, TenantDecommission,
+    Cell, DataspaceDeployment, DataspaceProfile, Drain, HistoryEntry, Migration,
+    ParticipantProfile, RebalancePlan, Tenant, TenantDecommission,
 };
 use crate::query::{Literal, Predicate};
 use crate::store::{Page, Paged};
@@ -55,6 +55,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/tenants/{tid}/participant-profiles/{pid}/retry",
             post(retry_profile),
+        )
+        .route(
+            "/tenants/{tid}/participant-profiles/{pid}/history",
+            get(profile_history),
         )
         .route("/participant-profiles/query", post(query_profiles))
         .route("/cells", get(list_cells).post(create_cell))
@@ -609,6 +613,36 @@ pub(super) async fn migrate_profile(
 ) -> ApiResult<impl IntoResponse> {
     let migration = migrations::start(&state.engine, &tid, &pid, &body.target_cell_id).await?;
     Ok((StatusCode::ACCEPTED, Json(migration)))
+}
+
+/// What ran for a participant, newest first: deploy, upgrades, updates, migrations,
+/// keypair events, dispose.
+#[utoipa::path(
+    get,
+    path = "/tenants/{tid}/participant-profiles/{pid}/history",
+    tag = "participant profiles",
+    summary = "A participant's orchestration history, newest first (paginated)",
+    params(
+        ("tid" = String, Path, description = "Tenant id"),
+        ("pid" = String, Path, description = "Participant profile id"),
+        ("offset" = Option<i64>, Query, description = "Items to skip"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")
+    ),
+    responses(
+        (status = 200, description = "Its orchestrations", body = [HistoryEntry]),
+        (status = 400, description = "Malformed paging parameters", body = ErrorBody),
+        (status = 404, description = "No such tenant or profile", body = ErrorBody)
+    )
+)]
+pub(super) async fn profile_history(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<impl IntoResponse> {
+    let page = page_of(query.as_deref())?;
+    let paged = profiles::history(state.engine.db(), &tid, &pid, page).await?;
+    let path = format!("/tenants/{tid}/participant-profiles/{pid}/history");
+    Ok((paging_headers(&path, &paged), Json(paged.items)))
 }
 
 #[utoipa::path(
