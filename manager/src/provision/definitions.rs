@@ -379,6 +379,37 @@ pub async fn select(
     Ok(all(conn).await?.into_iter().rev().find(defines))
 }
 
+/// `definition` as an orchestration that brings a live participant to it (an upgrade,
+/// an update of its VPA properties) runs it: its own `orchestration_type` activities, or
+/// else its deploy activities re-run (plugins deploy idempotently). A conflict when it
+/// defines neither.
+pub fn redeploying(
+    mut definition: OrchestrationDefinition,
+    orchestration_type: &str,
+) -> Result<OrchestrationDefinition> {
+    let own = definition
+        .activities
+        .get(orchestration_type)
+        .is_some_and(|a| !a.is_empty());
+    if !own {
+        let deploy = definition
+            .activities
+            .get(VPA_DEPLOY)
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                ManagerError::conflict(format!(
+                    "version {} of orchestration definition '{}' defines neither {orchestration_type} nor {VPA_DEPLOY}",
+                    definition.version, definition.id
+                ))
+            })?;
+        definition
+            .activities
+            .insert(orchestration_type.into(), deploy);
+    }
+    Ok(definition)
+}
+
 /// The property of a dataspace profile or cell that names the orchestration definition
 /// its participants are provisioned with.
 pub const TEMPLATE_PROPERTY: &str = "cfm.orchestrationDefinitionId";

@@ -21,8 +21,8 @@ use crate::error::{ManagerError, Result};
 use crate::events;
 use crate::lifecycle::{OrchestrationState, RolloutState, RolloutTargetState};
 use crate::model::{
-    FailureBudget, OrchestrationDefinition, Rollout, RolloutProgress, RolloutTarget,
-    VPA_STATE_PROPERTY, VpaState, new_id, now,
+    FailureBudget, Rollout, RolloutProgress, RolloutTarget, VPA_STATE_PROPERTY, VpaState, new_id,
+    now,
 };
 use crate::provision::{Engine, Finished, Start, definitions};
 use crate::query::{Literal, Predicate};
@@ -124,7 +124,7 @@ pub async fn create(engine: &Engine, new: NewRollout) -> Result<Rollout> {
         Err(ManagerError::NotFound(message)) => return bad(message),
         Err(e) => return Err(e),
     };
-    upgrade_template(target)?;
+    definitions::redeploying(target, orchestration_types::VPA_UPGRADE)?;
     if let Some(running) = sqlx::query_scalar::<_, String>(
         "SELECT id FROM rollouts WHERE template_id = $1 AND state IN ($2, $3)",
     )
@@ -585,7 +585,9 @@ async fn start_target(
     }
     let definition =
         match definitions::get_version(tx, &rollout.template_id, rollout.target_version).await {
-            Ok(definition) => upgrade_template(definition)?,
+            Ok(definition) => {
+                definitions::redeploying(definition, orchestration_types::VPA_UPGRADE)?
+            }
             Err(ManagerError::NotFound(message)) => {
                 let detail = format!("the target version is gone: {message}");
                 set_state(tx, &rollout.id, RolloutState::Failed, Some(&detail)).await?;
@@ -695,35 +697,6 @@ async fn insert_targets(
         query.execute(&mut *tx).await?;
     }
     Ok(())
-}
-
-/// The template version as an upgrade runs it: its own upgrade activities, or its deploy
-/// activities re-run (plugins deploy idempotently).
-fn upgrade_template(mut definition: OrchestrationDefinition) -> Result<OrchestrationDefinition> {
-    let own = definition
-        .activities
-        .get(orchestration_types::VPA_UPGRADE)
-        .is_some_and(|a| !a.is_empty());
-    if !own {
-        let deploy = definition
-            .activities
-            .get(orchestration_types::VPA_DEPLOY)
-            .filter(|a| !a.is_empty())
-            .cloned()
-            .ok_or_else(|| {
-                ManagerError::conflict(format!(
-                    "version {} of orchestration definition '{}' defines neither {} nor {}",
-                    definition.version,
-                    definition.id,
-                    orchestration_types::VPA_UPGRADE,
-                    orchestration_types::VPA_DEPLOY
-                ))
-            })?;
-        definition
-            .activities
-            .insert(orchestration_types::VPA_UPGRADE.into(), deploy);
-    }
-    Ok(definition)
 }
 
 /// The live participants provisioned with `template_id` on another version than

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::{OrchestrationState, VpaState};
-use crate::model::{OrchestrationDefinition, ParticipantProfile, Vpa};
+use crate::model::{ParticipantProfile, Vpa};
 use crate::provision::{Engine, Finished, Start, definitions};
 use crate::store::{self, Conn, Table, to_json};
 use crate::tenant::{cells, migrations, profiles};
@@ -87,7 +87,7 @@ pub async fn change_vpa_properties(
             provisioned.template
         ))
     })?;
-    let definition = update_template(definition)?;
+    let definition = definitions::redeploying(definition, orchestration_types::VPA_UPDATE)?;
     let mut vpas = profile.vpas.clone();
     for vpa in &mut vpas {
         if let Some(Value::Object(properties)) = wanted.get(&vpa.vpa_type) {
@@ -190,34 +190,6 @@ fn apply_changes(vpas: &[Vpa], changes: &Map<String, Value>) -> Result<Map<Strin
         wanted.insert(vpa_type.clone(), Value::Object(properties));
     }
     Ok(wanted)
-}
-
-/// The template version as an update runs it: its own update activities, or its
-/// deploy activities re-run.
-fn update_template(mut definition: OrchestrationDefinition) -> Result<OrchestrationDefinition> {
-    let own = definition
-        .activities
-        .get(orchestration_types::VPA_UPDATE)
-        .is_some_and(|a| !a.is_empty());
-    if !own {
-        let deploy = definition
-            .activities
-            .get(orchestration_types::VPA_DEPLOY)
-            .filter(|a| !a.is_empty())
-            .cloned()
-            .ok_or_else(|| {
-                ManagerError::conflict(format!(
-                    "orchestration definition '{}' defines neither {} nor {}",
-                    definition.id,
-                    orchestration_types::VPA_UPDATE,
-                    orchestration_types::VPA_DEPLOY
-                ))
-            })?;
-        definition
-            .activities
-            .insert(orchestration_types::VPA_UPDATE.into(), deploy);
-    }
-    Ok(definition)
 }
 
 #[cfg(test)]
