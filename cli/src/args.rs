@@ -165,6 +165,51 @@ pub(crate) struct ApiArgs {
     /// least utilised cell) or `pack` (the most utilised one with room).
     #[arg(long, env = "CFM_PLACEMENT_POLICY", default_value = "spread")]
     pub(crate) placement_policy: cfm_manager::model::PlacementPolicy,
+    /// Walk the fleet verifying every active participant at least this often, and repair
+    /// what drifted: seconds, or a number with `s`, `m` or `h` (`30s`, `15m`, `6h`). Off
+    /// without it.
+    #[arg(long, env = "CFM_RECONCILE_INTERVAL", value_parser = interval)]
+    pub(crate) reconcile_interval: Option<std::time::Duration>,
+    /// Most verifies and reconciles the periodic reconciler keeps running at once, over
+    /// every manager replica.
+    #[arg(long, env = "CFM_RECONCILE_MAX_PARALLEL", default_value_t = cfm_manager::tenant::reconciles::DEFAULT_MAX_PARALLEL, value_parser = clap::value_parser!(i64).range(1..=1024))]
+    pub(crate) reconcile_max_parallel: i64,
+}
+
+impl ApiArgs {
+    /// The periodic reconciler's schedule, when one was asked for.
+    pub(crate) fn reconcile_schedule(&self) -> Option<cfm_manager::tenant::reconciles::Schedule> {
+        self.reconcile_interval
+            .map(|interval| cfm_manager::tenant::reconciles::Schedule {
+                interval,
+                max_parallel: self.reconcile_max_parallel,
+            })
+    }
+}
+
+/// A duration in seconds, or with a unit: `30s`, `15m`, `6h`; at least a second.
+fn interval(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "'{text}': expected seconds, or a number with s, m or h"
+            ));
+        }
+    };
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds_per))
+        .filter(|s| (1..=366 * 86_400).contains(s))
+        .ok_or_else(|| format!("'{text}': expected between 1s and 366 days"))?;
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 /// The agent host: plugins and how many activities run at once.

@@ -6,7 +6,6 @@
 mod args;
 mod plugin;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -92,7 +91,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })
         }
     };
-    serve_api(&manager, args.api.listen, work).await
+    serve_api(&manager, &args.api, work).await
 }
 
 async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
@@ -107,7 +106,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from)
     });
-    serve_api(&manager, args.api.listen, work).await
+    serve_api(&manager, &args.api, work).await
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -314,9 +313,10 @@ fn worker_settings(args: &HostArgs, nats: Option<&NatsArgs>) -> WorkerSettings {
 /// work) fails, which is fatal: a manager that cannot move work must not look healthy.
 async fn serve_api(
     manager: &Manager,
-    listen: SocketAddr,
+    args: &ApiArgs,
     mut work: tokio::task::JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
+    let listen = args.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -326,7 +326,18 @@ async fn serve_api(
     println!("admin token: {}", manager.token_path.display());
     // Every replica tops up running drains and rebalance plans; the database decides who
     // starts what.
-    let fleet = tokio::spawn(cfm_manager::tenant::operations::run(manager.engine.clone()));
+    let reconcile = args.reconcile_schedule();
+    if let Some(schedule) = &reconcile {
+        tracing::info!(
+            interval_secs = schedule.interval.as_secs(),
+            max_parallel = schedule.max_parallel,
+            "periodic reconciler on"
+        );
+    }
+    let fleet = tokio::spawn(cfm_manager::tenant::operations::run(
+        manager.engine.clone(),
+        reconcile,
+    ));
     let api = axum::serve(listener, manager.router()).with_graceful_shutdown(shutdown());
     tokio::select! {
         served = api => served?,

@@ -46,6 +46,9 @@ pub struct AuditEvent<'a> {
     /// Whether it was allowed, and what an allowed write did.
     #[serde(flatten)]
     pub decision: Decision,
+    /// A verify's dry run: the effect is what the write would have done; nothing changed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// What became of a capability call.

@@ -37,6 +37,8 @@ pub mod kinds {
     pub const ROLLOUT_PARTICIPANT: &str = "rollout.participant";
     /// A tenant decommission changed state.
     pub const DECOMMISSION: &str = "decommission";
+    /// A participant's verify or reconcile ended: its drift state and what was found.
+    pub const DRIFT: &str = "drift";
 }
 
 /// One lifecycle event as stored and served.

@@ -93,13 +93,15 @@ impl VpaState {
     pub fn after(orchestration_type: &str, end: OrchestrationState) -> VpaTransition {
         use OrchestrationState::{Completed, Errored};
         use orchestration_types::{VPA_DEPLOY, VPA_DISPOSE};
-        // A participant stays active while it migrates, is upgraded or has its VPA
-        // properties changed (a failed upgrade or change leaves it as it was), and keypair
+        // A participant stays active while it migrates, is upgraded, verified, reconciled
+        // or has its VPA properties changed (a failed one leaves it as it was), and keypair
         // events change its services, not its VPAs.
         if orchestration_type.starts_with(orchestration_types::KEYPAIR_PREFIX)
             || orchestration_type.starts_with(orchestration_types::VPA_MIGRATE)
             || orchestration_type == orchestration_types::VPA_UPGRADE
             || orchestration_type == orchestration_types::VPA_UPDATE
+            || orchestration_type == orchestration_types::VPA_VERIFY
+            || orchestration_type == orchestration_types::VPA_RECONCILE
         {
             return VpaTransition::Unchanged;
         }

@@ -270,6 +270,87 @@ pub struct ParticipantProfile {
     /// that last ran it. Sorted by activity type.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub plugin_digests: Vec<PluginDigest>,
+    /// What the last verify (or reconcile) of the participant found; absent before the first.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drift: Option<Drift>,
+    /// How many verifies found the participant drifted.
+    #[serde(default)]
+    pub drift_count: i64,
+}
+
+/// Whether a participant's effects in its backends are as its provisioning left them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    /// Where the last check stands.
+    pub state: DriftState,
+    /// When it started.
+    pub checked_at: String,
+    /// The verify orchestration that checked.
+    pub verify_id: String,
+    /// The reconcile orchestration that repaired what drifted, once one started.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reconcile_id: Option<String>,
+    /// The activities whose effects differ, or which could not be checked.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub activities: Vec<ActivityDrift>,
+    /// Why the verify or the repair failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
+}
+
+/// Where a participant's drift check stands: `verifying` → `in-sync` or `drifted`, a
+/// drifted one being reconciled `repairing` → `repaired` or `repair-failed`; `unverified`
+/// when the verify itself failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftState {
+    /// The verify runs.
+    Verifying,
+    /// Every checked effect is as provisioned.
+    InSync,
+    /// Some effect differs, and no repair was asked for.
+    Drifted,
+    /// What drifted is being re-applied.
+    Repairing,
+    /// What drifted was re-applied.
+    Repaired,
+    /// Re-applying what drifted failed; `detail` says why.
+    RepairFailed,
+    /// The verify failed; `detail` says why.
+    Unverified,
+}
+
+impl DriftState {
+    /// The stored (and queried) form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftState::Verifying => "verifying",
+            DriftState::InSync => "in-sync",
+            DriftState::Drifted => "drifted",
+            DriftState::Repairing => "repairing",
+            DriftState::Repaired => "repaired",
+            DriftState::RepairFailed => "repair-failed",
+            DriftState::Unverified => "unverified",
+        }
+    }
+}
+
+/// What a verify found of one activity's effects.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityDrift {
+    /// The activity's id in the template.
+    pub activity_id: String,
+    /// Its activity type.
+    pub activity_type: String,
+    /// Each write its verify would have made (`{capability, operation, target, change}`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[schema(value_type = Vec<Object>)]
+    pub findings: Vec<Value>,
+    /// Why its plugin could not check it, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unverified: Option<String>,
 }
 
 /// Which plugin ran an activity type for a participant.

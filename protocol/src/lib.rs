@@ -23,6 +23,13 @@ pub mod keys {
     /// An upgrade's versions: `{"templateId", "fromVersion", "toVersion", "rolloutId"}`
     /// (`rolloutId` absent when no rollout started it).
     pub const UPGRADE: &str = "cfm.upgrade";
+    /// In a verify's step outputs, the drift it found: a list of
+    /// `{"capability", "operation", "target", "change"}`, written by the agent host.
+    pub const DRIFT: &str = "cfm.drift";
+    /// In a verify's step output, why the plugin could not check that activity.
+    pub const UNVERIFIED: &str = "cfm.unverified";
+    /// A reconcile's request, in its verify's processing data: `{"repair": bool}`.
+    pub const RECONCILE: &str = "cfm.reconcile";
     /// What every orchestration's processing data starts with.
     pub const BASE: [&str; 4] = [
         PARTICIPANT_ID,
@@ -32,11 +39,12 @@ pub mod keys {
     ];
     /// Namespaces of keys the server writes and activities only read: an activity
     /// output naming one is refused, so no plugin can re-address later activities.
-    pub const SERVER_OWNED_PREFIXES: [&str; 4] = [
+    pub const SERVER_OWNED_PREFIXES: [&str; 5] = [
         "cfm.participant.",
         "cfm.vpa.",
         "cfm.migration",
         "cfm.upgrade",
+        "cfm.reconcile",
     ];
 
     /// Whether `key` belongs to the server (see [`SERVER_OWNED_PREFIXES`]).
@@ -75,6 +83,14 @@ pub mod orchestration_types {
     /// resources, say): the template's own update activities, or its deploy activities
     /// re-run with the new VPA data. Its VPAs stay active whatever the outcome.
     pub const VPA_UPDATE: &str = "cfm.orchestration.vpa.update";
+    /// Checks that an active participant's effects exist and match, changing nothing: the
+    /// template's own verify activities, or its deploy activities run by the agent host
+    /// as dry runs. Each step's output carries the drift it found ([`keys::DRIFT`]).
+    pub const VPA_VERIFY: &str = "cfm.orchestration.vpa.verify";
+    /// Repairs what a verify found drifted: the drifted deploy activities, and those
+    /// depending on them, re-run (plugins deploy idempotently). Its VPAs stay active
+    /// whatever the outcome.
+    pub const VPA_RECONCILE: &str = "cfm.orchestration.vpa.reconcile";
 }
 
 /// One activity to run: what the agent host hands to a plugin.

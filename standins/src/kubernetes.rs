@@ -94,6 +94,18 @@ impl KubeApi {
         self.cluster().objects.get(&key).map(|s| s.object.clone())
     }
 
+    /// Removes an object behind its managers' backs (as someone with kubectl would):
+    /// whether it was there.
+    pub fn remove(&self, api_version: &str, plural: &str, namespace: &str, name: &str) -> bool {
+        let key = Key {
+            group_version: api_version.into(),
+            plural: plural.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.cluster().objects.remove(&key).is_some()
+    }
+
     /// Every object, as `apiVersion/plural/namespace/name`.
     pub fn names(&self) -> Vec<String> {
         self.cluster()

@@ -301,6 +301,19 @@ async fn a_jad_onboarding_runs_on_cfm_and_decommissioning_leaves_nothing_behind(
         }
     }
 
+    // A verify changes nothing: the EDC-V activities, with no read-only check yet, say so
+    // rather than pass for in sync.
+    let verified = verify(&api, &tenant, &participants[0].1).await;
+    assert_eq!(verified["drift"]["state"], "in-sync", "{verified}");
+    let activities = verified["drift"]["activities"].as_array().unwrap();
+    assert!(!activities.is_empty(), "{verified}");
+    assert!(
+        activities
+            .iter()
+            .all(|a| a["unverified"].is_string() && a.get("findings").is_none()),
+        "{verified}"
+    );
+
     for (_, pc) in &participants {
         api.dispose(&tenant, pc).await;
     }
@@ -353,6 +366,21 @@ async fn a_token_service_that_is_down_is_waited_out_and_one_that_refuses_fails_n
 }
 
 /// Polls a profile until its onboarding has failed.
+/// Verifies participant `pc` and waits for the verify to end.
+async fn verify(api: &Api, tenant: &str, pc: &str) -> Value {
+    let path = format!("/tenants/{tenant}/participant-profiles/{pc}");
+    api.post_ok(&format!("{path}/verify"), json!({}), 202).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let profile = api.get_json(&path).await;
+        if profile["drift"]["state"] != "verifying" {
+            return profile;
+        }
+        assert!(std::time::Instant::now() < deadline, "{profile}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_failed(api: &Api, tenant: &str, pc: &str) -> Value {
     let started = Instant::now();
     loop {

@@ -2,13 +2,16 @@
 //! `cfm serve`: a client with a tenant-confined token sees every state change of a
 //! rollout that upgrades its participants, in order, and nothing of another tenant; an
 //! operator sees everything; a client that reconnects with `Last-Event-ID` misses nothing.
+//! The same on a split deployment, the stream read from another manager than the one
+//! that started the rollout.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cfm_manager::auth::{ALL_SCOPES, TENANT_READ};
 use cfm_manager::on_both_backends;
 use cfm_manager::testing::TestBackend;
-use cfm_test_support::Server;
+use cfm_test_support::{Api, Deployment, Server, nats_url};
 use serde_json::{Value, json};
 
 use super::fleet::{create_cell, deploy};
@@ -20,9 +23,26 @@ async fn a_tenant_follows_a_rollout_of_its_participants_and_sees_nothing_else(
     backend: TestBackend,
 ) {
     let server = Server::start_on(backend, &["--no-seed"]).await;
-    let api = server.client();
-    template_v1(&api).await;
-    create_cell(&api, "a", 20, "eu").await;
+    follow_a_rollout(&server.client(), server.base(), &server.data_dir()).await;
+}
+
+/// Two managers and two agents on PostgreSQL and JetStream: the client follows the
+/// rollout on the manager that did not start it, while both managers' fleet loops drive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_split_deployment_a_tenant_follows_a_rollout_through_another_manager() {
+    let mut deployment = Deployment::start(&nats_url(), 2).await;
+    deployment.start_agents(&["agents", "agents"], 4);
+    let other = deployment.managers[1].base.clone().unwrap();
+    let keys = deployment.dir().join("manager");
+    follow_a_rollout(&deployment.api(0), &other, &keys).await;
+}
+
+/// Runs a rollout over two tenants' participants through `api`, with the event streams
+/// read from the manager at `stream_base`, whose signing key is in `keys`.
+async fn follow_a_rollout(api: &Api, stream_base: &str, keys: &Path) {
+    let auth = cfm_manager::auth::Auth::load_or_create(keys).unwrap();
+    template_v1(api).await;
+    create_cell(api, "a", 20, "eu").await;
     let mut tenants = Vec::new();
     let mut participants: Vec<Vec<String>> = Vec::new();
     for t in 0..2 {
@@ -30,7 +50,7 @@ async fn a_tenant_follows_a_rollout_of_its_participants_and_sees_nothing_else(
         let tenant = tenant["id"].as_str().unwrap().to_string();
         let mut ids = Vec::new();
         for n in 0..2 {
-            let (status, profile) = deploy(&api, &tenant, t * 10 + n, json!({})).await;
+            let (status, profile) = deploy(api, &tenant, t * 10 + n, json!({})).await;
             assert_eq!(status, 202, "{profile}");
             ids.push(profile["id"].as_str().unwrap().to_string());
         }
@@ -40,12 +60,14 @@ async fn a_tenant_follows_a_rollout_of_its_participants_and_sees_nothing_else(
         tenants.push(tenant);
         participants.push(ids);
     }
-    add_version_2(&api).await;
+    add_version_2(api).await;
 
-    let token = server.tenant_token(&tenants[0], &[TENANT_READ]);
-    let operator = server.token_with(&ALL_SCOPES);
-    let mut mine = Stream::open(&server, &token, None).await;
-    let mut everything = Stream::open(&server, &operator, None).await;
+    let token = auth
+        .issue_for("tenant", &[TENANT_READ], Some(&tenants[0]), 600)
+        .unwrap();
+    let operator = auth.issue("test", &ALL_SCOPES, 600).unwrap();
+    let mut mine = Stream::open(stream_base, &token, None).await;
+    let mut everything = Stream::open(stream_base, &operator, None).await;
     let rollout = api
         .post_ok(
             "/rollouts",
@@ -54,7 +76,7 @@ async fn a_tenant_follows_a_rollout_of_its_participants_and_sees_nothing_else(
         )
         .await;
     let id = rollout["id"].as_str().unwrap().to_string();
-    wait_rollout(&api, &id, "completed").await;
+    wait_rollout(api, &id, "completed").await;
     let done = |e: &Value| e["kind"] == "rollout" && e["data"]["state"] == "completed";
     let seen = mine.until(done).await;
     let all = everything.until(done).await;
@@ -113,7 +135,7 @@ async fn a_tenant_follows_a_rollout_of_its_participants_and_sees_nothing_else(
 
     // Reconnecting after the first event replays what followed it.
     let first = seen[0]["seq"].as_i64().unwrap();
-    let mut again = Stream::open(&server, &token, Some(first)).await;
+    let mut again = Stream::open(stream_base, &token, Some(first)).await;
     let replayed = again.until(done).await;
     let seqs = |events: &[Value]| -> Vec<i64> {
         events.iter().map(|e| e["seq"].as_i64().unwrap()).collect()
@@ -121,7 +143,7 @@ async fn a_tenant_follows_a_rollout_of_its_participants_and_sees_nothing_else(
     assert_eq!(seqs(&replayed), seqs(&seen[1..]));
 
     let refused = reqwest::Client::new()
-        .get(format!("{}/api/v1alpha1/events", server.base()))
+        .get(format!("{stream_base}/api/v1alpha1/events"))
         .bearer_auth(&token)
         .header("Last-Event-ID", "yesterday")
         .send()
@@ -137,9 +159,9 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(server: &Server, token: &str, after: Option<i64>) -> Stream {
+    async fn open(base: &str, token: &str, after: Option<i64>) -> Stream {
         let mut request = reqwest::Client::new()
-            .get(format!("{}/api/v1alpha1/events", server.base()))
+            .get(format!("{base}/api/v1alpha1/events"))
             .bearer_auth(token);
         if let Some(seq) = after {
             request = request.header("Last-Event-ID", seq.to_string());

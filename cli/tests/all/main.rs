@@ -13,6 +13,7 @@ mod auth;
 mod chaos;
 mod decommission;
 mod distributed;
+mod drift;
 mod e2e;
 mod edc_v;
 mod events;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::dry_run::DriftLog;
 use super::http::{OutboundHttp, PluginHttp};
 use super::log::LogLines;
 use super::{BackendError, Backends};
@@ -40,6 +41,11 @@ impl Capabilities {
             .fold(text.to_string(), |text, token| {
                 text.replace(token.as_str(), "[token]")
             })
+    }
+
+    /// In a verify, the drift its dry runs found.
+    pub fn drift(&self) -> Option<&DriftLog> {
+        self.calls.drift.as_deref()
     }
 
     /// Whether `text` holds a token used in this invocation.
@@ -86,6 +92,9 @@ pub struct CallContext {
     /// The tokens this invocation used: handed to the plugin, or attached by the host for
     /// it. None may leave in a log line, an output or an error.
     pub used_tokens: std::sync::Mutex<Vec<String>>,
+    /// In a verify, where the dry runs of `backends` record drift: writes change nothing
+    /// and outbound requests may only read.
+    pub drift: Option<Arc<DriftLog>>,
 }
 
 /// Refusals one invocation may leave in the audit log. A refusal costs the guest no I/O,
@@ -180,6 +189,7 @@ impl CallContext {
             operation,
             target,
             decision,
+            dry_run: self.drift.is_some(),
         });
     }
 }

@@ -2,10 +2,12 @@
 //! embedded backends in a temporary folder, and the audit log they write, read back.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
+use super::dry_run::DriftLog;
 use super::http::PluginHttp;
 use super::{Backends, CallContext, Capabilities};
 use crate::audit::Audit;
@@ -33,23 +35,18 @@ impl Fixture {
             .http
             .as_ref()
             .map(|grant| PluginHttp::new(grant).unwrap());
-        let calls = CallContext {
-            plugin: "under-test".into(),
-            orchestration_id: "o1".into(),
-            activity_id: "a1".into(),
-            activity_type: "t".into(),
-            participant_context_id: PARTICIPANT.into(),
-            idempotency_key: "o1/a1".into(),
-            grants: grants.scoped(PARTICIPANT),
-            backends: adapt(Backends::embedded(data.path())),
-            audit: Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
-            denials: Default::default(),
-            used_tokens: Default::default(),
-        };
+        let backends = adapt(Backends::embedded(data.path()));
         Self {
-            capabilities: Capabilities::new(calls, http),
+            capabilities: Capabilities::new(calls(&data, &grants, backends, None), http),
             data,
         }
+    }
+
+    /// The capabilities of a verify under `grants` on the same backends and audit log: every
+    /// write a dry run, recorded in `drift`.
+    pub fn verifying(&self, grants: &Grants, drift: Arc<DriftLog>) -> Capabilities {
+        let backends = Backends::embedded(self.data.path()).dry_run(drift.clone());
+        Capabilities::new(calls(&self.data, grants, backends, Some(drift)), None)
     }
 
     /// Where the embedded backends keep `relative` (`secrets/...`, `cluster/...`, `dns/...`).
@@ -92,5 +89,28 @@ impl Fixture {
     /// The most recent audit record; the test fails when there is none.
     pub fn last_audit(&self) -> Value {
         self.audit().pop().expect("an audit record")
+    }
+}
+
+/// The call context of one invocation for [`PARTICIPANT`], auditing into `data`.
+fn calls(
+    data: &TempDir,
+    grants: &Grants,
+    backends: Backends,
+    drift: Option<Arc<DriftLog>>,
+) -> CallContext {
+    CallContext {
+        plugin: "under-test".into(),
+        orchestration_id: "o1".into(),
+        activity_id: "a1".into(),
+        activity_type: "t".into(),
+        participant_context_id: PARTICIPANT.into(),
+        idempotency_key: "o1/a1".into(),
+        grants: grants.scoped(PARTICIPANT),
+        backends,
+        audit: Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
+        denials: Default::default(),
+        used_tokens: Default::default(),
+        drift,
     }
 }

@@ -9,6 +9,7 @@
 pub mod cluster;
 mod context;
 pub mod dns;
+pub mod dry_run;
 pub mod files;
 #[cfg(test)]
 mod fixture;

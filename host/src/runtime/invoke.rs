@@ -1,9 +1,10 @@
 //! One invocation: a fresh store with the plugin's limits, WASI with nothing granted and
 //! the capabilities scoped to the task's participant, run against the time budget.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use cfm_protocol::{ActivityOutcome, ActivityTask};
+use cfm_protocol::{ActivityOutcome, ActivityTask, orchestration_types};
 use serde_json::Value;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
@@ -13,6 +14,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::load::LoadedPlugin;
 use super::{AgentHost, outcome};
 use crate::bindings::cfm::plugin::types::ActivityRequest;
+use crate::capability::dry_run::DriftLog;
 use crate::capability::{CallContext, Capabilities};
 use crate::fairness::CpuMeter;
 
@@ -71,6 +73,12 @@ impl AgentHost {
 
     /// The store data of one invocation of `plugin` for `task`.
     fn invocation(&self, plugin: &LoadedPlugin, task: &ActivityTask) -> Invocation {
+        let drift = (task.discriminator == orchestration_types::VPA_VERIFY)
+            .then(|| Arc::new(DriftLog::default()));
+        let backends = {
+            let (cell_id, external_id) = acting_cell(task);
+            self.inner.backends.for_cell(cell_id, external_id)
+        };
         let calls = CallContext {
             plugin: plugin.name.clone(),
             orchestration_id: task.orchestration_id.clone(),
@@ -79,13 +87,14 @@ impl AgentHost {
             participant_context_id: task.participant_context_id.clone(),
             idempotency_key: task.idempotency_key(),
             grants: plugin.grants.scoped(&task.participant_context_id),
-            backends: {
-                let (cell_id, external_id) = acting_cell(task);
-                self.inner.backends.for_cell(cell_id, external_id)
+            backends: match &drift {
+                Some(drift) => backends.dry_run(drift.clone()),
+                None => backends,
             },
             audit: self.inner.audit.clone(),
             denials: Default::default(),
             used_tokens: Default::default(),
+            drift,
         };
         Invocation {
             // Nothing inherited: no environment, no files, no sockets, no stdio.

@@ -83,7 +83,12 @@ fn outcome(
             leaked("reschedule state")
         }
         ActivityResult::Complete(json) => match object("output", &json) {
-            Ok(Value::Object(output)) => ActivityOutcome::Complete { output },
+            Ok(Value::Object(output)) => ActivityOutcome::Complete {
+                output: match capabilities.drift() {
+                    Some(drift) => drift.into_output(output),
+                    None => output,
+                },
+            },
             Ok(_) => ActivityOutcome::Fatal {
                 reason: format!(
                     "plugin '{}' returned output that is not a JSON object",

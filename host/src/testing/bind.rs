@@ -89,6 +89,29 @@ impl Bind {
             .collect()
     }
 
+    /// Deletes the record set of `name` (relative to the zone) and `record_type` with
+    /// `nsupdate` (not cfm's client), signed with the zone's key: a change made by hand.
+    pub fn delete_by_hand(&self, name: &str, record_type: &str) {
+        use std::io::Write;
+        let mut child = Command::new("nsupdate")
+            .arg("-k")
+            .arg(&self.key_file)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nsupdate (scripts/services.sh installs bind9-dnsutils)");
+        let script = format!(
+            "server 127.0.0.1 {}\nzone {}\nupdate delete {name}.{}. {record_type}\nsend\n",
+            self.port, self.zone, self.zone
+        );
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nsupdate failed");
+    }
+
     /// Stops the server; [`Bind::resume`] starts it again on the same port with its data.
     pub fn pause(&mut self) {
         let _ = self.child.kill();

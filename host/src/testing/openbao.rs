@@ -121,6 +121,17 @@ impl OpenBao {
         assert!(response.status().is_success(), "{response:?}");
     }
 
+    /// Deletes `path` under `cfm/` with every version of it, as an operator would by hand.
+    pub async fn destroy(&self, path: &str) {
+        let response = reqwest::Client::new()
+            .delete(format!("{}/v1/secret/metadata/cfm/{path}", self.address))
+            .header("X-Vault-Token", &self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{response:?}");
+    }
+
     async fn read_with(&self, token: &str, path: &str) -> (u16, serde_json::Value) {
         let response = reqwest::Client::new()
             .get(self.kv_url(path))

@@ -28,6 +28,8 @@ use super::{events, provision, tenant};
         tenant::get_profile,
         tenant::dispose_profile,
         tenant::retry_profile,
+        tenant::verify_profile,
+        tenant::reconcile_profile,
         tenant::patch_profile,
         tenant::profile_history,
         tenant::query_profiles,

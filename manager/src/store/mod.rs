@@ -235,6 +235,20 @@ pub async fn lock_row(conn: &mut Conn, table: Table, id: &str) -> Result<bool> {
     Ok(done.rows_affected() > 0)
 }
 
+/// Takes the lock named `name` for the rest of the transaction, so that replicas doing
+/// one thing take turns (a PostgreSQL advisory lock). A no-op on SQLite, whose writers
+/// take turns anyway.
+pub async fn lock_named(conn: &mut Conn, name: &str) -> Result<()> {
+    if backend_of(conn) == Backend::Sqlite {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::text")
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Takes a shared lock on a row for the rest of the transaction: it cannot be deleted
 /// or locked by [`lock_row`] meanwhile, while other sharers go on. Creating a participant
 /// shares its tenant, cell and dataspace profiles, so deleting one of them cannot slip in

@@ -15,6 +15,7 @@ pub mod operations;
 mod placement;
 pub mod profiles;
 pub mod rebalance;
+pub mod reconciles;
 pub mod rollouts;
 pub mod tenants;
 pub mod updates;

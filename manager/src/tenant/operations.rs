@@ -1,5 +1,5 @@
 //! The loop every manager replica runs for fleet operations that outlive a request:
-//! drains, rebalance plans, rollouts and tenant decommissions. Their state is rows, each
+//! drains, rebalance plans, rollouts, tenant decommissions and the periodic reconciler. Their state is rows, each
 //! locked while a replica tops it up, so any number of replicas run the loop and any of
 //! them may die. The loop also prunes old lifecycle events.
 
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::events;
 use crate::provision::Engine;
-use crate::tenant::{decommissions, drains, rebalance, rollouts};
+use crate::tenant::{decommissions, drains, rebalance, reconciles, rollouts};
 
 /// How often each replica looks at running drains, plans, rollouts and decommissions.
 const TICK: Duration = Duration::from_millis(500);
@@ -15,10 +15,16 @@ const TICK: Duration = Duration::from_millis(500);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Tops up every running drain, rebalance plan, rollout and decommission, every tick,
-/// for the life of the process.
-pub async fn run(engine: Engine) {
+/// for the life of the process; with `reconcile`, also walks the fleet verifying and
+/// repairing participants.
+pub async fn run(engine: Engine, reconcile: Option<reconciles::Schedule>) {
     let mut pruned = Instant::now();
     loop {
+        if let Some(schedule) = &reconcile
+            && let Err(e) = reconciles::tick(&engine, schedule).await
+        {
+            tracing::warn!("reconciling participants: {e}");
+        }
         if let Err(e) = drains::tick(&engine).await {
             tracing::warn!("draining cells: {e}");
         }

@@ -12,13 +12,16 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::{VpaState, VpaTransition};
 use crate::model::{
-    Cell, CredentialSpec, DataspaceProfile, HistoryEntry, ParticipantProfile, PluginDigest,
-    Properties, VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id, new_participant_context_id, now,
+    Cell, CredentialSpec, DataspaceProfile, HistoryEntry, OrchestrationDefinition,
+    ParticipantProfile, PluginDigest, Properties, VPA_STATE_PROPERTY, VPA_TYPES, Vpa, new_id,
+    new_participant_context_id, now,
 };
 use crate::provision::{CarriedStep, Engine, Finished, OrchestrationHooks, Start, definitions};
 use crate::query::{Field, JsonColumn, Literal, Predicate};
 use crate::store::{self, Conn, Db, Paged, Table, from_json, to_json};
-use crate::tenant::{dataspaces, decommissions, migrations, placement, rollouts, tenants, updates};
+use crate::tenant::{
+    dataspaces, decommissions, migrations, placement, reconciles, rollouts, tenants, updates,
+};
 
 /// A request to deploy a participant (upstream's NewParticipantProfileDeployment).
 #[derive(Debug, Clone, Default)]
@@ -128,6 +131,8 @@ pub async fn deploy(
         template_id: Some(definition.id.clone()),
         template_version: Some(definition.version),
         plugin_digests: Vec::new(),
+        drift: None,
+        drift_count: 0,
     };
     sqlx::query(
         "INSERT INTO participant_profiles (id, version, tenant_id, identifier, cell_id, dataspace_profile_ids,
@@ -460,7 +465,7 @@ pub(crate) async fn last_deploy(
 }
 
 /// What last provisioned a participant where it is: its latest deploy, or the latest
-/// migration or upgrade that completed since.
+/// migration, upgrade or reconcile that completed since.
 pub(crate) struct Provisioning {
     /// The orchestration's id.
     pub id: String,
@@ -472,6 +477,34 @@ pub(crate) struct Provisioning {
     pub version: i64,
 }
 
+/// What re-running a live participant's provisioning as `orchestration_type` (an update,
+/// a verify, a reconcile) starts from: the data that last provisioned it, and the template
+/// version that did as [`definitions::redeploying`] makes it. `what` says, in a conflict,
+/// what the participant cannot be ("changed", "verified").
+pub(crate) async fn rerunning(
+    conn: &mut Conn,
+    profile_id: &str,
+    orchestration_type: &str,
+    what: &str,
+) -> Result<(Properties, OrchestrationDefinition)> {
+    let provisioned = last_provisioning(conn, profile_id).await?.ok_or_else(|| {
+        ManagerError::Corrupt(format!(
+            "participant profile '{profile_id}' has no deploy orchestration"
+        ))
+    })?;
+    let definition =
+        definitions::provisioned_with(conn, &provisioned.template, provisioned.version)
+            .await?
+            .ok_or_else(|| {
+                ManagerError::conflict(format!(
+                    "orchestration definition '{}' is gone; the participant cannot be {what}",
+                    provisioned.template
+                ))
+            })?;
+    let definition = definitions::redeploying(definition, orchestration_type)?;
+    Ok((provisioned.data, definition))
+}
+
 /// See [`Provisioning`]; None before any deploy.
 pub(crate) async fn last_provisioning(
     conn: &mut Conn,
@@ -479,7 +512,7 @@ pub(crate) async fn last_provisioning(
 ) -> Result<Option<Provisioning>> {
     let Some(row) = sqlx::query(
         "SELECT id, processing_data, definition_id, definition_version FROM orchestrations WHERE correlation_id = $1
-           AND (orchestration_type = $2 OR (orchestration_type IN ($3, $5) AND state = $4))
+           AND (orchestration_type = $2 OR (orchestration_type IN ($3, $5, $6) AND state = $4))
          ORDER BY created_timestamp DESC LIMIT 1",
     )
     .bind(profile_id)
@@ -487,6 +520,8 @@ pub(crate) async fn last_provisioning(
     .bind(orchestration_types::VPA_MIGRATE)
     .bind(crate::lifecycle::OrchestrationState::Completed.code())
     .bind(orchestration_types::VPA_UPGRADE)
+    // A repair re-applied part of the deploy over all of the data before it.
+    .bind(orchestration_types::VPA_RECONCILE)
     .fetch_optional(&mut *conn)
     .await?
     else {
@@ -691,6 +726,12 @@ impl OrchestrationHooks for ProfileLifecycle {
         }
         if finished.orchestration_type == orchestration_types::VPA_UPDATE {
             return updates::finished(conn, finished).await;
+        }
+        if finished.orchestration_type == orchestration_types::VPA_VERIFY {
+            return reconciles::verified(engine, conn, finished).await;
+        }
+        if finished.orchestration_type == orchestration_types::VPA_RECONCILE {
+            return reconciles::repaired(conn, finished).await;
         }
         let Some(row) = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
             .bind(finished.correlation_id)
@@ -937,12 +978,14 @@ fn profile_field(field: &str) -> Option<Field> {
             column: "plugin_digests",
             scalar_keys: &["activityType", "sha256"],
         }),
+        "driftState" => Field::Text("drift_state"),
+        "driftCount" => Field::Integer("drift_count"),
         _ => return None,
     })
 }
 
 const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, dataspace_profile_ids, vpas, properties, error, error_detail,
-      template_id, template_version, plugin_digests, pending_vpa_properties
+      template_id, template_version, plugin_digests, pending_vpa_properties, drift, drift_count
     FROM participant_profiles";
 
 fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
@@ -968,6 +1011,11 @@ fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
         template_id: row.get("template_id"),
         template_version: row.get("template_version"),
         plugin_digests: from_json(row.get("plugin_digests"), "plugin digests")?,
+        drift: row
+            .get::<Option<String>, _>("drift")
+            .map(|text| from_json(&text, "drift"))
+            .transpose()?,
+        drift_count: row.get("drift_count"),
     })
 }
 

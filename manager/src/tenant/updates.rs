@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::{OrchestrationState, VpaState};
 use crate::model::{ParticipantProfile, Vpa};
-use crate::provision::{Engine, Finished, Start, definitions};
+use crate::provision::{Engine, Finished, Start};
 use crate::store::{self, Conn, Table, to_json};
 use crate::tenant::{cells, migrations, profiles};
 
@@ -68,26 +68,8 @@ pub async fn change_vpa_properties(
     profiles::refuse_while_busy(&mut tx, id, "changed").await?;
     let wanted = apply_changes(&profile.vpas, &changes)?;
 
-    let provisioned = profiles::last_provisioning(&mut tx, id)
-        .await?
-        .ok_or_else(|| {
-            ManagerError::Corrupt(format!(
-                "participant profile '{id}' has no deploy orchestration"
-            ))
-        })?;
-    let definition = definitions::provisioned_with(
-        &mut tx,
-        &provisioned.template,
-        provisioned.version,
-    )
-    .await?
-    .ok_or_else(|| {
-        ManagerError::conflict(format!(
-            "orchestration definition '{}' is gone; the participant's VPAs cannot be changed",
-            provisioned.template
-        ))
-    })?;
-    let definition = definitions::redeploying(definition, orchestration_types::VPA_UPDATE)?;
+    let (mut data, definition) =
+        profiles::rerunning(&mut tx, id, orchestration_types::VPA_UPDATE, "changed").await?;
     let mut vpas = profile.vpas.clone();
     for vpa in &mut vpas {
         if let Some(Value::Object(properties)) = wanted.get(&vpa.vpa_type) {
@@ -95,7 +77,6 @@ pub async fn change_vpa_properties(
         }
     }
     let cell = cells::get(&mut tx, &profile.vpas[0].cell_id).await?;
-    let mut data = provisioned.data;
     data.insert(keys::VPA_DATA.into(), profiles::vpa_data(&vpas, &cell));
     engine
         .start(

@@ -22,6 +22,11 @@ pub mod keys {
     pub const UPGRADE: &str = "cfm.upgrade";
 }
 
+/// Where a verify's output lists the drift the plugin found itself (see [`Outcome::drifted`]).
+const DRIFT: &str = "cfm.drift";
+/// Where a verify's output says why the activity could not be checked.
+const UNVERIFIED: &str = "cfm.unverified";
+
 /// Provisions a migrating participant in its target cell (the plugin's deploy runs).
 pub const MIGRATE: &str = "cfm.orchestration.vpa.migrate";
 /// Disposes of what a migrated participant left in its source cell (dispose runs).
@@ -35,6 +40,15 @@ pub const UPGRADE: &str = "cfm.orchestration.vpa.upgrade";
 /// Applies a change of a participant's VPA properties (its sizing): a plugin's deploy
 /// runs again with the new VPA data.
 pub const UPDATE: &str = "cfm.orchestration.vpa.update";
+
+/// Checks that a participant's effects exist and match, changing nothing: the host runs
+/// every write capability as a dry run that reports drift instead of writing, and refuses
+/// outbound requests other than reads. [`Plugin::verify`] serves it; by default it is the
+/// plugin's deploy, whose idempotent writes then say what differs.
+pub const VERIFY: &str = "cfm.orchestration.vpa.verify";
+
+/// Repairs what a verify found drifted: a plugin's deploy runs again.
+pub const RECONCILE: &str = "cfm.orchestration.vpa.reconcile";
 
 /// An upgrade as an activity sees it: the processing data holds what provisioned the
 /// participant so far (the deploy's outputs among them).
@@ -128,6 +142,8 @@ pub enum Operation {
     Deploy,
     /// `cfm.orchestration.vpa.dispose`
     Dispose,
+    /// `cfm.orchestration.vpa.verify`: a deploy whose writes are dry runs.
+    Verify,
     /// Any other orchestration type (a lifecycle event's, say), named by the request's
     /// discriminator: served only by plugins that implement [`Plugin::other`].
     Other,
@@ -138,7 +154,10 @@ impl Operation {
     /// redelivering it will not make the plugin understand it.
     pub fn from_discriminator(discriminator: &str) -> Result<Self, Error> {
         match discriminator {
-            "cfm.orchestration.vpa.deploy" | MIGRATE | UPGRADE | UPDATE => Ok(Operation::Deploy),
+            "cfm.orchestration.vpa.deploy" | MIGRATE | UPGRADE | UPDATE | RECONCILE => {
+                Ok(Operation::Deploy)
+            }
+            VERIFY => Ok(Operation::Verify),
             "cfm.orchestration.vpa.dispose" | MIGRATE_SOURCE | MIGRATE_ROLLBACK => {
                 Ok(Operation::Dispose)
             }
@@ -355,6 +374,24 @@ impl Outcome {
         Outcome::Complete(Map::new())
     }
 
+    /// Completes a verify with drift the plugin found itself, each a short text saying
+    /// what differs (never a secret value); the host adds what its dry runs found.
+    pub fn drifted(findings: impl IntoIterator<Item = String>) -> Self {
+        let findings = findings.into_iter().map(Value::String).collect();
+        let mut output = Map::new();
+        output.insert(DRIFT.into(), Value::Array(findings));
+        Outcome::Complete(output)
+    }
+
+    /// Completes a verify that cannot check this activity's effects (its services offer
+    /// no read-only way to), saying why: the participant is not reported drifted for it,
+    /// and a reconcile leaves the activity alone.
+    pub fn unverifiable(reason: &str) -> Self {
+        let mut output = Map::new();
+        output.insert(UNVERIFIED.into(), Value::String(reason.into()));
+        Outcome::Complete(output)
+    }
+
     /// Asks to run again after `delay` with `state`.
     pub fn reschedule(delay: Duration, state: impl Serialize) -> Result<Self, Error> {
         let state = serde_json::to_value(state).map_err(|error| Error::json("state", error))?;
@@ -391,6 +428,14 @@ pub trait Plugin {
     /// Handles `cfm.orchestration.vpa.dispose`, undoing what deploy did.
     fn dispose(activity: &Activity<Self::Settings>) -> Result<Outcome, Error>;
 
+    /// Handles `cfm.orchestration.vpa.verify`. By default deploy runs, with every write a
+    /// dry run the host records as drift; a plugin whose deploy issues something anew
+    /// each time, or must write to find out, checks what exists here instead and reports
+    /// what differs with [`Outcome::drifted`].
+    fn verify(activity: &Activity<Self::Settings>) -> Result<Outcome, Error> {
+        Self::deploy(activity)
+    }
+
     /// Handles any other orchestration type, `activity.request().discriminator`, for a
     /// plugin that serves one (a lifecycle event's, say). By default the activity fails.
     fn other(activity: &Activity<Self::Settings>) -> Result<Outcome, Error> {
@@ -405,6 +450,7 @@ pub fn execute<P: Plugin>(request: ActivityRequest) -> ActivityResult {
         Activity::<P::Settings>::parse(request).and_then(|activity| match activity.operation() {
             Operation::Deploy => P::deploy(&activity),
             Operation::Dispose => P::dispose(&activity),
+            Operation::Verify => P::verify(&activity),
             Operation::Other => P::other(&activity),
         });
     match outcome {
@@ -497,6 +543,28 @@ mod tests {
             Operation::Deploy,
             "an update re-runs deploy"
         );
+    }
+
+    #[test]
+    fn verify_runs_deploy_unless_the_plugin_checks_itself() {
+        let data = r#"{"cfm.vpa.data":[{"id":"v","vpaType":"connector","cellId":"c1"}]}"#;
+        let ActivityResult::Complete(output) = execute::<Echo>(request(VERIFY, "{}", data)) else {
+            panic!("verify did not complete");
+        };
+        assert_eq!(output, r#"{"cell":"c1","zone":null}"#);
+        let ActivityResult::Complete(drifted) =
+            Outcome::drifted(["the key is missing".to_string()]).into()
+        else {
+            panic!("not complete");
+        };
+        assert_eq!(drifted, r#"{"cfm.drift":["the key is missing"]}"#);
+        let ActivityResult::Complete(unverifiable) = Outcome::unverifiable("no read API").into()
+        else {
+            panic!("not complete");
+        };
+        assert_eq!(unverifiable, r#"{"cfm.unverified":"no read API"}"#);
+        let reconcile = Activity::<Settings>::parse(request(RECONCILE, "{}", data)).unwrap();
+        assert_eq!(reconcile.operation(), Operation::Deploy);
     }
 
     #[test]

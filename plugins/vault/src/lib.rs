@@ -53,6 +53,26 @@ impl Plugin for Vault {
         Outcome::complete(output)
     }
 
+    /// Deploy issues the runtime a new credential each time, so its dry run would always
+    /// differ: check that the key and the handed-over credential are there instead.
+    fn verify(activity: &Activity<Settings>) -> Result<Outcome, Error> {
+        let mut wanted = vec![(activity.secret_path(API_KEY), "the api key")];
+        if activity.settings().runtime_access {
+            let handover = activity.secret_path(RUNTIME_ACCESS_SECRET);
+            wanted.push((handover, "the runtime's credential"));
+        }
+        let mut drift = Vec::new();
+        for (path, what) in wanted {
+            if secrets::get(&path)
+                .context(format!("read {path}"))?
+                .is_none()
+            {
+                drift.push(format!("{what} at {path} is missing"));
+            }
+        }
+        Ok(Outcome::drifted(drift))
+    }
+
     fn dispose(activity: &Activity<Settings>) -> Result<Outcome, Error> {
         if let Some(migration) = activity.migration()? {
             // One secrets store serves every cell: the participant keeps its secrets

@@ -66,6 +66,15 @@ pub trait DnsBackend: Send + Sync {
     /// Removes the record set of `name` and `record_type` in `zone`; false when there was none.
     async fn remove(&self, zone: &str, name: &str, record_type: &str)
     -> Result<bool, BackendError>;
+    /// What [`DnsBackend::upsert`] would change, without changing it (a verify's dry run).
+    async fn planned_upsert(&self, zone: &str, record: Record) -> Result<Change, BackendError>;
+    /// Whether [`DnsBackend::remove`] would find a record set to remove, without removing it.
+    async fn planned_remove(
+        &self,
+        zone: &str,
+        name: &str,
+        record_type: &str,
+    ) -> Result<bool, BackendError>;
 }
 
 impl Host for Capabilities {

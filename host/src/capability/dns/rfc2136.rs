@@ -263,17 +263,12 @@ impl DynamicUpdates {
 #[async_trait::async_trait]
 impl DnsBackend for DynamicUpdates {
     async fn upsert(&self, zone: &str, record: Record) -> Result<Change, BackendError> {
-        let origin = zone_name(zone)?;
-        let name = owner_name(&origin, &record.name)?;
-        let record_type = record_type(&record.record_type)?;
+        let (origin, name, record_type) = record_set(zone, &record.name, &record.record_type)?;
         let desired = DnsRecord::from_rdata(name.clone(), record.ttl, rdata(&origin, &record)?);
         let mut client = self.client().await?;
         for _ in 0..ATTEMPTS {
             let current = self.current(&mut client, &name, record_type).await?;
-            if let [only] = current.as_slice()
-                && only.data() == desired.data()
-                && only.ttl() == desired.ttl()
-            {
+            if change_of(&current, &desired) == Change::Unchanged {
                 return Ok(Change::Unchanged);
             }
             let (sent, change) = if current.is_empty() {
@@ -296,15 +291,35 @@ impl DnsBackend for DynamicUpdates {
         )))
     }
 
+    async fn planned_upsert(&self, zone: &str, record: Record) -> Result<Change, BackendError> {
+        let (origin, name, record_type) = record_set(zone, &record.name, &record.record_type)?;
+        let desired = DnsRecord::from_rdata(name.clone(), record.ttl, rdata(&origin, &record)?);
+        let mut client = self.client().await?;
+        let current = self.current(&mut client, &name, record_type).await?;
+        Ok(change_of(&current, &desired))
+    }
+
+    async fn planned_remove(
+        &self,
+        zone: &str,
+        name: &str,
+        record_type_name: &str,
+    ) -> Result<bool, BackendError> {
+        let (_, name, record_type) = record_set(zone, name, record_type_name)?;
+        let mut client = self.client().await?;
+        Ok(!self
+            .current(&mut client, &name, record_type)
+            .await?
+            .is_empty())
+    }
+
     async fn remove(
         &self,
         zone: &str,
         name: &str,
         record_type_name: &str,
     ) -> Result<bool, BackendError> {
-        let origin = zone_name(zone)?;
-        let name = owner_name(&origin, name)?;
-        let record_type = record_type(record_type_name)?;
+        let (origin, name, record_type) = record_set(zone, name, record_type_name)?;
         let mut client = self.client().await?;
         if self
             .current(&mut client, &name, record_type)
@@ -317,6 +332,26 @@ impl DnsBackend for DynamicUpdates {
         let sent = update.await.map_err(|e| self.unavailable(e))?;
         // Deleting a set someone else already deleted changes nothing: still success.
         self.applied(zone, sent).map(|_| true)
+    }
+}
+
+/// The zone, the owner name and the type of the record set `name` `record_type` in `zone`.
+fn record_set(
+    zone: &str,
+    name: &str,
+    record_type_name: &str,
+) -> Result<(Name, Name, RecordType), BackendError> {
+    let origin = zone_name(zone)?;
+    let name = owner_name(&origin, name)?;
+    Ok((origin, name, record_type(record_type_name)?))
+}
+
+/// What making `desired` the whole record set that is now `current` changes.
+fn change_of(current: &[DnsRecord], desired: &DnsRecord) -> Change {
+    match current {
+        [] => Change::Created,
+        [only] if only.data() == desired.data() && only.ttl() == desired.ttl() => Change::Unchanged,
+        _ => Change::Updated,
     }
 }
 

@@ -29,6 +29,24 @@ struct Zone {
     records: BTreeMap<String, Record>,
 }
 
+impl Zone {
+    /// What making `record` its name and type's record set changes.
+    fn change_of(&self, record: &Record) -> Change {
+        match self.records.get(&record.key()) {
+            Some(existing) if existing == record => Change::Unchanged,
+            Some(_) => Change::Updated,
+            None => Change::Created,
+        }
+    }
+}
+
+impl Record {
+    /// The zone state's key of the record's set: `name TYPE`.
+    fn key(&self) -> String {
+        format!("{} {}", self.name, self.record_type)
+    }
+}
+
 impl ZoneFiles {
     /// Zones kept under `root`.
     pub fn new(root: PathBuf) -> Self {
@@ -75,20 +93,29 @@ impl ZoneFiles {
 impl DnsBackend for ZoneFiles {
     async fn upsert(&self, zone: &str, record: Record) -> Result<Change, BackendError> {
         self.edit(zone, move |state| {
-            let key = format!("{} {}", record.name, record.record_type);
-            match state.records.get(&key) {
-                Some(existing) if *existing == record => (Change::Unchanged, false),
-                Some(_) => {
-                    state.records.insert(key, record);
-                    (Change::Updated, true)
-                }
-                None => {
-                    state.records.insert(key, record);
-                    (Change::Created, true)
-                }
+            let change = state.change_of(&record);
+            if change != Change::Unchanged {
+                state.records.insert(record.key(), record);
             }
+            (change, change != Change::Unchanged)
         })
         .await
+    }
+
+    async fn planned_upsert(&self, zone: &str, record: Record) -> Result<Change, BackendError> {
+        self.edit(zone, move |state| (state.change_of(&record), false))
+            .await
+    }
+
+    async fn planned_remove(
+        &self,
+        zone: &str,
+        name: &str,
+        record_type: &str,
+    ) -> Result<bool, BackendError> {
+        let key = format!("{name} {record_type}");
+        self.edit(zone, move |state| (state.records.contains_key(&key), false))
+            .await
     }
 
     async fn remove(

@@ -121,6 +121,11 @@ async fn send(
     let Some(client) = client else {
         return deny(HttpError::HttpRequestDenied);
     };
+    // A verify changes nothing: it may read, and a plugin that must write to find out
+    // verifies in a `verify` of its own.
+    if calls.drift.is_some() && !request.method().is_safe() {
+        return deny(HttpError::HttpRequestDenied);
+    }
     if let Err(refused) = egress_policy::admit(&calls.grants, &client.policy, &target) {
         return deny(refused);
     }

@@ -25,7 +25,8 @@ use crate::model::{
 use crate::query::{Literal, Predicate};
 use crate::store::{Page, Paged};
 use crate::tenant::{
-    cells, dataspaces, decommissions, drains, migrations, profiles, rebalance, tenants, updates,
+    cells, dataspaces, decommissions, drains, migrations, profiles, rebalance, reconciles, tenants,
+    updates,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -55,6 +56,14 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/tenants/{tid}/participant-profiles/{pid}/retry",
             post(retry_profile),
+        )
+        .route(
+            "/tenants/{tid}/participant-profiles/{pid}/verify",
+            post(verify_profile),
+        )
+        .route(
+            "/tenants/{tid}/participant-profiles/{pid}/reconcile",
+            post(reconcile_profile),
         )
         .route(
             "/tenants/{tid}/participant-profiles/{pid}/history",
@@ -482,6 +491,48 @@ pub(super) async fn retry_profile(
     Path((tid, pid)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let profile = profiles::retry(&state.engine, &tid, &pid).await?;
+    Ok((StatusCode::ACCEPTED, Json(profile)))
+}
+
+/// Checks that an active participant's effects exist and match, changing nothing.
+#[utoipa::path(
+    post,
+    path = "/tenants/{tid}/participant-profiles/{pid}/verify",
+    tag = "participant profiles",
+    summary = "Verify an active participant's effects in its backends; drift goes on the profile",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    responses(
+        (status = 202, description = "Accepted; `drift.state` is `verifying` until the verify ends", body = ParticipantProfile),
+        (status = 404, description = "No such profile in this tenant", body = ErrorBody),
+        (status = 409, description = "Not active, migrating, its tenant being decommissioned, another orchestration of it runs (reason participant-busy), or its template is gone", body = ErrorBody)
+    )
+)]
+pub(super) async fn verify_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let profile = reconciles::start(&state.engine, &tid, &pid, false).await?;
+    Ok((StatusCode::ACCEPTED, Json(profile)))
+}
+
+/// Verifies an active participant, then re-applies what drifted.
+#[utoipa::path(
+    post,
+    path = "/tenants/{tid}/participant-profiles/{pid}/reconcile",
+    tag = "participant profiles",
+    summary = "Verify an active participant, then repair what drifted",
+    params(("tid" = String, Path, description = "Tenant id"), ("pid" = String, Path, description = "Participant profile id")),
+    responses(
+        (status = 202, description = "Accepted; `drift.state` goes `verifying`, then `in-sync`, or `repairing` then `repaired`", body = ParticipantProfile),
+        (status = 404, description = "No such profile in this tenant", body = ErrorBody),
+        (status = 409, description = "Not active, migrating, its tenant being decommissioned, another orchestration of it runs (reason participant-busy), or its template is gone", body = ErrorBody)
+    )
+)]
+pub(super) async fn reconcile_profile(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let profile = reconciles::start(&state.engine, &tid, &pid, true).await?;
     Ok((StatusCode::ACCEPTED, Json(profile)))
 }
 
