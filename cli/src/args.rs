@@ -165,7 +165,7 @@ pub(crate) struct ApiArgs {
     /// least utilised cell) or `pack` (the most utilised one with room).
     #[arg(long, env = "CFM_PLACEMENT_POLICY", default_value = "spread")]
     pub(crate) placement_policy: cfm_manager::model::PlacementPolicy,
-    /// Walk the fleet verifying every active participant at least this often, and repair
+    /// Walk the fleet verifying every active participant again once this has passed, and repair
     /// what drifted: seconds, or a number with `s`, `m` or `h` (`30s`, `15m`, `6h`). Off
     /// without it.
     #[arg(long, env = "CFM_RECONCILE_INTERVAL", value_parser = interval)]

@@ -840,7 +840,8 @@ pub struct TenantDecommission {
 pub struct HistoryEntry {
     /// The orchestration's id: `GET /orchestrations/{id}` has its steps.
     pub orchestration_id: String,
-    /// Deploy, upgrade, update, migrate (and its phases), dispose, keypair events.
+    /// Deploy, upgrade, update, verify, reconcile, migrate (and its phases), dispose, keypair
+    /// events.
     pub orchestration_type: String,
     /// The template it ran.
     pub definition_id: String,

@@ -28,6 +28,10 @@ pub mod keys {
     pub const DRIFT: &str = "cfm.drift";
     /// In a verify's step output, why the plugin could not check that activity.
     pub const UNVERIFIED: &str = "cfm.unverified";
+    /// Set (`true`) by the agent host in a verify's processing data, and only there: the
+    /// plugin's writes are dry runs. A plugin asked to verify without it runs on a host
+    /// that cannot dry-run, and must refuse rather than write.
+    pub const DRY_RUN: &str = "cfm.dryRun";
     /// A reconcile's request, in its verify's processing data: `{"repair": bool}`.
     pub const RECONCILE: &str = "cfm.reconcile";
     /// What every orchestration's processing data starts with.
@@ -39,12 +43,13 @@ pub mod keys {
     ];
     /// Namespaces of keys the server writes and activities only read: an activity
     /// output naming one is refused, so no plugin can re-address later activities.
-    pub const SERVER_OWNED_PREFIXES: [&str; 5] = [
+    pub const SERVER_OWNED_PREFIXES: [&str; 6] = [
         "cfm.participant.",
         "cfm.vpa.",
         "cfm.migration",
         "cfm.upgrade",
         "cfm.reconcile",
+        "cfm.dryRun",
     ];
 
     /// Whether `key` belongs to the server (see [`SERVER_OWNED_PREFIXES`]).

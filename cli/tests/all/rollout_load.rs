@@ -94,19 +94,7 @@ async fn a_rollout_pauses_at_its_budget_resumes_after_a_hot_fix_and_survives_a_k
     // The fix: a new setting, hot-reloaded by both agents while they run.
     let reloads: Vec<usize> = deployment.agents.iter().map(reloads_of).collect();
     failing_upgrades(&config_dir, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while deployment
-        .agents
-        .iter()
-        .zip(&reloads)
-        .any(|(agent, before)| reloads_of(agent) == *before)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the agents did not reload their plugins"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_reloaded(&deployment, &reloads).await;
 
     let resumed = apis[0]
         .post_ok(&format!("/rollouts/{id}/resume"), json!({}), 200)
@@ -225,6 +213,25 @@ async fn wait_sampling(
     }
 }
 
-fn reloads_of(agent: &Replica) -> usize {
+/// Waits until every agent of `deployment` has reloaded its plugins since it had
+/// `reloads` ([`reloads_of`] each).
+pub(super) async fn wait_reloaded(deployment: &Deployment, reloads: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while deployment
+        .agents
+        .iter()
+        .zip(reloads)
+        .any(|(agent, before)| reloads_of(agent) == *before)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agents did not reload their plugins"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How often `agent` has reloaded its plugin configuration so far.
+pub(super) fn reloads_of(agent: &Replica) -> usize {
     agent.log().matches(RELOADED).count()
 }

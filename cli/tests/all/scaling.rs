@@ -1,6 +1,7 @@
 //! Scaling a participant through the real `cfm serve`: a change of its VPA properties
 //! (`PATCH` with `If-Match`) is pending on the profile until an update orchestration has
-//! applied it, and then reaches the participant's objects in the (embedded) cluster.
+//! applied it, and then reaches the participant's objects in the (embedded) cluster,
+//! where a reconcile finds it no drift.
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,22 @@ async fn a_vpa_properties_change_reaches_the_cluster(backend: TestBackend) {
     assert_eq!(connector(&read()), json!({"replicas": 3}), "{}", read());
     let updates = api.orchestrations_of(&id, "update").await;
     assert_eq!(updates.as_array().unwrap().len(), 1, "{updates}");
+
+    // A reconcile starts from the VPAs as they are now: the change is no drift, and
+    // nothing undoes it.
+    api.post_ok(&format!("{path}/reconcile"), json!({}), 202)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reconciled = loop {
+        let profile = api.get_json(&path).await;
+        if profile["drift"]["state"] != "verifying" {
+            break profile;
+        }
+        assert!(Instant::now() < deadline, "never verified: {profile}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reconciled["drift"]["state"], "in-sync", "{reconciled}");
+    assert_eq!(connector(&read()), json!({"replicas": 3}), "{}", read());
 
     // Bad changes.
     for bad in [

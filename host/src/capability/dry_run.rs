@@ -107,7 +107,8 @@ impl DriftLog {
 }
 
 impl Backends {
-    /// These backends with every write turned into a dry run recorded in `drift`.
+    /// These backends, already chosen for the invocation's cell ([`Backends::for_cell`]),
+    /// with every write turned into a dry run recorded in `drift`.
     pub fn dry_run(self, drift: Arc<DriftLog>) -> Self {
         Self {
             secrets: Arc::new(DrySecrets {
@@ -122,7 +123,10 @@ impl Backends {
                 inner: self.dns.clone(),
                 drift,
             }),
-            ..self
+            // The cell's cluster was chosen already; none of these may be chosen after.
+            cluster_per_cell: None,
+            cluster_by_cell: Arc::default(),
+            tokens: self.tokens,
         }
     }
 }
@@ -350,6 +354,7 @@ mod tests {
         use crate::bindings::cfm::plugin::cluster::Host as _;
         use crate::bindings::cfm::plugin::dns::{Host as _, ResourceRecord};
         use crate::bindings::cfm::plugin::secrets::Host as _;
+        use crate::bindings::cfm::plugin::types::CapabilityError;
         use crate::capability::fixture::Fixture;
         use crate::grants::{ClusterGrant, DnsGrant, Grants};
 
@@ -451,6 +456,11 @@ mod tests {
         );
         let audited = fixture.last_audit();
         assert_eq!(audited["dryRun"], true, "{audited}");
+        // Issuing and revoking access are writes with nothing to compare: refused.
+        let issue = verify.issue_access("participants/p1".into()).await;
+        assert!(matches!(issue, Err(CapabilityError::Invalid(m)) if m.contains("verify")));
+        let revoke = verify.revoke_access("participants/p1".into()).await;
+        assert!(matches!(revoke, Err(CapabilityError::Invalid(m)) if m.contains("verify")));
         // Applied for real, the same manifest verifies unchanged.
         fixture
             .capabilities

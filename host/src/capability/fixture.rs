@@ -46,7 +46,11 @@ impl Fixture {
     /// write a dry run, recorded in `drift`.
     pub fn verifying(&self, grants: &Grants, drift: Arc<DriftLog>) -> Capabilities {
         let backends = Backends::embedded(self.data.path()).dry_run(drift.clone());
-        Capabilities::new(calls(&self.data, grants, backends, Some(drift)), None)
+        let http = grants
+            .http
+            .as_ref()
+            .map(|grant| PluginHttp::new(grant).unwrap());
+        Capabilities::new(calls(&self.data, grants, backends, Some(drift)), http)
     }
 
     /// Where the embedded backends keep `relative` (`secrets/...`, `cluster/...`, `dns/...`).

@@ -158,7 +158,14 @@ fn request(plugin: &LoadedPlugin, task: &ActivityTask) -> ActivityRequest {
         idempotency_key: task.idempotency_key(),
         participant_id: task.participant_id.clone(),
         participant_context_id: task.participant_context_id.clone(),
-        processing_data: Value::Object(task.processing_data.clone()).to_string(),
+        processing_data: {
+            let mut data = task.processing_data.clone();
+            if task.discriminator == orchestration_types::VPA_VERIFY {
+                // What tells the plugin this host dry-runs its writes.
+                data.insert(cfm_protocol::keys::DRY_RUN.into(), Value::Bool(true));
+            }
+            Value::Object(data).to_string()
+        },
         settings: plugin.settings.clone(),
         state: task.state.as_ref().map(Value::to_string),
     }

@@ -97,6 +97,18 @@ fn outcome(
             },
             Err(reason) => ActivityOutcome::Fatal { reason },
         },
+        ActivityResult::Reschedule(_)
+            if capabilities
+                .drift()
+                .is_some_and(|drift| !drift.findings().is_empty()) =>
+        {
+            ActivityOutcome::Fatal {
+                reason: format!(
+                    "plugin '{}' rescheduled a verify after finding drift: what one invocation finds is not carried to the next, so a verify must finish in the invocation that found it",
+                    plugin.name
+                ),
+            }
+        }
         ActivityResult::Reschedule(r) => match object("reschedule state", &r.state) {
             Ok(state) => ActivityOutcome::Reschedule {
                 delay_ms: r.delay_ms,

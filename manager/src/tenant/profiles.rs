@@ -478,15 +478,17 @@ pub(crate) struct Provisioning {
 }
 
 /// What re-running a live participant's provisioning as `orchestration_type` (an update,
-/// a verify, a reconcile) starts from: the data that last provisioned it, and the template
-/// version that did as [`definitions::redeploying`] makes it. `what` says, in a conflict,
+/// a verify, a reconcile) starts from: the data that last provisioned it with the VPAs as
+/// they are now (an update since changed their properties), and the template version that
+/// provisioned it as [`definitions::redeploying`] makes it. `what` says, in a conflict,
 /// what the participant cannot be ("changed", "verified").
 pub(crate) async fn rerunning(
     conn: &mut Conn,
-    profile_id: &str,
+    profile: &ParticipantProfile,
     orchestration_type: &str,
     what: &str,
 ) -> Result<(Properties, OrchestrationDefinition)> {
+    let profile_id = profile.id.as_str();
     let provisioned = last_provisioning(conn, profile_id).await?.ok_or_else(|| {
         ManagerError::Corrupt(format!(
             "participant profile '{profile_id}' has no deploy orchestration"
@@ -502,7 +504,12 @@ pub(crate) async fn rerunning(
                 ))
             })?;
     let definition = definitions::redeploying(definition, orchestration_type)?;
-    Ok((provisioned.data, definition))
+    let mut data = provisioned.data;
+    if let Some(vpa) = profile.vpas.first() {
+        let cell = crate::tenant::cells::get(conn, &vpa.cell_id).await?;
+        data.insert(keys::VPA_DATA.into(), vpa_data(&profile.vpas, &cell));
+    }
+    Ok((data, definition))
 }
 
 /// See [`Provisioning`]; None before any deploy.

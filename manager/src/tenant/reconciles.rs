@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use cfm_protocol::{keys, orchestration_types};
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 use crate::error::{ManagerError, Result};
 use crate::events;
@@ -29,7 +30,8 @@ use crate::tenant::{decommissions, migrations, profiles};
 /// How the periodic reconciler walks the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule {
-    /// Each active participant is verified (and repaired) at least this often.
+    /// Each active participant is verified (and repaired) again once this has passed, as
+    /// `max_parallel` allows.
     pub interval: Duration,
     /// Most verifies and reconciles running at once, across every replica.
     pub max_parallel: i64,
@@ -70,20 +72,37 @@ pub async fn tick(engine: &Engine, schedule: &Schedule) -> Result<()> {
     let interval = chrono::Duration::from_std(schedule.interval)
         .map_err(|e| ManagerError::bad_request(format!("reconcile interval: {e}")))?;
     let due = (chrono::Utc::now() - interval).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    // Never checked first, then the longest ago; a participant that cannot be checked
-    // now (busy, not active) counts as checked, so it does not hold up the rest.
-    let candidates: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM participant_profiles
-         WHERE drift_checked_at IS NULL OR drift_checked_at < $1
-         ORDER BY drift_checked_at IS NOT NULL, drift_checked_at, id LIMIT $2",
+    // Never checked first, then the longest ago (two queries, so each uses the index); a
+    // participant that cannot be checked now (busy, not active) counts as checked, so it
+    // does not hold up the rest. Looking further than the room: some will be skipped.
+    let look = room.saturating_mul(4);
+    let mut candidates: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM participant_profiles WHERE drift_checked_at IS NULL ORDER BY id LIMIT $1",
     )
-    .bind(&due)
-    .bind(room)
+    .bind(look)
     .fetch_all(engine.db().queries())
     .await?;
+    let left = look - i64::try_from(candidates.len()).unwrap_or(look);
+    if left > 0 {
+        let checked: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM participant_profiles WHERE drift_checked_at < $1
+             ORDER BY drift_checked_at, id LIMIT $2",
+        )
+        .bind(&due)
+        .bind(left)
+        .fetch_all(engine.db().queries())
+        .await?;
+        candidates.extend(checked);
+    }
+    let mut started = 0;
     for id in candidates {
-        if let Err(e) = start_due(engine, schedule, &id, &due).await {
-            tracing::warn!(profile = %id, "periodic verify: {e}");
+        if started >= room {
+            break;
+        }
+        match start_due(engine, schedule, &id, &due).await {
+            Ok(true) => started += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(profile = %id, "periodic verify: {e}"),
         }
     }
     Ok(())
@@ -123,17 +142,21 @@ pub(crate) async fn verified(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     if drifted && repair {
-        match start_repair(engine, conn, id, &drift.activities).await {
+        // The verify's end must commit whatever becomes of the repair: it starts under a
+        // savepoint, and a repair that cannot start is the drift's news.
+        let mut savepoint = conn.begin().await?;
+        match start_repair(engine, &mut savepoint, id, &drift.activities).await {
             Ok(reconcile_id) => {
+                savepoint.commit().await?;
                 drift.state = DriftState::Repairing;
                 drift.reconcile_id = Some(reconcile_id);
             }
-            // The verify's end must commit: a repair that cannot start is the drift's news.
-            Err(e @ (ManagerError::Conflict(_) | ManagerError::Busy(_))) => {
+            Err(e) => {
+                savepoint.rollback().await?;
+                tracing::warn!(profile = %id, "the repair could not start: {e}");
                 drift.state = DriftState::RepairFailed;
-                drift.detail = Some(e.to_string());
+                drift.detail = Some(format!("the repair could not start: {e}"));
             }
-            Err(e) => return Err(e),
         }
     }
     tracing::info!(profile = %id, state = drift.state.as_str(), "participant verified");
@@ -199,7 +222,7 @@ async fn begin(engine: &Engine, conn: &mut Conn, id: &str, repair: bool) -> Resu
     }
     profiles::refuse_while_busy(conn, id, "verified").await?;
     let (mut data, definition) =
-        profiles::rerunning(conn, id, orchestration_types::VPA_VERIFY, "verified").await?;
+        profiles::rerunning(conn, &profile, orchestration_types::VPA_VERIFY, "verified").await?;
     data.insert(keys::RECONCILE.into(), json!({ "repair": repair }));
     let verify_id = engine
         .start(
@@ -232,53 +255,53 @@ async fn begin(engine: &Engine, conn: &mut Conn, id: &str, repair: bool) -> Resu
     Ok(())
 }
 
-/// Starts the periodic verify of `id` if it is still due and there is room; one that
-/// cannot start now is marked checked all the same.
-async fn start_due(engine: &Engine, schedule: &Schedule, id: &str, due: &str) -> Result<()> {
+/// Starts the periodic verify of `id` if it is still due and there is room: whether it
+/// did. One that cannot start now is marked checked all the same, so that no participant
+/// holds up the walk, and one that fails is marked checked too, then reported.
+async fn start_due(engine: &Engine, schedule: &Schedule, id: &str, due: &str) -> Result<bool> {
     let mut tx = store::write(engine.db()).await?;
     // Replicas take turns here, so that together they never run more than the bound.
     store::lock_named(&mut tx, "cfm.reconciler").await?;
     if running(&mut tx).await? >= schedule.max_parallel
         || !store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?
     {
-        return Ok(());
+        return Ok(false);
     }
     // Another replica may have started it since the candidates were read.
-    let checked: Option<String> =
-        sqlx::query_scalar("SELECT drift_checked_at FROM participant_profiles WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let (checked, tenant): (Option<String>, String) = sqlx::query_as(
+        "SELECT drift_checked_at, tenant_id FROM participant_profiles WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
     if checked.is_some_and(|at| at.as_str() >= due) {
-        return Ok(());
+        return Ok(false);
     }
-    let tenant: String =
-        sqlx::query_scalar("SELECT tenant_id FROM participant_profiles WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
     let refused = match decommissions::refuse_while_running(&mut tx, &tenant).await {
         Ok(()) => begin(engine, &mut tx, id, true).await.err(),
         Err(e) => Some(e),
     };
+    let Some(refused) = refused else {
+        tx.commit().await?;
+        engine.wake();
+        tracing::info!(profile = %id, "periodic verify started");
+        return Ok(true);
+    };
+    tx.rollback().await?;
+    let mut tx = store::write(engine.db()).await?;
+    sqlx::query("UPDATE participant_profiles SET drift_checked_at = $1 WHERE id = $2")
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     match refused {
-        None => {
-            tx.commit().await?;
-            engine.wake();
-            tracing::info!(profile = %id, "periodic verify started");
-        }
-        Some(ManagerError::Conflict(why) | ManagerError::Busy(why)) => {
+        ManagerError::Conflict(why) | ManagerError::Busy(why) => {
             tracing::debug!(profile = %id, "periodic verify skipped: {why}");
-            sqlx::query("UPDATE participant_profiles SET drift_checked_at = $1 WHERE id = $2")
-                .bind(now())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            Ok(false)
         }
-        Some(e) => return Err(e),
+        e => Err(e),
     }
-    Ok(())
 }
 
 /// How many verifies and reconciles run.
@@ -337,8 +360,17 @@ async fn start_repair(
     id: &str,
     drifted: &[ActivityDrift],
 ) -> Result<String> {
-    let (data, mut definition) =
-        profiles::rerunning(conn, id, orchestration_types::VPA_RECONCILE, "repaired").await?;
+    let profile = profiles::find(conn, id)
+        .await?
+        .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
+    decommissions::refuse_while_running(conn, &profile.tenant_id).await?;
+    let (data, mut definition) = profiles::rerunning(
+        conn,
+        &profile,
+        orchestration_types::VPA_RECONCILE,
+        "repaired",
+    )
+    .await?;
     let drifted: BTreeSet<&str> = drifted
         .iter()
         .filter(|a| !a.findings.is_empty())

@@ -68,8 +68,13 @@ pub async fn change_vpa_properties(
     profiles::refuse_while_busy(&mut tx, id, "changed").await?;
     let wanted = apply_changes(&profile.vpas, &changes)?;
 
-    let (mut data, definition) =
-        profiles::rerunning(&mut tx, id, orchestration_types::VPA_UPDATE, "changed").await?;
+    let (mut data, definition) = profiles::rerunning(
+        &mut tx,
+        &profile,
+        orchestration_types::VPA_UPDATE,
+        "changed",
+    )
+    .await?;
     let mut vpas = profile.vpas.clone();
     for vpa in &mut vpas {
         if let Some(Value::Object(properties)) = wanted.get(&vpa.vpa_type) {

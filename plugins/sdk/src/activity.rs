@@ -24,6 +24,8 @@ pub mod keys {
 
 /// Where a verify's output lists the drift the plugin found itself (see [`Outcome::drifted`]).
 const DRIFT: &str = "cfm.drift";
+/// Set by an agent host that dry-runs a verify's writes.
+const DRY_RUN: &str = "cfm.dryRun";
 /// Where a verify's output says why the activity could not be checked.
 const UNVERIFIED: &str = "cfm.unverified";
 
@@ -384,8 +386,8 @@ impl Outcome {
     }
 
     /// Completes a verify that cannot check this activity's effects (its services offer
-    /// no read-only way to), saying why: the participant is not reported drifted for it,
-    /// and a reconcile leaves the activity alone.
+    /// no read-only way to), saying why: the participant is not reported drifted for it;
+    /// a reconcile re-runs it only when an activity it depends on drifted.
     pub fn unverifiable(reason: &str) -> Self {
         let mut output = Map::new();
         output.insert(UNVERIFIED.into(), Value::String(reason.into()));
@@ -450,7 +452,14 @@ pub fn execute<P: Plugin>(request: ActivityRequest) -> ActivityResult {
         Activity::<P::Settings>::parse(request).and_then(|activity| match activity.operation() {
             Operation::Deploy => P::deploy(&activity),
             Operation::Dispose => P::dispose(&activity),
-            Operation::Verify => P::verify(&activity),
+            Operation::Verify => match activity.data().get(DRY_RUN) {
+                Some(Value::Bool(true)) => P::verify(&activity),
+                // An agent host that predates verify would let deploy's writes through.
+                _ => Err(Error::Fatal(
+                    "this agent host does not dry-run a verify's writes; upgrade it before verifying"
+                        .into(),
+                )),
+            },
             Operation::Other => P::other(&activity),
         });
     match outcome {
@@ -548,7 +557,12 @@ mod tests {
     #[test]
     fn verify_runs_deploy_unless_the_plugin_checks_itself() {
         let data = r#"{"cfm.vpa.data":[{"id":"v","vpaType":"connector","cellId":"c1"}]}"#;
-        let ActivityResult::Complete(output) = execute::<Echo>(request(VERIFY, "{}", data)) else {
+        assert!(
+            matches!(execute::<Echo>(request(VERIFY, "{}", data)), ActivityResult::Fatal(m) if m.contains("dry-run")),
+            "a verify on a host that does not dry-run must not deploy"
+        );
+        let dry = r#"{"cfm.dryRun":true,"cfm.vpa.data":[{"id":"v","vpaType":"connector","cellId":"c1"}]}"#;
+        let ActivityResult::Complete(output) = execute::<Echo>(request(VERIFY, "{}", dry)) else {
             panic!("verify did not complete");
         };
         assert_eq!(output, r#"{"cell":"c1","zone":null}"#);

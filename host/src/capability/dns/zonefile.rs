@@ -56,6 +56,17 @@ impl ZoneFiles {
         }
     }
 
+    /// The zone as stored, read without a lock (writes replace the file atomically) and
+    /// without the crash repair [`ZoneFiles::edit`] does: a verify's dry run writes nothing.
+    async fn read(&self, zone: &str) -> Result<Zone, BackendError> {
+        let state_file = self.root.join(format!("{zone}.json"));
+        blocking(move || match files::read_optional(&state_file)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+            None => Ok(Zone::default()),
+        })
+        .await
+    }
+
     /// Loads the zone, lets `change` edit it, and saves and re-renders it if it changed.
     async fn edit<T: Send + 'static>(
         &self,
@@ -103,8 +114,7 @@ impl DnsBackend for ZoneFiles {
     }
 
     async fn planned_upsert(&self, zone: &str, record: Record) -> Result<Change, BackendError> {
-        self.edit(zone, move |state| (state.change_of(&record), false))
-            .await
+        Ok(self.read(zone).await?.change_of(&record))
     }
 
     async fn planned_remove(
@@ -114,8 +124,7 @@ impl DnsBackend for ZoneFiles {
         record_type: &str,
     ) -> Result<bool, BackendError> {
         let key = format!("{name} {record_type}");
-        self.edit(zone, move |state| (state.records.contains_key(&key), false))
-            .await
+        Ok(self.read(zone).await?.records.contains_key(&key))
     }
 
     async fn remove(

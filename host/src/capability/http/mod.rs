@@ -123,8 +123,19 @@ async fn send(
     };
     // A verify changes nothing: it may read, and a plugin that must write to find out
     // verifies in a `verify` of its own.
-    if calls.drift.is_some() && !request.method().is_safe() {
-        return deny(HttpError::HttpRequestDenied);
+    if calls.drift.is_some() {
+        let reads = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+        if !reads.contains(request.method()) {
+            return deny(HttpError::HttpRequestDenied);
+        }
+        // Nor may a read ask the server to take it for a write.
+        for header in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ] {
+            request.headers_mut().remove(header);
+        }
     }
     if let Err(refused) = egress_policy::admit(&calls.grants, &client.policy, &target) {
         return deny(refused);
@@ -204,7 +215,11 @@ mod tests {
     use crate::grants::Grants;
 
     fn granted(origin: &str) -> Fixture {
-        Fixture::new(Grants {
+        Fixture::new(grants_of(origin))
+    }
+
+    fn grants_of(origin: &str) -> Grants {
+        Grants {
             http: Some(HttpGrant {
                 origins: vec![origin.into()],
                 private_networks: vec![],
@@ -212,21 +227,62 @@ mod tests {
                 subject_token_paths: vec![],
             }),
             ..Default::default()
-        })
+        }
     }
 
     /// A bodiless GET of `url` through the invocation's `wasi:http` hooks.
     async fn get(fixture: &mut Fixture, url: &str) -> Sent {
+        send_as(&mut fixture.capabilities, http::Method::GET, url).await
+    }
+
+    /// A bodiless `method` request of `url` through `capabilities`' `wasi:http` hooks.
+    async fn send_as(
+        capabilities: &mut crate::capability::Capabilities,
+        method: http::Method,
+        url: &str,
+    ) -> Sent {
         let body: WasiBody = http_body_util::Empty::new()
             .map_err(|never: std::convert::Infallible| -> HttpError { match never {} })
             .boxed_unsync();
-        let request = http::Request::get(url).body(body).unwrap();
-        let sent =
-            fixture
-                .capabilities
-                .http()
-                .send_request(request, None, Box::new(async { Ok(()) }));
+        let request = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .body(body)
+            .unwrap();
+        let sent = capabilities
+            .http()
+            .send_request(request, None, Box::new(async { Ok(()) }));
         Box::into_pin(sent).await
+    }
+
+    #[tokio::test]
+    async fn a_verify_may_only_read() {
+        let port = answer_once().await;
+        let origin = format!("http://127.0.0.1:{port}");
+        let fixture = granted(&origin);
+        let drift = std::sync::Arc::new(crate::capability::dry_run::DriftLog::default());
+        let mut verify = fixture.verifying(&grants_of(&origin), drift);
+        let url = format!("{origin}/things");
+        for method in [
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::DELETE,
+            http::Method::TRACE,
+        ] {
+            let refused = send_as(&mut verify, method.clone(), &url).await;
+            assert!(
+                matches!(refused, Err(HttpError::HttpRequestDenied)),
+                "{method} went out"
+            );
+        }
+        let record = fixture.last_audit();
+        assert_eq!(record["decision"], "denied");
+        assert_eq!(record["dryRun"], true);
+        let (response, _) = match send_as(&mut verify, http::Method::GET, &url).await {
+            Ok(sent) => sent,
+            Err(e) => panic!("a read did not go out: {e:?}"),
+        };
+        assert_eq!(response.status(), 200);
     }
 
     /// A server on a loopback port that answers one request with `ok`.
