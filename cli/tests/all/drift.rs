@@ -2,7 +2,8 @@
 //! JetStream) with production backends: a participant's DNS record deleted on BIND9, its
 //! API key deleted in OpenBao and its context ConfigMap deleted in the Kubernetes stand-in
 //! are each found by a verify (which changes nothing), restored by a reconcile, and found
-//! and restored by the periodic reconciler on its own, within its bound.
+//! and restored by the periodic reconciler on its own, within its bound. A scaled
+//! participant's new sizing reaches Kubernetes and is no drift.
 
 use std::time::{Duration, Instant};
 
@@ -152,6 +153,42 @@ async fn the_periodic_reconciler_finds_and_repairs_drift_within_its_interval() {
         "drift repaired {took:?} after the break; {} verifies and reconciles, at most {peak} at once",
         runs.len()
     );
+}
+
+/// Scaling on the split deployment: a `vpaProperties` change reaches the participant's
+/// ConfigMap in the Kubernetes stand-in, and a reconcile afterwards finds no drift and
+/// leaves it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaled_participant_reaches_kubernetes_and_reconciles_in_sync() {
+    let d = Fleet::start(&[]).await;
+    let (api, tenant) = (d.deployment.api(0), d.tenant().await);
+    let id = d.onboard(&tenant, 0).await;
+    let path = format!("/tenants/{tenant}/participant-profiles/{id}");
+    let sizing = |d: &Fleet| -> Value {
+        let config_map = d.config_map(&id).expect("the participant's ConfigMap");
+        config_map["data"]["vpa.cfm.connector"]
+            .as_str()
+            .map_or(Value::Null, |text| serde_json::from_str(text).unwrap())
+    };
+    let version = api.get_json(&path).await["version"].as_i64().unwrap();
+    let (status, pending) = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"vpaProperties": {"cfm.connector": {"replicas": 3}}})),
+            Some(&format!("\"{version}\"")),
+        )
+        .await;
+    assert_eq!(status, 202, "{pending}");
+    wait_for(&api, &path, Duration::from_secs(60), |p| {
+        p.get("pendingVpaProperties").is_none()
+    })
+    .await;
+    assert_eq!(sizing(&d)["replicas"], 3);
+
+    let reconciled = verify(&d.deployment.api(1), &path, "reconcile").await;
+    assert_eq!(reconciled["drift"]["state"], "in-sync", "{reconciled}");
+    assert_eq!(sizing(&d)["replicas"], 3, "the reconcile undid the scaling");
 }
 
 /// Two managers (sharing a PostgreSQL database) and two agents (sharing OpenBao, BIND9
