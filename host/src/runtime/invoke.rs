@@ -42,7 +42,8 @@ impl AgentHost {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(meter.epoch_callback());
 
-        let request = request(plugin, task);
+        // The dry-run mark follows the backends the invocation really has.
+        let request = request(plugin, task, store.data().capabilities.drift().is_some());
         let budget = Duration::from_millis(plugin.limits.timeout_ms.min(task.timeout_ms.max(1)));
         let call = async {
             let instance = plugin
@@ -148,7 +149,8 @@ impl WasiHttpView for Invocation {
 }
 
 /// What the plugin's `execute` is called with.
-fn request(plugin: &LoadedPlugin, task: &ActivityTask) -> ActivityRequest {
+/// `dry_run`: the invocation's writes are dry runs, which the plugin is told.
+fn request(plugin: &LoadedPlugin, task: &ActivityTask, dry_run: bool) -> ActivityRequest {
     ActivityRequest {
         orchestration_id: task.orchestration_id.clone(),
         activity_id: task.activity_id.clone(),
@@ -160,8 +162,7 @@ fn request(plugin: &LoadedPlugin, task: &ActivityTask) -> ActivityRequest {
         participant_context_id: task.participant_context_id.clone(),
         processing_data: {
             let mut data = task.processing_data.clone();
-            if task.discriminator == orchestration_types::VPA_VERIFY {
-                // What tells the plugin this host dry-runs its writes.
+            if dry_run {
                 data.insert(cfm_protocol::keys::DRY_RUN.into(), Value::Bool(true));
             }
             Value::Object(data).to_string()

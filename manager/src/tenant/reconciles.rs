@@ -51,10 +51,9 @@ pub async fn start(
 ) -> Result<ParticipantProfile> {
     let mut tx = store::write(engine.db()).await?;
     store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?;
-    profiles::fetch(&mut tx, tenant_id, id).await?;
+    let mut profile = profiles::fetch(&mut tx, tenant_id, id).await?;
     decommissions::refuse_while_running(&mut tx, tenant_id).await?;
-    begin(engine, &mut tx, id, repair).await?;
-    let profile = profiles::fetch(&mut tx, tenant_id, id).await?;
+    profile.drift = Some(begin(engine, &mut tx, &profile, repair).await?);
     tx.commit().await?;
     engine.wake();
     tracing::info!(profile = %id, repair, "verify started");
@@ -204,11 +203,14 @@ async fn save(conn: &mut Conn, id: &str, drift: &Drift, drifted: bool) -> Result
     events::record(conn, events::kinds::DRIFT, tenant.as_deref(), id, data).await
 }
 
-/// Starts the verify of participant `id`, whose row the caller has locked.
-async fn begin(engine: &Engine, conn: &mut Conn, id: &str, repair: bool) -> Result<()> {
-    let profile = profiles::find(conn, id)
-        .await?
-        .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
+/// Starts the verify of `profile`, whose row the caller has locked: the drift it records.
+async fn begin(
+    engine: &Engine,
+    conn: &mut Conn,
+    profile: &ParticipantProfile,
+    repair: bool,
+) -> Result<Drift> {
+    let id = profile.id.as_str();
     if profile.vpas.is_empty() || profile.vpas.iter().any(|v| v.state != VpaState::Active) {
         return Err(ManagerError::conflict(format!(
             "participant profile '{id}' is not active (its VPAs are {}); only an active participant is verified",
@@ -222,7 +224,7 @@ async fn begin(engine: &Engine, conn: &mut Conn, id: &str, repair: bool) -> Resu
     }
     profiles::refuse_while_busy(conn, id, "verified").await?;
     let (mut data, definition) =
-        profiles::rerunning(conn, &profile, orchestration_types::VPA_VERIFY, "verified").await?;
+        profiles::rerunning(conn, profile, orchestration_types::VPA_VERIFY, "verified").await?;
     data.insert(keys::RECONCILE.into(), json!({ "repair": repair }));
     let verify_id = engine
         .start(
@@ -252,7 +254,7 @@ async fn begin(engine: &Engine, conn: &mut Conn, id: &str, repair: bool) -> Resu
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(drift)
 }
 
 /// Starts the periodic verify of `id` if it is still due and there is room: whether it
@@ -268,17 +270,19 @@ async fn start_due(engine: &Engine, schedule: &Schedule, id: &str, due: &str) ->
         return Ok(false);
     }
     // Another replica may have started it since the candidates were read.
-    let (checked, tenant): (Option<String>, String) = sqlx::query_as(
-        "SELECT drift_checked_at, tenant_id FROM participant_profiles WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let checked: Option<String> =
+        sqlx::query_scalar("SELECT drift_checked_at FROM participant_profiles WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
     if checked.is_some_and(|at| at.as_str() >= due) {
         return Ok(false);
     }
-    let refused = match decommissions::refuse_while_running(&mut tx, &tenant).await {
-        Ok(()) => begin(engine, &mut tx, id, true).await.err(),
+    let profile = profiles::find(&mut tx, id)
+        .await?
+        .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
+    let refused = match decommissions::refuse_while_running(&mut tx, &profile.tenant_id).await {
+        Ok(()) => begin(engine, &mut tx, &profile, true).await.err(),
         Err(e) => Some(e),
     };
     let Some(refused) = refused else {

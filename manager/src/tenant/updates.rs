@@ -5,7 +5,7 @@
 //! moves the change onto the VPAs in the transaction that ends the update; a failed
 //! update leaves them as they were, with the reason on the profile.
 
-use cfm_protocol::{keys, orchestration_types};
+use cfm_protocol::orchestration_types;
 use serde_json::{Map, Value};
 
 use crate::error::{ManagerError, Result};
@@ -13,7 +13,7 @@ use crate::lifecycle::{OrchestrationState, VpaState};
 use crate::model::{ParticipantProfile, Vpa};
 use crate::provision::{Engine, Finished, Start};
 use crate::store::{self, Conn, Table, to_json};
-use crate::tenant::{cells, migrations, profiles};
+use crate::tenant::{migrations, profiles};
 
 /// The most bytes the changed properties of one participant may take, as JSON.
 const MAX_PROPERTIES_BYTES: usize = 64 * 1024;
@@ -68,21 +68,20 @@ pub async fn change_vpa_properties(
     profiles::refuse_while_busy(&mut tx, id, "changed").await?;
     let wanted = apply_changes(&profile.vpas, &changes)?;
 
-    let (mut data, definition) = profiles::rerunning(
-        &mut tx,
-        &profile,
-        orchestration_types::VPA_UPDATE,
-        "changed",
-    )
-    .await?;
-    let mut vpas = profile.vpas.clone();
-    for vpa in &mut vpas {
+    // The update runs with the VPAs as they will be.
+    let mut changed = profile.clone();
+    for vpa in &mut changed.vpas {
         if let Some(Value::Object(properties)) = wanted.get(&vpa.vpa_type) {
             vpa.properties = properties.clone();
         }
     }
-    let cell = cells::get(&mut tx, &profile.vpas[0].cell_id).await?;
-    data.insert(keys::VPA_DATA.into(), profiles::vpa_data(&vpas, &cell));
+    let (data, definition) = profiles::rerunning(
+        &mut tx,
+        &changed,
+        orchestration_types::VPA_UPDATE,
+        "changed",
+    )
+    .await?;
     engine
         .start(
             &mut tx,
