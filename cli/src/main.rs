@@ -34,10 +34,12 @@ use args::{
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            // The Vault client's transport logs every non-2xx answer as an error, the 404
-            // of a secret not yet written included; cfm reports the failures that matter.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info,rustify=off".into()),
+            // The Vault client and its transport log every non-2xx answer as an error, the
+            // 404 of a secret not yet written and the 400 of a put-if-absent that found
+            // one included; cfm reports the failures that matter.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,sqlx=warn,tower_http=info,rustify=off,vaultrs::api=off".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -166,6 +166,11 @@ impl JetStreamQueue {
         Ok(())
     }
 
+    /// The namespace's stream, for operators' tools (`nats stream info <name>`).
+    pub fn stream_name(&self) -> &str {
+        &self.stream_config.name
+    }
+
     /// How many messages the stream holds now: work not yet acknowledged, and reports.
     pub async fn messages(&self) -> Result<u64, QueueError> {
         // Getting the stream fetches its info: one round trip.
@@ -198,6 +203,25 @@ impl JetStreamQueue {
 
     fn subject(&self, topic: &str) -> String {
         format!("{}.{topic}", self.settings.namespace)
+    }
+
+    /// Whether the consumer of a message the stream holds will hand it out (again). After
+    /// an unclean restart a work queue can keep a message whose acknowledgement its
+    /// consumer kept but whose removal was lost: below the consumer's ack floor, it is
+    /// never delivered again. A consumer not made yet will start at it.
+    async fn will_deliver(&self, message: &jetstream::message::StreamMessage) -> bool {
+        let prefix = format!("{}.", self.settings.namespace);
+        let Some(topic) = message.subject.as_str().strip_prefix(&prefix) else {
+            return true;
+        };
+        match self
+            .stream
+            .consumer_info(consumer_name(&self.settings.namespace, topic))
+            .await
+        {
+            Ok(info) => message.sequence > info.ack_floor.stream_sequence,
+            Err(_) => true,
+        }
     }
 
     /// A durable consumer of the messages on `filter_subject` in another service's stream
@@ -248,7 +272,7 @@ impl JetStreamQueue {
 
 #[async_trait]
 impl Queue for JetStreamQueue {
-    async fn publish(&self, messages: &[Message]) -> Result<(), QueueError> {
+    async fn publish(&self, messages: &[Message]) -> Result<Vec<Option<u64>>, QueueError> {
         // Send everything, then wait for the acks: one round trip for the whole batch.
         let mut acks = Vec::with_capacity(messages.len());
         for message in messages {
@@ -263,23 +287,49 @@ impl Queue for JetStreamQueue {
                 .map_err(|e| QueueError::Publish(format!("{}: {e}", message.id)))?;
             acks.push((ack, &message.id));
         }
+        let mut sequences = Vec::with_capacity(acks.len());
         for (ack, id) in acks {
-            if let Err(e) = ack.await {
-                // A server killed right after the stream was created may come back without
-                // it (its metadata was not on disk yet): recreate it for the caller's retry.
-                let _ = ensure_stream(&self.context, &self.stream_config).await;
-                return Err(QueueError::Publish(format!("{id}: {e}")));
+            match ack.await {
+                // A duplicate's acknowledgement names the original's sequence.
+                Ok(ack) => sequences.push(Some(ack.sequence)),
+                Err(e) => {
+                    // A server killed right after the stream was created may come back
+                    // without it (its metadata was not on disk yet): recreate it for the
+                    // caller's retry.
+                    let _ = ensure_stream(&self.context, &self.stream_config).await;
+                    return Err(QueueError::Publish(format!("{id}: {e}")));
+                }
             }
         }
-        Ok(())
+        Ok(sequences)
     }
 
-    /// The stream's creation time, asked of the server each time: a stream lost and made
-    /// again (by this process or another) has a new one. A missing stream is made here.
-    async fn holds_since(&self) -> Result<Option<i64>, QueueError> {
-        let stream = ensure_stream(&self.context, &self.stream_config).await?;
-        let created = stream.cached_info().created;
-        Ok(Some((created.unix_timestamp_nanos() / 1_000_000) as i64))
+    /// Looks the sequence up in the stream: a work queue removes a message once it is
+    /// acknowledged, so a message there is waiting or leased. Another message at that
+    /// sequence means the stream lost its tail (nats-server confirms a publish before its
+    /// file store is flushed, so a SIGKILL can take the last ones) and numbered on from
+    /// below it. A stream that is gone altogether is made again here.
+    async fn holds(&self, id: &str, sequence: u64) -> Result<bool, QueueError> {
+        use jetstream::stream::RawMessageErrorKind;
+        match self.stream.get_raw_message(sequence).await {
+            Ok(message) => {
+                let same = message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .is_some_and(|found| found.as_str() == id);
+                Ok(same && self.will_deliver(&message).await)
+            }
+            Err(e) => match e.kind() {
+                RawMessageErrorKind::NoMessageFound => Ok(false),
+                RawMessageErrorKind::JetStream(error)
+                    if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    ensure_stream(&self.context, &self.stream_config).await?;
+                    Ok(false)
+                }
+                _ => Err(QueueError::Pull(format!("looking up {id}: {e}"))),
+            },
+        }
     }
 
     async fn consumer(&self, topic: &str) -> Result<Box<dyn Consumer>, QueueError> {

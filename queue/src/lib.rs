@@ -45,20 +45,24 @@ pub struct Message {
 /// A queue: where messages are published and consumers pull them from.
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Publishes every message, in order, and returns once the queue holds them all.
-    /// On error some may have been stored; publishing them again is harmless.
-    async fn publish(&self, messages: &[Message]) -> Result<(), QueueError>;
+    /// Publishes every message, in order, and returns once the queue holds them all,
+    /// with where each was stored: its sequence, for [`Queue::holds`] to look it up by
+    /// (`None` from a queue without sequences). On error some may have been stored;
+    /// publishing them again is harmless.
+    async fn publish(&self, messages: &[Message]) -> Result<Vec<Option<u64>>, QueueError>;
 
     /// A consumer of `topic`. Consumers of one topic share its messages: each message
     /// goes to one of them at a time.
     async fn consumer(&self, topic: &str) -> Result<Box<dyn Consumer>, QueueError>;
 
-    /// Since when (Unix milliseconds) the queue has held what is published to it. A
-    /// server that lost its storage starts over empty, and what was published before is
-    /// gone: whoever keeps the originals publishes them again. `None`: the queue never
-    /// loses what it accepted.
-    async fn holds_since(&self) -> Result<Option<i64>, QueueError> {
-        Ok(None)
+    /// Whether the queue still holds the message published as `id` at `sequence`: not
+    /// yet acknowledged, whether waiting or leased. A server can lose messages it has
+    /// confirmed (one killed before its storage caught up, one that lost its disk); a
+    /// message neither held nor answered for is one the publisher must send again. A
+    /// queue that never loses what it accepted keeps the default: always held.
+    async fn holds(&self, id: &str, sequence: u64) -> Result<bool, QueueError> {
+        let _ = (id, sequence);
+        Ok(true)
     }
 }
 

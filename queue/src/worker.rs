@@ -55,6 +55,7 @@ impl OutcomeSink for QueueSink {
         self.0
             .publish(std::slice::from_ref(&message))
             .await
+            .map(drop)
             .map_err(ReportError::from)
     }
 }

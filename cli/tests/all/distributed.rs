@@ -105,6 +105,98 @@ async fn assert_each_onboarding_completed_once(api: &Api, ids: &[String]) {
     }
 }
 
+/// One manager on a `nats-server` of the test's own (to restart at will), with the
+/// definitions of [`prepare`] and a client of its stream.
+struct OwnServer {
+    nats: JetStreamServer,
+    deployment: Deployment,
+    tenant: String,
+    dataspace: String,
+    queue: JetStreamQueue,
+}
+
+impl OwnServer {
+    async fn start() -> Self {
+        let nats = JetStreamServer::start();
+        let deployment = Deployment::start(&nats.url(), 1).await;
+        let (tenant, dataspace) = prepare(&deployment.api(0)).await;
+        let mut settings = JetStreamSettings::new(nats.url());
+        settings.namespace = deployment.namespace.clone();
+        let queue = JetStreamQueue::connect(settings).await.unwrap();
+        Self {
+            nats,
+            deployment,
+            tenant,
+            dataspace,
+            queue,
+        }
+    }
+
+    async fn onboard(&self, count: usize) -> Vec<String> {
+        onboard(
+            &self.deployment.api(0),
+            &self.tenant,
+            &self.dataspace,
+            count,
+        )
+        .await
+    }
+
+    /// Waits until the stream holds at least `count` messages.
+    async fn wait_published(&self, count: u64) {
+        let started = Instant::now();
+        while self.queue.messages().await.unwrap() < count {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the managers never published the work"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Removes what the stream holds on `topic` (under the namespace) until `count`
+    /// messages are gone.
+    async fn lose(&self, topic: &str, count: u64) {
+        let subject = format!("{}.{topic}", self.deployment.namespace);
+        let nats = async_nats::connect(self.nats.url()).await.unwrap();
+        let stream = async_nats::jetstream::new(nats)
+            .get_stream(self.queue.stream_name())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut lost = 0;
+        while lost < count {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "only {lost} of {count} messages on {subject} appeared"
+            );
+            lost += stream.purge().filter(&subject).await.unwrap().purged;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every onboarding in `ids` ends active within `timeout`, completed once, each
+    /// object created at most once.
+    async fn assert_all_onboarded_once(&self, ids: &[String], timeout: Duration) {
+        let api = self.deployment.api(0);
+        wait_all_active(&api, &self.tenant, timeout).await;
+        assert_each_onboarding_completed_once(&api, ids).await;
+        assert_each_created_at_most_once(
+            &audit_effects(&[self.deployment.agent_dir("agents")]),
+            ids,
+        );
+    }
+
+    fn assert_recovery_reported(&self) {
+        assert!(
+            self.deployment.managers[0]
+                .log()
+                .contains("the queue lost messages handed to it"),
+            "the recovery went unreported"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_managers_and_two_agents_share_the_work_and_run_each_activity_once() {
     // Separate agent directories: an activity run on both agents would show as two
@@ -188,23 +280,21 @@ async fn killed_managers_and_agents_lose_no_onboarding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_queue_server_and_cut_database_connections_heal_by_themselves() {
-    let mut nats = JetStreamServer::start();
-    let mut deployment = Deployment::start(&nats.url(), 1).await;
-    let api = deployment.api(0);
-    let (tenant, dataspace) = prepare(&api).await;
-    let ids = onboard(&api, &tenant, &dataspace, 60).await;
-    deployment.start_agents(&["agents"], 4);
+    let mut own = OwnServer::start().await;
+    let ids = own.onboard(60).await;
+    own.deployment.start_agents(&["agents"], 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        api.count_not_active(&tenant).await > 0,
+        own.deployment.api(0).count_not_active(&own.tenant).await > 0,
         "nothing was in flight"
     );
 
-    nats.restart();
+    own.nats.restart();
     // Every connection the manager holds to its database, cut by the server.
     let admin = std::env::var("CFM_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = deployment
+    let database = own
+        .deployment
         .scratch
         .url()
         .rsplit('/')
@@ -224,46 +314,52 @@ async fn a_restarted_queue_server_and_cut_database_connections_heal_by_themselve
         "the manager held no database connection to cut"
     );
 
-    wait_all_active(&api, &tenant, Duration::from_secs(180)).await;
-    assert_each_onboarding_completed_once(&api, &ids).await;
-    assert_each_created_at_most_once(&audit_effects(&[deployment.agent_dir("agents")]), &ids);
+    own.assert_all_onboarded_once(&ids, Duration::from_secs(180))
+        .await;
 }
 
 /// A queue server that comes back without its storage has lost the work handed to it;
 /// the managers still hold it and publish it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_a_queue_server_lost_is_published_again() {
-    let mut nats = JetStreamServer::start();
-    let mut deployment = Deployment::start(&nats.url(), 1).await;
-    let api = deployment.api(0);
-    let (tenant, dataspace) = prepare(&api).await;
-    let ids = onboard(&api, &tenant, &dataspace, 10).await;
-
+    let mut own = OwnServer::start().await;
+    let ids = own.onboard(10).await;
     // No agent yet: the first activities wait in the stream. Then the server loses it.
-    let mut settings = JetStreamSettings::new(nats.url());
-    settings.namespace = deployment.namespace.clone();
-    let queue = JetStreamQueue::connect(settings).await.unwrap();
-    let started = Instant::now();
-    while queue.messages().await.unwrap() < ids.len() as u64 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the managers never published the work"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    drop(queue);
-    nats.restart_without_storage();
+    own.wait_published(ids.len() as u64).await;
+    own.nats.restart_without_storage();
 
-    deployment.start_agents(&["agents"], 4);
-    wait_all_active(&api, &tenant, Duration::from_secs(90)).await;
-    assert_each_onboarding_completed_once(&api, &ids).await;
-    assert_each_created_at_most_once(&audit_effects(&[deployment.agent_dir("agents")]), &ids);
-    assert!(
-        deployment.managers[0]
-            .log()
-            .contains("the queue lost messages handed to it"),
-        "the recovery went unreported"
-    );
+    own.deployment.start_agents(&["agents"], 4);
+    own.assert_all_onboarded_once(&ids, Duration::from_secs(90))
+        .await;
+    own.assert_recovery_reported();
+}
+
+/// A JetStream server confirms a publish before its file store is flushed, so one killed
+/// at the wrong moment comes back without the last messages: a task waiting for an
+/// agent, or the report of a task an agent ran and acknowledged. Both are lost here as
+/// such a server loses them: removed from the stream, then the server SIGKILLed. The
+/// managers publish the work again once they find the queue no longer holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_and_reports_the_queue_lost_are_published_again() {
+    let mut own = OwnServer::start().await;
+    // Tasks: no agent runs yet, so the first tasks of each onboarding (two roots, vault
+    // and dns) wait, and are lost.
+    let tasks_lost = own.onboard(3).await;
+    own.lose("activity.>", 6).await;
+    // Reports: the manager is down while an agent runs the next onboardings' first tasks
+    // and acknowledges them; their reports are lost before the manager is back.
+    let reports_lost = own.onboard(3).await;
+    own.wait_published(6).await;
+    own.deployment.managers[0].kill();
+    own.deployment.start_agents(&["agents"], 4);
+    own.lose("reports", 6).await;
+    own.nats.restart();
+    own.deployment.managers[0].restart();
+
+    let ids: Vec<String> = tasks_lost.into_iter().chain(reports_lost).collect();
+    own.assert_all_onboarded_once(&ids, Duration::from_secs(90))
+        .await;
+    own.assert_recovery_reported();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

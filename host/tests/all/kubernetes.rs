@@ -31,6 +31,18 @@ fn config_map(value: &str) -> Value {
            "metadata": {"name": "ctx", "namespace": "cfm-p1"}, "data": {"key": value}})
 }
 
+/// A malformed API server URL is refused without repeating it: it may hold credentials.
+#[tokio::test]
+async fn a_malformed_server_url_is_refused_without_echoing_it() {
+    let refused = KubernetesCluster::connect(Some("https://admin:hunter2 x@[::1"), "cfm")
+        .await
+        .err()
+        .expect("a malformed URL was accepted")
+        .to_string();
+    assert!(refused.contains("does not parse"), "{refused}");
+    assert!(!refused.contains("hunter2"), "{refused}");
+}
+
 #[tokio::test]
 async fn objects_are_applied_read_and_deleted() {
     let api = KubeApi::start().await;

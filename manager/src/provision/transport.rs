@@ -7,6 +7,7 @@
 //!   JetStream, agent hosts elsewhere run them and publish reports, and every manager
 //!   replica consumes reports from one shared durable consumer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use cfm_protocol::{ActivityExecutor, ActivityReport};
 use cfm_queue::worker::{OutcomeSink, ReportError, Worker, WorkerSettings};
 use cfm_queue::{Message, Queue, REPORTS_TOPIC};
+use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -78,14 +80,15 @@ pub async fn run_distributed(
 
 /// Publishes due outbox rows to a queue and keeps them, held, until their outcome is
 /// applied. Several relays (one per manager replica) share the table: each leases its own
-/// rows. When the queue says it holds messages only since a later time than before (its
-/// server lost its storage), the rows held from before are published again.
+/// rows. Rows held for a while are looked up in the queue: one it no longer holds, whose
+/// outcome still has not come back after [`VANISHED_GRACE`], was lost (a task, or the
+/// report of its run) and is published again.
 pub struct Relay {
     engine: Engine,
     queue: Arc<dyn Queue>,
-    /// The queue's [`Queue::holds_since`] when last asked, and when that was.
-    holds_since: Option<i64>,
-    asked: Option<tokio::time::Instant>,
+    /// Held rows the queue answered it no longer holds, and since when.
+    vanished: HashMap<String, tokio::time::Instant>,
+    checked: Option<tokio::time::Instant>,
 }
 
 /// Rows a relay publishes per round trip.
@@ -93,12 +96,19 @@ const RELAY_BATCH: i64 = 256;
 /// A relay that dies holding rows delays them this long.
 const RELAY_LEASE: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_millis(500);
-/// How often the relay asks whether the queue lost what it was given.
-const LOSS_CHECK: Duration = Duration::from_secs(2);
-/// Rows handed over this long after the queue's new start are published again too: the
-/// manager's clock and the queue server's may differ a little. The queue drops the
-/// copies it already has as duplicates.
-const CLOCK_SLACK_MS: i64 = 5_000;
+/// How often held rows are looked up in the queue, and how long a row is held before it
+/// is: a fresh one is certainly there, or its report is on its way.
+const VANISHED_CHECK: Duration = Duration::from_secs(5);
+/// How long a row the queue no longer holds may wait for its outcome before it is
+/// published again. A task acknowledged by its agent leaves the queue a moment before
+/// its report is applied; a report lost with it never comes. Publishing a task whose
+/// report is merely slow is harmless: the queue drops it as a duplicate within its
+/// window, and after that the engine drops the second outcome as stale.
+const VANISHED_GRACE: Duration = Duration::from_secs(5);
+/// Held rows looked up per check, oldest first.
+const VANISHED_BATCH: i64 = 256;
+/// Look-ups in flight at once.
+const LOOKUPS: usize = 16;
 
 impl Relay {
     /// A relay from `engine`'s outbox to `queue`; nothing moves until [`Relay::run`].
@@ -106,8 +116,8 @@ impl Relay {
         Self {
             engine,
             queue,
-            holds_since: None,
-            asked: None,
+            vanished: HashMap::new(),
+            checked: None,
         }
     }
 
@@ -117,11 +127,11 @@ impl Relay {
         let mut failures = 0u32;
         loop {
             signal.borrow_and_update();
-            if self.asked.is_none_or(|at| at.elapsed() >= LOSS_CHECK) {
-                if let Err(e) = self.recover_lost().await {
+            if self.checked.is_none_or(|at| at.elapsed() >= VANISHED_CHECK) {
+                if let Err(e) = self.recover_vanished().await {
                     tracing::warn!("cannot check the queue for lost messages: {e}");
                 }
-                self.asked = Some(tokio::time::Instant::now());
+                self.checked = Some(tokio::time::Instant::now());
             }
             match self.relay_once().await {
                 Ok(0) => {
@@ -149,7 +159,7 @@ impl Relay {
         let messages: Vec<Message> = rows
             .iter()
             .map(|row| Message {
-                id: row.id.clone(),
+                id: queue::published_id(&row.id, row.copies),
                 topic: row.topic.clone(),
                 payload: row.payload.clone().into_bytes(),
             })
@@ -157,30 +167,59 @@ impl Relay {
         // A crash between publish and hold publishes again under the same ids, which
         // the queue drops; past its duplicate window the engine drops the stale outcome.
         let handed_over_at = queue::now_ms();
-        self.queue.publish(&messages).await?;
-        let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
-        queue::hold(db, &ids, handed_over_at).await?;
+        let sequences = self.queue.publish(&messages).await?;
+        let handed: Vec<(&str, Option<u64>)> = rows
+            .iter()
+            .zip(sequences.into_iter().chain(std::iter::repeat(None)))
+            .map(|(row, sequence)| (row.id.as_str(), sequence))
+            .collect();
+        queue::hold(db, &handed, handed_over_at).await?;
         tracing::debug!(messages = rows.len(), "relayed outbox");
         Ok(rows.len())
     }
 
-    /// Publishes again what the queue lost: the rows held from before its new start.
-    async fn recover_lost(&mut self) -> crate::Result<()> {
-        let Some(since) = self.queue.holds_since().await? else {
-            return Ok(());
-        };
-        if self.holds_since == Some(since) {
-            return Ok(());
+    /// Publishes again what the queue lost: held rows it no longer holds whose outcome
+    /// has not come within [`VANISHED_GRACE`] of finding them gone.
+    async fn recover_vanished(&mut self) -> crate::Result<()> {
+        let db = self.engine.db();
+        let before = queue::now_ms() - VANISHED_CHECK.as_millis() as i64;
+        let held = queue::held_before(db, before, VANISHED_BATCH).await?;
+        let queue = &self.queue;
+        let answers: Vec<(String, Result<bool, cfm_queue::QueueError>)> =
+            futures_util::stream::iter(held)
+                .map(|row| async move {
+                    let holds = queue.holds(&row.published_id, row.sequence).await;
+                    (row.id, holds)
+                })
+                .buffer_unordered(LOOKUPS)
+                .collect()
+                .await;
+        let now = tokio::time::Instant::now();
+        let mut vanished = HashMap::new();
+        let mut lost = Vec::new();
+        for (id, holds) in answers {
+            match holds? {
+                true => {}
+                false => {
+                    let since = self.vanished.get(&id).copied().unwrap_or(now);
+                    if now.duration_since(since) >= VANISHED_GRACE {
+                        lost.push(id);
+                    } else {
+                        vanished.insert(id, since);
+                    }
+                }
+            }
         }
-        let released = queue::release_held(self.engine.db(), since + CLOCK_SLACK_MS).await?;
+        // Rows applied meanwhile, or not asked about this time, are forgotten.
+        self.vanished = vanished;
+        let released = queue::release(db, &lost).await?;
         if released > 0 {
             tracing::warn!(
                 messages = released,
-                "the queue lost messages handed to it (its server started over): publishing them again"
+                "the queue lost messages handed to it (or the reports of their runs): publishing them again"
             );
             self.engine.wake();
         }
-        self.holds_since = Some(since);
         Ok(())
     }
 }

@@ -8,8 +8,9 @@
 //!   row in the transaction that applies its outcome.
 //! - JetStream: the relay (`provision::transport::Relay`) publishes due rows with their
 //!   ids as message ids and keeps them, held, until the engine applies their outcome and
-//!   deletes them as above. A JetStream server that lost its storage has lost the
-//!   messages too; the relay then publishes what it held again.
+//!   deletes them as above. A JetStream server can lose messages it confirmed (killed
+//!   before its storage caught up, or its disk lost); the relay asks after the rows it
+//!   has held for a while and publishes again those the server no longer has.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct Leased {
     pub payload: String,
     /// How many times it has been leased, this time included.
     pub deliveries: i64,
+    /// How many times a queue it was handed to lost it (see [`published_id`]).
+    pub copies: i64,
 }
 
 /// Adds a message, available from `available_at_ms` (Unix milliseconds). Publishing the
@@ -80,7 +83,7 @@ pub async fn lease(db: &Db, topic: Option<&str>, max: i64, lease_ms: i64) -> Res
                       WHERE {topic_test} AND available_at <= $3 AND (leased_until IS NULL OR leased_until <= $3)
                       ORDER BY available_at, id LIMIT $4{skip_locked})
            AND (leased_until IS NULL OR leased_until <= $3)
-         RETURNING id, topic, payload, deliveries"
+         RETURNING id, topic, payload, deliveries, copies"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(now + lease_ms)
@@ -96,6 +99,7 @@ pub async fn lease(db: &Db, topic: Option<&str>, max: i64, lease_ms: i64) -> Res
             topic: row.get("topic"),
             payload: row.get("payload"),
             deliveries: row.get("deliveries"),
+            copies: row.get("copies"),
         })
         .collect())
 }
@@ -109,44 +113,125 @@ pub async fn ack(conn: &mut Conn, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The id a row's message goes out under after `copies` losses: the row's own id first,
+/// then `<id>#<copy>`. A queue that lost a message may still remember its id (a server
+/// whose purge or flush did not reach its disk), and would drop a copy under the same id
+/// as a duplicate; so would it the copy's report. Row ids end in `/<attempt>`, so a `#`
+/// followed by digits alone is always a copy's.
+pub fn published_id(id: &str, copies: i64) -> String {
+    if copies == 0 {
+        id.to_string()
+    } else {
+        format!("{id}#{copies}")
+    }
+}
+
+/// The row a message id names: [`published_id`] undone.
+pub fn row_id(message_id: &str) -> &str {
+    match message_id.rsplit_once('#') {
+        Some((row, copy)) if !copy.is_empty() && copy.bytes().all(|b| b.is_ascii_digit()) => row,
+        _ => message_id,
+    }
+}
+
 /// `leased_until` of a message a relay has handed to another queue: kept, never leased
 /// again, until the engine applies its outcome (and deletes it) or the queue turns out to
-/// have lost it ([`release_held`]).
+/// have lost it ([`release`]).
 const HELD: i64 = i64::MAX;
 
 /// Marks messages as handed over to another queue at `at_ms` (Unix milliseconds, taken
-/// before the hand-over began), in one statement.
-pub async fn hold(db: &Db, ids: &[&str], at_ms: i64) -> Result<()> {
-    if ids.is_empty() {
+/// before the hand-over began), each with the sequence that queue stored it at, in one
+/// statement.
+pub async fn hold(db: &Db, handed: &[(&str, Option<u64>)], at_ms: i64) -> Result<()> {
+    if handed.is_empty() {
         return Ok(());
     }
     // One statement per batch size: `Params` keeps it out of the prepared-statement cache.
     let mut params = Params::default();
     let held = params.push(Literal::Integer(HELD));
     let at = params.push(Literal::Integer(at_ms));
-    let ids: Vec<String> = ids
-        .iter()
-        .map(|id| params.push(Literal::Text(id.to_string())))
-        .collect();
+    let mut ids = Vec::with_capacity(handed.len());
+    let mut sequences = String::new();
+    for (id, sequence) in handed {
+        let id = params.push(Literal::Text(id.to_string()));
+        if let Some(sequence) = sequence.and_then(|s| i64::try_from(s).ok()) {
+            let sequence = params.push(Literal::Integer(sequence));
+            sequences.push_str(&format!(" WHEN {id} THEN {sequence}"));
+        }
+        ids.push(id);
+    }
+    let sequence = if sequences.is_empty() {
+        "NULL".to_string()
+    } else {
+        format!("CASE id{sequences} END")
+    };
     let sql = format!(
-        "UPDATE queue SET leased_until = {held}, available_at = {at} WHERE id IN ({})",
+        "UPDATE queue SET leased_until = {held}, available_at = {at}, sequence = {sequence} WHERE id IN ({})",
         ids.join(", ")
     );
     params.query(sql).execute(db.writer()).await?;
     Ok(())
 }
 
-/// Makes messages handed over before `before_ms` available again, for the relay to
-/// publish anew: the queue they went to lost them. Returns how many.
-pub async fn release_held(db: &Db, before_ms: i64) -> Result<u64> {
-    let released = sqlx::query(
-        "UPDATE queue SET leased_until = NULL WHERE leased_until = $1 AND available_at < $2",
+/// A message handed over to another queue, as [`held_before`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// The row's id.
+    pub id: String,
+    /// The id it went out under ([`published_id`]).
+    pub published_id: String,
+    /// Where the other queue stored it.
+    pub sequence: u64,
+}
+
+/// Up to `max` messages handed over before `before_ms` whose outcome has not been
+/// applied, oldest first: the ones to ask the other queue about.
+pub async fn held_before(db: &Db, before_ms: i64, max: i64) -> Result<Vec<Held>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT id, sequence, copies FROM queue
+         WHERE leased_until = $1 AND available_at < $2 AND sequence IS NOT NULL
+         ORDER BY available_at, id LIMIT $3",
     )
     .bind(HELD)
     .bind(before_ms)
-    .execute(db.writer())
+    .bind(max)
+    .fetch_all(db.read())
     .await?;
-    Ok(released.rows_affected())
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, sequence, copies)| {
+            Some(Held {
+                published_id: published_id(&id, copies),
+                id,
+                sequence: u64::try_from(sequence).ok()?,
+            })
+        })
+        .collect())
+}
+
+/// Makes held messages available again, for the relay to publish anew as their next copy
+/// ([`published_id`]): the queue they went to lost them. A message whose outcome was
+/// applied meanwhile is gone and stays gone. Returns how many.
+pub async fn release(db: &Db, ids: &[String]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut params = Params::default();
+    let held = params.push(Literal::Integer(HELD));
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|id| params.push(Literal::Text(id.clone())))
+        .collect();
+    let sql = format!(
+        "UPDATE queue SET leased_until = NULL, sequence = NULL, copies = copies + 1
+         WHERE leased_until = {held} AND id IN ({})",
+        ids.join(", ")
+    );
+    Ok(params
+        .query(sql)
+        .execute(db.writer())
+        .await?
+        .rows_affected())
 }
 
 /// Removes every message whose id starts with `prefix` (an orchestration's pending work).
@@ -244,7 +329,10 @@ impl DbQueue {
 
 #[async_trait]
 impl Queue for DbQueue {
-    async fn publish(&self, messages: &[Message]) -> std::result::Result<(), QueueError> {
+    async fn publish(
+        &self,
+        messages: &[Message],
+    ) -> std::result::Result<Vec<Option<u64>>, QueueError> {
         let mut tx = crate::store::write(&self.db).await.map_err(storage)?;
         let now = now_ms();
         for message in messages {
@@ -258,7 +346,9 @@ impl Queue for DbQueue {
         }
         tx.commit().await.map_err(|e| storage(e.into()))?;
         self.signal.notify();
-        Ok(())
+        // The table is the database: it keeps what it accepted, so there is nothing to
+        // look up later.
+        Ok(vec![None; messages.len()])
     }
 
     async fn consumer(&self, topic: &str) -> std::result::Result<Box<dyn Consumer>, QueueError> {
@@ -378,4 +468,22 @@ impl DbDelivery {
 
 fn storage(e: crate::ManagerError) -> QueueError {
     QueueError::Storage(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_go_out_under_ids_that_lead_back_to_their_row() {
+        let row = "5fde2d02-f21a-445f-bd06-9c9ad576fc64/vault#x/3";
+        assert_eq!(published_id(row, 0), row);
+        assert_eq!(row_id(row), row, "a row id is never taken for a copy's");
+        for copies in [1, 2, 17] {
+            let copy = published_id(row, copies);
+            assert_ne!(copy, row);
+            assert_eq!(row_id(&copy), row);
+        }
+        assert_eq!(row_id("a/b/1#"), "a/b/1#");
+    }
 }

@@ -116,3 +116,63 @@ async fn a_changed_ack_wait_applies_to_the_existing_consumer() {
     assert_eq!(again[0].deliveries(), 2);
     queue.delete().await.unwrap();
 }
+
+/// A message is held from its publish until it is acknowledged, whether waiting or
+/// leased; once acknowledged, lost, or replaced at its sequence by another, it is not.
+#[tokio::test]
+async fn holds_answers_for_each_message_by_its_sequence() {
+    use cfm_queue::{Message, Queue};
+    let queue = JetStreamQueue::connect(own_namespace()).await.unwrap();
+    let message = |id: &str| Message {
+        id: id.into(),
+        topic: "activity.h".into(),
+        payload: b"{}".to_vec(),
+    };
+    let sequences = queue
+        .publish(&[message("acked"), message("lost")])
+        .await
+        .unwrap();
+    let [Some(acked), Some(lost)] = sequences[..] else {
+        panic!("no sequences: {sequences:?}");
+    };
+    assert!(acked < lost);
+    assert!(queue.holds("acked", acked).await.unwrap(), "waiting");
+    // A duplicate publish names the original's sequence.
+    assert_eq!(
+        queue.publish(&[message("acked")]).await.unwrap(),
+        vec![Some(acked)]
+    );
+    assert!(
+        !queue.holds("another", acked).await.unwrap(),
+        "another message's sequence"
+    );
+
+    let mut consumer = queue.consumer("activity.h").await.unwrap();
+    let pulled = consumer.pull(1, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(pulled[0].id(), "acked");
+    assert!(queue.holds("acked", acked).await.unwrap(), "leased");
+    pulled[0].ack().await.unwrap();
+    // The ack is confirmed by the server before it answers the look-up.
+    let started = std::time::Instant::now();
+    while queue.holds("acked", acked).await.unwrap() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still held after its ack"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Lost as a server killed before flushing its tail loses it.
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let stream = async_nats::jetstream::new(nats)
+        .get_stream(queue.stream_name())
+        .await
+        .unwrap();
+    assert!(stream.delete_message(lost).await.unwrap());
+    assert!(!queue.holds("lost", lost).await.unwrap(), "lost");
+    assert!(
+        !queue.holds("never", lost + 100).await.unwrap(),
+        "past the end"
+    );
+    queue.delete().await.unwrap();
+}

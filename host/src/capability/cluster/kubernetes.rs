@@ -50,11 +50,10 @@ pub const CONTEXT_PREFIX: &str = "context:";
 /// Why no client for the cluster could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The API server's URL does not parse.
-    #[error("Kubernetes API server '{url}': {source}")]
+    /// The API server's URL does not parse. The URL is not repeated: one that does not
+    /// parse may still carry credentials, and errors end up in logs.
+    #[error("the Kubernetes API server URL does not parse: {source}")]
     ApiServer {
-        /// The URL as given.
-        url: String,
         /// Why it does not parse.
         #[source]
         source: http::uri::InvalidUri,
@@ -111,10 +110,10 @@ impl KubernetesCluster {
                         source,
                     })?
             }
-            Some(url) => Config::new(url.parse().map_err(|source| ConnectError::ApiServer {
-                url: url.to_string(),
-                source,
-            })?),
+            Some(url) => Config::new(
+                url.parse()
+                    .map_err(|source| ConnectError::ApiServer { source })?,
+            ),
             None => Config::infer().await.map_err(ConnectError::Infer)?,
         };
         let server = config.cluster_url.to_string();

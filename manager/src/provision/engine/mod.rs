@@ -365,7 +365,7 @@ impl Engine {
         // The orchestration's row first, then its queue rows: the order cancel takes them
         // in too, so the two never deadlock on PostgreSQL.
         let current = self.current(&mut tx, &task.orchestration_id).await?;
-        queue::ack(&mut tx, message_id).await?;
+        queue::ack(&mut tx, queue::row_id(message_id)).await?;
         let Some(current) = current else {
             tx.commit().await?;
             return Ok(());
