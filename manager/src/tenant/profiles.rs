@@ -573,6 +573,13 @@ pub(crate) async fn find(conn: &mut Conn, id: &str) -> Result<Option<Participant
     row.map(|row| read(&row)).transpose()
 }
 
+/// A profile of any tenant by its id, or "not found": for the server's own work on it.
+pub(crate) async fn fetch_any(conn: &mut Conn, id: &str) -> Result<ParticipantProfile> {
+    find(conn, id)
+        .await?
+        .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))
+}
+
 /// A profile of `tenant_id`; one of another tenant is "not found".
 pub(crate) async fn fetch(
     conn: &mut Conn,

@@ -278,9 +278,7 @@ async fn start_due(engine: &Engine, schedule: &Schedule, id: &str, due: &str) ->
     if checked.is_some_and(|at| at.as_str() >= due) {
         return Ok(false);
     }
-    let profile = profiles::find(&mut tx, id)
-        .await?
-        .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
+    let profile = profiles::fetch_any(&mut tx, id).await?;
     let refused = match decommissions::refuse_while_running(&mut tx, &profile.tenant_id).await {
         Ok(()) => begin(engine, &mut tx, &profile, true).await.err(),
         Err(e) => Some(e),
@@ -364,9 +362,7 @@ async fn start_repair(
     id: &str,
     drifted: &[ActivityDrift],
 ) -> Result<String> {
-    let profile = profiles::find(conn, id)
-        .await?
-        .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
+    let profile = profiles::fetch_any(conn, id).await?;
     decommissions::refuse_while_running(conn, &profile.tenant_id).await?;
     let (data, mut definition) = profiles::rerunning(
         conn,
