@@ -1,7 +1,8 @@
 //! Provision throughput and overhead: onboardings through a 5-activity chain of no-op
 //! plugins, embedded (`cfm serve`: SQLite and the outbox-table queue) and distributed
-//! (`cfm manager` + `cfm agent`: PostgreSQL and JetStream), against the floor of one
-//! PostgreSQL commit plus one JetStream publish-and-ack round trip measured in the same run.
+//! (`cfm manager` + `cfm agent`: PostgreSQL and JetStream), against the floor measured in
+//! the same run: one PostgreSQL commit plus one JetStream publish-and-ack round trip
+//! distributed, one SQLite commit embedded.
 //!
 //! `cargo bench -p cfm --bench provision` (needs scripts/build-plugins.sh first, and the
 //! servers scripts/services.sh starts). `CFM_BENCH_COUNTS=1000,10000` sets the runs.
@@ -147,11 +148,13 @@ async fn main() {
         .collect();
     let (commit, publish) = floor().await;
     let floor = commit + publish;
+    let sqlite_floor = sqlite_commit().await;
     println!(
-        "floor: PostgreSQL commit p50 {} + JetStream publish-and-ack p50 {} = {}",
+        "floor: PostgreSQL commit p50 {} + JetStream publish-and-ack p50 {} = {}; SQLite commit p50 {}",
         ms(commit),
         ms(publish),
-        ms(floor)
+        ms(floor),
+        ms(sqlite_floor)
     );
     println!();
     println!(
@@ -197,9 +200,13 @@ async fn main() {
     }
     println!();
     println!("Unloaded, one onboarding at a time ({SEQUENTIAL}), {CHAIN} activities each:");
-    println!("| deployment | per activity p50 | × floor |");
+    println!("| deployment | per activity p50 | × its floor |");
     println!("|---|---|---|");
     for (mode, per_activity) in overheads {
+        let floor = match mode {
+            Mode::Embedded => sqlite_floor,
+            Mode::Distributed => floor,
+        };
         println!(
             "| {} | {} | {:.1} |",
             mode.name(),
@@ -213,26 +220,10 @@ async fn main() {
 /// JetStream publish acknowledged by the server, each sequential over loopback.
 async fn floor() -> (Duration, Duration) {
     let scratch = ScratchDatabase::create().await;
-    let pool = sqlx::PgPool::connect(scratch.url())
+    let pool = sqlx::AnyPool::connect(scratch.url())
         .await
         .expect("PostgreSQL");
-    sqlx::query("CREATE TABLE floor (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .expect("create");
-    let mut commits = Vec::new();
-    for _ in 0..1000 {
-        let started = Instant::now();
-        let mut tx = pool.begin().await.expect("begin");
-        sqlx::query("INSERT INTO floor (payload) VALUES ($1)")
-            .bind("x".repeat(200))
-            .execute(&mut *tx)
-            .await
-            .expect("insert");
-        tx.commit().await.expect("commit");
-        commits.push(started.elapsed());
-    }
-    pool.close().await;
+    let commit = commit_p50(&pool, "BIGSERIAL", "BEGIN").await;
 
     let settings = JetStreamSettings {
         namespace: format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
@@ -251,7 +242,50 @@ async fn floor() -> (Duration, Duration) {
         publishes.push(started.elapsed());
     }
     queue.delete().await.expect("delete the bench stream");
-    (percentile(&commits, 50), percentile(&publishes, 50))
+    (commit, percentile(&publishes, 50))
+}
+
+/// The embedded floor: p50 of one SQLite transaction committing one row, with the
+/// settings `cfm serve` opens its database with (WAL, synchronous NORMAL, one writer).
+async fn sqlite_commit() -> Duration {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("floor.db").display()
+    );
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("SQLite");
+    sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")
+        .execute(&pool)
+        .await
+        .expect("pragmas");
+    commit_p50(&pool, "INTEGER", "BEGIN IMMEDIATE").await
+}
+
+/// p50 of 1,000 transactions that each insert one 200-byte row and commit.
+async fn commit_p50(pool: &sqlx::AnyPool, key_type: &str, begin: &'static str) -> Duration {
+    let create = format!("CREATE TABLE floor (id {key_type} PRIMARY KEY, payload TEXT NOT NULL)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(pool)
+        .await
+        .expect("create");
+    let mut commits = Vec::new();
+    for _ in 0..1000 {
+        let started = Instant::now();
+        let mut tx = pool.begin_with(begin).await.expect("begin");
+        sqlx::query("INSERT INTO floor (payload) VALUES ($1)")
+            .bind("x".repeat(200))
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        commits.push(started.elapsed());
+    }
+    pool.close().await;
+    percentile(&commits, 50)
 }
 
 /// A 5-activity chain of no-op plugins as the deploy template; returns the tenant and

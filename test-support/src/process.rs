@@ -17,7 +17,11 @@ pub struct Replica {
 impl Replica {
     /// Starts `cfm <args>` and waits until it says it is ready.
     pub fn start(args: Vec<String>, log: PathBuf) -> Replica {
-        Self::start_logging(args, log, "info")
+        Self::start_logging(
+            args,
+            log,
+            &std::env::var("CFM_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
     }
 
     /// Starts `cfm <args>` with `RUST_LOG` set to `filter`.

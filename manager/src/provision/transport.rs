@@ -16,11 +16,11 @@ use cfm_protocol::{ActivityExecutor, ActivityReport};
 use cfm_queue::worker::{OutcomeSink, ReportError, Worker, WorkerSettings};
 use cfm_queue::{Message, Queue, REPORTS_TOPIC};
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::provision::Engine;
-use crate::queue::{self, DbQueue};
+use crate::queue::{self, DbQueue, Express, Leased};
 
 /// How long a pulled message stays leased without a progress signal. Workers signal
 /// every third of it, so only a dead worker's work waits this long to be redelivered.
@@ -72,28 +72,48 @@ pub async fn run_distributed(
     queue: Arc<dyn Queue>,
     concurrency: usize,
 ) -> crate::Result<()> {
-    let relay = tokio::spawn(Relay::new(engine.clone(), queue.clone()).run());
+    // Outcomes applied here make the next activities due: they go to the relay straight
+    // from the commit. What the API starts is found in the outbox.
+    let (express, lane) = Express::lane(RELAY_LEASE);
+    let engine = engine.with_express(express);
+    let relay = tokio::spawn(
+        Relay::new(engine.clone(), queue.clone())
+            .with_express(lane)
+            .run(),
+    );
     let outcome = Reports::new(engine, queue, concurrency).run().await;
     relay.abort();
     Ok(outcome?)
 }
 
-/// Publishes due outbox rows to a queue and keeps them, held, until their outcome is
-/// applied. Several relays (one per manager replica) share the table: each leases its own
-/// rows. Rows held for a while are looked up in the queue: one it no longer holds, whose
+/// Publishes outbox rows to a queue and keeps them, held, until their outcome is applied.
+///
+/// Rows come two ways: claimed rows handed over by the commits of this process (the
+/// express lane), and due rows found in the table (the sweep), which several relays (one
+/// per manager replica) share by leasing their own. The sweep runs when something is
+/// written without a claim, when a row falls due, and every [`IDLE`] regardless, which is
+/// what picks up a claimed row whose process died before handing it over.
+///
+/// Rows held for a while are looked up in the queue: one it no longer holds, whose
 /// outcome still has not come back after [`VANISHED_GRACE`], was lost (a task, or the
 /// report of its run) and is published again.
 pub struct Relay {
     engine: Engine,
     queue: Arc<dyn Queue>,
+    express: Option<mpsc::Receiver<Vec<Leased>>>,
+    /// Rows taken off the express lane while waiting, to publish next.
+    taken: Vec<Leased>,
+    /// When to sweep the table next, failing a signal.
+    next_sweep: tokio::time::Instant,
     /// Held rows the queue answered it no longer holds, and since when.
     vanished: HashMap<String, tokio::time::Instant>,
     checked: Option<tokio::time::Instant>,
 }
 
 /// Rows a relay publishes per round trip.
-const RELAY_BATCH: i64 = 256;
-/// A relay that dies holding rows delays them this long.
+const RELAY_BATCH: usize = 256;
+/// A relay that dies holding rows delays them this long; so does a process that dies
+/// between committing rows it claimed and handing them over.
 const RELAY_LEASE: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_millis(500);
 /// How often held rows are looked up in the queue, and how long a row is held before it
@@ -116,8 +136,20 @@ impl Relay {
         Self {
             engine,
             queue,
+            express: None,
+            taken: Vec::new(),
+            next_sweep: tokio::time::Instant::now(),
             vanished: HashMap::new(),
             checked: None,
+        }
+    }
+
+    /// The same relay, also publishing the rows handed over on `lane` (see
+    /// [`Engine::with_express`]).
+    pub fn with_express(self, lane: mpsc::Receiver<Vec<Leased>>) -> Self {
+        Self {
+            express: Some(lane),
+            ..self
         }
     }
 
@@ -125,22 +157,34 @@ impl Relay {
     pub async fn run(mut self) {
         let mut signal = self.engine.outbox_signal().subscribe();
         let mut failures = 0u32;
+        let mut sweep = true;
         loop {
-            signal.borrow_and_update();
             if self.checked.is_none_or(|at| at.elapsed() >= VANISHED_CHECK) {
                 if let Err(e) = self.recover_vanished().await {
                     tracing::warn!("cannot check the queue for lost messages: {e}");
                 }
                 self.checked = Some(tokio::time::Instant::now());
             }
-            match self.relay_once().await {
-                Ok(0) => {
+            let express = self.take_express();
+            let moved = if !express.is_empty() {
+                self.hand_over(express).await
+            } else if sweep {
+                signal.borrow_and_update();
+                self.relay_once().await
+            } else {
+                Ok(0)
+            };
+            match moved {
+                // More may be waiting either way.
+                Ok(n) if n > 0 => failures = 0,
+                Ok(_) => {
                     failures = 0;
-                    queue::wait_for_work(self.engine.db(), None, &mut signal, IDLE).await;
+                    sweep = self.wait(&mut signal).await;
                 }
-                Ok(_) => failures = 0,
                 Err(e) => {
+                    // Express rows that failed stay claimed and go out with a later sweep.
                     failures += 1;
+                    sweep = true;
                     let pause = Duration::from_millis(100 << failures.min(6));
                     tracing::warn!("cannot relay the outbox (retrying in {pause:?}): {e}");
                     tokio::time::sleep(pause).await;
@@ -149,10 +193,63 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch; returns how many rows it moved.
-    async fn relay_once(&self) -> crate::Result<usize> {
+    /// What the express lane holds, up to a batch.
+    fn take_express(&mut self) -> Vec<Leased> {
+        let mut rows = std::mem::take(&mut self.taken);
+        if let Some(lane) = self.express.as_mut() {
+            while rows.len() < RELAY_BATCH {
+                match lane.try_recv() {
+                    Ok(more) => rows.extend(more),
+                    Err(_) => break,
+                }
+            }
+        }
+        rows
+    }
+
+    /// Waits for rows on the express lane (false) or for a reason to sweep the table
+    /// (true): a signal, or the time [`Relay::relay_once`] found for the next look.
+    async fn wait(&mut self, signal: &mut watch::Receiver<u64>) -> bool {
+        let express = self.express.as_mut();
+        let handed = async {
+            match express {
+                Some(lane) => Some(lane.recv().await),
+                None => std::future::pending().await,
+            }
+        };
+        let handed = tokio::select! {
+            handed = handed => handed,
+            _ = signal.changed() => None,
+            _ = tokio::time::sleep_until(self.next_sweep) => None,
+        };
+        match handed {
+            None => true,
+            Some(Some(rows)) => {
+                self.taken = rows;
+                false
+            }
+            // The engine side is gone: only the table is left.
+            Some(None) => {
+                self.express = None;
+                true
+            }
+        }
+    }
+
+    /// Publishes one batch found in the table; returns how many rows it moved. When it
+    /// found none, sets when to look next: when the next row falls due, or after [`IDLE`].
+    async fn relay_once(&mut self) -> crate::Result<usize> {
         let db = self.engine.db();
-        let rows = queue::lease(db, None, RELAY_BATCH, RELAY_LEASE.as_millis() as i64).await?;
+        let rows =
+            queue::lease(db, None, RELAY_BATCH as i64, RELAY_LEASE.as_millis() as i64).await?;
+        if rows.is_empty() {
+            self.next_sweep = tokio::time::Instant::now() + queue::until_due(db, None, IDLE).await;
+        }
+        self.hand_over(rows).await
+    }
+
+    /// Publishes leased rows and holds them; returns how many.
+    async fn hand_over(&self, rows: Vec<Leased>) -> crate::Result<usize> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -173,7 +270,7 @@ impl Relay {
             .zip(sequences.into_iter().chain(std::iter::repeat(None)))
             .map(|(row, sequence)| (row.id.as_str(), sequence))
             .collect();
-        queue::hold(db, &handed, handed_over_at).await?;
+        queue::hold(self.engine.db(), &handed, handed_over_at).await?;
         tracing::debug!(messages = rows.len(), "relayed outbox");
         Ok(rows.len())
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cfm_queue::{Consumer, Delivery, Message, Queue, QueueError, check_topic};
 use sqlx::{AssertSqlSafe, Row};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
 use crate::query::{Literal, Params};
@@ -48,16 +48,91 @@ pub async fn publish(
     payload: &str,
     available_at_ms: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO queue (id, topic, payload, available_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+    insert(conn, id, topic, payload, available_at_ms, None).await?;
+    Ok(())
+}
+
+/// [`publish`], due now and leased at once to the process writing it until
+/// `claimed_until_ms`: that process hands the row to the queue itself straight after its
+/// commit ([`Express`]), and whoever sweeps the table takes it only if it has not by then.
+/// Returns the row as leased; `None` when its id was published already.
+pub async fn publish_claimed(
+    conn: &mut Conn,
+    id: &str,
+    topic: &str,
+    payload: String,
+    claimed_until_ms: i64,
+) -> Result<Option<Leased>> {
+    let fresh = insert(conn, id, topic, &payload, now_ms(), Some(claimed_until_ms)).await?;
+    Ok(fresh.then(|| Leased {
+        id: id.to_string(),
+        topic: topic.to_string(),
+        payload,
+        deliveries: 1,
+        copies: 0,
+    }))
+}
+
+/// Inserts a row, leased until `leased_until_ms` if given; false when the id exists.
+async fn insert(
+    conn: &mut Conn,
+    id: &str,
+    topic: &str,
+    payload: &str,
+    available_at_ms: i64,
+    leased_until_ms: Option<i64>,
+) -> Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO queue (id, topic, payload, available_at, leased_until, deliveries)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
     .bind(topic)
     .bind(payload)
     .bind(available_at_ms)
+    .bind(leased_until_ms)
+    .bind(i64::from(leased_until_ms.is_some()))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(inserted.rows_affected() > 0)
+}
+
+/// Where transactions hand the rows they claimed ([`publish_claimed`]) once committed: the
+/// relay of the same process, which publishes them without first finding and leasing them
+/// in the table. Clones share the lane.
+#[derive(Clone)]
+pub struct Express {
+    lane: mpsc::Sender<Vec<Leased>>,
+    claim: Duration,
+}
+
+/// Batches of claimed rows in flight to the relay; beyond it, rows wait for the sweep.
+const EXPRESS_BACKLOG: usize = 1024;
+
+impl Express {
+    /// A lane, and its far end for the relay. A row claimed for `claim` that the relay
+    /// has not taken by then (the process died after its commit, or the relay fell
+    /// behind) goes out with the table's next sweep.
+    pub fn lane(claim: Duration) -> (Self, mpsc::Receiver<Vec<Leased>>) {
+        let (lane, far_end) = mpsc::channel(EXPRESS_BACKLOG);
+        (Self { lane, claim }, far_end)
+    }
+
+    /// Until when a row claimed now stays with this process.
+    pub fn claimed_until_ms(&self) -> i64 {
+        now_ms() + self.claim.as_millis() as i64
+    }
+
+    /// Hands committed rows to the relay. Never waits: a full or closed lane leaves them
+    /// to the sweep once their claim ends, which is slower but loses nothing.
+    pub fn hand_over(&self, rows: Vec<Leased>) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = self.lane.try_send(rows) {
+            tracing::debug!("the relay is not taking rows ({e}): they go out with its sweep");
+        }
+    }
 }
 
 /// Leases up to `max` due messages for `lease_ms`, oldest first: of `topic`, or of every
@@ -300,12 +375,18 @@ pub async fn wait_for_work(
     signal: &mut watch::Receiver<u64>,
     wait: Duration,
 ) {
+    let until_due = until_due(db, topic, wait).await;
+    let _ = tokio::time::timeout(until_due, signal.changed()).await;
+}
+
+/// How long until the next message (of `topic`, or of any) falls due, at most `wait`.
+pub async fn until_due(db: &Db, topic: Option<&str>, wait: Duration) -> Duration {
     let wait_ms = wait.as_millis() as i64;
     let until_due = match next_available_at(db, topic).await {
         Ok(Some(at)) => (at - now_ms()).clamp(5, wait_ms.max(5)),
         _ => wait_ms,
     };
-    let _ = tokio::time::timeout(Duration::from_millis(until_due as u64), signal.changed()).await;
+    Duration::from_millis(until_due as u64)
 }
 
 /// The embedded queue: the outbox table leased directly by consumers in this process.

@@ -114,8 +114,10 @@ pub async fn open_sqlite(path: &Path) -> Result<Db> {
         )
         .map_err(ManagerError::from)
     };
+    // A file does not hang up: no ping before each use.
     let write = AnyPoolOptions::new()
         .max_connections(1)
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 // WAL with NORMAL sync survives a killed process (not a power cut) at a
@@ -131,6 +133,7 @@ pub async fn open_sqlite(path: &Path) -> Result<Db> {
     sqlx::migrate!("../migrations/sqlite").run(&write).await?;
     let read = AnyPoolOptions::new()
         .max_connections(4)
+        .test_before_acquire(false)
         .after_connect(|conn, _| Box::pin(sqlite_session(conn)))
         .connect_with(url("ro")?.disable_statement_logging())
         .await?;

@@ -122,6 +122,15 @@ pub async fn all(conn: &mut Conn) -> Result<Vec<Cell>> {
     with_usage(conn, &rows).await
 }
 
+/// Every cell sorted by id, its usage left at zero: for callers that count only the
+/// cells they need ([`usage_of`]), since counting them all scans every participant.
+pub(crate) async fn all_uncounted(conn: &mut Conn) -> Result<Vec<Cell>> {
+    let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} ORDER BY id")))
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(read).collect()
+}
+
 /// Changes a cell's state, labels, capacity or properties. With `expected_version`, a
 /// cell changed since the client read it is a conflict. A cell being drained keeps its
 /// state until the drain ends or is cancelled.

@@ -100,7 +100,9 @@ pub(crate) async fn place(
     policy: PlacementPolicy,
 ) -> Result<Cell> {
     let serving = serving_cells(conn, &needs.dataspace_profile_ids).await?;
-    let mut cells = cells::all(conn).await?;
+    // Uncounted: counting a cell's participants costs a scan of them, done below only
+    // where capacity or spreading needs it.
+    let mut cells = cells::all_uncounted(conn).await?;
     let requested = match requested.filter(|r| !r.is_empty()) {
         Some(wanted) => cells::find(conn, wanted).await?.map(|c| c.id),
         None => None,
@@ -118,17 +120,32 @@ pub(crate) async fn place(
             None => fitting.push(cell),
         }
     }
-    // Every candidate locked, in one order for all placements (so two never deadlock),
-    // then counted again: another placement may have filled one meanwhile.
+    // Every candidate locked, in one order for all placements (so two never deadlock):
+    // a cell with a capacity exclusively, so that concurrent placements (on any replica)
+    // take turns at it; one without, shared, which only keeps a drain or an edit of the
+    // cell from slipping in. Then read again and counted: another placement may have
+    // filled a cell meanwhile. A cell without a capacity is counted only to spread
+    // participants over several.
     fitting.sort_by(|a, b| a.id.cmp(&b.id));
     for candidate in &fitting {
-        store::lock_row(conn, Table::Cells, &candidate.id).await?;
+        match candidate.capacity {
+            Some(_) => {
+                store::lock_row(conn, Table::Cells, &candidate.id).await?;
+            }
+            None => store::share_row(conn, Table::Cells, &candidate.id).await?,
+        }
     }
-    let mut locked: Vec<Cell> = cells::all(conn)
-        .await?
-        .into_iter()
-        .filter(|cell| fitting.iter().any(|f| f.id == cell.id))
-        .collect();
+    let spreading = fitting.len() > 1;
+    let mut locked = Vec::with_capacity(fitting.len());
+    for mut cell in cells::all_uncounted(conn).await? {
+        if !fitting.iter().any(|f| f.id == cell.id) {
+            continue;
+        }
+        if cell.capacity.is_some() || spreading {
+            cell.usage = cells::usage_of(conn, &cell.id, cell.capacity).await?;
+        }
+        locked.push(cell);
+    }
     order(&mut locked, policy);
     for cell in locked {
         match refusal(&cell, needs, serving.as_ref()) {

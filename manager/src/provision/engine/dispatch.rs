@@ -5,7 +5,7 @@ use cfm_protocol::ActivityTask;
 use serde_json::Value;
 
 use super::read::StepRow;
-use super::{Current, Engine, Participant};
+use super::{Current, Engine, Participant, lock};
 use crate::error::Result;
 use crate::model::{Properties, StepState, now};
 use crate::queue;
@@ -93,15 +93,25 @@ impl Engine {
             "{}/{}/{}",
             task.orchestration_id, task.activity_id, task.attempt
         );
-        let available_at = queue::now_ms() + delay_ms as i64;
-        queue::publish(
-            tx,
-            &message_id,
-            &cfm_queue::activity_topic(&task.activity_type),
-            &to_json(task)?,
-            available_at,
-        )
-        .await?;
+        let topic = cfm_queue::activity_topic(&task.activity_type);
+        let payload = to_json(task)?;
+        match (&self.express, &self.claims) {
+            (Some(express), Some(claims)) if delay_ms == 0 && lock(claims).open => {
+                let until = express.claimed_until_ms();
+                if let Some(row) =
+                    queue::publish_claimed(tx, &message_id, &topic, payload, until).await?
+                {
+                    lock(claims).rows.push(row);
+                }
+            }
+            _ => {
+                let available_at = queue::now_ms() + delay_ms as i64;
+                queue::publish(tx, &message_id, &topic, &payload, available_at).await?;
+                if let Some(claims) = &self.claims {
+                    lock(claims).unclaimed = true;
+                }
+            }
+        }
         sqlx::query(
             "UPDATE orchestration_steps SET state = $1, attempt = $2, started_at = COALESCE(started_at, $3)
              WHERE orchestration_id = $4 AND activity_id = $5",

@@ -11,11 +11,11 @@ mod output;
 mod read;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cfm_protocol::{ActivityOutcome, ActivityReport, ActivityTask, keys};
 use serde_json::{Value, json};
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 use tracing::Instrument;
 
 use crate::error::{ManagerError, Result};
@@ -24,11 +24,11 @@ use crate::model::{
     Orchestration, OrchestrationDefinition, OrchestrationState, Properties, StepState, new_id, now,
 };
 use crate::provision::hooks::{self, Finished, OrchestrationHooks};
-use crate::queue::{self, Signal};
-use crate::store::{self, Conn, Db, from_json, to_json};
+use crate::queue::{self, Express, Leased, Signal};
+use crate::store::{self, Backend, Conn, Db, from_json, to_json};
 pub(crate) use output::holds_nul;
 use output::refuse_unfit_output;
-use read::{StepRow, steps};
+use read::{StepRow, steps, steps_acking};
 
 /// What the correlation id of an orchestration that undoes a late deploy step ends with.
 pub const CLEANUP_SUFFIX: &str = "/cleanup";
@@ -75,6 +75,26 @@ pub struct Engine {
     settings: EngineSettings,
     outbox: Signal,
     hooks: Arc<dyn OrchestrationHooks>,
+    /// Where rows due now go after their commit, when the relay runs in this process.
+    express: Option<Express>,
+    /// Rows claimed by the one outcome this clone applies ([`Engine::claiming`]).
+    claims: Option<Arc<Mutex<Claims>>>,
+}
+
+/// What one transaction wrote into the outbox: the rows it claimed for the express lane,
+/// and whether it wrote any the relay must find by itself.
+#[derive(Default)]
+struct Claims {
+    rows: Vec<Leased>,
+    unclaimed: bool,
+    /// Cleared once the rows are handed over: a clone kept past that point (by a hook)
+    /// writes rows the ordinary way.
+    open: bool,
+}
+
+fn lock(claims: &Mutex<Claims>) -> MutexGuard<'_, Claims> {
+    // Nothing panics while holding it, so a poisoned lock still guards sound data.
+    claims.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What to start: one orchestration type of a definition, with its base data.
@@ -152,6 +172,18 @@ impl Engine {
             settings,
             outbox: Signal::default(),
             hooks: hooks::none(),
+            express: None,
+            claims: None,
+        }
+    }
+
+    /// The same engine, handing the activities that outcomes make due straight to
+    /// `express` after the commit that applies them, instead of leaving them for the relay
+    /// to find in the outbox: the distributed manager's hot path.
+    pub fn with_express(self, express: Express) -> Self {
+        Self {
+            express: Some(express),
+            ..self
         }
     }
 
@@ -361,16 +393,69 @@ impl Engine {
         outcome: ActivityOutcome,
         plugin_digest: Option<&str>,
     ) -> Result<()> {
+        let engine = self.claiming();
+        let applied = engine
+            .apply_committing(message_id, task, outcome, plugin_digest)
+            .await;
+        engine.release_claims(applied.is_ok());
+        applied
+    }
+
+    /// A clone that claims the rows it publishes due now, when there is an express lane.
+    fn claiming(&self) -> Self {
+        let claims = self.express.as_ref().map(|_| {
+            Arc::new(Mutex::new(Claims {
+                open: true,
+                ..Claims::default()
+            }))
+        });
+        Self {
+            claims,
+            ..self.clone()
+        }
+    }
+
+    /// After the transaction of a [`Engine::claiming`] clone: hands its rows over when it
+    /// committed; either way, later writes through this clone are not claimed.
+    fn release_claims(&self, committed: bool) {
+        let (Some(express), Some(claims)) = (&self.express, &self.claims) else {
+            return;
+        };
+        let claims = std::mem::take(&mut *lock(claims));
+        if committed {
+            express.hand_over(claims.rows);
+        }
+    }
+
+    /// Tells the relay about what a commit wrote: only rows it must find itself need it.
+    fn committed(&self) {
+        let unclaimed = match &self.claims {
+            Some(claims) => lock(claims).unclaimed,
+            None => true,
+        };
+        if unclaimed {
+            self.wake();
+        }
+    }
+
+    async fn apply_committing(
+        &self,
+        message_id: &str,
+        task: &ActivityTask,
+        outcome: ActivityOutcome,
+        plugin_digest: Option<&str>,
+    ) -> Result<()> {
         let mut tx = store::write(&self.db).await?;
         // The orchestration's row first, then its queue rows: the order cancel takes them
         // in too, so the two never deadlock on PostgreSQL.
         let current = self.current(&mut tx, &task.orchestration_id).await?;
-        queue::ack(&mut tx, queue::row_id(message_id)).await?;
+        let ack = queue::row_id(message_id);
         let Some(current) = current else {
+            queue::ack(&mut tx, ack).await?;
             tx.commit().await?;
             return Ok(());
         };
-        let all = steps(&mut tx, &task.orchestration_id).await?;
+        let all = steps_acking(&mut tx, &task.orchestration_id, ack).await?;
         let step = all.iter().find(|s| s.activity_id == task.activity_id);
         let live = current.state == OrchestrationState::Running.code();
         let Some(step) = step.filter(|s| {
@@ -386,7 +471,7 @@ impl Engine {
                 .await?;
             tx.commit().await?;
             if undoing {
-                self.wake();
+                self.committed();
             }
             return Ok(());
         };
@@ -436,7 +521,7 @@ impl Engine {
             }
         }
         tx.commit().await?;
-        self.wake();
+        self.committed();
         Ok(())
     }
 
@@ -493,29 +578,43 @@ impl Engine {
         plugin_digest: Option<&str>,
         mut all: Vec<StepRow>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE orchestration_steps SET state = $1, completed_at = $2, output = $3, last_error = NULL,
-               plugin_digest = $6
-             WHERE orchestration_id = $4 AND activity_id = $5",
-        )
-        .bind(StepState::Completed)
-        .bind(now())
-        .bind(to_json(&output)?)
-        .bind(&task.orchestration_id)
-        .bind(&task.activity_id)
-        .bind(plugin_digest)
-        .execute(&mut *tx)
-        .await?;
+        let step_output = to_json(&output)?;
         for (key, value) in output {
             current.processing_data.insert(key.clone(), value.clone());
             current.output_data.insert(key, value);
         }
-        sqlx::query("UPDATE orchestrations SET processing_data = $1, output_data = $2, version = version + 1 WHERE id = $3")
-            .bind(to_json(&current.processing_data)?)
-            .bind(to_json(&current.output_data)?)
-            .bind(&task.orchestration_id)
-            .execute(&mut *tx)
-            .await?;
+        // The step and what its orchestration now knows: one statement on PostgreSQL.
+        const STEP: &str =
+            "UPDATE orchestration_steps SET state = $1, completed_at = $2, output = $3,
+               last_error = NULL, plugin_digest = $6
+             WHERE orchestration_id = $4 AND activity_id = $5";
+        const ORCHESTRATION: &str =
+            "UPDATE orchestrations SET processing_data = $7, output_data = $8,
+               version = version + 1 WHERE id = $4";
+        let combined;
+        let statements: &[&str] = match self.db.backend() {
+            Backend::Postgres => {
+                combined = format!("WITH step AS ({STEP}) {ORCHESTRATION}");
+                &[combined.as_str()]
+            }
+            // SQLite binds parameters by number too, so each statement takes all eight.
+            Backend::Sqlite => &[STEP, ORCHESTRATION],
+        };
+        let processing_data = to_json(&current.processing_data)?;
+        let output_data = to_json(&current.output_data)?;
+        for sql in statements {
+            sqlx::query(AssertSqlSafe(*sql))
+                .bind(StepState::Completed)
+                .bind(now())
+                .bind(&step_output)
+                .bind(&task.orchestration_id)
+                .bind(&task.activity_id)
+                .bind(plugin_digest)
+                .bind(&processing_data)
+                .bind(&output_data)
+                .execute(&mut *tx)
+                .await?;
+        }
         // The steps as read at the start of this transaction, which holds the
         // orchestration's lock, with this one now completed.
         for step in all.iter_mut().filter(|s| s.activity_id == task.activity_id) {

@@ -1,13 +1,14 @@
 //! Reading orchestrations back: by id for the engine, by predicate for the API.
 
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::Engine;
 use crate::error::{ManagerError, Result};
 use crate::model::{Orchestration, Step, StepState};
 use crate::query::{Field, Literal, Predicate};
-use crate::store::{self, Conn, Page, from_json};
+use crate::queue;
+use crate::store::{self, Backend, Conn, Page, from_json};
 
 impl Engine {
     /// Reads an orchestration with its steps.
@@ -71,13 +72,34 @@ pub(super) struct StepRow {
 
 /// The steps of orchestration `id`, in their template's order.
 pub(super) async fn steps(conn: &mut Conn, id: &str) -> Result<Vec<StepRow>> {
-    let rows = sqlx::query(
-        "SELECT activity_id, activity_type, depends_on, state, attempt, retries
-         FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position",
-    )
-    .bind(id)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(STEPS).bind(id).fetch_all(conn).await?;
+    step_rows(&rows)
+}
+
+/// [`steps`], and the outbox row `ack` removed ([`queue::ack`]): in one round trip on
+/// PostgreSQL, which applying every outcome does.
+pub(super) async fn steps_acking(conn: &mut Conn, id: &str, ack: &str) -> Result<Vec<StepRow>> {
+    let rows = match store::backend_of(conn) {
+        Backend::Postgres => {
+            let sql = format!("WITH acked AS (DELETE FROM queue WHERE id = $2) {STEPS}");
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .bind(ack)
+                .fetch_all(conn)
+                .await?
+        }
+        Backend::Sqlite => {
+            queue::ack(conn, ack).await?;
+            sqlx::query(STEPS).bind(id).fetch_all(conn).await?
+        }
+    };
+    step_rows(&rows)
+}
+
+const STEPS: &str = "SELECT activity_id, activity_type, depends_on, state, attempt, retries
+     FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position";
+
+fn step_rows(rows: &[store::Row]) -> Result<Vec<StepRow>> {
     rows.iter()
         .map(|r| {
             Ok(StepRow {
