@@ -141,6 +141,7 @@ impl Target {
 
 #[tokio::main]
 async fn main() {
+    sqlx::any::install_default_drivers();
     let counts: Vec<usize> = std::env::var("CFM_BENCH_COUNTS")
         .unwrap_or_else(|_| "1000,10000".into())
         .split(',')

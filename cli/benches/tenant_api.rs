@@ -4,7 +4,9 @@
 //! so the table shows what HTTP, auth and JSON add.
 //!
 //! `cargo bench -p cfm --bench tenant_api` (needs PostgreSQL at 127.0.0.1:5432 and
-//! scripts/build-plugins.sh first). `CFM_BENCH_PROFILES` changes the population.
+//! scripts/build-plugins.sh first). `CFM_BENCH_PROFILES` changes the population, or lists
+//! several (`10000,1000000`): the profiles are added in turn and each size is measured in
+//! the same run, with the server's resident memory after its reads.
 //! Prints a table; compare the ratios, absolute times on a shared machine are noise.
 
 // Test code: a panic is how it reports a failure.
@@ -25,25 +27,51 @@ const CLIENTS: usize = 16;
 
 #[tokio::main]
 async fn main() {
-    let population: usize = std::env::var("CFM_BENCH_PROFILES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let sizes: Vec<usize> = std::env::var("CFM_BENCH_PROFILES")
+        .unwrap_or_else(|_| "100000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
     let server = Server::start_on(TestBackend::Postgres, &["--no-seed"]).await;
     let url = server
         .database_url()
         .expect("a PostgreSQL server")
         .to_string();
     let db = Db::open(&url).await.expect("opening the bench database");
-
-    let loading = Instant::now();
-    let data = populate(&url, population).await;
-    eprintln!(
-        "loaded {population} profiles in {TENANTS} tenants in {:.1} s",
-        loading.elapsed().as_secs_f64()
-    );
     let api = Arc::new(server.client());
+    let mut data = Population::new(&url).await;
+    let mut memory = Vec::new();
+    for population in sizes {
+        let loading = Instant::now();
+        data.grow_to(&url, population).await;
+        eprintln!(
+            "loaded {population} profiles in {TENANTS} tenants in {:.1} s",
+            loading.elapsed().as_secs_f64()
+        );
+        workloads(&api, &db, &data, population).await;
+        memory.push((population, server.rss_kib()));
+    }
+    println!(
+        "
+| profiles | cfm serve resident memory after the reads | × the first |"
+    );
+    println!("|---|---|---|");
+    let first = memory.first().map_or(1, |(_, kib)| (*kib).max(1));
+    for (population, kib) in memory {
+        println!(
+            "| {population} | {:.0} MiB | {:.2} |",
+            kib as f64 / 1024.0,
+            kib as f64 / first as f64
+        );
+    }
+    println!(
+        "\nTargets: GET p99 < 10 ms; indexed queries p99 < 50 ms; the API within 1.5x the in-process sqlx read, p99 to p99."
+    );
+    db.close().await;
+}
 
+/// The workloads at one population, as one table.
+async fn workloads(api: &Arc<Api>, db: &Db, data: &Population, population: usize) {
     println!(
         "\n{population} participant profiles, {TENANTS} tenants, PostgreSQL, {CLIENTS} concurrent clients\n"
     );
@@ -62,8 +90,8 @@ async fn main() {
     measure(
         "GET profile by id",
         4_000,
-        &api,
-        &db,
+        api,
+        db,
         |i| {
             let (t, p) = by_id(i);
             Request::Get(format!("/tenants/{t}/participant-profiles/{p}"))
@@ -79,8 +107,8 @@ async fn main() {
     measure(
         "list a tenant's 100 profiles",
         1_000,
-        &api,
-        &db,
+        api,
+        db,
         |i| Request::Get(format!("/tenants/{}/participant-profiles", tenant_of(i))),
         |db, i| {
             let t = tenant_of(i);
@@ -107,8 +135,8 @@ async fn main() {
         measure(
             name,
             1_000,
-            &api,
-            &db,
+            api,
+            db,
             |i| Request::Query(predicate(i)),
             |db, i| {
                 let predicate = Predicate::parse(&predicate(i)).expect("predicate");
@@ -121,10 +149,6 @@ async fn main() {
         )
         .await;
     }
-    println!(
-        "\nTargets: GET p99 < 5 ms; indexed queries p99 < 50 ms; API overhead < 2x the in-process sqlx read."
-    );
-    db.close().await;
 }
 
 enum Request {
@@ -226,83 +250,98 @@ fn ms(d: Duration) -> String {
 
 /// What the bench reads: tenant ids, and (tenant, profile) id pairs.
 struct Population {
+    cell: String,
     tenants: Vec<String>,
     profiles: Vec<(String, String)>,
 }
 
-/// Writes tenants and profiles straight into the database, in the shape the manager
-/// stores them: creating 100,000 participants through their orchestrations would take
-/// minutes and measure something else.
-async fn populate(url: &str, count: usize) -> Population {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-    let cell = uuid::Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO cells (id, version, external_id, state, state_timestamp, properties)
-         VALUES ($1, 0, 'bench-cell', 'active', '2026-01-01T00:00:00Z', '{}')",
-    )
-    .bind(&cell)
-    .execute(&mut conn)
-    .await
-    .expect("cell");
-    let tenants: Vec<String> = (0..TENANTS)
-        .map(|_| uuid::Uuid::new_v4().to_string())
-        .collect();
-    sqlx::query(
-        "INSERT INTO tenants (id, version, properties, created_at)
-         SELECT id, 0, '{\"tier\":\"bench\"}', '2026-01-01T00:00:00Z' FROM UNNEST($1::text[]) AS id",
-    )
-    .bind(&tenants)
-    .execute(&mut conn)
-    .await
-    .expect("tenants");
-
-    let mut profiles = Vec::with_capacity(count);
-    for start in (0..count).step_by(5_000) {
-        let end = (start + 5_000).min(count);
-        let mut ids = Vec::new();
-        let mut owners = Vec::new();
-        let mut identifiers = Vec::new();
-        let mut vpas = Vec::new();
-        let mut properties = Vec::new();
-        for i in start..end {
-            let id = uuid::Uuid::new_v4().to_string();
-            let tenant = tenants[i % TENANTS].clone();
-            let state = if i % 100 == 0 { "error" } else { "active" };
-            let vpa: Vec<_> = cfm_manager::model::VPA_TYPES
-                .iter()
-                .map(|t| {
-                    json!({"id": uuid::Uuid::new_v4().to_string(), "version": 1, "state": state,
-                           "stateTimestamp": "2026-01-01T00:00:00.000Z", "type": t, "cellId": cell})
-                })
-                .collect();
-            ids.push(id.clone());
-            owners.push(tenant.clone());
-            identifiers.push(format!("did:web:participant-{i}.example"));
-            vpas.push(serde_json::Value::Array(vpa).to_string());
-            properties.push(json!({"group": format!("g{}", i % 10)}).to_string());
-            profiles.push((tenant, id));
-        }
+impl Population {
+    /// A cell and the tenants, without profiles yet.
+    async fn new(url: &str) -> Population {
+        let mut conn = connect(url).await;
+        let cell = uuid::Uuid::new_v4().to_string();
         sqlx::query(
-            "INSERT INTO participant_profiles (id, version, tenant_id, identifier, cell_id,
-               dataspace_profile_ids, participant_roles, vpas, properties)
-             SELECT id, 1, tenant, identifier, $6, '[]', '{}', vpas, properties
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-               AS t(id, tenant, identifier, vpas, properties)",
+            "INSERT INTO cells (id, version, external_id, state, state_timestamp, properties)
+             VALUES ($1, 0, 'bench-cell', 'active', '2026-01-01T00:00:00Z', '{}')",
         )
-        .bind(&ids)
-        .bind(&owners)
-        .bind(&identifiers)
-        .bind(&vpas)
-        .bind(&properties)
         .bind(&cell)
         .execute(&mut conn)
         .await
-        .expect("profiles");
-    }
-    sqlx::query("ANALYZE")
+        .expect("cell");
+        let tenants: Vec<String> = (0..TENANTS)
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
+        sqlx::query(
+            "INSERT INTO tenants (id, version, properties, created_at)
+             SELECT id, 0, '{\"tier\":\"bench\"}', '2026-01-01T00:00:00Z' FROM UNNEST($1::text[]) AS id",
+        )
+        .bind(&tenants)
         .execute(&mut conn)
         .await
-        .expect("analyze");
-    Population { tenants, profiles }
+        .expect("tenants");
+        Population {
+            cell,
+            tenants,
+            profiles: Vec::new(),
+        }
+    }
+
+    /// Writes profiles straight into the database, in the shape the manager stores them,
+    /// until there are `count`: creating them through their orchestrations would take
+    /// hours at a million and measure something else.
+    async fn grow_to(&mut self, url: &str, count: usize) {
+        let mut conn = connect(url).await;
+        let cell = &self.cell;
+        for start in (self.profiles.len()..count).step_by(5_000) {
+            let end = (start + 5_000).min(count);
+            let mut ids = Vec::new();
+            let mut owners = Vec::new();
+            let mut identifiers = Vec::new();
+            let mut vpas = Vec::new();
+            let mut properties = Vec::new();
+            for i in start..end {
+                let id = uuid::Uuid::new_v4().to_string();
+                let tenant = self.tenants[i % TENANTS].clone();
+                let state = if i % 100 == 0 { "error" } else { "active" };
+                let vpa: Vec<_> = cfm_manager::model::VPA_TYPES
+                    .iter()
+                    .map(|t| {
+                        json!({"id": uuid::Uuid::new_v4().to_string(), "version": 1, "state": state,
+                               "stateTimestamp": "2026-01-01T00:00:00.000Z", "type": t, "cellId": cell})
+                    })
+                    .collect();
+                ids.push(id.clone());
+                owners.push(tenant.clone());
+                identifiers.push(format!("did:web:participant-{i}.example"));
+                vpas.push(serde_json::Value::Array(vpa).to_string());
+                properties.push(json!({"group": format!("g{}", i % 10)}).to_string());
+                self.profiles.push((tenant, id));
+            }
+            sqlx::query(
+                "INSERT INTO participant_profiles (id, version, tenant_id, identifier, cell_id,
+                   dataspace_profile_ids, participant_roles, vpas, properties)
+                 SELECT id, 1, tenant, identifier, $6, '[]', '{}', vpas, properties
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                   AS t(id, tenant, identifier, vpas, properties)",
+            )
+            .bind(&ids)
+            .bind(&owners)
+            .bind(&identifiers)
+            .bind(&vpas)
+            .bind(&properties)
+            .bind(cell)
+            .execute(&mut conn)
+            .await
+            .expect("profiles");
+        }
+        sqlx::query("ANALYZE")
+            .execute(&mut conn)
+            .await
+            .expect("analyze");
+    }
+}
+
+async fn connect(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.expect("connect")
 }

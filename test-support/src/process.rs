@@ -15,7 +15,8 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Starts `cfm <args>` and waits until it says it is ready.
+    /// Starts `cfm <args>` and waits until it says it is ready, logging at `CFM_TEST_LOG`
+    /// (`info` when unset).
     pub fn start(args: Vec<String>, log: PathBuf) -> Replica {
         Self::start_logging(
             args,
@@ -105,14 +106,28 @@ impl Replica {
     pub fn peak_rss_kib(&self) -> u64 {
         peak_rss_kib(self.child.id())
     }
+
+    /// Resident memory of the process now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
 }
 
 /// `VmHWM` of a live process, in KiB (0 when it cannot be read).
 pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// `VmRSS` of a live process, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }

@@ -113,6 +113,11 @@ impl Server {
         self.process.peak_rss_kib()
     }
 
+    /// Resident memory of the process now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.process.rss_kib()
+    }
+
     /// Starts a new process on the same data directory with the same arguments.
     pub async fn restart(mut self) -> Server {
         self.process.restart();

@@ -108,7 +108,7 @@ impl Engine {
                 let available_at = queue::now_ms() + delay_ms as i64;
                 queue::publish(tx, &message_id, &topic, &payload, available_at).await?;
                 if let Some(claims) = &self.claims {
-                    lock(claims).unclaimed = true;
+                    lock(claims).unclaimed.insert(topic);
                 }
             }
         }

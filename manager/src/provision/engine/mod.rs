@@ -10,7 +10,7 @@ mod dispatch;
 mod output;
 mod read;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cfm_protocol::{ActivityOutcome, ActivityReport, ActivityTask, keys};
@@ -77,16 +77,17 @@ pub struct Engine {
     hooks: Arc<dyn OrchestrationHooks>,
     /// Where rows due now go after their commit, when the relay runs in this process.
     express: Option<Express>,
-    /// Rows claimed by the one outcome this clone applies ([`Engine::claiming`]).
+    /// What the one outcome this clone applies writes to the outbox ([`Engine::claiming`]).
     claims: Option<Arc<Mutex<Claims>>>,
 }
 
 /// What one transaction wrote into the outbox: the rows it claimed for the express lane,
-/// and whether it wrote any the relay must find by itself.
+/// and the topics of those it did not, which their consumers (or the relay) must find in
+/// the table.
 #[derive(Default)]
 struct Claims {
     rows: Vec<Leased>,
-    unclaimed: bool,
+    unclaimed: BTreeSet<String>,
     /// Cleared once the rows are handed over: a clone kept past that point (by a hook)
     /// writes rows the ordinary way.
     open: bool,
@@ -401,16 +402,15 @@ impl Engine {
         applied
     }
 
-    /// A clone that claims the rows it publishes due now, when there is an express lane.
+    /// A clone that keeps track of what it writes to the outbox, claiming the rows due
+    /// now when there is an express lane.
     fn claiming(&self) -> Self {
-        let claims = self.express.as_ref().map(|_| {
-            Arc::new(Mutex::new(Claims {
-                open: true,
-                ..Claims::default()
-            }))
-        });
+        let claims = Claims {
+            open: true,
+            ..Claims::default()
+        };
         Self {
-            claims,
+            claims: Some(Arc::new(Mutex::new(claims))),
             ..self.clone()
         }
     }
@@ -427,14 +427,18 @@ impl Engine {
         }
     }
 
-    /// Tells the relay about what a commit wrote: only rows it must find itself need it.
+    /// Tells whoever drains the outbox what a commit wrote: only rows they must find
+    /// themselves need it, and only their topics' consumers.
     fn committed(&self) {
-        let unclaimed = match &self.claims {
-            Some(claims) => lock(claims).unclaimed,
-            None => true,
-        };
-        if unclaimed {
-            self.wake();
+        match &self.claims {
+            Some(claims) => {
+                let claims = lock(claims);
+                if !claims.unclaimed.is_empty() {
+                    self.outbox
+                        .notify_topics(claims.unclaimed.iter().map(String::as_str));
+                }
+            }
+            None => self.wake(),
         }
     }
 
