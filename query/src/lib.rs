@@ -72,6 +72,14 @@ impl Page {
             limit,
         }
     }
+
+    /// How many rows match in all, when this page, holding `found` of them, tells: one
+    /// that is not full holds the last match (unless it is empty past the first page,
+    /// where the matches may end before it). `None` when only counting can tell.
+    pub fn total_if_last(&self, found: usize) -> Option<i64> {
+        let found = i64::try_from(found).ok()?;
+        (found < self.limit && (found > 0 || self.offset == 0)).then_some(self.offset + found)
+    }
 }
 
 impl Default for Page {

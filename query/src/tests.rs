@@ -278,3 +278,21 @@ fn errors_name_position_and_expectation() {
         assert!(err.contains("field"), "{unknown}: {err}");
     }
 }
+
+#[test]
+fn a_page_tells_the_total_only_when_it_holds_the_last_match() {
+    let page = |offset, limit| Page::new(Some(offset), Some(limit));
+    assert_eq!(page(0, 100).total_if_last(0), Some(0), "nothing matches");
+    assert_eq!(page(0, 100).total_if_last(42), Some(42));
+    assert_eq!(page(200, 100).total_if_last(7), Some(207));
+    assert_eq!(
+        page(0, 100).total_if_last(100),
+        None,
+        "a full page may have more after it"
+    );
+    assert_eq!(
+        page(500, 100).total_if_last(0),
+        None,
+        "an empty page past the first says only that the matches end before it"
+    );
+}

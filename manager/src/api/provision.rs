@@ -355,11 +355,8 @@ pub(super) async fn query_orchestrations(
 ) -> ApiResult<impl IntoResponse> {
     let predicate = Predicate::parse(&body.predicate)?;
     let page = body.page();
-    let paged = Paged {
-        items: state.engine.query(&predicate, page).await?,
-        total: state.engine.count(&predicate).await?,
-        page,
-    };
+    let items = state.engine.query(&predicate, page).await?;
+    let paged = Paged::counting_if_needed(items, page, state.engine.count(&predicate)).await?;
     Ok((
         super::tenant::paging_headers("/orchestrations/query", &paged),
         Json(paged.items),

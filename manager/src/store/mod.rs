@@ -386,6 +386,23 @@ pub struct Paged<T> {
     pub page: Page,
 }
 
+impl<T> Paged<T> {
+    /// A page of `items` and the total: counted by `count` only when the page cannot tell
+    /// it ([`Page::total_if_last`]), which spares a scan of every match for the many
+    /// queries whose matches fit in one page.
+    pub async fn counting_if_needed(
+        items: Vec<T>,
+        page: Page,
+        count: impl std::future::Future<Output = Result<i64>>,
+    ) -> Result<Self> {
+        let total = match page.total_if_last(items.len()) {
+            Some(total) => total,
+            None => count.await?,
+        };
+        Ok(Self { items, total, page })
+    }
+}
+
 /// One page of `select` (a `SELECT ... FROM table` without WHERE), sorted by id, and
 /// how many rows there are in all; `filter` keeps the rows whose column equals a value.
 pub async fn paged(
@@ -401,12 +418,6 @@ pub async fn paged(
     let value = filter.map_or("", |(_, value)| value).to_string();
     let from = select.find(" FROM ").map_or(select, |at| &select[at..]);
     let mut conn = db.acquire().await?;
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*){from} WHERE {condition}"
-    )))
-    .bind(&value)
-    .fetch_one(&mut *conn)
-    .await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{select} WHERE {condition} ORDER BY id LIMIT $2 OFFSET $3"
     )))
@@ -415,6 +426,17 @@ pub async fn paged(
     .bind(page.offset)
     .fetch_all(&mut *conn)
     .await?;
+    let total = match page.total_if_last(rows.len()) {
+        Some(total) => total,
+        None => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*){from} WHERE {condition}"
+            )))
+            .bind(&value)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+    };
     Ok((rows, total))
 }
 

@@ -335,11 +335,8 @@ pub(super) async fn query_tenants(
     let predicate = caller.scope(Predicate::parse(&body.predicate)?, "id");
     let db = state.engine.db();
     let page = body.page();
-    let paged = Paged {
-        items: tenants::query(db, &predicate, page).await?,
-        total: tenants::count(db, &predicate).await?,
-        page,
-    };
+    let items = tenants::query(db, &predicate, page).await?;
+    let paged = Paged::counting_if_needed(items, page, tenants::count(db, &predicate)).await?;
     Ok((paging_headers("/tenants/query", &paged), Json(paged.items)))
 }
 
@@ -556,11 +553,8 @@ pub(super) async fn query_profiles(
     let predicate = caller.scope(Predicate::parse(&body.predicate)?, "tenantId");
     let db = state.engine.db();
     let page = body.page();
-    let paged = Paged {
-        items: profiles::query(db, &predicate, page).await?,
-        total: profiles::count(db, &predicate).await?,
-        page,
-    };
+    let items = profiles::query(db, &predicate, page).await?;
+    let paged = Paged::counting_if_needed(items, page, profiles::count(db, &predicate)).await?;
     Ok((
         paging_headers("/participant-profiles/query", &paged),
         Json(paged.items),
