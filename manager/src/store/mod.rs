@@ -426,18 +426,16 @@ pub async fn paged(
     .bind(page.offset)
     .fetch_all(&mut *conn)
     .await?;
-    let total = match page.total_if_last(rows.len()) {
-        Some(total) => total,
-        None => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT COUNT(*){from} WHERE {condition}"
-            )))
-            .bind(&value)
-            .fetch_one(&mut *conn)
-            .await?
-        }
+    let count = async {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*){from} WHERE {condition}"
+        )))
+        .bind(&value)
+        .fetch_one(&mut *conn)
+        .await?)
     };
-    Ok((rows, total))
+    let paged = Paged::counting_if_needed(rows, page, count).await?;
+    Ok((paged.items, paged.total))
 }
 
 /// Runs a `SELECT COUNT(*)` (such as [`cfm_query::Predicate::select_count`] builds) on

@@ -98,7 +98,8 @@ pub async fn create(db: &Db, new: NewCell) -> Result<Cell> {
 /// A page of cells, sorted by id, each with its usage.
 pub async fn list(db: &Db, page: Page) -> Result<Paged<Cell>> {
     let (rows, total) = store::paged(db, SELECT, None, page).await?;
-    let items = with_usage(&mut *db.acquire().await?, &rows).await?;
+    let cells = rows.iter().map(read).collect::<Result<_>>()?;
+    let items = with_usage(&mut *db.acquire().await?, cells).await?;
     Ok(Paged { items, total, page })
 }
 
@@ -116,10 +117,8 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Cell> {
 
 /// Every cell with its usage, sorted by id: what placement and rebalancing weigh.
 pub async fn all(conn: &mut Conn) -> Result<Vec<Cell>> {
-    let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} ORDER BY id")))
-        .fetch_all(&mut *conn)
-        .await?;
-    with_usage(conn, &rows).await
+    let cells = all_uncounted(conn).await?;
+    with_usage(conn, cells).await
 }
 
 /// Every cell sorted by id, its usage left at zero: for callers that count only the
@@ -309,16 +308,13 @@ async fn write_back(conn: &mut Conn, cell: &Cell) -> Result<()> {
     Ok(())
 }
 
-/// The cells `rows` hold, each with its usage (counted for all cells at once).
-async fn with_usage(conn: &mut Conn, rows: &[crate::store::Row]) -> Result<Vec<Cell>> {
+/// `cells`, each with its usage (counted for all cells at once).
+async fn with_usage(conn: &mut Conn, mut cells: Vec<Cell>) -> Result<Vec<Cell>> {
     let usage = usage(conn).await?;
-    rows.iter()
-        .map(|row| {
-            let mut cell = read(row)?;
-            cell.usage = with_utilisation(usage.get(&cell.id).copied(), cell.capacity);
-            Ok(cell)
-        })
-        .collect()
+    for cell in &mut cells {
+        cell.usage = with_utilisation(usage.get(&cell.id).copied(), cell.capacity);
+    }
+    Ok(cells)
 }
 
 /// Participants and arrivals of every cell that has any, by cell id.
