@@ -138,8 +138,14 @@ pub(crate) async fn place(
     let spreading = fitting.len() > 1;
     let mut locked = Vec::with_capacity(fitting.len());
     for mut cell in cells::all_uncounted(conn).await? {
-        if !fitting.iter().any(|f| f.id == cell.id) {
+        let Some(candidate) = fitting.iter().find(|f| f.id == cell.id) else {
             continue;
+        };
+        // Given a capacity after it was read and before it was shared: what is read now
+        // stays (an edit waits for the shared lock), but the capacity needs placements
+        // to take turns.
+        if cell.capacity.is_some() && candidate.capacity.is_none() {
+            store::lock_row(conn, Table::Cells, &cell.id).await?;
         }
         if cell.capacity.is_some() || spreading {
             cell.usage = cells::usage_of(conn, &cell.id, cell.capacity).await?;
