@@ -100,8 +100,42 @@ pub trait Delivery: Send + Sync {
     async fn in_progress(&self) -> Result<(), QueueError>;
 }
 
+/// A consumer like [`Queue::consumer`], but one that waits out a server restarting while
+/// it is set up, with the backoff of [`pull_retrying`], for up to [`SETUP_ATTEMPTS`] tries:
+/// what fails for longer (a consumer the credentials may not create) is the caller's
+/// error. A topic that is not one fails at once.
+pub async fn consumer_retrying(
+    queue: &dyn Queue,
+    topic: &str,
+) -> Result<Box<dyn Consumer>, QueueError> {
+    let mut failures = 0u32;
+    loop {
+        match queue.consumer(topic).await {
+            Ok(consumer) => return Ok(consumer),
+            Err(e @ QueueError::InvalidTopic(_)) => return Err(e),
+            Err(e) if failures + 1 >= SETUP_ATTEMPTS => return Err(e),
+            Err(e) => {
+                failures += 1;
+                let pause = backoff(failures);
+                tracing::warn!(
+                    "cannot set up the consumer of {topic} (retrying in {pause:?}): {e}"
+                );
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// Tries [`consumer_retrying`] makes: 32 s of pauses between them, past a server's restart.
+pub const SETUP_ATTEMPTS: u32 = 10;
+
+/// The pause after `failures` failures in a row: 200 ms doubling to 6.4 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100 << failures.min(6))
+}
+
 /// Pulls like [`Consumer::pull`], but waits out a failing queue (a restarting server, a
-/// dropped connection) with exponential backoff from 100 ms to 6.4 s, logging each failure
+/// dropped connection) with exponential backoff from 200 ms to 6.4 s, logging each failure
 /// with `what` is being pulled. Returns only with a pull that worked.
 pub async fn pull_retrying(
     consumer: &mut dyn Consumer,
@@ -115,7 +149,7 @@ pub async fn pull_retrying(
             Ok(batch) => return batch,
             Err(e) => {
                 failures += 1;
-                let pause = Duration::from_millis(100 << failures.min(6));
+                let pause = backoff(failures);
                 tracing::warn!("cannot pull {what} (retrying in {pause:?}): {e}");
                 tokio::time::sleep(pause).await;
             }
@@ -166,6 +200,69 @@ pub fn check_topic(topic: &str) -> Result<(), QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails to set up its consumer `failures` times, then succeeds.
+    struct Flaky {
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    struct Idle;
+
+    #[async_trait]
+    impl Consumer for Idle {
+        async fn pull(
+            &mut self,
+            _: usize,
+            _: Duration,
+        ) -> Result<Vec<Box<dyn Delivery>>, QueueError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[async_trait]
+    impl Queue for Flaky {
+        async fn publish(&self, _: &[Message]) -> Result<Vec<Option<u64>>, QueueError> {
+            Ok(Vec::new())
+        }
+
+        async fn consumer(&self, topic: &str) -> Result<Box<dyn Consumer>, QueueError> {
+            check_topic(topic)?;
+            let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+            if left == 0 {
+                return Ok(Box::new(Idle));
+            }
+            self.failures
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            Err(QueueError::Setup("timed out".into()))
+        }
+    }
+
+    fn flaky(failures: u32) -> Flaky {
+        Flaky {
+            failures: failures.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_is_set_up_again_until_the_server_answers_but_not_for_ever() {
+        assert!(consumer_retrying(&flaky(3), "activity.a").await.is_ok());
+        assert!(
+            consumer_retrying(&flaky(SETUP_ATTEMPTS - 1), "activity.a")
+                .await
+                .is_ok()
+        );
+        let failing = flaky(u32::MAX);
+        assert!(matches!(
+            consumer_retrying(&failing, "activity.a").await,
+            Err(QueueError::Setup(_))
+        ));
+        let tried = u32::MAX - failing.failures.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(tried, SETUP_ATTEMPTS, "gives up after its attempts");
+        assert!(matches!(
+            consumer_retrying(&flaky(0), "a..b").await,
+            Err(QueueError::InvalidTopic(_))
+        ));
+    }
 
     #[test]
     fn topics_are_plain_tokens() {

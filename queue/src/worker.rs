@@ -122,7 +122,8 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
         let mut loops = JoinSet::new();
         for activity_type in this.executor.activity_types() {
-            let consumer = this.queue.consumer(&activity_topic(&activity_type)).await?;
+            let topic = activity_topic(&activity_type);
+            let consumer = crate::consumer_retrying(this.queue.as_ref(), &topic).await?;
             let (this, slots) = (this.clone(), slots.clone());
             loops.spawn(this.pull_loop(activity_type, consumer, slots));
         }

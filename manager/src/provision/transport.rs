@@ -342,7 +342,7 @@ impl Reports {
 
     /// Runs until aborted; fails only when the consumer cannot be set up.
     pub async fn run(self) -> Result<(), cfm_queue::QueueError> {
-        let mut consumer = self.queue.consumer(REPORTS_TOPIC).await?;
+        let mut consumer = cfm_queue::consumer_retrying(self.queue.as_ref(), REPORTS_TOPIC).await?;
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut applying = JoinSet::new();
         loop {
