@@ -4,9 +4,14 @@
 //! the same run: one PostgreSQL commit plus one JetStream publish-and-ack round trip
 //! distributed, one SQLite commit embedded.
 //!
+//! Then scale-out: the same chain distributed, each activity a plugin that waits 20 ms on
+//! I/O, with 1, 2 and 4 agent replicas (`CFM_BENCH_AGENTS`), each running
+//! [`IO_CONCURRENCY`] activities at once, to show how throughput follows the agents until
+//! the manager or the database is what limits it.
+//!
 //! `cargo bench -p cfm --bench provision` (needs scripts/build-plugins.sh first, and the
 //! servers scripts/services.sh starts). `CFM_BENCH_COUNTS=1000,10000` sets the runs.
-//! Prints a table; compare the ratios, absolute times on a shared machine are noise.
+//! Prints tables; compare the ratios, absolute times on a shared machine are noise.
 
 // Test code: a panic is how it reports a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 use cfm_manager::testing::ScratchDatabase;
 use cfm_queue::Queue;
 use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
-use cfm_test_support::{Api, Deployment, Server, nats_url, percentile};
+use cfm_test_support::{Api, Deployment, Server, nats_url, percentile, plugins_config_with};
 use serde_json::json;
 use sqlx::Row;
 
@@ -26,6 +31,14 @@ const CHAIN: usize = 5;
 const CLIENTS: usize = 16;
 /// Onboardings run one at a time, for the unloaded per-activity latency.
 const SEQUENTIAL: usize = 30;
+/// How long the scale-out plugin waits per activity, as on a backend's answer.
+const IO_WAIT_MS: u64 = 20;
+/// Activities one agent runs at once in the scale-out runs: a replica's share of what
+/// the backends take, and low enough that one agent, not the manager, is the limit at
+/// first (4 / 20 ms = 200 activities/s = 40 onboardings/s per agent).
+const IO_CONCURRENCY: usize = 4;
+/// Onboardings per scale-out run.
+const SCALE_OUT_ONBOARDINGS: usize = 600;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -74,18 +87,51 @@ impl Target {
             Mode::Distributed => {
                 let mut deployment = Deployment::start(&nats_url(), 1).await;
                 deployment.start_agents(&["agent"], 16);
-                let api = deployment.api(0);
-                let db = sqlx::AnyPool::connect(deployment.scratch.url())
-                    .await
-                    .expect("open the PostgreSQL database");
-                Target {
-                    _server: None,
-                    deployment: Some(deployment),
-                    api,
-                    db,
-                }
+                Target::distributed(deployment).await
             }
         }
+    }
+
+    /// A manager and `agents` agent replicas, each with its own data directory, running
+    /// the I/O-bound plugin as the chain's activity types.
+    async fn scaled_out(agents: usize, plugins: &std::path::Path) -> Target {
+        let mut deployment = Deployment::start(&nats_url(), 1).await;
+        let dirs: Vec<String> = (0..agents).map(|n| format!("agent-{n}")).collect();
+        let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+        deployment.start_agents_with(&dirs, IO_CONCURRENCY, plugins, &[]);
+        Target::distributed(deployment).await
+    }
+
+    async fn distributed(deployment: Deployment) -> Target {
+        let api = deployment.api(0);
+        let db = sqlx::AnyPool::connect(deployment.scratch.url())
+            .await
+            .expect("open the PostgreSQL database");
+        Target {
+            _server: None,
+            deployment: Some(deployment),
+            api,
+            db,
+        }
+    }
+
+    /// Submits `count` onboardings and waits for all of them; participants per second.
+    async fn onboard(&self, tenant: &str, dataspace: &str, count: usize) -> f64 {
+        let started = Instant::now();
+        submit(&self.api, tenant, dataspace, count).await;
+        loop {
+            let done = self.completed().await as usize;
+            assert_eq!(self.errored().await, 0, "an onboarding failed");
+            if done >= count {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3600),
+                "onboarding did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        count as f64 / started.elapsed().as_secs_f64()
     }
 
     /// Peak RSS of each cfm process, in MiB.
@@ -96,7 +142,8 @@ impl Target {
             (_, Some(d)) => format!(
                 "manager {} + agent {}",
                 mib(d.managers[0].peak_rss_kib()),
-                mib(d.agents[0].peak_rss_kib())
+                // The largest, where there are several.
+                mib(d.agents.iter().map(|a| a.peak_rss_kib()).max().unwrap_or(0))
             ),
             _ => String::new(),
         }
@@ -165,34 +212,19 @@ async fn main() {
     let mut overheads = Vec::new();
     for mode in [Mode::Embedded, Mode::Distributed] {
         let target = Target::start(mode).await;
-        let (tenant, dataspace) = prepare(&target.api).await;
+        let (tenant, dataspace) = prepare(&target.api, NOOP).await;
         let per_activity = sequential(&target, &tenant, &dataspace).await;
         overheads.push((mode, per_activity));
         drop(target);
         for &count in &counts {
             // A fresh deployment per run, so peak RSS belongs to that run alone.
             let target = Target::start(mode).await;
-            let (tenant, dataspace) = prepare(&target.api).await;
-            let started = Instant::now();
-            submit(&target.api, &tenant, &dataspace, count).await;
-            loop {
-                let done = target.completed().await as usize;
-                assert_eq!(target.errored().await, 0, "an onboarding failed");
-                if done >= count {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(3600),
-                    "onboarding did not finish"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let elapsed = started.elapsed();
+            let (tenant, dataspace) = prepare(&target.api, NOOP).await;
+            let rate = target.onboard(&tenant, &dataspace, count).await;
             let times = target.times_to_active().await;
             println!(
-                "| {} | {count} | {:.0} | {} | {} | {} |",
+                "| {} | {count} | {rate:.0} | {} | {} | {} |",
                 mode.name(),
-                count as f64 / elapsed.as_secs_f64(),
                 ms(percentile(&times, 50)),
                 ms(percentile(&times, 99)),
                 target.peak_rss_mib()
@@ -213,6 +245,51 @@ async fn main() {
             mode.name(),
             ms(per_activity),
             per_activity.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+    scale_out().await;
+}
+
+/// Onboardings per second distributed, with 1, 2, 4 (`CFM_BENCH_AGENTS`) agent replicas
+/// whose plugin waits [`IO_WAIT_MS`] on every activity, each against one agent's rate.
+async fn scale_out() {
+    let agents: Vec<usize> = std::env::var("CFM_BENCH_AGENTS")
+        .unwrap_or_else(|_| "1,2,4".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    // The example `slow` plugin, waiting 20 ms (a monotonic-clock wait the host awaits
+    // without a thread, as it awaits a socket), as each of the chain's activity types.
+    let plugins = plugins_config_with(dir.path(), |plugin| {
+        if plugin["name"].as_str() != Some("slow") {
+            return;
+        }
+        let types = (1..=CHAIN).map(|n| format!("{IO}.{n}").into()).collect();
+        plugin.insert("activity-types".into(), toml::Value::Array(types));
+        plugin["settings"]
+            .as_table_mut()
+            .expect("the slow plugin's settings")
+            .insert("delayMs".into(), (IO_WAIT_MS as i64).into());
+    });
+    println!();
+    println!(
+        "Scale-out: {SCALE_OUT_ONBOARDINGS} onboardings, {CHAIN} activities each waiting {IO_WAIT_MS} ms, {IO_CONCURRENCY} at once per agent:"
+    );
+    println!("| agents | participants/s | × one agent | peak RSS (MiB) |");
+    println!("|---|---|---|---|");
+    let mut one = None;
+    for n in agents {
+        let target = Target::scaled_out(n, &plugins).await;
+        let (tenant, dataspace) = prepare(&target.api, IO).await;
+        let rate = target
+            .onboard(&tenant, &dataspace, SCALE_OUT_ONBOARDINGS)
+            .await;
+        let one = *one.get_or_insert(rate);
+        println!(
+            "| {n} | {rate:.0} | {:.2} | {} |",
+            rate / one,
+            target.peak_rss_mib()
         );
     }
 }
@@ -289,12 +366,17 @@ async fn commit_p50(pool: &sqlx::AnyPool, key_type: &str, begin: &'static str) -
     percentile(&commits, 50)
 }
 
-/// A 5-activity chain of no-op plugins as the deploy template; returns the tenant and
-/// dataspace profile to onboard into.
-async fn prepare(api: &Api) -> (String, String) {
+/// The no-op plugin's activity types: `example.noop.1` to `.5`.
+const NOOP: &str = "example.noop";
+/// The scale-out plugin's activity types, `example.io.1` to `.5`.
+const IO: &str = "example.io";
+
+/// A 5-activity chain (`{types}.1` to `.5`) as the deploy template; returns the tenant
+/// and dataspace profile to onboard into.
+async fn prepare(api: &Api, types: &str) -> (String, String) {
     let mut chain = Vec::new();
     for n in 1..=CHAIN {
-        let activity_type = format!("example.noop.{n}");
+        let activity_type = format!("{types}.{n}");
         let (status, body) = api
             .call(
                 reqwest::Method::POST,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cfm_manager::query::Predicate;
-use cfm_manager::store::{Db, Page};
+use cfm_manager::store::{Db, Page, Paged};
 use cfm_manager::tenant::profiles;
 use cfm_manager::testing::TestBackend;
 use cfm_test_support::{Api, Server, percentile};
@@ -105,22 +105,39 @@ async fn workloads(api: &Arc<Api>, db: &Db, data: &Population, population: usize
     )
     .await;
     measure(
-        "list a tenant's 100 profiles",
+        &format!(
+            "list a tenant's profiles, first 100 of {}",
+            population / TENANTS
+        ),
         1_000,
         api,
         db,
-        |i| Request::Get(format!("/tenants/{}/participant-profiles", tenant_of(i))),
+        |i| {
+            Request::Get(format!(
+                "/tenants/{}/participant-profiles?limit=100",
+                tenant_of(i)
+            ))
+        },
         |db, i| {
             let t = tenant_of(i);
             Box::pin(async move {
-                profiles::list(&db, &t, Page::default())
+                profiles::list(&db, &t, Page::new(None, Some(100)))
                     .await
                     .expect("list");
             })
         },
     )
     .await;
-    let queries: [(&str, &dyn Fn(usize) -> String); 3] = [
+    let queries: [(&str, &dyn Fn(usize) -> String); 6] = [
+        ("identifier = 'did:web:participant-N.example' (one)", &|i| {
+            format!("identifier = 'did:web:{}.example'", pick(i))
+        }),
+        ("tenantId = T (one tenant's, first 100)", &|i| {
+            format!("tenantId = '{}'", tenant_of(i))
+        }),
+        ("properties.group = 'gN' (10%, first 100)", &|i| {
+            format!("properties.group = 'g{}'", i % 10)
+        }),
         ("identifier like '%participant-N%'", &|i| {
             format!("identifier like '%{}%'", pick(i))
         }),
@@ -141,9 +158,13 @@ async fn workloads(api: &Arc<Api>, db: &Db, data: &Population, population: usize
             |db, i| {
                 let predicate = Predicate::parse(&predicate(i)).expect("predicate");
                 Box::pin(async move {
-                    profiles::query(&db, &predicate, Page::new(None, Some(100)))
+                    // What the route reads: the page, and the count when the page
+                    // cannot tell it.
+                    let page = Page::new(None, Some(100));
+                    let items = profiles::query(&db, &predicate, page).await.expect("query");
+                    Paged::counting_if_needed(items, page, profiles::count(&db, &predicate))
                         .await
-                        .expect("query");
+                        .expect("count");
                 })
             },
         )

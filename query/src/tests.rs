@@ -296,3 +296,33 @@ fn a_page_tells_the_total_only_when_it_holds_the_last_match() {
         "an empty page past the first says only that the matches end before it"
     );
 }
+
+#[test]
+fn matches_past_the_count_limit_are_told_as_more_than_it() {
+    let page = |offset, limit| Page::new(Some(offset), Some(limit));
+    assert_eq!(
+        page(COUNT_LIMIT, 100).total_if_known(7),
+        Some(Total::Exact(COUNT_LIMIT + 7)),
+        "a last page tells the total, however far it is"
+    );
+    assert_eq!(
+        page(COUNT_LIMIT - 50, 100).total_if_known(100),
+        Some(Total::MoreThan(COUNT_LIMIT)),
+        "a full page reaching past the limit needs no count"
+    );
+    assert_eq!(
+        page(0, 100).total_if_known(100),
+        None,
+        "a full page within the limit needs one"
+    );
+    assert_eq!(
+        page(COUNT_LIMIT * 5, 100).total_if_known(0),
+        None,
+        "an empty page far in may be past fewer matches than its offset"
+    );
+    assert_eq!(Total::counted(COUNT_LIMIT), Total::Exact(COUNT_LIMIT));
+    assert_eq!(
+        Total::counted(COUNT_LIMIT + 1),
+        Total::MoreThan(COUNT_LIMIT)
+    );
+}

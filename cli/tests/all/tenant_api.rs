@@ -16,6 +16,7 @@ on_both_backends!(
     deletes_wait_until_participants_are_disposed,
     queries_reach_through_json_paths_and_arrays,
     tenant_lists_page_with_links,
+    totals_past_the_count_limit_are_not_guessed,
     placement_honours_a_named_cell_and_balances_load,
     a_participant_naming_no_dataspace_joins_those_its_cell_serves,
     cells_keep_a_clients_state_timestamp,
@@ -329,6 +330,75 @@ async fn queries_reach_through_json_paths_and_arrays(backend: TestBackend) {
         let message = body["message"].as_str().unwrap();
         assert!(message.contains(says), "{bad}: {message}");
     }
+}
+
+/// Past 1,000 matches a count would read every one of them (seconds at a million) for a
+/// header: lists and queries then leave `X-Total-Count` and the `last` link out, and
+/// still link the next page; a page that holds the last match still tells the total.
+async fn totals_past_the_count_limit_are_not_guessed(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    sqlx::any::install_default_drivers();
+    let url = match server.database_url() {
+        Some(url) => url.to_string(),
+        None => format!("sqlite://{}", server.data_dir().join("cfm.db").display()),
+    };
+    let db = sqlx::AnyPool::connect(&url).await.unwrap();
+    // Written straight to the table, as a fleet would have grown them.
+    sqlx::query(
+        "INSERT INTO tenants (id, version, properties, created_at)
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1001)
+         SELECT 'bulk-' || i, 0, '{\"bulk\":true}', '2026-01-01T00:00:00Z' FROM n",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    let only = api
+        .post_ok("/tenants", json!({"properties": {"one": true}}), 201)
+        .await;
+
+    let first = api.get("/tenants?limit=100").await;
+    assert_eq!(first.status(), 200);
+    assert!(
+        first.headers().get("x-total-count").is_none(),
+        "{:?}",
+        first.headers()
+    );
+    let links = first.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        links.contains("offset=100&limit=100>; rel=\"next\""),
+        "{links}"
+    );
+    assert!(!links.contains("rel=\"last\""), "{links}");
+
+    let response = api
+        .raw(
+            Method::POST,
+            "/tenants/query",
+            Some(&json!({"predicate": "properties.bulk = true", "limit": 100}).to_string()),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-total-count").is_none());
+    let page: Value = response.json().await.unwrap();
+    assert_eq!(page.as_array().unwrap().len(), 100);
+
+    // The last page knows where the matches end, past the limit or not.
+    let last = api.get("/tenants?offset=1000&limit=100").await;
+    assert_eq!(last.headers()["x-total-count"], "1002");
+    let narrow = api
+        .raw(
+            Method::POST,
+            "/tenants/query",
+            Some(&json!({"predicate": "properties.one = true", "limit": 1}).to_string()),
+            None,
+        )
+        .await;
+    assert_eq!(narrow.headers()["x-total-count"], "1");
+    let narrow: Value = narrow.json().await.unwrap();
+    assert_eq!(narrow[0]["id"], only["id"]);
 }
 
 async fn tenant_lists_page_with_links(backend: TestBackend) {

@@ -23,7 +23,7 @@ pub type Conn = sqlx::AnyConnection;
 /// A result row of either backend.
 pub type Row = sqlx::any::AnyRow;
 
-pub use cfm_query::{Backend, MAX_PAGE, Page};
+pub use cfm_query::{Backend, COUNT_LIMIT, MAX_PAGE, Page, Total};
 
 /// The database, as a read pool and a write pool.
 ///
@@ -381,36 +381,38 @@ pub struct Paged<T> {
     /// The rows of this page, sorted by id.
     pub items: Vec<T>,
     /// How many rows there are in all, for `X-Total-Count` and the `Link` header.
-    pub total: i64,
+    pub total: Total,
     /// The page these items are.
     pub page: Page,
 }
 
 impl<T> Paged<T> {
-    /// A page of `items` and the total: counted by `count` only when the page cannot tell
-    /// it ([`Page::total_if_last`]), which spares a scan of every match for the many
-    /// queries whose matches fit in one page.
+    /// A page of `items` and the total: counted by `count` (a count capped at
+    /// [`COUNT_LIMIT`] + 1, see [`Total::counted`]) only when the page cannot tell it
+    /// ([`Page::total_if_known`]), which spares a scan of every match for the many queries
+    /// whose matches fit in one page.
     pub async fn counting_if_needed(
         items: Vec<T>,
         page: Page,
         count: impl std::future::Future<Output = Result<i64>>,
     ) -> Result<Self> {
-        let total = match page.total_if_last(items.len()) {
+        let total = match page.total_if_known(items.len()) {
             Some(total) => total,
-            None => count.await?,
+            None => Total::counted(count.await?),
         };
         Ok(Self { items, total, page })
     }
 }
 
 /// One page of `select` (a `SELECT ... FROM table` without WHERE), sorted by id, and
-/// how many rows there are in all; `filter` keeps the rows whose column equals a value.
+/// how many rows there are in all (counted up to [`COUNT_LIMIT`]); `filter` keeps the
+/// rows whose column equals a value.
 pub async fn paged(
     db: &Db,
     select: &str,
     filter: Option<(&'static str, &str)>,
     page: Page,
-) -> Result<(Vec<Row>, i64)> {
+) -> Result<(Vec<Row>, Total)> {
     let condition = match filter {
         Some((column, _)) => format!("{column} = $1"),
         None => "$1 = $1".into(),
@@ -428,9 +430,10 @@ pub async fn paged(
     .await?;
     let count = async {
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*){from} WHERE {condition}"
+            "SELECT COUNT(*) FROM (SELECT 1{from} WHERE {condition} LIMIT $2) AS matches"
         )))
         .bind(&value)
+        .bind(COUNT_LIMIT + 1)
         .fetch_one(&mut *conn)
         .await?)
     };

@@ -289,7 +289,11 @@ pub async fn history(
             error_detail: row.get("error_detail"),
         })
         .collect();
-    Ok(Paged { items, total, page })
+    Ok(Paged {
+        items,
+        total: store::Total::Exact(total),
+        page,
+    })
 }
 
 /// Starts decommissioning a participant: its dispose orchestration runs with everything
@@ -659,9 +663,10 @@ pub(crate) async fn select_for_rollout(
         .collect()
 }
 
-/// How many profiles match a predicate in all.
+/// How many profiles match a predicate in all, counted up to [`store::COUNT_LIMIT`] + 1 (see
+/// [`store::Total::counted`]).
 pub async fn count(db: &Db, predicate: &Predicate) -> Result<i64> {
-    let count = predicate.select_count(SELECT, &profile_field, db.backend())?;
+    let count = predicate.select_count_capped(SELECT, &profile_field, db.backend())?;
     store::count(db.queries(), count).await
 }
 

@@ -26,7 +26,7 @@ use crate::model::{
 };
 use crate::provision::{Engine, Finished, Start, definitions};
 use crate::query::{Literal, Predicate};
-use crate::store::{self, Conn, Page, Paged, Table, from_json, to_json};
+use crate::store::{self, Conn, Page, Paged, Table, Total, from_json, to_json};
 use crate::tenant::{cells, migrations, profiles};
 
 /// Participants per batch, unless asked otherwise.
@@ -195,7 +195,11 @@ pub async fn list(engine: &Engine, page: Page) -> Result<Paged<Rollout>> {
         rollout.progress = progress(&mut conn, &rollout.id).await?;
         items.push(rollout);
     }
-    Ok(Paged { items, total, page })
+    Ok(Paged {
+        items,
+        total: Total::Exact(total),
+        page,
+    })
 }
 
 /// One rollout with its progress.
@@ -236,7 +240,11 @@ pub async fn targets(
     .fetch_all(&mut *conn)
     .await?;
     let items = rows.iter().map(read_target).collect::<Result<_>>()?;
-    Ok(Paged { items, total, page })
+    Ok(Paged {
+        items,
+        total: Total::Exact(total),
+        page,
+    })
 }
 
 /// What an operator can do to a rollout.

@@ -114,9 +114,10 @@ pub async fn query(db: &Db, predicate: &Predicate, page: Page) -> Result<Vec<Ten
     rows.iter().map(read).collect()
 }
 
-/// How many tenants match a predicate in all.
+/// How many tenants match a predicate in all, counted up to [`store::COUNT_LIMIT`] + 1 (see
+/// [`store::Total::counted`]).
 pub async fn count(db: &Db, predicate: &Predicate) -> Result<i64> {
-    let count = predicate.select_count(SELECT, &tenant_field, db.backend())?;
+    let count = predicate.select_count_capped(SELECT, &tenant_field, db.backend())?;
     store::count(db.queries(), count).await
 }
 

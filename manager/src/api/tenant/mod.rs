@@ -23,7 +23,7 @@ use crate::model::{
     ParticipantProfile, RebalancePlan, Tenant, TenantDecommission,
 };
 use crate::query::{Literal, Predicate};
-use crate::store::{Page, Paged};
+use crate::store::{Page, Paged, Total};
 use crate::tenant::{
     cells, dataspaces, decommissions, drains, migrations, profiles, rebalance, reconciles, tenants,
     updates,
@@ -561,10 +561,11 @@ pub(super) async fn query_profiles(
     ))
 }
 
-/// `X-Total-Count` and a `Link` header with self/first/prev/next/last pages.
+/// `X-Total-Count` and a `Link` header with self/first/prev/next/last pages. When more
+/// match than a count reads ([`Total::MoreThan`]), both the count and the `last` page
+/// are left out rather than guessed, and `next` follows every full page.
 pub(super) fn paging_headers<T>(path: &str, paged: &Paged<T>) -> HeaderMap {
     let Page { offset, limit } = paged.page;
-    let total = paged.total;
     // A path may carry a filter of its own (`?state=failed`).
     let join = if path.contains('?') { '&' } else { '?' };
     let url = |offset: i64| {
@@ -572,11 +573,6 @@ pub(super) fn paging_headers<T>(path: &str, paged: &Paged<T>) -> HeaderMap {
             "<{}{path}{join}offset={offset}&limit={limit}>",
             super::PREFIX
         )
-    };
-    let last = if total == 0 {
-        0
-    } else {
-        ((total - 1) / limit) * limit
     };
     let mut links = vec![
         format!("{}; rel=\"self\"", url(offset)),
@@ -588,15 +584,26 @@ pub(super) fn paging_headers<T>(path: &str, paged: &Paged<T>) -> HeaderMap {
             url(offset.saturating_sub(limit).max(0))
         ));
     }
-    if offset.saturating_add(limit) < total {
+    let more = match paged.total {
+        Total::Exact(total) => offset.saturating_add(limit) < total,
+        Total::MoreThan(_) => i64::try_from(paged.items.len()).is_ok_and(|n| n >= limit),
+    };
+    if more {
         links.push(format!("{}; rel=\"next\"", url(offset + limit)));
     }
-    links.push(format!("{}; rel=\"last\"", url(last)));
     let mut headers = HeaderMap::new();
+    if let Total::Exact(total) = paged.total {
+        let last = if total == 0 {
+            0
+        } else {
+            ((total - 1) / limit) * limit
+        };
+        links.push(format!("{}; rel=\"last\"", url(last)));
+        headers.insert("x-total-count", HeaderValue::from(total));
+    }
     if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
         headers.insert(header::LINK, v);
     }
-    headers.insert("x-total-count", HeaderValue::from(total));
     headers
 }
 

@@ -21,9 +21,11 @@ impl Engine {
             .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))
     }
 
-    /// How many orchestrations match a predicate in all.
+    /// How many orchestrations match a predicate in all, counted up to [`store::COUNT_LIMIT`] + 1 (see
+    /// [`store::Total::counted`]).
     pub async fn count(&self, predicate: &Predicate) -> Result<i64> {
-        let count = predicate.select_count(SELECT, &orchestration_field, self.db.backend())?;
+        let count =
+            predicate.select_count_capped(SELECT, &orchestration_field, self.db.backend())?;
         store::count(self.db.queries(), count).await
     }
 
