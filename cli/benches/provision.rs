@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use cfm_manager::testing::ScratchDatabase;
 use cfm_queue::Queue;
 use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
-use cfm_test_support::{Api, Deployment, Server, nats_url, percentile, plugins_config_with};
+use cfm_test_support::{
+    Api, Deployment, Server, nats_url, percentile, plugins_config_with, sizes_from_env,
+};
 use serde_json::json;
 use sqlx::Row;
 
@@ -189,11 +191,7 @@ impl Target {
 #[tokio::main]
 async fn main() {
     sqlx::any::install_default_drivers();
-    let counts: Vec<usize> = std::env::var("CFM_BENCH_COUNTS")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let counts = sizes_from_env("CFM_BENCH_COUNTS", "1000,10000");
     let (commit, publish) = floor().await;
     let floor = commit + publish;
     let sqlite_floor = sqlite_commit().await;
@@ -253,11 +251,7 @@ async fn main() {
 /// Onboardings per second distributed, with 1, 2, 4 (`CFM_BENCH_AGENTS`) agent replicas
 /// whose plugin waits [`IO_WAIT_MS`] on every activity, each against one agent's rate.
 async fn scale_out() {
-    let agents: Vec<usize> = std::env::var("CFM_BENCH_AGENTS")
-        .unwrap_or_else(|_| "1,2,4".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let agents = sizes_from_env("CFM_BENCH_AGENTS", "1,2,4");
     let dir = tempfile::tempdir().expect("temporary directory");
     // The example `slow` plugin, waiting 20 ms (a monotonic-clock wait the host awaits
     // without a thread, as it awaits a socket), as each of the chain's activity types.

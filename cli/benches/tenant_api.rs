@@ -19,7 +19,7 @@ use cfm_manager::query::Predicate;
 use cfm_manager::store::{Db, Page, Paged};
 use cfm_manager::tenant::profiles;
 use cfm_manager::testing::TestBackend;
-use cfm_test_support::{Api, Server, percentile};
+use cfm_test_support::{Api, Server, percentile, sizes_from_env};
 use serde_json::json;
 
 const TENANTS: usize = 1_000;
@@ -27,11 +27,7 @@ const CLIENTS: usize = 16;
 
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<usize> = std::env::var("CFM_BENCH_PROFILES")
-        .unwrap_or_else(|_| "100000".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let sizes = sizes_from_env("CFM_BENCH_PROFILES", "100000");
     let server = Server::start_on(TestBackend::Postgres, &["--no-seed"]).await;
     let url = server
         .database_url()

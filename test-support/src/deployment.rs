@@ -110,6 +110,16 @@ impl Deployment {
     }
 }
 
+/// A bench's list of sizes: the comma-separated numbers in the environment variable
+/// `name`, or in `default` when it is not set.
+pub fn sizes_from_env(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
 /// The `p`th percentile (0–100) of `samples`; zero when there are none.
 pub fn percentile(samples: &[Duration], p: usize) -> Duration {
     let mut sorted = samples.to_vec();
