@@ -2,7 +2,8 @@
 //!
 //! - Embedded ([`embedded_worker`]): agent workers in this process consume the outbox
 //!   table directly ([`DbQueue`]) and hand outcomes to the engine, which deletes the
-//!   message in the transaction that applies the outcome.
+//!   message in the transaction that applies the outcome. The activities an outcome
+//!   makes due come to the workers in memory, already leased by that transaction.
 //! - Distributed ([`Relay`] and [`Reports`]): the relay publishes due outbox rows to
 //!   JetStream, agent hosts elsewhere run them and publish reports, and every manager
 //!   replica consumes reports from one shared durable consumer.
@@ -52,15 +53,20 @@ pub async fn embedded_worker(
         Ok(n) => tracing::info!(messages = n, "resuming work left by a previous run"),
         Err(e) => tracing::error!("cannot release stale leases: {e}"),
     }
+    // Outcomes applied here make the next activities due: they reach this process's
+    // consumers straight from the commit, claimed for as long as a pulled message is
+    // leased. What the API starts is found in the table.
+    let (express, lane) = Express::lane(ACK_WAIT);
     let queue = DbQueue::new(
         engine.db().clone(),
         ACK_WAIT,
         engine.outbox_signal().clone(),
-    );
+    )
+    .with_express(lane);
     Worker::new(
         Arc::new(queue),
         executor,
-        Arc::new(EngineSink(engine.clone())),
+        Arc::new(EngineSink(engine.clone().with_express(express))),
         settings,
     )
 }

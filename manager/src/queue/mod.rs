@@ -12,7 +12,7 @@
 //!   before its storage caught up, or its disk lost); the relay asks after the rows it
 //!   has held for a while and publishes again those the server no longer has.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
 use crate::query::{Literal, Params};
-use crate::store::{Backend, Conn, Db};
+use crate::store::{self, Backend, Conn, Db};
 
 /// A leased outbox row.
 #[derive(Debug, Clone)]
@@ -49,11 +49,36 @@ pub async fn publish(
     payload: &str,
     available_at_ms: i64,
 ) -> Result<()> {
-    insert(conn, id, topic, payload, available_at_ms, None).await?;
+    publish_alongside(conn, id, topic, payload, available_at_ms, None).await
+}
+
+/// [`publish`], and `alongside` in the same round trip where the backend allows it.
+pub async fn publish_alongside(
+    conn: &mut Conn,
+    id: &str,
+    topic: &str,
+    payload: &str,
+    available_at_ms: i64,
+    alongside: Option<Alongside<'_>>,
+) -> Result<()> {
+    insert(conn, id, topic, payload, available_at_ms, None, alongside).await?;
     Ok(())
 }
 
-/// [`publish`], due now and leased at once to the process writing it until
+/// A statement written together with an outbox row: on PostgreSQL a data-modifying
+/// `WITH` clause of the insert, one round trip for both; on SQLite, which has no such
+/// clause, the next statement. Either way it runs whether or not the row was new.
+pub struct Alongside<'q> {
+    /// The statement; its own parameters are numbered from `$7`, after the row's six.
+    pub sql: &'static str,
+    /// Binds its parameters, in order, after the row's.
+    pub bind: Box<dyn FnOnce(AnyQuery<'q>) -> AnyQuery<'q> + Send + 'q>,
+}
+
+/// A statement being bound.
+pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// [`publish_alongside`], due now and leased at once to the process writing it until
 /// `claimed_until_ms`: that process hands the row to the queue itself straight after its
 /// commit ([`Express`]), and whoever sweeps the table takes it only if it has not by then.
 /// Returns the row as leased; `None` when its id was published already.
@@ -63,8 +88,18 @@ pub async fn publish_claimed(
     topic: &str,
     payload: String,
     claimed_until_ms: i64,
+    alongside: Option<Alongside<'_>>,
 ) -> Result<Option<Leased>> {
-    let fresh = insert(conn, id, topic, &payload, now_ms(), Some(claimed_until_ms)).await?;
+    let fresh = insert(
+        conn,
+        id,
+        topic,
+        &payload,
+        now_ms(),
+        Some(claimed_until_ms),
+        alongside,
+    )
+    .await?;
     Ok(fresh.then(|| Leased {
         id: id.to_string(),
         topic: topic.to_string(),
@@ -74,7 +109,8 @@ pub async fn publish_claimed(
     }))
 }
 
-/// Inserts a row, leased until `leased_until_ms` if given; false when the id exists.
+/// Inserts a row, leased until `leased_until_ms` if given, with `alongside`; false when
+/// the id exists.
 async fn insert(
     conn: &mut Conn,
     id: &str,
@@ -82,25 +118,45 @@ async fn insert(
     payload: &str,
     available_at_ms: i64,
     leased_until_ms: Option<i64>,
+    alongside: Option<Alongside<'_>>,
 ) -> Result<bool> {
-    let inserted = sqlx::query(
+    const INSERT: &str =
         "INSERT INTO queue (id, topic, payload, available_at, leased_until, deliveries)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(topic)
-    .bind(payload)
-    .bind(available_at_ms)
-    .bind(leased_until_ms)
-    .bind(i64::from(leased_until_ms.is_some()))
-    .execute(conn)
-    .await?;
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
+    let row = |query: AnyQuery<'static>| {
+        query
+            .bind(id.to_string())
+            .bind(topic.to_string())
+            .bind(payload.to_string())
+            .bind(available_at_ms)
+            .bind(leased_until_ms)
+            .bind(i64::from(leased_until_ms.is_some()))
+    };
+    let inserted = match (alongside, store::backend_of(conn)) {
+        (None, _) => row(sqlx::query(INSERT)).execute(conn).await?,
+        (Some(alongside), Backend::Postgres) => {
+            let sql = format!("WITH alongside AS ({}) {INSERT}", alongside.sql);
+            (alongside.bind)(row(sqlx::query(AssertSqlSafe(sql))))
+                .execute(conn)
+                .await?
+        }
+        (Some(alongside), Backend::Sqlite) => {
+            let inserted = row(sqlx::query(INSERT)).execute(&mut *conn).await?;
+            // SQLite binds parameters by number too: six placeholders stand for the row's.
+            let placeholders = (0..6).fold(sqlx::query(alongside.sql), |query, _| {
+                query.bind(None::<i64>)
+            });
+            (alongside.bind)(placeholders).execute(conn).await?;
+            inserted
+        }
+    };
     Ok(inserted.rows_affected() > 0)
 }
 
 /// Where transactions hand the rows they claimed ([`publish_claimed`]) once committed: the
-/// relay of the same process, which publishes them without first finding and leasing them
-/// in the table. Clones share the lane.
+/// relay of the same process, which publishes them, or the embedded queue, which delivers
+/// them to its consumers; either way without first finding and leasing them in the
+/// table. Clones share the lane.
 #[derive(Clone)]
 pub struct Express {
     lane: mpsc::Sender<Vec<Leased>>,
@@ -124,8 +180,8 @@ impl Express {
         now_ms() + self.claim.as_millis() as i64
     }
 
-    /// Hands committed rows to the relay. Never waits: a full or closed lane leaves them
-    /// to the sweep once their claim ends, which is slower but loses nothing.
+    /// Hands committed rows over. Never waits: a full or closed lane leaves them to the
+    /// table once their claim ends, which is slower but loses nothing.
     pub fn hand_over(&self, rows: Vec<Leased>) {
         if rows.is_empty() {
             return;
@@ -438,11 +494,19 @@ pub async fn until_due(db: &Db, topic: Option<&str>, wait: Duration) -> Duration
 }
 
 /// The embedded queue: the outbox table leased directly by consumers in this process.
+///
+/// With an express lane ([`DbQueue::with_express`]), rows the engine claimed for this
+/// process as it committed them come to the consumers of their topic in memory: the
+/// consumer takes them already leased, without the write that leasing them in the table
+/// would take (one of the two writes per activity on SQLite's single writer). The table
+/// still holds every row, so a row the lane never delivers is found there once its claim
+/// ends.
 #[derive(Clone)]
 pub struct DbQueue {
     db: Db,
     lease_ms: i64,
     signal: Signal,
+    handed: Handed,
 }
 
 impl DbQueue {
@@ -452,7 +516,80 @@ impl DbQueue {
             db,
             lease_ms: lease.as_millis() as i64,
             signal,
+            handed: Handed::default(),
         }
+    }
+
+    /// The same queue, also delivering the rows handed over on `lane` (the far end of an
+    /// [`Express`] claiming for this queue's lease). Spawns the task that sorts them by
+    /// topic; it ends when every sender of the lane is gone.
+    pub fn with_express(self, lane: mpsc::Receiver<Vec<Leased>>) -> Self {
+        tokio::spawn(route(lane, self.handed.clone(), self.signal.clone()));
+        self
+    }
+
+    /// How long a handed-over row may wait in memory: a consumer taking it later might
+    /// not signal progress before its claim ends, and the table would lease it again.
+    fn fresh_for(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.max(0) as u64 / 2)
+    }
+}
+
+/// Sorts the rows handed over on `lane` into their topics' lines and wakes the
+/// consumers of those topics.
+async fn route(mut lane: mpsc::Receiver<Vec<Leased>>, handed: Handed, signal: Signal) {
+    while let Some(rows) = lane.recv().await {
+        let topics = handed.push(rows);
+        signal.notify_topics(topics.iter().map(String::as_str));
+    }
+}
+
+/// Rows handed over in memory, waiting for their topic's consumers.
+#[derive(Clone, Default)]
+struct Handed(Arc<std::sync::Mutex<Lines>>);
+
+/// Each topic's handed-over rows, oldest first, with when each came.
+type Lines = HashMap<String, VecDeque<(tokio::time::Instant, Leased)>>;
+
+impl Handed {
+    /// Queues `rows`; returns their topics.
+    fn push(&self, rows: Vec<Leased>) -> Vec<String> {
+        let now = tokio::time::Instant::now();
+        let mut lines = self.lines();
+        let mut topics: Vec<String> = Vec::new();
+        for row in rows {
+            if !topics.contains(&row.topic) {
+                topics.push(row.topic.clone());
+            }
+            lines
+                .entry(row.topic.clone())
+                .or_default()
+                .push_back((now, row));
+        }
+        topics
+    }
+
+    /// Up to `max` rows of `topic`, oldest first. Rows older than `fresh_for` are
+    /// dropped: their claim ends soon, and the table hands them out then.
+    fn take(&self, topic: &str, max: usize, fresh_for: Duration) -> Vec<Leased> {
+        let mut lines = self.lines();
+        let Some(line) = lines.get_mut(topic) else {
+            return Vec::new();
+        };
+        let now = tokio::time::Instant::now();
+        while line
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > fresh_for)
+        {
+            line.pop_front();
+        }
+        let n = max.min(line.len());
+        line.drain(..n).map(|(_, row)| row).collect()
+    }
+
+    fn lines(&self) -> std::sync::MutexGuard<'_, Lines> {
+        // Nothing panics while holding it, so a poisoned lock still guards sound data.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -487,6 +624,7 @@ impl Queue for DbQueue {
             queue: self.clone(),
             topic: topic.to_string(),
             signal: self.signal.subscribe_topic(topic),
+            pulls: 0,
         }))
     }
 }
@@ -495,7 +633,14 @@ struct DbConsumer {
     queue: DbQueue,
     topic: String,
     signal: watch::Receiver<u64>,
+    /// Pulls so far, to give the table its turns (see [`TABLE_TURN`]).
+    pulls: u64,
 }
+
+/// Every this many pulls, a consumer looks in the table before its handed-over rows:
+/// while the lane alone could keep it busy, work only the table holds (what the API
+/// started, retries that fell due, rows whose claim ended) still goes out.
+const TABLE_TURN: u64 = 8;
 
 #[async_trait]
 impl Consumer for DbConsumer {
@@ -505,17 +650,25 @@ impl Consumer for DbConsumer {
         wait: Duration,
     ) -> std::result::Result<Vec<Box<dyn Delivery>>, QueueError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let max = max.max(1);
         loop {
             // Marked seen before looking, so work published after the look wakes us.
             self.signal.borrow_and_update();
-            let leased = lease(
-                &self.queue.db,
-                Some(&self.topic),
-                max.max(1) as i64,
-                self.queue.lease_ms,
-            )
-            .await
-            .map_err(storage)?;
+            self.pulls = self.pulls.wrapping_add(1);
+            let table_first = self.pulls.is_multiple_of(TABLE_TURN);
+            let mut leased = Vec::new();
+            if table_first {
+                leased = self.lease(max).await?;
+            }
+            let handed =
+                self.queue
+                    .handed
+                    .take(&self.topic, max - leased.len(), self.queue.fresh_for());
+            leased.extend(handed);
+            if !table_first && leased.len() < max {
+                let more = self.lease(max - leased.len()).await?;
+                leased.extend(more);
+            }
             if !leased.is_empty() {
                 return Ok(leased
                     .into_iter()
@@ -533,6 +686,20 @@ impl Consumer for DbConsumer {
             }
             wait_for_work(&self.queue.db, Some(&self.topic), &mut self.signal, left).await;
         }
+    }
+}
+
+impl DbConsumer {
+    /// Leases up to `max` rows of this consumer's topic in the table.
+    async fn lease(&self, max: usize) -> std::result::Result<Vec<Leased>, QueueError> {
+        lease(
+            &self.queue.db,
+            Some(&self.topic),
+            max as i64,
+            self.queue.lease_ms,
+        )
+        .await
+        .map_err(storage)
     }
 }
 

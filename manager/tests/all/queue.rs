@@ -1,6 +1,7 @@
 //! The embedded queue (the outbox table) passes the queue conformance suite on both
-//! databases, as the JetStream queue does against the real server; the relay takes rows
-//! claimed for its express lane only from the lane or once their claim ends.
+//! databases, as the JetStream queue does against the real server; the relay and the
+//! embedded queue take rows claimed for their express lane only from the lane or once
+//! their claim ends.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use cfm_queue::{Consumer, Message, Queue, QueueError};
 on_both_backends!(
     embedded_queue_conforms,
     rows_claimed_for_the_express_lane_go_out_by_it_or_after_their_claim,
+    the_embedded_queue_delivers_claimed_rows_from_its_lane_or_after_their_claim,
 );
 
 /// A manager on `backend`, after what must outlive it: bound in this order, the manager
@@ -94,27 +96,8 @@ async fn rows_claimed_for_the_express_lane_go_out_by_it_or_after_their_claim(bac
     );
 
     let claim = Duration::from_millis(800);
-    let mut tx = store::write(&db).await.unwrap();
-    let handed = queue::publish_claimed(
-        &mut tx,
-        "o/handed/1",
-        "activity.a",
-        "{}".into(),
-        express.claimed_until_ms(),
-    )
-    .await
-    .unwrap()
-    .expect("a new row");
     let claimed_at = Instant::now();
-    let orphan = queue::now_ms() + claim.as_millis() as i64;
-    queue::publish_claimed(&mut tx, "o/orphan/1", "activity.a", "{}".into(), orphan)
-        .await
-        .unwrap()
-        .expect("a new row");
-    queue::publish(&mut tx, "o/plain/1", "activity.a", "{}", queue::now_ms())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let handed = three_rows(&db, &express, claim).await;
     express.hand_over(vec![handed]);
     manager.engine.wake();
 
@@ -145,4 +128,100 @@ async fn rows_claimed_for_the_express_lane_go_out_by_it_or_after_their_claim(bac
         "{held:?}"
     );
     relay.abort();
+}
+
+/// Embedded: a row handed over on the lane reaches a waiting consumer at once, although
+/// its claim keeps the table from leasing it for a minute; an unclaimed row comes from
+/// the table beside it; a claimed row never handed over comes from the table once its
+/// claim ends, and so does one handed over but left in memory past half the ack-wait.
+async fn the_embedded_queue_delivers_claimed_rows_from_its_lane_or_after_their_claim(
+    backend: TestBackend,
+) {
+    let (_scratch, _dir, manager) = open(backend).await;
+    let db = manager.engine.db().clone();
+    let ack_wait = Duration::from_secs(2);
+    let (express, lane) = Express::lane(Duration::from_secs(60));
+    let embedded = DbQueue::new(db.clone(), ack_wait, Signal::default()).with_express(lane);
+    let mut consumer = embedded.consumer("activity.a").await.unwrap();
+
+    let claim = Duration::from_millis(800);
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let claimed_at = Instant::now();
+        let handed = three_rows(&db, &express, claim).await;
+        express.hand_over(vec![handed]);
+        claimed_at
+    };
+    let started = Instant::now();
+    let (first, claimed_at) = tokio::join!(consumer.pull(10, Duration::from_secs(5)), write);
+    let first = first.unwrap();
+    let ids = |batch: &[Box<dyn cfm_queue::Delivery>]| {
+        let mut ids: Vec<String> = batch.iter().map(|d| d.id().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&first), ["o/handed/1", "o/plain/1"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the handed-over row woke the consumer (took {:?})",
+        started.elapsed()
+    );
+    assert!(first.iter().all(|d| d.deliveries() == 1));
+    // Settled at once: the ack-wait is short, and a lease that ran out would deliver again.
+    for delivery in &first {
+        delivery.ack().await.unwrap();
+    }
+
+    let second = consumer.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ids(&second), ["o/orphan/1"]);
+    assert!(
+        claimed_at.elapsed() >= claim - Duration::from_millis(50),
+        "a claimed row was leased {:?} into its {claim:?} claim",
+        claimed_at.elapsed()
+    );
+    assert_eq!(second[0].deliveries(), 2, "leased from the table");
+    second[0].ack().await.unwrap();
+
+    // Handed over but not taken within half the ack-wait: left to the table, which
+    // leases it once its claim (here 1.5 s) ends.
+    let mut tx = store::write(&db).await.unwrap();
+    let stale = claimed(&mut tx, "o/stale/1", queue::now_ms() + 1_500).await;
+    tx.commit().await.unwrap();
+    let stale_at = Instant::now();
+    express.hand_over(vec![stale]);
+    tokio::time::sleep(ack_wait / 2 + Duration::from_millis(100)).await;
+    let third = consumer.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ids(&third), ["o/stale/1"]);
+    assert!(stale_at.elapsed() >= Duration::from_millis(1_450));
+    assert_eq!(third[0].deliveries(), 2, "leased from the table");
+
+    third[0].ack().await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue")
+        .fetch_one(db.read())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "acknowledged rows are gone");
+}
+
+/// Writes and commits three rows of `activity.a`: `o/handed/1` claimed for `express`
+/// (returned, to hand over), `o/orphan/1` claimed for `claim` and never handed over, and
+/// `o/plain/1`, unclaimed.
+async fn three_rows(db: &store::Db, express: &Express, claim: Duration) -> queue::Leased {
+    let mut tx = store::write(db).await.unwrap();
+    let handed = claimed(&mut tx, "o/handed/1", express.claimed_until_ms()).await;
+    let orphan = queue::now_ms() + claim.as_millis() as i64;
+    claimed(&mut tx, "o/orphan/1", orphan).await;
+    queue::publish(&mut tx, "o/plain/1", "activity.a", "{}", queue::now_ms())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    handed
+}
+
+/// A new row of `activity.a`, claimed until `until_ms`.
+async fn claimed(tx: &mut store::Conn, id: &str, until_ms: i64) -> queue::Leased {
+    queue::publish_claimed(tx, id, "activity.a", "{}".into(), until_ms, None)
+        .await
+        .unwrap()
+        .expect("a new row")
 }

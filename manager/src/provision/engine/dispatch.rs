@@ -95,34 +95,56 @@ impl Engine {
         );
         let topic = cfm_queue::activity_topic(&task.activity_type);
         let payload = to_json(task)?;
+        // The step is marked dispatched in the round trip that writes its message.
+        let (attempt, orchestration_id, activity_id) = (
+            task.attempt as i64,
+            task.orchestration_id.clone(),
+            task.activity_id.clone(),
+        );
+        let dispatched = queue::Alongside {
+            sql: "UPDATE orchestration_steps SET state = $7, attempt = $8, started_at = COALESCE(started_at, $9)
+                  WHERE orchestration_id = $10 AND activity_id = $11",
+            bind: Box::new(move |query| {
+                query
+                    .bind(StepState::Dispatched)
+                    .bind(attempt)
+                    .bind(now())
+                    .bind(orchestration_id)
+                    .bind(activity_id)
+            }),
+        };
         match (&self.express, &self.claims) {
             (Some(express), Some(claims)) if delay_ms == 0 && lock(claims).open => {
                 let until = express.claimed_until_ms();
-                if let Some(row) =
-                    queue::publish_claimed(tx, &message_id, &topic, payload, until).await?
-                {
+                let row = queue::publish_claimed(
+                    tx,
+                    &message_id,
+                    &topic,
+                    payload,
+                    until,
+                    Some(dispatched),
+                )
+                .await?;
+                if let Some(row) = row {
                     lock(claims).rows.push(row);
                 }
             }
             _ => {
                 let available_at = queue::now_ms() + delay_ms as i64;
-                queue::publish(tx, &message_id, &topic, &payload, available_at).await?;
+                queue::publish_alongside(
+                    tx,
+                    &message_id,
+                    &topic,
+                    &payload,
+                    available_at,
+                    Some(dispatched),
+                )
+                .await?;
                 if let Some(claims) = &self.claims {
                     lock(claims).unclaimed.insert(topic);
                 }
             }
         }
-        sqlx::query(
-            "UPDATE orchestration_steps SET state = $1, attempt = $2, started_at = COALESCE(started_at, $3)
-             WHERE orchestration_id = $4 AND activity_id = $5",
-        )
-        .bind(StepState::Dispatched)
-        .bind(task.attempt as i64)
-        .bind(now())
-        .bind(&task.orchestration_id)
-        .bind(&task.activity_id)
-        .execute(&mut *tx)
-        .await?;
         Ok(())
     }
 

@@ -179,8 +179,9 @@ impl Engine {
     }
 
     /// The same engine, handing the activities that outcomes make due straight to
-    /// `express` after the commit that applies them, instead of leaving them for the relay
-    /// to find in the outbox: the distributed manager's hot path.
+    /// `express` after the commit that applies them, instead of leaving them to be found
+    /// and leased in the outbox: the hot path of the distributed relay and of the
+    /// embedded queue alike.
     pub fn with_express(self, express: Express) -> Self {
         Self {
             express: Some(express),
