@@ -516,7 +516,9 @@ impl DbQueue {
             db,
             lease_ms: lease.as_millis() as i64,
             signal,
-            handed: Handed::default(),
+            // A consumer taking a row later than this might not signal progress before its
+            // claim (the lease) ends, and the table would lease it again.
+            handed: Handed::new(lease / 2),
         }
     }
 
@@ -526,12 +528,6 @@ impl DbQueue {
     pub fn with_express(self, lane: mpsc::Receiver<Vec<Leased>>) -> Self {
         tokio::spawn(route(lane, self.handed.clone(), self.signal.clone()));
         self
-    }
-
-    /// How long a handed-over row may wait in memory: a consumer taking it later might
-    /// not signal progress before its claim ends, and the table would lease it again.
-    fn fresh_for(&self) -> Duration {
-        Duration::from_millis(self.lease_ms.max(0) as u64 / 2)
     }
 }
 
@@ -544,14 +540,27 @@ async fn route(mut lane: mpsc::Receiver<Vec<Leased>>, handed: Handed, signal: Si
     }
 }
 
-/// Rows handed over in memory, waiting for their topic's consumers.
-#[derive(Clone, Default)]
-struct Handed(Arc<std::sync::Mutex<Lines>>);
+/// Rows handed over in memory, waiting for their topic's consumers. A row waits at most
+/// `fresh_for`: past it, the table hands it out once its claim ends. Rows of a topic no
+/// consumer here takes (an activity type no plugin of this host runs) go the same way,
+/// so memory holds no more than what the lane brings in that time.
+#[derive(Clone)]
+struct Handed {
+    lines: Arc<std::sync::Mutex<Lines>>,
+    fresh_for: Duration,
+}
 
 /// Each topic's handed-over rows, oldest first, with when each came.
 type Lines = HashMap<String, VecDeque<(tokio::time::Instant, Leased)>>;
 
 impl Handed {
+    fn new(fresh_for: Duration) -> Self {
+        Self {
+            lines: Arc::default(),
+            fresh_for,
+        }
+    }
+
     /// Queues `rows`; returns their topics.
     fn push(&self, rows: Vec<Leased>) -> Vec<String> {
         let now = tokio::time::Instant::now();
@@ -561,35 +570,41 @@ impl Handed {
             if !topics.contains(&row.topic) {
                 topics.push(row.topic.clone());
             }
-            lines
-                .entry(row.topic.clone())
-                .or_default()
-                .push_back((now, row));
+            let line = lines.entry(row.topic.clone()).or_default();
+            self.expire(line, now);
+            line.push_back((now, row));
         }
         topics
     }
 
-    /// Up to `max` rows of `topic`, oldest first. Rows older than `fresh_for` are
-    /// dropped: their claim ends soon, and the table hands them out then.
-    fn take(&self, topic: &str, max: usize, fresh_for: Duration) -> Vec<Leased> {
+    /// Up to `max` rows of `topic` that are still fresh, oldest first.
+    fn take(&self, topic: &str, max: usize) -> Vec<Leased> {
         let mut lines = self.lines();
         let Some(line) = lines.get_mut(topic) else {
             return Vec::new();
         };
-        let now = tokio::time::Instant::now();
-        while line
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > fresh_for)
-        {
-            line.pop_front();
-        }
+        self.expire(line, tokio::time::Instant::now());
         let n = max.min(line.len());
         line.drain(..n).map(|(_, row)| row).collect()
     }
 
+    /// Drops the rows at the front of `line` that waited longer than `fresh_for`.
+    fn expire(
+        &self,
+        line: &mut VecDeque<(tokio::time::Instant, Leased)>,
+        now: tokio::time::Instant,
+    ) {
+        while line
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > self.fresh_for)
+        {
+            line.pop_front();
+        }
+    }
+
     fn lines(&self) -> std::sync::MutexGuard<'_, Lines> {
         // Nothing panics while holding it, so a poisoned lock still guards sound data.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -660,10 +675,7 @@ impl Consumer for DbConsumer {
             if table_first {
                 leased = self.lease(max).await?;
             }
-            let handed =
-                self.queue
-                    .handed
-                    .take(&self.topic, max - leased.len(), self.queue.fresh_for());
+            let handed = self.queue.handed.take(&self.topic, max - leased.len());
             leased.extend(handed);
             if !table_first && leased.len() < max {
                 let more = self.lease(max - leased.len()).await?;
@@ -781,6 +793,37 @@ fn storage(e: crate::ManagerError) -> QueueError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(id: &str, topic: &str) -> Leased {
+        Leased {
+            id: id.into(),
+            topic: topic.into(),
+            payload: "{}".into(),
+            deliveries: 1,
+            copies: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn handed_rows_wait_in_memory_only_while_fresh_taken_or_not() {
+        let handed = Handed::new(Duration::from_millis(50));
+        let topics = handed.push(vec![row("a/1", "activity.a"), row("x/1", "activity.x")]);
+        assert_eq!(topics, ["activity.a", "activity.x"]);
+        assert_eq!(handed.take("activity.a", 10).len(), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Nobody takes activity.x: its old rows still go when new ones come.
+        handed.push(vec![row("x/2", "activity.x"), row("a/2", "activity.a")]);
+        let waiting: Vec<String> = handed.lines()["activity.x"]
+            .iter()
+            .map(|(_, row)| row.id.clone())
+            .collect();
+        assert_eq!(waiting, ["x/2"]);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(
+            handed.take("activity.a", 10).is_empty(),
+            "a stale row is left to the table"
+        );
+    }
 
     #[test]
     fn copies_go_out_under_ids_that_lead_back_to_their_row() {
