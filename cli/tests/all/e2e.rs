@@ -192,9 +192,19 @@ async fn walkthrough_turns_all_four_vpas_active(backend: TestBackend) {
 
 async fn a_killed_server_resumes_every_orchestration_with_side_effects_once(backend: TestBackend) {
     const PARTICIPANTS: usize = 12;
-    // Two activities at a time and a 200 ms activity in every onboarding: the kill below
+    const SLOW_MS: i64 = 1_000;
+    // Two activities at a time and a slow activity in every onboarding: the kill below
     // lands while most orchestrations are still running.
-    let mut server = Server::start_on(backend, &["--no-seed", "--concurrency", "2"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = cfm_test_support::plugins_config_with(dir.path(), |plugin| {
+        if plugin["name"].as_str() == Some("slow") {
+            let settings = plugin["settings"].as_table_mut().unwrap();
+            settings.insert("delayMs".into(), SLOW_MS.into());
+        }
+    });
+    let plugins = plugins.display().to_string();
+    let args = ["--no-seed", "--concurrency", "2", "--plugins", &plugins];
+    let mut server = Server::start_on(backend, &args).await;
     let api = server.client();
     api.slow_template(false).await;
     let env = api.dataspace_with_cell("cell-a").await;
@@ -211,8 +221,10 @@ async fn a_killed_server_resumes_every_orchestration_with_side_effects_once(back
             .await;
         ids.push(profile["id"].as_str().unwrap().to_string());
     }
-    // Killed as soon as a slow activity has written its marker: it then waits 200 ms
-    // before completing, so the kill lands inside it, whatever the machine's load.
+    // Killed as soon as a slow activity has written its marker: it then waits a second
+    // before completing, so the kill lands inside it even when the look at the audit log
+    // and the count below take a while on a loaded machine (at 200 ms they sometimes
+    // took longer, and no interrupted activity was left to redeliver).
     let started = std::time::Instant::now();
     while !read_audit(&server.data_dir()).iter().any(|r| {
         r["operation"] == "put-if-absent"
@@ -240,7 +252,10 @@ async fn a_killed_server_resumes_every_orchestration_with_side_effects_once(back
         let profile = api
             .wait_active(&tenant_id, id, Duration::from_secs(60))
             .await;
-        assert_eq!(profile["properties"]["cfm.vpa.state"]["slowDelayMs"], 200);
+        assert_eq!(
+            profile["properties"]["cfm.vpa.state"]["slowDelayMs"],
+            SLOW_MS
+        );
     }
 
     // Each object was created once, however often its activity was delivered.
