@@ -61,6 +61,10 @@ pub enum ManagerError {
     /// could not be read, written or used.
     #[error("{0}")]
     Io(String),
+    /// A part of this process that the request needs has stopped: it panicked, or the
+    /// process is shutting down. Nothing was changed.
+    #[error("{0}")]
+    Stopped(&'static str),
     /// The queue of a distributed deployment failed (relaying work, consuming reports).
     #[error(transparent)]
     Queue(#[from] cfm_queue::QueueError),

@@ -70,6 +70,24 @@ async fn orchestrations_are_found_by_predicate(backend: TestBackend) {
         ))
         .await;
     assert_eq!(single, found[0]);
+    // A page of several orchestrations reads each one's own steps, in order.
+    let deploys = api
+        .post_ok(
+            "/orchestrations/query",
+            json!({"predicate": "orchestrationType = 'cfm.orchestration.vpa.deploy'"}),
+            200,
+        )
+        .await;
+    let deploys = deploys.as_array().unwrap();
+    assert_eq!(deploys.len(), 2, "{deploys:?}");
+    for deploy in deploys {
+        assert!(!deploy["steps"].as_array().unwrap().is_empty(), "{deploy}");
+        let id = deploy["id"].as_str().unwrap();
+        assert_eq!(
+            deploy,
+            &api.get_json(&format!("/orchestrations/{id}")).await
+        );
+    }
 
     let completed = api
         .post_ok(

@@ -21,23 +21,45 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::provision::Engine;
+use crate::provision::engine::GroupCommit;
 use crate::queue::{self, DbQueue, Express, Leased};
+use crate::store::Backend;
 
 /// How long a pulled message stays leased without a progress signal. Workers signal
 /// every third of it, so only a dead worker's work waits this long to be redelivered.
 pub const ACK_WAIT: Duration = cfm_queue::DEFAULT_ACK_WAIT;
 
-/// Applies reports to the engine in this process.
-pub struct EngineSink(pub Engine);
+/// Applies reports to the engine in this process, several to a transaction when they
+/// arrive together.
+pub struct EngineSink(GroupCommit);
+
+impl EngineSink {
+    /// A sink applying to `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self(group_commit(engine))
+    }
+}
 
 #[async_trait]
 impl OutcomeSink for EngineSink {
     async fn report(&self, report: ActivityReport) -> Result<(), ReportError> {
         self.0
-            .apply_report(report)
+            .apply(report)
             .await
             .map_err(|e| ReportError::Apply(Box::new(e)))
     }
+}
+
+/// Transactions applying outcomes at once on PostgreSQL: while one waits for a round
+/// trip or its commit, another works. SQLite has one writer, so one.
+const POSTGRES_WRITERS: usize = 8;
+
+fn group_commit(engine: Engine) -> GroupCommit {
+    let writers = match engine.db().backend() {
+        Backend::Postgres => POSTGRES_WRITERS,
+        Backend::Sqlite => 1,
+    };
+    GroupCommit::spawn(engine, writers)
 }
 
 /// Agent workers fed straight from the outbox table. Releases the leases a previous
@@ -66,7 +88,7 @@ pub async fn embedded_worker(
     Worker::new(
         Arc::new(queue),
         executor,
-        Arc::new(EngineSink(engine.clone().with_express(express))),
+        Arc::new(EngineSink::new(engine.clone().with_express(express))),
         settings,
     )
 }
@@ -337,7 +359,8 @@ pub struct Reports {
 
 impl Reports {
     /// Applies reports from `queue` to `engine`, at most `concurrency` (at least 1) at a
-    /// time; nothing is pulled until [`Reports::run`].
+    /// time, those that arrive together in one transaction; nothing is pulled until
+    /// [`Reports::run`].
     pub fn new(engine: Engine, queue: Arc<dyn Queue>, concurrency: usize) -> Self {
         Self {
             engine,
@@ -349,6 +372,7 @@ impl Reports {
     /// Runs until aborted; fails only when the consumer cannot be set up.
     pub async fn run(self) -> Result<(), cfm_queue::QueueError> {
         let mut consumer = cfm_queue::consumer_retrying(self.queue.as_ref(), REPORTS_TOPIC).await?;
+        let group = group_commit(self.engine);
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut applying = JoinSet::new();
         loop {
@@ -365,7 +389,7 @@ impl Reports {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return Ok(());
                 };
-                let engine = self.engine.clone();
+                let group = group.clone();
                 applying.spawn(async move {
                     let report: ActivityReport = match serde_json::from_slice(delivery.payload()) {
                         Ok(report) => report,
@@ -376,7 +400,7 @@ impl Reports {
                         }
                     };
                     let message_id = report.message_id.clone();
-                    let result = engine.apply_report(report).await;
+                    let result = group.apply(report).await;
                     let settled = match result {
                         Ok(()) => {
                             tracing::debug!(message = %message_id, "report applied");

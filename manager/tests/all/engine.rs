@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use cfm_manager::model::{ActivityDefinition, ActivitySpec, ParticipantProfile};
 use cfm_manager::provision::definitions;
+use cfm_manager::provision::engine::GroupCommit;
 use cfm_manager::tenant::{cells, profiles, tenants};
 use cfm_manager::testing::{ScratchDatabase, TestBackend};
 use cfm_manager::{EngineSettings, Manager, ManagerError, Options, on_both_backends};
-use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask};
+use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask};
 use cfm_queue::worker::WorkerSettings;
 use serde_json::{Map, Value, json};
 
@@ -25,6 +26,7 @@ on_both_backends!(
     an_output_naming_a_server_owned_key_fails_and_redirects_nothing,
     a_deploy_step_that_runs_after_the_dispose_is_undone,
     an_output_holding_nul_fails_its_activity,
+    reports_applied_together_fail_alone_and_drop_their_twins,
 );
 
 type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
@@ -66,8 +68,28 @@ struct Fixture {
     _scratch: Option<ScratchDatabase>,
 }
 
-/// A database with activity types a, b, c; deploy = a → b, and c on its own.
+/// A database with activity types a, b, c; deploy = a → b, and c on its own; and an
+/// embedded worker running every task on `script`.
 async fn fixture(
+    backend: TestBackend,
+    script: impl Fn(&ActivityTask) -> ActivityOutcome + Send + Sync + 'static,
+) -> Fixture {
+    let fx = unworked(backend, script).await;
+    let settings = WorkerSettings {
+        concurrency: 4,
+        ..WorkerSettings::default()
+    };
+    tokio::spawn(
+        fx.manager
+            .embedded_worker(fx.executor.clone(), settings)
+            .await
+            .run(),
+    );
+    fx
+}
+
+/// [`fixture`] without a worker: tasks stay in the outbox for the test to report on.
+async fn unworked(
     backend: TestBackend,
     script: impl Fn(&ActivityTask) -> ActivityOutcome + Send + Sync + 'static,
 ) -> Fixture {
@@ -129,16 +151,6 @@ async fn fixture(
         script: Box::new(script),
         seen: Mutex::new(vec![]),
     });
-    let settings = WorkerSettings {
-        concurrency: 4,
-        ..WorkerSettings::default()
-    };
-    tokio::spawn(
-        manager
-            .embedded_worker(executor.clone(), settings)
-            .await
-            .run(),
-    );
     Fixture {
         manager,
         executor,
@@ -189,8 +201,12 @@ impl Fixture {
     }
 
     async fn deploy(&self) -> String {
+        self.deploy_as("did:web:p.example").await
+    }
+
+    async fn deploy_as(&self, identifier: &str) -> String {
         let new = profiles::NewDeployment {
-            identifier: "did:web:p.example".into(),
+            identifier: identifier.into(),
             ..Default::default()
         };
         profiles::deploy(&self.manager.engine, &self.tenant, new)
@@ -229,6 +245,19 @@ impl Fixture {
 
     fn seen(&self) -> Vec<ActivityTask> {
         self.executor.seen.lock().unwrap().clone()
+    }
+
+    /// The tasks waiting in the outbox for activity `activity_id`, by participant.
+    async fn outbox(&self, activity_id: &str) -> BTreeMap<String, (String, ActivityTask)> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, payload FROM queue")
+            .fetch_all(self.manager.engine.db().read())
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|(id, payload)| (id, serde_json::from_str::<ActivityTask>(&payload).unwrap()))
+            .filter(|(_, task)| task.activity_id == activity_id)
+            .map(|(id, task)| (task.participant_context_id.clone(), (id, task)))
+            .collect()
     }
 
     async fn queued(&self) -> i64 {
@@ -607,4 +636,108 @@ async fn an_output_holding_nul_fails_its_activity(backend: TestBackend) {
     let detail = profile.error_detail.clone().unwrap_or_default();
     assert!(detail.contains("U+0000"), "{profile:?}");
     assert_eq!(fx.queued().await, 0);
+}
+
+/// Reports that arrive together are applied in one transaction. One that cannot be applied
+/// (its orchestration's stored data is corrupt) sends the batch back to be applied report
+/// by report: it fails alone, the others apply, and the twin of a report in the same batch
+/// is dropped as stale. Through a group commit, reports of parallel steps of one
+/// orchestration apply together.
+async fn reports_applied_together_fail_alone_and_drop_their_twins(backend: TestBackend) {
+    let fx = unworked(backend, |_| complete(json!({}))).await;
+    let mut participants = vec![];
+    for n in 0..3 {
+        participants.push(fx.deploy_as(&format!("did:web:p{n}.example")).await);
+    }
+    let report = |(message, task): &(String, ActivityTask), key: &str| ActivityReport {
+        message_id: message.clone(),
+        task: task.clone(),
+        outcome: complete(json!({ key: task.participant_context_id })),
+        delivery: 1,
+        plugin_digest: Some("sha256:test".into()),
+    };
+    let a = fx.outbox("a").await;
+    let [good, other, bad] = [0, 1, 2].map(|n| &a[&participants[n]]);
+    sqlx::query("UPDATE orchestrations SET output_data = 'not json' WHERE id = $1")
+        .bind(&bad.1.orchestration_id)
+        .execute(fx.manager.engine.db().writer())
+        .await
+        .unwrap();
+
+    let results = fx
+        .manager
+        .engine
+        .apply_reports(vec![
+            report(good, "a.out"),
+            report(other, "a.out"),
+            report(bad, "a.out"),
+            report(good, "a.twin"),
+        ])
+        .await;
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[2], Err(ManagerError::Corrupt(_))),
+        "{results:?}"
+    );
+    assert!(results[3].is_ok(), "a stale twin is dropped: {results:?}");
+    let b = fx.outbox("b").await;
+    let mut applied = vec![&participants[0], &participants[1]];
+    applied.sort();
+    assert_eq!(
+        b.keys().collect::<Vec<_>>(),
+        applied,
+        "b is due where a applied"
+    );
+    let dispatched_b: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue WHERE id LIKE '%/b/%'")
+        .fetch_one(fx.manager.engine.db().read())
+        .await
+        .unwrap();
+    assert_eq!(dispatched_b, 2, "the twin dispatched nothing");
+    assert_eq!(
+        b[&participants[0]].1.processing_data["a.out"],
+        participants[0]
+    );
+    assert!(!b[&participants[0]].1.processing_data.contains_key("a.twin"));
+    let a = fx.outbox("a").await;
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        [&participants[2]],
+        "the report that failed is not acknowledged"
+    );
+
+    // b and c of one orchestration, and of another, through one writer.
+    let group = GroupCommit::spawn(fx.manager.engine.clone(), 1);
+    let c = fx.outbox("c").await;
+    let reports = [
+        &b[&participants[0]],
+        &c[&participants[0]],
+        &b[&participants[1]],
+        &c[&participants[1]],
+    ]
+    .map(|queued| report(queued, "done"));
+    let results = futures_util::future::join_all(reports.map(|r| group.apply(r))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    for participant in &participants[..2] {
+        let profile = profiles::get(fx.manager.engine.db(), &fx.tenant, participant)
+            .await
+            .unwrap();
+        assert!(vpas_are(&profile, "active"), "{profile:?}");
+        let orchestration = fx.orchestration(participant).await;
+        assert!(
+            orchestration
+                .steps
+                .iter()
+                .all(|s| s.state.as_str() == "completed"),
+            "{orchestration:?}"
+        );
+    }
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM queue")
+        .fetch_all(fx.manager.engine.db().read())
+        .await
+        .unwrap();
+    assert_eq!(
+        left.len(),
+        2,
+        "only the corrupt orchestration's a and c: {left:?}"
+    );
 }

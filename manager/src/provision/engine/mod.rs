@@ -5,6 +5,7 @@
 //! activities it unblocks happen in one transaction: a crash before the commit leaves the
 //! message to be delivered again, a crash after leaves nothing to redo.
 
+mod batch;
 mod cleanup;
 mod dispatch;
 mod output;
@@ -26,6 +27,7 @@ use crate::model::{
 use crate::provision::hooks::{self, Finished, OrchestrationHooks};
 use crate::queue::{self, Express, Leased, Signal};
 use crate::store::{self, Backend, Conn, Db, from_json, to_json};
+pub use batch::GroupCommit;
 pub(crate) use output::holds_nul;
 use output::refuse_unfit_output;
 use read::{StepRow, steps, steps_acking};
@@ -451,16 +453,31 @@ impl Engine {
         plugin_digest: Option<&str>,
     ) -> Result<()> {
         let mut tx = store::write(&self.db).await?;
+        self.apply_within(&mut tx, message_id, task, outcome, plugin_digest)
+            .await?;
+        tx.commit().await?;
+        self.committed();
+        Ok(())
+    }
+
+    /// Applies one outcome inside the caller's transaction, acknowledging its message
+    /// there; what it writes to the outbox is announced by [`Engine::committed`].
+    async fn apply_within(
+        &self,
+        tx: &mut Conn,
+        message_id: &str,
+        task: &ActivityTask,
+        outcome: ActivityOutcome,
+        plugin_digest: Option<&str>,
+    ) -> Result<()> {
         // The orchestration's row first, then its queue rows: the order cancel takes them
         // in too, so the two never deadlock on PostgreSQL.
-        let current = self.current(&mut tx, &task.orchestration_id).await?;
+        let current = self.current(tx, &task.orchestration_id).await?;
         let ack = queue::row_id(message_id);
         let Some(current) = current else {
-            queue::ack(&mut tx, ack).await?;
-            tx.commit().await?;
-            return Ok(());
+            return queue::ack(tx, ack).await;
         };
-        let all = steps_acking(&mut tx, &task.orchestration_id, ack).await?;
+        let all = steps_acking(tx, &task.orchestration_id, ack).await?;
         let step = all.iter().find(|s| s.activity_id == task.activity_id);
         let live = current.state == OrchestrationState::Running.code();
         let Some(step) = step.filter(|s| {
@@ -471,32 +488,19 @@ impl Engine {
                 ActivityOutcome::Complete { output } => Some(output),
                 _ => None,
             };
-            let undoing = self
-                .undo_late_run(&mut tx, &current, task, late_output)
-                .await?;
-            tx.commit().await?;
-            if undoing {
-                self.committed();
-            }
+            self.undo_late_run(tx, &current, task, late_output).await?;
             return Ok(());
         };
         let retries = step.retries;
         match refuse_unfit_output(outcome) {
             ActivityOutcome::Complete { output } => {
-                self.complete(&mut tx, task, current, output, plugin_digest, all)
+                self.complete(tx, task, current, output, plugin_digest, all)
                     .await?;
             }
             ActivityOutcome::Reschedule { delay_ms, state } => {
                 let delay = delay_ms.min(self.settings.max_reschedule_ms);
-                self.dispatch(
-                    &mut tx,
-                    task,
-                    &current,
-                    task.attempt + 1,
-                    delay,
-                    Some(state),
-                )
-                .await?;
+                self.dispatch(tx, task, &current, task.attempt + 1, delay, Some(state))
+                    .await?;
             }
             ActivityOutcome::Retry { reason } if retries < self.settings.max_retries as i64 => {
                 sqlx::query("UPDATE orchestration_steps SET retries = retries + 1, last_error = $1 WHERE orchestration_id = $2 AND activity_id = $3")
@@ -508,7 +512,7 @@ impl Engine {
                 let delay = self.backoff(retries as u32);
                 tracing::warn!(activity = %task.activity_id, delay_ms = delay, %reason, "activity will be retried");
                 self.dispatch(
-                    &mut tx,
+                    tx,
                     task,
                     &current,
                     task.attempt + 1,
@@ -519,14 +523,12 @@ impl Engine {
             }
             ActivityOutcome::Retry { reason } => {
                 let reason = format!("gave up after {retries} retries: {reason}");
-                self.fail(&mut tx, task, &current, &reason).await?;
+                self.fail(tx, task, &current, &reason).await?;
             }
             ActivityOutcome::Fatal { reason } => {
-                self.fail(&mut tx, task, &current, &reason).await?;
+                self.fail(tx, task, &current, &reason).await?;
             }
         }
-        tx.commit().await?;
-        self.committed();
         Ok(())
     }
 
