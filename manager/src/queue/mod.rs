@@ -12,6 +12,7 @@
 //!   before its storage caught up, or its disk lost); the relay asks after the rows it
 //!   has held for a while and publishes again those the server no longer has.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,14 +66,17 @@ pub async fn publish_alongside(
     Ok(())
 }
 
-/// A statement written together with an outbox row: on PostgreSQL a data-modifying
-/// `WITH` clause of the insert, one round trip for both; on SQLite, which has no such
-/// clause, the next statement. Either way it runs whether or not the row was new.
+/// Statements written together with an outbox row: on PostgreSQL data-modifying `WITH`
+/// clauses of the insert, one round trip for all; on SQLite, which has no such clauses,
+/// the next statements, in order. Either way they run whether or not the row was new.
+/// They must not change one row twice: PostgreSQL would keep only one of the changes.
 pub struct Alongside<'q> {
-    /// The statement; its own parameters are numbered from `$7`, after the row's six.
-    pub sql: &'static str,
-    /// Binds its parameters, in order, after the row's.
-    pub bind: Box<dyn FnOnce(AnyQuery<'q>) -> AnyQuery<'q> + Send + 'q>,
+    /// The statements; their parameters are numbered from `$7`, after the row's six, and
+    /// shared by all of them ([`store::shift_parameters`] renumbers a statement).
+    pub sql: Vec<Cow<'static, str>>,
+    /// Binds the parameters, in order, after the row's: once on PostgreSQL, once for each
+    /// statement on SQLite.
+    pub bind: Box<dyn Fn(AnyQuery<'q>) -> AnyQuery<'q> + Send + 'q>,
 }
 
 /// A statement being bound.
@@ -135,18 +139,28 @@ async fn insert(
     let inserted = match (alongside, store::backend_of(conn)) {
         (None, _) => row(sqlx::query(INSERT)).execute(conn).await?,
         (Some(alongside), Backend::Postgres) => {
-            let sql = format!("WITH alongside AS ({}) {INSERT}", alongside.sql);
+            let clauses: Vec<String> = alongside
+                .sql
+                .iter()
+                .enumerate()
+                .map(|(n, sql)| format!("alongside{n} AS ({sql})"))
+                .collect();
+            let sql = format!("WITH {} {INSERT}", clauses.join(", "));
             (alongside.bind)(row(sqlx::query(AssertSqlSafe(sql))))
                 .execute(conn)
                 .await?
         }
         (Some(alongside), Backend::Sqlite) => {
             let inserted = row(sqlx::query(INSERT)).execute(&mut *conn).await?;
-            // SQLite binds parameters by number too: six placeholders stand for the row's.
-            let placeholders = (0..6).fold(sqlx::query(alongside.sql), |query, _| {
-                query.bind(None::<i64>)
-            });
-            (alongside.bind)(placeholders).execute(conn).await?;
+            for sql in &alongside.sql {
+                // SQLite binds parameters by number too: six placeholders stand for the
+                // row's.
+                let placeholders = (0..6)
+                    .fold(sqlx::query(AssertSqlSafe(sql.as_ref())), |query, _| {
+                        query.bind(None::<i64>)
+                    });
+                (alongside.bind)(placeholders).execute(&mut *conn).await?;
+            }
             inserted
         }
     };

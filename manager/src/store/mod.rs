@@ -204,6 +204,25 @@ async fn open_postgres(url: &str) -> Result<Db> {
     })
 }
 
+/// `sql` with every parameter `$n` renumbered `$(n + by)`: a statement written on its own
+/// that runs as part of a larger one, after `by` parameters of the other parts.
+pub fn shift_parameters(sql: &str, by: usize) -> String {
+    let mut shifted = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        shifted.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => shifted.push_str(&(n + by).to_string()),
+            Err(_) => shifted.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    shifted.push_str(rest);
+    shifted
+}
+
 /// The backend a connection talks to.
 pub fn backend_of(conn: &Conn) -> Backend {
     if conn.backend_name().eq_ignore_ascii_case("postgresql") {
@@ -470,4 +489,15 @@ pub async fn set_meta(conn: &mut Conn, key: &str, value: &str) -> Result<()> {
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parameters_are_renumbered_and_nothing_else() {
+        assert_eq!(
+            super::shift_parameters("SET a = $1, b = $12 WHERE c = '$' AND d = $2", 11),
+            "SET a = $12, b = $23 WHERE c = '$' AND d = $13"
+        );
+    }
 }

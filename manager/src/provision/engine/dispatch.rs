@@ -1,6 +1,8 @@
 //! How work leaves the engine: each attempt of a step becomes an outbox row, written in
 //! the transaction that decided it, and the step is marked `dispatched`.
 
+use std::borrow::Cow;
+
 use cfm_protocol::ActivityTask;
 use serde_json::Value;
 
@@ -8,11 +10,14 @@ use super::read::StepRow;
 use super::{Current, Engine, Participant, lock};
 use crate::error::Result;
 use crate::model::{Properties, StepState, now};
-use crate::queue;
-use crate::store::{Conn, to_json};
+use crate::queue::{self, AnyQuery};
+use crate::store::{self, Backend, Conn, to_json};
 
 impl Engine {
-    /// Dispatches every pending activity whose dependencies are all complete.
+    /// Dispatches every pending activity whose dependencies are all complete; `riding`
+    /// is written with the first of them (see [`Engine::publish`]), and must only be given
+    /// when there is one.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn dispatch_ready(
         &self,
         tx: &mut Conn,
@@ -21,18 +26,13 @@ impl Engine {
         orchestration_type: &str,
         data: &Properties,
         all: &[StepRow],
+        mut riding: Option<Completion>,
     ) -> Result<()> {
-        let done: Vec<&str> = all
-            .iter()
-            .filter(|s| s.state == StepState::Completed)
-            .map(|s| s.activity_id.as_str())
-            .collect();
-        for step in all.iter().filter(|s| s.state == StepState::Pending) {
-            if step.depends_on.iter().all(|d| done.contains(&d.as_str())) {
-                let task = self.first_attempt(id, participant, orchestration_type, step, data);
-                self.publish(tx, &task, 0).await?;
-            }
+        for step in ready(all) {
+            let task = self.first_attempt(id, participant, orchestration_type, step, data);
+            self.publish(tx, &task, 0, riding.take()).await?;
         }
+        debug_assert!(riding.is_none(), "a completion rode on no dispatch");
         Ok(())
     }
 
@@ -56,7 +56,7 @@ impl Engine {
             processing_data: current.processing_data.clone(),
             ..task.clone()
         };
-        self.publish(tx, &next, delay_ms).await
+        self.publish(tx, &next, delay_ms, None).await
     }
 
     /// The first attempt of a step; later attempts are derived from the previous one.
@@ -82,12 +82,14 @@ impl Engine {
         }
     }
 
-    /// Writes the task's message into the outbox and marks its step dispatched.
+    /// Writes the task's message into the outbox and marks its step dispatched, with
+    /// `riding` (the completion that made it due) in the same round trip on PostgreSQL.
     pub(super) async fn publish(
         &self,
         tx: &mut Conn,
         task: &ActivityTask,
         delay_ms: u64,
+        riding: Option<Completion>,
     ) -> Result<()> {
         let message_id = format!(
             "{}/{}/{}",
@@ -101,16 +103,32 @@ impl Engine {
             task.orchestration_id.clone(),
             task.activity_id.clone(),
         );
+        let started_at = now();
+        let mut sql = vec![Cow::Borrowed(
+            "UPDATE orchestration_steps SET state = $7, attempt = $8, started_at = COALESCE(started_at, $9)
+             WHERE orchestration_id = $10 AND activity_id = $11",
+        )];
+        // The completion's statements, numbered after the six of the row and the five above.
+        if riding.is_some() {
+            sql.extend(
+                Completion::STATEMENTS
+                    .iter()
+                    .map(|s| Cow::Owned(store::shift_parameters(s, 11))),
+            );
+        }
         let dispatched = queue::Alongside {
-            sql: "UPDATE orchestration_steps SET state = $7, attempt = $8, started_at = COALESCE(started_at, $9)
-                  WHERE orchestration_id = $10 AND activity_id = $11",
+            sql,
             bind: Box::new(move |query| {
-                query
+                let query = query
                     .bind(StepState::Dispatched)
                     .bind(attempt)
-                    .bind(now())
-                    .bind(orchestration_id)
-                    .bind(activity_id)
+                    .bind(started_at.clone())
+                    .bind(orchestration_id.clone())
+                    .bind(activity_id.clone());
+                match &riding {
+                    Some(completion) => completion.bind(query),
+                    None => query,
+                }
             }),
         };
         match (&self.express, &self.claims) {
@@ -157,5 +175,76 @@ impl Engine {
             .min(self.settings.retry_max_ms);
         let jitter = rand::random_range(0.8..=1.2);
         (base as f64 * jitter) as u64
+    }
+}
+
+/// The pending steps whose dependencies are all complete: the ones to dispatch.
+pub(super) fn ready(all: &[StepRow]) -> impl Iterator<Item = &StepRow> {
+    let done: Vec<&str> = all
+        .iter()
+        .filter(|s| s.state == StepState::Completed)
+        .map(|s| s.activity_id.as_str())
+        .collect();
+    all.iter().filter(move |s| {
+        s.state == StepState::Pending && s.depends_on.iter().all(|d| done.contains(&d.as_str()))
+    })
+}
+
+/// What completing a step writes: the step, and what its orchestration now knows. Alone,
+/// one statement on PostgreSQL ([`Completion::write`]); or riding on the statement that
+/// dispatches a step it made due ([`Engine::publish`]).
+pub(super) struct Completion {
+    /// The step: its orchestration and activity.
+    pub orchestration_id: String,
+    pub activity_id: String,
+    /// The step's output, as JSON.
+    pub output: String,
+    /// The plugin that ran it, when the agent said.
+    pub plugin_digest: Option<String>,
+    /// The orchestration's processing and output data with the output in, as JSON.
+    pub processing_data: String,
+    pub output_data: String,
+}
+
+impl Completion {
+    /// Numbered as [`Completion::bind`] binds; SQLite binds every parameter to each.
+    const STATEMENTS: [&str; 2] = [
+        "UPDATE orchestration_steps SET state = $1, completed_at = $2, output = $3,
+           last_error = NULL, plugin_digest = $6
+         WHERE orchestration_id = $4 AND activity_id = $5",
+        "UPDATE orchestrations SET processing_data = $7, output_data = $8,
+           version = version + 1 WHERE id = $4",
+    ];
+
+    /// Binds the parameters of [`Completion::STATEMENTS`], after whatever `query` has.
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        query
+            .bind(StepState::Completed)
+            .bind(now())
+            .bind(self.output.clone())
+            .bind(self.orchestration_id.clone())
+            .bind(self.activity_id.clone())
+            .bind(self.plugin_digest.clone())
+            .bind(self.processing_data.clone())
+            .bind(self.output_data.clone())
+    }
+
+    /// Writes the completion on its own: one statement on PostgreSQL, two on SQLite.
+    pub(super) async fn write(&self, tx: &mut Conn) -> Result<()> {
+        let [step, orchestration] = Self::STATEMENTS;
+        match store::backend_of(tx) {
+            Backend::Postgres => {
+                let sql = format!("WITH step AS ({step}) {orchestration}");
+                self.bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Backend::Sqlite => {
+                for sql in Self::STATEMENTS {
+                    self.bind(sqlx::query(sql)).execute(&mut *tx).await?;
+                }
+            }
+        }
+        Ok(())
     }
 }

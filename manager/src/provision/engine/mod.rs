@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cfm_protocol::{ActivityOutcome, ActivityReport, ActivityTask, keys};
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 use tracing::Instrument;
 
 use crate::error::{ManagerError, Result};
@@ -28,6 +28,7 @@ use crate::provision::hooks::{self, Finished, OrchestrationHooks};
 use crate::queue::{self, Express, Leased, Signal};
 use crate::store::{self, Backend, Conn, Db, from_json, to_json};
 pub use batch::GroupCommit;
+use dispatch::{Completion, ready};
 pub(crate) use output::holds_nul;
 use output::refuse_unfit_output;
 use read::{StepRow, steps, steps_acking};
@@ -346,6 +347,7 @@ impl Engine {
             &start.orchestration_type,
             &start.processing_data,
             &all,
+            None,
         )
         .await?;
         let event = json!({"id": id, "correlationId": start.correlation_id,
@@ -590,38 +592,14 @@ impl Engine {
             current.processing_data.insert(key.clone(), value.clone());
             current.output_data.insert(key, value);
         }
-        // The step and what its orchestration now knows: one statement on PostgreSQL.
-        const STEP: &str =
-            "UPDATE orchestration_steps SET state = $1, completed_at = $2, output = $3,
-               last_error = NULL, plugin_digest = $6
-             WHERE orchestration_id = $4 AND activity_id = $5";
-        const ORCHESTRATION: &str =
-            "UPDATE orchestrations SET processing_data = $7, output_data = $8,
-               version = version + 1 WHERE id = $4";
-        let combined;
-        let statements: &[&str] = match self.db.backend() {
-            Backend::Postgres => {
-                combined = format!("WITH step AS ({STEP}) {ORCHESTRATION}");
-                &[combined.as_str()]
-            }
-            // SQLite binds parameters by number too, so each statement takes all eight.
-            Backend::Sqlite => &[STEP, ORCHESTRATION],
+        let completion = Completion {
+            orchestration_id: task.orchestration_id.clone(),
+            activity_id: task.activity_id.clone(),
+            output: step_output,
+            plugin_digest: plugin_digest.map(str::to_string),
+            processing_data: to_json(&current.processing_data)?,
+            output_data: to_json(&current.output_data)?,
         };
-        let processing_data = to_json(&current.processing_data)?;
-        let output_data = to_json(&current.output_data)?;
-        for sql in statements {
-            sqlx::query(AssertSqlSafe(*sql))
-                .bind(StepState::Completed)
-                .bind(now())
-                .bind(&step_output)
-                .bind(&task.orchestration_id)
-                .bind(&task.activity_id)
-                .bind(plugin_digest)
-                .bind(&processing_data)
-                .bind(&output_data)
-                .execute(&mut *tx)
-                .await?;
-        }
         // The steps as read at the start of this transaction, which holds the
         // orchestration's lock, with this one now completed.
         for step in all.iter_mut().filter(|s| s.activity_id == task.activity_id) {
@@ -631,6 +609,23 @@ impl Engine {
             .iter()
             .filter(|s| s.state != StepState::Completed)
             .count();
+        // On PostgreSQL the completion rides on the first dispatch it causes: the step,
+        // the orchestration, the next step and its outbox row in one round trip.
+        let riding = self.db.backend() == Backend::Postgres && ready(&all).next().is_some();
+        if riding {
+            return self
+                .dispatch_ready(
+                    tx,
+                    &task.orchestration_id,
+                    &current.participant,
+                    &current.orchestration_type,
+                    &current.processing_data,
+                    &all,
+                    Some(completion),
+                )
+                .await;
+        }
+        completion.write(tx).await?;
         if remaining == 0 {
             self.finish(
                 tx,
@@ -648,6 +643,7 @@ impl Engine {
                 &current.orchestration_type,
                 &current.processing_data,
                 &all,
+                None,
             )
             .await
         }
