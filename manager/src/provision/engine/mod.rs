@@ -611,21 +611,12 @@ impl Engine {
             .count();
         // On PostgreSQL the completion rides on the first dispatch it causes: the step,
         // the orchestration, the next step and its outbox row in one round trip.
-        let riding = self.db.backend() == Backend::Postgres && ready(&all).next().is_some();
-        if riding {
-            return self
-                .dispatch_ready(
-                    tx,
-                    &task.orchestration_id,
-                    &current.participant,
-                    &current.orchestration_type,
-                    &current.processing_data,
-                    &all,
-                    Some(completion),
-                )
-                .await;
-        }
-        completion.write(tx).await?;
+        let riding = if self.db.backend() == Backend::Postgres && ready(&all).next().is_some() {
+            Some(completion)
+        } else {
+            completion.write(tx).await?;
+            None
+        };
         if remaining == 0 {
             self.finish(
                 tx,
@@ -643,7 +634,7 @@ impl Engine {
                 &current.orchestration_type,
                 &current.processing_data,
                 &all,
-                None,
+                riding,
             )
             .await
         }
