@@ -351,9 +351,9 @@ impl Population {
             .await
             .expect("profiles");
         }
-        // What autovacuum does to a table that has settled: statistics, and the visibility
-        // map that lets a count read its index alone.
-        sqlx::query("VACUUM ANALYZE participant_profiles")
+        // What autovacuum does to tables that have settled: statistics, and the visibility
+        // map that lets a count read its index alone (the VPA states' table included).
+        sqlx::query("VACUUM ANALYZE participant_profiles, participant_vpa_states")
             .execute(&mut conn)
             .await
             .expect("vacuum");

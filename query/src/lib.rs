@@ -186,6 +186,28 @@ pub struct JsonColumn {
     /// same as the path and is answered from the column's GIN index (or, for a value
     /// most rows have, by walking the rows in id order and stopping at the page's end).
     pub scalar_keys: &'static [&'static str],
+    /// Keys whose string values are also listed in a table of their own, on both
+    /// backends: `key = 'v'` and `key IN ('v', ...)` become an `id IN` over that table.
+    pub key_tables: &'static [KeyTable],
+}
+
+/// A table that lists, for each row of a resource, the distinct string values one key of
+/// a JSON column takes (for `vpas`: `state`), with an index on `(value, row)`.
+///
+/// A value many rows share is read from it in id order, a page at a time; from a JSONB
+/// GIN index a page cost fetching and sorting every match. The table must be kept
+/// exactly in step with the column (triggers do it for `participant_vpa_states`): a
+/// predicate reading it means what the JSON path means.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyTable {
+    /// The key in the column's documents.
+    pub key: &'static str,
+    /// The table's name in SQL.
+    pub table: &'static str,
+    /// Its column holding one value of the key.
+    pub value: &'static str,
+    /// Its column holding the id of the resource's row.
+    pub row: &'static str,
 }
 
 /// The parameters of a statement being built, numbered `$1`, `$2`, ... in order.

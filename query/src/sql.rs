@@ -44,10 +44,17 @@ impl<'a> Translator<'a> {
             Expr::Or(terms) => self.join(terms, " OR ")?,
             Expr::Compare { field, op, value } => match self.resolve(field)? {
                 Target::Column(column) => self.compare_column(field, column, op, value)?,
-                Target::Path(json, path) => match self.containment(json, &path, op, value) {
-                    Some(containment) => containment,
-                    None => self.path_exists(json, &path, |t, v| t.compare_json(v, op, value))?,
-                },
+                Target::Path(json, path) => {
+                    let listed = (*op == "=")
+                        .then(|| self.key_table(json, &path, std::slice::from_ref(value)))
+                        .flatten();
+                    match listed.or_else(|| self.containment(json, &path, op, value)) {
+                        Some(indexed) => indexed,
+                        None => {
+                            self.path_exists(json, &path, |t, v| t.compare_json(v, op, value))?
+                        }
+                    }
+                }
             },
             Expr::In {
                 field,
@@ -64,14 +71,20 @@ impl<'a> Translator<'a> {
                         marks.join(", ")
                     )
                 }
-                Target::Path(json, path) => self.path_exists(json, &path, |t, v| {
-                    let any = t.json_in(v, values);
-                    Ok(if *negated {
-                        format!("({} AND NOT ({any}))", t.is_scalar(v))
-                    } else {
-                        format!("({any})")
-                    })
-                })?,
+                Target::Path(json, path) => match (!*negated)
+                    .then(|| self.key_table(json, &path, values))
+                    .flatten()
+                {
+                    Some(listed) => listed,
+                    None => self.path_exists(json, &path, |t, v| {
+                        let any = t.json_in(v, values);
+                        Ok(if *negated {
+                            format!("({} AND NOT ({any}))", t.is_scalar(v))
+                        } else {
+                            format!("({any})")
+                        })
+                    })?,
+                },
             },
             Expr::IsNull { field, negated } => match self.resolve(field)? {
                 Target::Column(column) => format!(
@@ -341,6 +354,24 @@ impl<'a> Translator<'a> {
             Backend::Postgres => format!("jsonb_typeof({alias}) <> 'null'"),
             Backend::Sqlite => format!("{alias}.type <> 'null'"),
         }
+    }
+
+    /// A key listed in a [`KeyTable`] equal to one of `values`, all strings: the ids
+    /// that table lists for them. None for any other path or value.
+    fn key_table(&mut self, json: JsonColumn, path: &[&str], values: &[Literal]) -> Option<String> {
+        let [key] = path else { return None };
+        let listed = json.key_tables.iter().find(|listed| listed.key == *key)?;
+        if !values.iter().all(|value| matches!(value, Literal::Text(_))) {
+            return None;
+        }
+        let marks: Vec<String> = values.iter().map(|v| self.params.push(v.clone())).collect();
+        Some(format!(
+            "id IN (SELECT {} FROM {} WHERE {} IN ({}))",
+            listed.row,
+            listed.table,
+            listed.value,
+            marks.join(", ")
+        ))
     }
 
     /// `key = value` on a scalar key of an array of objects as JSONB containment:

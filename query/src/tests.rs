@@ -10,6 +10,12 @@ fn fields(field: &str) -> Option<Field> {
         "vpas" => Field::Json(JsonColumn {
             column: "vpas",
             scalar_keys: &["type"],
+            key_tables: &[KeyTable {
+                key: "state",
+                table: "vpa_states",
+                value: "state",
+                row: "profile_id",
+            }],
         }),
         _ => return None,
     })
@@ -76,6 +82,32 @@ fn json_paths_bind_values_and_postgres_uses_the_index_for_equality() {
         assert!(!sql.contains("= $"), "{sql}");
         assert!(!sql.contains("'a'"), "{sql}");
         assert!(params.len() >= 4);
+    }
+    // A key listed in a table of its own reads that table, on both backends, for equality
+    // and lists of strings; other comparisons and values walk the documents.
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (sql, params) = translate_on(backend, "vpas.state IN ('error', 'pending')").unwrap();
+        assert_eq!(
+            sql,
+            "id IN (SELECT profile_id FROM vpa_states WHERE state IN ($1, $2))"
+        );
+        assert_eq!(params.len(), 2);
+        let (sql, _) = translate_on(backend, "vpas.state = 'error'").unwrap();
+        assert!(
+            sql.starts_with("id IN (SELECT profile_id FROM vpa_states"),
+            "{sql}"
+        );
+        for walked in [
+            "vpas.state != 'error'",
+            "vpas.state NOT IN ('error')",
+            "vpas.state = 3",
+            "vpas.state IN ('error', 3)",
+            "vpas.state LIKE 'err%'",
+            "vpas.state.deeper = 'x'",
+        ] {
+            let (sql, _) = translate_on(backend, walked).unwrap();
+            assert!(!sql.contains("vpa_states"), "{walked}: {sql}");
+        }
     }
     // Deeper paths and other keys have no index shortcut.
     let (sql, _) = translate_on(Backend::Postgres, "vpas.properties.k = 'v'").unwrap();

@@ -226,6 +226,50 @@ impl Api {
             .await;
     }
 
+    /// Onboards `did:web:<name>.example` for each name into `dataspace_id` and waits until
+    /// each is active; returns their profile ids in the order of `names`.
+    pub async fn onboard_active(
+        &self,
+        tenant_id: &str,
+        dataspace_id: &str,
+        names: &[&str],
+    ) -> Vec<String> {
+        let mut ids = Vec::new();
+        for name in names {
+            let profile = self
+                .post_ok(
+                    &format!("/tenants/{tenant_id}/participant-profiles"),
+                    json!({"identifier": format!("did:web:{name}.example"),
+                           "dataspaceProfileIds": [dataspace_id]}),
+                    202,
+                )
+                .await;
+            ids.push(profile["id"].as_str().unwrap().to_string());
+        }
+        for id in &ids {
+            self.wait_active(tenant_id, id, Duration::from_secs(30))
+                .await;
+        }
+        ids
+    }
+
+    /// The ids of the participant profiles `predicate` matches, in the order answered (by id).
+    pub async fn profile_ids_matching(&self, predicate: &str) -> Vec<String> {
+        let found = self
+            .post_ok(
+                "/participant-profiles/query",
+                json!({"predicate": predicate}),
+                200,
+            )
+            .await;
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Polls a profile until its four VPAs are active; fails on error or timeout.
     pub async fn wait_active(&self, tenant_id: &str, profile_id: &str, timeout: Duration) -> Value {
         self.wait_vpas(tenant_id, profile_id, "active", timeout)

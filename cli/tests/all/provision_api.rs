@@ -25,22 +25,9 @@ async fn orchestrations_are_found_by_predicate(backend: TestBackend) {
     let env = api.dataspace_with_cell("cell-o").await;
     let tenant = api.post_ok("/tenants", json!({}), 201).await;
     let tenant_id = tenant["id"].as_str().unwrap();
-    let mut profiles = Vec::new();
-    for name in ["one", "two"] {
-        let profile = api
-            .post_ok(
-                &format!("/tenants/{tenant_id}/participant-profiles"),
-                json!({"identifier": format!("did:web:{name}.example"),
-                       "dataspaceProfileIds": [env.dataspace_id]}),
-                202,
-            )
-            .await;
-        profiles.push(profile["id"].as_str().unwrap().to_string());
-    }
-    for profile in &profiles {
-        api.wait_active(tenant_id, profile, Duration::from_secs(30))
-            .await;
-    }
+    let profiles = api
+        .onboard_active(tenant_id, &env.dataspace_id, &["one", "two"])
+        .await;
 
     let found = api
         .post_ok(

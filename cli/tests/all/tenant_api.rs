@@ -17,6 +17,7 @@ on_both_backends!(
     queries_reach_through_json_paths_and_arrays,
     tenant_lists_page_with_links,
     totals_past_the_count_limit_are_not_guessed,
+    vpa_state_queries_follow_every_write,
     placement_honours_a_named_cell_and_balances_load,
     a_participant_naming_no_dataspace_joins_those_its_cell_serves,
     cells_keep_a_clients_state_timestamp,
@@ -244,19 +245,7 @@ async fn queries_reach_through_json_paths_and_arrays(backend: TestBackend) {
         .cloned()
         .chain([(dataspace.as_str(), both.clone())])
     {
-        let found = api
-            .post_ok(
-                "/participant-profiles/query",
-                json!({"predicate": predicate}),
-                200,
-            )
-            .await;
-        let ids: Vec<&str> = found
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap())
-            .collect();
+        let ids = api.profile_ids_matching(predicate).await;
         assert_eq!(ids, expected, "{predicate}");
     }
 
@@ -338,12 +327,7 @@ async fn queries_reach_through_json_paths_and_arrays(backend: TestBackend) {
 async fn totals_past_the_count_limit_are_not_guessed(backend: TestBackend) {
     let server = Server::start_on(backend, &[]).await;
     let api = server.client();
-    sqlx::any::install_default_drivers();
-    let url = match server.database_url() {
-        Some(url) => url.to_string(),
-        None => format!("sqlite://{}", server.data_dir().join("cfm.db").display()),
-    };
-    let db = sqlx::AnyPool::connect(&url).await.unwrap();
+    let db = database_of(&server).await;
     // Written straight to the table, as a fleet would have grown them.
     sqlx::query(
         "INSERT INTO tenants (id, version, properties, created_at)
@@ -476,6 +460,75 @@ async fn tenant_lists_page_with_links(backend: TestBackend) {
         .await;
     assert_eq!(profiles.headers()["x-total-count"], "0");
     assert_eq!(api.get("/dataspace-profiles?offset=-1").await.status(), 200);
+}
+
+/// `vpas.state` is answered from `participant_vpa_states`, which triggers keep: the
+/// answers follow onboarding, decommissioning and deletion, and no row outlives its
+/// profile.
+async fn vpa_state_queries_follow_every_write(backend: TestBackend) {
+    let server = Server::start_on(backend, &[]).await;
+    let api = server.client();
+    let env = api.dataspace_with_cell("cell-s").await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let ids = api
+        .onboard_active(tenant_id, &env.dataspace_id, &["one", "two"])
+        .await;
+    let query = |predicate: &'static str| api.profile_ids_matching(predicate);
+    let mut both = ids.clone();
+    both.sort();
+    let (one, two) = (vec![ids[0].clone()], vec![ids[1].clone()]);
+    assert_eq!(query("vpas.state = 'active'").await, both);
+    assert_eq!(
+        query("vpas.state IN ('pending', 'error')").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        query("vpas.state IN ('error', 'active') AND identifier = 'did:web:two.example'").await,
+        two
+    );
+
+    api.dispose(tenant_id, &ids[0]).await;
+    assert_eq!(query("vpas.state = 'disposed'").await, one);
+    assert_eq!(query("vpas.state = 'active'").await, two);
+    // The same answers as walking the documents.
+    assert_eq!(query("vpas.state != 'active'").await, one);
+    let db = database_of(&server).await;
+    let listed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT state, profile_id FROM participant_vpa_states ORDER BY profile_id, state",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let mut expected = vec![
+        ("disposed".to_string(), ids[0].clone()),
+        ("active".to_string(), ids[1].clone()),
+    ];
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(listed, expected);
+
+    api.dispose(tenant_id, &ids[1]).await;
+    let (status, body) = api
+        .call(Method::DELETE, &format!("/tenants/{tenant_id}"), None, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM participant_vpa_states")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(query("vpas.state = 'disposed'").await, Vec::<String>::new());
+    db.close().await;
+}
+
+/// The server's database, opened beside it.
+async fn database_of(server: &Server) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = match server.database_url() {
+        Some(url) => url.to_string(),
+        None => format!("sqlite://{}", server.data_dir().join("cfm.db").display()),
+    };
+    sqlx::AnyPool::connect(&url).await.unwrap()
 }
 
 async fn placement_honours_a_named_cell_and_balances_load(backend: TestBackend) {

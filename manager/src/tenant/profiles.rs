@@ -17,7 +17,7 @@ use crate::model::{
     new_participant_context_id, now,
 };
 use crate::provision::{CarriedStep, Engine, Finished, OrchestrationHooks, Start, definitions};
-use crate::query::{Field, JsonColumn, Literal, Predicate};
+use crate::query::{Field, JsonColumn, KeyTable, Literal, Predicate};
 use crate::store::{self, Conn, Db, Paged, Table, from_json, to_json};
 use crate::tenant::{
     dataspaces, decommissions, migrations, placement, reconciles, rollouts, tenants, updates,
@@ -968,12 +968,21 @@ fn is_method_specific_id(id: &str) -> bool {
     !id.is_empty() && !id.ends_with(':')
 }
 
+/// The states each profile's VPAs are in, kept by triggers (migration 0010).
+const VPA_STATES: KeyTable = KeyTable {
+    key: "state",
+    table: "participant_vpa_states",
+    value: "state",
+    row: "profile_id",
+};
+
 /// Query fields of profiles and where they are stored.
 fn profile_field(field: &str) -> Option<Field> {
     let json = |column| {
         Field::Json(JsonColumn {
             column,
             scalar_keys: &[],
+            key_tables: &[],
         })
     };
     Some(match field {
@@ -987,6 +996,7 @@ fn profile_field(field: &str) -> Option<Field> {
         "vpas" => Field::Json(JsonColumn {
             column: "vpas",
             scalar_keys: &["id", "type", "state", "cellId", "stateTimestamp"],
+            key_tables: &[VPA_STATES],
         }),
         "properties" => json("properties"),
         "participantRoles" => json("participant_roles"),
@@ -996,6 +1006,7 @@ fn profile_field(field: &str) -> Option<Field> {
         "pluginDigests" => Field::Json(JsonColumn {
             column: "plugin_digests",
             scalar_keys: &["activityType", "sha256"],
+            key_tables: &[],
         }),
         "driftState" => Field::Text("drift_state"),
         "driftCount" => Field::Integer("drift_count"),

@@ -170,6 +170,7 @@ fn tenant_field(field: &str) -> Option<Field> {
         "properties" => Field::Json(JsonColumn {
             column: "properties",
             scalar_keys: &[],
+            key_tables: &[],
         }),
         _ => return None,
     })
