@@ -187,7 +187,8 @@ pub struct JsonColumn {
     /// most rows have, by walking the rows in id order and stopping at the page's end).
     pub scalar_keys: &'static [&'static str],
     /// Keys whose string values are also listed in a table of their own, on both
-    /// backends: `key = 'v'` and `key IN ('v', ...)` become an `id IN` over that table.
+    /// backends: `key = 'v'` and `key IN ('v', ...)` become an `id IN` over that table,
+    /// and a predicate that is nothing else is counted in that table alone.
     pub key_tables: &'static [KeyTable],
 }
 
@@ -376,6 +377,9 @@ impl Predicate {
         backend: Backend,
         cap: Option<i64>,
     ) -> Result<Query<'static, Any, AnyArguments>> {
+        if let Some(listed) = self.count_listed(fields, backend, cap)? {
+            return Ok(listed);
+        }
         let mut params = Params::default();
         let condition = self.to_sql(fields, backend, &mut params)?;
         let from = select.find(" FROM ").map_or(select, |at| &select[at..]);
@@ -389,6 +393,37 @@ impl Predicate {
             }
         };
         Ok(params.query(sql))
+    }
+
+    /// A predicate that is one comparison a [`KeyTable`] answers is counted in that table
+    /// alone: its rows are kept with the resource's, so every id it lists is a row that
+    /// matches, and the count skips a probe of the resource's table per match (at a million
+    /// profiles, 1,001 matches of `vpas.state = 'error'`: 5 ms with the probes, 0.6 ms
+    /// without). DISTINCT: a row listed under two of the values is one match.
+    fn count_listed(
+        &self,
+        fields: &dyn Fn(&str) -> Option<Field>,
+        backend: Backend,
+        cap: Option<i64>,
+    ) -> Result<Option<Query<'static, Any, AnyArguments>>> {
+        let Some(expr) = &self.0 else { return Ok(None) };
+        let mut params = Params::default();
+        let Some((listed, condition)) =
+            sql::Translator::new(fields, backend, &mut params).lone_key_table(expr)?
+        else {
+            return Ok(None);
+        };
+        let (row, table) = (listed.row, listed.table);
+        let sql = match cap {
+            None => format!("SELECT COUNT(DISTINCT {row}) FROM {table} WHERE {condition}"),
+            Some(cap) => {
+                let cap = params.push(Literal::Integer(cap));
+                format!(
+                    "SELECT COUNT(*) FROM (SELECT DISTINCT {row} FROM {table} WHERE {condition} LIMIT {cap}) AS matches"
+                )
+            }
+        };
+        Ok(Some(params.query(sql)))
     }
 
     /// The SQL condition, its values added to `params`. `fields` names a resource's

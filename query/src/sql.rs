@@ -1,6 +1,6 @@
 //! Translating a parsed predicate to SQL for one backend, every value bound.
 
-use crate::{Expr, Field, JsonColumn, Literal, Params, QueryError, Result};
+use crate::{Expr, Field, JsonColumn, KeyTable, Literal, Params, QueryError, Result};
 
 /// Which SQL server a statement is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,18 +359,48 @@ impl<'a> Translator<'a> {
     /// A key listed in a [`KeyTable`] equal to one of `values`, all strings: the ids
     /// that table lists for them. None for any other path or value.
     fn key_table(&mut self, json: JsonColumn, path: &[&str], values: &[Literal]) -> Option<String> {
+        let (listed, condition) = self.listed_values(json, path, values)?;
+        Some(format!(
+            "id IN (SELECT {} FROM {} WHERE {condition})",
+            listed.row, listed.table
+        ))
+    }
+
+    /// When the whole predicate is one comparison that a [`KeyTable`] answers
+    /// ([`Translator::key_table`]), that table and the condition on its value column.
+    pub(crate) fn lone_key_table(&mut self, expr: &Expr) -> Result<Option<(KeyTable, String)>> {
+        let (field, values) = match expr {
+            Expr::Compare { field, op, value } if *op == "=" => {
+                (field, std::slice::from_ref(value))
+            }
+            Expr::In {
+                field,
+                negated: false,
+                values,
+            } => (field, values.as_slice()),
+            _ => return Ok(None),
+        };
+        Ok(match self.resolve(field)? {
+            Target::Path(json, path) => self.listed_values(json, &path, values),
+            Target::Column(_) => None,
+        })
+    }
+
+    fn listed_values(
+        &mut self,
+        json: JsonColumn,
+        path: &[&str],
+        values: &[Literal],
+    ) -> Option<(KeyTable, String)> {
         let [key] = path else { return None };
-        let listed = json.key_tables.iter().find(|listed| listed.key == *key)?;
+        let listed = *json.key_tables.iter().find(|listed| listed.key == *key)?;
         if !values.iter().all(|value| matches!(value, Literal::Text(_))) {
             return None;
         }
         let marks: Vec<String> = values.iter().map(|v| self.params.push(v.clone())).collect();
-        Some(format!(
-            "id IN (SELECT {} FROM {} WHERE {} IN ({}))",
-            listed.row,
-            listed.table,
-            listed.value,
-            marks.join(", ")
+        Some((
+            listed,
+            format!("{} IN ({})", listed.value, marks.join(", ")),
         ))
     }
 

@@ -507,6 +507,40 @@ async fn vpa_state_queries_follow_every_write(backend: TestBackend) {
     expected.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(listed, expected);
 
+    // One profile in two states: listed twice, matched and counted once. A page of one
+    // cannot tell the total, so X-Total-Count is counted (from the table alone).
+    let path = format!("/tenants/{tenant_id}/participant-profiles/{}", ids[1]);
+    let vpas = api.get_json(&path).await["vpas"].clone();
+    let mut mixed = vpas.clone();
+    mixed[0]["state"] = json!("error");
+    let write_vpas = |vpas: Value| {
+        let db = db.clone();
+        let id = ids[1].clone();
+        async move {
+            sqlx::query("UPDATE participant_profiles SET vpas = $1 WHERE id = $2")
+                .bind(vpas.to_string())
+                .bind(id)
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+    };
+    write_vpas(mixed).await;
+    for predicate in ["vpas.state IN ('active', 'error')", "vpas.state = 'error'"] {
+        let response = api
+            .raw(
+                Method::POST,
+                "/participant-profiles/query",
+                Some(&json!({"predicate": predicate, "limit": 1}).to_string()),
+                None,
+            )
+            .await;
+        assert_eq!(response.headers()["x-total-count"], "1", "{predicate}");
+        let found: Value = response.json().await.unwrap();
+        assert_eq!(found[0]["id"], ids[1].as_str(), "{predicate}");
+    }
+    write_vpas(vpas).await;
+
     api.dispose(tenant_id, &ids[1]).await;
     let (status, body) = api
         .call(Method::DELETE, &format!("/tenants/{tenant_id}"), None, None)
