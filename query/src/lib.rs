@@ -196,9 +196,9 @@ pub struct JsonColumn {
 /// a JSON column takes (for `vpas`: `state`), with an index on `(value, row)`.
 ///
 /// A value many rows share is read from it in id order, a page at a time; from a JSONB
-/// GIN index a page cost fetching and sorting every match. The table must be kept
-/// exactly in step with the column (triggers do it for `participant_vpa_states`): a
-/// predicate reading it means what the JSON path means.
+/// GIN index a page cost fetching and sorting every match. The table must be kept in
+/// step with the column (triggers do it for `participant_vpa_states`), so that for every
+/// document the application writes a predicate reading it means what the JSON path means.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyTable {
     /// The key in the column's documents.

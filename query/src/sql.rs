@@ -22,6 +22,11 @@ pub(crate) struct Translator<'a> {
     backend: Backend,
     params: &'a mut Params,
     aliases: usize,
+    /// Inside an `OR`: a [`KeyTable`]'s `id IN (...)` is a semi-join only where it must
+    /// hold for every match. Under `OR` PostgreSQL tests it row by row, against a hashed
+    /// list that a common value overflows into a rescan per row: `vpas.state = 'active'
+    /// OR identifier = 'x'` took 6.5 s at a million profiles, 2.2 ms as containment.
+    under_or: bool,
 }
 
 impl<'a> Translator<'a> {
@@ -35,13 +40,19 @@ impl<'a> Translator<'a> {
             backend,
             params,
             aliases: 0,
+            under_or: false,
         }
     }
 
     pub(crate) fn expr(&mut self, expr: &Expr) -> Result<String> {
         Ok(match expr {
             Expr::And(terms) => self.join(terms, " AND ")?,
-            Expr::Or(terms) => self.join(terms, " OR ")?,
+            Expr::Or(terms) => {
+                let outer = std::mem::replace(&mut self.under_or, true);
+                let joined = self.join(terms, " OR ");
+                self.under_or = outer;
+                joined?
+            }
             Expr::Compare { field, op, value } => match self.resolve(field)? {
                 Target::Column(column) => self.compare_column(field, column, op, value)?,
                 Target::Path(json, path) => {
@@ -357,8 +368,11 @@ impl<'a> Translator<'a> {
     }
 
     /// A key listed in a [`KeyTable`] equal to one of `values`, all strings: the ids
-    /// that table lists for them. None for any other path or value.
+    /// that table lists for them. None for any other path or value, and under `OR`.
     fn key_table(&mut self, json: JsonColumn, path: &[&str], values: &[Literal]) -> Option<String> {
+        if self.under_or {
+            return None;
+        }
         let (listed, condition) = self.listed_values(json, path, values)?;
         Some(format!(
             "id IN (SELECT {} FROM {} WHERE {condition})",

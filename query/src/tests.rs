@@ -97,6 +97,16 @@ fn json_paths_bind_values_and_postgres_uses_the_index_for_equality() {
             sql.starts_with("id IN (SELECT profile_id FROM vpa_states"),
             "{sql}"
         );
+        // Where it must hold for every match, beside other terms too.
+        let (sql, _) = translate_on(
+            backend,
+            "identifier = 'x' AND (vpas.state = 'a' AND error = false)",
+        )
+        .unwrap();
+        assert!(
+            sql.contains("id IN (SELECT profile_id FROM vpa_states"),
+            "{sql}"
+        );
         for walked in [
             "vpas.state != 'error'",
             "vpas.state NOT IN ('error')",
@@ -104,6 +114,8 @@ fn json_paths_bind_values_and_postgres_uses_the_index_for_equality() {
             "vpas.state IN ('error', 3)",
             "vpas.state LIKE 'err%'",
             "vpas.state.deeper = 'x'",
+            "vpas.state = 'active' OR identifier = 'x'",
+            "identifier = 'x' AND (vpas.state = 'a' OR vpas.state = 'b')",
         ] {
             let (sql, _) = translate_on(backend, walked).unwrap();
             assert!(!sql.contains("vpa_states"), "{walked}: {sql}");

@@ -184,7 +184,7 @@ async fn open_postgres(url: &str) -> Result<Db> {
     // No parallel plans either: this pool bounds what API predicates take from the
     // database, and a parallel plan gives one of its connections two more processes. At a
     // million profiles the capped count of `vpas.state = 'error'` took 14.5 ms with two
-    // workers and 7.5 ms without, alone; beside other clients the workers only compete
+    // workers and 5–7.5 ms without, alone; beside other clients the workers only compete
     // with them for the same cores.
     let queries = AnyPoolOptions::new()
         .max_connections(QUERY_CONNECTIONS)
