@@ -45,6 +45,14 @@ impl<'a> Translator<'a> {
     }
 
     pub(crate) fn expr(&mut self, expr: &Expr) -> Result<String> {
+        if !self.under_or
+            && let Some((listed, condition)) = self.key_table_comparison(expr)?
+        {
+            return Ok(format!(
+                "id IN (SELECT {} FROM {} WHERE {condition})",
+                listed.row, listed.table
+            ));
+        }
         Ok(match expr {
             Expr::And(terms) => self.join(terms, " AND ")?,
             Expr::Or(terms) => {
@@ -55,17 +63,10 @@ impl<'a> Translator<'a> {
             }
             Expr::Compare { field, op, value } => match self.resolve(field)? {
                 Target::Column(column) => self.compare_column(field, column, op, value)?,
-                Target::Path(json, path) => {
-                    let listed = (*op == "=")
-                        .then(|| self.key_table(json, &path, std::slice::from_ref(value)))
-                        .flatten();
-                    match listed.or_else(|| self.containment(json, &path, op, value)) {
-                        Some(indexed) => indexed,
-                        None => {
-                            self.path_exists(json, &path, |t, v| t.compare_json(v, op, value))?
-                        }
-                    }
-                }
+                Target::Path(json, path) => match self.containment(json, &path, op, value) {
+                    Some(indexed) => indexed,
+                    None => self.path_exists(json, &path, |t, v| t.compare_json(v, op, value))?,
+                },
             },
             Expr::In {
                 field,
@@ -82,20 +83,14 @@ impl<'a> Translator<'a> {
                         marks.join(", ")
                     )
                 }
-                Target::Path(json, path) => match (!*negated)
-                    .then(|| self.key_table(json, &path, values))
-                    .flatten()
-                {
-                    Some(listed) => listed,
-                    None => self.path_exists(json, &path, |t, v| {
-                        let any = t.json_in(v, values);
-                        Ok(if *negated {
-                            format!("({} AND NOT ({any}))", t.is_scalar(v))
-                        } else {
-                            format!("({any})")
-                        })
-                    })?,
-                },
+                Target::Path(json, path) => self.path_exists(json, &path, |t, v| {
+                    let any = t.json_in(v, values);
+                    Ok(if *negated {
+                        format!("({} AND NOT ({any}))", t.is_scalar(v))
+                    } else {
+                        format!("({any})")
+                    })
+                })?,
             },
             Expr::IsNull { field, negated } => match self.resolve(field)? {
                 Target::Column(column) => format!(
@@ -367,22 +362,14 @@ impl<'a> Translator<'a> {
         }
     }
 
-    /// A key listed in a [`KeyTable`] equal to one of `values`, all strings: the ids
-    /// that table lists for them. None for any other path or value, and under `OR`.
-    fn key_table(&mut self, json: JsonColumn, path: &[&str], values: &[Literal]) -> Option<String> {
-        if self.under_or {
-            return None;
-        }
-        let (listed, condition) = self.listed_values(json, path, values)?;
-        Some(format!(
-            "id IN (SELECT {} FROM {} WHERE {condition})",
-            listed.row, listed.table
-        ))
-    }
-
-    /// When the whole predicate is one comparison that a [`KeyTable`] answers
-    /// ([`Translator::key_table`]), that table and the condition on its value column.
-    pub(crate) fn lone_key_table(&mut self, expr: &Expr) -> Result<Option<(KeyTable, String)>> {
+    /// When `expr` is one comparison a [`KeyTable`] answers (a listed key equal to one of
+    /// some strings), that table and the condition on its value column. The comparison is
+    /// then `id IN` the ids the table lists, except under `OR` (see `under_or`); a
+    /// predicate that is only this comparison is counted in the table alone.
+    pub(crate) fn key_table_comparison(
+        &mut self,
+        expr: &Expr,
+    ) -> Result<Option<(KeyTable, String)>> {
         let (field, values) = match expr {
             Expr::Compare { field, op, value } if *op == "=" => {
                 (field, std::slice::from_ref(value))
