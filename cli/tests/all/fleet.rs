@@ -122,6 +122,9 @@ async fn cells_place_migrate_and_drain(backend: TestBackend) {
             .all(|v| v["state"] == "active"),
         "{during}"
     );
+    // Still under way (the second migration below is refused): a read of the profile
+    // shows it; once it has ended, reads do not.
+    assert_eq!(during["migration"]["id"], migration["id"], "{during}");
     let (status, _) = api
         .call(
             Method::POST,
@@ -133,6 +136,10 @@ async fn cells_place_migrate_and_drain(backend: TestBackend) {
     assert_eq!(status, 409, "one migration of a participant at a time");
     let done = wait_migration(&api, &tenant, moving, "completed").await;
     assert_eq!(done["sourceCellId"], source);
+    let after = api
+        .get_json(&format!("/tenants/{tenant}/participant-profiles/{moving}"))
+        .await;
+    assert!(after.get("migration").is_none(), "{after}");
     assert_eq!(cell_of(&api, &tenant, moving).await, d);
     let data = server.data_dir();
     assert!(

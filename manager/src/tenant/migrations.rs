@@ -75,6 +75,15 @@ pub(crate) async fn unfinished(conn: &mut Conn, profile_id: &str) -> Result<Opti
     row.as_ref().map(read).transpose()
 }
 
+/// A scalar subquery: the id of the migration under way of the profile whose id is the
+/// outer query's `profile_id` column, or NULL when none is.
+pub(crate) fn unfinished_id_sql(profile_id: &str) -> String {
+    format!(
+        "(SELECT m.id FROM migrations AS m WHERE m.profile_id = {profile_id} AND m.state IN ({}) LIMIT 1)",
+        MigrationState::UNFINISHED_SQL
+    )
+}
+
 /// Starts a migration inside the caller's transaction, which has locked the profile: to
 /// `target` when given, else to where placement puts the participant (a drain). Refused
 /// while the participant is not active or is migrating already; a target that cannot

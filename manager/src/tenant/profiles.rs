@@ -245,8 +245,22 @@ async fn joined(conn: &mut Conn, ids: &[String]) -> Result<Vec<DataspaceProfile>
 /// another tenant is "not found".
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
     let mut conn = db.acquire().await?;
-    let mut profile = fetch(&mut conn, tenant_id, id).await?;
-    profile.migration = migrations::unfinished(&mut conn, id).await?;
+    // Whether a migration is under way rides on the profile's row: one round trip unless
+    // the participant is migrating, which is when the migration is read.
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {}, {} AS migration_id FROM participant_profiles WHERE id = $1 AND tenant_id = $2",
+        profile_columns!(),
+        migrations::unfinished_id_sql("participant_profiles.id")
+    )))
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
+    let mut profile = read(&row)?;
+    if row.get::<Option<String>, _>("migration_id").is_some() {
+        profile.migration = migrations::unfinished(&mut conn, id).await?;
+    }
     Ok(profile)
 }
 
@@ -1014,9 +1028,16 @@ fn profile_field(field: &str) -> Option<Field> {
     })
 }
 
-const SELECT: &str = "SELECT id, version, tenant_id, identifier, participant_roles, dataspace_profile_ids, vpas, properties, error, error_detail,
-      template_id, template_version, plugin_digests, pending_vpa_properties, drift, drift_count
-    FROM participant_profiles";
+/// The columns [`read`] reads.
+macro_rules! profile_columns {
+    () => {
+        "id, version, tenant_id, identifier, participant_roles, dataspace_profile_ids, vpas, properties, error, error_detail,
+      template_id, template_version, plugin_digests, pending_vpa_properties, drift, drift_count"
+    };
+}
+use profile_columns;
+
+const SELECT: &str = concat!("SELECT ", profile_columns!(), " FROM participant_profiles");
 
 fn read(row: &crate::store::Row) -> Result<ParticipantProfile> {
     Ok(ParticipantProfile {
