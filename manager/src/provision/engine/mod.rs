@@ -16,13 +16,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cfm_protocol::{ActivityOutcome, ActivityReport, ActivityTask, keys};
 use serde_json::{Value, json};
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 use tracing::Instrument;
 
 use crate::error::{ManagerError, Result};
 use crate::events;
 use crate::model::{
-    Orchestration, OrchestrationDefinition, OrchestrationState, Properties, StepState, new_id, now,
+    ActivitySpec, Orchestration, OrchestrationDefinition, OrchestrationState, Properties,
+    StepState, new_id, now,
 };
 use crate::provision::hooks::{self, Finished, OrchestrationHooks};
 use crate::queue::{self, Express, Leased, Signal};
@@ -31,7 +32,7 @@ pub use batch::GroupCommit;
 use dispatch::{Completion, ready};
 pub(crate) use output::holds_nul;
 use output::refuse_unfit_output;
-use read::{StepRow, steps, steps_acking};
+use read::{StepRow, steps_acking};
 
 /// What the correlation id of an orchestration that undoes a late deploy step ends with.
 pub const CLEANUP_SUFFIX: &str = "/cleanup";
@@ -312,34 +313,7 @@ impl Engine {
         if inserted.rows_affected() == 0 {
             return Ok(false);
         }
-        for (position, activity) in activities.iter().enumerate() {
-            let (state, output, completed_at, plugin_digest) = match done.get(&activity.id) {
-                Some(carried) => (
-                    StepState::Completed,
-                    Some(to_json(&carried.output)?),
-                    Some(timestamp.clone()),
-                    carried.plugin_digest.clone(),
-                ),
-                None => (StepState::Pending, None, None, None),
-            };
-            sqlx::query(
-                "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state,
-                   output, completed_at, plugin_digest)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(id)
-            .bind(&activity.id)
-            .bind(position as i64)
-            .bind(&activity.activity_type)
-            .bind(to_json(&activity.depends_on)?)
-            .bind(state)
-            .bind(output)
-            .bind(completed_at)
-            .bind(plugin_digest)
-            .execute(&mut *conn)
-            .await?;
-        }
-        let all = steps(conn, id).await?;
+        let all = insert_steps(conn, id, &activities, done, &timestamp).await?;
         self.dispatch_ready(
             conn,
             id,
@@ -767,4 +741,70 @@ impl Engine {
         })
         .transpose()
     }
+}
+
+/// Steps one INSERT writes at most: 9 parameters each, far below either backend's limit.
+const STEPS_PER_INSERT: usize = 100;
+
+/// Writes the steps of the new orchestration `id`, those `done` carries completed and the
+/// rest pending, and returns them as [`read::steps_acking`] reads them: a multi-row INSERT
+/// rather than one statement per step and a read back, so starting an orchestration of
+/// five activities is one round trip where it was six.
+async fn insert_steps(
+    conn: &mut Conn,
+    id: &str,
+    activities: &[ActivitySpec],
+    done: &BTreeMap<String, CarriedStep>,
+    timestamp: &str,
+) -> Result<Vec<StepRow>> {
+    const COLUMNS: usize = 9;
+    let mut steps = Vec::with_capacity(activities.len());
+    for (chunk, activities) in activities.chunks(STEPS_PER_INSERT).enumerate() {
+        let rows: Vec<String> = (0..activities.len())
+            .map(|row| {
+                let marks: Vec<String> = (1..=COLUMNS)
+                    .map(|column| format!("${}", row * COLUMNS + column))
+                    .collect();
+                format!("({})", marks.join(", "))
+            })
+            .collect();
+        let mut insert = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO orchestration_steps (orchestration_id, activity_id, position, activity_type, depends_on, state,
+               output, completed_at, plugin_digest)
+             VALUES {}",
+            rows.join(", ")
+        )));
+        for (offset, activity) in activities.iter().enumerate() {
+            let (state, output, completed_at, plugin_digest) = match done.get(&activity.id) {
+                Some(carried) => (
+                    StepState::Completed,
+                    Some(to_json(&carried.output)?),
+                    Some(timestamp.to_string()),
+                    carried.plugin_digest.clone(),
+                ),
+                None => (StepState::Pending, None, None, None),
+            };
+            insert = insert
+                .bind(id.to_string())
+                .bind(activity.id.clone())
+                .bind((chunk * STEPS_PER_INSERT + offset) as i64)
+                .bind(activity.activity_type.clone())
+                .bind(to_json(&activity.depends_on)?)
+                .bind(state)
+                .bind(output)
+                .bind(completed_at)
+                .bind(plugin_digest);
+            steps.push(StepRow {
+                activity_id: activity.id.clone(),
+                activity_type: activity.activity_type.clone(),
+                depends_on: activity.depends_on.clone(),
+                state,
+                // The columns' defaults.
+                attempt: 0,
+                retries: 0,
+            });
+        }
+        insert.execute(&mut *conn).await?;
+    }
+    Ok(steps)
 }

@@ -93,14 +93,9 @@ pub(super) struct StepRow {
     pub retries: i64,
 }
 
-/// The steps of orchestration `id`, in their template's order.
-pub(super) async fn steps(conn: &mut Conn, id: &str) -> Result<Vec<StepRow>> {
-    let rows = sqlx::query(STEPS).bind(id).fetch_all(conn).await?;
-    step_rows(&rows)
-}
-
-/// [`steps`], and the outbox row `ack` removed ([`queue::ack`]): in one round trip on
-/// PostgreSQL, which applying every outcome does.
+/// The steps of orchestration `id` in their template's order, and the outbox row `ack`
+/// removed ([`queue::ack`]): in one round trip on PostgreSQL, which applying every
+/// outcome does.
 pub(super) async fn steps_acking(conn: &mut Conn, id: &str, ack: &str) -> Result<Vec<StepRow>> {
     let rows = match store::backend_of(conn) {
         Backend::Postgres => {
