@@ -176,6 +176,14 @@ pub struct ActivityReport {
     /// from agents that predate it.
     #[serde(default)]
     pub delivery: u64,
+    /// The run this reports, unique to it: publishing one run's report again is dropped as
+    /// a duplicate, another run's report never is. The delivery count alone does not tell
+    /// runs apart: a queue server restarted before it stored a count delivers again under
+    /// the count of the delivery before, and that run's report would be dropped as the
+    /// first's twin, so an effect it made after its participant's dispose would never be
+    /// undone. Absent from agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// The sha256 of the plugin that ran the attempt, when the executor knows it: a
     /// participant records which plugin versions provisioned it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

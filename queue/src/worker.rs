@@ -48,7 +48,10 @@ impl OutcomeSink for QueueSink {
         let message = Message {
             // Sending the same report again (after a failed publish) is de-duplicated; a
             // later delivery's run is a report of its own.
-            id: format!("{}/report/{}", report.message_id, report.delivery),
+            id: match &report.run {
+                Some(run) => format!("{}/report/{}/{run}", report.message_id, report.delivery),
+                None => format!("{}/report/{}", report.message_id, report.delivery),
+            },
             topic: REPORTS_TOPIC.into(),
             payload: serde_json::to_vec(&report)?,
         };
@@ -197,6 +200,7 @@ impl Worker {
             task,
             outcome: executed.outcome,
             delivery: delivery.deliveries(),
+            run: Some(uuid::Uuid::new_v4().simple().to_string()),
             plugin_digest: executed.plugin_digest,
         };
         for attempt in 1..=3u64 {

@@ -654,6 +654,7 @@ async fn reports_applied_together_fail_alone_and_drop_their_twins(backend: TestB
         task: task.clone(),
         outcome: complete(json!({ key: task.participant_context_id })),
         delivery: 1,
+        run: None,
         plugin_digest: Some("sha256:test".into()),
     };
     let a = fx.outbox("a").await;

@@ -347,6 +347,7 @@ impl Engine {
             task: task.clone(),
             outcome,
             delivery: 0,
+            run: None,
             plugin_digest: None,
         })
         .await
