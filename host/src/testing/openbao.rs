@@ -204,9 +204,10 @@ impl DurableOpenBao {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
         // The cluster listener takes port + 1: if that was taken meanwhile the server
-        // exits, so try other ports.
+        // exits, so try other ports. Initialising bootstraps raft and can stall or fail on
+        // a loaded machine, so a failed init also starts over, from empty storage.
         let mut failures = Vec::new();
-        let (child, port) = loop {
+        let (child, port, init) = loop {
             let port = free_port_pair();
             let d = dir.display();
             std::fs::write(
@@ -221,13 +222,21 @@ impl DurableOpenBao {
             )
             .unwrap();
             let mut child = Self::spawn(&dir);
-            if Self::wait_for(port, &mut child, |status| status.is_some()) {
-                break (child, port);
-            }
+            let failure = if Self::wait_for(port, &mut child, |status| status.is_some()) {
+                match Self::initialise(port) {
+                    Ok(init) => break (child, port, init),
+                    Err(e) => e,
+                }
+            } else {
+                "did not answer on its port".to_string()
+            };
             let _ = child.kill();
             let _ = child.wait();
-            failures.push(std::fs::read_to_string(dir.join("bao.log")).unwrap_or_default());
+            let log = std::fs::read_to_string(dir.join("bao.log")).unwrap_or_default();
+            failures.push(format!("{failure}\n{log}"));
             assert!(failures.len() < 3, "OpenBao did not start: {failures:#?}");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("data")).unwrap();
         };
         // Owned from here on, so a failure below still stops the server.
         let mut this = DurableOpenBao {
@@ -240,15 +249,6 @@ impl DurableOpenBao {
             port,
             unseal_key: String::new(),
         };
-        let (status, init) = bao_http(
-            port,
-            "PUT",
-            "/v1/sys/init",
-            None,
-            Some(r#"{"secret_shares":1,"secret_threshold":1}"#),
-        )
-        .expect("OpenBao answers sys/init");
-        assert_eq!(status, 200, "initialising OpenBao: {init}");
         this.unseal_key = init["keys"][0].as_str().unwrap().to_string();
         this.bao.token = init["root_token"].as_str().unwrap().to_string();
         this.unseal();
@@ -260,7 +260,7 @@ impl DurableOpenBao {
             ("/v1/sys/auth/approle", r#"{"type":"approle"}"#),
         ] {
             let (status, answer) = bao_http(port, "POST", path, Some(&this.bao.token), Some(body))
-                .expect("OpenBao answers");
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
             assert!((200..300).contains(&status), "{path}: {status} {answer}");
         }
         this
@@ -344,6 +344,22 @@ impl DurableOpenBao {
         Ok((status, response.json().await.unwrap_or_default()))
     }
 
+    /// `sys/init` with one unseal key: the answer holding the key and the root token.
+    fn initialise(port: u16) -> Result<serde_json::Value, String> {
+        let (status, init) = bao_http(
+            port,
+            "PUT",
+            "/v1/sys/init",
+            None,
+            Some(r#"{"secret_shares":1,"secret_threshold":1}"#),
+        )
+        .map_err(|e| format!("sys/init: {e}"))?;
+        if status != 200 || !init["keys"][0].is_string() || !init["root_token"].is_string() {
+            return Err(format!("sys/init: {status} {init}"));
+        }
+        Ok(init)
+    }
+
     fn spawn(dir: &Path) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -382,7 +398,7 @@ impl DurableOpenBao {
         let started = Instant::now();
         loop {
             let answer = bao_http(self.port, "PUT", "/v1/sys/unseal", None, Some(&body));
-            if let Some((200, _)) = answer {
+            if let Ok((200, _)) = answer {
                 break;
             }
             assert!(
@@ -416,19 +432,21 @@ impl Drop for DurableOpenBao {
 }
 
 /// One blocking HTTP/1.0 request to a local OpenBao: the status and the JSON body (null
-/// when there is none); None when it does not answer.
+/// when there is none), or why it did not answer. The timeout is generous: `sys/init`
+/// bootstraps raft storage, which took over 10 s on a loaded machine.
 fn bao_http(
     port: u16,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: Option<&str>,
-) -> Option<(u16, serde_json::Value)> {
+) -> Result<(u16, serde_json::Value), String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let failed = |e: std::io::Error| format!("{method} {path}: {e}");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(failed)?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(failed)?;
     let body = body.unwrap_or("");
     let token = token
         .map(|t| format!("X-Vault-Token: {t}\r\n"))
@@ -437,13 +455,16 @@ fn bao_http(
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{token}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).ok()?;
+    stream.write_all(request.as_bytes()).map_err(failed)?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let status = answer.get(9..12)?.parse().ok()?;
+    stream.read_to_string(&mut answer).map_err(failed)?;
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{method} {path}: not an HTTP answer: {answer:?}"))?;
     let json = answer
         .split_once("\r\n\r\n")
         .and_then(|(_, body)| serde_json::from_str(body).ok())
         .unwrap_or_default();
-    Some((status, json))
+    Ok((status, json))
 }
