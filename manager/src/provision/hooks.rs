@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::model::{OrchestrationState, Properties};
+use crate::model::{OrchestrationState, PluginDigest, Properties};
 use crate::provision::Engine;
 use crate::store::Conn;
 
@@ -29,10 +29,12 @@ pub trait OrchestrationHooks: Send + Sync + 'static {
         Ok(false)
     }
 
-    /// The tenant whose events an orchestration correlated with `correlation_id` is
-    /// (a participant's tenant); None when it is no tenant's.
-    async fn tenant_of(&self, _conn: &mut Conn, _correlation_id: &str) -> Result<Option<String>> {
-        Ok(None)
+    /// The tenant whose events an orchestration is (a participant's tenant), as an SQL
+    /// scalar expression over the `orchestrations` row, text or NULL: the engine reads it
+    /// in the statements that start and end the orchestration rather than in a query
+    /// of its own.
+    fn tenant_sql(&self) -> &'static str {
+        "CAST(NULL AS TEXT)"
     }
 }
 
@@ -56,6 +58,9 @@ pub struct Finished<'a> {
     pub output_data: &'a Properties,
     /// Why it errored: which activity failed and how, or who cancelled it.
     pub error_detail: Option<&'a str>,
+    /// Which plugin ran each activity of a completed orchestration, where the agent
+    /// named it (carried steps keep theirs); empty when it errored.
+    pub plugin_digests: &'a [PluginDigest],
 }
 
 /// Hooks that do nothing: an engine with nobody above it.

@@ -203,7 +203,7 @@ pub(crate) async fn finished(
     let detail = finished.error_detail.map(str::to_string);
     match (finished.orchestration_type, completed) {
         (orchestration_types::VPA_MIGRATE, true) => {
-            profiles::record_plugins(conn, &migration.profile_id, finished.id).await?;
+            profiles::record_plugins(conn, &migration.profile_id, finished.plugin_digests).await?;
             switch(engine, conn, &migration).await
         }
         (orchestration_types::VPA_MIGRATE, false) => {

@@ -733,13 +733,8 @@ impl OrchestrationHooks for ProfileLifecycle {
         Ok(find(conn, correlation_id).await?.is_some())
     }
 
-    async fn tenant_of(&self, conn: &mut Conn, correlation_id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT tenant_id FROM participant_profiles WHERE id = $1")
-                .bind(correlation_id)
-                .fetch_optional(conn)
-                .await?,
-        )
+    fn tenant_sql(&self) -> &'static str {
+        "(SELECT tenant_id FROM participant_profiles WHERE participant_profiles.id = orchestrations.correlation_id)"
     }
 
     async fn finished(
@@ -792,7 +787,7 @@ impl OrchestrationHooks for ProfileLifecycle {
                 VPA_STATE_PROPERTY.into(),
                 Value::Object(finished.output_data.clone()),
             );
-            record_plugins(conn, &profile.id, finished.id).await?;
+            merge_plugins(&mut profile.plugin_digests, finished.plugin_digests);
         }
         let failed = finished.state == crate::lifecycle::OrchestrationState::Errored;
         let error_detail = finished.error_detail.filter(|_| failed);
@@ -802,21 +797,15 @@ impl OrchestrationHooks for ProfileLifecycle {
     }
 }
 
-/// Records which plugins the orchestration `orchestration_id` ran for the participant
-/// (per activity type, the sha256), over what earlier ones recorded.
+/// Records which plugins ran for the participant `profile_id` (per activity type, the
+/// sha256) over what earlier orchestrations recorded, for hooks that do not hold the
+/// profile; those that do merge with [`merge_plugins`] and write it with the rest.
 pub(crate) async fn record_plugins(
     conn: &mut Conn,
     profile_id: &str,
-    orchestration_id: &str,
+    ran: &[PluginDigest],
 ) -> Result<()> {
-    let rows = sqlx::query(
-        "SELECT activity_type, plugin_digest FROM orchestration_steps
-         WHERE orchestration_id = $1 AND plugin_digest IS NOT NULL",
-    )
-    .bind(orchestration_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    if rows.is_empty() {
+    if ran.is_empty() {
         return Ok(());
     }
     let recorded: Option<String> =
@@ -824,30 +813,36 @@ pub(crate) async fn record_plugins(
             .bind(profile_id)
             .fetch_optional(&mut *conn)
             .await?;
-    let recorded: Vec<PluginDigest> = match recorded {
-        Some(text) => from_json(&text, "plugin digests")?,
-        None => return Ok(()),
+    let Some(recorded) = recorded else {
+        return Ok(());
     };
-    let mut digests: std::collections::BTreeMap<String, String> = recorded
-        .into_iter()
-        .map(|d| (d.activity_type, d.sha256))
-        .collect();
-    for row in &rows {
-        digests.insert(row.get("activity_type"), row.get("plugin_digest"));
-    }
-    let digests: Vec<PluginDigest> = digests
-        .into_iter()
-        .map(|(activity_type, sha256)| PluginDigest {
-            activity_type,
-            sha256,
-        })
-        .collect();
+    let mut digests: Vec<PluginDigest> = from_json(&recorded, "plugin digests")?;
+    merge_plugins(&mut digests, ran);
     sqlx::query("UPDATE participant_profiles SET plugin_digests = $1 WHERE id = $2")
         .bind(to_json(&digests)?)
         .bind(profile_id)
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// `recorded` with what `ran` names replacing the entry of its activity type, in
+/// activity type order.
+pub(crate) fn merge_plugins(recorded: &mut Vec<PluginDigest>, ran: &[PluginDigest]) {
+    let mut by_type: std::collections::BTreeMap<String, String> = std::mem::take(recorded)
+        .into_iter()
+        .map(|d| (d.activity_type, d.sha256))
+        .collect();
+    for digest in ran {
+        by_type.insert(digest.activity_type.clone(), digest.sha256.clone());
+    }
+    *recorded = by_type
+        .into_iter()
+        .map(|(activity_type, sha256)| PluginDigest {
+            activity_type,
+            sha256,
+        })
+        .collect();
 }
 
 /// One operation of a participant at a time: refused (naming what runs) while any
@@ -927,13 +922,14 @@ async fn set_vpa_state(
     }
     sqlx::query(
         "UPDATE participant_profiles SET vpas = $1, properties = $2, error = $3, error_detail = $4, disposed = $5,
-           version = version + 1 WHERE id = $6",
+           plugin_digests = $6, version = version + 1 WHERE id = $7",
     )
     .bind(to_json(&profile.vpas)?)
     .bind(to_json(&profile.properties)?)
     .bind(profile.error as i64)
     .bind(&profile.error_detail)
     .bind((state == VpaState::Disposed) as i64)
+    .bind(to_json(&profile.plugin_digests)?)
     .bind(&profile.id)
     .execute(&mut *conn)
     .await?;

@@ -171,7 +171,7 @@ pub(crate) async fn repaired(conn: &mut Conn, finished: &Finished<'_>) -> Result
     };
     if finished.state == OrchestrationState::Completed {
         drift.state = DriftState::Repaired;
-        profiles::record_plugins(conn, id, finished.id).await?;
+        profiles::record_plugins(conn, id, finished.plugin_digests).await?;
     } else {
         drift.state = DriftState::RepairFailed;
         drift.detail = Some(finished.error_detail.unwrap_or("the repair failed").into());

@@ -360,17 +360,18 @@ pub(crate) async fn finished(conn: &mut Conn, finished: &Finished<'_>) -> Result
             if let Value::Object(state) = vpa_state {
                 state.extend(finished.output_data.clone());
             }
+            profiles::merge_plugins(&mut profile.plugin_digests, finished.plugin_digests);
             sqlx::query(
                 "UPDATE participant_profiles SET template_id = $1, template_version = $2, properties = $3,
-                   version = version + 1 WHERE id = $4",
+                   plugin_digests = $4, version = version + 1 WHERE id = $5",
             )
             .bind(finished.definition_id)
             .bind(finished.definition_version)
             .bind(to_json(&profile.properties)?)
+            .bind(to_json(&profile.plugin_digests)?)
             .bind(&profile.id)
             .execute(&mut *conn)
             .await?;
-            profiles::record_plugins(conn, &profile.id, finished.id).await?;
             tracing::info!(profile = %profile.id, template = %finished.definition_id,
                 version = finished.definition_version, "participant upgraded");
         }

@@ -124,7 +124,7 @@ pub(crate) async fn finished(conn: &mut Conn, finished: &Finished<'_>) -> Result
                 vpa.version += 1;
             }
         }
-        profiles::record_plugins(conn, &profile.id, finished.id).await?;
+        profiles::merge_plugins(&mut profile.plugin_digests, finished.plugin_digests);
         tracing::info!(profile = %profile.id, "VPA properties change applied");
         profile.error_detail
     } else {
@@ -136,10 +136,11 @@ pub(crate) async fn finished(conn: &mut Conn, finished: &Finished<'_>) -> Result
     };
     sqlx::query(
         "UPDATE participant_profiles SET vpas = $1, pending_vpa_properties = NULL, error_detail = $2,
-           version = version + 1 WHERE id = $3",
+           plugin_digests = $3, version = version + 1 WHERE id = $4",
     )
     .bind(to_json(&profile.vpas)?)
     .bind(detail)
+    .bind(to_json(&profile.plugin_digests)?)
     .bind(&profile.id)
     .execute(&mut *conn)
     .await?;

@@ -22,8 +22,8 @@ use tracing::Instrument;
 use crate::error::{ManagerError, Result};
 use crate::events;
 use crate::model::{
-    ActivitySpec, Orchestration, OrchestrationDefinition, OrchestrationState, Properties,
-    StepState, new_id, now,
+    ActivitySpec, Orchestration, OrchestrationDefinition, OrchestrationState, PluginDigest,
+    Properties, StepState, new_id, now,
 };
 use crate::provision::hooks::{self, Finished, OrchestrationHooks};
 use crate::queue::{self, Express, Leased, Signal};
@@ -290,12 +290,14 @@ impl Engine {
         start.processing_data.extend(output_data.clone());
         let participant = Participant::of(&start.processing_data);
         let timestamp = now();
-        let inserted = sqlx::query(
+        // The tenant comes back with the insert; no row when the id was taken.
+        let inserted: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
             "INSERT INTO orchestrations (id, version, correlation_id, definition_id, definition_version, orchestration_type,
                state, state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id)
              VALUES ($1, 0, $2, $3, $11, $4, $5, $6, $7, $8, $12, $9, $10)
-             ON CONFLICT (id) DO NOTHING",
-        )
+             ON CONFLICT (id) DO NOTHING RETURNING {}",
+            self.hooks.tenant_sql()
+        )))
         .bind(id)
         .bind(&start.correlation_id)
         .bind(&start.definition.id)
@@ -308,11 +310,11 @@ impl Engine {
         .bind(&participant.context_id)
         .bind(start.definition.version)
         .bind(to_json(&output_data)?)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
-        if inserted.rows_affected() == 0 {
+        let Some(tenant) = inserted else {
             return Ok(false);
-        }
+        };
         let all = insert_steps(conn, id, &activities, done, &timestamp).await?;
         self.dispatch_ready(
             conn,
@@ -327,8 +329,14 @@ impl Engine {
         let event = json!({"id": id, "correlationId": start.correlation_id,
             "orchestrationType": start.orchestration_type, "definitionId": start.definition.id,
             "definitionVersion": start.definition.version, "state": "running"});
-        self.record_event(conn, &start.correlation_id, id, event)
-            .await?;
+        events::record(
+            conn,
+            events::kinds::ORCHESTRATION,
+            tenant.as_deref(),
+            id,
+            event,
+        )
+        .await?;
         tracing::info!(orchestration = %id, correlation = %start.correlation_id,
             orchestration_type = %start.orchestration_type, "orchestration started");
         Ok(true)
@@ -546,6 +554,7 @@ impl Engine {
             &current,
             OrchestrationState::Errored,
             Some(&detail),
+            &[],
         )
         .await?;
         tx.commit().await?;
@@ -579,6 +588,7 @@ impl Engine {
         // orchestration's lock, with this one now completed.
         for step in all.iter_mut().filter(|s| s.activity_id == task.activity_id) {
             step.state = StepState::Completed;
+            step.plugin_digest = plugin_digest.map(str::to_string);
         }
         let remaining = all
             .iter()
@@ -593,12 +603,22 @@ impl Engine {
             None
         };
         if remaining == 0 {
+            let plugin_digests: Vec<PluginDigest> = all
+                .into_iter()
+                .filter_map(|step| {
+                    Some(PluginDigest {
+                        sha256: step.plugin_digest?,
+                        activity_type: step.activity_type,
+                    })
+                })
+                .collect();
             self.finish(
                 tx,
                 &task.orchestration_id,
                 &current,
                 OrchestrationState::Completed,
                 None,
+                &plugin_digests,
             )
             .await
         } else {
@@ -643,6 +663,7 @@ impl Engine {
             current,
             OrchestrationState::Errored,
             Some(&detail),
+            &[],
         )
         .await
     }
@@ -654,15 +675,18 @@ impl Engine {
         current: &Current,
         state: OrchestrationState,
         error_detail: Option<&str>,
+        plugin_digests: &[PluginDigest],
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE orchestrations SET state = $1, state_timestamp = $2, error_detail = $3, version = version + 1 WHERE id = $4",
-        )
+        let tenant: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "UPDATE orchestrations SET state = $1, state_timestamp = $2, error_detail = $3, version = version + 1
+             WHERE id = $4 RETURNING {}",
+            self.hooks.tenant_sql()
+        )))
         .bind(state.code())
         .bind(now())
         .bind(error_detail)
         .bind(id)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tracing::info!(orchestration = %id, state = ?state, "orchestration finished");
         let event = json!({"id": id, "correlationId": current.correlation_id,
@@ -670,8 +694,14 @@ impl Engine {
             "definitionVersion": current.definition_version,
             "state": if state == OrchestrationState::Completed { "completed" } else { "errored" },
             "errorDetail": error_detail});
-        self.record_event(tx, &current.correlation_id, id, event)
-            .await?;
+        events::record(
+            tx,
+            events::kinds::ORCHESTRATION,
+            tenant.as_deref(),
+            id,
+            event,
+        )
+        .await?;
         let finished = Finished {
             id,
             correlation_id: &current.correlation_id,
@@ -682,27 +712,9 @@ impl Engine {
             processing_data: &current.processing_data,
             output_data: &current.output_data,
             error_detail,
+            plugin_digests,
         };
         self.hooks.finished(self, tx, &finished).await
-    }
-
-    /// Records an orchestration's change of state as a lifecycle event of its tenant.
-    async fn record_event(
-        &self,
-        conn: &mut Conn,
-        correlation_id: &str,
-        id: &str,
-        data: Value,
-    ) -> Result<()> {
-        let tenant = self.hooks.tenant_of(conn, correlation_id).await?;
-        events::record(
-            conn,
-            events::kinds::ORCHESTRATION,
-            tenant.as_deref(),
-            id,
-            data,
-        )
-        .await
     }
 
     /// Reads an orchestration for changing it, locking it for the rest of the transaction.
@@ -803,6 +815,7 @@ async fn insert_steps(
                 // The columns' defaults.
                 attempt: 0,
                 retries: 0,
+                plugin_digest: done.get(&activity.id).and_then(|c| c.plugin_digest.clone()),
             });
         }
         insert.execute(&mut *conn).await?;

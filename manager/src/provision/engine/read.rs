@@ -91,6 +91,8 @@ pub(super) struct StepRow {
     pub state: StepState,
     pub attempt: i64,
     pub retries: i64,
+    /// The plugin that ran it, once completed and where the agent named it.
+    pub plugin_digest: Option<String>,
 }
 
 /// The steps of orchestration `id` in their template's order, and the outbox row `ack`
@@ -114,7 +116,8 @@ pub(super) async fn steps_acking(conn: &mut Conn, id: &str, ack: &str) -> Result
     step_rows(&rows)
 }
 
-const STEPS: &str = "SELECT activity_id, activity_type, depends_on, state, attempt, retries
+const STEPS: &str =
+    "SELECT activity_id, activity_type, depends_on, state, attempt, retries, plugin_digest
      FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position";
 
 fn step_rows(rows: &[store::Row]) -> Result<Vec<StepRow>> {
@@ -127,6 +130,7 @@ fn step_rows(rows: &[store::Row]) -> Result<Vec<StepRow>> {
                 state: step_state(r)?,
                 attempt: r.get("attempt"),
                 retries: r.get("retries"),
+                plugin_digest: r.get("plugin_digest"),
             })
         })
         .collect()
