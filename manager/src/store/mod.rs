@@ -293,6 +293,16 @@ pub async fn share_row(conn: &mut Conn, table: Table, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// ` FOR SHARE` on PostgreSQL, nothing on SQLite: ends a read whose rows must stay as
+/// read for the rest of the transaction, as [`share_row`] keeps them, without a
+/// statement of its own for the lock.
+pub fn for_share(conn: &Conn) -> &'static str {
+    match backend_of(conn) {
+        Backend::Postgres => " FOR SHARE",
+        Backend::Sqlite => "",
+    }
+}
+
 /// Tables [`lock_row`] and [`share_row`] can lock.
 #[derive(Debug, Clone, Copy)]
 pub enum Table {

@@ -10,6 +10,7 @@ use crate::model::{
     Cell, CellCapacity, CellUsage, DEPLOYMENT_STATES, FLEET_CELL_STATES, Properties, is_cell_state,
     new_id, now,
 };
+use crate::query::{Literal, Params};
 use crate::store::{self, Conn, Db, Page, Paged, Table, from_json, to_json};
 use crate::tenant::{drains, profiles, tenants};
 
@@ -127,6 +128,26 @@ pub(crate) async fn all_uncounted(conn: &mut Conn) -> Result<Vec<Cell>> {
     let rows = sqlx::query(AssertSqlSafe(format!("{SELECT} ORDER BY id")))
         .fetch_all(&mut *conn)
         .await?;
+    rows.iter().map(read).collect()
+}
+
+/// The cells `ids` sorted by id, uncounted as [`all_uncounted`], each share-locked for
+/// the rest of the transaction in that order as it is read.
+pub(crate) async fn shared_uncounted(conn: &mut Conn, ids: &[&str]) -> Result<Vec<Cell>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut params = Params::default();
+    let marks: Vec<String> = ids
+        .iter()
+        .map(|id| params.push(Literal::Text(id.to_string())))
+        .collect();
+    let lock = store::for_share(conn);
+    let sql = format!(
+        "{SELECT} WHERE id IN ({}) ORDER BY id{lock}",
+        marks.join(", ")
+    );
+    let rows = params.query(sql).fetch_all(&mut *conn).await?;
     rows.iter().map(read).collect()
 }
 

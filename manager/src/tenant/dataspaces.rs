@@ -1,11 +1,11 @@
 //! Dataspace profiles (per-dataspace settings and credential specs) and their
 //! deployments to cells.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{ManagerError, Result};
 use crate::model::{DataspaceDeployment, DataspaceProfile, DataspaceSpec, Properties, new_id, now};
-use crate::store::{Conn, Db, Page, Paged, from_json, to_json};
+use crate::store::{self, Conn, Db, Page, Paged, from_json, to_json};
 use crate::tenant::{cells, profiles};
 
 /// Creates a dataspace profile, deployed to no cell yet.
@@ -36,9 +36,20 @@ pub async fn create(
 
 /// The dataspace profile `id` with its deployments; a missing one is "not found".
 pub async fn get(conn: &mut Conn, id: &str) -> Result<DataspaceProfile> {
-    let row = sqlx::query(
-        "SELECT id, version, dataspace_spec, artifacts, properties FROM dataspace_profiles WHERE id = $1",
-    )
+    read_one(conn, id, "").await
+}
+
+/// [`get`], share-locking the dataspace profile for the rest of the transaction, so it
+/// cannot be deleted before the participant that joins it commits.
+pub(crate) async fn share(conn: &mut Conn, id: &str) -> Result<DataspaceProfile> {
+    let lock = store::for_share(conn);
+    read_one(conn, id, lock).await
+}
+
+async fn read_one(conn: &mut Conn, id: &str, lock: &str) -> Result<DataspaceProfile> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, version, dataspace_spec, artifacts, properties FROM dataspace_profiles WHERE id = $1{lock}"
+    )))
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?

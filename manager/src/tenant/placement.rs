@@ -6,7 +6,6 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
 
 use crate::error::{CellRefusal, ManagerError, Result};
 use crate::model::{
@@ -20,8 +19,9 @@ use crate::tenant::{cells, dataspaces};
 /// What a participant needs of its cell.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Requirements {
-    /// The cell must have an active deployment of one of these (any cell when empty).
-    pub dataspace_profile_ids: Vec<String>,
+    /// The cells with an active deployment of one of the participant's dataspace
+    /// profiles, one of which it must be in; None (any cell) when it names none.
+    pub serving: Option<HashSet<String>>,
     /// Labels the cell must carry with these values.
     pub labels: BTreeMap<String, String>,
     /// A cell that may not be chosen: the one a migrating participant leaves.
@@ -41,10 +41,27 @@ impl Requirements {
             }
         }
         Ok(Self {
-            dataspace_profile_ids: dataspaces.iter().map(|d| d.id.clone()).collect(),
+            serving: Self::serving_of(&dataspaces),
             labels: Self::labels_of(&profile.properties, &dataspaces)?,
             excluded: profile.vpas.first().map(|v| v.cell_id.clone()),
         })
+    }
+
+    /// The cells with an active deployment of one of `dataspaces` (read with their
+    /// deployments); None, every cell, when there are none.
+    pub(crate) fn serving_of(dataspaces: &[DataspaceProfile]) -> Option<HashSet<String>> {
+        if dataspaces.is_empty() {
+            return None;
+        }
+        let active = dataspaces
+            .iter()
+            .flat_map(|d| &d.deployments)
+            .filter(|deployment| deployment.state == "active");
+        Some(
+            active
+                .map(|deployment| deployment.cell_id.clone())
+                .collect(),
+        )
     }
 
     /// The labels a participant's and its dataspace profiles' `cfm.requiredCellLabels`
@@ -99,7 +116,6 @@ pub(crate) async fn place(
     needs: &Requirements,
     policy: PlacementPolicy,
 ) -> Result<Cell> {
-    let serving = serving_cells(conn, &needs.dataspace_profile_ids).await?;
     // Uncounted: counting a cell's participants costs a scan of them, done below only
     // where capacity or spreading needs it.
     let mut cells = cells::all_uncounted(conn).await?;
@@ -112,7 +128,7 @@ pub(crate) async fn place(
     }
     let (mut fitting, mut refused): (Vec<Cell>, Vec<CellRefusal>) = (Vec::new(), Vec::new());
     for cell in cells {
-        match refusal(&cell, needs, serving.as_ref()) {
+        match refusal(&cell, needs) {
             Some(reason) => refused.push(CellRefusal {
                 cell_id: cell.id,
                 reason,
@@ -121,23 +137,19 @@ pub(crate) async fn place(
         }
     }
     // Every candidate locked, in one order for all placements (so two never deadlock):
-    // a cell with a capacity exclusively, so that concurrent placements (on any replica)
-    // take turns at it; one without, shared, which only keeps a drain or an edit of the
-    // cell from slipping in. Then read again and counted: another placement may have
-    // filled a cell meanwhile. A cell without a capacity is counted only to spread
-    // participants over several.
+    // first those with a capacity exclusively, by id, so that concurrent placements (on
+    // any replica) take turns at them; then all of them shared, by id, as they are read
+    // again, which keeps a drain or an edit of a cell from slipping in. Read again
+    // because another placement may have filled a cell meanwhile, and counted: a cell
+    // without a capacity is counted only to spread participants over several.
     fitting.sort_by(|a, b| a.id.cmp(&b.id));
-    for candidate in &fitting {
-        match candidate.capacity {
-            Some(_) => {
-                store::lock_row(conn, Table::Cells, &candidate.id).await?;
-            }
-            None => store::share_row(conn, Table::Cells, &candidate.id).await?,
-        }
+    for candidate in fitting.iter().filter(|c| c.capacity.is_some()) {
+        store::lock_row(conn, Table::Cells, &candidate.id).await?;
     }
     let spreading = fitting.len() > 1;
+    let ids: Vec<&str> = fitting.iter().map(|c| c.id.as_str()).collect();
     let mut locked = Vec::with_capacity(fitting.len());
-    for mut cell in cells::all_uncounted(conn).await? {
+    for mut cell in cells::shared_uncounted(conn, &ids).await? {
         let Some(candidate) = fitting.iter().find(|f| f.id == cell.id) else {
             continue;
         };
@@ -154,7 +166,7 @@ pub(crate) async fn place(
     }
     order(&mut locked, policy);
     for cell in locked {
-        match refusal(&cell, needs, serving.as_ref()) {
+        match refusal(&cell, needs) {
             None => return Ok(cell),
             Some(reason) => refused.push(CellRefusal {
                 cell_id: cell.id,
@@ -167,18 +179,18 @@ pub(crate) async fn place(
 }
 
 /// Why `cell` cannot take the participant; None when it can.
-pub(crate) fn refusal(
-    cell: &Cell,
-    needs: &Requirements,
-    serving: Option<&HashSet<String>>,
-) -> Option<String> {
+pub(crate) fn refusal(cell: &Cell, needs: &Requirements) -> Option<String> {
     if needs.excluded.as_deref() == Some(cell.id.as_str()) {
         return Some("is the participant's own cell".into());
     }
     if cell.state != "active" {
         return Some(format!("is {}", cell.state));
     }
-    if serving.is_some_and(|s| !s.contains(&cell.id)) {
+    if needs
+        .serving
+        .as_ref()
+        .is_some_and(|s| !s.contains(&cell.id))
+    {
         return Some("has no active deployment of the participant's dataspace profiles".into());
     }
     for (key, value) in &needs.labels {
@@ -222,29 +234,6 @@ fn order(cells: &mut [Cell], policy: PlacementPolicy) {
         };
         by_load.then_with(|| a.id.cmp(&b.id))
     });
-}
-
-/// The cells with an active deployment of one of `dataspace_profile_ids`; None (every
-/// cell) when none is named.
-pub(crate) async fn serving_cells(
-    conn: &mut Conn,
-    dataspace_profile_ids: &[String],
-) -> Result<Option<HashSet<String>>> {
-    if dataspace_profile_ids.is_empty() {
-        return Ok(None);
-    }
-    let marks = (1..=dataspace_profile_ids.len())
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut query = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT DISTINCT cell_id FROM dataspace_deployments WHERE state = 'active' AND profile_id IN ({marks})"
-    )));
-    for id in dataspace_profile_ids {
-        query = query.bind(id);
-    }
-    let ids: Vec<String> = query.fetch_all(&mut *conn).await?;
-    Ok(Some(ids.into_iter().collect()))
 }
 
 /// The template a participant's dataspace profiles (first) or cell select with

@@ -60,13 +60,12 @@ pub async fn deploy(
         }
     }
     let mut tx = store::write(engine.db()).await?;
-    store::share_row(&mut tx, Table::Tenants, tenant_id).await?;
-    tenants::get(&mut tx, tenant_id).await?;
+    tenants::share(&mut tx, tenant_id).await?;
     decommissions::refuse_while_running(&mut tx, tenant_id).await?;
     refuse_a_live_twin(&mut tx, &new.identifier).await?;
     let mut dataspace_profiles = joined(&mut tx, &new.dataspace_profile_ids).await?;
     let needs = placement::Requirements {
-        dataspace_profile_ids: new.dataspace_profile_ids.clone(),
+        serving: placement::Requirements::serving_of(&dataspace_profiles),
         labels: placement::Requirements::labels_of(&new.properties, &dataspace_profiles)?,
         excluded: None,
     };
@@ -229,8 +228,7 @@ async fn refuse_a_live_twin(conn: &mut Conn, identifier: &str) -> Result<()> {
 async fn joined(conn: &mut Conn, ids: &[String]) -> Result<Vec<DataspaceProfile>> {
     let mut profiles = Vec::with_capacity(ids.len());
     for id in ids {
-        store::share_row(conn, Table::DataspaceProfiles, id).await?;
-        let profile = dataspaces::get(conn, id).await.map_err(|e| match e {
+        let profile = dataspaces::share(conn, id).await.map_err(|e| match e {
             ManagerError::NotFound(_) => {
                 ManagerError::bad_request(format!("dataspace profile '{id}' does not exist"))
             }

@@ -438,8 +438,6 @@ struct Planner<'a> {
     residents: HashMap<String, Arc<Vec<String>>>,
     /// What each participant needs of a cell; None for one that cannot move now.
     needs: HashMap<String, Option<Movable>>,
-    /// Cells serving each set of dataspace profiles, read once per set.
-    serving: HashMap<Vec<String>, Option<HashSet<String>>>,
     moved: HashSet<String>,
     /// Placement checks made so far, against [`FIT_CHECKS`].
     fit_checks: usize,
@@ -466,7 +464,6 @@ impl<'a> Planner<'a> {
             cells,
             residents: HashMap::new(),
             needs: HashMap::new(),
-            serving: HashMap::new(),
             moved: HashSet::new(),
             fit_checks: 0,
         }
@@ -662,13 +659,7 @@ impl<'a> Planner<'a> {
         let Some(movable) = &self.needs[profile_id] else {
             return Ok(false);
         };
-        let key = movable.needs.dataspace_profile_ids.clone();
-        if !self.serving.contains_key(&key) {
-            let serving = placement::serving_cells(self.conn, &key).await?;
-            self.serving.insert(key.clone(), serving);
-        }
-        let serving = self.serving[&key].as_ref();
-        Ok(placement::refusal(&self.cells[to], &movable.needs, serving).is_none())
+        Ok(placement::refusal(&self.cells[to], &movable.needs).is_none())
     }
 }
 

@@ -133,7 +133,18 @@ pub fn check_version(what: &str, id: &str, current: i64, expected: Option<i64>) 
 
 /// The tenant `id`; a missing one is "not found".
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Tenant> {
-    let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+    read_one(conn, id, "").await
+}
+
+/// [`get`], share-locking the tenant for the rest of the transaction, so it cannot be
+/// deleted before what is being created for it commits.
+pub(crate) async fn share(conn: &mut Conn, id: &str) -> Result<Tenant> {
+    let lock = store::for_share(conn);
+    read_one(conn, id, lock).await
+}
+
+async fn read_one(conn: &mut Conn, id: &str, lock: &str) -> Result<Tenant> {
+    let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE id = $1{lock}")))
         .bind(id)
         .fetch_optional(conn)
         .await?
