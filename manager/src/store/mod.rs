@@ -277,25 +277,11 @@ pub async fn lock_named(conn: &mut Conn, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Takes a shared lock on a row for the rest of the transaction: it cannot be deleted
-/// or locked by [`lock_row`] meanwhile, while other sharers go on. Creating a participant
-/// shares its tenant, cell and dataspace profiles, so deleting one of them cannot slip in
-/// between the check and the insert. A no-op on SQLite, whose writers take turns anyway.
-pub async fn share_row(conn: &mut Conn, table: Table, id: &str) -> Result<()> {
-    if backend_of(conn) == Backend::Sqlite {
-        return Ok(());
-    }
-    let sql = format!("SELECT 1 FROM {} WHERE id = $1 FOR SHARE", table.name());
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// ` FOR SHARE` on PostgreSQL, nothing on SQLite: ends a read whose rows must stay as
-/// read for the rest of the transaction, as [`share_row`] keeps them, without a
-/// statement of its own for the lock.
+/// read for the rest of the transaction. They cannot be deleted or locked by [`lock_row`]
+/// meanwhile, while other sharers go on: creating a participant reads its tenant, cells
+/// and dataspace profiles so, and deleting one of them cannot slip in between the check
+/// and the insert. SQLite's writers take turns anyway.
 pub fn for_share(conn: &Conn) -> &'static str {
     match backend_of(conn) {
         Backend::Postgres => " FOR SHARE",
@@ -303,7 +289,7 @@ pub fn for_share(conn: &Conn) -> &'static str {
     }
 }
 
-/// Tables [`lock_row`] and [`share_row`] can lock.
+/// Tables [`lock_row`] can lock.
 #[derive(Debug, Clone, Copy)]
 pub enum Table {
     /// `tenants`.
