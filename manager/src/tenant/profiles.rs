@@ -245,16 +245,11 @@ pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<ParticipantProfil
     let mut conn = db.acquire().await?;
     // Whether a migration is under way rides on the profile's row: one round trip unless
     // the participant is migrating, which is when the migration is read.
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {}, {} AS migration_id FROM participant_profiles WHERE id = $1 AND tenant_id = $2",
-        profile_columns!(),
+    let migration_id = format!(
+        ", {} AS migration_id",
         migrations::unfinished_id_sql("participant_profiles.id")
-    )))
-    .bind(id)
-    .bind(tenant_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
+    );
+    let row = tenant_row(&mut conn, tenant_id, id, &migration_id).await?;
     let mut profile = read(&row)?;
     if row.get::<Option<String>, _>("migration_id").is_some() {
         profile.migration = migrations::unfinished(&mut conn, id).await?;
@@ -602,15 +597,21 @@ pub(crate) async fn fetch(
     tenant_id: &str,
     id: &str,
 ) -> Result<ParticipantProfile> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "{SELECT} WHERE id = $1 AND tenant_id = $2"
+    read(&tenant_row(conn, tenant_id, id, "").await?)
+}
+
+/// The row of a profile of `tenant_id`: the columns [`read`] reads and then `extra`
+/// (empty, or `, <expression> AS <name>`); one of another tenant is "not found".
+async fn tenant_row(conn: &mut Conn, tenant_id: &str, id: &str, extra: &str) -> Result<store::Row> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {}{extra} FROM participant_profiles WHERE id = $1 AND tenant_id = $2",
+        profile_columns!()
     )))
     .bind(id)
     .bind(tenant_id)
     .fetch_optional(conn)
     .await?
-    .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))?;
-    read(&row)
+    .ok_or_else(|| ManagerError::not_found(format!("participant profile '{id}' not found")))
 }
 
 /// A page of a tenant's profiles, sorted by id.

@@ -329,14 +329,7 @@ impl Engine {
         let event = json!({"id": id, "correlationId": start.correlation_id,
             "orchestrationType": start.orchestration_type, "definitionId": start.definition.id,
             "definitionVersion": start.definition.version, "state": "running"});
-        events::record(
-            conn,
-            events::kinds::ORCHESTRATION,
-            tenant.as_deref(),
-            id,
-            event,
-        )
-        .await?;
+        record_event(conn, tenant.as_deref(), id, event).await?;
         tracing::info!(orchestration = %id, correlation = %start.correlation_id,
             orchestration_type = %start.orchestration_type, "orchestration started");
         Ok(true)
@@ -694,14 +687,7 @@ impl Engine {
             "definitionVersion": current.definition_version,
             "state": if state == OrchestrationState::Completed { "completed" } else { "errored" },
             "errorDetail": error_detail});
-        events::record(
-            tx,
-            events::kinds::ORCHESTRATION,
-            tenant.as_deref(),
-            id,
-            event,
-        )
-        .await?;
+        record_event(tx, tenant.as_deref(), id, event).await?;
         let finished = Finished {
             id,
             correlation_id: &current.correlation_id,
@@ -754,6 +740,11 @@ impl Engine {
         })
         .transpose()
     }
+}
+
+/// Records an orchestration's change of state as a lifecycle event of `tenant`.
+async fn record_event(conn: &mut Conn, tenant: Option<&str>, id: &str, data: Value) -> Result<()> {
+    events::record(conn, events::kinds::ORCHESTRATION, tenant, id, data).await
 }
 
 /// Steps one INSERT writes at most: 9 parameters each, far below either backend's limit.
