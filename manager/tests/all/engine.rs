@@ -27,6 +27,7 @@ on_both_backends!(
     a_deploy_step_that_runs_after_the_dispose_is_undone,
     an_output_holding_nul_fails_its_activity,
     reports_applied_together_fail_alone_and_drop_their_twins,
+    reports_of_parallel_steps_at_one_moment_each_see_the_other,
 );
 
 type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
@@ -741,4 +742,44 @@ async fn reports_applied_together_fail_alone_and_drop_their_twins(backend: TestB
         2,
         "only the corrupt orchestration's a and c: {left:?}"
     );
+}
+
+/// The last two steps of an orchestration (b after a, and c) reported at the same moment,
+/// each in a transaction of its own: whichever applies second waits for the first's lock
+/// and must see its step completed, or neither finishes the orchestration. On PostgreSQL
+/// a statement's snapshot is taken before it waits for a lock, so steps read in it
+/// without locking them would be the stale ones.
+async fn reports_of_parallel_steps_at_one_moment_each_see_the_other(backend: TestBackend) {
+    let fx = unworked(backend, |_| complete(json!({}))).await;
+    let mut participants = vec![];
+    for n in 0..24 {
+        participants.push(fx.deploy_as(&format!("did:web:p{n}.example")).await);
+    }
+    let engine = &fx.manager.engine;
+    let a = fx.outbox("a").await;
+    for id in &participants {
+        let (message, task) = &a[id];
+        engine.apply(message, task, complete(json!({}))).await.unwrap();
+    }
+    let (b, c) = (fx.outbox("b").await, fx.outbox("c").await);
+    for id in &participants {
+        let ((b_message, b_task), (c_message, c_task)) = (&b[id], &c[id]);
+        let (b_applied, c_applied) = tokio::join!(
+            engine.apply(b_message, b_task, complete(json!({"b.out": 1}))),
+            engine.apply(c_message, c_task, complete(json!({"c.out": 1}))),
+        );
+        b_applied.unwrap();
+        c_applied.unwrap();
+    }
+    for id in &participants {
+        let orchestration = fx.orchestration(id).await;
+        assert_eq!(orchestration.state, 2, "not completed: {orchestration:?}");
+        let profile = fx.settled(id).await;
+        assert!(vpas_are(&profile, "active"), "{profile:?}");
+        assert_eq!(
+            profile.properties["cfm.vpa.state"],
+            json!({"b.out": 1, "c.out": 1})
+        );
+    }
+    assert_eq!(fx.queued().await, 0);
 }

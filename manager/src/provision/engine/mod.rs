@@ -32,7 +32,7 @@ pub use batch::GroupCommit;
 use dispatch::{Completion, ready};
 pub(crate) use output::holds_nul;
 use output::refuse_unfit_output;
-use read::{StepRow, steps_acking};
+use read::{STEP_COLUMNS, StepRow, step_rows};
 
 /// What the correlation id of an orchestration that undoes a late deploy step ends with.
 pub const CLEANUP_SUFFIX: &str = "/cleanup";
@@ -448,14 +448,11 @@ impl Engine {
         outcome: ActivityOutcome,
         plugin_digest: Option<&str>,
     ) -> Result<()> {
-        // The orchestration's row first, then its queue rows: the order cancel takes them
-        // in too, so the two never deadlock on PostgreSQL.
-        let current = self.current(tx, &task.orchestration_id).await?;
         let ack = queue::row_id(message_id);
-        let Some(current) = current else {
+        let Some((current, all)) = self.current_acking(tx, &task.orchestration_id, ack).await?
+        else {
             return queue::ack(tx, ack).await;
         };
-        let all = steps_acking(tx, &task.orchestration_id, ack).await?;
         let step = all.iter().find(|s| s.activity_id == task.activity_id);
         let live = current.state == OrchestrationState::Running.code();
         let Some(step) = step.filter(|s| {
@@ -705,41 +702,82 @@ impl Engine {
 
     /// Reads an orchestration for changing it, locking it for the rest of the transaction.
     async fn current(&self, tx: &mut Conn, id: &str) -> Result<Option<Current>> {
-        let row = sqlx::query(
+        let row = sqlx::query(AssertSqlSafe(format!(
             // An UPDATE that changes nothing, to lock the row: outcomes of one
             // orchestration's parallel activities are applied one after the other.
-            "UPDATE orchestrations SET version = version WHERE id = $1
-             RETURNING correlation_id, definition_id, definition_version, orchestration_type, state, processing_data, output_data,
-               participant_id, participant_context_id",
-        )
+            "UPDATE orchestrations SET version = version WHERE id = $1 RETURNING {CURRENT}"
+        )))
         .bind(id)
         .fetch_optional(tx)
         .await?;
-        row.map(|row| {
-            let processing_data: Properties =
-                from_json(row.get("processing_data"), "processing data")?;
-            let mut participant = Participant {
-                id: row.get("participant_id"),
-                context_id: row.get("participant_context_id"),
-            };
-            // A manager of the release before these columns, running beside this one
-            // during an upgrade, leaves them empty; its rows' base keys are still its own.
-            if participant.context_id.is_empty() {
-                participant = Participant::of(&processing_data);
-            }
-            Ok(Current {
-                participant,
-                correlation_id: row.get("correlation_id"),
-                definition_id: row.get("definition_id"),
-                definition_version: row.get("definition_version"),
-                orchestration_type: row.get("orchestration_type"),
-                state: row.get("state"),
-                processing_data,
-                output_data: from_json(row.get("output_data"), "output data")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(read_current).transpose()
     }
+
+    /// [`Engine::current`] with the orchestration's steps, in their template's order, and
+    /// the outbox row `ack` removed ([`queue::ack`]); None, and nothing removed, when
+    /// there is no such orchestration. What applying every outcome reads, in one round
+    /// trip on PostgreSQL: the orchestration and its steps are locked as they are read,
+    /// so a transaction that held them and committed meanwhile is seen (a statement's
+    /// snapshot predates its wait for a lock, but locked rows are read at their latest
+    /// version), and the queue row is removed only once they are held, the order cancel
+    /// takes them in, so the two never deadlock.
+    async fn current_acking(
+        &self,
+        tx: &mut Conn,
+        id: &str,
+        ack: &str,
+    ) -> Result<Option<(Current, Vec<StepRow>)>> {
+        if self.db.backend() == Backend::Sqlite {
+            let Some(current) = self.current(tx, id).await? else {
+                return Ok(None);
+            };
+            queue::ack(tx, ack).await?;
+            return Ok(Some((current, read::steps(tx, id).await?)));
+        }
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "WITH locked AS (
+               SELECT {CURRENT}, {STEP_COLUMNS}, position
+               FROM orchestrations JOIN orchestration_steps ON orchestration_id = orchestrations.id
+               WHERE orchestrations.id = $1 FOR NO KEY UPDATE),
+             acked AS (DELETE FROM queue WHERE id = $2 AND EXISTS (SELECT 1 FROM locked))
+             SELECT * FROM locked ORDER BY position"
+        )))
+        .bind(id)
+        .bind(ack)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some((read_current(first)?, step_rows(&rows)?)))
+    }
+}
+
+/// The orchestration columns [`read_current`] reads.
+const CURRENT: &str = "correlation_id, definition_id, definition_version, orchestration_type, orchestrations.state AS orchestration_state,
+  processing_data, output_data, participant_id, participant_context_id";
+
+fn read_current(row: &store::Row) -> Result<Current> {
+    let processing_data: Properties = from_json(row.get("processing_data"), "processing data")?;
+    let mut participant = Participant {
+        id: row.get("participant_id"),
+        context_id: row.get("participant_context_id"),
+    };
+    // A manager of the release before these columns, running beside this one during an
+    // upgrade, leaves them empty; its rows' base keys are still its own.
+    if participant.context_id.is_empty() {
+        participant = Participant::of(&processing_data);
+    }
+    Ok(Current {
+        participant,
+        correlation_id: row.get("correlation_id"),
+        definition_id: row.get("definition_id"),
+        definition_version: row.get("definition_version"),
+        orchestration_type: row.get("orchestration_type"),
+        state: row.get("orchestration_state"),
+        processing_data,
+        output_data: from_json(row.get("output_data"), "output data")?,
+    })
 }
 
 /// Records an orchestration's change of state as a lifecycle event of `tenant`.
@@ -751,7 +789,7 @@ async fn record_event(conn: &mut Conn, tenant: Option<&str>, id: &str, data: Val
 const STEPS_PER_INSERT: usize = 100;
 
 /// Writes the steps of the new orchestration `id`, those `done` carries completed and the
-/// rest pending, and returns them as [`read::steps_acking`] reads them: a multi-row INSERT
+/// rest pending, and returns them as [`read::steps`] reads them: a multi-row INSERT
 /// rather than one statement per step and a read back, so starting an orchestration of
 /// five activities is one round trip where it was six.
 async fn insert_steps(

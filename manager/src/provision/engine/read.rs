@@ -9,8 +9,7 @@ use super::Engine;
 use crate::error::{ManagerError, Result};
 use crate::model::{Orchestration, Step, StepState};
 use crate::query::{Field, Literal, Params, Predicate};
-use crate::queue;
-use crate::store::{self, Backend, Conn, Page, from_json};
+use crate::store::{self, Conn, Page, from_json};
 
 impl Engine {
     /// Reads an orchestration with its steps.
@@ -95,32 +94,23 @@ pub(super) struct StepRow {
     pub plugin_digest: Option<String>,
 }
 
-/// The steps of orchestration `id` in their template's order, and the outbox row `ack`
-/// removed ([`queue::ack`]): in one round trip on PostgreSQL, which applying every
-/// outcome does.
-pub(super) async fn steps_acking(conn: &mut Conn, id: &str, ack: &str) -> Result<Vec<StepRow>> {
-    let rows = match store::backend_of(conn) {
-        Backend::Postgres => {
-            let sql = format!("WITH acked AS (DELETE FROM queue WHERE id = $2) {STEPS}");
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(id)
-                .bind(ack)
-                .fetch_all(conn)
-                .await?
-        }
-        Backend::Sqlite => {
-            queue::ack(conn, ack).await?;
-            sqlx::query(STEPS).bind(id).fetch_all(conn).await?
-        }
-    };
+/// The steps of orchestration `id` in their template's order.
+pub(super) async fn steps(conn: &mut Conn, id: &str) -> Result<Vec<StepRow>> {
+    let sql = format!(
+        "SELECT {STEP_COLUMNS} FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_all(conn)
+        .await?;
     step_rows(&rows)
 }
 
-const STEPS: &str =
-    "SELECT activity_id, activity_type, depends_on, state, attempt, retries, plugin_digest
-     FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position";
+/// The step columns [`step_rows`] reads; qualified where a join with `orchestrations`
+/// would make a name ambiguous.
+pub(super) const STEP_COLUMNS: &str = "activity_id, activity_type, depends_on, orchestration_steps.state AS state, attempt, retries, plugin_digest";
 
-fn step_rows(rows: &[store::Row]) -> Result<Vec<StepRow>> {
+pub(super) fn step_rows(rows: &[store::Row]) -> Result<Vec<StepRow>> {
     rows.iter()
         .map(|r| {
             Ok(StepRow {
