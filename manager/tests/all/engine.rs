@@ -759,7 +759,10 @@ async fn reports_of_parallel_steps_at_one_moment_each_see_the_other(backend: Tes
     let a = fx.outbox("a").await;
     for id in &participants {
         let (message, task) = &a[id];
-        engine.apply(message, task, complete(json!({}))).await.unwrap();
+        engine
+            .apply(message, task, complete(json!({})))
+            .await
+            .unwrap();
     }
     let (b, c) = (fx.outbox("b").await, fx.outbox("c").await);
     for id in &participants {
