@@ -835,7 +835,7 @@ async fn insert_steps(
                 .bind(state)
                 .bind(output)
                 .bind(completed_at)
-                .bind(plugin_digest);
+                .bind(plugin_digest.clone());
             steps.push(StepRow {
                 activity_id: activity.id.clone(),
                 activity_type: activity.activity_type.clone(),
@@ -844,7 +844,7 @@ async fn insert_steps(
                 // The columns' defaults.
                 attempt: 0,
                 retries: 0,
-                plugin_digest: done.get(&activity.id).and_then(|c| c.plugin_digest.clone()),
+                plugin_digest,
             });
         }
         insert.execute(&mut *conn).await?;
