@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let manager = open_manager(&args.api).await?;
+    let mut manager = open_manager(&args.api).await?;
     let host = Arc::new(open_host(&args.api.data_dir, &args.host).await?);
     let work = match &args.nats_url {
         None => {
@@ -83,7 +83,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let queue: Arc<dyn Queue> = Arc::new(jetstream);
             let worker = agent_worker(queue.clone(), host, &args.host, &args.nats);
             let distributed =
-                cfm_manager::run_distributed(manager.engine.clone(), queue, args.host.concurrency);
+                cfm_manager::run_distributed(&mut manager.engine, queue, args.host.concurrency);
             tokio::spawn(async move {
                 tokio::try_join!(
                     async { distributed.await.map_err(anyhow::Error::from) },
@@ -97,17 +97,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
-    let manager = open_manager(&args.api).await?;
+    let mut manager = open_manager(&args.api).await?;
     let jetstream = connect(&args.nats_url, &args.nats).await?;
     keypair_events(&manager, &jetstream, &args.events).await?;
     let queue: Arc<dyn Queue> = Arc::new(jetstream);
-    let engine = manager.engine.clone();
-    let concurrency = args.concurrency;
-    let work = tokio::spawn(async move {
-        cfm_manager::run_distributed(engine, queue, concurrency)
-            .await
-            .map_err(anyhow::Error::from)
-    });
+    let distributed = cfm_manager::run_distributed(&mut manager.engine, queue, args.concurrency);
+    let work = tokio::spawn(async move { distributed.await.map_err(anyhow::Error::from) });
     serve_api(&manager, &args.api, work).await
 }
 

@@ -91,12 +91,14 @@ impl Manager {
         })
     }
 
-    /// Agent workers running `executor` in this process, fed from the embedded queue.
+    /// Agent workers running `executor` in this process, fed from the embedded queue. The
+    /// work this manager's API starts afterwards reaches them in memory after its commit,
+    /// as the activities that outcomes make due do.
     pub async fn embedded_worker(
-        &self,
+        &mut self,
         executor: Arc<dyn ActivityExecutor>,
         settings: cfm_queue::worker::WorkerSettings,
     ) -> cfm_queue::worker::Worker {
-        provision::transport::embedded_worker(&self.engine, executor, settings).await
+        provision::transport::embedded_worker(&mut self.engine, executor, settings).await
     }
 }

@@ -17,12 +17,12 @@ use cfm_protocol::{ActivityExecutor, ActivityReport};
 use cfm_queue::worker::{OutcomeSink, ReportError, Worker, WorkerSettings};
 use cfm_queue::{Message, Queue, REPORTS_TOPIC};
 use futures_util::StreamExt;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::provision::Engine;
 use crate::provision::engine::GroupCommit;
-use crate::queue::{self, DbQueue, Express, Leased};
+use crate::queue::{self, DbQueue, Express, Lane, Leased};
 use crate::store::Backend;
 
 /// How long a pulled message stays leased without a progress signal. Workers signal
@@ -64,9 +64,10 @@ fn group_commit(engine: Engine) -> GroupCommit {
 
 /// Agent workers fed straight from the outbox table. Releases the leases a previous
 /// process left, so its unfinished work resumes at once: only correct when this process
-/// is the table's only consumer, which is what embedded means.
+/// is the table's only consumer, which is what embedded means. `engine` gets the express
+/// lane to those workers, for whatever else in this process starts work through it.
 pub async fn embedded_worker(
-    engine: &Engine,
+    engine: &mut Engine,
     executor: Arc<dyn ActivityExecutor>,
     settings: WorkerSettings,
 ) -> Worker {
@@ -75,10 +76,11 @@ pub async fn embedded_worker(
         Ok(n) => tracing::info!(messages = n, "resuming work left by a previous run"),
         Err(e) => tracing::error!("cannot release stale leases: {e}"),
     }
-    // Outcomes applied here make the next activities due: they reach this process's
-    // consumers straight from the commit, claimed for as long as a pulled message is
-    // leased. What the API starts is found in the table.
+    // Outcomes applied here, and what the API starts through a claiming engine, make
+    // activities due: they reach this process's consumers straight from the commit,
+    // claimed for as long as a pulled message is leased. The rest is found in the table.
     let (express, lane) = Express::lane(ACK_WAIT);
+    *engine = engine.clone().with_express(express);
     let queue = DbQueue::new(
         engine.db().clone(),
         ACK_WAIT,
@@ -88,30 +90,36 @@ pub async fn embedded_worker(
     Worker::new(
         Arc::new(queue),
         executor,
-        Arc::new(EngineSink::new(engine.clone().with_express(express))),
+        Arc::new(EngineSink::new(engine.clone())),
         settings,
     )
 }
 
 /// Moves work to `queue` and applies the reports that come back: what a manager
-/// replica runs besides its API when agent hosts are elsewhere. Runs until aborted.
-pub async fn run_distributed(
-    engine: Engine,
+/// replica runs besides its API when agent hosts are elsewhere. The future runs until
+/// aborted. `engine` gets the express lane to its relay, for whatever else in this
+/// process starts work through it.
+pub fn run_distributed(
+    engine: &mut Engine,
     queue: Arc<dyn Queue>,
     concurrency: usize,
-) -> crate::Result<()> {
-    // Outcomes applied here make the next activities due: they go to the relay straight
-    // from the commit. What the API starts is found in the outbox.
+) -> impl Future<Output = crate::Result<()>> + Send + 'static {
+    // Outcomes applied here, and what the API starts through a claiming engine, make
+    // activities due: they go to the relay straight from the commit. The rest is found
+    // in the outbox.
     let (express, lane) = Express::lane(RELAY_LEASE);
-    let engine = engine.with_express(express);
-    let relay = tokio::spawn(
-        Relay::new(engine.clone(), queue.clone())
-            .with_express(lane)
-            .run(),
-    );
-    let outcome = Reports::new(engine, queue, concurrency).run().await;
-    relay.abort();
-    Ok(outcome?)
+    *engine = engine.clone().with_express(express);
+    let engine = engine.clone();
+    async move {
+        let relay = tokio::spawn(
+            Relay::new(engine.clone(), queue.clone())
+                .with_express(lane)
+                .run(),
+        );
+        let outcome = Reports::new(engine, queue, concurrency).run().await;
+        relay.abort();
+        Ok(outcome?)
+    }
 }
 
 /// Publishes outbox rows to a queue and keeps them, held, until their outcome is applied.
@@ -128,7 +136,7 @@ pub async fn run_distributed(
 pub struct Relay {
     engine: Engine,
     queue: Arc<dyn Queue>,
-    express: Option<mpsc::Receiver<Vec<Leased>>>,
+    express: Option<Lane>,
     /// Rows taken off the express lane while waiting, to publish next.
     taken: Vec<Leased>,
     /// When to sweep the table next, failing a signal.
@@ -174,7 +182,7 @@ impl Relay {
 
     /// The same relay, also publishing the rows handed over on `lane` (see
     /// [`Engine::with_express`]).
-    pub fn with_express(self, lane: mpsc::Receiver<Vec<Leased>>) -> Self {
+    pub fn with_express(self, lane: Lane) -> Self {
         Self {
             express: Some(lane),
             ..self
@@ -225,11 +233,10 @@ impl Relay {
     fn take_express(&mut self) -> Vec<Leased> {
         let mut rows = std::mem::take(&mut self.taken);
         if let Some(lane) = self.express.as_mut() {
-            while rows.len() < RELAY_BATCH {
-                match lane.try_recv() {
-                    Ok(more) => rows.extend(more),
-                    Err(_) => break,
-                }
+            while rows.len() < RELAY_BATCH
+                && let Some(more) = lane.try_recv()
+            {
+                rows.extend(more);
             }
         }
         rows

@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -175,23 +176,43 @@ async fn insert(
 pub struct Express {
     lane: mpsc::Sender<Vec<Leased>>,
     claim: Duration,
+    held: InMemory,
 }
 
 /// Batches of claimed rows in flight to the relay; beyond it, rows wait for the sweep.
 const EXPRESS_BACKLOG: usize = 1024;
 
 impl Express {
+    /// Claimed rows this process holds in memory at most, on the lane or waiting for the
+    /// embedded queue's consumers. Past it, rows are written unclaimed and found in the
+    /// table: a burst larger than the consumers keep up with (thousands of onboardings
+    /// posted at once) waits there, not in memory, and is never stuck behind claims.
+    pub const ROOM: usize = 1024;
+
+    /// The part of [`Express::ROOM`] that new work (an orchestration the API starts) may
+    /// fill: the rest keeps the lane for the activities that outcomes make due, work
+    /// under way, however many onboardings a burst posts.
+    pub const START_ROOM: usize = 64;
+
     /// A lane, and its far end for the relay. A row claimed for `claim` that the relay
     /// has not taken by then (the process died after its commit, or the relay fell
     /// behind) goes out with the table's next sweep.
-    pub fn lane(claim: Duration) -> (Self, mpsc::Receiver<Vec<Leased>>) {
-        let (lane, far_end) = mpsc::channel(EXPRESS_BACKLOG);
-        (Self { lane, claim }, far_end)
+    pub fn lane(claim: Duration) -> (Self, Lane) {
+        let (lane, rows) = mpsc::channel(EXPRESS_BACKLOG);
+        let held = InMemory::default();
+        let express = Self {
+            lane,
+            claim,
+            held: held.clone(),
+        };
+        (express, Lane { rows, held })
     }
 
-    /// Until when a row claimed now stays with this process.
-    pub fn claimed_until_ms(&self) -> i64 {
-        now_ms() + self.claim.as_millis() as i64
+    /// Until when a row claimed now stays with this process; `None` while the process
+    /// holds `room` (at most [`Express::ROOM`]) claimed rows in memory already: write the
+    /// row unclaimed.
+    pub fn claimed_until_ms(&self, room: usize) -> Option<i64> {
+        (self.held.get() < room.min(Self::ROOM)).then(|| now_ms() + self.claim.as_millis() as i64)
     }
 
     /// Hands committed rows over. Never waits: a full or closed lane leaves them to the
@@ -200,9 +221,60 @@ impl Express {
         if rows.is_empty() {
             return;
         }
+        // Counted before the far end can take them, so the count never goes below zero.
+        let n = rows.len();
+        self.held.add(n);
         if let Err(e) = self.lane.try_send(rows) {
+            self.held.sub(n);
             tracing::debug!("the relay is not taking rows ({e}): they go out with its sweep");
         }
+    }
+}
+
+/// The far end of an [`Express`] lane. What it gives out leaves the count of claimed rows
+/// held in memory, unless its holder keeps them there (the embedded queue's lines).
+pub struct Lane {
+    rows: mpsc::Receiver<Vec<Leased>>,
+    held: InMemory,
+}
+
+impl Lane {
+    /// The next batch handed over; `None` once every [`Express`] clone is gone.
+    pub async fn recv(&mut self) -> Option<Vec<Leased>> {
+        let rows = self.rows.recv().await?;
+        self.held.sub(rows.len());
+        Some(rows)
+    }
+
+    /// The next batch, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Vec<Leased>> {
+        let rows = self.rows.try_recv().ok()?;
+        self.held.sub(rows.len());
+        Some(rows)
+    }
+
+    /// [`Lane::recv`] for a holder that keeps the rows in memory, counted, and takes them
+    /// off the count as they leave it ([`Handed`]).
+    async fn recv_kept(&mut self) -> Option<Vec<Leased>> {
+        self.rows.recv().await
+    }
+}
+
+/// How many claimed rows a process holds in memory, shared by its lane's two ends.
+#[derive(Clone, Default)]
+struct InMemory(Arc<AtomicUsize>);
+
+impl InMemory {
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -400,6 +472,20 @@ pub async fn release_all(db: &Db) -> Result<u64> {
     Ok(released.rows_affected())
 }
 
+/// Whether a message of `topic` is due and not leased: what [`lease`] would find.
+async fn any_due(db: &Db, topic: &str) -> Result<bool> {
+    let now = now_ms();
+    let due: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM queue WHERE topic = $1 AND available_at <= $2
+           AND (leased_until IS NULL OR leased_until <= $2) LIMIT 1",
+    )
+    .bind(topic)
+    .bind(now)
+    .fetch_optional(db.read())
+    .await?;
+    Ok(due.is_some())
+}
+
 /// When the next message (of `topic`, or of any) becomes available, if any is waiting.
 pub async fn next_available_at(db: &Db, topic: Option<&str>) -> Result<Option<i64>> {
     const DUE: &str = "SELECT MIN(CASE WHEN leased_until > available_at THEN leased_until ELSE available_at END) FROM queue";
@@ -539,7 +625,9 @@ impl DbQueue {
     /// The same queue, also delivering the rows handed over on `lane` (the far end of an
     /// [`Express`] claiming for this queue's lease). Spawns the task that sorts them by
     /// topic; it ends when every sender of the lane is gone.
-    pub fn with_express(self, lane: mpsc::Receiver<Vec<Leased>>) -> Self {
+    pub fn with_express(mut self, lane: Lane) -> Self {
+        // Rows wait in the lines as they waited on the lane: in memory, still counted.
+        self.handed.held = lane.held.clone();
         tokio::spawn(route(lane, self.handed.clone(), self.signal.clone()));
         self
     }
@@ -547,8 +635,8 @@ impl DbQueue {
 
 /// Sorts the rows handed over on `lane` into their topics' lines and wakes the
 /// consumers of those topics.
-async fn route(mut lane: mpsc::Receiver<Vec<Leased>>, handed: Handed, signal: Signal) {
-    while let Some(rows) = lane.recv().await {
+async fn route(mut lane: Lane, handed: Handed, signal: Signal) {
+    while let Some(rows) = lane.recv_kept().await {
         let topics = handed.push(rows);
         signal.notify_topics(topics.iter().map(String::as_str));
     }
@@ -562,6 +650,9 @@ async fn route(mut lane: mpsc::Receiver<Vec<Leased>>, handed: Handed, signal: Si
 struct Handed {
     lines: Arc<std::sync::Mutex<Lines>>,
     fresh_for: Duration,
+    /// The count of claimed rows in memory that these rows, counted as they came on the
+    /// lane, are part of.
+    held: InMemory,
 }
 
 /// Each topic's handed-over rows, oldest first, with when each came.
@@ -572,6 +663,7 @@ impl Handed {
         Self {
             lines: Arc::default(),
             fresh_for,
+            held: InMemory::default(),
         }
     }
 
@@ -580,13 +672,19 @@ impl Handed {
         let now = tokio::time::Instant::now();
         let mut lines = self.lines();
         let mut topics: Vec<String> = Vec::new();
+        // Every line, not only these rows': a line nobody takes from (its plugin gone)
+        // would otherwise keep its rows, and their share of the room, until more come.
+        for line in lines.values_mut() {
+            self.expire(line, now);
+        }
         for row in rows {
             if !topics.contains(&row.topic) {
                 topics.push(row.topic.clone());
             }
-            let line = lines.entry(row.topic.clone()).or_default();
-            self.expire(line, now);
-            line.push_back((now, row));
+            lines
+                .entry(row.topic.clone())
+                .or_default()
+                .push_back((now, row));
         }
         topics
     }
@@ -599,6 +697,7 @@ impl Handed {
         };
         self.expire(line, tokio::time::Instant::now());
         let n = max.min(line.len());
+        self.held.sub(n);
         line.drain(..n).map(|(_, row)| row).collect()
     }
 
@@ -613,6 +712,7 @@ impl Handed {
             .is_some_and(|(at, _)| now.duration_since(*at) > self.fresh_for)
         {
             line.pop_front();
+            self.held.sub(1);
         }
     }
 
@@ -691,7 +791,9 @@ impl Consumer for DbConsumer {
             }
             let handed = self.queue.handed.take(&self.topic, max - leased.len());
             leased.extend(handed);
-            if !table_first && leased.len() < max {
+            // Handed-over work goes out without waiting for a look in the table; the
+            // next pull (at once, for the free slots left) or the table's turn looks.
+            if !table_first && leased.is_empty() {
                 let more = self.lease(max - leased.len()).await?;
                 leased.extend(more);
             }
@@ -716,8 +818,17 @@ impl Consumer for DbConsumer {
 }
 
 impl DbConsumer {
-    /// Leases up to `max` rows of this consumer's topic in the table.
+    /// Leases up to `max` rows of this consumer's topic in the table. Most looks find
+    /// nothing due (the lane brought the work, or another topic's row woke us), so it
+    /// looks first with a read, which costs no turn at SQLite's one writer; a row that
+    /// falls due after the look signals or is waited for ([`wait_for_work`]).
     async fn lease(&self, max: usize) -> std::result::Result<Vec<Leased>, QueueError> {
+        if !any_due(&self.queue.db, &self.topic)
+            .await
+            .map_err(storage)?
+        {
+            return Ok(Vec::new());
+        }
         lease(
             &self.queue.db,
             Some(&self.topic),
@@ -820,13 +931,23 @@ mod tests {
 
     #[tokio::test]
     async fn handed_rows_wait_in_memory_only_while_fresh_taken_or_not() {
-        let handed = Handed::new(Duration::from_millis(50));
-        let topics = handed.push(vec![row("a/1", "activity.a"), row("x/1", "activity.x")]);
+        let (express, mut lane) = Express::lane(Duration::from_secs(60));
+        let mut handed = Handed::new(Duration::from_millis(50));
+        handed.held = lane.held.clone();
+        let mut push = async |rows| {
+            express.hand_over(rows);
+            handed.push(lane.recv_kept().await.unwrap())
+        };
+        let topics = push(vec![row("a/1", "activity.a"), row("x/1", "activity.x")]).await;
         assert_eq!(topics, ["activity.a", "activity.x"]);
+        assert_eq!(handed.held.get(), 2, "held rows are counted");
         assert_eq!(handed.take("activity.a", 10).len(), 1);
+        assert_eq!(handed.held.get(), 1, "taken rows leave the count");
         tokio::time::sleep(Duration::from_millis(80)).await;
-        // Nobody takes activity.x: its old rows still go when new ones come.
-        handed.push(vec![row("x/2", "activity.x"), row("a/2", "activity.a")]);
+        // Nobody takes activity.x: its old rows still go when new ones come, of any topic.
+        push(vec![row("a/2", "activity.a")]).await;
+        assert_eq!(handed.held.get(), 1, "x/1 left memory and the count");
+        push(vec![row("x/2", "activity.x")]).await;
         let waiting: Vec<String> = handed.lines()["activity.x"]
             .iter()
             .map(|(_, row)| row.id.clone())
@@ -837,6 +958,7 @@ mod tests {
             handed.take("activity.a", 10).is_empty(),
             "a stale row is left to the table"
         );
+        assert_eq!(handed.held.get(), 1, "x/2 is still held, a/2 expired");
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub async fn on_event(engine: &Engine, subject: &str, payload: &[u8]) -> Result<
     let name = format!("{}\n{}", event.source, event.id);
     let id = uuid::Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()).to_string();
 
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     let pc = &event.participant_context_id;
     let Some(profile) = profiles::find(&mut tx, pc).await? else {
@@ -90,7 +91,7 @@ pub async fn on_event(engine: &Engine, subject: &str, payload: &[u8]) -> Result<
         return Ok(EventOutcome::AlreadyStarted(id));
     }
     tx.commit().await?;
-    engine.wake();
+    engine.committed();
     tracing::info!(orchestration = %id, participant_context = %pc, event = %event.id, kind, "keypair event started an orchestration");
     Ok(EventOutcome::Started(id))
 }

@@ -37,6 +37,7 @@ pub async fn start(
     profile_id: &str,
     target_cell_id: &str,
 ) -> Result<Migration> {
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     store::lock_row(&mut tx, Table::ParticipantProfiles, profile_id).await?;
     // Reads through the tenant: another tenant's participant is "not found".
@@ -46,7 +47,7 @@ pub async fn start(
     })?;
     let migration = start_in(engine, &mut tx, profile_id, Some(&target.id), None).await?;
     tx.commit().await?;
-    engine.wake();
+    engine.committed();
     Ok(migration)
 }
 

@@ -59,6 +59,7 @@ pub async fn deploy(
             )));
         }
     }
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     tenants::share(&mut tx, tenant_id).await?;
     decommissions::refuse_while_running(&mut tx, tenant_id).await?;
@@ -188,7 +189,7 @@ pub async fn deploy(
         )
         .await?;
     tx.commit().await?;
-    engine.wake();
+    engine.committed();
     Ok(profile)
 }
 
@@ -308,10 +309,11 @@ pub async fn history(
 /// template there is nothing to undo and the VPAs are `disposed` at once. Asking again
 /// while that is under way or done changes nothing.
 pub async fn dispose(engine: &Engine, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     let profile = dispose_in(engine, &mut tx, tenant_id, id).await?;
     tx.commit().await?;
-    engine.wake();
+    engine.committed();
     Ok(profile)
 }
 
@@ -361,6 +363,7 @@ pub(crate) async fn dispose_in(
 /// (plugins deploy idempotently). The VPAs go `pending`, the profile's error is cleared,
 /// and its history keeps the failed orchestration.
 pub async fn retry(engine: &Engine, tenant_id: &str, id: &str) -> Result<ParticipantProfile> {
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?;
     let mut profile = fetch(&mut tx, tenant_id, id).await?;
@@ -458,7 +461,7 @@ pub async fn retry(engine: &Engine, tenant_id: &str, id: &str) -> Result<Partici
         .await?;
     set_vpa_state(&mut tx, &mut profile, VpaState::Pending, None).await?;
     tx.commit().await?;
-    engine.wake();
+    engine.committed();
     tracing::info!(profile = %id, orchestration = %orchestration, failed = %deploy_id,
         kept = done.len(), "errored participant retried");
     Ok(profile)

@@ -49,13 +49,14 @@ pub async fn start(
     id: &str,
     repair: bool,
 ) -> Result<ParticipantProfile> {
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?;
     let mut profile = profiles::fetch(&mut tx, tenant_id, id).await?;
     decommissions::refuse_while_running(&mut tx, tenant_id).await?;
     profile.drift = Some(begin(engine, &mut tx, &profile, repair).await?);
     tx.commit().await?;
-    engine.wake();
+    engine.committed();
     tracing::info!(profile = %id, repair, "verify started");
     Ok(profile)
 }

@@ -39,6 +39,7 @@ pub async fn change_vpa_properties(
             "vpaProperties must be at most {MAX_PROPERTIES_BYTES} bytes of JSON"
         )));
     }
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     store::lock_row(&mut tx, Table::ParticipantProfiles, id).await?;
     let mut profile = profiles::fetch(&mut tx, tenant_id, id).await?;
@@ -101,7 +102,7 @@ pub async fn change_vpa_properties(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    engine.wake();
+    engine.committed();
     profile.version += 1;
     profile.pending_vpa_properties = Some(wanted);
     tracing::info!(profile = %id, "VPA properties change started");

@@ -75,7 +75,7 @@ async fn fixture(
     backend: TestBackend,
     script: impl Fn(&ActivityTask) -> ActivityOutcome + Send + Sync + 'static,
 ) -> Fixture {
-    let fx = unworked(backend, script).await;
+    let mut fx = unworked(backend, script).await;
     let settings = WorkerSettings {
         concurrency: 4,
         ..WorkerSettings::default()

@@ -97,10 +97,7 @@ impl Engine {
         if reports.len() <= 1 {
             return self.apply_reports_alone(reports).await;
         }
-        let engine = self.claiming();
-        let together = engine.apply_together(&reports).await;
-        engine.release_claims(together.is_ok());
-        match together {
+        match self.claiming_outcomes().apply_together(&reports).await {
             Ok(()) => {
                 tracing::debug!(reports = reports.len(), "applied reports together");
                 reports.iter().map(|_| Ok(())).collect()
@@ -123,7 +120,7 @@ impl Engine {
         results
     }
 
-    /// Applies every report in one transaction through a [`Engine::claiming`] clone.
+    /// Applies every report in one transaction through a [`Engine::claiming_outcomes`] clone.
     async fn apply_together(&self, reports: &[ActivityReport]) -> Result<()> {
         let mut order: Vec<&ActivityReport> = reports.iter().collect();
         order.sort_by(|a, b| a.task.orchestration_id.cmp(&b.task.orchestration_id));

@@ -131,9 +131,19 @@ impl Engine {
                 }
             }),
         };
-        match (&self.express, &self.claims) {
-            (Some(express), Some(claims)) if delay_ms == 0 && lock(claims).open => {
-                let until = express.claimed_until_ms();
+        let claim = match (&self.express, &self.claims) {
+            (Some(express), Some(claims)) if delay_ms == 0 => {
+                let room = {
+                    let claims = lock(claims);
+                    claims.open.then_some(claims.room)
+                };
+                room.and_then(|room| express.claimed_until_ms(room))
+                    .map(|until| (until, claims))
+            }
+            _ => None,
+        };
+        match claim {
+            Some((until, claims)) => {
                 let row = queue::publish_claimed(
                     tx,
                     &message_id,
@@ -147,7 +157,7 @@ impl Engine {
                     lock(claims).rows.push(row);
                 }
             }
-            _ => {
+            None => {
                 let available_at = queue::now_ms() + delay_ms as i64;
                 queue::publish_alongside(
                     tx,

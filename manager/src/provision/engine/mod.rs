@@ -90,6 +90,9 @@ pub struct Engine {
 /// the table.
 #[derive(Default)]
 struct Claims {
+    /// Below how many claimed rows held in memory by the process this transaction's rows
+    /// are claimed too ([`Express::claimed_until_ms`]).
+    room: usize,
     rows: Vec<Leased>,
     unclaimed: BTreeSet<String>,
     /// Cleared once the rows are handed over: a clone kept past that point (by a hook)
@@ -375,18 +378,32 @@ impl Engine {
         outcome: ActivityOutcome,
         plugin_digest: Option<&str>,
     ) -> Result<()> {
-        let engine = self.claiming();
-        let applied = engine
+        self.claiming_outcomes()
             .apply_committing(message_id, task, outcome, plugin_digest)
-            .await;
-        engine.release_claims(applied.is_ok());
-        applied
+            .await
     }
 
-    /// A clone that keeps track of what it writes to the outbox, claiming the rows due
-    /// now when there is an express lane.
-    fn claiming(&self) -> Self {
+    /// A clone for one transaction of the caller's that keeps track of what it writes to
+    /// the outbox, claiming the rows due now when there is an express lane. Once that
+    /// transaction has committed, [`Engine::committed`] hands the claimed rows over and
+    /// wakes only the consumers of the other rows' topics, where [`Engine::wake`] wakes
+    /// every consumer (on SQLite each one that wakes leases in the table, a turn at its
+    /// one writer). A clone dropped uncommitted hands nothing over: what its transaction
+    /// wrote never existed. Its rows are new work, claimed only while the lane has
+    /// [`Express::START_ROOM`].
+    pub fn claiming(&self) -> Self {
+        self.claiming_within(Express::START_ROOM)
+    }
+
+    /// [`Engine::claiming`] for applying outcomes: the activities they make due are work
+    /// under way, claimed while the lane has any room.
+    pub(super) fn claiming_outcomes(&self) -> Self {
+        self.claiming_within(Express::ROOM)
+    }
+
+    fn claiming_within(&self, room: usize) -> Self {
         let claims = Claims {
+            room,
             open: true,
             ..Claims::default()
         };
@@ -396,30 +413,21 @@ impl Engine {
         }
     }
 
-    /// After the transaction of a [`Engine::claiming`] clone: hands its rows over when it
-    /// committed; either way, later writes through this clone are not claimed.
-    fn release_claims(&self, committed: bool) {
-        let (Some(express), Some(claims)) = (&self.express, &self.claims) else {
-            return;
+    /// After the transaction of a [`Engine::claiming`] clone committed: hands its claimed
+    /// rows to the express lane and tells whoever drains the outbox about the rest, only
+    /// their topics' consumers. Later writes through this clone are not claimed. On any
+    /// other engine, [`Engine::wake`].
+    pub fn committed(&self) {
+        let Some(claims) = &self.claims else {
+            return self.wake();
         };
         let claims = std::mem::take(&mut *lock(claims));
-        if committed {
-            express.hand_over(claims.rows);
+        if !claims.unclaimed.is_empty() {
+            self.outbox
+                .notify_topics(claims.unclaimed.iter().map(String::as_str));
         }
-    }
-
-    /// Tells whoever drains the outbox what a commit wrote: only rows they must find
-    /// themselves need it, and only their topics' consumers.
-    fn committed(&self) {
-        match &self.claims {
-            Some(claims) => {
-                let claims = lock(claims);
-                if !claims.unclaimed.is_empty() {
-                    self.outbox
-                        .notify_topics(claims.unclaimed.iter().map(String::as_str));
-                }
-            }
-            None => self.wake(),
+        if let Some(express) = &self.express {
+            express.hand_over(claims.rows);
         }
     }
 
