@@ -16,6 +16,7 @@
 use cfm_protocol::{keys, orchestration_types};
 use serde_json::{Map, Value, json};
 use sqlx::{AssertSqlSafe, Row};
+use tracing::Instrument;
 
 use crate::error::{ManagerError, Result};
 use crate::events;
@@ -330,9 +331,11 @@ pub async fn tick(engine: &Engine) -> Result<()> {
         .fetch_all(engine.db().queries())
         .await?;
     for id in running {
+        // Instrumented, not entered: a guard held across an await leaves the span entered
+        // on whichever thread the task last ran, and the tracing registry then panics
+        // (debug builds) or misattributes events when the task moves.
         let span = tracing::info_span!("rollout", id = %id);
-        let _guard = span.enter();
-        if let Err(e) = tick_rollout(engine, &id).await {
+        if let Err(e) = tick_rollout(engine, &id).instrument(span).await {
             tracing::warn!(rollout = %id, "rolling out: {e}");
         }
     }
