@@ -298,10 +298,11 @@ pub async fn lease(db: &Db, topic: Option<&str>, max: i64, lease_ms: i64) -> Res
     let sql = format!(
         "UPDATE queue SET leased_until = $1, deliveries = deliveries + 1
          WHERE id IN (SELECT id FROM queue
-                      WHERE {topic_test} AND available_at <= $3 AND (leased_until IS NULL OR leased_until <= $3)
+                      WHERE {topic_test} AND available_at <= $3 AND {unleased}
                       ORDER BY available_at, id LIMIT $4{skip_locked})
-           AND (leased_until IS NULL OR leased_until <= $3)
-         RETURNING id, topic, payload, deliveries, copies"
+           AND {unleased}
+         RETURNING id, topic, payload, deliveries, copies",
+        unleased = unleased_at("$3")
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(now + lease_ms)
@@ -472,17 +473,24 @@ pub async fn release_all(db: &Db) -> Result<u64> {
     Ok(released.rows_affected())
 }
 
+/// The condition on a row that no lease holds at `now` (a placeholder): never leased, or
+/// its lease ended.
+fn unleased_at(now: &str) -> String {
+    format!("(leased_until IS NULL OR leased_until <= {now})")
+}
+
 /// Whether a message of `topic` is due and not leased: what [`lease`] would find.
 async fn any_due(db: &Db, topic: &str) -> Result<bool> {
     let now = now_ms();
-    let due: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM queue WHERE topic = $1 AND available_at <= $2
-           AND (leased_until IS NULL OR leased_until <= $2) LIMIT 1",
-    )
-    .bind(topic)
-    .bind(now)
-    .fetch_optional(db.read())
-    .await?;
+    let sql = format!(
+        "SELECT 1 FROM queue WHERE topic = $1 AND available_at <= $2 AND {} LIMIT 1",
+        unleased_at("$2")
+    );
+    let due: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(topic)
+        .bind(now)
+        .fetch_optional(db.read())
+        .await?;
     Ok(due.is_some())
 }
 
