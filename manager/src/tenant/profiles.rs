@@ -42,8 +42,19 @@ pub struct NewDeployment {
 }
 
 /// Places the participant in a cell, writes its profile with four `pending` VPAs and
-/// starts the deploy orchestration, in one transaction (see the module docs).
+/// starts the deploy orchestration, in one transaction (see the module docs), on the
+/// database's writer thread where it has one ([`store::Db::on_writer`]).
 pub async fn deploy(
+    engine: &Engine,
+    tenant_id: &str,
+    new: NewDeployment,
+) -> Result<ParticipantProfile> {
+    let (db, engine, tenant_id) = (engine.db().clone(), engine.clone(), tenant_id.to_string());
+    db.on_writer(async move { deploy_here(&engine, &tenant_id, new).await })
+        .await
+}
+
+async fn deploy_here(
     engine: &Engine,
     tenant_id: &str,
     new: NewDeployment,

@@ -35,13 +35,19 @@ struct Waiting {
 }
 
 impl GroupCommit {
-    /// Applies outcomes to `engine` in up to `writers` (at least 1) transactions at once.
+    /// Applies outcomes to `engine` in up to `writers` (at least 1) transactions at once;
+    /// on SQLite, on the write connection's CPU ([`store::Db::writer_runtime`]).
     pub fn spawn(engine: Engine, writers: usize) -> Self {
         let writers = writers.max(1);
         let (waiting, line) = mpsc::channel(MAX_BATCH * writers);
         let line = Arc::new(Mutex::new(line));
+        let runtime = engine.db().writer_runtime().cloned();
         for _ in 0..writers {
-            tokio::spawn(write(engine.clone(), line.clone()));
+            let writer = write(engine.clone(), line.clone());
+            match &runtime {
+                Some(runtime) => runtime.spawn(writer),
+                None => tokio::spawn(writer),
+            };
         }
         Self { waiting }
     }

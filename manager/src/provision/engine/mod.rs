@@ -723,37 +723,51 @@ impl Engine {
 
     /// [`Engine::current`] with the orchestration's steps, in their template's order, and
     /// the outbox row `ack` removed ([`queue::ack`]); None, and nothing removed, when
-    /// there is no such orchestration. What applying every outcome reads, in one round
-    /// trip on PostgreSQL: the orchestration and its steps are locked as they are read,
+    /// there is no such orchestration. What applying every outcome reads, in as few
+    /// round trips as the backend allows.
+    ///
+    /// On PostgreSQL one: the orchestration and its steps are locked as they are read,
     /// so a transaction that held them and committed meanwhile is seen (a statement's
     /// snapshot predates its wait for a lock, but locked rows are read at their latest
     /// version), and the queue row is removed only once they are held, the order cancel
-    /// takes them in, so the two never deadlock.
+    /// takes them in, so the two never deadlock. On SQLite two: the transaction holds the
+    /// database's one write lock from its start, so a plain read is current and there is
+    /// no row lock to take; the read and the ack go separately because SQLite has no
+    /// data-modifying `WITH`.
     async fn current_acking(
         &self,
         tx: &mut Conn,
         id: &str,
         ack: &str,
     ) -> Result<Option<(Current, Vec<StepRow>)>> {
-        if self.db.backend() == Backend::Sqlite {
-            let Some(current) = self.current(tx, id).await? else {
-                return Ok(None);
-            };
-            queue::ack(tx, ack).await?;
-            return Ok(Some((current, read::steps(tx, id).await?)));
-        }
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "WITH locked AS (
-               SELECT {CURRENT}, {STEP_COLUMNS}, position
-               FROM orchestrations JOIN orchestration_steps ON orchestration_id = orchestrations.id
-               WHERE orchestrations.id = $1 FOR NO KEY UPDATE),
-             acked AS (DELETE FROM queue WHERE id = $2 AND EXISTS (SELECT 1 FROM locked))
-             SELECT * FROM locked ORDER BY position"
-        )))
-        .bind(id)
-        .bind(ack)
-        .fetch_all(&mut *tx)
-        .await?;
+        let select = format!(
+            "SELECT {CURRENT}, {STEP_COLUMNS}, position
+             FROM orchestrations JOIN orchestration_steps ON orchestration_id = orchestrations.id
+             WHERE orchestrations.id = $1"
+        );
+        let rows = match self.db.backend() {
+            Backend::Sqlite => {
+                let rows = sqlx::query(AssertSqlSafe(format!("{select} ORDER BY position")))
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if !rows.is_empty() {
+                    queue::ack(tx, ack).await?;
+                }
+                rows
+            }
+            Backend::Postgres => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "WITH locked AS ({select} FOR NO KEY UPDATE),
+                     acked AS (DELETE FROM queue WHERE id = $2 AND EXISTS (SELECT 1 FROM locked))
+                     SELECT * FROM locked ORDER BY position"
+                )))
+                .bind(id)
+                .bind(ack)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
         let Some(first) = rows.first() else {
             return Ok(None);
         };

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
 use super::Engine;
 use crate::error::{ManagerError, Result};
@@ -92,18 +92,6 @@ pub(super) struct StepRow {
     pub retries: i64,
     /// The plugin that ran it, once completed and where the agent named it.
     pub plugin_digest: Option<String>,
-}
-
-/// The steps of orchestration `id` in their template's order.
-pub(super) async fn steps(conn: &mut Conn, id: &str) -> Result<Vec<StepRow>> {
-    let sql = format!(
-        "SELECT {STEP_COLUMNS} FROM orchestration_steps WHERE orchestration_id = $1 ORDER BY position"
-    );
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_all(conn)
-        .await?;
-    step_rows(&rows)
 }
 
 /// The step columns [`step_rows`] reads; qualified where a join with `orchestrations`
