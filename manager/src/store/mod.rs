@@ -97,7 +97,8 @@ impl Db {
 
     /// On SQLite, a runtime on the CPU of the write connection's thread: a transaction
     /// run there hands its statements over without waking another CPU, several times
-    /// faster on virtual machines. For the busiest writer, the engine applying outcomes.
+    /// faster on virtual machines. For the busiest writers: the engine applying outcomes
+    /// and the API starting onboardings.
     pub fn writer_runtime(&self) -> Option<&tokio::runtime::Handle> {
         self.writer_thread
             .as_deref()

@@ -24,7 +24,8 @@ use crate::error::{ManagerError, Result};
 /// A thread pinned to one CPU, running a current-thread runtime until dropped.
 pub(crate) struct WriterThread {
     handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropped with this, which ends the thread's runtime.
+    _stop: oneshot::Sender<()>,
 }
 
 impl WriterThread {
@@ -48,7 +49,7 @@ impl WriterThread {
                     }
                 };
                 let _ = ready.send(Ok(runtime.handle().clone()));
-                // A dropped sender ends it as well as a sent stop.
+                // Until the sender is dropped: nothing is ever sent.
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
@@ -60,21 +61,13 @@ impl WriterThread {
             .map_err(|e| ManagerError::Io(format!("the SQLite writer thread's runtime: {e}")))?;
         Ok(Self {
             handle,
-            stop: Some(stop),
+            _stop: stop,
         })
     }
 
     /// Where to spawn work that should share the writer's CPU.
     pub(crate) fn handle(&self) -> &Handle {
         &self.handle
-    }
-}
-
-impl Drop for WriterThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

@@ -49,8 +49,10 @@ pub async fn deploy(
     tenant_id: &str,
     new: NewDeployment,
 ) -> Result<ParticipantProfile> {
-    let (db, engine, tenant_id) = (engine.db().clone(), engine.clone(), tenant_id.to_string());
-    db.on_writer(async move { deploy_here(&engine, &tenant_id, new).await })
+    let (owned, tenant_id) = (engine.clone(), tenant_id.to_string());
+    engine
+        .db()
+        .on_writer(async move { deploy_here(&owned, &tenant_id, new).await })
         .await
 }
 
