@@ -67,17 +67,17 @@ pub async fn publish_alongside(
     Ok(())
 }
 
-/// Statements written together with an outbox row: on PostgreSQL data-modifying `WITH`
-/// clauses of the insert, one round trip for all; on SQLite, which has no such clauses,
-/// the next statements, in order. Either way they run whether or not the row was new.
+/// Statements written together with an outbox row, in one round trip for all: on
+/// PostgreSQL data-modifying `WITH` clauses of the insert; on SQLite, which has no such
+/// clauses, the next statements of its query string ([`store::sqlite_batch`]). Either way
+/// they run whether or not the row was new.
 /// They must not change one row twice: PostgreSQL would keep only one of the changes.
 pub struct Alongside<'q> {
     /// The statements; their parameters are numbered from `$7`, after the row's six, and
     /// shared by all of them ([`store::shift_parameters`] renumbers a statement).
     pub sql: Vec<Cow<'static, str>>,
-    /// Binds the parameters, in order, after the row's: once on PostgreSQL, once for each
-    /// statement on SQLite.
-    pub bind: Box<dyn Fn(AnyQuery<'q>) -> AnyQuery<'q> + Send + 'q>,
+    /// Binds the parameters, in order, after the row's.
+    pub bind: Box<dyn FnOnce(AnyQuery<'q>) -> AnyQuery<'q> + Send + 'q>,
 }
 
 /// A statement being bound.
@@ -138,7 +138,13 @@ async fn insert(
             .bind(i64::from(leased_until_ms.is_some()))
     };
     let inserted = match (alongside, store::backend_of(conn)) {
-        (None, _) => row(sqlx::query(INSERT)).execute(conn).await?,
+        (None, _) => {
+            row(sqlx::query(INSERT))
+                .execute(conn)
+                .await?
+                .rows_affected()
+                > 0
+        }
         (Some(alongside), Backend::Postgres) => {
             let clauses: Vec<String> = alongside
                 .sql
@@ -150,22 +156,24 @@ async fn insert(
             (alongside.bind)(row(sqlx::query(AssertSqlSafe(sql))))
                 .execute(conn)
                 .await?
+                .rows_affected()
+                > 0
         }
         (Some(alongside), Backend::Sqlite) => {
-            let inserted = row(sqlx::query(INSERT)).execute(&mut *conn).await?;
-            for sql in &alongside.sql {
-                // SQLite binds parameters by number too: six placeholders stand for the
-                // row's.
-                let placeholders = (0..6)
-                    .fold(sqlx::query(AssertSqlSafe(sql.as_ref())), |query, _| {
-                        query.bind(None::<i64>)
-                    });
-                (alongside.bind)(placeholders).execute(&mut *conn).await?;
-            }
-            inserted
+            // The row's statement tells whether it was new by the row it returns; the
+            // statements alongside return none.
+            let returning = format!("{INSERT} RETURNING 1");
+            let statements: Vec<&str> = std::iter::once(returning.as_str())
+                .chain(alongside.sql.iter().map(AsRef::as_ref))
+                .collect();
+            let sql = store::sqlite_batch(&statements);
+            let rows = (alongside.bind)(row(sqlx::query(AssertSqlSafe(sql))))
+                .fetch_all(conn)
+                .await?;
+            !rows.is_empty()
         }
     };
-    Ok(inserted.rows_affected() > 0)
+    Ok(inserted)
 }
 
 /// Where transactions hand the rows they claimed ([`publish_claimed`]) once committed: the

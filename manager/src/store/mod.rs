@@ -257,6 +257,16 @@ async fn open_postgres(url: &str) -> Result<Db> {
     })
 }
 
+/// `statements` as one query string for SQLite, which runs them in order in one round
+/// trip to its connection's thread, where each alone would be one. Its driver binds
+/// parameters by number, so `$n` is the same value in every statement, and the rows
+/// they return come back one statement after another. (PostgreSQL takes no parameters
+/// in a string of several statements; there, data-modifying `WITH` clauses join them.)
+pub fn sqlite_batch<S: AsRef<str>>(statements: &[S]) -> String {
+    let statements: Vec<&str> = statements.iter().map(AsRef::as_ref).collect();
+    statements.join(";\n")
+}
+
 /// `sql` with every parameter `$n` renumbered `$(n + by)`: a statement written on its own
 /// that runs as part of a larger one, after `by` parameters of the other parts.
 pub fn shift_parameters(sql: &str, by: usize) -> String {
@@ -548,6 +558,51 @@ mod tests {
             super::shift_parameters("SET a = $1, b = $12 WHERE c = '$' AND d = $2", 11),
             "SET a = $12, b = $23 WHERE c = '$' AND d = $13"
         );
+    }
+
+    /// Every statement of a batch runs, in order, each reading the one list of numbered
+    /// parameters; the rows come back from whichever statements return them.
+    #[tokio::test]
+    async fn a_sqlite_batch_runs_every_statement_with_shared_parameters() {
+        use sqlx::Row;
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::open_sqlite(&dir.path().join("cfm.db"))
+            .await
+            .unwrap();
+        let mut tx = super::write(&db).await.unwrap();
+        sqlx::query("CREATE TABLE pairs (k TEXT PRIMARY KEY, v INTEGER)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let insert =
+            "INSERT INTO pairs (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING RETURNING v";
+        let sql = super::sqlite_batch(&[
+            insert,
+            "UPDATE pairs SET v = v + $3 WHERE k = $1",
+            "INSERT INTO pairs (k, v) VALUES ($1 || '-copy', $3) ON CONFLICT (k) DO NOTHING",
+        ]);
+        let mut returned = Vec::new();
+        for _ in 0..2 {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind("a")
+                .bind(1_i64)
+                .bind(10_i64)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+            returned.push(
+                rows.iter()
+                    .map(|r| r.get::<i64, _>("v"))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        // The second time the first insert finds its row and returns none; the rest run.
+        assert_eq!(returned, [vec![1], vec![]]);
+        let pairs: Vec<(String, i64)> = sqlx::query_as("SELECT k, v FROM pairs ORDER BY k")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(pairs, [("a".to_string(), 21), ("a-copy".to_string(), 10)]);
     }
 
     /// What the engine and the API run there shares one CPU with the write connection,

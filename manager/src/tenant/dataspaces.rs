@@ -46,16 +46,29 @@ pub(crate) async fn share(conn: &mut Conn, id: &str) -> Result<DataspaceProfile>
     read_one(conn, id, lock).await
 }
 
+/// The profile and its deployments in one statement: a row per deployment, the profile's
+/// columns repeated on each (one row without deployment columns when it has none).
+/// `lock` applies to the profile's row alone.
 async fn read_one(conn: &mut Conn, id: &str, lock: &str) -> Result<DataspaceProfile> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT id, version, dataspace_spec, artifacts, properties FROM dataspace_profiles WHERE id = $1{lock}"
+    let lock = if lock.is_empty() {
+        String::new()
+    } else {
+        format!("{lock} OF p")
+    };
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT p.id, p.version, p.dataspace_spec, p.artifacts, p.properties, {DEPLOYMENT}
+         FROM dataspace_profiles p
+         LEFT JOIN (dataspace_deployments d JOIN cells c ON c.id = d.cell_id) ON d.profile_id = p.id
+         WHERE p.id = $1 ORDER BY d.id{lock}"
     )))
     .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| ManagerError::not_found(format!("dataspace profile '{id}' not found")))?;
-    let mut profile = read(&row)?;
-    profile.deployments = deployments(conn, id).await?;
+    .fetch_all(&mut *conn)
+    .await?;
+    let first = rows
+        .first()
+        .ok_or_else(|| ManagerError::not_found(format!("dataspace profile '{id}' not found")))?;
+    let mut profile = read(first)?;
+    profile.deployments = rows.iter().filter_map(read_deployment).collect();
     Ok(profile)
 }
 
@@ -134,25 +147,32 @@ pub async fn deploy(db: &Db, profile_id: &str, cell: &str) -> Result<DataspaceDe
 }
 
 async fn deployments(conn: &mut Conn, profile_id: &str) -> Result<Vec<DataspaceDeployment>> {
-    let rows = sqlx::query(
-        "SELECT d.id, d.version, d.state, d.state_timestamp, d.cell_id, c.external_id
-         FROM dataspace_deployments d JOIN cells c ON c.id = d.cell_id
-         WHERE d.profile_id = $1 ORDER BY d.id",
-    )
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {DEPLOYMENT} FROM dataspace_deployments d JOIN cells c ON c.id = d.cell_id
+         WHERE d.profile_id = $1 ORDER BY d.id"
+    )))
     .bind(profile_id)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|row| DataspaceDeployment {
-            id: row.get("id"),
-            version: row.get("version"),
-            state: row.get("state"),
-            state_timestamp: row.get("state_timestamp"),
-            cell_id: row.get("cell_id"),
-            external_cell_id: row.get("external_id"),
-        })
-        .collect())
+    Ok(rows.iter().filter_map(read_deployment).collect())
+}
+
+/// A deployment's columns, of `dataspace_deployments d` joined with its cell `c`, as
+/// [`read_deployment`] reads them.
+const DEPLOYMENT: &str = "d.id AS deployment_id, d.version AS deployment_version, d.state,
+  d.state_timestamp, d.cell_id, c.external_id";
+
+/// The deployment of a row with [`DEPLOYMENT`]'s columns; None where they are null (a
+/// profile's row without one).
+fn read_deployment(row: &crate::store::Row) -> Option<DataspaceDeployment> {
+    Some(DataspaceDeployment {
+        id: row.get::<Option<String>, _>("deployment_id")?,
+        version: row.get("deployment_version"),
+        state: row.get("state"),
+        state_timestamp: row.get("state_timestamp"),
+        cell_id: row.get("cell_id"),
+        external_cell_id: row.get("external_id"),
+    })
 }
 
 fn read(row: &crate::store::Row) -> Result<DataspaceProfile> {

@@ -13,7 +13,7 @@ use crate::model::{
     REQUIRED_CELL_LABELS_PROPERTY,
 };
 use crate::provision::definitions;
-use crate::store::{self, Conn, Table};
+use crate::store::{self, Backend, Conn, Table};
 use crate::tenant::{cells, dataspaces};
 
 /// What a participant needs of its cell.
@@ -136,33 +136,19 @@ pub(crate) async fn place(
             None => fitting.push(cell),
         }
     }
-    // Every candidate locked, in one order for all placements (so two never deadlock):
-    // first those with a capacity exclusively, by id, so that concurrent placements (on
-    // any replica) take turns at them; then all of them shared, by id, as they are read
-    // again, which keeps a drain or an edit of a cell from slipping in. Read again
-    // because another placement may have filled a cell meanwhile, and counted: a cell
-    // without a capacity is counted only to spread participants over several.
     fitting.sort_by(|a, b| a.id.cmp(&b.id));
-    for candidate in fitting.iter().filter(|c| c.capacity.is_some()) {
-        store::lock_row(conn, Table::Cells, &candidate.id).await?;
-    }
     let spreading = fitting.len() > 1;
-    let ids: Vec<&str> = fitting.iter().map(|c| c.id.as_str()).collect();
-    let mut locked = Vec::with_capacity(fitting.len());
-    for mut cell in cells::shared_uncounted(conn, &ids).await? {
-        let Some(candidate) = fitting.iter().find(|f| f.id == cell.id) else {
-            continue;
-        };
-        // Given a capacity after it was read and before it was shared: what is read now
-        // stays (an edit waits for the shared lock), but the capacity needs placements
-        // to take turns.
-        if cell.capacity.is_some() && candidate.capacity.is_none() {
-            store::lock_row(conn, Table::Cells, &cell.id).await?;
-        }
+    let mut locked = match store::backend_of(conn) {
+        // The transaction has held SQLite's one write lock since it began: what it read
+        // is current, and no other placement runs until it ends.
+        Backend::Sqlite => fitting,
+        Backend::Postgres => locked_again(conn, fitting).await?,
+    };
+    // A cell without a capacity is counted only to spread participants over several.
+    for cell in locked.iter_mut() {
         if cell.capacity.is_some() || spreading {
             cell.usage = cells::usage_of(conn, &cell.id, cell.capacity).await?;
         }
-        locked.push(cell);
     }
     order(&mut locked, policy);
     for cell in locked {
@@ -176,6 +162,32 @@ pub(crate) async fn place(
     }
     refused.sort_by(|a, b| a.cell_id.cmp(&b.cell_id));
     Err(ManagerError::NoCellFits { cells: refused })
+}
+
+/// The candidates `fitting` (sorted by id) read again, each locked, in one order for all
+/// placements so that two never deadlock: first those with a capacity exclusively, so
+/// that concurrent placements (on any replica) take turns at them; then all of them
+/// shared, as they are read again, which keeps a drain or an edit of a cell from slipping
+/// in. Read again because another placement may have filled a cell meanwhile.
+async fn locked_again(conn: &mut Conn, fitting: Vec<Cell>) -> Result<Vec<Cell>> {
+    for candidate in fitting.iter().filter(|c| c.capacity.is_some()) {
+        store::lock_row(conn, Table::Cells, &candidate.id).await?;
+    }
+    let ids: Vec<&str> = fitting.iter().map(|c| c.id.as_str()).collect();
+    let mut locked = Vec::with_capacity(fitting.len());
+    for cell in cells::shared_uncounted(conn, &ids).await? {
+        let Some(candidate) = fitting.iter().find(|f| f.id == cell.id) else {
+            continue;
+        };
+        // Given a capacity after it was read and before it was shared: what is read now
+        // stays (an edit waits for the shared lock), but the capacity needs placements
+        // to take turns.
+        if cell.capacity.is_some() && candidate.capacity.is_none() {
+            store::lock_row(conn, Table::Cells, &cell.id).await?;
+        }
+        locked.push(cell);
+    }
+    Ok(locked)
 }
 
 /// Why `cell` cannot take the participant; None when it can.

@@ -83,7 +83,7 @@ impl Engine {
     }
 
     /// Writes the task's message into the outbox and marks its step dispatched, with
-    /// `riding` (the completion that made it due) in the same round trip on PostgreSQL.
+    /// `riding` (the completion that made it due) in the same round trip.
     pub(super) async fn publish(
         &self,
         tx: &mut Conn,
@@ -201,8 +201,8 @@ pub(super) fn ready(all: &[StepRow]) -> impl Iterator<Item = &StepRow> {
 }
 
 /// What completing a step writes: the step, and what its orchestration now knows. Alone,
-/// one statement on PostgreSQL ([`Completion::write`]); or riding on the statement that
-/// dispatches a step it made due ([`Engine::publish`]).
+/// one round trip ([`Completion::write`]); or riding on the one that dispatches a step it
+/// made due ([`Engine::publish`]).
 pub(super) struct Completion {
     /// The step: its orchestration and activity.
     pub orchestration_id: String,
@@ -217,7 +217,7 @@ pub(super) struct Completion {
 }
 
 impl Completion {
-    /// Numbered as [`Completion::bind`] binds; SQLite binds every parameter to each.
+    /// Numbered as [`Completion::bind`] binds, shared by both.
     const STATEMENTS: [&str; 2] = [
         "UPDATE orchestration_steps SET state = $1, completed_at = $2, output = $3,
            last_error = NULL, plugin_digest = $6
@@ -239,22 +239,16 @@ impl Completion {
             .bind(self.output_data.clone())
     }
 
-    /// Writes the completion on its own: one statement on PostgreSQL, two on SQLite.
+    /// Writes the completion on its own, in one round trip.
     pub(super) async fn write(&self, tx: &mut Conn) -> Result<()> {
         let [step, orchestration] = Self::STATEMENTS;
-        match store::backend_of(tx) {
-            Backend::Postgres => {
-                let sql = format!("WITH step AS ({step}) {orchestration}");
-                self.bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Backend::Sqlite => {
-                for sql in Self::STATEMENTS {
-                    self.bind(sqlx::query(sql)).execute(&mut *tx).await?;
-                }
-            }
-        }
+        let sql = match store::backend_of(tx) {
+            Backend::Postgres => format!("WITH step AS ({step}) {orchestration}"),
+            Backend::Sqlite => store::sqlite_batch(&Self::STATEMENTS),
+        };
+        self.bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 }

@@ -592,9 +592,9 @@ impl Engine {
             .iter()
             .filter(|s| s.state != StepState::Completed)
             .count();
-        // On PostgreSQL the completion rides on the first dispatch it causes: the step,
-        // the orchestration, the next step and its outbox row in one round trip.
-        let riding = if self.db.backend() == Backend::Postgres && ready(&all).next().is_some() {
+        // The completion rides on the first dispatch it causes: the step, the
+        // orchestration, the next step and its outbox row in one round trip.
+        let riding = if ready(&all).next().is_some() {
             Some(completion)
         } else {
             completion.write(tx).await?;
@@ -726,14 +726,13 @@ impl Engine {
     /// there is no such orchestration. What applying every outcome reads, in as few
     /// round trips as the backend allows.
     ///
-    /// On PostgreSQL one: the orchestration and its steps are locked as they are read,
-    /// so a transaction that held them and committed meanwhile is seen (a statement's
-    /// snapshot predates its wait for a lock, but locked rows are read at their latest
-    /// version), and the queue row is removed only once they are held, the order cancel
-    /// takes them in, so the two never deadlock. On SQLite two: the transaction holds the
-    /// database's one write lock from its start, so a plain read is current and there is
-    /// no row lock to take; the read and the ack go separately because SQLite has no
-    /// data-modifying `WITH`.
+    /// One on either. On PostgreSQL the orchestration and its steps are locked as they are
+    /// read, so a transaction that held them and committed meanwhile is seen (a
+    /// statement's snapshot predates its wait for a lock, but locked rows are read at
+    /// their latest version), and the queue row is removed only once they are held, the
+    /// order cancel takes them in, so the two never deadlock. On SQLite the transaction
+    /// holds the database's one write lock from its start, so a plain read is current and
+    /// there is no row lock to take.
     async fn current_acking(
         &self,
         tx: &mut Conn,
@@ -745,29 +744,25 @@ impl Engine {
              FROM orchestrations JOIN orchestration_steps ON orchestration_id = orchestrations.id
              WHERE orchestrations.id = $1"
         );
-        let rows = match self.db.backend() {
-            Backend::Sqlite => {
-                let rows = sqlx::query(AssertSqlSafe(format!("{select} ORDER BY position")))
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                if !rows.is_empty() {
-                    queue::ack(tx, ack).await?;
-                }
-                rows
-            }
-            Backend::Postgres => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "WITH locked AS ({select} FOR NO KEY UPDATE),
-                     acked AS (DELETE FROM queue WHERE id = $2 AND EXISTS (SELECT 1 FROM locked))
-                     SELECT * FROM locked ORDER BY position"
-                )))
-                .bind(id)
-                .bind(ack)
-                .fetch_all(&mut *tx)
-                .await?
-            }
+        let sql = match self.db.backend() {
+            // The transaction holds SQLite's one write lock already; the ack goes first,
+            // in the same round trip, so that the rows read are the only ones returned.
+            Backend::Sqlite => store::sqlite_batch(&[
+                "DELETE FROM queue WHERE id = $2
+                   AND EXISTS (SELECT 1 FROM orchestration_steps WHERE orchestration_id = $1)",
+                &format!("{select} ORDER BY position"),
+            ]),
+            Backend::Postgres => format!(
+                "WITH locked AS ({select} FOR NO KEY UPDATE),
+                 acked AS (DELETE FROM queue WHERE id = $2 AND EXISTS (SELECT 1 FROM locked))
+                 SELECT * FROM locked ORDER BY position"
+            ),
         };
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(ack)
+            .fetch_all(&mut *tx)
+            .await?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
@@ -811,7 +806,7 @@ async fn record_event(conn: &mut Conn, tenant: Option<&str>, id: &str, data: Val
 const STEPS_PER_INSERT: usize = 100;
 
 /// Writes the steps of the new orchestration `id`, those `done` carries completed and the
-/// rest pending, and returns them as [`read::steps`] reads them: a multi-row INSERT
+/// rest pending, and returns them as a read would: a multi-row INSERT
 /// rather than one statement per step and a read back, so starting an orchestration of
 /// five activities is one round trip where it was six.
 async fn insert_steps(
