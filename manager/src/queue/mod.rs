@@ -54,7 +54,7 @@ pub async fn publish(
     publish_alongside(conn, id, topic, payload, available_at_ms, None).await
 }
 
-/// [`publish`], and `alongside` in the same round trip where the backend allows it.
+/// [`publish`], and `alongside` in the same round trip.
 pub async fn publish_alongside(
     conn: &mut Conn,
     id: &str,

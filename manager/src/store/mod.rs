@@ -262,6 +262,9 @@ async fn open_postgres(url: &str) -> Result<Db> {
 /// parameters by number, so `$n` is the same value in every statement, and the rows
 /// they return come back one statement after another. (PostgreSQL takes no parameters
 /// in a string of several statements; there, data-modifying `WITH` clauses join them.)
+///
+/// Every `$n` must be bound: the driver leaves a number past the bound list NULL without
+/// an error. A statement must not end in a `--` comment, which would swallow the `;`.
 pub fn sqlite_batch<S: AsRef<str>>(statements: &[S]) -> String {
     let statements: Vec<&str> = statements.iter().map(AsRef::as_ref).collect();
     statements.join(";\n")
