@@ -745,8 +745,8 @@ impl Engine {
              WHERE orchestrations.id = $1"
         );
         let sql = match self.db.backend() {
-            // The transaction holds SQLite's one write lock already; the ack goes first,
-            // in the same round trip, so that the rows read are the only ones returned.
+            // The ack (only when the orchestration has steps, as on PostgreSQL) and the
+            // read share one round trip; the DELETE returns no rows of its own.
             Backend::Sqlite => store::sqlite_batch(&[
                 "DELETE FROM queue WHERE id = $2
                    AND EXISTS (SELECT 1 FROM orchestration_steps WHERE orchestration_id = $1)",
