@@ -94,3 +94,16 @@ if ! "$named_bin" -v >/dev/null 2>&1; then
     exit 1
 fi
 echo "BIND9: $("$named_bin" -v)"
+
+# Prometheus for the metrics test, which scrapes a real cfm (Debian's prometheus, 2.42).
+# The test starts its own server on a free port; the package's service is not used.
+if ! command -v prometheus >/dev/null; then
+    echo "installing Prometheus (Debian prometheus)"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+fi
+if ! prometheus --version >/dev/null 2>&1; then
+    echo "error: prometheus does not run; the metrics test needs it" >&2
+    exit 1
+fi
+echo "Prometheus: $(prometheus --version 2>&1 | head -1)"

@@ -32,3 +32,6 @@ cargo test --locked --workspace
 
 echo "==> API fuzzing against the OpenAPI document"
 scripts/api-fuzz.sh
+
+echo "==> deployment manifests"
+scripts/check-deploy.sh

@@ -16,8 +16,20 @@ use crate::plugin;
     about = "Connector Fabric Manager: the management plane for hosted dataspace participants"
 )]
 pub(crate) struct Cli {
+    /// How log lines are written to standard error: `text` for people (coloured only on a
+    /// terminal), `json` for log collectors (one object per line, with the orchestration,
+    /// activity and participant of the line's spans as fields).
+    #[arg(long, global = true, env = "CFM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// See [`Cli::log_format`].
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +129,10 @@ pub(crate) struct AgentArgs {
     pub(crate) nats_url: String,
     #[command(flatten)]
     pub(crate) nats: NatsArgs,
+    /// Where to serve `/health`, `/ready` and `/metrics` (no API), e.g. `0.0.0.0:9464` in
+    /// a pod; port 0 picks a free port. None by default.
+    #[arg(long, env = "CFM_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
 }
 
 /// The REST API and the engine behind it.
@@ -226,6 +242,11 @@ pub(crate) struct HostArgs {
     /// reported fatal.
     #[arg(long, default_value_t = cfm_queue::worker::DEFAULT_MAX_DELIVERIES)]
     pub(crate) max_deliveries: u64,
+    /// On SIGTERM or Ctrl-C, how long running activities may take to finish and report
+    /// before the process exits anyway (their tasks then come back after the ack-wait).
+    /// Below Kubernetes' default 30 s grace period, so the drain ends before SIGKILL.
+    #[arg(long, env = "CFM_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub(crate) shutdown_grace_secs: u64,
     /// How often to look for a changed plugin configuration or plugin file and reload;
     /// running activities finish on the old version. 0 turns reloading off.
     #[arg(long, env = "CFM_PLUGIN_RELOAD_SECS", default_value_t = 2)]

@@ -4,6 +4,7 @@
 //! PostgreSQL and JetStream.
 
 mod args;
+mod background;
 mod plugin;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
 use cfm_host::capability::tokens::exchange::TokenExchange;
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig};
+use cfm_manager::api::Probe;
 use cfm_manager::auth::AuthSettings;
 use cfm_manager::{EngineSettings, Manager, Options};
 use cfm_queue::Queue;
@@ -25,25 +27,18 @@ use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
 use cfm_queue::worker::{QueueSink, Worker, WorkerSettings};
 use clap::Parser;
 
+use background::{AgentWork, Background, JetStreamProbe, PluginsProbe};
+
 use args::{
-    AgentArgs, ApiArgs, Cli, Command, EventArgs, HostArgs, ManagerArgs, NatsArgs, ServeArgs,
-    TokenArgs,
+    AgentArgs, ApiArgs, Cli, Command, EventArgs, HostArgs, LogFormat, ManagerArgs, NatsArgs,
+    ServeArgs, TokenArgs,
 };
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // The Vault client and its transport log every non-2xx answer as an error, the
-            // 404 of a secret not yet written and the 400 of a put-if-absent that found
-            // one included; cfm reports the failures that matter.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "info,sqlx=warn,tower_http=info,rustify=off,vaultrs::api=off".into()
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let command = Cli::parse().command;
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let command = cli.command;
     if matches!(
         command,
         Command::Serve(_) | Command::Manager(_) | Command::Agent(_)
@@ -62,10 +57,39 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Log lines on standard error, filtered by `RUST_LOG`.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    // The Vault client and its transport log every non-2xx answer as an error, the 404
+    // of a secret not yet written and the 400 of a put-if-absent that found one
+    // included; cfm reports the failures that matter.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info,rustify=off,vaultrs::api=off".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // Colour codes only where a terminal shows them, not in files or collectors.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        // Each line carries its spans' fields (the orchestration, activity and
+        // participant ids) in its `spans` list, for collectors to index.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut manager = open_manager(&args.api).await?;
     let host = Arc::new(open_host(&args.api.data_dir, &args.host).await?);
-    let work = match &args.nats_url {
+    let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(PluginsProbe(host.clone()))];
+    let grace = Duration::from_secs(args.host.shutdown_grace_secs);
+    let background = match &args.nats_url {
         None => {
             if args.events.keypair_events_stream.is_some() {
                 anyhow::bail!(
@@ -75,50 +99,82 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("work goes through the embedded queue");
             let settings = worker_settings(&args.host, None);
             let worker = manager.embedded_worker(host, settings).await;
-            tokio::spawn(async move { worker.run().await.map_err(anyhow::Error::from) })
+            Background {
+                engine: None,
+                agent: Some(AgentWork::start(worker, grace)),
+            }
         }
         Some(url) => {
-            let jetstream = connect(url, &args.nats).await?;
+            let jetstream = Arc::new(connect(url, &args.nats).await?);
             keypair_events(&manager, &jetstream, &args.events).await?;
-            let queue: Arc<dyn Queue> = Arc::new(jetstream);
+            probes.push(Arc::new(JetStreamProbe(jetstream.clone())));
+            let queue: Arc<dyn Queue> = jetstream;
             let worker = agent_worker(queue.clone(), host, &args.host, &args.nats);
             let distributed =
                 cfm_manager::run_distributed(&mut manager.engine, queue, args.host.concurrency);
-            tokio::spawn(async move {
-                tokio::try_join!(
-                    async { distributed.await.map_err(anyhow::Error::from) },
-                    async { worker.run().await.map_err(anyhow::Error::from) }
-                )?;
-                Ok(())
-            })
+            Background {
+                engine: Some(tokio::spawn(async move {
+                    distributed.await.map_err(anyhow::Error::from)
+                })),
+                agent: Some(AgentWork::start(worker, grace)),
+            }
         }
     };
-    serve_api(&manager, &args.api, work).await
+    serve_api(&manager, &args.api, background, probes).await
 }
 
 async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     let mut manager = open_manager(&args.api).await?;
-    let jetstream = connect(&args.nats_url, &args.nats).await?;
+    let jetstream = Arc::new(connect(&args.nats_url, &args.nats).await?);
     keypair_events(&manager, &jetstream, &args.events).await?;
-    let queue: Arc<dyn Queue> = Arc::new(jetstream);
+    let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(JetStreamProbe(jetstream.clone()))];
+    let queue: Arc<dyn Queue> = jetstream;
     let distributed = cfm_manager::run_distributed(&mut manager.engine, queue, args.concurrency);
-    let work = tokio::spawn(async move { distributed.await.map_err(anyhow::Error::from) });
-    serve_api(&manager, &args.api, work).await
+    let background = Background {
+        engine: Some(tokio::spawn(async move {
+            distributed.await.map_err(anyhow::Error::from)
+        })),
+        agent: None,
+    };
+    serve_api(&manager, &args.api, background, probes).await
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let host = Arc::new(open_host(&args.data_dir, &args.host).await?);
-    let queue = Arc::new(connect(&args.nats_url, &args.nats).await?);
+    let jetstream = Arc::new(connect(&args.nats_url, &args.nats).await?);
+    if let Some(listen) = args.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        // Scripts and tests read this line.
+        println!("cfm listening on http://{}", listener.local_addr()?);
+        let probes: Vec<Arc<dyn Probe>> = vec![
+            Arc::new(PluginsProbe(host.clone())),
+            Arc::new(JetStreamProbe(jetstream.clone())),
+        ];
+        let routes = cfm_manager::api::probe_routes(probes.into());
+        // Runs for the life of the process; a probe server that fails leaves the
+        // kubelet's probes failing, which is what should happen.
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, routes).await {
+                tracing::error!("the probe and metrics listener stopped: {e}");
+            }
+        });
+    }
+    let queue: Arc<dyn Queue> = jetstream;
     let worker = agent_worker(queue, host.clone(), &args.host, &args.nats);
-    let mut work = tokio::spawn(worker.run());
+    let mut work = AgentWork::start(worker, Duration::from_secs(args.host.shutdown_grace_secs));
     // Scripts and tests read this line.
     println!(
         "cfm agent running activity types {}",
         cfm_protocol::ActivityExecutor::activity_types(host.as_ref()).join(", ")
     );
     tokio::select! {
-        outcome = &mut work => outcome??,
-        _ = shutdown() => work.abort(),
+        outcome = &mut work.task => {
+            outcome??;
+            bail!("the agent worker stopped unexpectedly");
+        }
+        _ = shutdown() => work.drain().await,
     }
     tracing::info!("stopped");
     Ok(())
@@ -306,12 +362,13 @@ fn worker_settings(args: &HostArgs, nats: Option<&NatsArgs>) -> WorkerSettings {
     }
 }
 
-/// Serves the API until a shutdown signal, or until `work` (the engine's background
-/// work) fails, which is fatal: a manager that cannot move work must not look healthy.
+/// Serves the API until a shutdown signal, then drains this process's agent worker;
+/// or fails when background work stops.
 async fn serve_api(
     manager: &Manager,
     args: &ApiArgs,
-    mut work: tokio::task::JoinHandle<anyhow::Result<()>>,
+    mut background: Background,
+    probes: Vec<Arc<dyn Probe>>,
 ) -> anyhow::Result<()> {
     let listen = args.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -335,15 +392,40 @@ async fn serve_api(
         manager.engine.clone(),
         reconcile,
     ));
-    let api = axum::serve(listener, manager.router()).with_graceful_shutdown(shutdown());
-    tokio::select! {
-        served = api => served?,
-        outcome = &mut work => {
-            outcome??;
-            bail!("background work stopped unexpectedly");
+    let api = axum::serve(listener, manager.router_with(probes)).with_graceful_shutdown(shutdown());
+    {
+        let engine = async {
+            match &mut background.engine {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+        let agent = async {
+            match &mut background.agent {
+                Some(agent) => (&mut agent.task).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = api => served?,
+            outcome = engine => {
+                outcome??;
+                bail!("background work stopped unexpectedly");
+            }
+            outcome = agent => {
+                outcome??;
+                bail!("the agent worker stopped unexpectedly");
+            }
         }
     }
-    work.abort();
+    // The API has answered its last request; what the agents took finishes before the
+    // engine that applies its reports stops.
+    if let Some(agent) = background.agent {
+        agent.drain().await;
+    }
+    if let Some(engine) = background.engine {
+        engine.abort();
+    }
     fleet.abort();
     tracing::info!("stopped");
     Ok(())

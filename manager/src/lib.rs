@@ -83,11 +83,19 @@ impl Manager {
         seed::seed(self.engine.db()).await
     }
 
-    /// This manager's HTTP surface: the REST API, its OpenAPI document and the health check.
+    /// This manager's HTTP surface: the REST API, its OpenAPI document, the probes and
+    /// the metrics.
     pub fn router(&self) -> axum::Router {
+        self.router_with(Vec::new())
+    }
+
+    /// [`Manager::router`] whose `/ready` also checks `probes` (the JetStream
+    /// connection, the plugins of an agent host in the same process).
+    pub fn router_with(&self, probes: Vec<Arc<dyn api::Probe>>) -> axum::Router {
         api::router(api::AppState {
             engine: self.engine.clone(),
             auth: self.auth.clone(),
+            probes: probes.into(),
         })
     }
 

@@ -121,17 +121,36 @@ impl Worker {
 
     /// Runs until aborted. Fails only when a consumer cannot be set up at all.
     pub async fn run(self) -> Result<(), QueueError> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs until `drain` resolves, then takes no new task and returns once every
+    /// activity already taken has run and reported: a host shutting down hands over no
+    /// half-done work, and nothing waits out an ack-wait to be run again elsewhere. A
+    /// pull cut short by the drain may leave what it was handed to come back after the
+    /// ack-wait, as a killed host's would. Fails only when a consumer cannot be set up.
+    pub async fn run_until(self, drain: impl Future<Output = ()> + Send) -> Result<(), QueueError> {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
+        let (draining, drained) = tokio::sync::watch::channel(false);
         let mut loops = JoinSet::new();
         for activity_type in this.executor.activity_types() {
             let topic = activity_topic(&activity_type);
             let consumer = crate::consumer_retrying(this.queue.as_ref(), &topic).await?;
             let (this, slots) = (this.clone(), slots.clone());
-            loops.spawn(this.pull_loop(activity_type, consumer, slots));
+            loops.spawn(this.pull_loop(activity_type, consumer, slots, drained.clone()));
         }
-        while loops.join_next().await.is_some() {}
-        Ok(())
+        tokio::pin!(drain);
+        loop {
+            tokio::select! {
+                joined = loops.join_next() => if joined.is_none() { return Ok(()) },
+                () = &mut drain => {
+                    let _ = draining.send(true);
+                    while loops.join_next().await.is_some() {}
+                    return Ok(());
+                }
+            }
+        }
     }
 
     async fn pull_loop(
@@ -139,14 +158,19 @@ impl Worker {
         activity_type: String,
         mut consumer: Box<dyn crate::Consumer>,
         slots: Arc<Semaphore>,
+        mut drain: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut running = JoinSet::new();
         let what = format!("{activity_type} work");
         loop {
             while running.try_join_next().is_some() {}
             let want = slots.available_permits().max(1);
-            let batch =
-                crate::pull_retrying(consumer.as_mut(), want, self.settings.pull_wait, &what).await;
+            let pull =
+                crate::pull_retrying(consumer.as_mut(), want, self.settings.pull_wait, &what);
+            let batch = tokio::select! {
+                batch = pull => batch,
+                _ = drain.wait_for(|draining| *draining) => break,
+            };
             for delivery in batch {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
@@ -158,6 +182,7 @@ impl Worker {
                 });
             }
         }
+        while running.join_next().await.is_some() {}
     }
 
     async fn handle(&self, delivery: Box<dyn Delivery>) {
@@ -171,7 +196,8 @@ impl Worker {
             }
         };
         let span = tracing::info_span!("activity", orchestration = %task.orchestration_id,
-            activity = %task.activity_id, activity_type = %task.activity_type, attempt = task.attempt);
+            activity = %task.activity_id, activity_type = %task.activity_type,
+            participant = %task.participant_id, attempt = task.attempt);
         self.run_and_report(delivery, task).instrument(span).await;
     }
 
@@ -192,8 +218,16 @@ impl Worker {
                 plugin_digest: None,
             }
         } else {
-            self.execute_keeping_lease(delivery.as_ref(), task.clone())
-                .await
+            let started = std::time::Instant::now();
+            let executed = self
+                .execute_keeping_lease(delivery.as_ref(), task.clone())
+                .await;
+            cfm_metrics::metrics().activity_ran(
+                &task.activity_type,
+                outcome_kind(&executed.outcome),
+                started.elapsed(),
+            );
+            executed
         };
         let report = ActivityReport {
             message_id: delivery.id().to_string(),
@@ -241,5 +275,15 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// The kind of an outcome, as the metrics label it.
+fn outcome_kind(outcome: &ActivityOutcome) -> &'static str {
+    match outcome {
+        ActivityOutcome::Complete { .. } => "complete",
+        ActivityOutcome::Reschedule { .. } => "reschedule",
+        ActivityOutcome::Retry { .. } => "retry",
+        ActivityOutcome::Fatal { .. } => "fatal",
     }
 }

@@ -13,6 +13,7 @@ mod gate;
 mod jetstream;
 mod plugins;
 mod process;
+mod prometheus;
 mod server;
 
 pub use api::*;
@@ -23,6 +24,7 @@ pub use gate::*;
 pub use jetstream::*;
 pub use plugins::*;
 pub use process::*;
+pub use prometheus::*;
 pub use server::*;
 
 // What every module here works with.

@@ -97,6 +97,28 @@ impl Replica {
         }
     }
 
+    /// Sends SIGTERM and waits (60 s at most) for the process to exit on its own: a
+    /// graceful stop, as Kubernetes asks for one.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "cfm {} did not stop within 60 s of SIGTERM",
+                self.args[0]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything the process logged so far, across restarts; empty when unreadable.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -108,6 +108,11 @@ impl Server {
         self.process.kill();
     }
 
+    /// SIGTERM, then waits for the server to exit ([`Replica::terminate`]).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.process.terminate()
+    }
+
     /// Peak resident memory of the process so far, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         self.process.peak_rss_kib()

@@ -21,6 +21,7 @@ mod fleet;
 mod fleet_load;
 mod hostile_api;
 mod nats_auth;
+mod observability;
 mod plugin_tools;
 mod production_backends;
 mod provision_api;

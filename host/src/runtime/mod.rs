@@ -119,6 +119,7 @@ impl AgentHost {
             "activity",
             orchestration = %task.orchestration_id,
             activity = %task.activity_id,
+            participant = %task.participant_id,
             plugin = %plugin.name,
             attempt = task.attempt,
         );
@@ -128,7 +129,9 @@ impl AgentHost {
                     reason: "the agent host is shutting down".into(),
                 };
             };
+            let started = std::time::Instant::now();
             let outcome = self.invoke(plugin, task).await;
+            cfm_metrics::metrics().plugin_invoked(&plugin.name, started.elapsed());
             match &outcome {
                 ActivityOutcome::Complete { .. } => tracing::info!("activity complete"),
                 other => tracing::warn!(outcome = ?other, "activity not complete"),

@@ -4,6 +4,8 @@ pub mod error;
 mod events;
 pub use events::close_streams;
 pub mod json;
+mod observe;
+pub use observe::{Probe, Probes, probe_routes};
 pub mod openapi;
 mod provision;
 pub mod requests;
@@ -32,9 +34,11 @@ pub struct AppState {
     pub engine: Engine,
     /// Checks each request's bearer token.
     pub auth: Auth,
+    /// What `/ready` checks besides the database.
+    pub probes: Probes,
 }
 
-/// The whole HTTP surface: authenticated API routes plus the open health check.
+/// The whole HTTP surface: authenticated API routes plus the open probes and metrics.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(tenant::routes())
@@ -42,10 +46,15 @@ pub fn router(state: AppState) -> Router {
         .merge(events::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
-        .route("/health", get(health))
-        .route(&format!("{PREFIX}/health"), get(health))
+        .route("/health", get(observe::health))
+        .route(&format!("{PREFIX}/health"), get(observe::health))
+        .route("/ready", get(observe::ready))
+        .route("/metrics", get(observe::metrics))
         .route(&format!("{PREFIX}/openapi.json"), get(openapi_json))
         .nest(PREFIX, api)
+        // Routed requests only, by their route's template: a scan of random paths
+        // must not make a series per path.
+        .route_layer(middleware::from_fn(observe::record_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // A bug in a handler answers 500 (rewritten to the error body below) instead
@@ -55,10 +64,6 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"message": "OK"}))
 }
 
 /// Rewrites the plain-text rejections of axum's extractors (a malformed path

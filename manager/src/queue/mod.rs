@@ -517,6 +517,32 @@ pub async fn next_available_at(db: &Db, topic: Option<&str>) -> Result<Option<i6
     })
 }
 
+/// How much work the outbox holds, for the metrics ([`depth`]).
+pub struct Depth {
+    /// Messages in the table: due, waiting for their time, or taken.
+    pub messages: i64,
+    /// How long the oldest message that is due and not taken has waited; zero if none.
+    pub oldest_due: Duration,
+}
+
+/// Reads [`Depth`]. The table holds only work in flight, so this is a short scan.
+pub async fn depth(db: &Db) -> Result<Depth> {
+    let now = now_ms();
+    let (messages, oldest): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT COUNT(*), MIN(CASE WHEN available_at <= $1
+                 AND (leased_until IS NULL OR leased_until <= $1) THEN available_at END)
+         FROM queue",
+    )
+    .bind(now)
+    .fetch_one(db.read())
+    .await?;
+    let waited = oldest.map_or(0, |at| now.saturating_sub(at).max(0));
+    Ok(Depth {
+        messages,
+        oldest_due: Duration::from_millis(waited.unsigned_abs()),
+    })
+}
+
 /// Now, in Unix milliseconds: the clock of `available_at` and leases.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

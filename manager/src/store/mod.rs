@@ -123,6 +123,16 @@ impl Db {
         }
     }
 
+    /// Each distinct pool by name (`read`, `write`, `queries`), for the metrics. On
+    /// SQLite predicate queries share the read pool, so it is listed once.
+    pub fn pools(&self) -> Vec<(&'static str, &AnyPool)> {
+        let mut pools = vec![("read", &self.read), ("write", &self.write)];
+        if self.backend == Backend::Postgres {
+            pools.push(("queries", &self.queries));
+        }
+        pools
+    }
+
     /// A read connection.
     pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Any>, sqlx::Error> {
         self.read.acquire().await

@@ -173,6 +173,9 @@ impl Engine {
                 }
             }
         }
+        self.tally(super::Tally::Dispatched {
+            activity_type: task.activity_type.clone(),
+        });
         Ok(())
     }
 

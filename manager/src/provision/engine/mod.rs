@@ -95,9 +95,49 @@ struct Claims {
     room: usize,
     rows: Vec<Leased>,
     unclaimed: BTreeSet<String>,
+    /// What the transaction did, counted in the metrics once it has committed.
+    tally: Vec<Tally>,
     /// Cleared once the rows are handed over: a clone kept past that point (by a hook)
     /// writes rows the ordinary way.
     open: bool,
+}
+
+/// One thing an engine transaction did that the metrics count ([`cfm_metrics::Metrics`]).
+enum Tally {
+    Started {
+        orchestration_type: String,
+    },
+    Finished {
+        orchestration_type: String,
+        state: &'static str,
+    },
+    Dispatched {
+        activity_type: String,
+    },
+    Outcome {
+        activity_type: String,
+        outcome: &'static str,
+    },
+}
+
+impl Tally {
+    fn record(self) {
+        let metrics = cfm_metrics::metrics();
+        match self {
+            Tally::Started { orchestration_type } => {
+                metrics.orchestration_started(&orchestration_type)
+            }
+            Tally::Finished {
+                orchestration_type,
+                state,
+            } => metrics.orchestration_finished(&orchestration_type, state),
+            Tally::Dispatched { activity_type } => metrics.activity_dispatched(&activity_type),
+            Tally::Outcome {
+                activity_type,
+                outcome,
+            } => metrics.activity_outcome(&activity_type, outcome),
+        }
+    }
 }
 
 fn lock(claims: &Mutex<Claims>) -> MutexGuard<'_, Claims> {
@@ -335,6 +375,9 @@ impl Engine {
         record_event(conn, tenant.as_deref(), id, event).await?;
         tracing::info!(orchestration = %id, correlation = %start.correlation_id,
             orchestration_type = %start.orchestration_type, "orchestration started");
+        self.tally(Tally::Started {
+            orchestration_type: start.orchestration_type,
+        });
         Ok(true)
     }
 
@@ -360,7 +403,11 @@ impl Engine {
     /// [`Engine::apply`] for a whole report: a completed step also records the plugin
     /// that ran it.
     pub async fn apply_report(&self, report: ActivityReport) -> Result<()> {
-        let span = tracing::info_span!("orchestration", id = %report.task.orchestration_id);
+        let span = tracing::info_span!(
+            "orchestration",
+            orchestration = %report.task.orchestration_id,
+            participant = %report.task.participant_id
+        );
         self.apply_in_span(
             &report.message_id,
             &report.task,
@@ -422,6 +469,7 @@ impl Engine {
             return self.wake();
         };
         let claims = std::mem::take(&mut *lock(claims));
+        claims.tally.into_iter().for_each(Tally::record);
         if !claims.unclaimed.is_empty() {
             self.outbox
                 .notify_topics(claims.unclaimed.iter().map(String::as_str));
@@ -429,6 +477,19 @@ impl Engine {
         if let Some(express) = &self.express {
             express.hand_over(claims.rows);
         }
+    }
+
+    /// Counts `tally` once this clone's transaction commits ([`Engine::committed`]); on
+    /// an engine that is not [`Engine::claiming`], at once.
+    fn tally(&self, tally: Tally) {
+        if let Some(claims) = &self.claims {
+            let mut claims = lock(claims);
+            if claims.open {
+                claims.tally.push(tally);
+                return;
+            }
+        }
+        tally.record();
     }
 
     async fn apply_committing(
@@ -475,7 +536,19 @@ impl Engine {
             return Ok(());
         };
         let retries = step.retries;
-        match refuse_unfit_output(outcome) {
+        let outcome = refuse_unfit_output(outcome);
+        self.tally(Tally::Outcome {
+            activity_type: task.activity_type.clone(),
+            outcome: match &outcome {
+                ActivityOutcome::Complete { .. } => "completed",
+                ActivityOutcome::Reschedule { .. } => "rescheduled",
+                ActivityOutcome::Retry { .. } if retries < self.settings.max_retries as i64 => {
+                    "retried"
+                }
+                ActivityOutcome::Retry { .. } | ActivityOutcome::Fatal { .. } => "failed",
+            },
+        });
+        match outcome {
             ActivityOutcome::Complete { output } => {
                 self.complete(tx, task, current, output, plugin_digest, all)
                     .await?;
@@ -687,6 +760,14 @@ impl Engine {
         .fetch_one(&mut *tx)
         .await?;
         tracing::info!(orchestration = %id, state = ?state, "orchestration finished");
+        self.tally(Tally::Finished {
+            orchestration_type: current.orchestration_type.clone(),
+            state: if state == OrchestrationState::Completed {
+                "completed"
+            } else {
+                "errored"
+            },
+        });
         let event = json!({"id": id, "correlationId": current.correlation_id,
             "orchestrationType": current.orchestration_type, "definitionId": current.definition_id,
             "definitionVersion": current.definition_version,
