@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cfm_host::AgentHost;
-use cfm_manager::api::Probe;
+use cfm_manager::api::{Probe, Reading};
 use cfm_queue::jetstream::JetStreamQueue;
 use cfm_queue::worker::Worker;
 
@@ -62,7 +62,8 @@ impl AgentWork {
     }
 }
 
-/// Ready while the JetStream server answers for this installation's stream.
+/// Ready while the JetStream server answers for this installation's stream; read at
+/// scrapes for how far its consumers are behind.
 pub(crate) struct JetStreamProbe(pub(crate) Arc<JetStreamQueue>);
 
 #[async_trait::async_trait]
@@ -73,6 +74,21 @@ impl Probe for JetStreamProbe {
 
     async fn check(&self) -> Result<(), String> {
         self.0.messages().await.map(drop).map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl Reading for JetStreamProbe {
+    async fn read(&self) {
+        match self.0.outstanding().await {
+            Ok(outstanding) => {
+                let outstanding = i64::try_from(outstanding).unwrap_or(i64::MAX);
+                cfm_metrics::metrics()
+                    .jetstream_outstanding
+                    .set(outstanding);
+            }
+            Err(e) => tracing::warn!("cannot read the JetStream consumers for /metrics: {e}"),
+        }
     }
 }
 

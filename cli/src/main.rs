@@ -19,7 +19,7 @@ use cfm_host::capability::secrets::vault::{VaultSecrets, VaultSettings};
 use cfm_host::capability::tokens::exchange::TokenExchange;
 use cfm_host::runtime::HostOptions;
 use cfm_host::{AgentHost, Audit, Backends, HostConfig};
-use cfm_manager::api::Probe;
+use cfm_manager::api::{Probe, Reading};
 use cfm_manager::auth::AuthSettings;
 use cfm_manager::{EngineSettings, Manager, Options};
 use cfm_queue::Queue;
@@ -88,6 +88,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut manager = open_manager(&args.api).await?;
     let host = Arc::new(open_host(&args.api.data_dir, &args.host).await?);
     let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(PluginsProbe(host.clone()))];
+    let mut readings: Vec<Arc<dyn Reading>> = Vec::new();
     let grace = Duration::from_secs(args.host.shutdown_grace_secs);
     let background = match &args.nats_url {
         None => {
@@ -107,7 +108,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => {
             let jetstream = Arc::new(connect(url, &args.nats).await?);
             keypair_events(&manager, &jetstream, &args.events).await?;
-            probes.push(Arc::new(JetStreamProbe(jetstream.clone())));
+            let watch = Arc::new(JetStreamProbe(jetstream.clone()));
+            probes.push(watch.clone());
+            readings.push(watch);
             let queue: Arc<dyn Queue> = jetstream;
             let worker = agent_worker(queue.clone(), host, &args.host, &args.nats);
             let distributed =
@@ -120,14 +123,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     };
-    serve_api(&manager, &args.api, background, probes).await
+    serve_api(&manager, &args.api, background, probes, readings).await
 }
 
 async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     let mut manager = open_manager(&args.api).await?;
     let jetstream = Arc::new(connect(&args.nats_url, &args.nats).await?);
     keypair_events(&manager, &jetstream, &args.events).await?;
-    let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(JetStreamProbe(jetstream.clone()))];
+    let watch = Arc::new(JetStreamProbe(jetstream.clone()));
+    let probes: Vec<Arc<dyn Probe>> = vec![watch.clone()];
+    let readings: Vec<Arc<dyn Reading>> = vec![watch];
     let queue: Arc<dyn Queue> = jetstream;
     let distributed = cfm_manager::run_distributed(&mut manager.engine, queue, args.concurrency);
     let background = Background {
@@ -136,7 +141,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         })),
         agent: None,
     };
-    serve_api(&manager, &args.api, background, probes).await
+    serve_api(&manager, &args.api, background, probes, readings).await
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -152,7 +157,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             Arc::new(PluginsProbe(host.clone())),
             Arc::new(JetStreamProbe(jetstream.clone())),
         ];
-        let routes = cfm_manager::api::probe_routes(probes.into());
+        let routes = cfm_manager::api::probe_routes(probes);
         // Runs for the life of the process; a probe server that fails leaves the
         // kubelet's probes failing, which is what should happen.
         tokio::spawn(async move {
@@ -362,13 +367,14 @@ fn worker_settings(args: &HostArgs, nats: Option<&NatsArgs>) -> WorkerSettings {
     }
 }
 
-/// Serves the API until a shutdown signal, then drains this process's agent worker;
-/// or fails when background work stops.
+/// Serves the API until a shutdown signal, then lets it answer its requests while this
+/// process's agent worker drains; or fails when background work stops.
 async fn serve_api(
     manager: &Manager,
     args: &ApiArgs,
     mut background: Background,
     probes: Vec<Arc<dyn Probe>>,
+    readings: Vec<Arc<dyn Reading>>,
 ) -> anyhow::Result<()> {
     let listen = args.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -392,7 +398,16 @@ async fn serve_api(
         manager.engine.clone(),
         reconcile,
     ));
-    let api = axum::serve(listener, manager.router_with(probes)).with_graceful_shutdown(shutdown());
+    // The signal starts both halves of the stop at once: the API answers what it was
+    // asked, and the agent worker lets its running activities report.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown().await;
+        let _ = stop.send(true);
+    });
+    let api = axum::serve(listener, manager.router_with(probes, readings))
+        .with_graceful_shutdown(stopped(stopping.clone()));
+    let mut api = tokio::spawn(async move { api.await });
     {
         let engine = async {
             match &mut background.engine {
@@ -407,7 +422,11 @@ async fn serve_api(
             }
         };
         tokio::select! {
-            served = api => served?,
+            () = stopped(stopping) => {}
+            served = &mut api => {
+                served??;
+                bail!("the API server stopped unexpectedly");
+            }
             outcome = engine => {
                 outcome??;
                 bail!("background work stopped unexpectedly");
@@ -418,17 +437,38 @@ async fn serve_api(
             }
         }
     }
-    // The API has answered its last request; what the agents took finishes before the
-    // engine that applies its reports stops.
-    if let Some(agent) = background.agent {
-        agent.drain().await;
-    }
+    let drained = async {
+        if let Some(agent) = background.agent {
+            agent.drain().await;
+        }
+    };
+    let answered = async {
+        match tokio::time::timeout(API_GRACE, &mut api).await {
+            Ok(served) => served?.map_err(anyhow::Error::from),
+            Err(_) => {
+                tracing::warn!("requests still open after {API_GRACE:?} are cut");
+                api.abort();
+                Ok(())
+            }
+        }
+    };
+    let ((), served) = tokio::join!(drained, answered);
+    // What the agents reported was applied by now, or waits in the queue.
     if let Some(engine) = background.engine {
         engine.abort();
     }
     fleet.abort();
+    served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the API may take to answer the requests it has when the process stops.
+const API_GRACE: Duration = Duration::from_secs(20);
+
+/// Resolves once `stopping` says so (or its sender is gone).
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -98,15 +98,9 @@ impl Audit {
         })
     }
 
-    /// Records `event` in the log, the metrics and, if one is open, the file. A record
-    /// that cannot be written is logged as an error, not returned: the call it describes
-    /// has happened.
+    /// Records `event` in the log and, if one is open, the file. A record that cannot be
+    ///  written is logged as an error, not returned: the call it describes has happened.
     pub fn record(&self, event: AuditEvent<'_>) {
-        cfm_metrics::metrics().capability_call(
-            event.plugin,
-            event.capability,
-            matches!(event.decision, Decision::Allowed(_)),
-        );
         match event.decision {
             Decision::Denied => tracing::warn!(
                 target: "cfm::audit",

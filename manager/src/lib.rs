@@ -86,16 +86,21 @@ impl Manager {
     /// This manager's HTTP surface: the REST API, its OpenAPI document, the probes and
     /// the metrics.
     pub fn router(&self) -> axum::Router {
-        self.router_with(Vec::new())
+        self.router_with(Vec::new(), Vec::new())
     }
 
     /// [`Manager::router`] whose `/ready` also checks `probes` (the JetStream
-    /// connection, the plugins of an agent host in the same process).
-    pub fn router_with(&self, probes: Vec<Arc<dyn api::Probe>>) -> axum::Router {
+    /// connection, the plugins of an agent host in the same process) and whose
+    /// `/metrics` also takes `readings` (the JetStream consumers' lag).
+    pub fn router_with(
+        &self,
+        probes: Vec<Arc<dyn api::Probe>>,
+        readings: Vec<Arc<dyn api::Reading>>,
+    ) -> axum::Router {
         api::router(api::AppState {
             engine: self.engine.clone(),
             auth: self.auth.clone(),
-            probes: probes.into(),
+            observed: api::Observed::with_database(self.engine.db().clone(), probes, readings),
         })
     }
 

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub queue_messages: Gauge,
     /// Age of the oldest outbox message that is due and not yet taken, in seconds.
     pub queue_oldest_due_seconds: Gauge<f64, AtomicU64>,
+    /// Messages of the JetStream stream its consumers have not delivered yet or not had
+    /// acknowledged: how far the agents (and the managers, for reports) are behind.
+    pub jetstream_outstanding: Gauge,
     /// Database connections, by pool (`read`, `write`, `queries`) and state (`idle`, `busy`).
     pub db_connections: Family<PoolLabels, Gauge>,
 }
@@ -226,10 +229,11 @@ impl Metrics {
     }
 }
 
-/// From half a millisecond to about 16 s, doubling: a no-op plugin takes tens of
-/// microseconds and a real one waits on a backend for seconds.
+/// From half a millisecond to about two minutes, doubling: a no-op plugin takes tens
+/// of microseconds, a real one waits on a backend for seconds, and an activity may run
+/// up to its timeout (a minute by default).
 fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    Histogram::new(exponential_buckets(0.0005, 2.0, 19))
 }
 
 struct Registered {
@@ -249,6 +253,7 @@ static METRICS: LazyLock<Registered> = LazyLock::new(|| {
         http_request_duration: Family::new_with_constructor(seconds),
         queue_messages: Gauge::default(),
         queue_oldest_due_seconds: Gauge::default(),
+        jetstream_outstanding: Gauge::default(),
         db_connections: Family::default(),
     };
     let mut registry = Registry::with_prefix("cfm");
@@ -306,6 +311,11 @@ static METRICS: LazyLock<Registered> = LazyLock::new(|| {
         "Age of the oldest due outbox message not yet taken",
         prometheus_client::registry::Unit::Seconds,
         m.queue_oldest_due_seconds.clone(),
+    );
+    registry.register(
+        "jetstream_outstanding",
+        "JetStream messages not yet delivered or acknowledged, over every consumer",
+        m.jetstream_outstanding.clone(),
     );
     registry.register(
         "db_connections",

@@ -167,9 +167,12 @@ impl Worker {
             let want = slots.available_permits().max(1);
             let pull =
                 crate::pull_retrying(consumer.as_mut(), want, self.settings.pull_wait, &what);
+            // The drain first: a pull that is ready at once must not take more work
+            // after it began.
             let batch = tokio::select! {
-                batch = pull => batch,
+                biased;
                 _ = drain.wait_for(|draining| *draining) => break,
+                batch = pull => batch,
             };
             for delivery in batch {
                 let Ok(slot) = slots.clone().acquire_owned().await else {

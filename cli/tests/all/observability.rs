@@ -156,6 +156,17 @@ async fn split_replicas_each_count_their_half_and_the_agent_serves_probes() {
     );
     assert_eq!(sample(&agent_text, "cfm_activity_outcomes_total{"), 0.0);
 
+    // The manager reads how far the stream's consumers are behind: nothing, once the
+    // last acknowledgements are in.
+    until(
+        || scrape(manager.clone()),
+        |text| {
+            text.lines()
+                .any(|l| l.starts_with("cfm_jetstream_outstanding ") && l.ends_with(" 0"))
+        },
+    )
+    .await;
+
     let ready: Value = reqwest::get(format!("{agent}/ready"))
         .await
         .unwrap()

@@ -165,6 +165,16 @@ impl CallContext {
         target: &str,
         decision: Decision,
     ) {
+        // Counted before the audit's cap on refusals, so that a plugin hammering at its
+        // grants shows as it is; a verify's dry-run writes changed nothing.
+        let dry_run = self.drift.is_some();
+        if decision == Decision::Denied || !dry_run {
+            cfm_metrics::metrics().capability_call(
+                &self.plugin,
+                capability.as_str(),
+                decision != Decision::Denied,
+            );
+        }
         // A guest chooses what it passes: no record grows with it.
         let kept = bounded(target);
         let mut target = kept.as_str();
@@ -189,7 +199,7 @@ impl CallContext {
             operation,
             target,
             decision,
-            dry_run: self.drift.is_some(),
+            dry_run,
         });
     }
 }

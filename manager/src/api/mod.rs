@@ -5,7 +5,7 @@ mod events;
 pub use events::close_streams;
 pub mod json;
 mod observe;
-pub use observe::{Probe, Probes, probe_routes};
+pub use observe::{Observed, Probe, Reading, probe_routes};
 pub mod openapi;
 mod provision;
 pub mod requests;
@@ -34,8 +34,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Checks each request's bearer token.
     pub auth: Auth,
-    /// What `/ready` checks besides the database.
-    pub probes: Probes,
+    /// What `/ready` checks, the database first, and its last answers.
+    pub observed: std::sync::Arc<Observed>,
 }
 
 /// The whole HTTP surface: authenticated API routes plus the open probes and metrics.

@@ -27,56 +27,131 @@ pub trait Probe: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
+/// Something `/metrics` reads when it is scraped, at most once per [`FRESH_FOR`]: the
+/// outbox's depth, the JetStream consumers' lag.
+#[async_trait]
+pub trait Reading: Send + Sync {
+    /// Sets its gauges in [`cfm_metrics::metrics`]; a failure leaves the last reading.
+    async fn read(&self);
+}
+
 /// How long one readiness check may take before it counts as failed: a probe that
 /// hangs must not hang the kubelet's request with it.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one run of the probes, or one reading of the outbox, answers every request:
+/// these routes need no token, so a flood of requests must not become a flood of
+/// database queries.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// What `/ready` checks, and the last answers of the probes and the outbox reading.
+pub struct Observed {
+    probes: Vec<Arc<dyn Probe>>,
+    readings: Vec<Arc<dyn Reading>>,
+    /// One request at a time runs the probes; the others wait and take its answer.
+    last_checks: tokio::sync::Mutex<Option<(Instant, Checks)>>,
+    last_read: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Each probe's name and whether it passed.
+type Checks = Vec<(&'static str, bool)>;
+
+impl Observed {
+    /// Readiness over `probes`, and `readings` taken at scrapes.
+    pub fn new(probes: Vec<Arc<dyn Probe>>, readings: Vec<Arc<dyn Reading>>) -> Arc<Self> {
+        Arc::new(Self {
+            probes,
+            readings,
+            last_checks: tokio::sync::Mutex::new(None),
+            last_read: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// [`Observed::new`] with the database checked first and the outbox read.
+    pub(crate) fn with_database(
+        db: Db,
+        mut probes: Vec<Arc<dyn Probe>>,
+        mut readings: Vec<Arc<dyn Reading>>,
+    ) -> Arc<Self> {
+        probes.insert(0, Arc::new(DatabaseProbe(db.clone())));
+        readings.insert(0, Arc::new(OutboxReading(db)));
+        Self::new(probes, readings)
+    }
+
+    /// Takes every reading, unless the last ones are under [`FRESH_FOR`] old.
+    async fn read(&self) {
+        let mut last = self.last_read.lock().await;
+        if last.is_none_or(|at| at.elapsed() >= FRESH_FOR) {
+            futures_util::future::join_all(self.readings.iter().map(|r| r.read())).await;
+            *last = Some(Instant::now());
+        }
+    }
+
+    /// The probes' answers, at most [`FRESH_FOR`] old. Why one failed goes to the log,
+    /// not to the unauthenticated answer (an error can name hosts, users, databases).
+    async fn checks(&self) -> Checks {
+        let mut last = self.last_checks.lock().await;
+        if let Some((at, checks)) = last.as_ref()
+            && at.elapsed() < FRESH_FOR
+        {
+            return checks.clone();
+        }
+        let checks = futures_util::future::join_all(self.probes.iter().map(|probe| async move {
+            let outcome = match tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(check = probe.name(), "not ready: {e}");
+            }
+            (probe.name(), outcome.is_ok())
+        }))
+        .await;
+        *last = Some((Instant::now(), checks.clone()));
+        checks
+    }
+}
 
 /// `GET /health`: the process answers.
 pub(super) async fn health() -> impl IntoResponse {
     axum::Json(json!({"message": "OK"}))
 }
 
-/// `GET /ready`: 200 when the database and every added probe answer, else 503 with
-/// reason `not-ready` and each failing check's error in `details.checks`.
+/// `GET /ready`: 200 when every probe answers (the database first), else 503 with
+/// reason `not-ready` and each check's `ok` or `unavailable` in `details.checks`.
 pub(super) async fn ready(State(state): State<AppState>) -> Response {
-    let database: Arc<dyn Probe> = Arc::new(DatabaseProbe(state.engine.db().clone()));
-    readiness(std::iter::once(&database).chain(state.probes.iter())).await
+    readiness(&state.observed).await
 }
 
 /// The probes and metrics alone, for a process that serves no API (`cfm agent
 /// --listen`): `/health`, `/ready` over `probes`, and `/metrics`.
-pub fn probe_routes(probes: Probes) -> Router {
+pub fn probe_routes(probes: Vec<Arc<dyn Probe>>) -> Router {
+    let observed = Observed::new(probes, Vec::new());
     Router::new()
         .route("/health", get(health))
         .route(
             "/ready",
-            get(move || async move { readiness(probes.iter()).await }),
+            get(move || async move { readiness(&observed).await }),
         )
         .route("/metrics", get(|| async { exposition() }))
 }
 
-/// Runs every probe at once, each within [`PROBE_TIMEOUT`]: 200 with each check's
-/// `ok`, or 503 (`not-ready`) naming the failing ones with their errors.
-async fn readiness(probes: impl Iterator<Item = &Arc<dyn Probe>>) -> Response {
-    let results = futures_util::future::join_all(probes.map(|probe| async move {
-        let outcome = match tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
-        };
-        (probe.name(), outcome)
-    }))
-    .await;
-    let mut checks = Map::new();
-    let mut failing = Vec::new();
-    for (name, outcome) in results {
-        match outcome {
-            Ok(()) => checks.insert(name.into(), "ok".into()),
-            Err(e) => {
-                failing.push(name);
-                checks.insert(name.into(), Value::String(e))
-            }
-        };
-    }
+async fn readiness(observed: &Observed) -> Response {
+    let checks = observed.checks().await;
+    let failing: Vec<&str> = checks
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| *name)
+        .collect();
+    let checks: Map<String, Value> = checks
+        .iter()
+        .map(|(name, ok)| {
+            (
+                (*name).into(),
+                if *ok { "ok" } else { "unavailable" }.into(),
+            )
+        })
+        .collect();
     if failing.is_empty() {
         return axum::Json(json!({"status": "ready", "checks": checks})).into_response();
     }
@@ -84,7 +159,10 @@ async fn readiness(probes: impl Iterator<Item = &Arc<dyn Probe>>) -> Response {
         details: Some(json!({ "checks": checks })),
         ..ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}", failing.join(", ")),
+            format!(
+                "not ready: {} (the server log says why)",
+                failing.join(", ")
+            ),
         )
         .with_reason("not-ready")
     }
@@ -92,22 +170,13 @@ async fn readiness(probes: impl Iterator<Item = &Arc<dyn Probe>>) -> Response {
 }
 
 /// `GET /metrics`: this process's metrics in the OpenMetrics text format, with the
-/// outbox and connection-pool gauges read now.
+/// pool gauges read now and the [`Reading`]s at most [`FRESH_FOR`] old.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let db = state.engine.db();
     let m = cfm_metrics::metrics();
-    for (name, pool) in db.pools() {
+    for (name, pool) in state.engine.db().pools() {
         m.pool(name, pool.size(), pool.num_idle());
     }
-    match crate::queue::depth(db).await {
-        Ok(depth) => {
-            m.queue_messages.set(depth.messages);
-            m.queue_oldest_due_seconds
-                .set(depth.oldest_due.as_secs_f64());
-        }
-        // The counters are still worth a scrape; the gauges keep their last reading.
-        Err(e) => tracing::warn!("cannot read the outbox depth for /metrics: {e}"),
-    }
+    state.observed.read().await;
     exposition()
 }
 
@@ -138,6 +207,23 @@ pub(super) async fn record_request(request: Request, next: Next) -> Response {
     response
 }
 
+struct OutboxReading(Db);
+
+#[async_trait]
+impl Reading for OutboxReading {
+    async fn read(&self) {
+        match crate::queue::depth(&self.0).await {
+            Ok(depth) => {
+                let m = cfm_metrics::metrics();
+                m.queue_messages.set(depth.messages);
+                m.queue_oldest_due_seconds
+                    .set(depth.oldest_due.as_secs_f64());
+            }
+            Err(e) => tracing::warn!("cannot read the outbox depth for /metrics: {e}"),
+        }
+    }
+}
+
 struct DatabaseProbe(Db);
 
 #[async_trait]
@@ -154,6 +240,3 @@ impl Probe for DatabaseProbe {
             .map_err(|e| crate::error::ManagerError::from(e).to_string())
     }
 }
-
-/// The probes a router checks besides the database.
-pub type Probes = Arc<[Arc<dyn Probe>]>;

@@ -68,6 +68,7 @@ pub async fn start(engine: &Engine, manifest: Manifest) -> Result<bool> {
         data.entry(key).or_insert_with(|| Value::Array(Vec::new()));
     }
 
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     if engine.is_claimed(&mut tx, &manifest.correlation_id).await? {
         return Err(ManagerError::conflict(format!(
@@ -116,9 +117,7 @@ pub async fn start(engine: &Engine, manifest: Manifest) -> Result<bool> {
         }
     }
     tx.commit().await?;
-    if started {
-        engine.wake();
-    }
+    engine.committed();
     Ok(started)
 }
 

@@ -129,6 +129,7 @@ struct Participant {
 /// Starts disposes up to the parallelism (profile rows locked in id order, under the
 /// decommission's row), or ends the decommission.
 async fn tick_one(engine: &Engine, id: &str) -> Result<()> {
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     store::lock_row(&mut tx, Table::TenantDecommissions, id).await?;
     let decommission = get(&mut tx, id).await?;
@@ -207,8 +208,8 @@ async fn tick_one(engine: &Engine, id: &str) -> Result<()> {
         }
     }
     tx.commit().await?;
+    engine.committed();
     if started > 0 {
-        engine.wake();
         tracing::info!(tenant = %tenant_id, decommission = %id, started, "participants disposing");
     }
     Ok(())

@@ -169,18 +169,19 @@ pub async fn tick(engine: &Engine) -> Result<()> {
 /// API-started migration takes them (participant, then cells).
 async fn tick_drain(engine: &Engine, id: &str) -> Result<()> {
     loop {
+        let engine = engine.claiming();
         let mut tx = store::write(engine.db()).await?;
         store::lock_row(&mut tx, Table::Drains, id).await?;
         let drain = get(&mut tx, id).await?;
         if drain.state != DrainState::Running {
             return Ok(());
         }
-        let started = top_up(engine, &mut tx, &drain).await?;
+        let started = top_up(&engine, &mut tx, &drain).await?;
         tx.commit().await?;
+        engine.committed();
         if started == 0 {
             return Ok(());
         }
-        engine.wake();
     }
 }
 

@@ -242,6 +242,7 @@ pub async fn tick(engine: &Engine) -> Result<()> {
 /// in no one order, they could deadlock with a migration started through the API).
 async fn top_up(engine: &Engine, id: &str) -> Result<()> {
     loop {
+        let engine = engine.claiming();
         let mut tx = store::write(engine.db()).await?;
         lock(&mut tx, id).await?;
         let plan = fetch_head(&mut tx, id).await?;
@@ -265,7 +266,7 @@ async fn top_up(engine: &Engine, id: &str) -> Result<()> {
         let Some((position, planned)) = next_planned(&mut tx, id).await? else {
             return Ok(());
         };
-        match start_move(engine, &mut tx, &planned).await {
+        match start_move(&engine, &mut tx, &planned).await {
             Ok(Ok(migration_id)) => {
                 record_move(
                     &mut tx,
@@ -277,7 +278,7 @@ async fn top_up(engine: &Engine, id: &str) -> Result<()> {
                 )
                 .await?;
                 tx.commit().await?;
-                engine.wake();
+                engine.committed();
             }
             Ok(Err(why)) => {
                 tracing::info!(plan = %id, profile = %planned.profile_id, "move skipped: {why}");

@@ -262,6 +262,7 @@ async fn begin(
 /// did. One that cannot start now is marked checked all the same, so that no participant
 /// holds up the walk, and one that fails is marked checked too, then reported.
 async fn start_due(engine: &Engine, schedule: &Schedule, id: &str, due: &str) -> Result<bool> {
+    let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
     // Replicas take turns here, so that together they never run more than the bound.
     store::lock_named(&mut tx, "cfm.reconciler").await?;
@@ -286,7 +287,7 @@ async fn start_due(engine: &Engine, schedule: &Schedule, id: &str, due: &str) ->
     };
     let Some(refused) = refused else {
         tx.commit().await?;
-        engine.wake();
+        engine.committed();
         tracing::info!(profile = %id, "periodic verify started");
         return Ok(true);
     };

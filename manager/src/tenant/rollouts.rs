@@ -444,18 +444,19 @@ pub(crate) async fn finished(conn: &mut Conn, finished: &Finished<'_>) -> Result
 /// its parallelism; ends it when nothing is left.
 async fn tick_rollout(engine: &Engine, id: &str) -> Result<()> {
     loop {
+        let engine = engine.claiming();
         let mut tx = store::write(engine.db()).await?;
         store::lock_row(&mut tx, Table::Rollouts, id).await?;
         let rollout = fetch(&mut tx, id).await?;
         if rollout.state != RolloutState::Running {
             return Ok(());
         }
-        let started = step(engine, &mut tx, &rollout).await?;
+        let started = step(&engine, &mut tx, &rollout).await?;
         tx.commit().await?;
+        engine.committed();
         if !started {
             return Ok(());
         }
-        engine.wake();
     }
 }
 

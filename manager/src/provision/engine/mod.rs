@@ -87,7 +87,7 @@ pub struct Engine {
 
 /// What one transaction wrote into the outbox: the rows it claimed for the express lane,
 /// and the topics of those it did not, which their consumers (or the relay) must find in
-/// the table.
+/// the table; and what it did that the metrics count, once it has committed.
 #[derive(Default)]
 struct Claims {
     /// Below how many claimed rows held in memory by the process this transaction's rows
@@ -593,8 +593,9 @@ impl Engine {
     /// cancelled deploy runs the dispose template). Outcomes of attempts already running
     /// arrive later and are dropped as stale.
     pub async fn cancel(&self, id: &str, by: &str) -> Result<Orchestration> {
+        let this = self.claiming();
         let mut tx = store::write(&self.db).await?;
-        let current = self
+        let current = this
             .current(&mut tx, id)
             .await?
             .ok_or_else(|| ManagerError::not_found(format!("orchestration '{id}' not found")))?;
@@ -619,7 +620,7 @@ impl Engine {
         .await?;
         let detail = format!("cancelled by {by}");
         tracing::warn!(orchestration = %id, %by, "orchestration cancelled");
-        self.finish(
+        this.finish(
             &mut tx,
             id,
             &current,
@@ -629,7 +630,7 @@ impl Engine {
         )
         .await?;
         tx.commit().await?;
-        self.wake();
+        this.committed();
         self.get(id).await
     }
 
