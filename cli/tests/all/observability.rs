@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use cfm_manager::lifecycle::OrchestrationState;
+use cfm_manager::testing::TestBackend;
 use cfm_test_support::{
     Api, Deployment, JetStreamServer, PrometheusServer, Server, nats_url, plugins_config,
     plugins_config_with,
@@ -284,7 +285,13 @@ async fn sigterm_lets_a_running_activity_finish_and_report_before_the_server_exi
         }
     });
     let plugins = plugins.display().to_string();
-    let mut server = Server::start(&["--no-seed", "--plugins", &plugins]).await;
+    // The worker says at debug level when it takes a task: the sign the activity runs.
+    let mut server = Server::start_logging(
+        TestBackend::Sqlite,
+        &["--no-seed", "--plugins", &plugins],
+        "info,cfm_queue::worker=debug",
+    )
+    .await;
     let api = server.client();
     api.slow_template(false).await;
     let (tenant_id, dataspace_id) = tenant_and_dataspace(&api, "cell-drain").await;
@@ -306,10 +313,16 @@ async fn sigterm_lets_a_running_activity_finish_and_report_before_the_server_exi
         .await
         .unwrap()
     };
-    // Running: dispatched, and taken by the worker (the host logs each plugin it starts
-    // only when it ends, so wait a moment into the 3 s).
-    until(slow_step, |state| state.as_deref() == Some("dispatched")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Running: taken by the worker, and not yet reported.
+    until(
+        || async { server.log() },
+        |log| {
+            log.lines()
+                .any(|l| l.contains("activity_type=example.slow") && l.contains("task received"))
+        },
+    )
+    .await;
+    assert_eq!(slow_step().await.as_deref(), Some("dispatched"));
 
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
