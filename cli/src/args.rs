@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use cfm_manager::EngineSettings;
 use clap::{Parser, Subcommand};
 
-use crate::plugin;
+use crate::{client, plugin};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,26 @@ pub(crate) enum Command {
     /// Plugin tools: signing keys and signatures, inspecting and checking components.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Tenants of a running cfm: list, get, create, delete, query.
+    Tenants(client::commands::Resource<client::commands::TenantCommand>),
+    /// Participants: list, get, onboard (`--wait` follows it), delete, retry, history, query.
+    Participants(client::commands::Resource<client::commands::ParticipantCommand>),
+    /// Cells: list with use against capacity, get, create, delete.
+    Cells(client::commands::Resource<client::commands::CellCommand>),
+    /// Dataspace profiles: list, get, create, delete, deploy to a cell.
+    DataspaceProfiles(client::commands::Resource<client::commands::DataspaceCommand>),
+    /// Orchestrations: list, show (drawn as a graph), cancel, query.
+    Orchestrations(client::commands::Resource<client::commands::OrchestrationCommand>),
+    /// Orchestration definitions (templates) and activity types.
+    Definitions(client::commands::Resource<client::commands::DefinitionCommand>),
+    /// Contexts: which cfm the client commands talk to, with which token file.
+    #[command(subcommand)]
+    Context(client::ContextCommand),
+    /// Print a completion script for a shell, e.g. `cfm completions bash > /etc/bash_completion.d/cfm`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]

@@ -5,6 +5,7 @@
 
 mod args;
 mod background;
+mod client;
 mod plugin;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent(args) => agent(*args).await,
         Command::Token(args) => token(args),
         Command::Plugin(command) => plugin::run(command),
+        Command::Tenants(r) => r.run().await,
+        Command::Participants(r) => r.run().await,
+        Command::Cells(r) => r.run().await,
+        Command::DataspaceProfiles(r) => r.run().await,
+        Command::Orchestrations(r) => r.run().await,
+        Command::Definitions(r) => r.run().await,
+        Command::Context(command) => client::context::run(command),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "cfm", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod auth;
 mod chaos;
+mod client;
 mod decommission;
 mod distributed;
 mod drift;

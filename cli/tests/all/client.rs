@@ -1,0 +1,449 @@
+//! `cfm` as an API client against a real `cfm serve`: the fleet set up with the client
+//! commands, an onboarding followed with `--wait` in a pseudo-terminal (live progress,
+//! exit 0) and one that fails (non-zero, the failing step's error), the same in a pipe,
+//! graphs, tables, contexts, a tenant-confined token and completions.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+
+use cfm_test_support::{Server, cfm_binary, plugins_config_with};
+use serde_json::{Value, json};
+
+/// The DID whose deploy the `noop` plugin is told to fail.
+const FAILING_DID: &str = "did:web:p0.example";
+
+#[tokio::test]
+async fn the_client_onboards_with_live_progress_and_reports_a_failing_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_config_with(dir.path(), |plugin| match plugin["name"].as_str() {
+        // Long enough that the progress shows the step running before it completes.
+        Some("slow") => {
+            plugin["settings"]["delayMs"] = 1500.into();
+        }
+        Some("noop") => {
+            let mut settings = toml::Table::new();
+            settings.insert(
+                "failDeploysOf".into(),
+                vec![toml::Value::from(FAILING_DID)].into(),
+            );
+            plugin.insert("settings".into(), settings.into());
+        }
+        _ => {}
+    });
+    let plugins = plugins.display().to_string();
+    let server = Server::start(&["--no-seed", "--plugins", &plugins]).await;
+    server
+        .client()
+        .define_activities(&[
+            "cfm.vault.credentials",
+            "example.slow",
+            "example.noop.1",
+            "cfm.dns.routing",
+        ])
+        .await;
+    let cli = Client::new(&server, dir.path());
+
+    // The fleet, set up with the client alone.
+    let template = dir.path().join("template.json");
+    std::fs::write(
+        &template,
+        json!({"description": "four steps", "activities": {"cfm.orchestration.vpa.deploy": [
+            {"id": "vault", "type": "cfm.vault.credentials"},
+            {"id": "slow", "type": "example.slow", "dependsOn": ["vault"]},
+            {"id": "check", "type": "example.noop.1", "dependsOn": ["vault"]},
+            {"id": "dns", "type": "cfm.dns.routing", "dependsOn": ["slow", "check"]}]}})
+        .to_string(),
+    )
+    .unwrap();
+    let definition = cli.json(&[
+        "definitions",
+        "create",
+        "-f",
+        &template.display().to_string(),
+    ]);
+    let cell = cli.json(&[
+        "cells",
+        "create",
+        "cell-eu-1",
+        "--label",
+        "region=eu",
+        "--capacity",
+        "10",
+    ]);
+    assert_eq!(cell["labels"], json!({"region": "eu"}), "{cell}");
+    assert_eq!(cell["capacity"]["maxParticipants"], 10, "{cell}");
+    let dataspace = cli.json(&[
+        "dataspace-profiles",
+        "create",
+        "--protocol",
+        "dsp-2025-1",
+        "--credential",
+        "id=membership,type=MembershipCredential,issuer=did:web:issuer.example,format=vc20-bssl/jwt",
+    ]);
+    assert_eq!(
+        dataspace["dataspaceSpec"]["credentialSpecs"][0]["issuer"], "did:web:issuer.example",
+        "{dataspace}"
+    );
+    let dataspace_id = text(&dataspace, "id");
+    cli.ok(&[
+        "dataspace-profiles",
+        "deploy",
+        &dataspace_id,
+        "--cell",
+        "cell-eu-1",
+    ]);
+    let tenant = cli.json(&["tenants", "create", "--name", "Consumer Tenant"]);
+    assert_eq!(tenant["properties"]["name"], "Consumer Tenant");
+    let tenant_id = text(&tenant, "id");
+
+    // A definition is drawn in stages: check and slow both wait only for vault.
+    let drawn = cli.ok(&["definitions", "get", &text(&definition, "id")]);
+    assert!(
+        drawn.contains("• dns") && drawn.contains("← slow, check"),
+        "{drawn}"
+    );
+
+    // In a terminal: live progress, then the profile, exit 0.
+    let onboard = |did: &str| {
+        [
+            "participants",
+            "onboard",
+            "--tenant",
+            &tenant_id,
+            "--did",
+            did,
+            "--dataspace",
+            &dataspace_id,
+            "--wait",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let (status, screen) = cli.in_terminal(&onboard("did:web:consumer.example"));
+    assert!(status.success(), "{screen}");
+    assert!(
+        screen.contains("deploy ["),
+        "the progress bar is drawn: {screen}"
+    );
+    assert!(screen.contains("4/4 activities"), "{screen}");
+    // The slow step was seen running, then completed: progress is live, not a summary.
+    let running = screen
+        .find("slow   running")
+        .unwrap_or_else(|| panic!("{screen}"));
+    let completed = screen
+        .find("slow   completed in")
+        .unwrap_or_else(|| panic!("{screen}"));
+    assert!(running < completed, "{screen}");
+    assert!(
+        screen.contains('\u{1b}'),
+        "a terminal gets redrawn lines: {screen}"
+    );
+    assert!(screen.contains("active"), "the final profile: {screen}");
+
+    // The participant as a table, and its orchestration drawn with every step done.
+    let listed = cli.ok(&["participants", "list", "--tenant", &tenant_id]);
+    let row = listed
+        .lines()
+        .find(|l| l.contains("did:web:consumer.example"))
+        .unwrap();
+    assert!(
+        row.contains("active") && row.contains(&text(&cell, "id")),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().next().unwrap().contains("IDENTIFIER"),
+        "{listed}"
+    );
+    let profile_id = row.split_whitespace().next().unwrap().to_string();
+    let history = cli.json(&["participants", "history", &profile_id]);
+    let deploy = text(&history[0], "orchestrationId");
+    let graph = cli.ok(&["orchestrations", "show", &deploy]);
+    assert_eq!(graph.matches('✓').count(), 4, "{graph}");
+    assert!(graph.contains("stage 3"), "{graph}");
+    assert!(
+        !graph.contains('\u{1b}'),
+        "no colour codes into a pipe: {graph}"
+    );
+
+    // A scripted failure: non-zero, with the failing step and its error.
+    let (status, screen) = cli.in_terminal(&onboard(FAILING_DID));
+    assert!(!status.success(), "{screen}");
+    assert!(
+        screen.contains("failed at step check (example.noop.1)"),
+        "{screen}"
+    );
+    assert!(screen.contains("failDeploysOf"), "{screen}");
+    let failed = cli.json(&[
+        "participants",
+        "query",
+        &format!("identifier = '{FAILING_DID}'"),
+    ]);
+    let failed_id = text(&failed[0], "id");
+    let history = cli.json(&["participants", "history", &failed_id]);
+    let graph = cli.ok(&[
+        "orchestrations",
+        "show",
+        &text(&history[0], "orchestrationId"),
+    ]);
+    let check = graph.lines().find(|l| l.contains(" check ")).unwrap();
+    assert!(check.contains('✗') && check.contains("failed"), "{graph}");
+    assert!(
+        graph.contains("failDeploysOf"),
+        "the step's error is drawn under it: {graph}"
+    );
+
+    // In a pipe: one plain line per change, no escape codes, the same verdict.
+    let retried = cli.run(&["participants", "retry", &failed_id, "--wait"]);
+    assert!(!retried.status.success());
+    let log = String::from_utf8_lossy(&retried.stderr);
+    assert!(!log.contains('\u{1b}'), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("✗ check") && l.contains("failDeploysOf")),
+        "{log}"
+    );
+
+    // Decommissioning with --wait ends with the VPAs disposed.
+    let disposed = cli.json(&["participants", "delete", &profile_id, "--wait"]);
+    assert_eq!(disposed["vpas"][0]["state"], "disposed", "{disposed}");
+
+    // A token confined to the tenant may not read orchestrations: --wait follows the
+    // participant's history instead, and the tenant sees only its own participants.
+    let confined = dir.path().join("tenant.token");
+    let token = Command::new(cfm_binary())
+        .args([
+            "token",
+            "--data-dir",
+            &server.data_dir().display().to_string(),
+            "--tenant",
+            &tenant_id,
+        ])
+        .output()
+        .unwrap();
+    std::fs::write(&confined, &token.stdout).unwrap();
+    let tenant_cli = Client {
+        token: confined,
+        ..cli.clone()
+    };
+    let onboarded = tenant_cli.run(
+        &onboard("did:web:confined.example")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        onboarded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&onboarded.stderr)
+    );
+    assert!(String::from_utf8_lossy(&onboarded.stderr).contains("completed"));
+    let other = cli.json(&["tenants", "create", "--name", "Other"]);
+    let refused = tenant_cli.run(&["participants", "list", "--tenant", &text(&other, "id")]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("404"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn contexts_errors_and_completions() {
+    let server = Server::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Client::new(&server, dir.path());
+    let config = dir.path().join("config.toml");
+    let bare = |args: &[&str]| {
+        Command::new(cfm_binary())
+            .args(args)
+            .env("CFM_CONFIG", &config)
+            .env_remove("CFM_API")
+            .env_remove("CFM_TOKEN_FILE")
+            .env_remove("CFM_TOKEN")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+
+    // Without a context or flags there is no token to send: a clear refusal.
+    let none = bare(&["tenants", "list"]);
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("no API token"),
+        "{none:?}"
+    );
+
+    // A context names the server and the token file; the file keeps no token.
+    let token_file = cli.token.display().to_string();
+    let set = bare(&[
+        "context",
+        "set",
+        "local",
+        "--api",
+        &cli.api,
+        "--token-file",
+        &token_file,
+    ]);
+    assert!(set.status.success(), "{set:?}");
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(saved.contains("current-context = \"local\""), "{saved}");
+    assert!(
+        !saved.contains(
+            &std::fs::read_to_string(&cli.token)
+                .unwrap()
+                .trim()
+                .to_string()
+        )
+    );
+    cli.json(&["tenants", "create", "--name", "Via Context"]);
+    let listed = bare(&["tenants", "list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("Via Context"));
+    let missing = bare(&["context", "use", "nowhere"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no context named"));
+
+    // The server's refusals come through with status and message, never a panic.
+    let unknown = cli.run(&["tenants", "get", "no-such-tenant"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(said.contains("404"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+    let bad = cli.run(&["participants", "query", "identifier ==="]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("400"),
+        "{bad:?}"
+    );
+    let unreachable = bare(&[
+        "tenants",
+        "list",
+        "--api",
+        "http://127.0.0.1:9",
+        "--token-file",
+        &token_file,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach cfm"),
+        "{unreachable:?}"
+    );
+
+    // A completion script knows the client's commands.
+    let bash = bare(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("participants") && script.contains("--wait"),
+        "{script}"
+    );
+}
+
+/// The `cfm` binary as a client of one server.
+#[derive(Clone)]
+struct Client {
+    api: String,
+    token: PathBuf,
+    /// Where the command runs, so no `cfm-data` of the working tree is picked up.
+    cwd: PathBuf,
+}
+
+impl Client {
+    fn new(server: &Server, cwd: &Path) -> Client {
+        Client {
+            api: server.base().to_string(),
+            token: server.data_dir().join("admin.token"),
+            cwd: cwd.to_path_buf(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(cfm_binary());
+        command
+            .args(args)
+            .args([
+                "--api",
+                &self.api,
+                "--token-file",
+                &self.token.display().to_string(),
+            ])
+            .env("CFM_CONFIG", self.cwd.join("no-contexts.toml"))
+            .env_remove("NO_COLOR")
+            .current_dir(&self.cwd);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "cfm {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a command with `-o json`; its answer.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
+    /// Runs a command with a pseudo-terminal as its standard input, output and error;
+    /// its exit status and everything it wrote to the terminal.
+    fn in_terminal(&self, args: &[String]) -> (ExitStatus, String) {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let name = ptsname(&master, Vec::new()).unwrap();
+        let terminal = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        rustix::termios::tcsetwinsize(
+            &terminal,
+            rustix::termios::Winsize {
+                ws_row: 40,
+                ws_col: 120,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        )
+        .unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut command = self.command(&args);
+        command
+            .stdin(terminal.try_clone().unwrap())
+            .stdout(terminal.try_clone().unwrap())
+            .stderr(terminal);
+        let mut child = command.spawn().unwrap();
+        // The parent's copies of the terminal go, so reading ends when the child's do.
+        drop(command);
+        let mut master = std::fs::File::from(master);
+        let reader = std::thread::spawn(move || {
+            let mut screen = Vec::new();
+            let mut buffer = [0u8; 4096];
+            // Linux answers EIO once every end of the terminal is closed.
+            while let Ok(n @ 1..) = master.read(&mut buffer) {
+                screen.extend_from_slice(&buffer[..n]);
+            }
+            String::from_utf8_lossy(&screen).into_owned()
+        });
+        let status = child.wait().unwrap();
+        (status, reader.join().unwrap())
+    }
+}
+
+fn text(value: &Value, field: &str) -> String {
+    value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {value}"))
+        .to_string()
+}
