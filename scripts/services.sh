@@ -107,3 +107,16 @@ if ! prometheus --version >/dev/null 2>&1; then
     exit 1
 fi
 echo "Prometheus: $(prometheus --version 2>&1 | head -1)"
+
+# Chromium for the dashboard test, which loads /ui in a real headless browser (Debian's
+# chromium); it starts its own instance per page.
+if ! command -v chromium >/dev/null; then
+    echo "installing Chromium (Debian chromium)"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core
+fi
+if ! chromium --version >/dev/null 2>&1; then
+    echo "error: chromium does not run; the dashboard test needs it" >&2
+    exit 1
+fi
+echo "Chromium: $(chromium --version 2>&1 | head -1)"

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 
 use cfm_test_support::{Server, cfm_binary, plugins_config_with};
+
+use super::dashboard::tenant_token;
 use serde_json::{Value, json};
 
 /// The DID whose deploy the `noop` plugin is told to fail.
@@ -211,17 +213,7 @@ async fn the_client_onboards_with_live_progress_and_reports_a_failing_step() {
     // A token confined to the tenant may not read orchestrations: --wait follows the
     // participant's history instead, and the tenant sees only its own participants.
     let confined = dir.path().join("tenant.token");
-    let token = Command::new(cfm_binary())
-        .args([
-            "token",
-            "--data-dir",
-            &server.data_dir().display().to_string(),
-            "--tenant",
-            &tenant_id,
-        ])
-        .output()
-        .unwrap();
-    std::fs::write(&confined, &token.stdout).unwrap();
+    std::fs::write(&confined, tenant_token(&server, &tenant_id)).unwrap();
     let tenant_cli = Client {
         token: confined,
         ..cli.clone()

@@ -12,6 +12,7 @@
 mod auth;
 mod chaos;
 mod client;
+mod dashboard;
 mod decommission;
 mod distributed;
 mod drift;

@@ -21,18 +21,7 @@ async fn an_errored_participant_resumes_from_its_failed_step(backend: TestBacken
     let plugins = plugins.display().to_string();
     let server = Server::start_on(backend, &["--no-seed", "--plugins", &plugins]).await;
     let api = server.client();
-    api.define_activities(&["cfm.vault.credentials", "cfm.dns.routing", "example.noop.1"])
-        .await;
-    // No dispose: a failed deploy leaves the participant in error, its work kept.
-    api.post_ok(
-        "/orchestration-definitions",
-        json!({"activities": {"cfm.orchestration.vpa.deploy": [
-            {"id": "vault", "type": "cfm.vault.credentials"},
-            {"id": "check", "type": "example.noop.1", "dependsOn": ["vault"]},
-            {"id": "dns", "type": "cfm.dns.routing", "dependsOn": ["check"]}]}}),
-        201,
-    )
-    .await;
+    vault_check_dns(&api).await;
     create_cell(&api, "a", 10, "eu").await;
     let tenant = api.post_ok("/tenants", json!({}), 201).await;
     let tenant = tenant["id"].as_str().unwrap().to_string();
@@ -137,4 +126,21 @@ async fn wait_state(api: &Api, tenant: &str, id: &str, state: &str) -> Value {
         assert!(Instant::now() < deadline, "never {state}: {profile}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A deploy of three steps in a row, `vault`, `check` (the noop plugin, which
+/// [`noop_failing`] makes fail for chosen DIDs) and `dns`, without a dispose: a failed
+/// deploy leaves the participant in error, its work kept.
+pub(super) async fn vault_check_dns(api: &Api) {
+    api.define_activities(&["cfm.vault.credentials", "cfm.dns.routing", "example.noop.1"])
+        .await;
+    api.post_ok(
+        "/orchestration-definitions",
+        json!({"activities": {"cfm.orchestration.vpa.deploy": [
+            {"id": "vault", "type": "cfm.vault.credentials"},
+            {"id": "check", "type": "example.noop.1", "dependsOn": ["vault"]},
+            {"id": "dns", "type": "cfm.dns.routing", "dependsOn": ["check"]}]}}),
+        201,
+    )
+    .await;
 }

@@ -10,6 +10,7 @@ pub mod openapi;
 mod provision;
 pub mod requests;
 mod tenant;
+mod ui;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -38,7 +39,8 @@ pub struct AppState {
     pub observed: std::sync::Arc<Observed>,
 }
 
-/// The whole HTTP surface: authenticated API routes plus the open probes and metrics.
+/// The whole HTTP surface: authenticated API routes plus the open probes, metrics and
+/// dashboard assets.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(tenant::routes())
@@ -51,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(observe::ready))
         .route("/metrics", get(observe::metrics))
         .route(&format!("{PREFIX}/openapi.json"), get(openapi_json))
+        .merge(ui::routes())
         .nest(PREFIX, api)
         // Routed requests only, by their route's template: a scan of random paths
         // must not make a series per path.
