@@ -21,6 +21,13 @@ pub(crate) struct Cli {
     /// activity and participant of the line's spans as fields).
     #[arg(long, global = true, env = "CFM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Export traces of `serve`, `manager` and `agent` to this OTLP collector (its base
+    /// URL, e.g. `http://otel-collector:4318`; spans go to `/v1/traces` as OTLP/HTTP
+    /// JSON). A REST call that starts an orchestration is the root of one trace (or joins
+    /// the caller's `traceparent`), which the agent hosts' activities and their plugins'
+    /// outbound HTTP (`traceparent` header) continue. None by default.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub(crate) otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

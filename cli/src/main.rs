@@ -29,6 +29,7 @@ use cfm_queue::worker::{QueueSink, Worker, WorkerSettings};
 use clap::Parser;
 
 use background::{AgentWork, Background, JetStreamProbe, PluginsProbe};
+use cfm_telemetry::Exporter;
 
 use args::{
     AgentArgs, ApiArgs, Cli, Command, EventArgs, HostArgs, LogFormat, ManagerArgs, NatsArgs,
@@ -38,8 +39,23 @@ use args::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let command = cli.command;
+    // Only the servers' work makes traces; a client command's would be a trace per call.
+    let service = match &cli.command {
+        Command::Serve(_) => Some("cfm"),
+        Command::Manager(_) => Some("cfm-manager"),
+        Command::Agent(_) => Some("cfm-agent"),
+        _ => None,
+    };
+    let traces = cli.otlp_endpoint.as_deref().zip(service);
+    let exporter = init_logging(cli.log_format, traces)?;
+    let ran = run(cli.command).await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    ran
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     if matches!(
         command,
         Command::Serve(_) | Command::Manager(_) | Command::Agent(_)
@@ -70,31 +86,47 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Log lines on standard error, filtered by `RUST_LOG`.
-fn init_logging(format: LogFormat) {
+/// Log lines on standard error, filtered by `RUST_LOG`; with `traces` (an OTLP endpoint
+/// and the process's service name), the same spans exported as traces.
+fn init_logging(
+    format: LogFormat,
+    traces: Option<(&str, &'static str)>,
+) -> anyhow::Result<Option<Exporter>> {
     use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
     // The Vault client and its transport log every non-2xx answer as an error, the 404
     // of a secret not yet written and the 400 of a put-if-absent that found one
     // included; cfm reports the failures that matter.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info,rustify=off,vaultrs::api=off".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
         // Colour codes only where a terminal shows them, not in files or collectors.
-        LogFormat::Text => builder
+        LogFormat::Text => lines
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-            .init(),
+            .boxed(),
         // Each line carries its spans' fields (the orchestration, activity and
         // participant ids) in its `spans` list, for collectors to index.
-        LogFormat::Json => builder
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .init(),
-    }
+            .boxed(),
+    };
+    let (exporter, spans) = match traces {
+        Some((endpoint, service)) => {
+            let (exporter, layer) = Exporter::start(endpoint, service)?;
+            (Some(exporter), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(spans)
+        .init();
+    Ok(exporter)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -216,5 +216,6 @@ fn task() -> ActivityTask {
         processing_data: data.as_object().cloned().unwrap_or_default(),
         state: None,
         timeout_ms: 60_000,
+        trace_parent: None,
     }
 }

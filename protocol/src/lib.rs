@@ -122,6 +122,10 @@ pub struct ActivityTask {
     pub state: Option<Value>,
     /// Wall-clock budget the engine allows this attempt, in milliseconds.
     pub timeout_ms: u64,
+    /// The W3C `traceparent` of the trace the orchestration belongs to (the REST call
+    /// that started it), when traces are exported: the agent host's spans join it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl ActivityTask {

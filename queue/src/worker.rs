@@ -201,6 +201,7 @@ impl Worker {
         let span = tracing::info_span!("activity", orchestration = %task.orchestration_id,
             activity = %task.activity_id, activity_type = %task.activity_type,
             participant = %task.participant_id, attempt = task.attempt);
+        cfm_telemetry::continue_trace(&span, task.trace_parent.as_deref());
         self.run_and_report(delivery, task).instrument(span).await;
     }
 

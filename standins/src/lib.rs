@@ -1,7 +1,8 @@
 //! Local stand-ins for the services an EDC-V onboarding talks to, which cannot run on cfm's
 //! test machines: jwtlet (RFC 8693 token exchange and its management API), the EDC Identity
-//! Hub, Control Plane and Issuer Service, and Siglet's management API ([`EdcV`]); and the
-//! Kubernetes API server ([`kubernetes`]).
+//! Hub, Control Plane and Issuer Service, and Siglet's management API ([`EdcV`]); the
+//! Kubernetes API server ([`kubernetes`]); and an OpenTelemetry collector's trace receiver
+//! ([`otlp`]).
 //!
 //! They follow today's wire contracts of those services (docs: the upstream agents' contract
 //! notes, "UPSTREAM-AGENTS.md") and refuse what the real services refuse. There are no API
@@ -36,6 +37,7 @@ mod identity_hub;
 mod issuer_service;
 mod jwtlet;
 pub mod kubernetes;
+pub mod otlp;
 mod route;
 mod siglet;
 

@@ -16,15 +16,17 @@ use super::{Client, ClientError, DEFAULT_API, Result, dag, read_token};
 /// Which cfm to talk to and how to print its answers; every client command takes these.
 #[derive(Args)]
 pub(crate) struct ConnectionArgs {
-    /// The cfm server's address, e.g. `http://127.0.0.1:8080`. Default: the context's,
-    /// else `http://127.0.0.1:8080`.
-    #[arg(long, global = true, env = "CFM_API")]
+    /// The cfm server's address, e.g. `http://127.0.0.1:8080`. Default: the `--context`
+    /// named, else `CFM_API`, else the current context's, else `http://127.0.0.1:8080`.
+    #[arg(long, global = true)]
     api: Option<String>,
-    /// A file holding the API token. Default: the context's, else the `CFM_TOKEN`
-    /// variable, else `cfm-data/admin.token` when it exists.
-    #[arg(long, global = true, env = "CFM_TOKEN_FILE")]
+    /// A file holding the API token. Default: the `--context` named, else
+    /// `CFM_TOKEN_FILE`, else `CFM_TOKEN` (the token itself), else the current context's,
+    /// else `cfm-data/admin.token` when talking to the default local address.
+    #[arg(long, global = true)]
     token_file: Option<PathBuf>,
-    /// The context to use instead of the current one (`cfm context list`).
+    /// The context to use instead of the current one (`cfm context list`); it wins over
+    /// `CFM_API` and `CFM_TOKEN_FILE`, so a variable left set never redirects it.
     #[arg(long, global = true, env = "CFM_CONTEXT")]
     context: Option<String>,
     /// How answers are printed.
@@ -235,7 +237,7 @@ pub(crate) enum DataspaceCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum OrchestrationCommand {
-    /// List orchestrations, newest first by default; `--predicate` narrows them.
+    /// List orchestrations (by id); `--predicate` narrows them.
     List {
         /// e.g. `state = 3` (errored) or `orchestrationType = 'cfm.orchestration.vpa.deploy'`.
         #[arg(long, default_value = "true")]
@@ -259,8 +261,8 @@ pub(crate) enum OrchestrationCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum DefinitionCommand {
-    /// List orchestration definitions (templates).
-    List(Paging),
+    /// List orchestration definitions (templates), all of them.
+    List,
     /// Show a definition: each orchestration type's activities as a graph.
     Get {
         id: String,
@@ -278,8 +280,8 @@ pub(crate) enum DefinitionCommand {
     },
     /// Delete a definition.
     Delete { id: String },
-    /// List the activity types definitions may use.
-    Activities(Paging),
+    /// List the activity types definitions may use, all of them.
+    Activities,
 }
 
 /// A resource's commands, each run against one cfm.
@@ -311,6 +313,16 @@ impl Session {
         output::many(self.format, columns, &page, paging)
     }
 
+    /// Prints what a route that does not page answers: all of it.
+    async fn all(&self, path: &str, columns: &[Column]) -> Result<()> {
+        let page = self.client.page(Method::GET, path, None).await?;
+        let whole = Paging {
+            limit: u64::MAX,
+            offset: 0,
+        };
+        output::many(self.format, columns, &page, &whole)
+    }
+
     /// Prints a page of what a `/query` route matches.
     async fn query(
         &self,
@@ -333,38 +345,50 @@ impl Session {
 impl ConnectionArgs {
     /// Flags and environment first, then the context, then the local defaults.
     fn session(&self) -> Result<Session> {
-        let (contexts, _) = Contexts::load()?;
-        let context = contexts.resolve(self.context.as_deref())?;
-        let api = self
-            .api
-            .clone()
-            .or_else(|| context.map(|c| c.api.clone()))
-            .unwrap_or_else(|| DEFAULT_API.to_string());
-        let token_file = self
-            .token_file
-            .clone()
-            .or_else(|| context.and_then(|c| c.token_file.clone()));
-        let token = match token_file {
-            Some(file) => read_token(&file)?,
-            None => match std::env::var("CFM_TOKEN")
-                .ok()
-                .filter(|t| !t.trim().is_empty())
-            {
-                Some(token) => token.trim().to_string(),
-                None => {
-                    let local =
-                        std::path::Path::new("cfm-data").join(cfm_manager::auth::TOKEN_FILE);
-                    if !local.exists() {
-                        return Err(ClientError::NoToken);
-                    }
-                    read_token(&local)?
-                }
-            },
-        };
+        let (api, token) = self.resolve()?;
         Ok(Session {
             client: Client::new(&api, token)?,
             format: self.output,
         })
+    }
+
+    /// Where to and with which token: flags, then a context named explicitly, then the
+    /// environment, then the current context, then the local `cfm serve`.
+    fn resolve(&self) -> Result<(String, String)> {
+        let (contexts, _) = Contexts::load()?;
+        let named = contexts.resolve(self.context.as_deref())?;
+        let (named, current) = match self.context {
+            Some(_) => (named, None),
+            None => (None, named),
+        };
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let api = self
+            .api
+            .clone()
+            .or_else(|| named.map(|c| c.api.clone()))
+            .or_else(|| env("CFM_API"))
+            .or_else(|| current.map(|c| c.api.clone()))
+            .unwrap_or_else(|| DEFAULT_API.to_string());
+        let file = self
+            .token_file
+            .clone()
+            .or_else(|| named.and_then(|c| c.token_file.clone()))
+            .or_else(|| env("CFM_TOKEN_FILE").map(PathBuf::from));
+        if let Some(file) = file {
+            return Ok((api, read_token(&file)?));
+        }
+        if let Some(token) = env("CFM_TOKEN") {
+            return Ok((api, token.trim().to_string()));
+        }
+        if let Some(file) = current.and_then(|c| c.token_file.clone()) {
+            return Ok((api, read_token(&file)?));
+        }
+        // The admin token of a `cfm serve` run here goes to that server only.
+        let local = std::path::Path::new("cfm-data").join(cfm_manager::auth::TOKEN_FILE);
+        if api.trim_end_matches('/') == DEFAULT_API && local.exists() {
+            return Ok((api, read_token(&local)?));
+        }
+        Err(ClientError::NoToken)
     }
 }
 
@@ -687,10 +711,7 @@ impl Commands for DataspaceCommand {
                 if !credentials.is_empty() {
                     let specs = credentials
                         .iter()
-                        .map(|c| {
-                            key_values(&c.split(',').map(str::to_string).collect::<Vec<_>>())
-                                .map(Value::Object)
-                        })
+                        .map(|c| credential_spec(c).map(Value::Object))
                         .collect::<Result<Vec<_>>>()?;
                     spec.insert("credentialSpecs".into(), specs.into());
                 }
@@ -802,8 +823,8 @@ impl Commands for DefinitionCommand {
     async fn run(self, s: &Session) -> Result<()> {
         let c = &s.client;
         match self {
-            DefinitionCommand::List(p) => {
-                s.list("/orchestration-definitions", DEFINITION_COLUMNS, &p)
+            DefinitionCommand::List => {
+                s.all("/orchestration-definitions", DEFINITION_COLUMNS)
                     .await
             }
             DefinitionCommand::Get { id, version } => {
@@ -845,9 +866,7 @@ impl Commands for DefinitionCommand {
                     .await?;
                 deleted(s, "definition", &id, &answer)
             }
-            DefinitionCommand::Activities(p) => {
-                s.list("/activity-definitions", ACTIVITY_COLUMNS, &p).await
-            }
+            DefinitionCommand::Activities => s.all("/activity-definitions", ACTIVITY_COLUMNS).await,
         }
     }
 }
@@ -913,6 +932,19 @@ async fn profile_path(c: &Client, id: &str, tenant: Option<String>) -> Result<St
     ))
 }
 
+/// A `--credential` flag's `key=value,...` as a credential spec: every value a string,
+/// as the spec's fields are (an `id=1` is the id "1", not a number).
+fn credential_spec(flag: &str) -> Result<Map<String, Value>> {
+    flag.split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), Value::from(value))),
+            _ => Err(ClientError::Usage(format!(
+                "{pair:?} in --credential is not key=value"
+            ))),
+        })
+        .collect()
+}
+
 /// Merges flags' key-value pairs into an object field of a request body.
 fn merge(body: &mut Map<String, Value>, field: &str, pairs: Map<String, Value>) {
     if pairs.is_empty() {
@@ -967,6 +999,16 @@ mod tests {
     fn ids_become_single_path_segments() {
         assert_eq!(segment("a/b?c d"), "a%2Fb%3Fc%20d");
         assert_eq!(segment("cell-eu-1"), "cell-eu-1");
+    }
+
+    #[test]
+    fn credential_values_stay_strings() {
+        let spec = credential_spec("id=1,type=Membership,issuer=did:web:x").unwrap();
+        assert_eq!(
+            Value::Object(spec),
+            json!({"id": "1", "type": "Membership", "issuer": "did:web:x"})
+        );
+        assert!(credential_spec("id=1,broken").is_err());
     }
 
     #[test]

@@ -97,10 +97,13 @@ impl Contexts {
             std::fs::create_dir_all(parent).map_err(|e| fail(&e))?;
         }
         let text = toml::to_string(self).map_err(|e| fail(&e))?;
-        // Written whole, then renamed over: an interrupted write never leaves half a file.
-        let partial = path.with_extension("toml.partial");
-        std::fs::write(&partial, text).map_err(|e| fail(&e))?;
-        std::fs::rename(&partial, path).map_err(|e| fail(&e))
+        // Written whole to a new file of its own beside it, then renamed over: an
+        // interrupted write never leaves half a file, and no other file is followed into.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut partial = tempfile::NamedTempFile::new_in(dir).map_err(|e| fail(&e))?;
+        std::io::Write::write_all(&mut partial, text.as_bytes()).map_err(|e| fail(&e))?;
+        partial.persist(path).map_err(|e| fail(&e.error))?;
+        Ok(())
     }
 }
 

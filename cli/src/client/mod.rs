@@ -25,8 +25,8 @@ const API_PREFIX: &str = "/api/v1alpha1";
 const DEFAULT_API: &str = "http://127.0.0.1:8080";
 /// A request's budget. Every call is a single read or write; waiting is done by polling.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a request answered 503 (a write that lost a conflict, a full pool) is sent
-/// again, as the answer's `Retry-After` invites.
+/// How often a request answered 503 with `Retry-After` (a write that lost a conflict, a
+/// full pool) is sent again, after the wait it names (1 to 5 s).
 const RETRIES_ON_503: usize = 3;
 
 /// What went wrong talking to cfm, worded for the person at the terminal.
@@ -172,10 +172,19 @@ impl Client {
                 request = request.json(body);
             }
             let response = request.send().await.map_err(|e| self.unreachable(e))?;
-            // The server rolled the whole write back: sending it again is safe.
-            if response.status() == StatusCode::SERVICE_UNAVAILABLE && tries < RETRIES_ON_503 {
+            // cfm answers 503 with Retry-After when it rolled the whole write back, so
+            // sending it again is safe; a proxy's 503 without one promises nothing.
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let (StatusCode::SERVICE_UNAVAILABLE, Some(seconds)) =
+                (response.status(), retry_after)
+                && tries < RETRIES_ON_503
+            {
                 tries += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(seconds.clamp(1, 5))).await;
                 continue;
             }
             break response;

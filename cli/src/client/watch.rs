@@ -50,11 +50,35 @@ impl Goal {
     }
 }
 
-/// The ids of the participant's orchestrations so far (the newest 100), so the one a
-/// command is about to start can be told from them.
+/// The ids of the participant's finished orchestrations (among the newest 100), so the
+/// one a command starts can be told from them. A running one is left out: a command
+/// that finds one of its kind running (a dispose asked for again) follows that one.
 pub(super) async fn orchestration_ids(c: &Client, profile: &str) -> Result<Vec<String>> {
     let entries: Vec<HistoryEntry> = c.get(&format!("{profile}/history?limit=100")).await?;
-    Ok(entries.into_iter().map(|e| e.orchestration_id).collect())
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.state != 1)
+        .map(|e| e.orchestration_id)
+        .collect())
+}
+
+/// Polls tolerate this many failed reads in a row (a manager restarting, say) before
+/// `--wait` gives up.
+const POLL_FAILURES: usize = 5;
+
+/// A read while following: a refusal ends the wait at once, a server out of reach is
+/// tried again up to [`POLL_FAILURES`] times.
+async fn read<T: serde::de::DeserializeOwned>(c: &Client, path: &str) -> Result<T> {
+    let mut failures = 0;
+    loop {
+        match c.get(path).await {
+            Err(ClientError::Unreachable { .. }) if failures < POLL_FAILURES => {
+                failures += 1;
+                tokio::time::sleep(POLL * 5).await;
+            }
+            answer => return answer,
+        }
+    }
 }
 
 /// Follows the participant's first `goal` orchestration not in `seen` until it ends;
@@ -68,7 +92,7 @@ pub(super) async fn follow(
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let entry = loop {
-        let entries: Vec<HistoryEntry> = c.get(&format!("{profile}/history?limit=20")).await?;
+        let entries: Vec<HistoryEntry> = read(c, &format!("{profile}/history?limit=20")).await?;
         if let Some(entry) = entries
             .into_iter()
             .find(|e| goal.matches(&e.orchestration_type) && !seen.contains(&e.orchestration_id))
@@ -88,7 +112,7 @@ pub(super) async fn follow(
     let path = format!("/orchestrations/{id}");
     let mut display = Display::new(goal);
     loop {
-        let orchestration: Orchestration = match c.get(&path).await {
+        let orchestration: Orchestration = match read(c, &path).await {
             Ok(o) => o,
             // A token confined to a tenant may not read orchestrations: follow the
             // participant's history entry instead, without the steps.
@@ -128,7 +152,7 @@ async fn follow_entry(
     spinner.set_message(format!("orchestration {id} running"));
     spinner.enable_steady_tick(Duration::from_millis(100));
     loop {
-        let entries: Vec<HistoryEntry> = c.get(&format!("{profile}/history?limit=100")).await?;
+        let entries: Vec<HistoryEntry> = read(c, &format!("{profile}/history?limit=100")).await?;
         let entry = entries.into_iter().find(|e| e.orchestration_id == id);
         match entry.as_ref().map(|e| e.state) {
             Some(2) => {
@@ -156,8 +180,9 @@ fn failure(o: &Orchestration) -> ClientError {
     let failed = o.steps.iter().find(|s| s.state == StepState::Failed);
     ClientError::Failed(match failed {
         Some(step) => format!(
-            "{} failed at step {} ({}) after {} attempt(s): {}",
+            "{} {} failed at step {} ({}) after {} attempt(s): {}",
             o.orchestration_type,
+            o.id,
             step.id,
             step.activity_type,
             step.attempts,

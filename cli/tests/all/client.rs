@@ -205,10 +205,49 @@ async fn the_client_onboards_with_live_progress_and_reports_a_failing_step() {
             .any(|l| l.starts_with("✗ check") && l.contains("failDeploysOf")),
         "{log}"
     );
+    // It followed the retry's deploy, not the one that failed before.
+    let history = cli.json(&["participants", "history", &failed_id]);
+    let newest = text(&history[0], "orchestrationId");
+    assert!(
+        log.contains(&format!("{newest} failed at step check")),
+        "{log}"
+    );
 
-    // Decommissioning with --wait ends with the VPAs disposed.
+    // Decommissioning one deployed without a dispose: nothing to follow, disposed at once.
     let disposed = cli.json(&["participants", "delete", &profile_id, "--wait"]);
     assert_eq!(disposed["vpas"][0]["state"], "disposed", "{disposed}");
+
+    // With a dispose (the template's next version), --wait follows it to the end.
+    let versioned = dir.path().join("template-v2.json");
+    let mut v2: Value = serde_json::from_str(&std::fs::read_to_string(&template).unwrap()).unwrap();
+    v2["activities"]["cfm.orchestration.vpa.dispose"] =
+        json!([{"id": "vault", "type": "cfm.vault.credentials"}]);
+    std::fs::write(&versioned, v2.to_string()).unwrap();
+    let definition_id = text(&definition, "id");
+    let path = versioned.display().to_string();
+    cli.json(&[
+        "definitions",
+        "create",
+        "-f",
+        &path,
+        "--new-version-of",
+        &definition_id,
+    ]);
+    let leaver = cli.ok(&onboard("did:web:leaver.example")
+        .iter()
+        .map(String::as_str)
+        .chain(["-o", "id"])
+        .collect::<Vec<_>>());
+    let leaver = leaver.trim();
+    let left = cli.run(&["participants", "delete", leaver, "--wait", "-o", "json"]);
+    let log = String::from_utf8_lossy(&left.stderr);
+    assert!(left.status.success(), "{log}");
+    assert!(
+        log.lines().any(|l| l.starts_with("✓ vault")),
+        "the dispose's step: {log}"
+    );
+    let left: Value = serde_json::from_slice(&left.stdout).unwrap();
+    assert_eq!(left["vpas"][0]["state"], "disposed", "{left}");
 
     // A token confined to the tenant may not read orchestrations: --wait follows the
     // participant's history instead, and the tenant sees only its own participants.
@@ -229,7 +268,23 @@ async fn the_client_onboards_with_live_progress_and_reports_a_failing_step() {
         "{}",
         String::from_utf8_lossy(&onboarded.stderr)
     );
-    assert!(String::from_utf8_lossy(&onboarded.stderr).contains("completed"));
+    let log = String::from_utf8_lossy(&onboarded.stderr);
+    let confined_id = String::from_utf8_lossy(&onboarded.stdout)
+        .lines()
+        .find(|l| l.contains("did:web:confined.example"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let history = cli.json(&["participants", "history", &confined_id]);
+    let deploy = text(&history[0], "orchestrationId");
+    assert!(
+        log.contains(&format!("orchestration {deploy} completed")),
+        "{log}"
+    );
+    assert!(
+        !log.contains('✓'),
+        "no steps without the right to read them: {log}"
+    );
     let other = cli.json(&["tenants", "create", "--name", "Other"]);
     let refused = tenant_cli.run(&["participants", "list", "--tenant", &text(&other, "id")]);
     assert!(!refused.status.success());

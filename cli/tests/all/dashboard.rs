@@ -59,6 +59,13 @@ async fn the_dashboard_shows_the_fleet_a_failed_step_and_only_a_tenants_own_part
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Text a client chose is shown as text: this label must not become an element.
+    api.post_ok(
+        "/cells",
+        json!({"externalId": "cell-hostile", "labels": {"note": "<img src=x onerror=\"document.title='pwned'\">"}}),
+        201,
+    )
+    .await;
     let browser = Browser::new(&server, dir.path());
     let shots = artifacts();
 
@@ -88,6 +95,14 @@ async fn the_dashboard_shows_the_fleet_a_failed_step_and_only_a_tenants_own_part
     assert_eq!(
         shown(&fleet, "data-count=\"orchestrations-errored\""),
         errored.to_string()
+    );
+    assert!(
+        fleet.contains("note=&lt;img src=x"),
+        "the label as text: {fleet}"
+    );
+    assert!(
+        !fleet.contains("<img") && !fleet.contains("pwned</title>"),
+        "{fleet}"
     );
     let cell = api.get_json(&format!("/cells/{}", env.cell_id)).await;
     let used = cell["usage"]["participants"].as_u64().unwrap();
@@ -192,18 +207,21 @@ async fn the_dashboard_assets_carry_a_content_security_policy() {
 struct Browser {
     base: String,
     profile: PathBuf,
+    launches: std::sync::atomic::AtomicUsize,
 }
 
 impl Browser {
     fn new(server: &Server, dir: &Path) -> Browser {
         Browser {
             base: format!("{}/ui/", server.base()),
-            profile: dir.join("chromium-profile"),
+            profile: dir.join("chromium-profiles"),
+            launches: Default::default(),
         }
     }
 
     /// The page's DOM once its scripts have run and its calls have answered: virtual
-    /// time does not pass while a fetch is pending, so the budget is not a wait.
+    /// time does not pass while a fetch is pending, so the budget is not a wait. It is
+    /// shorter than the fleet's refresh, so no redraw is under way when the DOM is read.
     fn dom(&self, view: &str, token: &str) -> String {
         self.dom_of(&self.url(view, Some(token)))
     }
@@ -226,6 +244,15 @@ impl Browser {
             "no screenshot: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// A profile directory of the launch's own: a browser left behind by an earlier
+    /// launch cannot hold its lock.
+    fn profile(&self) -> PathBuf {
+        let launch = self
+            .launches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.profile.join(launch.to_string())
     }
 
     fn dom_of(&self, url: &str) -> String {
@@ -251,17 +278,19 @@ impl Browser {
     }
 
     fn chromium(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("chromium");
+        // coreutils' timeout: a browser that hangs fails the test instead of the run.
+        let mut command = Command::new("timeout");
         command
+            .args(["60", "chromium"])
             // The sandbox needs user namespaces a container or root may not have; the
             // page is this test's own, on loopback.
             .args([
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
-                "--virtual-time-budget=10000",
+                "--virtual-time-budget=5000",
             ])
-            .arg(format!("--user-data-dir={}", self.profile.display()))
+            .arg(format!("--user-data-dir={}", self.profile().display()))
             .args(args);
         command
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cfm_manager::lifecycle::OrchestrationState;
 use cfm_manager::testing::TestBackend;
+use cfm_standins::otlp::{OtlpCollector, ReceivedSpan};
 use cfm_test_support::{
     Api, Deployment, JetStreamServer, PrometheusServer, Server, nats_url, plugins_config,
     plugins_config_with,
@@ -338,6 +339,90 @@ async fn sigterm_lets_a_running_activity_finish_and_report_before_the_server_exi
         .client()
         .wait_active(&tenant_id, &profile_id, Duration::from_secs(30))
         .await;
+}
+
+#[tokio::test]
+async fn each_onboarding_is_one_trace_from_the_rest_call_through_the_manager_into_the_agent() {
+    let collector = OtlpCollector::start().await;
+    let otlp = ["--otlp-endpoint".to_string(), collector.url().to_string()];
+    let mut deployment = Deployment::start_with(&nats_url(), 1, &otlp).await;
+    deployment.start_agents_with(&["agent"], 4, &plugins_config(), &otlp);
+    let api = deployment.api(0);
+    api.slow_template(false).await;
+    let (tenant_id, dataspace_id) = tenant_and_dataspace(&api, "cell-traces").await;
+    let names = ["traced-a", "traced-b", "traced-c"];
+    api.onboard_active(&tenant_id, &dataspace_id, &names).await;
+
+    let mut traces = std::collections::BTreeSet::new();
+    for name in names {
+        let did = format!("did:web:{name}.example");
+        // The agent's spans of this participant's activities, once all four arrived.
+        let activities = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+            spans
+                .iter()
+                .filter(|s| {
+                    s.service == "cfm-agent" && s.attributes.get("participant") == Some(&json!(did))
+                })
+                .filter(|s| s.attributes.contains_key("activity_type"))
+                .cloned()
+                .collect()
+        };
+        let spans = until(
+            || async { collector.spans() },
+            |spans| {
+                let mut ids: Vec<_> = activities(spans)
+                    .iter()
+                    .map(|s| s.attributes["activity"].clone())
+                    .collect();
+                ids.sort_by_key(|v| v.to_string());
+                ids.dedup();
+                ids.len() == 4
+            },
+        )
+        .await;
+        let agent_side = activities(&spans);
+        let trace_id = agent_side[0].trace_id.clone();
+        assert!(
+            agent_side.iter().all(|s| s.trace_id == trace_id),
+            "every activity of {did} in one trace: {agent_side:#?}"
+        );
+        let trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+        // Its root is the REST call that created the participant, on the manager.
+        let roots: Vec<_> = trace
+            .iter()
+            .filter(|s| s.parent_span_id.is_empty())
+            .collect();
+        assert_eq!(roots.len(), 1, "one root: {trace:#?}");
+        assert_eq!(roots[0].service, "cfm-manager");
+        assert_eq!(roots[0].name, "http request");
+        assert_eq!(roots[0].attributes["method"], "POST");
+        assert_eq!(
+            roots[0].attributes["path"],
+            format!("/api/v1alpha1/tenants/{tenant_id}/participant-profiles")
+        );
+        // The manager applied each report inside the same trace.
+        let applied = trace
+            .iter()
+            .filter(|s| s.service == "cfm-manager" && s.name == "orchestration")
+            .count();
+        assert!(
+            applied >= 4,
+            "the manager's applies of the four reports: {trace:#?}"
+        );
+        // Connected: every span's parent is a span of the same trace.
+        let ids: std::collections::BTreeSet<_> = trace.iter().map(|s| s.span_id.as_str()).collect();
+        for span in &trace {
+            assert!(
+                span.parent_span_id.is_empty() || ids.contains(span.parent_span_id.as_str()),
+                "{} has a parent outside the trace: {trace:#?}",
+                span.name
+            );
+        }
+        assert!(
+            traces.insert(trace_id),
+            "each onboarding has a trace of its own"
+        );
+    }
 }
 
 /// Calls `probe` until `done` accepts its answer (30 s at most); returns that answer.

@@ -244,6 +244,7 @@ async fn a_scaffolded_plugin_builds_loads_and_runs() {
         .clone(),
         state: None,
         timeout_ms: 30_000,
+        trace_parent: None,
     };
     match host.run(&task).await {
         cfm_protocol::ActivityOutcome::Complete { output } => {

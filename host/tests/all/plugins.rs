@@ -427,6 +427,8 @@ async fn cluster_objects_outside_granted_namespaces_are_denied() {
 struct Loopback {
     port: u16,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Each request's head (request line and headers), in arrival order.
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -437,9 +439,12 @@ impl Loopback {
         let port = listener.local_addr().unwrap().port();
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = connections.clone();
+        let heads: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen = heads.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buffer = [0u8; 1024];
@@ -449,6 +454,9 @@ impl Loopback {
                             Ok(n) => request.extend_from_slice(&buffer[..n]),
                         }
                     }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&request).into_owned());
                     let _ = stream
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
                         .await;
@@ -458,8 +466,13 @@ impl Loopback {
         Self {
             port,
             connections,
+            heads,
             task,
         }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     fn connections(&self) -> usize {
@@ -531,6 +544,38 @@ async fn http_reaches_only_granted_origins() {
         server.connections(),
         1,
         "a refused request reached the server"
+    );
+}
+
+#[tokio::test]
+async fn outbound_http_carries_the_activity_trace() {
+    use tracing::Instrument;
+    use tracing_subscriber::prelude::*;
+    let _spans = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(cfm_telemetry::unexported_layer()),
+    );
+    let server = Loopback::start().await;
+    let activity = tracing::info_span!("activity");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    cfm_telemetry::continue_trace(&activity, Some(&format!("00-{trace}-00f067aa0ba902b7-01")));
+    let url = format!("http://127.0.0.1:{}/traced", server.port);
+    let (kind, output, _harness) = run_http(&url, "origins = [\"http://127.0.0.1:*\"]")
+        .instrument(activity)
+        .await;
+    assert_eq!(kind, "ok", "{output}");
+    let head = server.heads()[0].to_lowercase();
+    assert!(
+        head.contains(&format!("traceparent: 00-{trace}-")),
+        "{head}"
+    );
+
+    // An activity outside any trace is the root of its own, and says so downstream.
+    let (kind, _, _) = run_http(&url, "origins = [\"http://127.0.0.1:*\"]").await;
+    assert_eq!(kind, "ok");
+    let head = server.heads()[1].to_lowercase();
+    assert!(
+        head.contains("traceparent: 00-") && !head.contains(trace),
+        "{head}"
     );
 }
 

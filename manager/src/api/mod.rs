@@ -65,8 +65,16 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::new())
         .layer(middleware::map_response(error_bodies_are_json))
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// Each request's span: the root of the trace of what the request starts, or a child of
+/// the caller's span when it sent a `traceparent`.
+fn request_span(request: &Request) -> tracing::Span {
+    let span = tracing::info_span!("http request", method = %request.method(), path = %request.uri().path());
+    cfm_telemetry::continue_from_headers(&span, request.headers());
+    span
 }
 
 /// Rewrites the plain-text rejections of axum's extractors (a malformed path

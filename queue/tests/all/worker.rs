@@ -64,6 +64,7 @@ fn task() -> ActivityTask {
         processing_data: Map::new(),
         state: None,
         timeout_ms: 60_000,
+        trace_parent: None,
     }
 }
 

@@ -90,7 +90,9 @@ impl WasiHttpHooks for OutboundHttp {
     ) -> Box<dyn Future<Output = Sent> + Send> {
         let calls = self.calls.clone();
         let client = self.client.clone();
-        Box::new(async move { send(&calls, client, request, options).await })
+        // Read here, in the invocation's span: the send may run on another task.
+        let traceparent = cfm_telemetry::current_traceparent();
+        Box::new(async move { send(&calls, client, request, options, traceparent).await })
     }
 }
 
@@ -99,6 +101,7 @@ async fn send(
     client: Option<PluginHttp>,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
+    traceparent: Option<String>,
 ) -> Sent {
     let operation = "request";
     let target = match Target::parse(request.method(), request.uri()) {
@@ -142,6 +145,8 @@ async fn send(
     }
 
     request.headers_mut().remove(http::header::HOST);
+    // The service's spans join the activity's trace; a plugin cannot set its own.
+    cfm_telemetry::inject(request.headers_mut(), traceparent.as_deref());
     if calls
         .grants
         .presents_subject_token_to(&target.origin, target.url.path())

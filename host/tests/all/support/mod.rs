@@ -77,5 +77,6 @@ pub fn task(activity_type: &str, pc: &str) -> ActivityTask {
         processing_data: data.as_object().unwrap().clone(),
         state: None,
         timeout_ms: 30_000,
+        trace_parent: None,
     }
 }

@@ -17,6 +17,9 @@ const COLOURS = {
 const ORCHESTRATION_STATES = { 0: "initialized", 1: "running", 2: "completed", 3: "errored" };
 
 let timer = null;
+// Each route() is a generation; a view that finishes after a newer one started is dropped,
+// so a slow answer never draws over the page the address now names.
+let generation = 0;
 
 // --- routing ---------------------------------------------------------------------------
 
@@ -34,9 +37,11 @@ window.addEventListener("DOMContentLoaded", () => {
  *  operator's script opened) is kept for the tab and taken out of the address. */
 function route() {
   clearTimeout(timer);
+  const mine = ++generation;
   const [path, query] = splitHash();
   if (query.has("token")) {
-    sessionStorage.setItem(TOKEN_KEY, query.get("token"));
+    // Only into a tab that holds no token: a link cannot swap the person's identity.
+    if (!sessionStorage.getItem(TOKEN_KEY)) sessionStorage.setItem(TOKEN_KEY, query.get("token"));
     query.delete("token");
     const rest = query.toString();
     history.replaceState(null, "", "#" + path + (rest ? "?" + rest : ""));
@@ -52,7 +57,15 @@ function route() {
       : parts[0] === "participants"
         ? participantsView(query.get("q") || "")
         : fleetView();
-  view.catch(showError);
+  view
+    .then(({ node, refreshMs }) => {
+      if (mine !== generation) return;
+      document.getElementById("main").replaceChildren(node);
+      if (refreshMs) timer = setTimeout(route, refreshMs);
+    })
+    .catch((e) => {
+      if (mine === generation) showError(e);
+    });
 }
 
 function splitHash() {
@@ -112,7 +125,7 @@ async function permitted(promise) {
 // --- views -----------------------------------------------------------------------------
 
 async function fleetView() {
-  const main = reset("Fleet");
+  const main = page("Fleet");
   const cards = el("div", { class: "cards" });
   main.append(el("h2", {}, "Participants"), cards);
   const counts = await Promise.all(
@@ -169,7 +182,7 @@ async function fleetView() {
         rollouts.data.map((r) =>
           tr([
             mono(r.id),
-            `${r.templateId} → v${r.version}`,
+            `${r.templateId} → v${r.targetVersion}`,
             stateSpan(r.state),
             String((r.progress || {}).upgraded ?? ""),
             String((r.progress || {}).failed ?? ""),
@@ -179,11 +192,11 @@ async function fleetView() {
       ),
     );
   }
-  timer = setTimeout(route, POLL_MS * 5);
+  return { node: main, refreshMs: POLL_MS * 5 };
 }
 
 async function participantsView(predicate) {
-  const main = reset("Participants");
+  const main = page("Participants");
   const input = el("input", { type: "text", placeholder: "identifier LIKE '%acme%' AND vpas.state = 'error'" });
   input.value = predicate;
   const form = el("form", { class: "search" }, input, el("button", { type: "submit" }, "Search"));
@@ -212,13 +225,14 @@ async function participantsView(predicate) {
       }),
     ),
   );
+  return { node: main };
 }
 
 async function participantView(tenant, id, selected) {
   const base = `/tenants/${encodeURIComponent(tenant)}/participant-profiles/${encodeURIComponent(id)}`;
   const [profile, history] = await Promise.all([api(base), api(base + "/history?limit=50")]);
   const p = profile.data;
-  const main = reset(p.identifier);
+  const main = page(p.identifier);
   main.append(
     facts([
       ["Participant", mono(p.id)],
@@ -248,12 +262,12 @@ async function participantView(tenant, id, selected) {
       }),
     ),
   );
-  if (!chosen) return;
+  if (!chosen) return { node: main };
   const orchestration = await permitted(api(`/orchestrations/${encodeURIComponent(chosen)}`));
   main.append(el("h2", {}, "Graph"));
   if (orchestration === null) {
     main.append(el("p", { class: "muted" }, "This token may not read orchestrations' steps."));
-    return;
+    return { node: main };
   }
   const o = orchestration.data;
   main.append(el("div", { class: "graph" }, graph(o.steps)));
@@ -268,7 +282,7 @@ async function participantView(tenant, id, selected) {
     main.append(el("h2", {}, "Errors"), list);
   }
   // Live while it runs.
-  if (o.state === 0 || o.state === 1) timer = setTimeout(route, POLL_MS);
+  return { node: main, refreshMs: o.state === 0 || o.state === 1 ? POLL_MS : null };
 }
 
 // --- the graph -------------------------------------------------------------------------
@@ -299,7 +313,7 @@ function graph(steps) {
     column.forEach((s, y) => position.set(s.id, { x: 20 + x * (NODE_W + GAP_X), y: 20 + y * (NODE_H + GAP_Y) })),
   );
   const width = 40 + columns.length * (NODE_W + GAP_X) - GAP_X;
-  const height = 40 + Math.max(...columns.map((c) => c.length)) * (NODE_H + GAP_Y) - GAP_Y;
+  const height = 40 + Math.max(1, ...columns.map((c) => c.length)) * (NODE_H + GAP_Y) - GAP_Y;
   const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
   svg.append(
     svgEl(
@@ -371,14 +385,13 @@ function signIn(message) {
 
 function showError(e) {
   if (e.status === 401) return;
-  const main = document.getElementById("main");
-  main.append(el("p", { class: "error" }, `${e.status ? e.status + ": " : ""}${e.message}`));
+  const message = `${e.status ? e.status + ": " : ""}${e.message}`;
+  document.getElementById("main").replaceChildren(el("p", { class: "error" }, message));
 }
 
-function reset(title) {
-  const main = document.getElementById("main");
-  main.replaceChildren(el("h1", {}, title));
-  return main;
+/** A view's content, built apart from the page and swapped in whole when ready. */
+function page(title) {
+  return el("div", {}, el("h1", {}, title));
 }
 
 function el(tag, attributes, ...children) {

@@ -54,6 +54,7 @@ impl Engine {
             participant_id: current.participant.id.clone(),
             participant_context_id: current.participant.context_id.clone(),
             processing_data: current.processing_data.clone(),
+            trace_parent: current.participant.trace_parent.clone(),
             ..task.clone()
         };
         self.publish(tx, &next, delay_ms, None).await
@@ -79,6 +80,7 @@ impl Engine {
             processing_data: data.clone(),
             state: None,
             timeout_ms: self.settings.activity_timeout_ms,
+            trace_parent: participant.trace_parent.clone(),
         }
     }
 

@@ -180,11 +180,14 @@ struct Current {
     output_data: Properties,
 }
 
-/// A participant as an orchestration addresses it.
+/// A participant as an orchestration addresses it, and the trace its tasks report to.
 #[derive(Debug, Clone)]
 struct Participant {
     id: String,
     context_id: String,
+    /// The `traceparent` of the span that started the orchestration, when traces are
+    /// exported: every task carries it, so the agent hosts' spans join that trace.
+    trace_parent: Option<String>,
 }
 
 impl Participant {
@@ -199,6 +202,7 @@ impl Participant {
         Self {
             id: text(keys::PARTICIPANT_ID),
             context_id: text(keys::PARTICIPANT_CONTEXT_ID),
+            trace_parent: None,
         }
     }
 
@@ -331,13 +335,15 @@ impl Engine {
             output_data.extend(done[&activity.id].output.clone());
         }
         start.processing_data.extend(output_data.clone());
-        let participant = Participant::of(&start.processing_data);
+        let mut participant = Participant::of(&start.processing_data);
+        participant.trace_parent = cfm_telemetry::current_traceparent();
         let timestamp = now();
         // The tenant comes back with the insert; no row when the id was taken.
         let inserted: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
             "INSERT INTO orchestrations (id, version, correlation_id, definition_id, definition_version, orchestration_type,
-               state, state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id)
-             VALUES ($1, 0, $2, $3, $11, $4, $5, $6, $7, $8, $12, $9, $10)
+               state, state_timestamp, created_timestamp, processing_data, output_data, participant_id, participant_context_id,
+               trace_parent)
+             VALUES ($1, 0, $2, $3, $11, $4, $5, $6, $7, $8, $12, $9, $10, $13)
              ON CONFLICT (id) DO NOTHING RETURNING {}",
             self.hooks.tenant_sql()
         )))
@@ -353,6 +359,7 @@ impl Engine {
         .bind(&participant.context_id)
         .bind(start.definition.version)
         .bind(to_json(&output_data)?)
+        .bind(&participant.trace_parent)
         .fetch_optional(&mut *conn)
         .await?;
         let Some(tenant) = inserted else {
@@ -408,6 +415,7 @@ impl Engine {
             orchestration = %report.task.orchestration_id,
             participant = %report.task.participant_id
         );
+        cfm_telemetry::continue_trace(&span, report.task.trace_parent.as_deref());
         self.apply_in_span(
             &report.message_id,
             &report.task,
@@ -854,13 +862,14 @@ impl Engine {
 
 /// The orchestration columns [`read_current`] reads.
 const CURRENT: &str = "correlation_id, definition_id, definition_version, orchestration_type, orchestrations.state AS orchestration_state,
-  processing_data, output_data, participant_id, participant_context_id";
+  processing_data, output_data, participant_id, participant_context_id, trace_parent";
 
 fn read_current(row: &store::Row) -> Result<Current> {
     let processing_data: Properties = from_json(row.get("processing_data"), "processing data")?;
     let mut participant = Participant {
         id: row.get("participant_id"),
         context_id: row.get("participant_context_id"),
+        trace_parent: row.get("trace_parent"),
     };
     // A manager of the release before these columns, running beside this one during an
     // upgrade, leaves them empty; its rows' base keys are still its own.
