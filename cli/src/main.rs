@@ -46,7 +46,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent(_) => Some("cfm-agent"),
         _ => None,
     };
-    let traces = cli.otlp_endpoint.as_deref().zip(service);
+    let endpoint = cli
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty());
+    let traces = endpoint.zip(service);
     let exporter = init_logging(cli.log_format, traces)?;
     let ran = run(cli.command).await;
     if let Some(exporter) = exporter {
@@ -86,6 +90,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The spans exported as traces: cfm's own and the HTTP server's, not the database
+/// driver's or the Vault client's.
+const TRACED: &str = "info,sqlx=warn,rustify=off,vaultrs=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
+
 /// Log lines on standard error, filtered by `RUST_LOG`; with `traces` (an OTLP endpoint
 /// and the process's service name), the same spans exported as traces.
 fn init_logging(
@@ -117,13 +125,15 @@ fn init_logging(
     let (exporter, spans) = match traces {
         Some((endpoint, service)) => {
             let (exporter, layer) = Exporter::start(endpoint, service)?;
-            (Some(exporter), Some(layer))
+            // Spans are exported whatever RUST_LOG keeps of the log lines: a quieter log
+            // must not cut traces (or the trace context tasks carry) off.
+            let spans = layer.with_filter(tracing_subscriber::EnvFilter::new(TRACED));
+            (Some(exporter), Some(spans))
         }
         None => (None, None),
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(lines)
+        .with(lines.with_filter(filter))
         .with(spans)
         .init();
     Ok(exporter)

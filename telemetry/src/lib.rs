@@ -12,7 +12,9 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use tracing::Span;
 use tracing::subscriber::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -69,6 +71,8 @@ pub fn continue_from_headers(span: &Span, headers: &http::HeaderMap) {
 /// removes it, so a caller cannot pass a trace of its own choosing on as cfm's.
 pub fn inject(headers: &mut http::HeaderMap, traceparent: Option<&str>) {
     headers.remove(TRACEPARENT);
+    // Vendor state belongs to the trace it came with, which is not the one set here.
+    headers.remove("tracestate");
     if let Some(value) = traceparent.and_then(|t| http::HeaderValue::from_str(t).ok()) {
         headers.insert(TRACEPARENT, value);
     }
@@ -104,11 +108,23 @@ impl Exporter {
     where
         S: Subscriber + for<'span> LookupSpan<'span>,
     {
-        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         let fail = |detail: String| TelemetryError {
             endpoint: endpoint.to_string(),
             detail,
         };
+        // The exporter's client is built without TLS: spans go to a collector on the
+        // node or in the cluster (an agent or sidecar), which forwards them onward.
+        let base = endpoint.trim_end_matches('/');
+        match base.split_once("://") {
+            Some(("http", rest)) if !rest.is_empty() => {}
+            Some(("https", _)) => {
+                return Err(fail(
+                    "https is not supported: send to a collector over http (a node-local agent or sidecar)".into(),
+                ));
+            }
+            _ => return Err(fail("not an http:// URL".into())),
+        }
+        let url = format!("{base}/v1/traces");
         let built = std::thread::spawn(move || {
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
@@ -131,6 +147,9 @@ impl Exporter {
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
+            // Every span is recorded: a caller's `traceparent` flags cannot switch
+            // tracing off for the work its request starts.
+            .with_sampler(Sampler::AlwaysOn)
             .with_resource(Resource::builder().with_service_name(service).build())
             .build();
         let tracer = provider.tracer("cfm");
@@ -194,5 +213,16 @@ mod tests {
     fn without_an_exporting_layer_there_is_nothing_to_pass_on() {
         let span = tracing::info_span!("activity");
         assert_eq!(traceparent_of(&span), None);
+    }
+
+    #[test]
+    fn only_http_collectors_are_accepted() {
+        type Registry = tracing_subscriber::Registry;
+        for endpoint in ["https://otel:4318", "", "otel:4318", "http://"] {
+            assert!(
+                Exporter::start::<Registry>(endpoint, "cfm").is_err(),
+                "{endpoint}"
+            );
+        }
     }
 }

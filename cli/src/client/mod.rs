@@ -50,7 +50,7 @@ pub(crate) enum ClientError {
     #[error("cfm at {api} answered something that is not the expected JSON: {detail}")]
     Malformed { api: String, detail: String },
     #[error(
-        "no API token: pass --token-file, set CFM_TOKEN or CFM_TOKEN_FILE, or name one in a context (`cfm context set`)"
+        "no API token: pass --token-file, set CFM_TOKEN or CFM_TOKEN_FILE, or name one in a context (`cfm context set`); cfm-data/admin.token is used only for http://127.0.0.1:8080"
     )]
     NoToken,
     #[error("cannot read the token file {path}: {source}")]

@@ -139,9 +139,24 @@ async fn the_dashboard_shows_the_fleet_a_failed_step_and_only_a_tenants_own_part
     browser.screenshot("#/participants", &admin, &shots.join("participants.png"));
     assert_eq!(listed(&search), sorted(&a_ids), "{search}");
 
-    // A token confined to tenant B: only B's participants, no fleet-wide orchestrations,
-    // and A's participant is not found.
+    // Tenants, each linking to its participants.
+    let tenants = browser.dom("#/tenants", &admin);
+    for tenant in [&tenant_a, &tenant_b] {
+        assert!(
+            tenants.contains(&format!("data-tenant=\"{tenant}\"")),
+            "{tenants}"
+        );
+    }
+
+    // A token confined to tenant B: only B's participants and B itself, no fleet-wide
+    // orchestrations, and A's participant is not found.
     let confined = tenant_token(&server, &tenant_b);
+    let their_tenants = browser.dom("#/tenants", &confined);
+    assert!(
+        their_tenants.contains(&format!("data-tenant=\"{tenant_b}\"")),
+        "{their_tenants}"
+    );
+    assert!(!their_tenants.contains(&tenant_a), "{their_tenants}");
     let theirs = browser.dom("#/participants", &confined);
     assert_eq!(listed(&theirs), sorted(&b_ids), "{theirs}");
     let their_fleet = browser.dom("#/", &confined);

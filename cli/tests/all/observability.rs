@@ -352,7 +352,31 @@ async fn each_onboarding_is_one_trace_from_the_rest_call_through_the_manager_int
     let (tenant_id, dataspace_id) = tenant_and_dataspace(&api, "cell-traces").await;
     let names = ["traced-a", "traced-b", "traced-c"];
     api.onboard_active(&tenant_id, &dataspace_id, &names).await;
+    one_trace_each(&collector, &tenant_id, &names, "cfm-manager", "cfm-agent").await;
+}
 
+#[tokio::test]
+async fn cfm_serve_on_sqlite_keeps_the_request_trace_through_its_writer_thread() {
+    let collector = OtlpCollector::start().await;
+    let server = Server::start(&["--otlp-endpoint", collector.url()]).await;
+    let api = server.client();
+    api.slow_template(false).await;
+    let (tenant_id, dataspace_id) = tenant_and_dataspace(&api, "cell-traces-serve").await;
+    let names = ["served-a", "served-b"];
+    api.onboard_active(&tenant_id, &dataspace_id, &names).await;
+    one_trace_each(&collector, &tenant_id, &names, "cfm", "cfm").await;
+}
+
+/// Each onboarding of `names` is one trace: the agent's spans of its four activities
+/// (slow_template) in it, whose one root is the manager's POST of the profile, holding
+/// the manager's applies of the reports, every span's parent in it, shared with no other.
+async fn one_trace_each(
+    collector: &OtlpCollector,
+    tenant_id: &str,
+    names: &[&str],
+    manager: &str,
+    agent: &str,
+) {
     let mut traces = std::collections::BTreeSet::new();
     for name in names {
         let did = format!("did:web:{name}.example");
@@ -361,7 +385,7 @@ async fn each_onboarding_is_one_trace_from_the_rest_call_through_the_manager_int
             spans
                 .iter()
                 .filter(|s| {
-                    s.service == "cfm-agent" && s.attributes.get("participant") == Some(&json!(did))
+                    s.service == agent && s.attributes.get("participant") == Some(&json!(did))
                 })
                 .filter(|s| s.attributes.contains_key("activity_type"))
                 .cloned()
@@ -376,7 +400,14 @@ async fn each_onboarding_is_one_trace_from_the_rest_call_through_the_manager_int
                     .collect();
                 ids.sort_by_key(|v| v.to_string());
                 ids.dedup();
-                ids.len() == 4
+                // The manager exports on its own tick: its applies of the four reports
+                // (and, before them, the request's span) must have arrived too.
+                let applies = spans
+                    .iter()
+                    .filter(|s| s.service == manager && s.name == "orchestration")
+                    .filter(|s| s.attributes.get("participant") == Some(&json!(did)))
+                    .count();
+                ids.len() == 4 && applies >= 4
             },
         )
         .await;
@@ -393,7 +424,7 @@ async fn each_onboarding_is_one_trace_from_the_rest_call_through_the_manager_int
             .filter(|s| s.parent_span_id.is_empty())
             .collect();
         assert_eq!(roots.len(), 1, "one root: {trace:#?}");
-        assert_eq!(roots[0].service, "cfm-manager");
+        assert_eq!(roots[0].service, manager);
         assert_eq!(roots[0].name, "http request");
         assert_eq!(roots[0].attributes["method"], "POST");
         assert_eq!(
@@ -403,7 +434,7 @@ async fn each_onboarding_is_one_trace_from_the_rest_call_through_the_manager_int
         // The manager applied each report inside the same trace.
         let applied = trace
             .iter()
-            .filter(|s| s.service == "cfm-manager" && s.name == "orchestration")
+            .filter(|s| s.service == manager && s.name == "orchestration")
             .count();
         assert!(
             applied >= 4,

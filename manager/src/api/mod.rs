@@ -69,10 +69,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Each request's span: the root of the trace of what the request starts, or a child of
-/// the caller's span when it sent a `traceparent`.
+/// Each API request's span: the root of the trace of what the request starts, or a child
+/// of the caller's span when it sent a `traceparent`. Probes, metrics, the dashboard's
+/// assets and the health check get none: a scrape every few seconds is not a trace.
 fn request_span(request: &Request) -> tracing::Span {
-    let span = tracing::info_span!("http request", method = %request.method(), path = %request.uri().path());
+    let path = request.uri().path();
+    let api = path
+        .strip_prefix(PREFIX)
+        .is_some_and(|rest| !matches!(rest, "/health" | "/openapi.json"));
+    if !api {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("http request", method = %request.method(), path = %path);
     cfm_telemetry::continue_from_headers(&span, request.headers());
     span
 }

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{Any, AnyPool, AssertSqlSafe, ConnectOptions, Executor};
+use tracing::Instrument;
 
 use crate::error::{ManagerError, Result};
 
@@ -112,7 +113,9 @@ impl Db {
         work: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
         match self.writer_runtime() {
-            Some(runtime) => runtime.spawn(work).await.map_err(|e| {
+            // In the caller's span: the work's logs, and the trace an orchestration it
+            // starts joins, are the caller's.
+            Some(runtime) => runtime.spawn(work.in_current_span()).await.map_err(|e| {
                 ManagerError::Stopped(if e.is_panic() {
                     "a write transaction panicked"
                 } else {

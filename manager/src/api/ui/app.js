@@ -56,7 +56,9 @@ function route() {
       ? participantView(parts[1], parts[2], query.get("o"))
       : parts[0] === "participants"
         ? participantsView(query.get("q") || "")
-        : fleetView();
+        : parts[0] === "tenants"
+          ? tenantsView(query.get("q") || "")
+          : fleetView();
   view
     .then(({ node, refreshMs }) => {
       if (mine !== generation) return;
@@ -196,19 +198,8 @@ async function fleetView() {
 }
 
 async function participantsView(predicate) {
-  const main = page("Participants");
-  const input = el("input", { type: "text", placeholder: "identifier LIKE '%acme%' AND vpas.state = 'error'" });
-  input.value = predicate;
-  const form = el("form", { class: "search" }, input, el("button", { type: "submit" }, "Search"));
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    location.hash = "#/participants?q=" + encodeURIComponent(input.value);
-  });
-  main.append(form);
-  const found = await api("/participant-profiles/query", { predicate: predicate || "true", limit: 200 });
-  main.append(
-    el("p", { class: "muted" }, `${found.total ?? found.data.length + "+"} found; showing ${found.data.length}.`),
-  );
+  const example = "identifier LIKE '%acme%' AND vpas.state = 'error'";
+  const { main, found } = await searchPage("Participants", "participants", predicate, example, "/participant-profiles/query");
   main.append(
     table(
       ["Identifier", "Participant", "Tenant", "State", "Template"],
@@ -240,6 +231,8 @@ async function participantView(tenant, id, selected) {
       ["State", stateSpan(participantState(p))],
       ["Cell", mono((p.vpas[0] || {}).cellId || "")],
       ["Template", p.templateId ? `${p.templateId} v${p.templateVersion}` : "—"],
+      ["Migration", p.migration ? `${p.migration.state}: ${p.migration.sourceCellId} → ${p.migration.targetCellId}` : "—"],
+      ["Drift", p.drift ? stateSpan(p.drift.state) : "not verified"],
       ["Error", p.errorDetail ? el("span", { class: "error" }, p.errorDetail) : "—"],
     ]),
   );
@@ -283,6 +276,45 @@ async function participantView(tenant, id, selected) {
   }
   // Live while it runs.
   return { node: main, refreshMs: o.state === 0 || o.state === 1 ? POLL_MS : null };
+}
+
+async function tenantsView(predicate) {
+  const example = "properties.name LIKE 'Acme%'";
+  const { main, found } = await searchPage("Tenants", "tenants", predicate, example, "/tenants/query");
+  main.append(
+    table(
+      ["Name", "Tenant", "Participants"],
+      found.data.map((t) => {
+        const row = tr([
+          (t.properties || {}).name || "—",
+          mono(t.id),
+          link("#/participants?q=" + encodeURIComponent(`tenantId = '${t.id}'`), "participants"),
+        ]);
+        row.dataset.tenant = t.id;
+        return row;
+      }),
+    ),
+  );
+  return { node: main };
+}
+
+/** A page with a predicate search box (sending the person to `#/<view>?q=...`) and what
+ *  the `/query` route at `path` found for `predicate`, 200 at most. */
+async function searchPage(title, view, predicate, example, path) {
+  const main = page(title);
+  const input = el("input", { type: "text", placeholder: example });
+  input.value = predicate;
+  const form = el("form", { class: "search" }, input, el("button", { type: "submit" }, "Search"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    location.hash = `#/${view}?q=` + encodeURIComponent(input.value);
+  });
+  main.append(form);
+  const found = await api(path, { predicate: predicate || "true", limit: 200 });
+  main.append(
+    el("p", { class: "muted" }, `${found.total ?? found.data.length + "+"} found; showing ${found.data.length}.`),
+  );
+  return { main, found };
 }
 
 // --- the graph -------------------------------------------------------------------------

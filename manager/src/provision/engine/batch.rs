@@ -132,11 +132,7 @@ impl Engine {
         order.sort_by(|a, b| a.task.orchestration_id.cmp(&b.task.orchestration_id));
         let mut tx = store::write(self.db()).await?;
         for report in order {
-            let span = tracing::info_span!(
-                "orchestration",
-                orchestration = %report.task.orchestration_id,
-                participant = %report.task.participant_id
-            );
+            let span = super::apply_span(report);
             self.apply_within(
                 &mut tx,
                 &report.message_id,

@@ -336,7 +336,13 @@ impl Engine {
         }
         start.processing_data.extend(output_data.clone());
         let mut participant = Participant::of(&start.processing_data);
-        participant.trace_parent = cfm_telemetry::current_traceparent();
+        // The trace of the request (or tick) that starts it; one started outside any
+        // traced span (a drain, a keypair event) is the root of a trace of its own.
+        participant.trace_parent = cfm_telemetry::current_traceparent().or_else(|| {
+            let root = tracing::info_span!("orchestration start", orchestration = %id,
+                orchestration_type = %start.orchestration_type);
+            cfm_telemetry::traceparent_of(&root)
+        });
         let timestamp = now();
         // The tenant comes back with the insert; no row when the id was taken.
         let inserted: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
@@ -410,12 +416,7 @@ impl Engine {
     /// [`Engine::apply`] for a whole report: a completed step also records the plugin
     /// that ran it.
     pub async fn apply_report(&self, report: ActivityReport) -> Result<()> {
-        let span = tracing::info_span!(
-            "orchestration",
-            orchestration = %report.task.orchestration_id,
-            participant = %report.task.participant_id
-        );
-        cfm_telemetry::continue_trace(&span, report.task.trace_parent.as_deref());
+        let span = apply_span(&report);
         self.apply_in_span(
             &report.message_id,
             &report.task,
@@ -858,6 +859,17 @@ impl Engine {
         };
         Ok(Some((read_current(first)?, step_rows(&rows)?)))
     }
+}
+
+/// The span a report is applied in: its orchestration's, in the trace its task carried.
+fn apply_span(report: &ActivityReport) -> tracing::Span {
+    let span = tracing::info_span!(
+        "orchestration",
+        orchestration = %report.task.orchestration_id,
+        participant = %report.task.participant_id
+    );
+    cfm_telemetry::continue_trace(&span, report.task.trace_parent.as_deref());
+    span
 }
 
 /// The orchestration columns [`read_current`] reads.
