@@ -99,7 +99,7 @@ impl Audit {
     }
 
     /// Records `event` in the log and, if one is open, the file. A record that cannot be
-    ///  written is logged as an error, not returned: the call it describes has happened.
+    /// written is logged as an error, not returned: the call it describes has happened.
     pub fn record(&self, event: AuditEvent<'_>) {
         match event.decision {
             Decision::Denied => tracing::warn!(

@@ -310,17 +310,13 @@ impl Session {
             .client
             .page(Method::GET, &paging.list(path), None)
             .await?;
-        output::many(self.format, columns, &page, paging)
+        output::many(self.format, columns, &page, Some(paging))
     }
 
     /// Prints what a route that does not page answers: all of it.
     async fn all(&self, path: &str, columns: &[Column]) -> Result<()> {
         let page = self.client.page(Method::GET, path, None).await?;
-        let whole = Paging {
-            limit: u64::MAX,
-            offset: 0,
-        };
-        output::many(self.format, columns, &page, &whole)
+        output::many(self.format, columns, &page, None)
     }
 
     /// Prints a page of what a `/query` route matches.
@@ -332,7 +328,7 @@ impl Session {
         paging: &Paging,
     ) -> Result<()> {
         let page = query(&self.client, path, predicate, paging).await?;
-        output::many(self.format, columns, &page, paging)
+        output::many(self.format, columns, &page, Some(paging))
     }
 
     /// Prints one resource.

@@ -37,7 +37,13 @@ pub(super) fn one(format: Format, columns: &[Column], value: &Value) -> Result<(
 }
 
 /// Prints a page of resources, and says on standard error when more match than it holds.
-pub(super) fn many(format: Format, columns: &[Column], page: &Page, paging: &Paging) -> Result<()> {
+/// `paging` is None for a route that answers everything at once.
+pub(super) fn many(
+    format: Format,
+    columns: &[Column],
+    page: &Page,
+    paging: Option<&Paging>,
+) -> Result<()> {
     match format {
         Format::Table => {
             if page.items.is_empty() {
@@ -45,6 +51,9 @@ pub(super) fn many(format: Format, columns: &[Column], page: &Page, paging: &Pag
                 return Ok(());
             }
             print_table(columns, &page.items);
+            let Some(paging) = paging else {
+                return Ok(());
+            };
             let shown = paging.offset + page.items.len() as u64;
             match page.total {
                 Some(total) if total > shown => {
