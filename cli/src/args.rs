@@ -57,7 +57,7 @@ pub(crate) enum Command {
     Plugin(plugin::PluginCommand),
     /// Tenants of a running cfm: list, get, create, delete, query.
     Tenants(client::commands::Resource<client::commands::TenantCommand>),
-    /// Participants: list, get, onboard (`--wait` follows it), delete, retry, history, query.
+    /// Participants: list, get, onboard (`--wait` follows it), delete, retry, history, calls, query.
     Participants(client::commands::Resource<client::commands::ParticipantCommand>),
     /// Cells: list with use against capacity, get, create, delete.
     Cells(client::commands::Resource<client::commands::CellCommand>),

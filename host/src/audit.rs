@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+pub use cfm_protocol::{Decision, Effect};
+
 /// Where audit records go: always the `cfm::audit` log target, and a JSON-lines file
 ///  when one is opened ([`Audit::to_file`]); the default writes to the log only.
 #[derive(Clone, Default)]
@@ -49,36 +51,6 @@ pub struct AuditEvent<'a> {
     /// A verify's dry run: the effect is what the write would have done; nothing changed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
-}
-
-/// What became of a capability call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", content = "effect", rename_all = "camelCase")]
-pub enum Decision {
-    /// Allowed, with what it did.
-    Allowed(Effect),
-    /// Refused: outside the grants, or malformed.
-    Denied,
-}
-
-/// What an allowed write (or outbound request) did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Effect {
-    /// Something new was written.
-    Created,
-    /// Something was changed.
-    Updated,
-    /// It was already so: nothing was written.
-    Unchanged,
-    /// Something was removed.
-    Deleted,
-    /// A deletion found nothing to remove.
-    Absent,
-    /// An outbound request went out (whatever the server answered).
-    Sent,
-    /// A token was handed to the plugin (never recorded itself).
-    Issued,
 }
 
 impl Audit {

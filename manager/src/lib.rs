@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod capability_calls;
 pub mod data_dir;
 pub mod error;
 pub mod events;

@@ -46,7 +46,7 @@ pub enum StepState {
     Completed,
     /// It failed for good: a fatal outcome, or out of retries.
     Failed,
-    /// Its orchestration was cancelled before it finished.
+    /// Its orchestration ended (cancelled, or another step failed) before it finished.
     Cancelled,
 }
 

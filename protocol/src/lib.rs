@@ -192,6 +192,96 @@ pub struct ActivityReport {
     /// participant records which plugin versions provisioned it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_digest: Option<String>,
+    /// The capability calls the agent host audited during the attempt, in the order they
+    /// were made: every refusal and every write (reads are not audited), so the managers
+    /// keep each participant's calls. Bounded by the host; absent when there were none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capability_calls: Vec<CapabilityCall>,
+}
+
+/// One audited capability call of a plugin: who made it, on what, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapabilityCall {
+    /// When the host decided, as an RFC 3339 UTC timestamp with milliseconds.
+    pub at: String,
+    /// The plugin that made the call.
+    pub plugin: String,
+    /// The capability called: `secrets`, `cluster`, `dns`, `http` or `tokens`.
+    pub capability: String,
+    /// The operation called (`put`, `apply`, `upsert`, `request`, ...).
+    pub operation: String,
+    /// What the call named (a path, an object, a record, a request), bounded in length.
+    pub target: String,
+    /// Whether it was allowed, and what an allowed write did.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// A verify's dry run: the effect is what the write would have done; nothing changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// What became of a capability call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", content = "effect", rename_all = "camelCase")]
+pub enum Decision {
+    /// Allowed, with what it did.
+    Allowed(Effect),
+    /// Refused: outside the grants, or malformed.
+    Denied,
+}
+
+/// What an allowed write (or outbound request) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Effect {
+    /// Something new was written.
+    Created,
+    /// Something was changed.
+    Updated,
+    /// It was already so: nothing was written.
+    Unchanged,
+    /// Something was removed.
+    Deleted,
+    /// A deletion found nothing to remove.
+    Absent,
+    /// An outbound request went out (whatever the server answered).
+    Sent,
+    /// A token was handed to the plugin (never recorded itself).
+    Issued,
+}
+
+impl Decision {
+    /// `allowed` or `denied`, as stored and served.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed(_) => "allowed",
+            Decision::Denied => "denied",
+        }
+    }
+
+    /// An allowed call's effect, as stored and served (`created`, `sent`, ...).
+    pub fn effect(self) -> Option<&'static str> {
+        match self {
+            Decision::Allowed(effect) => Some(effect.as_str()),
+            Decision::Denied => None,
+        }
+    }
+}
+
+impl Effect {
+    /// The effect's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Created => "created",
+            Effect::Updated => "updated",
+            Effect::Unchanged => "unchanged",
+            Effect::Deleted => "deleted",
+            Effect::Absent => "absent",
+            Effect::Sent => "sent",
+            Effect::Issued => "issued",
+        }
+    }
 }
 
 /// An attempt's outcome with the plugin that produced it.
@@ -202,6 +292,8 @@ pub struct Executed {
     /// The sha256 of the plugin that ran it; None when no plugin ran (no plugin serves
     /// the type, the host is shutting down) or the executor does not know.
     pub plugin_digest: Option<String>,
+    /// What the attempt's plugin did through its capabilities ([`ActivityReport::capability_calls`]).
+    pub capability_calls: Vec<CapabilityCall>,
 }
 
 /// Runs activities. The agent host implements it; the engine's queue workers call it.
@@ -218,6 +310,7 @@ pub trait ActivityExecutor: Send + Sync {
         Executed {
             outcome: self.execute(task).await,
             plugin_digest: None,
+            capability_calls: Vec::new(),
         }
     }
 
@@ -242,5 +335,45 @@ mod tests {
         );
         let back: ActivityOutcome = serde_json::from_value(json).unwrap();
         assert_eq!(back, outcome);
+    }
+
+    #[test]
+    fn capability_calls_travel_flat_and_come_back() {
+        let call = |decision, dry_run| CapabilityCall {
+            at: "2026-12-05T12:00:00.000Z".into(),
+            plugin: "vault".into(),
+            capability: "secrets".into(),
+            operation: "put".into(),
+            target: "participants/p/api-key".into(),
+            decision,
+            dry_run,
+        };
+        let allowed = call(Decision::Allowed(Effect::Created), false);
+        let json = serde_json::to_value(&allowed).unwrap();
+        assert_eq!(json["decision"], "allowed");
+        assert_eq!(json["effect"], "created");
+        assert!(json.get("dryRun").is_none(), "{json}");
+        let denied = call(Decision::Denied, true);
+        let json = serde_json::to_value(&denied).unwrap();
+        assert_eq!(json["decision"], "denied");
+        assert!(json.get("effect").is_none(), "{json}");
+        assert_eq!(json["dryRun"], true);
+        for call in [allowed, denied] {
+            let text = serde_json::to_string(&call).unwrap();
+            let back: CapabilityCall = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, call);
+        }
+    }
+
+    #[test]
+    fn reports_without_calls_keep_their_old_shape() {
+        let json = serde_json::json!({"messageId": "m", "outcome": {"kind": "retry", "reason": "r"},
+            "task": {"orchestrationId": "o", "activityId": "a", "activityType": "t",
+                "discriminator": "d", "attempt": 1, "participantId": "did:web:x",
+                "participantContextId": "p", "processingData": {}, "state": null, "timeoutMs": 1}});
+        let report: ActivityReport = serde_json::from_value(json).unwrap();
+        assert!(report.capability_calls.is_empty());
+        let back = serde_json::to_value(&report).unwrap();
+        assert!(back.get("capabilityCalls").is_none(), "{back}");
     }
 }

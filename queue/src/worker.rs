@@ -220,6 +220,7 @@ impl Worker {
                     ),
                 },
                 plugin_digest: None,
+                capability_calls: Vec::new(),
             }
         } else {
             let started = std::time::Instant::now();
@@ -240,6 +241,7 @@ impl Worker {
             delivery: delivery.deliveries(),
             run: Some(uuid::Uuid::new_v4().simple().to_string()),
             plugin_digest: executed.plugin_digest,
+            capability_calls: executed.capability_calls,
         };
         for attempt in 1..=3u64 {
             match self.sink.report(report.clone()).await {

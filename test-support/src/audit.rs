@@ -31,6 +31,35 @@ pub fn audit_effects(dirs: &[PathBuf]) -> HashMap<String, HashMap<String, usize>
     effects
 }
 
+/// Per object, how many of the capability calls the API serves for the participants
+/// `ids` of `tenant` say each effect: the same shape as [`audit_effects`], from the
+/// managers' copy instead of the agents' logs.
+pub async fn served_effects(
+    api: &crate::Api,
+    tenant: &str,
+    ids: &[String],
+) -> HashMap<String, HashMap<String, usize>> {
+    let mut effects: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    for id in ids {
+        let calls = api
+            .get_json(&format!(
+                "/tenants/{tenant}/participant-profiles/{id}/capability-calls"
+            ))
+            .await;
+        for call in calls.as_array().unwrap() {
+            if let (Some(target), Some(effect)) = (call["target"].as_str(), call["effect"].as_str())
+            {
+                *effects
+                    .entry(target.into())
+                    .or_default()
+                    .entry(effect.into())
+                    .or_default() += 1;
+            }
+        }
+    }
+    effects
+}
+
 /// The objects every onboarding writes.
 pub fn onboarding_targets(id: &str) -> [String; 5] {
     [

@@ -157,6 +157,18 @@ pub(crate) enum ParticipantCommand {
         #[command(flatten)]
         paging: Paging,
     },
+    /// What a participant's plugins did through their capabilities, newest first: every
+    /// write and every refusal (reads are not recorded).
+    Calls {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only the calls refused: outside the plugin's grants, or malformed.
+        #[arg(long)]
+        denied: bool,
+        #[command(flatten)]
+        paging: Paging,
+    },
     /// Find participants by predicate, e.g. `vpas.state = 'error'`.
     Query {
         predicate: String,
@@ -537,6 +549,18 @@ impl Commands for ParticipantCommand {
                 let path = format!("{}/history", profile_path(c, &id, tenant).await?);
                 s.list(&path, HISTORY_COLUMNS, &paging).await
             }
+            ParticipantCommand::Calls {
+                id,
+                tenant,
+                denied,
+                paging,
+            } => {
+                let mut path = format!("{}/capability-calls", profile_path(c, &id, tenant).await?);
+                if denied {
+                    path.push_str("?decision=denied");
+                }
+                s.list(&path, CALL_COLUMNS, &paging).await
+            }
             ParticipantCommand::Query { predicate, paging } => {
                 s.query(
                     "/participant-profiles/query",
@@ -576,6 +600,24 @@ async fn follow(
     let profile = s.client.get(path).await?;
     output::one(s.format, PARTICIPANT_COLUMNS, &profile)
 }
+
+const CALL_COLUMNS: &[Column] = &[
+    ("TIME", |v| text(v, "at")),
+    ("PLUGIN", |v| text(v, "plugin")),
+    ("CALL", |v| {
+        format!("{} {}", text(v, "capability"), text(v, "operation"))
+    }),
+    ("TARGET", |v| text(v, "target")),
+    // Refusals in capitals, so they stand out in a column of effects.
+    ("RESULT", |v| match text(v, "decision").as_str() {
+        "denied" => "DENIED".into(),
+        _ if v["dryRun"] == true => format!("{} (dry run)", text(v, "effect")),
+        _ => text(v, "effect"),
+    }),
+    ("ACTIVITY", |v| {
+        format!("{} #{}", text(v, "activityId"), text(v, "attempt"))
+    }),
+];
 
 const HISTORY_COLUMNS: &[Column] = &[
     ("ORCHESTRATION", |v| text(v, "orchestrationId")),
@@ -869,7 +911,8 @@ impl Commands for DefinitionCommand {
 
 impl Paging {
     fn list(&self, path: &str) -> String {
-        format!("{path}?offset={}&limit={}", self.offset, self.limit)
+        let join = if path.contains('?') { '&' } else { '?' };
+        format!("{path}{join}offset={}&limit={}", self.offset, self.limit)
     }
 }
 

@@ -386,7 +386,7 @@ async fn contexts_errors_and_completions() {
 
 /// The `cfm` binary as a client of one server.
 #[derive(Clone)]
-struct Client {
+pub(super) struct Client {
     api: String,
     token: PathBuf,
     /// Where the command runs, so no `cfm-data` of the working tree is picked up.
@@ -394,7 +394,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(server: &Server, cwd: &Path) -> Client {
+    pub(super) fn new(server: &Server, cwd: &Path) -> Client {
         Client {
             api: server.base().to_string(),
             token: server.data_dir().join("admin.token"),
@@ -423,7 +423,7 @@ impl Client {
     }
 
     /// Runs a command that must succeed; its standard output.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(super) fn ok(&self, args: &[&str]) -> String {
         let output = self.run(args);
         assert!(
             output.status.success(),

@@ -1,14 +1,17 @@
 //! The `/ui` dashboard in a real headless browser (Debian's chromium) against `cfm serve`
 //! with real onboardings: the fleet overview's numbers against the API, a failed
-//! onboarding's graph with the failed step in red and its error, a tenant-confined token
-//! that sees only its tenant, and screenshots kept as test artifacts.
+//! onboarding's graph with the failed step in red and its error, a participant's
+//! capability calls with the refusals highlighted, a tenant-confined token that sees only
+//! its tenant, and screenshots kept as test artifacts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cfm_test_support::{Api, Server, cfm_binary};
+use cfm_test_support::{Api, Server, cfm_binary, plugins_config_with};
+use serde_json::Value;
 
+use super::client::Client;
 use super::retry::vault_check_dns;
 use super::rollouts::noop_failing;
 use serde_json::json;
@@ -183,6 +186,159 @@ async fn the_dashboard_shows_the_fleet_a_failed_step_and_only_a_tenants_own_part
     assert!(
         signed_out.contains("id=\"signin-form\"") && !signed_out.contains("data-count"),
         "{signed_out}"
+    );
+}
+
+/// A participant's page lists what its plugins did through their capabilities, the
+/// refusal that failed its deploy highlighted; the API serves the same calls (every one,
+/// or the refusals alone) to its tenant and to no other, and `cfm participants calls`
+/// prints them.
+#[tokio::test]
+async fn a_participants_page_lists_its_capability_calls_with_the_denials_highlighted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The vault plugin told to issue its runtime access to the participant's secrets
+    // folder, without the grant for it: the api key is written, the issue refused, and
+    // the deploy fails there.
+    let plugins = plugins_config_with(dir.path(), |plugin| {
+        if plugin["name"].as_str() == Some("vault") {
+            let settings = plugin["settings"].as_table_mut().unwrap();
+            settings.insert("runtimeAccess".into(), true.into());
+        }
+    });
+    let plugins = plugins.display().to_string();
+    let server = Server::start(&["--no-seed", "--plugins", &plugins]).await;
+    let api = server.client();
+    vault_check_dns(&api).await;
+    let env = api.dataspace_with_cell("cell-calls").await;
+    let mut tenants = Vec::new();
+    for name in ["A", "B"] {
+        let tenant = api
+            .post_ok("/tenants", json!({"properties": {"name": name}}), 201)
+            .await;
+        tenants.push(tenant["id"].as_str().unwrap().to_string());
+    }
+    let (tenant, other) = (&tenants[0], &tenants[1]);
+    let onboarded = api
+        .post_ok(
+            &format!("/tenants/{tenant}/participant-profiles"),
+            json!({"identifier": "did:web:calls.example", "dataspaceProfileIds": [env.dataspace_id]}),
+            202,
+        )
+        .await;
+    let id = onboarded["id"].as_str().unwrap().to_string();
+    let profile = format!("/tenants/{tenant}/participant-profiles/{id}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while api.get_json(&profile).await["vpas"][0]["state"] != "error" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deploy did not fail"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The API: the refusal (newest) and the write before it, in the vault step's attempt.
+    let calls_path = format!("{profile}/capability-calls");
+    let calls = api.get_json(&calls_path).await;
+    let calls = calls.as_array().unwrap();
+    let seen: Vec<(&str, &str, &str, Option<&str>)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["operation"].as_str().unwrap(),
+                c["target"].as_str().unwrap(),
+                c["decision"].as_str().unwrap(),
+                c["effect"].as_str(),
+            )
+        })
+        .collect();
+    let folder = format!("participants/{id}");
+    let key = format!("participants/{id}/api-key");
+    assert_eq!(
+        seen,
+        [
+            ("issue-access", folder.as_str(), "denied", None),
+            ("put-if-absent", key.as_str(), "allowed", Some("created")),
+        ],
+        "{calls:?}"
+    );
+    for call in calls {
+        assert_eq!(call["plugin"], "vault", "{call}");
+        assert_eq!(call["capability"], "secrets", "{call}");
+        assert_eq!(call["activityId"], "vault", "{call}");
+        assert_eq!(call["attempt"], 1, "{call}");
+    }
+    let denied = api.get(&format!("{calls_path}?decision=denied")).await;
+    assert_eq!(denied.headers()["x-total-count"], "1");
+    let denied: Value = denied.json().await.unwrap();
+    assert_eq!(denied.as_array().unwrap().len(), 1);
+    assert_eq!(denied[0]["operation"], "issue-access");
+    let (status, refused) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("{calls_path}?decision=maybe"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["code"], 400);
+
+    // Its tenant sees them; another tenant's token finds no such participant.
+    let own = tenant_token(&server, tenant);
+    let theirs = tenant_token(&server, other);
+    for (token, status) in [(&own, 200), (&theirs, 404)] {
+        let answer = api
+            .raw(reqwest::Method::GET, &calls_path, None, Some(token))
+            .await;
+        assert_eq!(answer.status(), status);
+    }
+
+    // The page: both calls, the refusal's row highlighted, the write's not.
+    let browser = Browser::new(&server, dir.path());
+    let view = format!("#/participant/{tenant}/{id}");
+    let page = browser.dom(&view, &own);
+    let admin = std::fs::read_to_string(server.data_dir().join("admin.token")).unwrap();
+    browser.screenshot(
+        &view,
+        admin.trim(),
+        &artifacts().join("capability-calls.png"),
+    );
+    let refusal = element(&page, "<tr class=\"call denied\" data-decision=\"denied\"");
+    assert!(
+        refusal.contains("issue-access") && refusal.contains(&folder),
+        "{refusal}"
+    );
+    assert!(refusal.contains("class=\"error\">denied<"), "{refusal}");
+    let write = element(&page, "<tr class=\"call\" data-decision=\"allowed\"");
+    assert!(write.contains(&key) && write.contains("created"), "{write}");
+    assert!(page.contains("2 recorded"), "{page}");
+    // Denials only, from the page's own link.
+    let only = browser.dom(&format!("{view}?calls=denied"), &own);
+    assert!(only.contains("1 denied"), "{only}");
+    assert!(!only.contains("data-decision=\"allowed\""), "{only}");
+    let theirs_page = browser.dom(&view, &theirs);
+    assert!(
+        theirs_page.contains("404") && !theirs_page.contains("issue-access"),
+        "{theirs_page}"
+    );
+
+    // The client prints them, the refusal in capitals.
+    let cli = Client::new(&server, dir.path());
+    let printed = cli.ok(&["participants", "calls", &id, "--denied"]);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].contains("RESULT"),
+        "{printed}"
+    );
+    assert!(
+        lines[1].contains("secrets issue-access") && lines[1].contains("DENIED"),
+        "{printed}"
+    );
+    let all = cli.ok(&["participants", "calls", &id]);
+    assert!(
+        all.contains("secrets put-if-absent") && all.contains("created"),
+        "{all}"
     );
 }
 

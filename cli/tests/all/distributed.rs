@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
 use cfm_test_support::{
     Api, Deployment, JetStreamServer, assert_each_created_at_most_once, assert_each_written_once,
-    audit_effects, nats_url, read_audit,
+    audit_effects, nats_url, read_audit, served_effects,
 };
 use rand::Rng;
 use serde_json::{Value, json};
@@ -217,13 +217,15 @@ async fn two_managers_and_two_agents_share_the_work_and_run_each_activity_once()
         a.len(),
         b.len()
     );
-    assert_each_written_once(
-        &audit_effects(&[
-            deployment.agent_dir("agent-a"),
-            deployment.agent_dir("agent-b"),
-        ]),
-        &ids,
-    );
+    let audited = audit_effects(&[
+        deployment.agent_dir("agent-a"),
+        deployment.agent_dir("agent-b"),
+    ]);
+    assert_each_written_once(&audited, &ids);
+    // The agents reported every call with their outcomes over JetStream: the calls the
+    // API serves per participant are the agents' audit logs, record for record.
+    let served = served_effects(&deployment.api(1), &tenant, &ids).await;
+    assert_eq!(served, audited);
     // The steps ran once each: no redelivery, retry or reschedule in a clean run.
     let orchestration = deployment
         .api(1)

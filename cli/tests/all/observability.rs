@@ -407,7 +407,7 @@ async fn one_trace_each(
                     .filter(|s| s.service == manager && s.name == "orchestration")
                     .filter(|s| s.attributes.get("participant") == Some(&json!(did)))
                     .count();
-                ids.len() == 4 && applies >= 4
+                ids.len() == 4 && applies >= 4 && capability_calls(spans, &did).len() >= 3
             },
         )
         .await;
@@ -440,6 +440,32 @@ async fn one_trace_each(
             applied >= 4,
             "the manager's applies of the four reports: {trace:#?}"
         );
+        // Inside the agent's activities, a span per capability call: the key, the
+        // namespace and the name written, each allowed.
+        let calls = capability_calls(&spans, &did);
+        for (capability, operation) in [
+            ("secrets", "put-if-absent"),
+            ("cluster", "apply"),
+            ("dns", "upsert"),
+        ] {
+            let call = calls
+                .iter()
+                .find(|s| {
+                    s.attributes["capability"] == capability
+                        && s.attributes["operation"] == operation
+                })
+                .unwrap_or_else(|| panic!("no {capability} {operation} span: {calls:#?}"));
+            assert_eq!(call.trace_id, trace_id, "{call:#?}");
+            assert_eq!(call.attributes["decision"], "allowed", "{call:#?}");
+            let parent = trace
+                .iter()
+                .find(|s| s.span_id == call.parent_span_id)
+                .unwrap_or_else(|| panic!("{call:#?} has no parent in {trace:#?}"));
+            assert_eq!(
+                (parent.service.as_str(), parent.name.as_str()),
+                (agent, "activity")
+            );
+        }
         // Connected: every span's parent is a span of the same trace.
         let ids: std::collections::BTreeSet<_> = trace.iter().map(|s| s.span_id.as_str()).collect();
         for span in &trace {
@@ -454,6 +480,20 @@ async fn one_trace_each(
             "each onboarding has a trace of its own"
         );
     }
+}
+
+/// The capability-call spans in the traces of the participant `did`'s spans.
+fn capability_calls(spans: &[ReceivedSpan], did: &str) -> Vec<ReceivedSpan> {
+    let traces: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| s.attributes.get("participant") == Some(&json!(did)))
+        .map(|s| s.trace_id.as_str())
+        .collect();
+    spans
+        .iter()
+        .filter(|s| s.name == "capability" && traces.contains(s.trace_id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Calls `probe` until `done` accepts its answer (30 s at most); returns that answer.

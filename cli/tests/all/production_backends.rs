@@ -364,6 +364,8 @@ async fn no_secret_reaches_a_log_an_audit_record_or_an_answer() {
         format!("/tenants/{tenant}/participant-profiles"),
         format!("/tenants/{tenant}/participant-profiles/{kept}"),
         format!("/tenants/{other_tenant}/participant-profiles/{gone}"),
+        format!("/tenants/{tenant}/participant-profiles/{kept}/capability-calls"),
+        format!("/tenants/{other_tenant}/participant-profiles/{gone}/capability-calls"),
         "/cells".into(),
         "/dataspace-profiles".into(),
         "/activity-definitions".into(),
@@ -371,6 +373,13 @@ async fn no_secret_reaches_a_log_an_audit_record_or_an_answer() {
     ] {
         answers.push(api.get(&path).await.text().await.unwrap());
     }
+    // The calls that handled the secrets are there to be looked through: the key's
+    // path, the access issued and the credential handed over, never a value.
+    assert!(
+        answers[4].contains("issue-access") && answers[4].contains("runtime-access"),
+        "{}",
+        answers[4]
+    );
     for query in [
         "/orchestrations/query",
         "/participant-profiles/query",

@@ -6,6 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use cfm_protocol::CapabilityCall;
+use tracing::Instrument;
+
 use super::dry_run::DriftLog;
 use super::http::{OutboundHttp, PluginHttp};
 use super::log::LogLines;
@@ -56,6 +59,12 @@ impl Capabilities {
             .any(|token| text.contains(token.as_str()))
     }
 
+    /// The calls this invocation reports with its outcome, taken: what a participant's
+    /// capability calls are made of ([`CallContext::reported`]).
+    pub fn take_reported_calls(&self) -> Vec<CapabilityCall> {
+        std::mem::take(&mut *lock(&self.calls.reported))
+    }
+
     /// Log lines dropped because the invocation went past [`super::log::MAX_LINES`].
     pub fn logs_dropped(&self) -> u32 {
         self.log.dropped()
@@ -95,12 +104,21 @@ pub struct CallContext {
     /// In a verify, where the dry runs of `backends` record drift: writes change nothing
     /// and outbound requests may only read.
     pub drift: Option<Arc<DriftLog>>,
+    /// The audited calls reported with the outcome, up to [`MAX_REPORTED_CALLS`]. A
+    /// verify's allowed dry-run writes are left out: they changed nothing, and a fleet
+    /// verified every few hours would otherwise fill the managers' tables with them.
+    pub reported: std::sync::Mutex<Vec<CapabilityCall>>,
 }
 
 /// Refusals one invocation may leave in the audit log. A refusal costs the guest no I/O,
 /// so a plugin looping on them could otherwise fill the disk within its time limit; past
 /// this, one last record says the rest went unrecorded, and the refusals go on.
 pub const MAX_AUDITED_DENIALS: u32 = 100;
+
+/// Calls one invocation reports with its outcome: a plugin writing in a loop would
+/// otherwise grow the report past what a queue message may carry. Past this, one last
+/// record says the rest went unreported (they are still in the audit log).
+pub const MAX_REPORTED_CALLS: usize = 200;
 
 impl CallContext {
     /// Remembers `token` as used by this invocation (see [`CallContext::used_tokens`]).
@@ -112,7 +130,7 @@ impl CallContext {
     }
 
     fn tokens(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.used_tokens.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.used_tokens)
     }
 
     /// Runs `call` if `allowed`, auditing the decision and, for writes, what changed.
@@ -128,20 +146,34 @@ impl CallContext {
         F: std::future::Future<Output = Result<T, BackendError>>,
         T: Audited,
     {
-        if !allowed {
-            self.record(capability, operation, target, Decision::Denied);
-            return Err(CapabilityError::Denied(format!(
-                "{capability} {operation} on '{target}' is outside this plugin's grants"
-            )));
+        let span = call_span(capability, operation, target);
+        async {
+            if !allowed {
+                self.record(capability, operation, target, Decision::Denied);
+                return Err(CapabilityError::Denied(format!(
+                    "{capability} {operation} on '{target}' is outside this plugin's grants"
+                )));
+            }
+            let value = call.await.map_err(|e| {
+                tracing::Span::current().record("error", tracing::field::display(&e));
+                match e {
+                    BackendError::Invalid(m) => CapabilityError::Invalid(m),
+                    BackendError::Unavailable(m) => CapabilityError::Unavailable(m),
+                }
+            })?;
+            match value.effect() {
+                Some(effect) => {
+                    self.record(capability, operation, target, Decision::Allowed(effect))
+                }
+                // Reads are not audited; their span still says how they went.
+                None => {
+                    tracing::Span::current().record("decision", "allowed");
+                }
+            }
+            Ok(value)
         }
-        let value = call.await.map_err(|e| match e {
-            BackendError::Invalid(m) => CapabilityError::Invalid(m),
-            BackendError::Unavailable(m) => CapabilityError::Unavailable(m),
-        })?;
-        if let Some(effect) = value.effect() {
-            self.record(capability, operation, target, Decision::Allowed(effect));
-        }
-        Ok(value)
+        .instrument(span)
+        .await
     }
 
     /// Refuses a malformed call with `invalid`, saying why, and audits it as a denial:
@@ -168,12 +200,18 @@ impl CallContext {
         // Counted before the audit's cap on refusals, so that a plugin hammering at its
         // grants shows as it is; a verify's dry-run writes changed nothing.
         let dry_run = self.drift.is_some();
-        if decision == Decision::Denied || !dry_run {
+        let changed_or_refused = decision == Decision::Denied || !dry_run;
+        if changed_or_refused {
             cfm_metrics::metrics().capability_call(
                 &self.plugin,
                 capability.as_str(),
                 decision != Decision::Denied,
             );
+        }
+        let span = tracing::Span::current();
+        span.record("decision", decision.as_str());
+        if let Some(effect) = decision.effect() {
+            span.record("effect", effect);
         }
         // A guest chooses what it passes: no record grows with it.
         let kept = bounded(target);
@@ -187,6 +225,9 @@ impl CallContext {
                 }
                 std::cmp::Ordering::Greater => return,
             }
+        }
+        if changed_or_refused {
+            self.report(capability, operation, target, decision, dry_run);
         }
         self.audit.record(AuditEvent {
             plugin: &self.plugin,
@@ -202,13 +243,64 @@ impl CallContext {
             dry_run,
         });
     }
+
+    /// Keeps one call for the outcome's report, up to [`MAX_REPORTED_CALLS`].
+    fn report(
+        &self,
+        capability: Capability,
+        operation: &'static str,
+        target: &str,
+        decision: Decision,
+        dry_run: bool,
+    ) {
+        let mut reported = lock(&self.reported);
+        let target = match reported.len().cmp(&MAX_REPORTED_CALLS) {
+            std::cmp::Ordering::Less => target,
+            std::cmp::Ordering::Equal => "(further calls of this invocation are not reported)",
+            std::cmp::Ordering::Greater => return,
+        };
+        reported.push(CapabilityCall {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            plugin: self.plugin.to_string(),
+            capability: capability.as_str().to_string(),
+            operation: operation.to_string(),
+            target: target.to_string(),
+            decision,
+            dry_run,
+        });
+    }
+}
+
+/// The span of one capability call, inside the activity's: a trace shows what the plugin
+/// asked of which backend and what became of it (`decision`, `effect`, or the backend's
+/// `error`). Only the capability's own span fields are set on it; the audit decides what
+/// is recorded.
+pub(super) fn call_span(
+    capability: Capability,
+    operation: &'static str,
+    target: &str,
+) -> tracing::Span {
+    tracing::info_span!(
+        "capability",
+        capability = capability.as_str(),
+        operation,
+        target = %bounded(target),
+        decision = tracing::field::Empty,
+        effect = tracing::field::Empty,
+        error = tracing::field::Empty,
+    )
+}
+
+/// A lock a panic elsewhere left poisoned still holds usable data.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Longest raw target kept in an audit record: a guest chooses what it passes.
 const MAX_AUDITED_TARGET: usize = 256;
 
 /// `raw` cut to [`MAX_AUDITED_TARGET`] bytes, so a guest cannot bloat the audit log.
-fn bounded(raw: &str) -> String {
+pub(super) fn bounded(raw: &str) -> String {
     if raw.len() <= MAX_AUDITED_TARGET {
         return raw.to_string();
     }

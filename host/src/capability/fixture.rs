@@ -115,6 +115,7 @@ fn calls(
         audit: Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
         denials: Default::default(),
         used_tokens: Default::default(),
+        reported: Default::default(),
         drift,
     }
 }

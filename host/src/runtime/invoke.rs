@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cfm_protocol::{ActivityOutcome, ActivityTask, orchestration_types};
+use cfm_protocol::{ActivityOutcome, ActivityTask, CapabilityCall, orchestration_types};
 use serde_json::Value;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
@@ -27,12 +27,14 @@ pub(super) enum Failure {
 }
 
 impl AgentHost {
-    /// Runs `task` in a fresh instance of `plugin`; the caller holds a slot.
+    /// Runs `task` in a fresh instance of `plugin`; the caller holds a slot. With the
+    /// outcome come the capability calls the invocation made, whatever the outcome: a
+    /// plugin that wrote and then timed out or trapped did write.
     pub(super) async fn invoke(
         &self,
         plugin: &LoadedPlugin,
         task: &ActivityTask,
-    ) -> ActivityOutcome {
+    ) -> (ActivityOutcome, Vec<CapabilityCall>) {
         let mut store = Store::new(&self.inner.engine, self.invocation(plugin, task));
         store.limiter(|s| &mut s.limits);
         // Yield to the executor on every tick so a CPU-bound guest can be cancelled by
@@ -66,10 +68,12 @@ impl AgentHost {
                 crate::capability::log::MAX_LINES
             );
         }
-        match finished {
+        let capabilities = &store.data().capabilities;
+        let outcome = match finished {
             Err(_) => outcome::timed_out(plugin, budget),
-            Ok(ran) => outcome::of_run(plugin, ran, &store.data().capabilities),
-        }
+            Ok(ran) => outcome::of_run(plugin, ran, capabilities),
+        };
+        (outcome, capabilities.take_reported_calls())
     }
 
     /// The store data of one invocation of `plugin` for `task`.
@@ -95,6 +99,7 @@ impl AgentHost {
             audit: self.inner.audit.clone(),
             denials: Default::default(),
             used_tokens: Default::default(),
+            reported: Default::default(),
             drift,
         };
         Invocation {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask, Executed};
+use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityTask, CapabilityCall, Executed};
 use tracing::Instrument;
 use wasmtime::Engine;
 
@@ -96,7 +96,8 @@ impl AgentHost {
         self.run_traced(task).await.outcome
     }
 
-    /// [`AgentHost::run`], with the digest of the plugin that ran.
+    /// [`AgentHost::run`], with the digest of the plugin that ran and the capability calls
+    /// it made.
     pub async fn run_traced(&self, task: &ActivityTask) -> Executed {
         let plugins = self.plugins();
         let Some(plugin) = plugins.get(&task.activity_type) else {
@@ -105,16 +106,22 @@ impl AgentHost {
                     reason: format!("no plugin serves activity type '{}'", task.activity_type),
                 },
                 plugin_digest: None,
+                capability_calls: Vec::new(),
             };
         };
-        let outcome = self.run_plugin(plugin, task).await;
+        let (outcome, capability_calls) = self.run_plugin(plugin, task).await;
         Executed {
             outcome,
             plugin_digest: Some(plugin.sha256.to_string()),
+            capability_calls,
         }
     }
 
-    async fn run_plugin(&self, plugin: &Arc<LoadedPlugin>, task: &ActivityTask) -> ActivityOutcome {
+    async fn run_plugin(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+        task: &ActivityTask,
+    ) -> (ActivityOutcome, Vec<CapabilityCall>) {
         let span = tracing::info_span!(
             "activity",
             orchestration = %task.orchestration_id,
@@ -125,18 +132,19 @@ impl AgentHost {
         );
         async {
             let Ok(_slot) = self.inner.slots.acquire().await else {
-                return ActivityOutcome::Retry {
+                let outcome = ActivityOutcome::Retry {
                     reason: "the agent host is shutting down".into(),
                 };
+                return (outcome, Vec::new());
             };
             let started = std::time::Instant::now();
-            let outcome = self.invoke(plugin, task).await;
+            let (outcome, calls) = self.invoke(plugin, task).await;
             cfm_metrics::metrics().plugin_invoked(&plugin.name, started.elapsed());
             match &outcome {
                 ActivityOutcome::Complete { .. } => tracing::info!("activity complete"),
                 other => tracing::warn!(outcome = ?other, "activity not complete"),
             }
-            outcome
+            (outcome, calls)
         }
         .instrument(span)
         .await

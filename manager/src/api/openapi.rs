@@ -32,6 +32,7 @@ use super::{events, provision, tenant};
         tenant::reconcile_profile,
         tenant::patch_profile,
         tenant::profile_history,
+        tenant::profile_capability_calls,
         tenant::query_profiles,
         tenant::infrastructure::list_cells,
         tenant::infrastructure::create_cell,

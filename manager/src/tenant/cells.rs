@@ -249,6 +249,7 @@ pub async fn delete(db: &Db, id: &str, expected_version: Option<i64>) -> Result<
     }
     for statement in [
         "DELETE FROM migrations WHERE profile_id IN (SELECT id FROM participant_profiles WHERE cell_id = $1)",
+        "DELETE FROM capability_calls WHERE participant_context_id IN (SELECT id FROM participant_profiles WHERE cell_id = $1)",
         "DELETE FROM participant_profiles WHERE cell_id = $1",
         "DELETE FROM dataspace_deployments WHERE cell_id = $1",
         "DELETE FROM drains WHERE cell_id = $1",

@@ -1,17 +1,18 @@
 //! The loop every manager replica runs for fleet operations that outlive a request:
 //! drains, rebalance plans, rollouts, tenant decommissions and the periodic reconciler. Their state is rows, each
 //! locked while a replica tops it up, so any number of replicas run the loop and any of
-//! them may die. The loop also prunes old lifecycle events.
+//! them may die. The loop also prunes old lifecycle events and capability calls.
 
 use std::time::{Duration, Instant};
 
-use crate::events;
 use crate::provision::Engine;
 use crate::tenant::{decommissions, drains, rebalance, reconciles, rollouts};
+use crate::{capability_calls, events};
 
 /// How often each replica looks at running drains, plans, rollouts and decommissions.
 const TICK: Duration = Duration::from_millis(500);
-/// How often each replica prunes lifecycle events past their retention.
+/// How often each replica prunes lifecycle events and capability calls past their
+/// retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Tops up every running drain, rebalance plan, rollout and decommission, every tick,
@@ -43,6 +44,11 @@ pub async fn run(engine: Engine, reconcile: Option<reconciles::Schedule>) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(events = n, "old lifecycle events pruned"),
                 Err(e) => tracing::warn!("pruning lifecycle events: {e}"),
+            }
+            match capability_calls::prune(engine.db()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(calls = n, "old capability calls pruned"),
+                Err(e) => tracing::warn!("pruning capability calls: {e}"),
             }
         }
         tokio::time::sleep(TICK).await;

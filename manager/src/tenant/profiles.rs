@@ -9,6 +9,7 @@ use cfm_protocol::{keys, orchestration_types};
 use serde_json::{Map, Value, json};
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::capability_calls;
 use crate::error::{ManagerError, Result};
 use crate::lifecycle::{VpaState, VpaTransition};
 use crate::model::{
@@ -315,6 +316,20 @@ pub async fn history(
         total: store::Total::Exact(total),
         page,
     })
+}
+
+/// A page of what the participant's plugins did through their capabilities, newest
+/// first: every refusal and every write the agent hosts audited.
+pub async fn capability_calls(
+    db: &Db,
+    tenant_id: &str,
+    id: &str,
+    filter: capability_calls::Filter,
+    page: store::Page,
+) -> Result<Paged<capability_calls::CapabilityCallRecord>> {
+    let mut conn = db.acquire().await?;
+    fetch(&mut conn, tenant_id, id).await?;
+    capability_calls::list(&mut conn, id, filter, page).await
 }
 
 /// Starts decommissioning a participant: its dispose orchestration runs with everything

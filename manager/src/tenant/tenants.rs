@@ -79,14 +79,13 @@ pub(crate) async fn delete_in(
 ) -> Result<()> {
     lock_checked(tx, id, expected_version).await?;
     profiles::refuse_while_participants_live(tx, profiles::Owner::Tenant(id)).await?;
-    sqlx::query("DELETE FROM participant_profiles WHERE tenant_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM tenants WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    for statement in [
+        "DELETE FROM capability_calls WHERE participant_context_id IN (SELECT id FROM participant_profiles WHERE tenant_id = $1)",
+        "DELETE FROM participant_profiles WHERE tenant_id = $1",
+        "DELETE FROM tenants WHERE id = $1",
+    ] {
+        sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+    }
     Ok(())
 }
 

@@ -6,13 +6,18 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cfm_manager::capability_calls::{self, Filter};
 use cfm_manager::model::{ActivityDefinition, ActivitySpec, ParticipantProfile};
 use cfm_manager::provision::definitions;
 use cfm_manager::provision::engine::GroupCommit;
+use cfm_manager::store::Page;
 use cfm_manager::tenant::{cells, profiles, tenants};
 use cfm_manager::testing::{ScratchDatabase, TestBackend};
 use cfm_manager::{EngineSettings, Manager, ManagerError, Options, on_both_backends};
-use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask};
+use cfm_protocol::{
+    ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask, CapabilityCall, Decision,
+    Effect,
+};
 use cfm_queue::worker::WorkerSettings;
 use serde_json::{Map, Value, json};
 
@@ -28,6 +33,8 @@ on_both_backends!(
     an_output_holding_nul_fails_its_activity,
     reports_applied_together_fail_alone_and_drop_their_twins,
     reports_of_parallel_steps_at_one_moment_each_see_the_other,
+    capability_calls_are_kept_once_per_run_stale_runs_included,
+    a_failed_step_leaves_no_sibling_under_way,
 );
 
 type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
@@ -357,11 +364,45 @@ async fn a_failing_activity_errors_the_orchestration_and_the_profile(backend: Te
     assert_eq!((a.state.as_str(), a.attempts), ("failed", 3));
     assert_eq!(
         orchestration.steps[1].state.as_str(),
-        "pending",
+        "cancelled",
         "b ran although a failed"
     );
     assert_eq!(fx.queued().await, 0);
     assert!(!fx.seen().iter().any(|t| t.activity_id == "b"));
+}
+
+/// A step dispatched when another fails ends `cancelled`, not under way for ever, and its
+/// report, arriving later, changes nothing.
+async fn a_failed_step_leaves_no_sibling_under_way(backend: TestBackend) {
+    let fx = unworked(backend, |_| complete(json!({}))).await;
+    let id = fx.deploy().await;
+    let (a_message, a) = fx.outbox("a").await.remove(&id).unwrap();
+    let (c_message, c) = fx.outbox("c").await.remove(&id).unwrap();
+    let engine = &fx.manager.engine;
+    let fatal = ActivityOutcome::Fatal {
+        reason: "refused".into(),
+    };
+    engine.apply(&a_message, &a, fatal).await.unwrap();
+    let states = |o: &cfm_manager::model::Orchestration| -> Vec<(String, String)> {
+        o.steps
+            .iter()
+            .map(|s| (s.id.clone(), s.state.as_str().to_string()))
+            .collect()
+    };
+    let expected: Vec<(String, String)> = [("a", "failed"), ("b", "cancelled"), ("c", "cancelled")]
+        .map(|(s, t)| (s.to_string(), t.to_string()))
+        .to_vec();
+    let orchestration = fx.orchestration(&id).await;
+    assert_eq!(orchestration.state, 3);
+    assert_eq!(states(&orchestration), expected);
+    assert_eq!(fx.queued().await, 0);
+    engine
+        .apply(&c_message, &c, complete(json!({"late": true})))
+        .await
+        .unwrap();
+    let after = fx.orchestration(&id).await;
+    assert_eq!(states(&after), expected);
+    assert!(!after.output_data.contains_key("late"));
 }
 
 async fn dispose_waits_for_the_deploy_and_needs_no_template_to_finish(backend: TestBackend) {
@@ -657,6 +698,7 @@ async fn reports_applied_together_fail_alone_and_drop_their_twins(backend: TestB
         delivery: 1,
         run: None,
         plugin_digest: Some("sha256:test".into()),
+        capability_calls: Vec::new(),
     };
     let a = fx.outbox("a").await;
     let [good, other, bad] = [0, 1, 2].map(|n| &a[&participants[n]]);
@@ -785,4 +827,106 @@ async fn reports_of_parallel_steps_at_one_moment_each_see_the_other(backend: Tes
         );
     }
     assert_eq!(fx.queued().await, 0);
+}
+
+/// The capability calls a report carries are kept with the participant: once per run,
+/// however often the report arrives, and also when the run's outcome no longer counts
+/// (its writes happened all the same). A NUL a plugin put in a target does not stop the
+/// report from applying, and calls past their retention are pruned.
+async fn capability_calls_are_kept_once_per_run_stale_runs_included(backend: TestBackend) {
+    let fx = unworked(backend, |_| complete(json!({}))).await;
+    let id = fx.deploy().await;
+    let (message, task) = fx.outbox("a").await.remove(&id).unwrap();
+    let call = |at: &str, target: &str, decision| CapabilityCall {
+        at: at.into(),
+        plugin: "vault".into(),
+        capability: "secrets".into(),
+        operation: "put".into(),
+        target: target.into(),
+        decision,
+        dry_run: false,
+    };
+    let report = |run: &str, calls: Vec<CapabilityCall>| ActivityReport {
+        message_id: message.clone(),
+        task: task.clone(),
+        outcome: complete(json!({})),
+        delivery: 1,
+        run: Some(run.into()),
+        plugin_digest: None,
+        capability_calls: calls,
+    };
+    let first = report(
+        "r1",
+        vec![
+            call(
+                "2026-12-05T10:00:00.000Z",
+                "participants/p/key",
+                Decision::Allowed(Effect::Created),
+            ),
+            call(
+                "2026-12-05T10:00:00.001Z",
+                "evil\u{0}path",
+                Decision::Denied,
+            ),
+        ],
+    );
+    let engine = &fx.manager.engine;
+    engine.apply_report(first.clone()).await.unwrap();
+    // The same run's report again, and a late second run of the completed step.
+    engine.apply_report(first).await.unwrap();
+    let late = report(
+        "r2",
+        vec![call(
+            "2026-12-05T10:00:01.000Z",
+            "participants/p/key",
+            Decision::Allowed(Effect::Unchanged),
+        )],
+    );
+    engine.apply_report(late).await.unwrap();
+
+    let page = Page {
+        offset: 0,
+        limit: 100,
+    };
+    let db = engine.db();
+    let listed = |filter| profiles::capability_calls(db, &fx.tenant, &id, filter, page);
+    let all = listed(Filter::All).await.unwrap();
+    let seen: Vec<(&str, &str, Option<&str>)> = all
+        .items
+        .iter()
+        .map(|c| (c.target.as_str(), c.decision.as_str(), c.effect.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("participants/p/key", "allowed", Some("unchanged")),
+            ("evil\u{FFFD}path", "denied", None),
+            ("participants/p/key", "allowed", Some("created")),
+        ]
+    );
+    assert!(
+        all.items
+            .iter()
+            .all(|c| c.activity_id == "a" && c.orchestration_id == task.orchestration_id)
+    );
+    let denied = listed(Filter::Decision("denied")).await.unwrap();
+    assert_eq!(denied.items.len(), 1);
+    assert!(matches!(
+        profiles::capability_calls(db, "another-tenant", &id, Filter::All, page).await,
+        Err(ManagerError::NotFound(_))
+    ));
+
+    // Calls older than the retention go; the others stay.
+    let old = report(
+        "r3",
+        vec![call(
+            "2020-01-01T00:00:00.000Z",
+            "participants/p/key",
+            Decision::Allowed(Effect::Unchanged),
+        )],
+    );
+    engine.apply_report(old).await.unwrap();
+    assert_eq!(listed(Filter::All).await.unwrap().items.len(), 4);
+    assert_eq!(capability_calls::prune(db).await.unwrap(), 1);
+    assert_eq!(listed(Filter::All).await.unwrap().items.len(), 3);
 }

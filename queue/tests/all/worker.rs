@@ -160,6 +160,7 @@ async fn a_redelivered_run_reports_again_and_a_resent_report_does_not() {
         delivery,
         run: Some(run.into()),
         plugin_digest: None,
+        capability_calls: Vec::new(),
     };
     sink.report(report(1, "first")).await.unwrap();
     sink.report(report(1, "first")).await.unwrap();

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use tracing::Instrument;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::CallContext;
+use super::context::{bounded, call_span};
 use crate::audit::{Decision, Effect};
 use crate::grants::{Capability, HttpGrant};
 use egress_policy::{AddressPolicy, FilteringResolver};
@@ -90,9 +92,14 @@ impl WasiHttpHooks for OutboundHttp {
     ) -> Box<dyn Future<Output = Sent> + Send> {
         let calls = self.calls.clone();
         let client = self.client.clone();
-        // Read here, in the invocation's span: the send may run on another task.
-        let traceparent = cfm_telemetry::current_traceparent();
-        Box::new(async move { send(&calls, client, request, options, traceparent).await })
+        // Made here, in the invocation's span: the send may run on another task. The
+        // service's spans become children of the request's.
+        let span = call_span(Capability::Http, "request", "");
+        let traceparent = span.in_scope(cfm_telemetry::current_traceparent);
+        Box::new(
+            async move { send(&calls, client, request, options, traceparent).await }
+                .instrument(span),
+        )
     }
 }
 
@@ -111,6 +118,7 @@ async fn send(
             return Err(HttpError::HttpRequestUriInvalid);
         }
     };
+    tracing::Span::current().record("target", tracing::field::display(bounded(&target.audited)));
     let deny = |error: HttpError| {
         calls.record(
             Capability::Http,
@@ -184,7 +192,18 @@ async fn send(
     let response = match outgoing.send().await {
         Ok(response) => response,
         Err(e) if egress_policy::prohibited(&e) => return deny(HttpError::DestinationIpProhibited),
-        Err(e) => return Err(transport_error(e)),
+        Err(e) => {
+            // Not the error's text: it names the URL, whose query may carry a token.
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "transport error"
+            };
+            tracing::Span::current().record("error", kind);
+            return Err(transport_error(e));
+        }
     };
     calls.record(
         Capability::Http,

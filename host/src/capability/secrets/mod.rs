@@ -223,6 +223,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn audited_calls_are_reported_with_the_outcome_and_stay_bounded() {
+        use crate::audit::{Decision, Effect};
+        use crate::capability::context::MAX_REPORTED_CALLS;
+        let mut fixture = granted();
+        let secrets = &mut fixture.capabilities;
+        secrets
+            .put("participants/p1/api-key".into(), "k".into())
+            .await
+            .unwrap();
+        secrets.get("participants/p1/api-key".into()).await.unwrap();
+        secrets
+            .put("participants/p2/api-key".into(), "stolen".into())
+            .await
+            .unwrap_err();
+        let reported = fixture.capabilities.take_reported_calls();
+        let seen: Vec<_> = reported
+            .iter()
+            .map(|c| (c.operation.as_str(), c.target.as_str(), c.decision))
+            .collect();
+        // The read is not audited, so not reported either.
+        assert_eq!(
+            seen,
+            [
+                (
+                    "put",
+                    "participants/p1/api-key",
+                    Decision::Allowed(Effect::Created)
+                ),
+                ("put", "participants/p2/api-key", Decision::Denied),
+            ]
+        );
+        assert!(reported.iter().all(|c| c.plugin == "under-test"
+            && c.capability == "secrets"
+            && !c.dry_run
+            && c.at.ends_with('Z')));
+        assert_eq!(fixture.audit().len(), 2, "the audit log has the same calls");
+
+        // A plugin writing in a loop reports the first calls and one line on the rest.
+        for _ in 0..MAX_REPORTED_CALLS + 50 {
+            fixture
+                .capabilities
+                .put("participants/p1/api-key".into(), "k".into())
+                .await
+                .unwrap();
+        }
+        let reported = fixture.capabilities.take_reported_calls();
+        assert_eq!(reported.len(), MAX_REPORTED_CALLS + 1);
+        assert_eq!(
+            reported[MAX_REPORTED_CALLS].target,
+            "(further calls of this invocation are not reported)"
+        );
+        assert!(fixture.capabilities.take_reported_calls().is_empty());
+
+        // A verify reports its refusals, not the writes it only pretended.
+        let drift = std::sync::Arc::new(crate::capability::dry_run::DriftLog::default());
+        let grants = Grants {
+            secrets: vec!["participants/{participantContextId}/**".into()],
+            ..Default::default()
+        };
+        let mut verify = fixture.verifying(&grants, drift);
+        verify
+            .put("participants/p1/api-key".into(), "other".into())
+            .await
+            .unwrap();
+        verify
+            .put("participants/p2/api-key".into(), "stolen".into())
+            .await
+            .unwrap_err();
+        let reported = verify.take_reported_calls();
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert_eq!(reported[0].decision, Decision::Denied);
+        assert!(reported[0].dry_run);
+    }
+
+    #[tokio::test]
     async fn a_traversal_is_invalid_and_audited_as_a_denial() {
         let mut fixture = granted();
         let refused = fixture

@@ -18,6 +18,7 @@ use super::requests::{
     QueryRequest, TenantPatch,
 };
 use super::{AppState, Caller};
+use crate::capability_calls::{CapabilityCallRecord, Filter};
 use crate::model::{
     Cell, DataspaceDeployment, DataspaceProfile, Drain, HistoryEntry, Migration,
     ParticipantProfile, RebalancePlan, Tenant, TenantDecommission,
@@ -69,6 +70,10 @@ pub fn routes() -> Router<AppState> {
             "/tenants/{tid}/participant-profiles/{pid}/history",
             get(profile_history),
         )
+        .route(
+            "/tenants/{tid}/participant-profiles/{pid}/capability-calls",
+            get(profile_capability_calls),
+        )
         .route("/participant-profiles/query", post(query_profiles))
         .route("/cells", get(list_cells).post(create_cell))
         .route(
@@ -109,6 +114,15 @@ pub fn routes() -> Router<AppState> {
             "/dataspace-profiles/{id}/deployments",
             post(deploy_dataspace),
         )
+}
+
+/// The last value of the query string's parameter `name` (as [`page_of`] takes repeated
+/// ones), decoded.
+pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+        .last()
 }
 
 /// `offset` and `limit` from a query string. Parsed by hand rather than with axum's
@@ -694,6 +708,53 @@ pub(super) async fn profile_history(
     let page = page_of(query.as_deref())?;
     let paged = profiles::history(state.engine.db(), &tid, &pid, page).await?;
     let path = format!("/tenants/{tid}/participant-profiles/{pid}/history");
+    Ok((paging_headers(&path, &paged), Json(paged.items)))
+}
+
+/// What the participant's plugins did through their capabilities, newest first: every
+/// refusal and every write the agent hosts audited (reads are not audited), kept for 30
+/// days. `decision=denied` lists only the refusals.
+#[utoipa::path(
+    get,
+    path = "/tenants/{tid}/participant-profiles/{pid}/capability-calls",
+    tag = "participant profiles",
+    summary = "A participant's capability calls, newest first (paginated)",
+    params(
+        ("tid" = String, Path, description = "Tenant id"),
+        ("pid" = String, Path, description = "Participant profile id"),
+        ("decision" = Option<String>, Query, description = "allowed or denied; every call when left out"),
+        ("offset" = Option<i64>, Query, description = "Items to skip"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 10000)")
+    ),
+    responses(
+        (status = 200, description = "Its capability calls", body = [CapabilityCallRecord]),
+        (status = 400, description = "Malformed paging parameters or decision", body = ErrorBody),
+        (status = 404, description = "No such tenant or profile", body = ErrorBody)
+    )
+)]
+pub(super) async fn profile_capability_calls(
+    State(state): State<AppState>,
+    Path((tid, pid)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<impl IntoResponse> {
+    let filter = match query_param(query.as_deref(), "decision").as_deref() {
+        None => Filter::All,
+        Some("allowed") => Filter::Decision("allowed"),
+        Some("denied") => Filter::Decision("denied"),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("decision is allowed or denied, got '{other}'"),
+            ));
+        }
+    };
+    let page = page_of(query.as_deref())?;
+    let paged = profiles::capability_calls(state.engine.db(), &tid, &pid, filter, page).await?;
+    let path = format!("/tenants/{tid}/participant-profiles/{pid}/capability-calls");
+    let path = match filter {
+        Filter::Decision(decision) => format!("{path}?decision={decision}"),
+        Filter::All => path,
+    };
     Ok((paging_headers(&path, &paged), Json(paged.items)))
 }
 

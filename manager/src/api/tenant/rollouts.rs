@@ -91,19 +91,16 @@ pub(crate) async fn list_rollout_participants(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    let mut wanted = None;
-    for (name, value) in
-        url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
-    {
-        if name == "state" {
-            wanted = Some(value.parse::<RolloutTargetState>().map_err(|_| {
+    let wanted = query_param(query.as_deref(), "state")
+        .map(|value| {
+            value.parse::<RolloutTargetState>().map_err(|_| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "state is pending, upgrading, upgraded, failed or skipped",
                 )
-            })?);
-        }
-    }
+            })
+        })
+        .transpose()?;
     let page = page_of(query.as_deref())?;
     let paged = rollouts::targets(&state.engine, &id, wanted, page).await?;
     let path = match wanted {

@@ -33,7 +33,7 @@ window.addEventListener("DOMContentLoaded", () => {
 });
 
 /** Shows the view the location's hash names: `#/`, `#/participants?q=...`,
- *  `#/participant/<tenant>/<id>?o=<orchestration>`. A `token=` parameter (a link an
+ *  `#/participant/<tenant>/<id>?o=<orchestration>&calls=denied`. A `token=` parameter (a link an
  *  operator's script opened) is kept for the tab and taken out of the address. */
 function route() {
   clearTimeout(timer);
@@ -53,7 +53,7 @@ function route() {
   const parts = path.split("/").filter(Boolean);
   const view =
     parts[0] === "participant" && parts.length === 3
-      ? participantView(parts[1], parts[2], query.get("o"))
+      ? participantView(parts[1], parts[2], query.get("o"), query.get("calls") === "denied")
       : parts[0] === "participants"
         ? participantsView(query.get("q") || "")
         : parts[0] === "tenants"
@@ -219,11 +219,27 @@ async function participantsView(predicate) {
   return { node: main };
 }
 
-async function participantView(tenant, id, selected) {
+async function participantView(tenant, id, selected, deniedOnly) {
   const base = `/tenants/${encodeURIComponent(tenant)}/participant-profiles/${encodeURIComponent(id)}`;
-  const [profile, history] = await Promise.all([api(base), api(base + "/history?limit=50")]);
+  const callsPath = base + "/capability-calls?limit=50" + (deniedOnly ? "&decision=denied" : "");
+  const [profile, history, calls] = await Promise.all([
+    api(base),
+    api(base + "/history?limit=50"),
+    api(callsPath),
+  ]);
   const p = profile.data;
   const main = page(p.identifier);
+  const here = (params) => {
+    const query = new URLSearchParams(params);
+    return `#/participant/${tenant}/${id}` + (query.toString() ? "?" + query : "");
+  };
+  const kept = selected ? { o: selected } : {};
+  // The capability calls close the page, whatever of the graph this token may see.
+  const done = (refreshMs) => {
+    const toggle = deniedOnly ? here(kept) : here({ ...kept, calls: "denied" });
+    main.append(...capabilityCalls(calls, deniedOnly, toggle));
+    return { node: main, refreshMs };
+  };
   main.append(
     facts([
       ["Participant", mono(p.id)],
@@ -255,12 +271,12 @@ async function participantView(tenant, id, selected) {
       }),
     ),
   );
-  if (!chosen) return { node: main };
+  if (!chosen) return done(null);
   const orchestration = await permitted(api(`/orchestrations/${encodeURIComponent(chosen)}`));
   main.append(el("h2", {}, "Graph"));
   if (orchestration === null) {
     main.append(el("p", { class: "muted" }, "This token may not read orchestrations' steps."));
-    return { node: main };
+    return done(null);
   }
   const o = orchestration.data;
   main.append(el("div", { class: "graph" }, graph(o.steps)));
@@ -275,7 +291,45 @@ async function participantView(tenant, id, selected) {
     main.append(el("h2", {}, "Errors"), list);
   }
   // Live while it runs.
-  return { node: main, refreshMs: o.state === 0 || o.state === 1 ? POLL_MS : null };
+  return done(o.state === 0 || o.state === 1 ? POLL_MS : null);
+}
+
+/** The participant's capability calls, newest first, refusals highlighted; `toggle` links
+ *  to the other listing (denials only, or every call). */
+function capabilityCalls(calls, deniedOnly, toggle) {
+  const heading = el("h2", {}, "Capability calls");
+  const total = calls.total ?? calls.data.length;
+  const summary = el(
+    "p",
+    { class: "muted" },
+    `${total} ${deniedOnly ? "denied" : "recorded"}; showing ${calls.data.length}. `,
+    link(toggle, deniedOnly ? "Show every call" : "Show denials only"),
+  );
+  if (calls.data.length === 0) {
+    const none = deniedOnly
+      ? "No call of this participant's plugins was denied."
+      : "No call recorded: writes and refusals are, reads are not.";
+    return [heading, summary, el("p", { class: "muted" }, none)];
+  }
+  const rows = calls.data.map((c) => {
+    const denied = c.decision === "denied";
+    const result = denied
+      ? el("span", { class: "error" }, "denied")
+      : (c.effect || "allowed") + (c.dryRun ? " (dry run)" : "");
+    const row = tr([
+      c.at,
+      c.plugin,
+      `${c.capability} ${c.operation}`,
+      mono(c.target),
+      result,
+      `${c.activityId} #${c.attempt}`,
+    ]);
+    row.className = denied ? "call denied" : "call";
+    row.dataset.decision = c.decision;
+    row.dataset.capability = c.capability;
+    return row;
+  });
+  return [heading, summary, table(["Time", "Plugin", "Call", "Target", "Result", "Activity"], rows)];
 }
 
 async function tenantsView(predicate) {

@@ -133,15 +133,7 @@ impl Engine {
         let mut tx = store::write(self.db()).await?;
         for report in order {
             let span = super::apply_span(report);
-            self.apply_within(
-                &mut tx,
-                &report.message_id,
-                &report.task,
-                report.outcome.clone(),
-                report.plugin_digest.as_deref(),
-            )
-            .instrument(span)
-            .await?;
+            self.apply_within(&mut tx, report).instrument(span).await?;
         }
         tx.commit().await?;
         self.committed();

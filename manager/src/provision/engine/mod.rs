@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Row};
 use tracing::Instrument;
 
+use crate::capability_calls;
 use crate::error::{ManagerError, Result};
 use crate::events;
 use crate::model::{
@@ -409,33 +410,18 @@ impl Engine {
             delivery: 0,
             run: None,
             plugin_digest: None,
+            capability_calls: Vec::new(),
         })
         .await
     }
 
     /// [`Engine::apply`] for a whole report: a completed step also records the plugin
-    /// that ran it.
+    /// that ran it, and the participant's capability calls gain the attempt's.
     pub async fn apply_report(&self, report: ActivityReport) -> Result<()> {
         let span = apply_span(&report);
-        self.apply_in_span(
-            &report.message_id,
-            &report.task,
-            report.outcome,
-            report.plugin_digest.as_deref(),
-        )
-        .instrument(span)
-        .await
-    }
-
-    async fn apply_in_span(
-        &self,
-        message_id: &str,
-        task: &ActivityTask,
-        outcome: ActivityOutcome,
-        plugin_digest: Option<&str>,
-    ) -> Result<()> {
         self.claiming_outcomes()
-            .apply_committing(message_id, task, outcome, plugin_digest)
+            .apply_committing(&report)
+            .instrument(span)
             .await
     }
 
@@ -501,32 +487,24 @@ impl Engine {
         tally.record();
     }
 
-    async fn apply_committing(
-        &self,
-        message_id: &str,
-        task: &ActivityTask,
-        outcome: ActivityOutcome,
-        plugin_digest: Option<&str>,
-    ) -> Result<()> {
+    async fn apply_committing(&self, report: &ActivityReport) -> Result<()> {
         let mut tx = store::write(&self.db).await?;
-        self.apply_within(&mut tx, message_id, task, outcome, plugin_digest)
-            .await?;
+        self.apply_within(&mut tx, report).await?;
         tx.commit().await?;
         self.committed();
         Ok(())
     }
 
     /// Applies one outcome inside the caller's transaction, acknowledging its message
-    /// there; what it writes to the outbox is announced by [`Engine::committed`].
-    async fn apply_within(
-        &self,
-        tx: &mut Conn,
-        message_id: &str,
-        task: &ActivityTask,
-        outcome: ActivityOutcome,
-        plugin_digest: Option<&str>,
-    ) -> Result<()> {
-        let ack = queue::row_id(message_id);
+    /// there; what it writes to the outbox is announced by [`Engine::committed`]. The
+    /// attempt's capability calls are kept whether or not its outcome still counts: a
+    /// stale run's writes happened all the same.
+    async fn apply_within(&self, tx: &mut Conn, report: &ActivityReport) -> Result<()> {
+        capability_calls::record(tx, report).await?;
+        let task = &report.task;
+        let outcome = report.outcome.clone();
+        let plugin_digest = report.plugin_digest.as_deref();
+        let ack = queue::row_id(&report.message_id);
         let Some((current, all)) = self.current_acking(tx, &task.orchestration_id, ack).await?
         else {
             return queue::ack(tx, ack).await;
@@ -614,19 +592,7 @@ impl Engine {
                 current.state
             )));
         }
-        queue::purge_prefix(&mut tx, &format!("{id}/")).await?;
-        let [pending, dispatched] = StepState::UNFINISHED;
-        sqlx::query(
-            "UPDATE orchestration_steps SET state = $1, completed_at = $2
-             WHERE orchestration_id = $3 AND state IN ($4, $5)",
-        )
-        .bind(StepState::Cancelled)
-        .bind(now())
-        .bind(id)
-        .bind(pending)
-        .bind(dispatched)
-        .execute(&mut *tx)
-        .await?;
+        stop_unfinished(&mut tx, id).await?;
         let detail = format!("cancelled by {by}");
         tracing::warn!(orchestration = %id, %by, "orchestration cancelled");
         this.finish(
@@ -734,8 +700,9 @@ impl Engine {
         .bind(&task.activity_id)
         .execute(&mut *tx)
         .await?;
-        // Nothing else of an errored orchestration should run.
-        queue::purge_prefix(tx, &format!("{}/", task.orchestration_id)).await?;
+        // Nothing else of an errored orchestration runs; an attempt already running
+        // reports too late to count, and its step must not read as under way.
+        stop_unfinished(tx, &task.orchestration_id).await?;
         let detail = format!("activity '{}' failed: {reason}", task.activity_id);
         tracing::warn!(activity = %task.activity_id, %reason, "orchestration errored");
         self.finish(
@@ -862,6 +829,25 @@ impl Engine {
 }
 
 /// The span a report is applied in: its orchestration's, in the trace its task carried.
+/// Drops the queued work of orchestration `id` and marks its unfinished steps (waiting or
+/// dispatched) `cancelled`: it is ending before they could.
+async fn stop_unfinished(tx: &mut Conn, id: &str) -> Result<()> {
+    queue::purge_prefix(tx, &format!("{id}/")).await?;
+    let [pending, dispatched] = StepState::UNFINISHED;
+    sqlx::query(
+        "UPDATE orchestration_steps SET state = $1, completed_at = $2
+         WHERE orchestration_id = $3 AND state IN ($4, $5)",
+    )
+    .bind(StepState::Cancelled)
+    .bind(now())
+    .bind(id)
+    .bind(pending)
+    .bind(dispatched)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 fn apply_span(report: &ActivityReport) -> tracing::Span {
     let span = tracing::info_span!(
         "orchestration",
