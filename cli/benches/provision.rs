@@ -308,6 +308,7 @@ async fn floor() -> (Duration, Duration) {
             id: format!("floor-{i}"),
             topic: "floor".into(),
             payload: vec![b'x'; 200],
+            trace_parent: None,
         };
         let started = Instant::now();
         queue.publish(&[message]).await.expect("publish");

@@ -12,6 +12,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::Result;
+use crate::model::now;
 use crate::store::{self, Conn, Db, Page, Paged};
 
 /// How long calls are kept.
@@ -20,7 +21,10 @@ pub const RETENTION: chrono::Duration = chrono::Duration::days(30);
 /// and a last line saying the rest were not); this bounds what any report can write.
 const MAX_PER_REPORT: usize = 256;
 /// Columns written per call.
-const COLUMNS: usize = 15;
+const COLUMNS: usize = 16;
+/// Longest text kept of any field a report names (the agent host cuts targets to 256
+/// bytes).
+const MAX_TEXT: usize = 1024;
 
 /// One capability call of a participant's plugins, as the API serves it.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -86,12 +90,15 @@ pub async fn record(tx: &mut Conn, report: &ActivityReport) -> Result<()> {
     let sql = format!(
         "INSERT INTO capability_calls (run_id, seq, participant_context_id, orchestration_id,
            activity_id, activity_type, attempt, plugin, capability, operation, target, decision,
-           effect, dry_run, at)
+           effect, dry_run, at, recorded_at)
          VALUES {} ON CONFLICT (run_id, seq) DO NOTHING",
         rows.join(", ")
     );
     let task = &report.task;
-    let mut insert = sqlx::query(AssertSqlSafe(sql));
+    let recorded_at = now();
+    // Each count of calls is a statement of its own: not worth a place in the
+    // connection's statement cache.
+    let mut insert = sqlx::query(AssertSqlSafe(sql)).persistent(false);
     for (seq, call) in calls.iter().enumerate() {
         let CapabilityCall {
             at,
@@ -117,7 +124,8 @@ pub async fn record(tx: &mut Conn, report: &ActivityReport) -> Result<()> {
             .bind(decision.as_str())
             .bind(decision.effect())
             .bind(*dry_run as i64)
-            .bind(text(at));
+            .bind(text(at))
+            .bind(recorded_at.clone());
     }
     insert.execute(&mut *tx).await?;
     Ok(())
@@ -177,19 +185,29 @@ pub async fn list(
     })
 }
 
-/// Deletes calls older than [`RETENTION`].
+/// Deletes calls recorded longer than [`RETENTION`] ago, by the managers' clock (an agent's
+/// may be off).
 pub async fn prune(db: &Db) -> Result<u64> {
     let cutoff =
         (chrono::Utc::now() - RETENTION).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let deleted = sqlx::query("DELETE FROM capability_calls WHERE at < $1")
+    let deleted = sqlx::query("DELETE FROM capability_calls WHERE recorded_at < $1")
         .bind(cutoff)
         .execute(db.writer())
         .await?;
     Ok(deleted.rows_affected())
 }
 
-/// `value` as PostgreSQL can store it: a plugin chooses its targets, and a NUL in one
-/// would fail the transaction applying its report, again on every redelivery.
+/// `value` as it may be stored and shown: a plugin chooses its targets. A NUL would fail
+/// the transaction applying the report on PostgreSQL, again on every redelivery, and
+/// other control characters would reach the terminals that print it; the agent host
+/// replaces them already, this holds for any agent.
 fn text(value: &str) -> String {
-    value.replace('\0', "\u{FFFD}")
+    let mut end = value.len().min(MAX_TEXT);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end]
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
 }

@@ -17,8 +17,11 @@ CREATE TABLE capability_calls (
     decision               TEXT NOT NULL,
     effect                 TEXT,
     dry_run                INTEGER NOT NULL DEFAULT 0,
+    -- When the agent host decided (its clock): what listings are ordered by.
     at                     TEXT NOT NULL,
+    -- When the report was applied (the managers' clock): what the retention counts from.
+    recorded_at            TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX capability_calls_participant ON capability_calls (participant_context_id, at);
-CREATE INDEX capability_calls_at ON capability_calls (at);
+CREATE INDEX capability_calls_recorded_at ON capability_calls (recorded_at);

@@ -30,6 +30,7 @@ fn message(id: &str, topic: &str) -> Message {
         id: id.into(),
         topic: topic.into(),
         payload: format!("payload of {id}").into_bytes(),
+        trace_parent: None,
     }
 }
 

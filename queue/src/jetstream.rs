@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 
 use crate::{Consumer, Delivery, Message, Queue, QueueError, check_topic};
 
+/// The header a message's trace travels in: W3C Trace Context's name, as HTTP uses it.
+const TRACEPARENT: &str = "traceparent";
+
 /// Where and how to reach JetStream.
 #[derive(Debug, Clone)]
 pub struct JetStreamSettings {
@@ -277,9 +280,12 @@ impl Queue for JetStreamQueue {
         let mut acks = Vec::with_capacity(messages.len());
         for message in messages {
             check_topic(&message.topic)?;
-            let publish = jetstream::message::PublishMessage::build()
+            let mut publish = jetstream::message::PublishMessage::build()
                 .payload(message.payload.clone().into())
                 .message_id(&message.id);
+            if let Some(traceparent) = &message.trace_parent {
+                publish = publish.header(TRACEPARENT, traceparent.as_str());
+            }
             let ack = self
                 .context
                 .send_publish(self.subject(&message.topic), publish)
@@ -553,6 +559,11 @@ impl Delivery for JetStreamDelivery {
 
     fn subject(&self) -> &str {
         self.message.subject.as_str()
+    }
+
+    fn trace_parent(&self) -> Option<&str> {
+        let headers = self.message.headers.as_ref()?;
+        headers.get(TRACEPARENT).map(|value| value.as_str())
     }
 
     async fn ack(&self) -> Result<(), QueueError> {

@@ -40,6 +40,11 @@ pub struct Message {
     pub topic: String,
     /// The body: JSON from cfm; the embedded queue takes only UTF-8.
     pub payload: Vec<u8>,
+    /// The W3C `traceparent` of the trace the message belongs to, sent as the message's
+    /// `traceparent` header where the queue has headers (JetStream), so that whatever
+    /// reads the stream can join the trace without reading cfm's payload. The embedded
+    /// queue keeps none: cfm's own payloads carry the trace too.
+    pub trace_parent: Option<String>,
 }
 
 /// A queue: where messages are published and consumers pull them from.
@@ -91,6 +96,10 @@ pub trait Delivery: Send + Sync {
     /// topic otherwise, or empty.
     fn subject(&self) -> &str {
         ""
+    }
+    /// The `traceparent` it was published with, where the queue carries headers.
+    fn trace_parent(&self) -> Option<&str> {
+        None
     }
     /// Done with: the message is removed.
     async fn ack(&self) -> Result<(), QueueError>;

@@ -54,6 +54,9 @@ impl OutcomeSink for QueueSink {
             },
             topic: REPORTS_TOPIC.into(),
             payload: serde_json::to_vec(&report)?,
+            // The activity's span, when it is in a trace: the managers' applies follow it.
+            trace_parent: cfm_telemetry::current_traceparent()
+                .or_else(|| report.task.trace_parent.clone()),
         };
         self.0
             .publish(std::slice::from_ref(&message))
@@ -201,7 +204,10 @@ impl Worker {
         let span = tracing::info_span!("activity", orchestration = %task.orchestration_id,
             activity = %task.activity_id, activity_type = %task.activity_type,
             participant = %task.participant_id, attempt = task.attempt);
-        cfm_telemetry::continue_trace(&span, task.trace_parent.as_deref());
+        // The message's header, or else the task's own copy (the embedded queue has no
+        // headers); both name the same trace.
+        let parent = delivery.trace_parent().or(task.trace_parent.as_deref());
+        cfm_telemetry::continue_trace(&span, parent);
         self.run_and_report(delivery, task).instrument(span).await;
     }
 

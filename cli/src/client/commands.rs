@@ -158,7 +158,8 @@ pub(crate) enum ParticipantCommand {
         paging: Paging,
     },
     /// What a participant's plugins did through their capabilities, newest first: every
-    /// write and every refusal (reads are not recorded).
+    /// write, refusal and outbound request (reads of secrets, cluster objects and DNS are
+    /// not recorded).
     Calls {
         id: String,
         #[arg(long)]

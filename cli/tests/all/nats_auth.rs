@@ -25,6 +25,7 @@ async fn round_trip(queue: &JetStreamQueue) {
             id: "m1".into(),
             topic: "activity.auth".into(),
             payload: b"hello".to_vec(),
+            trace_parent: None,
         }])
         .await
         .unwrap();

@@ -38,12 +38,7 @@ impl Capabilities {
 
     /// `text` with every token used in this invocation replaced by `[token]`.
     pub fn redact(&self, text: &str) -> String {
-        self.calls
-            .tokens()
-            .iter()
-            .fold(text.to_string(), |text, token| {
-                text.replace(token.as_str(), "[token]")
-            })
+        self.calls.redact(text)
     }
 
     /// In a verify, the drift its dry runs found.
@@ -98,6 +93,8 @@ pub struct CallContext {
     pub audit: Audit,
     /// Refusals audited so far in this invocation (see [`MAX_AUDITED_DENIALS`]).
     pub denials: AtomicU32,
+    /// Capability calls traced so far in this invocation (see [`MAX_CALL_SPANS`]).
+    pub spans: AtomicU32,
     /// The tokens this invocation used: handed to the plugin, or attached by the host for
     /// it. None may leave in a log line, an output or an error.
     pub used_tokens: std::sync::Mutex<Vec<String>>,
@@ -117,8 +114,12 @@ pub const MAX_AUDITED_DENIALS: u32 = 100;
 
 /// Calls one invocation reports with its outcome: a plugin writing in a loop would
 /// otherwise grow the report past what a queue message may carry. Past this, one last
-/// record says the rest went unreported (they are still in the audit log).
+/// record says the rest went unreported (the audit log has them, up to its own cap on
+/// refusals).
 pub const MAX_REPORTED_CALLS: usize = 200;
+
+/// Capability calls of one invocation traced as spans of their own.
+pub const MAX_CALL_SPANS: u32 = 200;
 
 impl CallContext {
     /// Remembers `token` as used by this invocation (see [`CallContext::used_tokens`]).
@@ -146,7 +147,7 @@ impl CallContext {
         F: std::future::Future<Output = Result<T, BackendError>>,
         T: Audited,
     {
-        let span = call_span(capability, operation, target);
+        let span = self.span(capability, operation, Some(target));
         async {
             if !allowed {
                 self.record(capability, operation, target, Decision::Denied);
@@ -155,7 +156,8 @@ impl CallContext {
                 )));
             }
             let value = call.await.map_err(|e| {
-                tracing::Span::current().record("error", tracing::field::display(&e));
+                let error = self.shown(&e.to_string());
+                tracing::Span::current().record("error", error);
                 match e {
                     BackendError::Invalid(m) => CapabilityError::Invalid(m),
                     BackendError::Unavailable(m) => CapabilityError::Unavailable(m),
@@ -213,8 +215,7 @@ impl CallContext {
         if let Some(effect) = decision.effect() {
             span.record("effect", effect);
         }
-        // A guest chooses what it passes: no record grows with it.
-        let kept = bounded(target);
+        let kept = self.shown(target);
         let mut target = kept.as_str();
         if decision == Decision::Denied {
             let seen = self.denials.fetch_add(1, Ordering::Relaxed);
@@ -244,6 +245,52 @@ impl CallContext {
         });
     }
 
+    /// The span of one capability call, inside the activity's: a trace shows what the
+    /// plugin asked of which backend and what became of it (`decision`, `effect`, or the
+    /// backend's `error`). `target` is left for later when the call has not named one yet.
+    /// Past [`MAX_CALL_SPANS`] calls of the invocation, none: a plugin reading in a loop
+    /// must not flood the exporter.
+    pub(super) fn span(
+        &self,
+        capability: Capability,
+        operation: &'static str,
+        target: Option<&str>,
+    ) -> tracing::Span {
+        if self.spans.fetch_add(1, Ordering::Relaxed) >= MAX_CALL_SPANS {
+            return tracing::Span::none();
+        }
+        let span = tracing::info_span!(
+            "capability",
+            capability = capability.as_str(),
+            operation,
+            target = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            effect = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        if let Some(target) = target
+            && !span.is_disabled()
+        {
+            span.record("target", self.shown(target));
+        }
+        span
+    }
+
+    /// What the plugin passed (or a backend answered), fit to be recorded and shown: the
+    /// tokens of this invocation redacted, control characters replaced, cut to
+    /// [`MAX_AUDITED_TARGET`] bytes. A guest chooses what it passes; no record, span or
+    /// terminal may be made to carry more.
+    pub(super) fn shown(&self, raw: &str) -> String {
+        bounded(&self.redact(raw))
+    }
+
+    /// `text` with every token used in this invocation replaced by `[token]`.
+    fn redact(&self, text: &str) -> String {
+        self.tokens().iter().fold(text.to_string(), |text, token| {
+            text.replace(token.as_str(), "[token]")
+        })
+    }
+
     /// Keeps one call for the outcome's report, up to [`MAX_REPORTED_CALLS`].
     fn report(
         &self,
@@ -271,26 +318,6 @@ impl CallContext {
     }
 }
 
-/// The span of one capability call, inside the activity's: a trace shows what the plugin
-/// asked of which backend and what became of it (`decision`, `effect`, or the backend's
-/// `error`). Only the capability's own span fields are set on it; the audit decides what
-/// is recorded.
-pub(super) fn call_span(
-    capability: Capability,
-    operation: &'static str,
-    target: &str,
-) -> tracing::Span {
-    tracing::info_span!(
-        "capability",
-        capability = capability.as_str(),
-        operation,
-        target = %bounded(target),
-        decision = tracing::field::Empty,
-        effect = tracing::field::Empty,
-        error = tracing::field::Empty,
-    )
-}
-
 /// A lock a panic elsewhere left poisoned still holds usable data.
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -299,16 +326,22 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Longest raw target kept in an audit record: a guest chooses what it passes.
 const MAX_AUDITED_TARGET: usize = 256;
 
-/// `raw` cut to [`MAX_AUDITED_TARGET`] bytes, so a guest cannot bloat the audit log.
-pub(super) fn bounded(raw: &str) -> String {
-    if raw.len() <= MAX_AUDITED_TARGET {
-        return raw.to_string();
-    }
-    let mut end = MAX_AUDITED_TARGET;
+/// `raw` cut to [`MAX_AUDITED_TARGET`] bytes, so a guest cannot bloat the audit log, and
+/// its control characters replaced (U+FFFD), so it cannot forge log lines or drive the
+/// terminal that shows it.
+fn bounded(raw: &str) -> String {
+    let mut end = raw.len().min(MAX_AUDITED_TARGET);
     while !raw.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &raw[..end])
+    let mut kept: String = raw[..end]
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if end < raw.len() {
+        kept.push('…');
+    }
+    kept
 }
 
 /// What a successful call changed, if it was a write worth an audit record.

@@ -114,6 +114,7 @@ fn calls(
         backends,
         audit: Audit::to_file(&data.path().join("audit.jsonl")).unwrap(),
         denials: Default::default(),
+        spans: Default::default(),
         used_tokens: Default::default(),
         reported: Default::default(),
         drift,

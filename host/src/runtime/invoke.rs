@@ -98,6 +98,7 @@ impl AgentHost {
             },
             audit: self.inner.audit.clone(),
             denials: Default::default(),
+            spans: Default::default(),
             used_tokens: Default::default(),
             reported: Default::default(),
             drift,

@@ -837,7 +837,11 @@ async fn secret_traversal_in_every_form_is_refused_and_audited() {
         .iter()
         .map(|r| r["target"].as_str().unwrap().to_string())
         .collect();
-    let mut refused: Vec<String> = traversals.to_vec();
+    // As asked, but for control characters: a newline must not split the log's line.
+    let mut refused: Vec<String> = traversals
+        .iter()
+        .map(|t| t.replace('\n', "\u{FFFD}"))
+        .collect();
     refused.push("participants/other-participant/x".into());
     assert_eq!(denied, refused, "every refusal is audited, as asked");
     assert!(

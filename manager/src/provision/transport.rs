@@ -294,6 +294,7 @@ impl Relay {
                 id: queue::published_id(&row.id, row.copies),
                 topic: row.topic.clone(),
                 payload: row.payload.clone().into_bytes(),
+                trace_parent: trace_parent_of(&row.payload),
             })
             .collect();
         // A crash between publish and hold publishes again under the same ids, which
@@ -425,5 +426,40 @@ impl Reports {
                 });
             }
         }
+    }
+}
+
+/// The `traceparent` an outbox row's task carries, for the message's header. Rows are
+/// only searched for one when they name one: with traces off (the default) no task does,
+/// and the relay parses nothing.
+fn trace_parent_of(payload: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Traced {
+        trace_parent: Option<String>,
+    }
+    if !payload.contains("\"traceParent\"") {
+        return None;
+    }
+    serde_json::from_str::<Traced>(payload)
+        .ok()
+        .and_then(|traced| traced.trace_parent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tasks_trace_parent_goes_to_its_header() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = format!(
+            r#"{{"orchestrationId":"o","processingData":{{"note":{{"traceParent":"x"}}}},"traceParent":"{traceparent}"}}"#
+        );
+        assert_eq!(trace_parent_of(&traced).as_deref(), Some(traceparent));
+        // A key of that name deeper in the processing data is not the task's.
+        let nested = r#"{"orchestrationId":"o","processingData":{"traceParent":"x"}}"#;
+        assert_eq!(trace_parent_of(nested), None);
+        assert_eq!(trace_parent_of(r#"{"orchestrationId":"o"}"#), None);
     }
 }

@@ -831,8 +831,9 @@ async fn reports_of_parallel_steps_at_one_moment_each_see_the_other(backend: Tes
 
 /// The capability calls a report carries are kept with the participant: once per run,
 /// however often the report arrives, and also when the run's outcome no longer counts
-/// (its writes happened all the same). A NUL a plugin put in a target does not stop the
-/// report from applying, and calls past their retention are pruned.
+/// (its writes happened all the same). A NUL or an escape a plugin put in a target is
+/// replaced, so it neither stops the report from applying nor drives a terminal, and
+/// calls past their retention are pruned.
 async fn capability_calls_are_kept_once_per_run_stale_runs_included(backend: TestBackend) {
     let fx = unworked(backend, |_| complete(json!({}))).await;
     let id = fx.deploy().await;
@@ -865,7 +866,7 @@ async fn capability_calls_are_kept_once_per_run_stale_runs_included(backend: Tes
             ),
             call(
                 "2026-12-05T10:00:00.001Z",
-                "evil\u{0}path",
+                "evil\u{0}path\u{1b}[2J",
                 Decision::Denied,
             ),
         ],
@@ -900,7 +901,7 @@ async fn capability_calls_are_kept_once_per_run_stale_runs_included(backend: Tes
         seen,
         [
             ("participants/p/key", "allowed", Some("unchanged")),
-            ("evil\u{FFFD}path", "denied", None),
+            ("evil\u{FFFD}path\u{FFFD}[2J", "denied", None),
             ("participants/p/key", "allowed", Some("created")),
         ]
     );
@@ -916,8 +917,9 @@ async fn capability_calls_are_kept_once_per_run_stale_runs_included(backend: Tes
         Err(ManagerError::NotFound(_))
     ));
 
-    // Calls older than the retention go; the others stay.
-    let old = report(
+    // The retention counts by the managers' clock: an agent's clock years behind prunes
+    // nothing, a call recorded long ago goes.
+    let skewed = report(
         "r3",
         vec![call(
             "2020-01-01T00:00:00.000Z",
@@ -925,8 +927,15 @@ async fn capability_calls_are_kept_once_per_run_stale_runs_included(backend: Tes
             Decision::Allowed(Effect::Unchanged),
         )],
     );
-    engine.apply_report(old).await.unwrap();
+    engine.apply_report(skewed).await.unwrap();
     assert_eq!(listed(Filter::All).await.unwrap().items.len(), 4);
+    assert_eq!(capability_calls::prune(db).await.unwrap(), 0);
+    sqlx::query(
+        "UPDATE capability_calls SET recorded_at = '2020-01-01T00:00:00.000Z' WHERE run_id = 'r3'",
+    )
+    .execute(db.writer())
+    .await
+    .unwrap();
     assert_eq!(capability_calls::prune(db).await.unwrap(), 1);
     assert_eq!(listed(Filter::All).await.unwrap().items.len(), 3);
 }

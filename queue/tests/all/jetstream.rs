@@ -74,6 +74,7 @@ async fn a_lost_stream_and_consumer_are_recreated() {
         id: id.into(),
         topic: "activity.x".into(),
         payload: b"{}".to_vec(),
+        trace_parent: None,
     };
     assert!(queue.publish(&[message("lost")]).await.is_err());
     assert!(consumer.pull(1, Duration::from_millis(50)).await.is_err());
@@ -106,6 +107,7 @@ async fn a_changed_ack_wait_applies_to_the_existing_consumer() {
         id: "m".into(),
         topic: "activity.x".into(),
         payload: b"{}".to_vec(),
+        trace_parent: None,
     };
     queue.publish(&[message]).await.unwrap();
     let first = consumer.pull(1, Duration::from_secs(2)).await.unwrap();
@@ -127,6 +129,7 @@ async fn holds_answers_for_each_message_by_its_sequence() {
         id: id.into(),
         topic: "activity.h".into(),
         payload: b"{}".to_vec(),
+        trace_parent: None,
     };
     let sequences = queue
         .publish(&[message("acked"), message("lost")])
@@ -174,5 +177,30 @@ async fn holds_answers_for_each_message_by_its_sequence() {
         !queue.holds("never", lost + 100).await.unwrap(),
         "past the end"
     );
+    queue.delete().await.unwrap();
+}
+
+/// A message's trace travels as its `traceparent` header, which the delivery reads back;
+/// a message without one has no such header.
+#[tokio::test]
+async fn a_trace_parent_travels_as_the_traceparent_header() {
+    use cfm_queue::{Message, Queue};
+    let queue = JetStreamQueue::connect(own_namespace()).await.unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let message = |id: &str, trace_parent: Option<&str>| Message {
+        id: id.into(),
+        topic: "activity.t".into(),
+        payload: b"{}".to_vec(),
+        trace_parent: trace_parent.map(str::to_string),
+    };
+    queue
+        .publish(&[message("traced", Some(traceparent)), message("plain", None)])
+        .await
+        .unwrap();
+    let mut consumer = queue.consumer("activity.t").await.unwrap();
+    let pulled = consumer.pull(2, Duration::from_secs(2)).await.unwrap();
+    let seen: Vec<(&str, Option<&str>)> =
+        pulled.iter().map(|d| (d.id(), d.trace_parent())).collect();
+    assert_eq!(seen, [("traced", Some(traceparent)), ("plain", None)]);
     queue.delete().await.unwrap();
 }

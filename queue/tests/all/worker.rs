@@ -79,6 +79,7 @@ async fn run(
         id: "o1/a1/1".into(),
         topic: activity_topic("test.behaviour"),
         payload: serde_json::to_vec(&task()).unwrap(),
+        trace_parent: None,
     };
     queue.publish(&[message]).await.unwrap();
     let settings = WorkerSettings {
@@ -182,4 +183,70 @@ async fn a_redelivered_run_reports_again_and_a_resent_report_does_not() {
     }
     seen.sort();
     assert_eq!(seen, vec![1, 2, 2]);
+}
+
+/// Records the trace each run is in, as a plugin's outbound request would carry it.
+#[derive(Default)]
+struct TraceReader {
+    seen: std::sync::Mutex<Vec<Option<String>>>,
+}
+
+#[async_trait::async_trait]
+impl ActivityExecutor for TraceReader {
+    async fn execute(&self, _task: ActivityTask) -> ActivityOutcome {
+        let current = cfm_telemetry::current_traceparent();
+        self.seen.lock().unwrap().push(current);
+        ActivityOutcome::Complete { output: Map::new() }
+    }
+
+    fn activity_types(&self) -> Vec<String> {
+        vec!["test.behaviour".into()]
+    }
+}
+
+/// A task whose trace travels only in its message's `traceparent` header runs in that
+/// trace, and its report's message carries the trace on, under the activity's span.
+#[tokio::test]
+async fn a_task_runs_in_the_trace_its_header_names_and_reports_in_it() {
+    use tracing_subscriber::layer::SubscriberExt;
+    // One thread: the worker's tasks run where this subscriber is the default.
+    let _traced = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(cfm_telemetry::unexported_layer()),
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let queue = queue().await;
+    let mut reports = queue.consumer(REPORTS_TOPIC).await.unwrap();
+    let message = Message {
+        id: "o1/a1/1".into(),
+        topic: activity_topic("test.behaviour"),
+        // The task itself names no trace.
+        payload: serde_json::to_vec(&task()).unwrap(),
+        trace_parent: Some(sent.clone()),
+    };
+    queue.publish(&[message]).await.unwrap();
+    let executor = Arc::new(TraceReader::default());
+    let settings = WorkerSettings {
+        pull_wait: Duration::from_millis(500),
+        ..WorkerSettings::default()
+    };
+    let worker = Worker::new(
+        queue.clone(),
+        executor.clone(),
+        Arc::new(QueueSink(queue.clone())),
+        settings,
+    );
+    let running = tokio::spawn(worker.run());
+    let batch = reports.pull(1, Duration::from_secs(30)).await.unwrap();
+    running.abort();
+    assert_eq!(batch.len(), 1, "no report came back");
+
+    let seen = executor.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let during = seen[0].clone().expect("the run is in a trace");
+    assert_eq!(&during[3..35], trace_id, "{during}");
+    assert_ne!(during, sent, "the run has a span of its own");
+    let reported = batch[0].trace_parent().expect("the report's header");
+    assert_eq!(&reported[3..35], trace_id, "{reported}");
+    (*queue).clone().delete().await.unwrap();
 }

@@ -19,7 +19,6 @@ use tracing::Instrument;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::CallContext;
-use super::context::{bounded, call_span};
 use crate::audit::{Decision, Effect};
 use crate::grants::{Capability, HttpGrant};
 use egress_policy::{AddressPolicy, FilteringResolver};
@@ -94,7 +93,7 @@ impl WasiHttpHooks for OutboundHttp {
         let client = self.client.clone();
         // Made here, in the invocation's span: the send may run on another task. The
         // service's spans become children of the request's.
-        let span = call_span(Capability::Http, "request", "");
+        let span = self.calls.span(Capability::Http, "request", None);
         let traceparent = span.in_scope(cfm_telemetry::current_traceparent);
         Box::new(
             async move { send(&calls, client, request, options, traceparent).await }
@@ -118,7 +117,7 @@ async fn send(
             return Err(HttpError::HttpRequestUriInvalid);
         }
     };
-    tracing::Span::current().record("target", tracing::field::display(bounded(&target.audited)));
+    tracing::Span::current().record("target", calls.shown(&target.audited));
     let deny = |error: HttpError| {
         calls.record(
             Capability::Http,

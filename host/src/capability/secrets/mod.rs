@@ -298,6 +298,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_token_or_control_character_in_a_target_is_never_recorded() {
+        let mut fixture = granted();
+        let token = "eyJhbGciOiJFUzI1NiJ9.handed-to-the-plugin";
+        fixture.capabilities.calls.used(token);
+        fixture
+            .capabilities
+            .put(format!("participants/p2/{token}\u{1b}[2J"), "x".into())
+            .await
+            .unwrap_err();
+        let reported = fixture.capabilities.take_reported_calls();
+        let shown = "participants/p2/[token]\u{FFFD}[2J";
+        assert_eq!(reported[0].target, shown);
+        assert_eq!(fixture.last_audit()["target"], shown);
+    }
+
+    #[tokio::test]
     async fn a_traversal_is_invalid_and_audited_as_a_denial() {
         let mut fixture = granted();
         let refused = fixture

@@ -712,8 +712,8 @@ pub(super) async fn profile_history(
 }
 
 /// What the participant's plugins did through their capabilities, newest first: every
-/// refusal and every write the agent hosts audited (reads are not audited), kept for 30
-/// days. `decision=denied` lists only the refusals.
+/// refusal, write, outbound request and token handed over that the agent hosts audited,
+/// kept for 30 days. `decision=denied` lists only the refusals.
 #[utoipa::path(
     get,
     path = "/tenants/{tid}/participant-profiles/{pid}/capability-calls",

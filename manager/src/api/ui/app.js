@@ -308,7 +308,7 @@ function capabilityCalls(calls, deniedOnly, toggle) {
   if (calls.data.length === 0) {
     const none = deniedOnly
       ? "No call of this participant's plugins was denied."
-      : "No call recorded: writes and refusals are, reads are not.";
+      : "No call recorded: writes, refusals and outbound requests are; reads of secrets, cluster objects and DNS are not.";
     return [heading, summary, el("p", { class: "muted" }, none)];
   }
   const rows = calls.data.map((c) => {

@@ -828,7 +828,6 @@ impl Engine {
     }
 }
 
-/// The span a report is applied in: its orchestration's, in the trace its task carried.
 /// Drops the queued work of orchestration `id` and marks its unfinished steps (waiting or
 /// dispatched) `cancelled`: it is ending before they could.
 async fn stop_unfinished(tx: &mut Conn, id: &str) -> Result<()> {
@@ -848,6 +847,7 @@ async fn stop_unfinished(tx: &mut Conn, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The span a report is applied in: its orchestration's, in the trace its task carried.
 fn apply_span(report: &ActivityReport) -> tracing::Span {
     let span = tracing::info_span!(
         "orchestration",
