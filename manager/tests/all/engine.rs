@@ -35,6 +35,7 @@ on_both_backends!(
     reports_of_parallel_steps_at_one_moment_each_see_the_other,
     capability_calls_are_kept_once_per_run_stale_runs_included,
     a_failed_step_leaves_no_sibling_under_way,
+    a_late_deploy_step_is_undone_when_the_dispose_errored_before_reaching_it,
 );
 
 type Script = dyn Fn(&ActivityTask) -> ActivityOutcome + Send + Sync;
@@ -938,4 +939,77 @@ async fn capability_calls_are_kept_once_per_run_stale_runs_included(backend: Tes
     .unwrap();
     assert_eq!(capability_calls::prune(db).await.unwrap(), 1);
     assert_eq!(listed(Filter::All).await.unwrap().items.len(), 3);
+}
+
+/// A dispose that errored before it reached a step leaves that step `cancelled`: it will
+/// never run, so a deploy run of that step arriving late is undone by a clean-up of its
+/// own, as after a dispose that ran it.
+async fn a_late_deploy_step_is_undone_when_the_dispose_errored_before_reaching_it(
+    backend: TestBackend,
+) {
+    let fx = fixture(backend, |task| {
+        let disposing = task.discriminator == "cfm.orchestration.vpa.dispose";
+        match task.activity_id.as_str() {
+            "b" if disposing => ActivityOutcome::Fatal {
+                reason: "b cannot be disposed".into(),
+            },
+            _ => complete(json!({})),
+        }
+    })
+    .await;
+    // Dispose: b, then a; b fails, so a never runs.
+    fx.template(&[("a", &[]), ("b", &["a"])], &[("b", &[]), ("a", &["b"])])
+        .await;
+    let id = fx.deploy().await;
+    fx.vpas_reach(&id, "active").await;
+    profiles::dispose(&fx.manager.engine, &fx.tenant, &id)
+        .await
+        .unwrap();
+    fx.vpas_reach(&id, "error").await;
+    let dispose: String = sqlx::query_scalar(
+        "SELECT id FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2",
+    )
+    .bind(&id)
+    .bind("cfm.orchestration.vpa.dispose")
+    .fetch_one(fx.manager.engine.db().read())
+    .await
+    .unwrap();
+    let steps = fx.manager.engine.get(&dispose).await.unwrap().steps;
+    let a = steps.iter().find(|s| s.id == "a").unwrap();
+    assert_eq!((a.state.as_str(), a.attempts), ("cancelled", 0));
+
+    // The deploy's a runs again, late, and reports: a clean-up disposes of a alone.
+    let late = fx
+        .seen()
+        .into_iter()
+        .find(|t| t.activity_id == "a" && t.discriminator == "cfm.orchestration.vpa.deploy")
+        .unwrap();
+    let message = format!("{}/a/{}", late.orchestration_id, late.attempt);
+    fx.manager
+        .engine
+        .apply(&message, &late, complete(json!({})))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let undone = loop {
+        let undo = fx
+            .seen()
+            .into_iter()
+            .find(|t| t.activity_id == "a" && t.discriminator == "cfm.orchestration.vpa.dispose");
+        if let Some(undo) = undo {
+            break undo;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a was not disposed of"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let correlation: String =
+        sqlx::query_scalar("SELECT correlation_id FROM orchestrations WHERE id = $1")
+            .bind(&undone.orchestration_id)
+            .fetch_one(fx.manager.engine.db().read())
+            .await
+            .unwrap();
+    assert_eq!(correlation, format!("{id}/cleanup"));
 }
