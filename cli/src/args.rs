@@ -57,10 +57,17 @@ pub(crate) enum Command {
     Plugin(plugin::PluginCommand),
     /// Tenants of a running cfm: list, get, create, delete, query.
     Tenants(client::commands::Resource<client::commands::TenantCommand>),
-    /// Participants: list, get, onboard (`--wait` follows it), delete, retry, history, calls, query.
+    /// Participants: list, get, onboard (`--wait` follows it), delete, retry, migrate, history, calls, query.
     Participants(client::commands::Resource<client::commands::ParticipantCommand>),
     /// Cells: list with use against capacity, get, create, delete.
     Cells(client::commands::Resource<client::commands::CellCommand>),
+    /// Drains of cells: start (`--wait` follows it), get, pause, resume, cancel.
+    Drains(client::commands::Resource<client::operations::DrainCommand>),
+    /// Rebalancing cells: plan (a dry run), list, get, execute (`--wait`), cancel.
+    Rebalance(client::commands::Resource<client::operations::RebalanceCommand>),
+    /// Rollouts of template versions: list, get, create (`--wait`), participants, pause,
+    /// resume, abort.
+    Rollouts(client::commands::Resource<client::operations::RolloutCommand>),
     /// Dataspace profiles: list, get, create, delete, deploy to a cell.
     DataspaceProfiles(client::commands::Resource<client::commands::DataspaceCommand>),
     /// Orchestrations: list, show (drawn as a graph), cancel, query.

@@ -81,6 +81,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::DataspaceProfiles(r) => r.run().await,
         Command::Orchestrations(r) => r.run().await,
         Command::Definitions(r) => r.run().await,
+        Command::Drains(r) => r.run().await,
+        Command::Rebalance(r) => r.run().await,
+        Command::Rollouts(r) => r.run().await,
         Command::Context(command) => client::context::run(command),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

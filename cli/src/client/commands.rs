@@ -170,6 +170,23 @@ pub(crate) enum ParticipantCommand {
         #[command(flatten)]
         paging: Paging,
     },
+    /// Move a participant to another cell, make-before-break: it stays active throughout.
+    Migrate {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The cell to move to (id or external id).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// A participant's migrations, newest first.
+    Migrations {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Find participants by predicate, e.g. `vpas.state = 'error'`.
     Query {
         predicate: String,
@@ -178,16 +195,22 @@ pub(crate) enum ParticipantCommand {
     },
 }
 
-/// Following the orchestration a command started.
+/// Following what a command started until it ends.
 #[derive(Args)]
 pub(crate) struct WaitArgs {
-    /// Follow the orchestration with a progress line per activity until it ends; exit
-    /// non-zero with the failing step's error when it fails.
+    /// Follow it with live progress until it ends; exit non-zero, saying why, when it
+    /// ends other than completed.
     #[arg(long)]
-    wait: bool,
-    /// Give up waiting after this many seconds (the orchestration runs on).
+    pub(super) wait: bool,
+    /// Give up waiting after this many seconds (the work goes on).
     #[arg(long, default_value_t = 600, requires = "wait")]
     timeout: u64,
+}
+
+impl WaitArgs {
+    pub(super) fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
 }
 
 #[derive(Subcommand)]
@@ -312,13 +335,13 @@ impl<C: Commands> Resource<C> {
 
 /// A client and the output format chosen.
 pub(crate) struct Session {
-    client: Client,
-    format: Format,
+    pub(super) client: Client,
+    pub(super) format: Format,
 }
 
 impl Session {
     /// Prints a page of a list route.
-    async fn list(&self, path: &str, columns: &[Column], paging: &Paging) -> Result<()> {
+    pub(super) async fn list(&self, path: &str, columns: &[Column], paging: &Paging) -> Result<()> {
         let page = self
             .client
             .page(Method::GET, &paging.list(path), None)
@@ -345,7 +368,7 @@ impl Session {
     }
 
     /// Prints one resource.
-    async fn show(&self, path: &str, columns: &[Column]) -> Result<()> {
+    pub(super) async fn show(&self, path: &str, columns: &[Column]) -> Result<()> {
         let value: Value = self.client.get(path).await?;
         output::one(self.format, columns, &value)
     }
@@ -562,6 +585,39 @@ impl Commands for ParticipantCommand {
                 }
                 s.list(&path, CALL_COLUMNS, &paging).await
             }
+            ParticipantCommand::Migrate {
+                id,
+                tenant,
+                to,
+                wait,
+            } => {
+                let profile = profile_path(c, &id, tenant).await?;
+                let started: Value = c
+                    .post(
+                        &format!("{profile}/migrations"),
+                        &json!({"targetCellId": to}),
+                    )
+                    .await?;
+                eprintln!("participant {id} migrating to {to}");
+                if !wait.wait {
+                    return output::one(s.format, MIGRATION_COLUMNS, &started);
+                }
+                let migration =
+                    watch::follow_migration(c, &profile, &started, wait.timeout()).await?;
+                output::one(s.format, MIGRATION_COLUMNS, &migration)?;
+                match text(&migration, "state").as_str() {
+                    "completed" => Ok(()),
+                    state => Err(ClientError::Failed(format!(
+                        "migration {} {state}: {}",
+                        text(&migration, "id"),
+                        text(&migration, "errorDetail")
+                    ))),
+                }
+            }
+            ParticipantCommand::Migrations { id, tenant } => {
+                let path = format!("{}/migrations", profile_path(c, &id, tenant).await?);
+                s.all(&path, MIGRATION_COLUMNS).await
+            }
             ParticipantCommand::Query { predicate, paging } => {
                 s.query(
                     "/participant-profiles/query",
@@ -596,11 +652,20 @@ async fn follow(
         );
         return output::one(s.format, PARTICIPANT_COLUMNS, &profile);
     }
-    let timeout = Duration::from_secs(wait.timeout);
-    watch::follow(&s.client, path, goal, seen, timeout).await?;
+    watch::follow(&s.client, path, goal, seen, wait.timeout()).await?;
     let profile = s.client.get(path).await?;
     output::one(s.format, PARTICIPANT_COLUMNS, &profile)
 }
+
+const MIGRATION_COLUMNS: &[Column] = &[
+    ("ID", |v| text(v, "id")),
+    ("STATE", |v| text(v, "state")),
+    ("FROM", |v| text(v, "sourceCellId")),
+    ("TO", |v| text(v, "targetCellId")),
+    ("DRAIN", |v| text(v, "drainId")),
+    ("STARTED", |v| text(v, "createdAt")),
+    ("ERROR", |v| text(v, "errorDetail")),
+];
 
 const CALL_COLUMNS: &[Column] = &[
     ("TIME", |v| text(v, "at")),
@@ -919,7 +984,7 @@ impl Paging {
 
 impl BodyFile {
     /// The file's JSON object, or an empty one without a file.
-    fn read(&self) -> Result<Map<String, Value>> {
+    pub(super) fn read(&self) -> Result<Map<String, Value>> {
         let Some(file) = &self.file else {
             return Ok(Map::new());
         };
@@ -1009,7 +1074,7 @@ fn deleted(s: &Session, kind: &str, id: &str, answer: &Value) -> Result<()> {
 }
 
 /// An id as one URL path segment: what a person types can hold `/` or `?`.
-fn segment(id: &str) -> String {
+pub(super) fn segment(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes())
         .collect::<String>()
         .replace('+', "%20")

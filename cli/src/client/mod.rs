@@ -5,6 +5,7 @@
 pub(crate) mod commands;
 pub(crate) mod context;
 mod dag;
+pub(crate) mod operations;
 mod output;
 mod watch;
 

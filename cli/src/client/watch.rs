@@ -140,6 +140,45 @@ pub(super) async fn follow(
     }
 }
 
+/// A migration's states that end it.
+const MIGRATION_ENDS: [&str; 4] = ["completed", "rolled-back", "failed", "cleanup-failed"];
+
+/// Follows the participant's migration `started` until it ends; its last state. Each
+/// state it passes (provisioning, switched, rolling-back, ...) is a line on standard error.
+pub(super) async fn follow_migration(
+    c: &Client,
+    profile: &str,
+    started: &serde_json::Value,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let id = started["id"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + timeout;
+    let mut current = started.clone();
+    let mut shown = String::new();
+    loop {
+        let state = current["state"].as_str().unwrap_or_default().to_string();
+        if state != shown {
+            eprintln!("migration {id} {state}");
+            shown = state.clone();
+        }
+        if MIGRATION_ENDS.contains(&state.as_str()) {
+            return Ok(current);
+        }
+        if Instant::now() > deadline {
+            return Err(ClientError::Failed(format!(
+                "gave up waiting after {} s; migration {id} goes on ({state})",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+        let migrations: Vec<serde_json::Value> = read(c, &format!("{profile}/migrations")).await?;
+        current = migrations
+            .into_iter()
+            .find(|m| m["id"] == id.as_str())
+            .ok_or_else(|| ClientError::Usage(format!("migration {id} is gone")))?;
+    }
+}
+
 /// Follows an orchestration through the participant's history alone.
 async fn follow_entry(
     c: &Client,

@@ -1,7 +1,8 @@
 //! `cfm` as an API client against a real `cfm serve`: the fleet set up with the client
 //! commands, an onboarding followed with `--wait` in a pseudo-terminal (live progress,
 //! exit 0) and one that fails (non-zero, the failing step's error), the same in a pipe,
-//! graphs, tables, contexts, a tenant-confined token and completions.
+//! graphs, tables, contexts, a tenant-confined token and completions; and fleet
+//! operations (a migration, a drain, a rollout) followed to their end.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,8 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use cfm_test_support::{Server, cfm_binary, plugins_config_with};
 
 use super::dashboard::tenant_token;
+use super::fleet::{create_cell, deploy};
+use super::rollouts::{TEMPLATE, add_version_2, template_v1};
 use serde_json::{Value, json};
 
 /// The DID whose deploy the `noop` plugin is told to fail.
@@ -382,6 +385,130 @@ async fn contexts_errors_and_completions() {
         script.contains("participants") && script.contains("--wait"),
         "{script}"
     );
+}
+
+/// Fleet operations through the client, each followed with `--wait` to its end in a pipe:
+/// a participant migrated, a cell drained, a template version rolled out; a plan made;
+/// and the refusals a person meets said plainly.
+#[tokio::test]
+async fn fleet_operations_are_followed_to_their_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--no-seed"]).await;
+    let api = server.client();
+    template_v1(&api).await;
+    let tenant = api.post_ok("/tenants", json!({}), 201).await;
+    let tenant = text(&tenant, "id");
+    create_cell(&api, "cell-a", 20, "eu").await;
+    let mut profiles = Vec::new();
+    for n in 0..3 {
+        let (status, profile) = deploy(&api, &tenant, n, json!({})).await;
+        assert_eq!(status, 202, "{profile}");
+        profiles.push(text(&profile, "id"));
+    }
+    for id in &profiles {
+        api.wait_active(&tenant, id, std::time::Duration::from_secs(60))
+            .await;
+    }
+    create_cell(&api, "cell-b", 20, "eu").await;
+    let cli = Client::new(&server, dir.path());
+
+    // A migration, its states as lines, then the migration completed.
+    let migrated = cli.run(&[
+        "participants",
+        "migrate",
+        &profiles[0],
+        "--to",
+        "cell-b",
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    let said = String::from_utf8_lossy(&migrated.stderr).to_string();
+    assert!(migrated.status.success(), "{said}");
+    assert!(said.contains(" completed"), "{said}");
+    let migration: Value = serde_json::from_slice(&migrated.stdout).unwrap();
+    assert_eq!(migration["state"], "completed", "{migration}");
+    let listed = cli.ok(&["participants", "migrations", &profiles[0]]);
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("completed")),
+        "{listed}"
+    );
+
+    // The cell's drain moves the other two; progress lines, then 2/2 moved.
+    let drained = cli.run(&["drains", "start", "cell-a", "--parallelism", "2", "--wait"]);
+    let said = String::from_utf8_lossy(&drained.stderr).to_string();
+    assert!(drained.status.success(), "{said}");
+    assert!(said.contains("drain completed: 2/2"), "{said}");
+    assert!(
+        !said.contains('\u{1b}'),
+        "no escape codes into a pipe: {said}"
+    );
+    let table = String::from_utf8_lossy(&drained.stdout).to_string();
+    assert!(
+        table.contains("completed") && table.contains("2/2"),
+        "{table}"
+    );
+    for id in &profiles {
+        let profile = api
+            .get_json(&format!("/tenants/{tenant}/participant-profiles/{id}"))
+            .await;
+        let cell = api
+            .get_json(&format!(
+                "/cells/{}",
+                profile["vpas"][0]["cellId"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(cell["externalId"], "cell-b", "{profile}");
+    }
+
+    // A rollout to version 2, followed to completed; its participants all upgraded.
+    add_version_2(&api).await;
+    let rollout = cli.run(&[
+        "rollouts",
+        "create",
+        "--template",
+        TEMPLATE,
+        "--batch-size",
+        "2",
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    let said = String::from_utf8_lossy(&rollout.stderr).to_string();
+    assert!(rollout.status.success(), "{said}");
+    assert!(said.contains("rollout completed: 3/3"), "{said}");
+    let rollout: Value = serde_json::from_slice(&rollout.stdout).unwrap();
+    assert_eq!(rollout["progress"]["upgraded"], 3, "{rollout}");
+    let targets = cli.json(&["rollouts", "participants", &text(&rollout, "id")]);
+    assert_eq!(targets.as_array().unwrap().len(), 3, "{targets}");
+    assert!(
+        targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "upgraded"),
+        "{targets}"
+    );
+    let listed = cli.ok(&["rollouts", "list"]);
+    assert!(listed.contains(&format!("{TEMPLATE} → v2")), "{listed}");
+
+    // A rebalance plan is a dry run: planned, nothing moved.
+    let plan = cli.json(&["rebalance", "plan"]);
+    assert_eq!(plan["state"], "planned", "{plan}");
+    assert_eq!(plan["progress"]["moved"], 0, "{plan}");
+
+    // Refusals: no such cell; a drain of a cell that was drained is a new one with
+    // nothing to move.
+    let missing = cli.run(&["drains", "start", "cell-nope"]);
+    assert!(!missing.status.success());
+    let said = String::from_utf8_lossy(&missing.stderr).to_string();
+    assert!(said.contains("no cell cell-nope"), "{said}");
+    let again = cli.run(&["drains", "get", "cell-a", "-o", "json"]);
+    let drain: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(drain["state"], "completed", "{drain}");
 }
 
 /// The `cfm` binary as a client of one server.
