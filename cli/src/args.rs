@@ -57,9 +57,10 @@ pub(crate) enum Command {
     Plugin(plugin::PluginCommand),
     /// Tenants of a running cfm: list, get, create, delete, query.
     Tenants(client::commands::Resource<client::commands::TenantCommand>),
-    /// Participants: list, get, onboard (`--wait` follows it), delete, retry, migrate, history, calls, query.
+    /// Participants: list, get, onboard (`--wait` follows it), delete, retry, migrate, verify,
+    /// reconcile, scale, history, calls, query.
     Participants(client::commands::Resource<client::commands::ParticipantCommand>),
-    /// Cells: list with use against capacity, get, create, delete.
+    /// Cells: list with use against capacity, get, create, delete, cordon, uncordon.
     Cells(client::commands::Resource<client::commands::CellCommand>),
     /// Drains of cells: start (`--wait` follows it), get, pause, resume, cancel.
     Drains(client::commands::Resource<client::operations::DrainCommand>),

@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::context::Contexts;
+use super::operations;
 use super::output::{self, Column, Format, key_values, orchestration_state, text};
 use super::watch::{self, Goal};
 use super::{Client, ClientError, DEFAULT_API, Result, dag, read_token};
@@ -149,6 +150,41 @@ pub(crate) enum ParticipantCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Check a participant's effects against what provisioning made, changing nothing;
+    /// with `--wait`, exit 1 when it drifted.
+    Verify {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Verify, then re-apply what drifted.
+    Reconcile {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Change a participant's VPA properties (its runtime's replicas, say); an update
+    /// orchestration applies them.
+    Scale {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The VPA type whose properties change, e.g. `cfm.connector`.
+        #[arg(long)]
+        vpa: String,
+        /// A property to set, `key=value` (JSON values such as numbers are kept); repeat.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A property to remove; repeat for more.
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// A participant's orchestrations, newest first.
     History {
         id: String,
@@ -240,6 +276,10 @@ pub(crate) enum CellCommand {
     },
     /// Delete a cell whose participants are disposed.
     Delete { id: String },
+    /// Place no new participants in a cell (its participants stay); by id or external id.
+    Cordon { id: String },
+    /// Place participants in a cordoned cell again.
+    Uncordon { id: String },
 }
 
 #[derive(Subcommand)]
@@ -569,6 +609,29 @@ impl Commands for ParticipantCommand {
                 eprintln!("participant {id} deploying again");
                 follow(s, &path, profile, Goal::Deploy, &seen, &wait).await
             }
+            ParticipantCommand::Verify { id, tenant, wait } => {
+                let path = profile_path(c, &id, tenant).await?;
+                operations::check_drift(s, &path, "verify", &wait).await
+            }
+            ParticipantCommand::Reconcile { id, tenant, wait } => {
+                let path = profile_path(c, &id, tenant).await?;
+                operations::check_drift(s, &path, "reconcile", &wait).await
+            }
+            ParticipantCommand::Scale {
+                id,
+                tenant,
+                vpa,
+                set,
+                unset,
+                wait,
+            } => {
+                let path = profile_path(c, &id, tenant).await?;
+                let mut change = key_values(&set)?;
+                for key in unset {
+                    change.insert(key, Value::Null);
+                }
+                operations::scale(s, &path, &vpa, change, &wait).await
+            }
             ParticipantCommand::History { id, tenant, paging } => {
                 let path = format!("{}/history", profile_path(c, &id, tenant).await?);
                 s.list(&path, HISTORY_COLUMNS, &paging).await
@@ -761,6 +824,26 @@ impl Commands for CellCommand {
                 merge(&mut body, "labels", key_values(&labels)?);
                 merge(&mut body, "properties", key_values(&properties)?);
                 let cell = c.post("/cells", &Value::Object(body)).await?;
+                output::one(s.format, CELL_COLUMNS, &cell)
+            }
+            CellCommand::Cordon { id } => {
+                let id = operations::cell_id(s, &id).await?;
+                let cell: Value = c
+                    .patch(
+                        &format!("/cells/{}", segment(&id)),
+                        &json!({"state": "cordoned"}),
+                    )
+                    .await?;
+                output::one(s.format, CELL_COLUMNS, &cell)
+            }
+            CellCommand::Uncordon { id } => {
+                let id = operations::cell_id(s, &id).await?;
+                let cell: Value = c
+                    .patch(
+                        &format!("/cells/{}", segment(&id)),
+                        &json!({"state": "active"}),
+                    )
+                    .await?;
                 output::one(s.format, CELL_COLUMNS, &cell)
             }
             CellCommand::Delete { id } => {

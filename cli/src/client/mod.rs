@@ -124,6 +124,12 @@ impl Client {
             .map(|(body, _)| body)
     }
 
+    pub(crate) async fn patch<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
+        self.call(Method::PATCH, path, Some(body))
+            .await
+            .map(|(body, _)| body)
+    }
+
     pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(Method::DELETE, path, None)
             .await

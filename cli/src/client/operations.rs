@@ -277,6 +277,124 @@ impl Commands for RebalanceCommand {
     }
 }
 
+/// Starts a participant's `verify` or `reconcile` and, with `--wait`, follows its drift
+/// state until it settles: exit 0 in sync or repaired, 1 drifted, unverified or not
+/// repaired.
+pub(super) async fn check_drift(
+    s: &Session,
+    profile: &str,
+    action: &str,
+    wait: &WaitArgs,
+) -> Result<()> {
+    let mut current: Value = s
+        .client
+        .post(&format!("{profile}/{action}"), &json!({}))
+        .await?;
+    if !wait.wait {
+        return output::one(s.format, DRIFT_COLUMNS, &current);
+    }
+    let deadline = Instant::now() + wait.timeout();
+    let mut shown = String::new();
+    let state = loop {
+        let state = text(&current, "drift.state");
+        if state != shown {
+            eprintln!("{action} {state}");
+            shown = state.clone();
+        }
+        if !["verifying", "repairing"].contains(&state.as_str()) {
+            break state;
+        }
+        if Instant::now() > deadline {
+            return Err(ClientError::Failed(format!(
+                "gave up after {} s: the {action} is still {state} (it goes on)",
+                wait.timeout().as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+        current = s.client.get(profile).await?;
+    };
+    output::one(s.format, DRIFT_COLUMNS, &current)?;
+    match state.as_str() {
+        "in-sync" | "repaired" => Ok(()),
+        _ => Err(ClientError::Failed(format!(
+            "{state}: {}",
+            drift_summary(&current)
+        ))),
+    }
+}
+
+/// Sets and removes (`null`) properties of one of a participant's VPAs and, with
+/// `--wait`, follows the update until the VPA carries them; exit 1 when it failed.
+pub(super) async fn scale(
+    s: &Session,
+    profile: &str,
+    vpa: &str,
+    change: Map<String, Value>,
+    wait: &WaitArgs,
+) -> Result<()> {
+    let body = json!({"vpaProperties": {vpa: change.clone()}});
+    let mut current: Value = s.client.patch(profile, &body).await?;
+    if !wait.wait {
+        return output::document(s.format, &current["pendingVpaProperties"]);
+    }
+    let deadline = Instant::now() + wait.timeout();
+    eprintln!("updating {vpa}");
+    while !current["pendingVpaProperties"].is_null() {
+        if Instant::now() > deadline {
+            return Err(ClientError::Failed(format!(
+                "gave up after {} s: the update is still pending (it goes on)",
+                wait.timeout().as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+        current = s.client.get(profile).await?;
+    }
+    let properties = current["vpas"]
+        .as_array()
+        .and_then(|vpas| vpas.iter().find(|v| v["type"] == vpa))
+        .map(|v| v["properties"].clone())
+        .unwrap_or(Value::Null);
+    output::document(s.format, &properties)?;
+    let applied = change
+        .iter()
+        .all(|(key, value)| properties.get(key).unwrap_or(&Value::Null) == value);
+    if applied {
+        return Ok(());
+    }
+    Err(ClientError::Failed(format!(
+        "the update of {vpa} failed: {}",
+        text(&current, "errorDetail")
+    )))
+}
+
+const DRIFT_COLUMNS: &[Column] = &[
+    ("PARTICIPANT", |v| text(v, "id")),
+    ("DRIFT", |v| text(v, "drift.state")),
+    ("CHECKED", |v| text(v, "drift.checkedAt")),
+    ("DRIFTED", |v| text(v, "driftCount")),
+    ("FINDINGS", drift_summary),
+];
+
+/// The activities a drift check found drifted, or why it could not check.
+fn drift_summary(profile: &Value) -> String {
+    let detail = text(profile, "drift.detail");
+    let drifted: Vec<String> = profile["drift"]["activities"]
+        .as_array()
+        .map(|activities| {
+            activities
+                .iter()
+                .filter(|a| a["findings"].as_array().is_some_and(|f| !f.is_empty()))
+                .map(|a| text(a, "activityId"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match (drifted.is_empty(), detail.is_empty()) {
+        (false, _) => format!("drifted: {}", drifted.join(", ")),
+        (true, false) => detail,
+        (true, true) => String::new(),
+    }
+}
+
 /// What the client knows of one kind of operation: how to print it and how far it is.
 pub(super) struct Operation {
     /// What it is called in messages.
@@ -480,7 +598,7 @@ async fn follow(
 }
 
 /// The id of the cell a person named by id or external id.
-async fn cell_id(s: &Session, named: &str) -> Result<String> {
+pub(super) async fn cell_id(s: &Session, named: &str) -> Result<String> {
     match s
         .client
         .get::<Value>(&format!("/cells/{}", segment(named)))

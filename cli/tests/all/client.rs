@@ -495,6 +495,46 @@ async fn fleet_operations_are_followed_to_their_end() {
     let listed = cli.ok(&["rollouts", "list"]);
     assert!(listed.contains(&format!("{TEMPLATE} → v2")), "{listed}");
 
+    // Verify: in sync, exit 0. A key removed behind cfm's back: drifted, exit 1 naming the
+    // activity; a reconcile puts it back, exit 0.
+    let verified = cli.run(&["participants", "verify", &profiles[0], "--wait"]);
+    let said = String::from_utf8_lossy(&verified.stderr).to_string();
+    assert!(verified.status.success(), "{said}");
+    assert!(said.contains("verify in-sync"), "{said}");
+    let key = server.data_dir().join(format!(
+        "secrets/participants/{}/api-key.secret",
+        profiles[0]
+    ));
+    std::fs::remove_file(&key).unwrap();
+    let drifted = cli.run(&["participants", "verify", &profiles[0], "--wait"]);
+    let said = String::from_utf8_lossy(&drifted.stderr).to_string();
+    assert_eq!(drifted.status.code(), Some(1), "{said}");
+    assert!(said.contains("drifted: vault"), "{said}");
+    let repaired = cli.run(&["participants", "reconcile", &profiles[0], "--wait"]);
+    let said = String::from_utf8_lossy(&repaired.stderr).to_string();
+    assert!(repaired.status.success(), "{said}");
+    assert!(said.contains("reconcile repaired"), "{said}");
+    assert!(key.exists(), "the key is back");
+
+    // Scaling: the update applies, and the VPA carries the properties.
+    let scaled = cli.json(&[
+        "participants",
+        "scale",
+        &profiles[1],
+        "--vpa",
+        "cfm.connector",
+        "--set",
+        "replicas=3",
+        "--wait",
+    ]);
+    assert_eq!(scaled, json!({"replicas": 3}));
+
+    // Cordoning by external id, and back.
+    let cordoned = cli.json(&["cells", "cordon", "cell-b"]);
+    assert_eq!(cordoned["state"], "cordoned", "{cordoned}");
+    let active = cli.json(&["cells", "uncordon", "cell-b"]);
+    assert_eq!(active["state"], "active", "{active}");
+
     // A rebalance plan is a dry run: planned, nothing moved.
     let plan = cli.json(&["rebalance", "plan"]);
     assert_eq!(plan["state"], "planned", "{plan}");

@@ -326,7 +326,7 @@ async fn sigterm_lets_a_running_activity_finish_and_report_before_the_server_exi
     assert_eq!(slow_step().await.as_deref(), Some("dispatched"));
 
     let status = server.terminate();
-    assert!(status.success(), "exit status {status}");
+    assert!(status.success(), "exit status {status}: {}", server.log());
     // The activity ran to its end and its outcome was applied before the exit: without
     // the drain it would still be dispatched, waiting for its lease to run out.
     assert_eq!(slow_step().await.as_deref(), Some("completed"));
