@@ -826,32 +826,27 @@ impl Commands for CellCommand {
                 let cell = c.post("/cells", &Value::Object(body)).await?;
                 output::one(s.format, CELL_COLUMNS, &cell)
             }
-            CellCommand::Cordon { id } => {
-                let id = operations::cell_id(s, &id).await?;
-                let cell: Value = c
-                    .patch(
-                        &format!("/cells/{}", segment(&id)),
-                        &json!({"state": "cordoned"}),
-                    )
-                    .await?;
-                output::one(s.format, CELL_COLUMNS, &cell)
-            }
-            CellCommand::Uncordon { id } => {
-                let id = operations::cell_id(s, &id).await?;
-                let cell: Value = c
-                    .patch(
-                        &format!("/cells/{}", segment(&id)),
-                        &json!({"state": "active"}),
-                    )
-                    .await?;
-                output::one(s.format, CELL_COLUMNS, &cell)
-            }
+            CellCommand::Cordon { id } => set_cell_state(s, &id, "cordoned").await,
+            CellCommand::Uncordon { id } => set_cell_state(s, &id, "active").await,
             CellCommand::Delete { id } => {
                 let answer: Value = c.delete(&format!("/cells/{}", segment(&id))).await?;
                 deleted(s, "cell", &id, &answer)
             }
         }
     }
+}
+
+/// Sets the state of the cell named by id or external id; prints it.
+async fn set_cell_state(s: &Session, named: &str, state: &str) -> Result<()> {
+    let id = operations::cell_id(s, named).await?;
+    let cell: Value = s
+        .client
+        .patch(
+            &format!("/cells/{}", segment(&id)),
+            &json!({"state": state}),
+        )
+        .await?;
+    output::one(s.format, CELL_COLUMNS, &cell)
 }
 
 const DATASPACE_COLUMNS: &[Column] = &[
