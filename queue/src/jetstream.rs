@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::{Consumer, Delivery, Message, Queue, QueueError, check_topic};
+use crate::{Consumer, Delivery, Message, Queue, QueueError, check_topic, is_traceparent};
 
 /// The header a message's trace travels in: W3C Trace Context's name, as HTTP uses it.
 const TRACEPARENT: &str = "traceparent";
@@ -283,8 +283,12 @@ impl Queue for JetStreamQueue {
             let mut publish = jetstream::message::PublishMessage::build()
                 .payload(message.payload.clone().into())
                 .message_id(&message.id);
-            if let Some(traceparent) = &message.trace_parent {
-                publish = publish.header(TRACEPARENT, traceparent.as_str());
+            if let Some(traceparent) = message
+                .trace_parent
+                .as_deref()
+                .filter(|t| is_traceparent(t))
+            {
+                publish = publish.header(TRACEPARENT, traceparent);
             }
             let ack = self
                 .context
@@ -563,7 +567,8 @@ impl Delivery for JetStreamDelivery {
 
     fn trace_parent(&self) -> Option<&str> {
         let headers = self.message.headers.as_ref()?;
-        headers.get(TRACEPARENT).map(|value| value.as_str())
+        let value = headers.get(TRACEPARENT)?.as_str();
+        is_traceparent(value).then_some(value)
     }
 
     async fn ack(&self) -> Result<(), QueueError> {

@@ -177,7 +177,11 @@ pub(crate) enum ParticipantCommand {
         #[arg(long)]
         vpa: String,
         /// A property to set, `key=value` (JSON values such as numbers are kept); repeat.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
+        #[arg(
+            long = "set",
+            value_name = "KEY=VALUE",
+            required_unless_present = "unset"
+        )]
         set: Vec<String>,
         /// A property to remove; repeat for more.
         #[arg(long = "unset", value_name = "KEY")]

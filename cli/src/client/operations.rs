@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::commands::{BodyFile, Commands, Paging, Session, WaitArgs, segment};
 use super::output::{self, Column, text};
+use super::watch;
 use super::{ClientError, Result};
 
 #[derive(Subcommand)]
@@ -50,7 +51,7 @@ pub(crate) enum RolloutCommand {
     /// Upgrade the participants a template provisioned to one of its versions, in batches.
     Create {
         /// The template (orchestration definition) id.
-        #[arg(long)]
+        #[arg(long, required_unless_present = "file")]
         template: Option<String>,
         /// The version to upgrade to (default: the template's newest).
         #[arg(long)]
@@ -103,11 +104,12 @@ pub(crate) enum RolloutCommand {
 pub(crate) enum RebalanceCommand {
     /// Plan moves that bring every cell's use into a band (a dry run: nothing moves).
     Plan {
-        /// The band's lower bound, a fraction of capacity (default the fleet's mean − 0.1).
-        #[arg(long)]
+        /// The band's lower bound, a fraction of capacity; with `--max` (both left out:
+        /// the fleet's mean ± 0.1).
+        #[arg(long, requires = "max")]
         min: Option<f64>,
-        /// The band's upper bound (default the fleet's mean + 0.1).
-        #[arg(long)]
+        /// The band's upper bound; with `--min`.
+        #[arg(long, requires = "min")]
         max: Option<f64>,
         /// Only these cells (id or external id); repeat for more.
         #[arg(long = "cell")]
@@ -311,7 +313,7 @@ pub(super) async fn check_drift(
             )));
         }
         tokio::time::sleep(POLL).await;
-        current = s.client.get(profile).await?;
+        current = watch::read(&s.client, profile).await?;
     };
     output::one(s.format, DRIFT_COLUMNS, &current)?;
     match state.as_str() {
@@ -347,7 +349,7 @@ pub(super) async fn scale(
             )));
         }
         tokio::time::sleep(POLL).await;
-        current = s.client.get(profile).await?;
+        current = watch::read(&s.client, profile).await?;
     }
     let properties = current["vpas"]
         .as_array()
@@ -421,9 +423,10 @@ const DRAIN: &Operation = &Operation {
         ("FAILED", |v| text(v, "failed")),
         ("DETAIL", |v| text(v, "detail")),
     ],
+    // `failed` counts attempts, which are tried again: only moves are progress.
     progress: |v| {
         let n = |field: &str| v[field].as_u64().unwrap_or(0);
-        (n("moved") + n("failed"), n("total"))
+        (n("moved"), n("total"))
     },
     completed: &["completed"],
     stopped: &["paused", "cancelled", "stalled"],
@@ -440,12 +443,9 @@ const ROLLOUT: &Operation = &Operation {
         ("UPGRADED", |v| {
             format!("{}/{}", text(v, "progress.upgraded"), text(v, "total"))
         }),
-        ("FAILED", |v| {
-            format!(
-                "{} (budget {})",
-                text(v, "progress.failed"),
-                text(v, "maxFailures")
-            )
+        ("FAILED", |v| text(v, "progress.failed")),
+        ("BUDGET", |v| {
+            format!("{}/{}", text(v, "failures"), text(v, "maxFailures"))
         }),
         ("SKIPPED", |v| text(v, "progress.skipped")),
         ("BATCH", |v| text(v, "batch")),
@@ -593,7 +593,7 @@ async fn follow(
             )));
         }
         tokio::time::sleep(POLL).await;
-        current = s.client.get(path).await?;
+        current = watch::read(&s.client, path).await?;
     }
 }
 

@@ -68,7 +68,7 @@ const POLL_FAILURES: usize = 5;
 
 /// A read while following: a refusal ends the wait at once, a server out of reach is
 /// tried again up to [`POLL_FAILURES`] times.
-async fn read<T: serde::de::DeserializeOwned>(c: &Client, path: &str) -> Result<T> {
+pub(super) async fn read<T: serde::de::DeserializeOwned>(c: &Client, path: &str) -> Result<T> {
     let mut failures = 0;
     loop {
         match c.get(path).await {

@@ -281,7 +281,15 @@ impl CallContext {
     /// [`MAX_AUDITED_TARGET`] bytes. A guest chooses what it passes; no record, span or
     /// terminal may be made to carry more.
     pub(super) fn shown(&self, raw: &str) -> String {
-        bounded(&self.redact(raw))
+        // Redacting costs what it reads: only as much as can be kept, and any token
+        // running over the cut, is.
+        let longest = self.tokens().iter().map(String::len).max().unwrap_or(0);
+        let head = prefix(raw, MAX_AUDITED_TARGET + longest);
+        let mut shown = bounded(&self.redact(head));
+        if head.len() < raw.len() && !shown.ends_with('…') {
+            shown.push('…');
+        }
+        shown
     }
 
     /// `text` with every token used in this invocation replaced by `[token]`.
@@ -326,22 +334,35 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Longest raw target kept in an audit record: a guest chooses what it passes.
 const MAX_AUDITED_TARGET: usize = 256;
 
-/// `raw` cut to [`MAX_AUDITED_TARGET`] bytes, so a guest cannot bloat the audit log, and
-/// its control characters replaced (U+FFFD), so it cannot forge log lines or drive the
-/// terminal that shows it.
+/// `raw` with its control and bidirectional-override characters replaced (U+FFFD), so it
+/// cannot forge log lines, drive the terminal that shows it or read as another, then cut
+/// to [`MAX_AUDITED_TARGET`] bytes, so a guest cannot bloat the audit log.
 fn bounded(raw: &str) -> String {
-    let mut end = raw.len().min(MAX_AUDITED_TARGET);
-    while !raw.is_char_boundary(end) {
+    let cleaned: String = raw
+        .chars()
+        .map(|c| if shown_as_is(c) { c } else { '\u{FFFD}' })
+        .collect();
+    let kept = prefix(&cleaned, MAX_AUDITED_TARGET);
+    if kept.len() < cleaned.len() {
+        format!("{kept}…")
+    } else {
+        cleaned
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character.
+fn prefix(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let mut kept: String = raw[..end]
-        .chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect();
-    if end < raw.len() {
-        kept.push('…');
-    }
-    kept
+    &text[..end]
+}
+
+/// Not a control character, nor one that reorders the text around it (bidirectional
+/// overrides and isolates), which could make a shown target read as another.
+fn shown_as_is(c: char) -> bool {
+    !c.is_control() && !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// What a successful call changed, if it was a write worth an audit record.

@@ -181,7 +181,7 @@ async fn holds_answers_for_each_message_by_its_sequence() {
 }
 
 /// A message's trace travels as its `traceparent` header, which the delivery reads back;
-/// a message without one has no such header.
+/// a message without one, or with a malformed one, has no such header.
 #[tokio::test]
 async fn a_trace_parent_travels_as_the_traceparent_header() {
     use cfm_queue::{Message, Queue};
@@ -193,14 +193,27 @@ async fn a_trace_parent_travels_as_the_traceparent_header() {
         payload: b"{}".to_vec(),
         trace_parent: trace_parent.map(str::to_string),
     };
+    // A malformed value (one a header could not even hold) is not sent, and fails nothing.
+    let malformed = "00-x\r\ninjected: yes";
     queue
-        .publish(&[message("traced", Some(traceparent)), message("plain", None)])
+        .publish(&[
+            message("traced", Some(traceparent)),
+            message("plain", None),
+            message("malformed", Some(malformed)),
+        ])
         .await
         .unwrap();
     let mut consumer = queue.consumer("activity.t").await.unwrap();
-    let pulled = consumer.pull(2, Duration::from_secs(2)).await.unwrap();
+    let pulled = consumer.pull(3, Duration::from_secs(2)).await.unwrap();
     let seen: Vec<(&str, Option<&str>)> =
         pulled.iter().map(|d| (d.id(), d.trace_parent())).collect();
-    assert_eq!(seen, [("traced", Some(traceparent)), ("plain", None)]);
+    assert_eq!(
+        seen,
+        [
+            ("traced", Some(traceparent)),
+            ("plain", None),
+            ("malformed", None)
+        ]
+    );
     queue.delete().await.unwrap();
 }

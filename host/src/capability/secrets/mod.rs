@@ -311,6 +311,19 @@ mod tests {
         let shown = "participants/p2/[token]\u{FFFD}[2J";
         assert_eq!(reported[0].target, shown);
         assert_eq!(fixture.last_audit()["target"], shown);
+
+        // A right-to-left override cannot make a target read as another; a long one is
+        // cut, however many characters were replaced, and says so.
+        let long = format!("participants/p2/\u{202E}{}", "\u{7}".repeat(400));
+        fixture
+            .capabilities
+            .put(long, "x".into())
+            .await
+            .unwrap_err();
+        let target = fixture.capabilities.take_reported_calls()[0].target.clone();
+        assert!(target.starts_with("participants/p2/\u{FFFD}"), "{target}");
+        assert!(target.ends_with('…'), "{target}");
+        assert!(target.len() <= 256 + '…'.len_utf8(), "{}", target.len());
     }
 
     #[tokio::test]
