@@ -257,7 +257,7 @@ impl WaitArgs {
 pub(crate) enum CellCommand {
     /// List cells with their use against capacity.
     List(Paging),
-    /// Show one cell.
+    /// Show one cell, by id or external id.
     Get { id: String },
     /// Create a cell.
     Create {
@@ -278,7 +278,7 @@ pub(crate) enum CellCommand {
         #[command(flatten)]
         body: BodyFile,
     },
-    /// Delete a cell whose participants are disposed.
+    /// Delete a cell whose participants are disposed, by id or external id.
     Delete { id: String },
     /// Place no new participants in a cell (its participants stay); by id or external id.
     Cordon { id: String },
@@ -804,6 +804,7 @@ impl Commands for CellCommand {
         match self {
             CellCommand::List(p) => s.list("/cells", CELL_COLUMNS, &p).await,
             CellCommand::Get { id } => {
+                let id = operations::cell_id(s, &id).await?;
                 s.show(&format!("/cells/{}", segment(&id)), CELL_COLUMNS)
                     .await
             }
@@ -832,9 +833,10 @@ impl Commands for CellCommand {
             }
             CellCommand::Cordon { id } => set_cell_state(s, &id, "cordoned").await,
             CellCommand::Uncordon { id } => set_cell_state(s, &id, "active").await,
-            CellCommand::Delete { id } => {
+            CellCommand::Delete { id: named } => {
+                let id = operations::cell_id(s, &named).await?;
                 let answer: Value = c.delete(&format!("/cells/{}", segment(&id))).await?;
-                deleted(s, "cell", &id, &answer)
+                deleted(s, "cell", &named, &answer)
             }
         }
     }

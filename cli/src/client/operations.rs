@@ -199,8 +199,8 @@ impl Commands for RolloutCommand {
                 let rollout: Value = s.client.post("/rollouts", &Value::Object(body)).await?;
                 let id = text(&rollout, "id");
                 eprintln!(
-                    "rollout {id}: {} participants to version {}",
-                    text(&rollout, "total"),
+                    "rollout {id}: {} to version {}",
+                    count(&rollout["total"], "participant"),
                     text(&rollout, "targetVersion")
                 );
                 finish(s, &path(&id), rollout, &wait, ROLLOUT).await
@@ -650,5 +650,14 @@ const MOVE_COLUMNS: &[Column] = &[
 fn set<T: Into<Value>>(body: &mut Map<String, Value>, key: &str, value: Option<T>) {
     if let Some(value) = value {
         body.insert(key.into(), value.into());
+    }
+}
+
+/// `n thing` or `n things`.
+fn count(n: &Value, thing: &str) -> String {
+    match n.as_u64() {
+        Some(1) => format!("1 {thing}"),
+        Some(n) => format!("{n} {thing}s"),
+        None => format!("? {thing}s"),
     }
 }

@@ -530,6 +530,8 @@ async fn fleet_operations_are_followed_to_their_end() {
     assert_eq!(scaled, json!({"replicas": 3}));
 
     // Cordoning by external id, and back.
+    let by_name = cli.json(&["cells", "get", "cell-b"]);
+    assert_eq!(by_name["externalId"], "cell-b", "{by_name}");
     let cordoned = cli.json(&["cells", "cordon", "cell-b"]);
     assert_eq!(cordoned["state"], "cordoned", "{cordoned}");
     let active = cli.json(&["cells", "uncordon", "cell-b"]);
