@@ -7,7 +7,7 @@
 //! twice is one run, and `(run_id, seq)` keeps its calls once. Rows older than
 //! [`RETENTION`] are pruned; each agent host's `audit.jsonl` keeps the complete record.
 
-use cfm_protocol::{ActivityReport, CapabilityCall};
+use cfm_protocol::{ActivityReport, CapabilityCall, printable};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -23,7 +23,9 @@ const MAX_PER_REPORT: usize = 256;
 /// Columns written per call.
 const COLUMNS: usize = 16;
 /// Longest text kept of any field a report names (the agent host cuts targets to 256
-/// bytes).
+/// bytes). Each is made [`printable`] here too: a plugin chooses its targets, a NUL in one
+/// would fail the transaction applying the report on PostgreSQL, again on every
+/// redelivery, and this holds whatever agent sent it.
 const MAX_TEXT: usize = 1024;
 
 /// One capability call of a participant's plugins, as the API serves it.
@@ -117,14 +119,14 @@ pub async fn record(tx: &mut Conn, report: &ActivityReport) -> Result<()> {
             .bind(task.activity_id.clone())
             .bind(task.activity_type.clone())
             .bind(task.attempt as i64)
-            .bind(text(plugin))
-            .bind(text(capability))
-            .bind(text(operation))
-            .bind(text(target))
+            .bind(printable(plugin, MAX_TEXT))
+            .bind(printable(capability, MAX_TEXT))
+            .bind(printable(operation, MAX_TEXT))
+            .bind(printable(target, MAX_TEXT))
             .bind(decision.as_str())
             .bind(decision.effect())
             .bind(*dry_run as i64)
-            .bind(text(at))
+            .bind(printable(at, MAX_TEXT))
             .bind(recorded_at.clone());
     }
     insert.execute(&mut *tx).await?;
@@ -195,19 +197,4 @@ pub async fn prune(db: &Db) -> Result<u64> {
         .execute(db.writer())
         .await?;
     Ok(deleted.rows_affected())
-}
-
-/// `value` as it may be stored and shown: a plugin chooses its targets. A NUL would fail
-/// the transaction applying the report on PostgreSQL, again on every redelivery, and
-/// other control characters would reach the terminals that print it; the agent host
-/// replaces them already, this holds for any agent.
-fn text(value: &str) -> String {
-    let mut end = value.len().min(MAX_TEXT);
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    value[..end]
-        .chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
 }

@@ -284,6 +284,27 @@ impl Effect {
     }
 }
 
+/// `text` fit to be stored, logged and shown, whoever chose it: control characters (NUL
+/// included, which PostgreSQL cannot store) and those that reorder the text around them
+/// (bidirectional overrides and isolates) replaced with U+FFFD, so it can neither forge
+/// a log line, drive a terminal nor read as another; then cut to at most `max` bytes on
+/// a character boundary, with `…` saying so.
+pub fn printable(text: &str, max: usize) -> String {
+    let shown_as_is = |c: char| {
+        !c.is_control() && !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    let cleaned: String = text
+        .chars()
+        .map(|c| if shown_as_is(c) { c } else { '\u{FFFD}' })
+        .collect();
+    let kept = &cleaned[..cleaned.floor_char_boundary(max)];
+    if kept.len() < cleaned.len() {
+        format!("{kept}…")
+    } else {
+        cleaned
+    }
+}
+
 /// An attempt's outcome with the plugin that produced it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Executed {
@@ -363,6 +384,20 @@ mod tests {
             let back: CapabilityCall = serde_json::from_str(&text).unwrap();
             assert_eq!(back, call);
         }
+    }
+
+    #[test]
+    fn printable_text_replaces_what_could_mislead_and_says_where_it_is_cut() {
+        assert_eq!(printable("a/b", 256), "a/b");
+        assert_eq!(
+            printable("x\u{0}y\u{1b}[2J\n", 256),
+            "x\u{FFFD}y\u{FFFD}[2J\u{FFFD}"
+        );
+        assert_eq!(printable("a\u{202E}b\u{2066}", 256), "a\u{FFFD}b\u{FFFD}");
+        // Cut after cleaning, on a character boundary: never more than the bound.
+        let cut = printable(&"\u{7}".repeat(100), 10);
+        assert_eq!(cut, format!("{}…", "\u{FFFD}".repeat(3)));
+        assert_eq!(printable("aé", 2), "a…");
     }
 
     #[test]

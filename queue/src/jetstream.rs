@@ -14,13 +14,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
+use cfm_telemetry::{TRACEPARENT, is_traceparent};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::{Consumer, Delivery, Message, Queue, QueueError, check_topic, is_traceparent};
-
-/// The header a message's trace travels in: W3C Trace Context's name, as HTTP uses it.
-const TRACEPARENT: &str = "traceparent";
+use crate::{Consumer, Delivery, Message, Queue, QueueError, check_topic};
 
 /// Where and how to reach JetStream.
 #[derive(Debug, Clone)]

@@ -47,20 +47,6 @@ pub struct Message {
     pub trace_parent: Option<String>,
 }
 
-/// Whether `value` has the form of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`):
-/// only such a value is sent as a header or taken from one, so a malformed trace in a task
-/// can neither fail a publish nor win over the task's own copy.
-pub fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex =
-        |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-}
-
 /// A queue: where messages are published and consumers pull them from.
 #[async_trait]
 pub trait Queue: Send + Sync {
@@ -222,21 +208,6 @@ pub fn check_topic(topic: &str) -> Result<(), QueueError> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn only_a_w3c_traceparent_is_one() {
-        assert!(super::is_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx: y",
-        ] {
-            assert!(!super::is_traceparent(bad), "{bad:?}");
-        }
-    }
-
     use super::*;
 
     /// Fails to set up its consumer `failures` times, then succeeds.

@@ -57,7 +57,7 @@ impl OutcomeSink for QueueSink {
             // The activity's span, when it is in a trace: the managers' applies follow it.
             trace_parent: cfm_telemetry::current_traceparent()
                 .or_else(|| report.task.trace_parent.clone())
-                .filter(|t| crate::is_traceparent(t)),
+                .filter(|t| cfm_telemetry::is_traceparent(t)),
         };
         self.0
             .publish(std::slice::from_ref(&message))

@@ -32,6 +32,20 @@ pub struct TelemetryError {
     detail: String,
 }
 
+/// Whether `value` has the form of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`):
+/// what a carrier that is not HTTP (a queue message's header) may take, since a malformed
+/// value could fail the message it rides on or win over a well-formed copy elsewhere.
+pub fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex =
+        |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+}
+
 /// The `traceparent` of the current span, when it belongs to an exported trace.
 pub fn current_traceparent() -> Option<String> {
     traceparent_of(&Span::current())
@@ -172,6 +186,19 @@ mod tests {
     use tracing_subscriber::prelude::*;
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn only_a_w3c_traceparent_is_one() {
+        assert!(is_traceparent(PARENT));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx: y",
+        ] {
+            assert!(!is_traceparent(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_span_continues_the_trace_it_is_given_and_passes_it_on() {

@@ -284,8 +284,8 @@ impl CallContext {
         // Redacting costs what it reads: only as much as can be kept, and any token
         // running over the cut, is.
         let longest = self.tokens().iter().map(String::len).max().unwrap_or(0);
-        let head = prefix(raw, MAX_AUDITED_TARGET + longest);
-        let mut shown = bounded(&self.redact(head));
+        let head = &raw[..raw.floor_char_boundary(MAX_AUDITED_TARGET + longest)];
+        let mut shown = cfm_protocol::printable(&self.redact(head), MAX_AUDITED_TARGET);
         if head.len() < raw.len() && !shown.ends_with('…') {
             shown.push('…');
         }
@@ -333,37 +333,6 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Longest raw target kept in an audit record: a guest chooses what it passes.
 const MAX_AUDITED_TARGET: usize = 256;
-
-/// `raw` with its control and bidirectional-override characters replaced (U+FFFD), so it
-/// cannot forge log lines, drive the terminal that shows it or read as another, then cut
-/// to [`MAX_AUDITED_TARGET`] bytes, so a guest cannot bloat the audit log.
-fn bounded(raw: &str) -> String {
-    let cleaned: String = raw
-        .chars()
-        .map(|c| if shown_as_is(c) { c } else { '\u{FFFD}' })
-        .collect();
-    let kept = prefix(&cleaned, MAX_AUDITED_TARGET);
-    if kept.len() < cleaned.len() {
-        format!("{kept}…")
-    } else {
-        cleaned
-    }
-}
-
-/// The longest prefix of `text` of at most `max` bytes that ends on a character.
-fn prefix(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// Not a control character, nor one that reorders the text around it (bidirectional
-/// overrides and isolates), which could make a shown target read as another.
-fn shown_as_is(c: char) -> bool {
-    !c.is_control() && !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
 
 /// What a successful call changed, if it was a write worth an audit record.
 pub(super) trait Audited {
