@@ -165,14 +165,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Some(url) => {
             let jetstream = Arc::new(connect(url, &args.nats).await?);
-            keypair_events(&manager, &jetstream, &args.events).await?;
             let watch = Arc::new(JetStreamProbe(jetstream.clone()));
             probes.push(watch.clone());
             readings.push(watch);
-            let queue: Arc<dyn Queue> = jetstream;
+            let queue: Arc<dyn Queue> = jetstream.clone();
             let worker = agent_worker(queue.clone(), host, &args.host, &args.nats);
             let distributed =
                 cfm_manager::run_distributed(&mut manager.engine, queue, args.host.concurrency);
+            // After the relay's express lane is in the engine, so what events start goes
+            // out straight from its commit like the API's starts.
+            keypair_events(&manager, &jetstream, &args.events).await?;
             Background {
                 engine: Some(tokio::spawn(async move {
                     distributed.await.map_err(anyhow::Error::from)
@@ -187,12 +189,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     let mut manager = open_manager(&args.api).await?;
     let jetstream = Arc::new(connect(&args.nats_url, &args.nats).await?);
-    keypair_events(&manager, &jetstream, &args.events).await?;
     let watch = Arc::new(JetStreamProbe(jetstream.clone()));
     let probes: Vec<Arc<dyn Probe>> = vec![watch.clone()];
     let readings: Vec<Arc<dyn Reading>> = vec![watch];
-    let queue: Arc<dyn Queue> = jetstream;
+    let queue: Arc<dyn Queue> = jetstream.clone();
     let distributed = cfm_manager::run_distributed(&mut manager.engine, queue, args.concurrency);
+    // After the relay's express lane is in the engine (see `serve`).
+    keypair_events(&manager, &jetstream, &args.events).await?;
     let background = Background {
         engine: Some(tokio::spawn(async move {
             distributed.await.map_err(anyhow::Error::from)

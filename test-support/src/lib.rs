@@ -38,21 +38,26 @@ use cfm_manager::testing::{ScratchDatabase, TestBackend};
 use serde_json::{Value, json};
 
 /// The `cfm` binary under test: `CFM_BIN`, or the one cargo built beside the running test
-/// or bench (`target/<profile>/cfm`, a folder above `target/<profile>/deps/<test>`).
+/// or bench (`target/<profile>/cfm`).
 pub fn cfm_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("CFM_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("the running test's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("a test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join("cfm");
+    let binary = profile_dir().join("cfm");
     assert!(
         binary.exists(),
         "{} is missing: build it with cargo (tests and benches of the cfm package do)",
         binary.display()
     );
     binary
+}
+
+/// `target/<profile>` of the running test or bench, a folder above
+/// `target/<profile>/deps/<test>`: what cargo built beside it, whichever `cfm` runs.
+pub(crate) fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running test's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("a test binary lives in target/<profile>/deps")
+        .to_path_buf()
 }

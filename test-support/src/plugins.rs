@@ -38,9 +38,9 @@ pub fn runtime_access(plugin: &mut toml::Table) {
 
 /// The built-in plugins' configuration, built by scripts/build-plugins.sh.
 pub fn plugins_config() -> PathBuf {
-    let plugins = crate::cfm_binary()
+    // Beside the test's own build, not `CFM_BIN`'s: a binary under test may live anywhere.
+    let plugins = crate::profile_dir()
         .parent()
-        .and_then(Path::parent)
         .unwrap()
         .join("plugins/plugins.toml");
     assert!(
