@@ -10,7 +10,10 @@
 //! the manager or the database is what limits it.
 //!
 //! `cargo bench -p cfm --bench provision` (needs scripts/build-plugins.sh first, and the
-//! servers scripts/services.sh starts). `CFM_BENCH_COUNTS=1000,10000` sets the runs.
+//! servers scripts/services.sh starts). `CFM_BENCH_COUNTS=1000,10000` sets the runs,
+//! `CFM_BENCH_MODES=embedded` (or `distributed`) one deployment alone,
+//! `CFM_BENCH_CONCURRENCY` the activities a worker runs at once (16), and
+//! `CFM_BENCH_AGENTS` the scale-out's replicas (empty: none).
 //! Prints tables; compare the ratios, absolute times on a shared machine are noise.
 
 // Test code: a panic is how it reports a failure.
@@ -70,7 +73,8 @@ impl Target {
         sqlx::any::install_default_drivers();
         match mode {
             Mode::Embedded => {
-                let server = Server::start(&["--concurrency", "16"]).await;
+                let concurrency = concurrency().to_string();
+                let server = Server::start(&["--concurrency", &concurrency]).await;
                 let api = server.client();
                 let url = format!(
                     "sqlite://{}?mode=ro",
@@ -88,7 +92,7 @@ impl Target {
             }
             Mode::Distributed => {
                 let mut deployment = Deployment::start(&nats_url(), 1).await;
-                deployment.start_agents(&["agent"], 16);
+                deployment.start_agents(&["agent"], concurrency());
                 Target::distributed(deployment).await
             }
         }
@@ -208,7 +212,7 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|");
     let mut overheads = Vec::new();
-    for mode in [Mode::Embedded, Mode::Distributed] {
+    for mode in modes() {
         let target = Target::start(mode).await;
         let (tenant, dataspace) = prepare(&target.api, NOOP).await;
         let per_activity = sequential(&target, &tenant, &dataspace).await;
@@ -246,6 +250,34 @@ async fn main() {
         );
     }
     scale_out().await;
+}
+
+/// Activities one embedded server or distributed agent runs at once
+/// (`CFM_BENCH_CONCURRENCY`, default 16).
+fn concurrency() -> usize {
+    sizes_from_env("CFM_BENCH_CONCURRENCY", "16")
+        .first()
+        .copied()
+        .unwrap_or(16)
+}
+
+/// The deployments measured: `CFM_BENCH_MODES` (`embedded`, `distributed` or both,
+/// comma-separated; default both).
+fn modes() -> Vec<Mode> {
+    let names = std::env::var("CFM_BENCH_MODES").unwrap_or_else(|_| "embedded,distributed".into());
+    let modes: Vec<Mode> = names
+        .split(',')
+        .filter_map(|name| match name.trim() {
+            "embedded" => Some(Mode::Embedded),
+            "distributed" => Some(Mode::Distributed),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !modes.is_empty(),
+        "CFM_BENCH_MODES names no deployment: {names}"
+    );
+    modes
 }
 
 /// Onboardings per second distributed, with 1, 2, 4 (`CFM_BENCH_AGENTS`) agent replicas

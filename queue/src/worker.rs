@@ -3,7 +3,10 @@
 //!
 //! One pull loop per activity type the executor runs, all sharing one concurrency
 //! limit. A loop pulls no more than the free slots (at least one), so a replica does
-//! not hoard work other replicas could run. While an activity runs, its message gets a
+//! not hoard work other replicas could run. An activity gives its slot back once it has
+//! run, not once its outcome is reported: the report's publish (or, embedded, the
+//! engine's commit) does not keep the next activity waiting. Outcomes on their way are
+//! bounded too, by as many again as the slots. While an activity runs, its message gets a
 //! progress signal every third of the ack-wait, so a long activity is not redelivered
 //! to another replica; a killed worker stops signalling and its work is redelivered.
 
@@ -12,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask, Executed};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -135,7 +138,7 @@ impl Worker {
     /// ack-wait, as a killed host's would. Fails only when a consumer cannot be set up.
     pub async fn run_until(self, drain: impl Future<Output = ()> + Send) -> Result<(), QueueError> {
         let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
+        let slots = Slots::new(this.settings.concurrency);
         let (draining, drained) = tokio::sync::watch::channel(false);
         let mut loops = JoinSet::new();
         for activity_type in this.executor.activity_types() {
@@ -161,14 +164,14 @@ impl Worker {
         self: Arc<Self>,
         activity_type: String,
         mut consumer: Box<dyn crate::Consumer>,
-        slots: Arc<Semaphore>,
+        slots: Slots,
         mut drain: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut running = JoinSet::new();
         let what = format!("{activity_type} work");
         loop {
             while running.try_join_next().is_some() {}
-            let want = slots.available_permits().max(1);
+            let want = slots.free().max(1);
             let pull =
                 crate::pull_retrying(consumer.as_mut(), want, self.settings.pull_wait, &what);
             // The drain first: a pull that is ready at once must not take more work
@@ -179,20 +182,21 @@ impl Worker {
                 batch = pull => batch,
             };
             for delivery in batch {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
+                let Some((taken, slot)) = slots.acquire().await else {
                     return;
                 };
                 let this = self.clone();
                 running.spawn(async move {
-                    this.handle(delivery).await;
-                    drop(slot);
+                    this.handle(delivery, slot).await;
+                    drop(taken);
                 });
             }
         }
         while running.join_next().await.is_some() {}
     }
 
-    async fn handle(&self, delivery: Box<dyn Delivery>) {
+    /// Runs one task holding `slot`, which goes back once the activity has run.
+    async fn handle(&self, delivery: Box<dyn Delivery>, slot: OwnedSemaphorePermit) {
         let task: ActivityTask = match serde_json::from_slice(delivery.payload()) {
             Ok(task) => task,
             Err(e) => {
@@ -209,10 +213,17 @@ impl Worker {
         // headers); both name the same trace.
         let parent = delivery.trace_parent().or(task.trace_parent.as_deref());
         cfm_telemetry::continue_trace(&span, parent);
-        self.run_and_report(delivery, task).instrument(span).await;
+        self.run_and_report(delivery, task, slot)
+            .instrument(span)
+            .await;
     }
 
-    async fn run_and_report(&self, delivery: Box<dyn Delivery>, task: ActivityTask) {
+    async fn run_and_report(
+        &self,
+        delivery: Box<dyn Delivery>,
+        task: ActivityTask,
+        slot: OwnedSemaphorePermit,
+    ) {
         tracing::debug!(deliveries = delivery.deliveries(), "task received");
         let executed = if delivery.deliveries() > self.settings.max_deliveries {
             tracing::error!(
@@ -241,6 +252,7 @@ impl Worker {
             );
             executed
         };
+        drop(slot);
         let report = ActivityReport {
             message_id: delivery.id().to_string(),
             task,
@@ -288,6 +300,40 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// What a worker may take on at once: activities running (`concurrency`), and tasks
+/// taken but not yet reported, running or with their outcome on its way (twice as many).
+#[derive(Clone)]
+struct Slots {
+    running: Arc<Semaphore>,
+    taken: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn new(concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            running: Arc::new(Semaphore::new(concurrency)),
+            taken: Arc::new(Semaphore::new(2 * concurrency)),
+        }
+    }
+
+    /// Tasks that could be taken and run now.
+    fn free(&self) -> usize {
+        self.running
+            .available_permits()
+            .min(self.taken.available_permits())
+    }
+
+    /// A task's place among those taken, then its slot to run in. Waiting for a slot
+    /// while holding a place cannot deadlock: a slot comes back once its activity has
+    /// run, which waits for nothing taken. `None` once closed.
+    async fn acquire(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let taken = self.taken.clone().acquire_owned().await.ok()?;
+        let running = self.running.clone().acquire_owned().await.ok()?;
+        Some((taken, running))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The agent worker loop against the real JetStream server: a task that keeps killing
 //! its run ends as a fatal report after the delivery limit (the dead-letter record), and
 //! a task running longer than the ack-wait keeps its lease by progress signals and runs
-//! once.
+//! once; a slot is free for the next activity while an outcome is reported.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -249,4 +249,82 @@ async fn a_task_runs_in_the_trace_its_header_names_and_reports_in_it() {
     let reported = batch[0].trace_parent().expect("the report's header");
     assert_eq!(&reported[3..35], trace_id, "{reported}");
     (*queue).clone().delete().await.unwrap();
+}
+
+/// Holds every report until let go, counting those handed to it.
+#[derive(Default)]
+struct HeldSink {
+    handed: AtomicU32,
+    go: tokio::sync::Notify,
+    gone: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl OutcomeSink for HeldSink {
+    async fn report(&self, _report: ActivityReport) -> Result<(), cfm_queue::worker::ReportError> {
+        self.handed.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let go = self.go.notified();
+            if self.gone.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            go.await;
+        }
+    }
+}
+
+/// With one slot, a second activity runs while the first one's outcome is still on its
+/// way (a slow publish, a commit): the slot is for running. Outcomes on their way are
+/// bounded all the same: a third task waits until one of the two is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_is_free_once_its_activity_ran_and_outcomes_on_their_way_are_bounded() {
+    let queue = queue().await;
+    let messages: Vec<Message> = (1..=3)
+        .map(|n| Message {
+            id: format!("o1/a{n}/1"),
+            topic: activity_topic("test.behaviour"),
+            payload: serde_json::to_vec(&task()).unwrap(),
+            trace_parent: None,
+        })
+        .collect();
+    queue.publish(&messages).await.unwrap();
+    let executor = Arc::new(Behaviour {
+        runs: AtomicU32::new(0),
+        panics: false,
+        sleep: Duration::ZERO,
+    });
+    let sink = Arc::new(HeldSink::default());
+    let settings = WorkerSettings {
+        concurrency: 1,
+        pull_wait: Duration::from_millis(200),
+        ..WorkerSettings::default()
+    };
+    let worker = Worker::new(queue.clone(), executor.clone(), sink.clone(), settings);
+    let running = tokio::spawn(worker.run());
+
+    until("two activities ran on one slot", || {
+        executor.runs.load(Ordering::SeqCst) == 2 && sink.handed.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // Two outcomes on their way fill one slot's bound: the third task is not run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(executor.runs.load(Ordering::SeqCst), 2);
+
+    sink.gone.store(true, Ordering::SeqCst);
+    sink.go.notify_waiters();
+    until("the third ran once the two were reported", || {
+        executor.runs.load(Ordering::SeqCst) == 3 && sink.handed.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    running.abort();
+    (*queue).clone().delete().await.unwrap();
+}
+
+/// Waits until `done`, failing with `what` after 10 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
