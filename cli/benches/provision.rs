@@ -11,7 +11,8 @@
 //!
 //! `cargo bench -p cfm --bench provision` (needs scripts/build-plugins.sh first, and the
 //! servers scripts/services.sh starts). `CFM_BENCH_COUNTS=1000,10000` sets the runs,
-//! `CFM_BENCH_MODES=embedded` (or `distributed`) one deployment alone,
+//! `CFM_BENCH_MODES=embedded` (or `distributed`) one deployment alone (the floor is
+//! measured either way, so both servers are needed),
 //! `CFM_BENCH_CONCURRENCY` the activities a worker runs at once (16), and
 //! `CFM_BENCH_AGENTS` the scale-out's replicas (empty: none).
 //! Prints tables; compare the ratios, absolute times on a shared machine are noise.
@@ -284,6 +285,9 @@ fn modes() -> Vec<Mode> {
 /// whose plugin waits [`IO_WAIT_MS`] on every activity, each against one agent's rate.
 async fn scale_out() {
     let agents = sizes_from_env("CFM_BENCH_AGENTS", "1,2,4");
+    if agents.is_empty() {
+        return;
+    }
     let dir = tempfile::tempdir().expect("temporary directory");
     // The example `slow` plugin, waiting 20 ms (a monotonic-clock wait the host awaits
     // without a thread, as it awaits a socket), as each of the chain's activity types.

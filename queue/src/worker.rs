@@ -5,8 +5,8 @@
 //! limit. A loop pulls no more than the free slots (at least one), so a replica does
 //! not hoard work other replicas could run. An activity gives its slot back once it has
 //! run, not once its outcome is reported: the report's publish (or, embedded, the
-//! engine's commit) does not keep the next activity waiting. Outcomes on their way are
-//! bounded too, by as many again as the slots. While an activity runs, its message gets a
+//! engine's commit) does not keep the next activity waiting. Tasks taken, running or
+//! with their outcome on its way, are bounded too, by twice the slots. While an activity runs, its message gets a
 //! progress signal every third of the ack-wait, so a long activity is not redelivered
 //! to another replica; a killed worker stops signalling and its work is redelivered.
 

@@ -27,7 +27,7 @@ impl Server {
 
     /// Starts `cfm serve` on `backend` with `RUST_LOG` set to `filter`.
     pub async fn start_logging(backend: TestBackend, args: &[&str], filter: &str) -> Server {
-        plugins_config();
+        let plugins = plugins_config();
         let dir = tempfile::tempdir().unwrap();
         let scratch = backend.scratch().await;
         let data = dir.path().join("data");
@@ -41,6 +41,14 @@ impl Server {
             command.extend(["--database-url".to_string(), db.url().to_string()]);
         }
         command.extend(args.iter().map(|s| s.to_string()));
+        // Named, not left to `cfm serve`'s default beside its binary: `CFM_BIN` may name
+        // a copy anywhere.
+        if !args
+            .iter()
+            .any(|a| *a == "--plugins" || a.starts_with("--plugins="))
+        {
+            command.extend(["--plugins".to_string(), plugins.display().to_string()]);
+        }
         let process = Replica::start_logging(command, dir.path().join("serve.log"), filter);
         let token = std::fs::read_to_string(data.join("admin.token"))
             .unwrap()

@@ -39,10 +39,15 @@ impl ActivityExecutor for Behaviour {
 }
 
 async fn queue() -> Arc<JetStreamQueue> {
+    queue_leasing_for(ACK_WAIT).await
+}
+
+/// A queue of its own whose deliveries stay leased for `ack_wait`.
+async fn queue_leasing_for(ack_wait: Duration) -> Arc<JetStreamQueue> {
     let url = std::env::var("CFM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let settings = JetStreamSettings {
         namespace: format!("test{}", uuid::Uuid::new_v4().simple()),
-        ack_wait: ACK_WAIT,
+        ack_wait,
         ..JetStreamSettings::new(url)
     };
     Arc::new(
@@ -278,7 +283,9 @@ impl OutcomeSink for HeldSink {
 /// bounded all the same: a third task waits until one of the two is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_is_free_once_its_activity_ran_and_outcomes_on_their_way_are_bounded() {
-    let queue = queue().await;
+    // Held reports and a waiting task send no progress signals: a long lease keeps them
+    // from being delivered again, which would count as runs of their own.
+    let queue = queue_leasing_for(Duration::from_secs(60)).await;
     let messages: Vec<Message> = (1..=3)
         .map(|n| Message {
             id: format!("o1/a{n}/1"),
