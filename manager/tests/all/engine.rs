@@ -14,6 +14,7 @@ use cfm_manager::store::Page;
 use cfm_manager::tenant::{cells, profiles, tenants};
 use cfm_manager::testing::{ScratchDatabase, TestBackend};
 use cfm_manager::{EngineSettings, Manager, ManagerError, Options, on_both_backends};
+use cfm_protocol::orchestration_types::{VPA_DEPLOY as DEPLOY, VPA_DISPOSE as DISPOSE};
 use cfm_protocol::{
     ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask, CapabilityCall, Decision,
     Effect,
@@ -135,7 +136,7 @@ async fn unworked(
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
     };
     let activities = BTreeMap::from([(
-        "cfm.orchestration.vpa.deploy".to_string(),
+        DEPLOY.to_string(),
         vec![spec("a", &[]), spec("b", &["a"]), spec("c", &[])],
     )]);
     definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
@@ -182,8 +183,8 @@ impl Fixture {
                 .collect()
         };
         let activities = BTreeMap::from([
-            ("cfm.orchestration.vpa.deploy".to_string(), specs(deploy)),
-            ("cfm.orchestration.vpa.dispose".to_string(), specs(dispose)),
+            (DEPLOY.to_string(), specs(deploy)),
+            (DISPOSE.to_string(), specs(dispose)),
         ]);
         let mut conn = self.manager.engine.db().writer().acquire().await.unwrap();
         definitions::create_orchestration(&mut conn, None, String::new(), json!({}), activities)
@@ -254,6 +255,61 @@ impl Fixture {
 
     fn seen(&self) -> Vec<ActivityTask> {
         self.executor.seen.lock().unwrap().clone()
+    }
+
+    /// Reports the first deploy run of `activity_id` again, as a run handed out again
+    /// would.
+    async fn report_deploy_again(&self, activity_id: &str) {
+        let run = self
+            .seen()
+            .into_iter()
+            .find(|t| t.activity_id == activity_id && t.discriminator == DEPLOY)
+            .unwrap();
+        self.report_again(&run).await;
+    }
+
+    /// Reports `run` again, complete, under the message id of its attempt.
+    async fn report_again(&self, run: &ActivityTask) {
+        let message = format!(
+            "{}/{}/{}",
+            run.orchestration_id, run.activity_id, run.attempt
+        );
+        self.manager
+            .engine
+            .apply(&message, run, complete(json!({})))
+            .await
+            .unwrap();
+    }
+
+    /// The dispose runs of `activity_id` so far.
+    fn disposes_of(&self, activity_id: &str) -> Vec<ActivityTask> {
+        self.seen()
+            .into_iter()
+            .filter(|t| t.activity_id == activity_id && t.discriminator == DISPOSE)
+            .collect()
+    }
+
+    /// Waits (up to 20 s) for the `n`th dispose run of `activity_id` and returns it.
+    async fn nth_dispose_of(&self, activity_id: &str, n: usize) -> ActivityTask {
+        let started = Instant::now();
+        loop {
+            if let Some(run) = self.disposes_of(activity_id).into_iter().nth(n - 1) {
+                return run;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{activity_id} was not disposed of {n} time(s)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn correlation_of(&self, orchestration_id: &str) -> String {
+        sqlx::query_scalar("SELECT correlation_id FROM orchestrations WHERE id = $1")
+            .bind(orchestration_id)
+            .fetch_one(self.manager.engine.db().read())
+            .await
+            .unwrap()
     }
 
     /// The tasks waiting in the outbox for activity `activity_id`, by participant.
@@ -472,7 +528,7 @@ async fn a_failed_deploy_is_compensated_by_the_dispose_template(backend: TestBac
     let dispose = fx
         .seen()
         .into_iter()
-        .find(|t| t.discriminator == "cfm.orchestration.vpa.dispose")
+        .find(|t| t.discriminator == DISPOSE)
         .expect("the dispose orchestration never ran");
     assert_eq!(
         dispose.processing_data["a.done"], true,
@@ -588,81 +644,36 @@ async fn a_deploy_step_that_runs_after_the_dispose_is_undone(backend: TestBacken
             .unwrap()
     };
     // A late report while the participant is live needs nothing undone.
-    let live = fx
-        .seen()
-        .into_iter()
-        .find(|t| t.activity_id == "a")
-        .unwrap();
-    let message = format!("{}/a/{}", live.orchestration_id, live.attempt);
     let before = count().await;
-    fx.manager
-        .engine
-        .apply(&message, &live, complete(json!({})))
-        .await
-        .unwrap();
+    fx.report_deploy_again("a").await;
     assert_eq!(count().await, before);
     profiles::dispose(&fx.manager.engine, &fx.tenant, &id)
         .await
         .unwrap();
     fx.vpas_reach(&id, "disposed").await;
-    let disposes_of_b = |fx: &Fixture| {
-        fx.seen()
-            .iter()
-            .filter(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.dispose")
-            .count()
-    };
-    assert_eq!(disposes_of_b(&fx), 1);
+    assert_eq!(fx.disposes_of("b").len(), 1);
 
     // The deploy's b runs again, late, and reports.
-    let late = fx
-        .seen()
-        .into_iter()
-        .find(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.deploy")
-        .unwrap();
-    let message = format!("{}/b/{}", late.orchestration_id, late.attempt);
-    fx.manager
-        .engine
-        .apply(&message, &late, complete(json!({})))
-        .await
-        .unwrap();
+    fx.report_deploy_again("b").await;
 
-    let started = Instant::now();
-    while disposes_of_b(&fx) < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "b was not disposed again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let undo = fx.nth_dispose_of("b", 2).await;
     let seen = fx.seen();
-    let undo = seen
-        .iter()
-        .rfind(|t| t.activity_id == "b" && t.discriminator == "cfm.orchestration.vpa.dispose")
-        .unwrap();
     assert_eq!(undo.participant_context_id, id);
     assert!(
         seen.iter().filter(|t| t.activity_id == "a").count() == 2,
         "only the late step is undone: {seen:?}"
     );
-    let cleanup: Vec<String> =
-        sqlx::query_scalar("SELECT correlation_id FROM orchestrations WHERE id = $1")
-            .bind(&undo.orchestration_id)
-            .fetch_all(fx.manager.engine.db().read())
-            .await
-            .unwrap();
-    assert_eq!(cleanup, [format!("{id}/cleanup")]);
+    assert_eq!(
+        fx.correlation_of(&undo.orchestration_id).await,
+        format!("{id}/cleanup")
+    );
     // The profile's own record is untouched by the clean-up.
     let profile = fx.vpas_reach(&id, "disposed").await;
     assert!(!profile.error, "{profile:?}");
 
     // A late dispose step needs nothing undone.
     let before = count().await;
-    let message = format!("{}/b/{}", undo.orchestration_id, undo.attempt);
-    fx.manager
-        .engine
-        .apply(&message, undo, complete(json!({})))
-        .await
-        .unwrap();
+    fx.report_again(&undo).await;
     assert_eq!(count().await, before);
 }
 
@@ -948,7 +959,7 @@ async fn a_late_deploy_step_is_undone_when_the_dispose_errored_before_reaching_i
     backend: TestBackend,
 ) {
     let fx = fixture(backend, |task| {
-        let disposing = task.discriminator == "cfm.orchestration.vpa.dispose";
+        let disposing = task.discriminator == DISPOSE;
         match task.activity_id.as_str() {
             "b" if disposing => ActivityOutcome::Fatal {
                 reason: "b cannot be disposed".into(),
@@ -970,7 +981,7 @@ async fn a_late_deploy_step_is_undone_when_the_dispose_errored_before_reaching_i
         "SELECT id FROM orchestrations WHERE correlation_id = $1 AND orchestration_type = $2",
     )
     .bind(&id)
-    .bind("cfm.orchestration.vpa.dispose")
+    .bind(DISPOSE)
     .fetch_one(fx.manager.engine.db().read())
     .await
     .unwrap();
@@ -979,37 +990,10 @@ async fn a_late_deploy_step_is_undone_when_the_dispose_errored_before_reaching_i
     assert_eq!((a.state.as_str(), a.attempts), ("cancelled", 0));
 
     // The deploy's a runs again, late, and reports: a clean-up disposes of a alone.
-    let late = fx
-        .seen()
-        .into_iter()
-        .find(|t| t.activity_id == "a" && t.discriminator == "cfm.orchestration.vpa.deploy")
-        .unwrap();
-    let message = format!("{}/a/{}", late.orchestration_id, late.attempt);
-    fx.manager
-        .engine
-        .apply(&message, &late, complete(json!({})))
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let undone = loop {
-        let undo = fx
-            .seen()
-            .into_iter()
-            .find(|t| t.activity_id == "a" && t.discriminator == "cfm.orchestration.vpa.dispose");
-        if let Some(undo) = undo {
-            break undo;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "a was not disposed of"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let correlation: String =
-        sqlx::query_scalar("SELECT correlation_id FROM orchestrations WHERE id = $1")
-            .bind(&undone.orchestration_id)
-            .fetch_one(fx.manager.engine.db().read())
-            .await
-            .unwrap();
-    assert_eq!(correlation, format!("{id}/cleanup"));
+    fx.report_deploy_again("a").await;
+    let undone = fx.nth_dispose_of("a", 1).await;
+    assert_eq!(
+        fx.correlation_of(&undone.orchestration_id).await,
+        format!("{id}/cleanup")
+    );
 }

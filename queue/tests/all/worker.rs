@@ -10,7 +10,7 @@ use std::time::Duration;
 use cfm_protocol::{ActivityExecutor, ActivityOutcome, ActivityReport, ActivityTask};
 use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
 use cfm_queue::worker::{OutcomeSink, QueueSink, Worker, WorkerSettings};
-use cfm_queue::{Message, Queue, REPORTS_TOPIC, activity_topic};
+use cfm_queue::{Delivery, Message, Queue, REPORTS_TOPIC, activity_topic};
 use serde_json::Map;
 
 const ACK_WAIT: Duration = Duration::from_secs(1);
@@ -79,20 +79,33 @@ async fn run(
     executor: Arc<Behaviour>,
     max_deliveries: u64,
 ) -> ActivityReport {
-    let mut reports = queue.consumer(REPORTS_TOPIC).await.unwrap();
-    let message = Message {
-        id: "o1/a1/1".into(),
-        topic: activity_topic("test.behaviour"),
-        payload: serde_json::to_vec(&task()).unwrap(),
-        trace_parent: None,
-    };
-    queue.publish(&[message]).await.unwrap();
     let settings = WorkerSettings {
         concurrency: 2,
         max_deliveries,
         progress_every: ACK_WAIT / 3,
         pull_wait: Duration::from_millis(500),
     };
+    let report = run_once(&queue, executor, None, settings).await;
+    serde_json::from_slice(report.payload()).unwrap()
+}
+
+/// Publishes one task, its message's header naming `trace_parent`, runs a worker with
+/// `settings` until the first report comes back, and returns that report's message,
+/// acknowledged.
+async fn run_once(
+    queue: &Arc<JetStreamQueue>,
+    executor: Arc<dyn ActivityExecutor>,
+    trace_parent: Option<String>,
+    settings: WorkerSettings,
+) -> Box<dyn Delivery> {
+    let mut reports = queue.consumer(REPORTS_TOPIC).await.unwrap();
+    let message = Message {
+        id: "o1/a1/1".into(),
+        topic: activity_topic("test.behaviour"),
+        payload: serde_json::to_vec(&task()).unwrap(),
+        trace_parent,
+    };
+    queue.publish(&[message]).await.unwrap();
     let worker = Worker::new(
         queue.clone(),
         executor,
@@ -100,11 +113,12 @@ async fn run(
         settings,
     );
     let running = tokio::spawn(worker.run());
-    let batch = reports.pull(1, Duration::from_secs(30)).await.unwrap();
+    let mut batch = reports.pull(1, Duration::from_secs(30)).await.unwrap();
     running.abort();
     assert_eq!(batch.len(), 1, "no report came back");
-    batch[0].ack().await.unwrap();
-    serde_json::from_slice(batch[0].payload()).unwrap()
+    let report = batch.remove(0);
+    report.ack().await.unwrap();
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,37 +235,20 @@ async fn a_task_runs_in_the_trace_its_header_names_and_reports_in_it() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let sent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let queue = queue().await;
-    let mut reports = queue.consumer(REPORTS_TOPIC).await.unwrap();
-    let message = Message {
-        id: "o1/a1/1".into(),
-        topic: activity_topic("test.behaviour"),
-        // The task itself names no trace.
-        payload: serde_json::to_vec(&task()).unwrap(),
-        trace_parent: Some(sent.clone()),
-    };
-    queue.publish(&[message]).await.unwrap();
     let executor = Arc::new(TraceReader::default());
     let settings = WorkerSettings {
         pull_wait: Duration::from_millis(500),
         ..WorkerSettings::default()
     };
-    let worker = Worker::new(
-        queue.clone(),
-        executor.clone(),
-        Arc::new(QueueSink(queue.clone())),
-        settings,
-    );
-    let running = tokio::spawn(worker.run());
-    let batch = reports.pull(1, Duration::from_secs(30)).await.unwrap();
-    running.abort();
-    assert_eq!(batch.len(), 1, "no report came back");
+    // The task itself names no trace: only its message's header does.
+    let report = run_once(&queue, executor.clone(), Some(sent.clone()), settings).await;
 
     let seen = executor.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     let during = seen[0].clone().expect("the run is in a trace");
     assert_eq!(&during[3..35], trace_id, "{during}");
     assert_ne!(during, sent, "the run has a span of its own");
-    let reported = batch[0].trace_parent().expect("the report's header");
+    let reported = report.trace_parent().expect("the report's header");
     assert_eq!(&reported[3..35], trace_id, "{reported}");
     (*queue).clone().delete().await.unwrap();
 }
