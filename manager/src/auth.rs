@@ -12,9 +12,10 @@
 //!
 //! Beyond upstream, a `cfm_tenant` claim confines a token to one tenant's resources.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -70,7 +71,7 @@ pub struct AuthSettings {
 }
 
 /// The claims cfm reads.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     /// Who the token stands for; a cancelled orchestration names it ("cancelled by ...").
     #[serde(default)]
@@ -81,6 +82,10 @@ pub struct Claims {
     /// Confines the token to this tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cfm_tenant: Option<String>,
+    /// When the token expires, in seconds since the epoch: how long its check may be
+    /// remembered. Checked by the JWT library; a number, as some providers send a fraction.
+    #[serde(default, skip_serializing)]
+    exp: Option<f64>,
 }
 
 impl Claims {
@@ -122,6 +127,7 @@ pub struct Auth {
     encoding: EncodingKey,
     validation: Validation,
     external: Option<Arc<External>>,
+    verified: Arc<VerifiedTokens>,
 }
 
 impl Auth {
@@ -162,6 +168,7 @@ impl Auth {
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             validation,
             external: None,
+            verified: Arc::default(),
         })
     }
 
@@ -252,8 +259,19 @@ impl Auth {
             .map_err(|e| ManagerError::Io(format!("signing a token: {e}")))
     }
 
-    /// Checks a token, local or external, and returns its claims.
+    /// Checks a token, local or external, and returns its claims. A token that verified
+    /// a moment ago is taken from [`VerifiedTokens`] instead of checked again.
     pub async fn verify(&self, token: &str) -> std::result::Result<Claims, AuthError> {
+        if let Some(claims) = self.verified.get(token, Instant::now()) {
+            return Ok(claims);
+        }
+        let claims = self.check(token).await?;
+        self.verified
+            .remember(token, &claims, Instant::now(), SystemTime::now());
+        Ok(claims)
+    }
+
+    async fn check(&self, token: &str) -> std::result::Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
         let local_kid = header.kid.as_deref().is_none_or(|kid| kid == LOCAL_KID);
         match &self.external {
@@ -343,6 +361,59 @@ fn names(claim: &serde_json::Value, audience: &str) -> bool {
         serde_json::Value::String(one) => one == audience,
         serde_json::Value::Array(many) => many.iter().any(|v| v.as_str() == Some(audience)),
         _ => false,
+    }
+}
+
+/// Tokens that verified recently, with their claims. A client sends the same token with
+/// every request, and checking its signature each time (an Ed25519 or RSA verification,
+/// base64 and JSON) was a tenth of the manager's CPU serving reads. The whole token is the
+/// key, so a token that differs in any byte is checked in full. An entry lasts until the
+/// token expires or [`VERIFIED_FOR`] has passed, whichever comes first: a key withdrawn
+/// from an identity provider's JWKS stops being accepted within that time, as it would
+/// once the JWKS was fetched again.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: std::sync::Mutex<HashMap<Box<str>, (Claims, Instant)>>,
+}
+
+/// How long a verified token is remembered at most.
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// How many tokens are remembered; when full, the memory starts over.
+const VERIFIED_MAX: usize = 4_096;
+/// Longer tokens are checked every time, so the memory stays within a few MiB.
+const VERIFIED_MAX_LEN: usize = 2_048;
+
+impl VerifiedTokens {
+    /// The claims of `token` if it verified and its entry has not lapsed at `now`.
+    fn get(&self, token: &str, now: Instant) -> Option<Claims> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (claims, until) = entries.get(token)?;
+        (now < *until).then(|| claims.clone())
+    }
+
+    /// Remembers a token that just verified, for as long as it is valid and at most
+    /// [`VERIFIED_FOR`]; `now` and `wall` are the same moment on both clocks.
+    fn remember(&self, token: &str, claims: &Claims, now: Instant, wall: SystemTime) {
+        let since_epoch = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let Some(left) = claims.exp.map(|exp| exp - since_epoch) else {
+            return;
+        };
+        if token.len() > VERIFIED_MAX_LEN || !left.is_finite() || left <= 0.0 {
+            return;
+        }
+        let until = now + Duration::from_secs_f64(left).min(VERIFIED_FOR);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_MAX {
+            // Lapsed entries first; a flood of live tokens only costs their checks.
+            entries.retain(|_, (_, until)| now < *until);
+            if entries.len() >= VERIFIED_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(token.into(), (claims.clone(), until));
     }
 }
 
@@ -542,5 +613,77 @@ mod tests {
         let stranger = Auth::load_or_create(other.path()).unwrap();
         assert!(stranger.verify_local(&token).is_err());
         assert!(auth.verify_local("not-a-jwt").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_serves_until_it_lapses_and_any_other_bytes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::load_or_create(dir.path()).unwrap();
+        let token = auth
+            .issue_for("alice", &[TENANT_READ], Some("t1"), 3600)
+            .unwrap();
+        let claims = auth.verify(&token).await.unwrap();
+        assert_eq!(claims.cfm_tenant.as_deref(), Some("t1"));
+        let now = Instant::now();
+        let remembered = auth.verified.get(&token, now).expect("remembered");
+        assert_eq!(remembered.sub, "alice");
+        assert!(remembered.has_scope(TENANT_READ));
+        // At most a minute, though the token is valid for an hour.
+        assert!(auth.verified.get(&token, now + VERIFIED_FOR).is_none());
+
+        // A token one byte away from a remembered one is checked, and fails.
+        let mut forged = token.clone().into_bytes();
+        // Inside the signature, where every bit counts.
+        let inside = forged.len() - 10;
+        forged[inside] = if forged[inside] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(auth.verify(&forged).await.is_err());
+        assert!(auth.verified.get(&forged, Instant::now()).is_none());
+        // And so is one of another key, however it is named.
+        let stranger = Auth::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let theirs = stranger.issue("mallory", &ALL_SCOPES, 3600).unwrap();
+        assert!(auth.verify(&theirs).await.is_err());
+    }
+
+    #[test]
+    fn remembered_tokens_lapse_with_their_expiry_and_stay_bounded() {
+        let verified = VerifiedTokens::default();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let epoch = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let claims = |exp: Option<f64>| Claims {
+            sub: "s".into(),
+            scope: TENANT_READ.into(),
+            cfm_tenant: None,
+            exp,
+        };
+        verified.remember("soon", &claims(Some(epoch + 5.0)), now, wall);
+        assert!(verified.get("soon", now + Duration::from_secs(4)).is_some());
+        assert!(verified.get("soon", now + Duration::from_secs(6)).is_none());
+        // Expired (the library's leeway let it through) or without an expiry: not kept.
+        verified.remember("expired", &claims(Some(epoch - 1.0)), now, wall);
+        verified.remember("no-exp", &claims(None), now, wall);
+        verified.remember(
+            &"x".repeat(VERIFIED_MAX_LEN + 1),
+            &claims(Some(epoch + 60.0)),
+            now,
+            wall,
+        );
+        assert!(verified.get("expired", now).is_none());
+        assert!(verified.get("no-exp", now).is_none());
+        assert_eq!(verified.entries.lock().unwrap().len(), 1);
+
+        for i in 0..VERIFIED_MAX + 10 {
+            verified.remember(&format!("t{i}"), &claims(Some(epoch + 60.0)), now, wall);
+        }
+        let kept = verified.entries.lock().unwrap().len();
+        assert!((1..=VERIFIED_MAX).contains(&kept), "{kept} remembered");
+        assert!(
+            verified
+                .get(&format!("t{}", VERIFIED_MAX + 9), now)
+                .is_some()
+        );
     }
 }
