@@ -15,8 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cfm_manager::error::ManagerError;
 use cfm_manager::query::Predicate;
-use cfm_manager::store::{Db, Page, Paged};
+use cfm_manager::store::{self, Db, Page, Paged};
 use cfm_manager::tenant::profiles;
 use cfm_manager::testing::TestBackend;
 use cfm_test_support::{Api, Server, percentile, sizes_from_env};
@@ -72,9 +73,9 @@ async fn workloads(api: &Arc<Api>, db: &Db, data: &Population, population: usize
         "\n{population} participant profiles, {TENANTS} tenants, PostgreSQL, {CLIENTS} concurrent clients\n"
     );
     println!(
-        "| workload | API p50 | API p99 | API req/s | sqlx p50 | sqlx p99 | API/sqlx p50 | API/sqlx p99 |"
+        "| workload | API p50 | API p99 | API req/s | sqlx p50 | sqlx p99 | API/sqlx p50 | API/sqlx p99 | stopped at the budget, API / sqlx |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
 
     let by_id = |i: usize| {
         let (tenant, profile) = &data.profiles[(i * 7919) % data.profiles.len()];
@@ -96,6 +97,7 @@ async fn workloads(api: &Arc<Api>, db: &Db, data: &Population, population: usize
             let (t, p) = by_id(i);
             Box::pin(async move {
                 profiles::get(&db, &t, &p).await.expect("get");
+                Answer::Answered
             })
         },
     )
@@ -120,6 +122,7 @@ async fn workloads(api: &Arc<Api>, db: &Db, data: &Population, population: usize
                 profiles::list(&db, &t, Page::new(None, Some(100)))
                     .await
                     .expect("list");
+                Answer::Answered
             })
         },
     )
@@ -157,10 +160,20 @@ async fn workloads(api: &Arc<Api>, db: &Db, data: &Population, population: usize
                     // What the route reads: the page, and the count when the page
                     // cannot tell it.
                     let page = Page::new(None, Some(100));
-                    let items = profiles::query(&db, &predicate, page).await.expect("query");
-                    Paged::counting_if_needed(items, page, profiles::count(&db, &predicate))
-                        .await
-                        .expect("count");
+                    let read = match profiles::query(&db, &predicate, page).await {
+                        Ok(items) => {
+                            Paged::counting_if_needed(items, page, profiles::count(&db, &predicate))
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match read {
+                        Ok(_) => Answer::Answered,
+                        Err(ManagerError::Database(e)) if store::is_query_timeout(&e) => {
+                            Answer::Stopped
+                        }
+                        Err(e) => panic!("query: {e}"),
+                    }
                 })
             },
         )
@@ -173,7 +186,15 @@ enum Request {
     Query(String),
 }
 
-type Direct = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// How a request ended. A query the database stopped at its time budget is counted in its
+/// row rather than ending the run: a heavy workload at a million profiles may meet it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Answered,
+    Stopped,
+}
+
+type Direct = std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
 
 /// Runs `count` requests of a workload through the API, then through sqlx, each from
 /// 16 concurrent clients, and prints one row of the table.
@@ -188,7 +209,7 @@ async fn measure(
     let requests: Vec<Request> = (0..count).map(&request).collect();
     let requests = Arc::new(requests);
     let started = Instant::now();
-    let api_latencies = concurrently(count, |i| {
+    let (api_latencies, api_stopped) = concurrently(count, |i| {
         let api = api.clone();
         let requests = requests.clone();
         Box::pin(async move {
@@ -197,21 +218,29 @@ async fn measure(
                     let response = api.get(path).await;
                     assert_eq!(response.status(), 200, "GET {path}");
                     response.bytes().await.expect("body");
+                    Answer::Answered
                 }
                 Request::Query(predicate) => {
-                    api.post_ok(
-                        "/participant-profiles/query",
-                        json!({"predicate": predicate, "limit": 100}),
-                        200,
-                    )
-                    .await;
+                    let (status, body) = api
+                        .call(
+                            reqwest::Method::POST,
+                            "/participant-profiles/query",
+                            Some(json!({"predicate": predicate, "limit": 100})),
+                            None,
+                        )
+                        .await;
+                    if status == 400 && body["reason"] == "query-timeout" {
+                        return Answer::Stopped;
+                    }
+                    assert_eq!(status, 200, "query {predicate}: {body}");
+                    Answer::Answered
                 }
             }
         })
     })
     .await;
     let api_rate = count as f64 / started.elapsed().as_secs_f64();
-    let sqlx_latencies = concurrently(count, |i| direct(db.clone(), i)).await;
+    let (sqlx_latencies, sqlx_stopped) = concurrently(count, |i| direct(db.clone(), i)).await;
 
     let (a50, a99) = (
         percentile(&api_latencies, 50),
@@ -222,7 +251,7 @@ async fn measure(
         percentile(&sqlx_latencies, 99),
     );
     println!(
-        "| {name} | {} | {} | {api_rate:.0} | {} | {} | {:.2}x | {:.2}x |",
+        "| {name} | {} | {} | {api_rate:.0} | {} | {} | {:.2}x | {:.2}x | {api_stopped} / {sqlx_stopped} |",
         ms(a50),
         ms(a99),
         ms(s50),
@@ -232,8 +261,9 @@ async fn measure(
     );
 }
 
-/// Runs `count` jobs from `CLIENTS` tasks; each job's latency.
-async fn concurrently(count: usize, job: impl Fn(usize) -> Direct) -> Vec<Duration> {
+/// Runs `count` jobs from `CLIENTS` tasks; each job's latency (a stopped one's included:
+/// its client waited for it), and how many were stopped at the query budget.
+async fn concurrently(count: usize, job: impl Fn(usize) -> Direct) -> (Vec<Duration>, usize) {
     let jobs: Vec<Direct> = (0..count).map(job).collect();
     let jobs = Arc::new(tokio::sync::Mutex::new(
         jobs.into_iter().collect::<std::collections::VecDeque<_>>(),
@@ -243,22 +273,28 @@ async fn concurrently(count: usize, job: impl Fn(usize) -> Direct) -> Vec<Durati
             let jobs = jobs.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut stopped = 0;
                 loop {
                     let Some(job) = jobs.lock().await.pop_front() else {
-                        return latencies;
+                        return (latencies, stopped);
                     };
                     let started = Instant::now();
-                    job.await;
+                    if job.await == Answer::Stopped {
+                        stopped += 1;
+                    }
                     latencies.push(started.elapsed());
                 }
             })
         })
         .collect();
     let mut all = Vec::with_capacity(count);
+    let mut stopped = 0;
     for client in clients {
-        all.extend(client.await.expect("client"));
+        let (latencies, its_stopped) = client.await.expect("client");
+        all.extend(latencies);
+        stopped += its_stopped;
     }
-    all
+    (all, stopped)
 }
 
 fn ms(d: Duration) -> String {
