@@ -10,7 +10,6 @@ mod plugin;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -28,11 +27,6 @@ use cfm_queue::jetstream::{JetStreamQueue, JetStreamSettings};
 use cfm_queue::worker::{QueueSink, Worker, WorkerSettings};
 use clap::Parser;
 
-/// Every request, row and message allocates: glibc's malloc and free (with its
-/// consolidation of fragmented arenas) took a fifth of the manager's CPU serving reads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use background::{AgentWork, Background, JetStreamProbe, PluginsProbe};
 use cfm_telemetry::Exporter;
 
@@ -40,6 +34,11 @@ use args::{
     AgentArgs, ApiArgs, Cli, Command, EventArgs, HostArgs, LogFormat, ManagerArgs, NatsArgs,
     ServeArgs, TokenArgs,
 };
+
+/// Every request, row and message allocates: glibc's malloc and free (with its
+/// consolidation of fragmented arenas) took a fifth of the manager's CPU serving reads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

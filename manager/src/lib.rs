@@ -98,11 +98,11 @@ impl Manager {
         probes: Vec<Arc<dyn api::Probe>>,
         readings: Vec<Arc<dyn api::Reading>>,
     ) -> axum::Router {
-        api::router(api::AppState {
+        api::router(api::AppState::new(api::Shared {
             engine: self.engine.clone(),
             auth: self.auth.clone(),
             observed: api::Observed::with_database(self.engine.db().clone(), probes, readings),
-        })
+        }))
     }
 
     /// Agent workers running `executor` in this process, fed from the embedded queue. The

@@ -28,15 +28,35 @@ use error::ApiError;
 /// Where every API route lives, the OpenAPI document and a health check included.
 pub const PREFIX: &str = "/api/v1alpha1";
 
-/// What every handler can reach.
+/// What every handler can reach: one shared [`Shared`], since axum clones the state for
+/// the middleware and the handler of every request, and the token checker's keys and
+/// validation rules are allocations of their own.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+/// The contents of an [`AppState`].
+pub struct Shared {
     /// The orchestration engine, and through it the database.
     pub engine: Engine,
     /// Checks each request's bearer token.
     pub auth: Auth,
     /// What `/ready` checks, the database first, and its last answers.
     pub observed: std::sync::Arc<Observed>,
+}
+
+impl AppState {
+    /// The state every route of [`router`] shares.
+    pub fn new(shared: Shared) -> Self {
+        Self(std::sync::Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// The whole HTTP surface: authenticated API routes plus the open probes, metrics and
