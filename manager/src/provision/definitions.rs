@@ -376,7 +376,36 @@ pub async fn select(
         })?;
         return Ok(defines(&definition).then_some(definition));
     }
-    Ok(all(conn).await?.into_iter().rev().find(defines))
+    newest_defining(conn, orchestration_type, defines).await
+}
+
+/// The newest definition `defines` accepts, among those whose activities name
+/// `orchestration_type`: the text filter finds them without reading every definition (an
+/// operator may keep many templates) and is only ever wider than the check, since a
+/// stored type is a type name and `_` is the one of its characters `LIKE` reads as a
+/// wildcard. A type that is no type name is defined by none.
+async fn newest_defining(
+    conn: &mut Conn,
+    orchestration_type: &str,
+    defines: impl Fn(&OrchestrationDefinition) -> bool,
+) -> Result<Option<OrchestrationDefinition>> {
+    if !is_type_name(orchestration_type) {
+        return Ok(None);
+    }
+    let rows = sqlx::query(
+        "SELECT id, version, description, schema, activities FROM orchestration_definitions
+         WHERE activities LIKE $1 ORDER BY created_at DESC, id DESC",
+    )
+    .bind(format!("%\"{orchestration_type}\"%"))
+    .fetch_all(conn)
+    .await?;
+    for row in &rows {
+        let definition = read(row)?;
+        if defines(&definition) {
+            return Ok(Some(definition));
+        }
+    }
+    Ok(None)
 }
 
 /// `definition` as an orchestration that brings a live participant to it (an upgrade,
@@ -700,33 +729,45 @@ mod tests {
         assert!(err.contains("twice"), "{err}");
     }
 
-    #[tokio::test]
-    async fn the_newest_definition_is_the_last_created_even_within_one_millisecond() {
+    /// A scratch database that knows activity type `t` (as `spec` makes them), and the
+    /// directory that holds it.
+    async fn knowing_activity_t() -> (tempfile::TempDir, crate::store::Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open_sqlite(&dir.path().join("cfm.db"))
             .await
             .unwrap();
-        let mut conn = db.writer().acquire().await.unwrap();
         let activity = ActivityDefinition {
             activity_type: "t".into(),
             description: String::new(),
             input_schema: serde_json::json!({}),
             output_schema: serde_json::json!({}),
         };
+        let mut conn = db.writer().acquire().await.unwrap();
         put_activity(&mut conn, &activity).await.unwrap();
+        drop(conn);
+        (dir, db)
+    }
+
+    /// Creates a definition running activity `a` (of type `t`) for each of `types`;
+    /// returns its id.
+    async fn defining(conn: &mut Conn, types: &[&str]) -> String {
+        let activities = types
+            .iter()
+            .map(|t| (t.to_string(), vec![spec("a", &[])]))
+            .collect();
+        create_orchestration(conn, None, String::new(), serde_json::json!({}), activities)
+            .await
+            .unwrap()
+            .id
+    }
+
+    #[tokio::test]
+    async fn the_newest_definition_is_the_last_created_even_within_one_millisecond() {
+        let (_dir, db) = knowing_activity_t().await;
+        let mut conn = db.writer().acquire().await.unwrap();
         let mut created = Vec::new();
         for _ in 0..20 {
-            let activities = BTreeMap::from([("deploy".to_string(), vec![spec("a", &[])])]);
-            let definition = create_orchestration(
-                &mut conn,
-                None,
-                String::new(),
-                serde_json::json!({}),
-                activities,
-            )
-            .await
-            .unwrap();
-            created.push(definition.id);
+            created.push(defining(&mut conn, &["deploy"]).await);
         }
         let newest = select(&mut conn, "deploy", None).await.unwrap().unwrap();
         assert_eq!(Some(&newest.id), created.last());
@@ -737,5 +778,34 @@ mod tests {
             .map(|d| d.id)
             .collect();
         assert_eq!(order, created);
+    }
+
+    #[tokio::test]
+    async fn the_newest_definition_of_a_type_is_found_past_newer_ones_its_text_filter_lets_through()
+    {
+        let (_dir, db) = knowing_activity_t().await;
+        let mut conn = db.writer().acquire().await.unwrap();
+        let underscored = defining(&mut conn, &["x_deploy"]).await;
+        // Newer, and `LIKE '%"x_deploy"%'` matches it (`_` is any character), but it
+        // defines another type, and so do the upper-case twin (SQLite's `LIKE` ignores
+        // case) and a type that only contains the name.
+        let dotted = defining(&mut conn, &["x.deploy"]).await;
+        defining(&mut conn, &["X_DEPLOY", "pre-x_deploy"]).await;
+        let found = |definition: Option<OrchestrationDefinition>| definition.map(|d| d.id);
+        assert_eq!(
+            found(select(&mut conn, "x_deploy", None).await.unwrap()),
+            Some(underscored)
+        );
+        assert_eq!(
+            found(select(&mut conn, "x.deploy", None).await.unwrap()),
+            Some(dotted)
+        );
+        for undefined in ["x", "deploy", "x%", "x\"deploy", ""] {
+            assert_eq!(
+                found(select(&mut conn, undefined, None).await.unwrap()),
+                None,
+                "{undefined:?}"
+            );
+        }
     }
 }

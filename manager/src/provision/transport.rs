@@ -17,13 +17,13 @@ use cfm_protocol::{ActivityExecutor, ActivityReport};
 use cfm_queue::worker::{OutcomeSink, ReportError, Worker, WorkerSettings};
 use cfm_queue::{Message, Queue, REPORTS_TOPIC};
 use futures_util::StreamExt;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::provision::Engine;
 use crate::provision::engine::GroupCommit;
 use crate::queue::{self, DbQueue, Express, Lane, Leased};
-use crate::store::Backend;
+use crate::store::{Backend, Db};
 
 /// How long a pulled message stays leased without a progress signal. Workers signal
 /// every third of it, so only a dead worker's work waits this long to be redelivered.
@@ -130,6 +130,11 @@ pub fn run_distributed(
 /// written without a claim, when a row falls due, and every [`IDLE`] regardless, which is
 /// what picks up a claimed row whose process died before handing it over.
 ///
+/// A published row is marked held (with the sequence the queue stored it at) by a task
+/// of the relay's own, which gathers [`HOLD_EVERY`]'s hand-overs into one statement:
+/// the mark keeps the row from being swept again, which its claim or lease already does
+/// for far longer, so it need not be written before the next publish.
+///
 /// Rows held for a while are looked up in the queue: one it no longer holds, whose
 /// outcome still has not come back after [`VANISHED_GRACE`], was lost (a task, or the
 /// report of its run) and is published again.
@@ -137,6 +142,10 @@ pub struct Relay {
     engine: Engine,
     queue: Arc<dyn Queue>,
     express: Option<Lane>,
+    /// Hand-overs to mark held, and their far end until [`Relay::run`] starts the task
+    /// that writes them.
+    holds: mpsc::UnboundedSender<HandOver>,
+    handed: Option<mpsc::UnboundedReceiver<HandOver>>,
     /// Rows taken off the express lane while waiting, to publish next.
     taken: Vec<Leased>,
     /// When to sweep the table next, failing a signal.
@@ -165,14 +174,20 @@ const VANISHED_GRACE: Duration = Duration::from_secs(5);
 const VANISHED_BATCH: i64 = 256;
 /// Look-ups in flight at once.
 const LOOKUPS: usize = 16;
+/// How long the relay gathers hand-overs before it marks them held. Far inside the
+/// [`RELAY_LEASE`] (and the express claim) that keeps them from being swept meanwhile.
+const HOLD_EVERY: Duration = Duration::from_millis(100);
 
 impl Relay {
     /// A relay from `engine`'s outbox to `queue`; nothing moves until [`Relay::run`].
     pub fn new(engine: Engine, queue: Arc<dyn Queue>) -> Self {
+        let (holds, handed) = mpsc::unbounded_channel();
         Self {
             engine,
             queue,
             express: None,
+            holds,
+            handed: Some(handed),
             taken: Vec::new(),
             next_sweep: tokio::time::Instant::now(),
             vanished: HashMap::new(),
@@ -191,6 +206,12 @@ impl Relay {
 
     /// Runs until aborted.
     pub async fn run(mut self) {
+        // Ends with the relay: hand-overs not yet marked then go out again once their
+        // lease ends, under the same ids, which the queue drops as duplicates.
+        let mut holder = JoinSet::new();
+        if let Some(handed) = self.handed.take() {
+            holder.spawn(hold_handed_over(self.engine.db().clone(), handed));
+        }
         let mut signal = self.engine.outbox_signal().subscribe();
         let mut failures = 0u32;
         let mut sweep = true;
@@ -299,16 +320,18 @@ impl Relay {
             .collect();
         // A crash between publish and hold publishes again under the same ids, which
         // the queue drops; past its duplicate window the engine drops the stale outcome.
-        let handed_over_at = queue::now_ms();
+        let at_ms = queue::now_ms();
         let sequences = self.queue.publish(&messages).await?;
-        let handed: Vec<(&str, Option<u64>)> = rows
-            .iter()
+        let moved = rows.len();
+        let rows = rows
+            .into_iter()
             .zip(sequences.into_iter().chain(std::iter::repeat(None)))
-            .map(|(row, sequence)| (row.id.as_str(), sequence))
+            .map(|(row, sequence)| (row.id, sequence))
             .collect();
-        queue::hold(self.engine.db(), &handed, handed_over_at).await?;
-        tracing::debug!(messages = rows.len(), "relayed outbox");
-        Ok(rows.len())
+        // The holder lives as long as the relay: a send fails only while it is dropped.
+        let _ = self.holds.send(HandOver { at_ms, rows });
+        tracing::debug!(messages = moved, "relayed outbox");
+        Ok(moved)
     }
 
     /// Publishes again what the queue lost: held rows it no longer holds whose outcome
@@ -355,6 +378,72 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// Rows published together: when the hand-over began (Unix milliseconds), and each
+/// row's id with the sequence the queue stored it at.
+struct HandOver {
+    at_ms: i64,
+    rows: Vec<(String, Option<u64>)>,
+}
+
+/// Marks what the relay handed over held: [`HOLD_EVERY`]'s hand-overs at a time, in a
+/// statement per [`RELAY_BATCH`] rows. A write that fails is tried again with what came
+/// since; meanwhile the rows' leases keep them from being swept.
+async fn hold_handed_over(db: Db, mut handed: mpsc::UnboundedReceiver<HandOver>) {
+    let mut pending: Vec<HandOver> = Vec::new();
+    let mut failures = 0u32;
+    loop {
+        if pending.is_empty() {
+            match handed.recv().await {
+                Some(first) => pending.push(first),
+                None => return,
+            }
+        }
+        tokio::time::sleep(HOLD_EVERY).await;
+        while let Ok(more) = handed.try_recv() {
+            pending.push(more);
+        }
+        match hold_all(&db, &pending).await {
+            Ok(()) => {
+                pending.clear();
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                let pause = Duration::from_millis(100 << failures.min(6));
+                tracing::warn!("cannot mark relayed messages held (retrying in {pause:?}): {e}");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// One mark per row, its latest hand-over's: a row lost and published again may still
+/// be waiting for the mark of its first hand-over. Each statement's rows are marked with
+/// the earliest hand-over among them, which makes them at most [`HOLD_EVERY`] older than
+/// they are to the check for lost messages, whose grace is far longer.
+async fn hold_all(db: &Db, pending: &[HandOver]) -> crate::Result<()> {
+    let mut latest: HashMap<&str, (Option<u64>, i64)> = HashMap::new();
+    for hand_over in pending {
+        for (id, sequence) in &hand_over.rows {
+            latest.insert(id.as_str(), (*sequence, hand_over.at_ms));
+        }
+    }
+    let mut rows: Vec<(&str, Option<u64>, i64)> = latest
+        .into_iter()
+        .map(|(id, (sequence, at_ms))| (id, sequence, at_ms))
+        .collect();
+    rows.sort_by_key(|&(_, _, at_ms)| at_ms);
+    for chunk in rows.chunks(RELAY_BATCH) {
+        let earliest = chunk[0].2;
+        let handed: Vec<(&str, Option<u64>)> = chunk
+            .iter()
+            .map(|&(id, sequence, _)| (id, sequence))
+            .collect();
+        queue::hold(db, &handed, earliest).await?;
+    }
+    Ok(())
 }
 
 /// Applies the reports agent hosts publish. Every manager replica runs one; they share
