@@ -487,6 +487,9 @@ async fn serve_api(
             }
         };
         tokio::select! {
+            // The stop first: the API's graceful shutdown follows it, and once both are
+            // ready an unbiased select could take the API's end for a failure.
+            biased;
             () = stopped(stopping) => {}
             served = &mut api => {
                 served??;
