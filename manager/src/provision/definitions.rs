@@ -465,8 +465,12 @@ fn read(row: &crate::store::Row) -> Result<OrchestrationDefinition> {
     })
 }
 
+/// At most this long: a name is a `LIKE` pattern's core when definitions are looked up
+/// by it, and SQLite refuses patterns over 50,000 bytes.
+const MAX_TYPE_NAME: usize = 256;
+
 fn is_type_name(name: &str) -> bool {
-    !name.is_empty()
+    (1..=MAX_TYPE_NAME).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -514,7 +518,7 @@ fn validate(
     for (orchestration_type, list) in activities {
         if !is_type_name(orchestration_type) {
             return bad(format!(
-                "orchestration type '{orchestration_type}' must match ^[a-zA-Z0-9._-]+$"
+                "orchestration type '{orchestration_type}' must match ^[a-zA-Z0-9._-]{{1,{MAX_TYPE_NAME}}}$"
             ));
         }
         let mut ids = BTreeSet::new();
@@ -787,8 +791,8 @@ mod tests {
         let mut conn = db.writer().acquire().await.unwrap();
         let underscored = defining(&mut conn, &["x_deploy"]).await;
         // Newer, and `LIKE '%"x_deploy"%'` matches it (`_` is any character), but it
-        // defines another type, and so do the upper-case twin (SQLite's `LIKE` ignores
-        // case) and a type that only contains the name.
+        // defines another type; so does the upper-case twin (SQLite's `LIKE` ignores
+        // case), and the type that contains the name does not pass the filter at all.
         let dotted = defining(&mut conn, &["x.deploy"]).await;
         defining(&mut conn, &["X_DEPLOY", "pre-x_deploy"]).await;
         let found = |definition: Option<OrchestrationDefinition>| definition.map(|d| d.id);
@@ -800,7 +804,8 @@ mod tests {
             found(select(&mut conn, "x.deploy", None).await.unwrap()),
             Some(dotted)
         );
-        for undefined in ["x", "deploy", "x%", "x\"deploy", ""] {
+        let too_long = "x".repeat(MAX_TYPE_NAME + 1);
+        for undefined in ["x", "deploy", "x%", "x\"deploy", "", &too_long] {
             assert_eq!(
                 found(select(&mut conn, undefined, None).await.unwrap()),
                 None,

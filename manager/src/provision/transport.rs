@@ -177,6 +177,9 @@ const LOOKUPS: usize = 16;
 /// How long the relay gathers hand-overs before it marks them held. Far inside the
 /// [`RELAY_LEASE`] (and the express claim) that keeps them from being swept meanwhile.
 const HOLD_EVERY: Duration = Duration::from_millis(100);
+/// How old a hand-over may be when it is marked held: half the [`RELAY_LEASE`] that keeps
+/// its row from going out again meanwhile.
+const HOLD_WITHIN: Duration = Duration::from_secs(RELAY_LEASE.as_secs() / 2);
 
 impl Relay {
     /// A relay from `engine`'s outbox to `queue`; nothing moves until [`Relay::run`].
@@ -328,8 +331,10 @@ impl Relay {
             .zip(sequences.into_iter().chain(std::iter::repeat(None)))
             .map(|(row, sequence)| (row.id, sequence))
             .collect();
-        // The holder lives as long as the relay: a send fails only while it is dropped.
-        let _ = self.holds.send(HandOver { at_ms, rows });
+        // The holder lives as long as the relay; should it be gone, the mark is written here.
+        if let Err(mpsc::error::SendError(hand_over)) = self.holds.send(HandOver { at_ms, rows }) {
+            hold_all(self.engine.db(), &[hand_over]).await?;
+        }
         tracing::debug!(messages = moved, "relayed outbox");
         Ok(moved)
     }
@@ -389,7 +394,10 @@ struct HandOver {
 
 /// Marks what the relay handed over held: [`HOLD_EVERY`]'s hand-overs at a time, in a
 /// statement per [`RELAY_BATCH`] rows. A write that fails is tried again with what came
-/// since; meanwhile the rows' leases keep them from being swept.
+/// since, while the rows' leases keep them from being swept: a mark older than
+/// [`HOLD_WITHIN`] is dropped instead, since its row may have gone out again since (swept
+/// once its lease ended, or published anew as lost), and a late mark would name a stale
+/// sequence. Such a row goes out once more, under the same id, as after a crash.
 async fn hold_handed_over(db: Db, mut handed: mpsc::UnboundedReceiver<HandOver>) {
     let mut pending: Vec<HandOver> = Vec::new();
     let mut failures = 0u32;
@@ -403,6 +411,15 @@ async fn hold_handed_over(db: Db, mut handed: mpsc::UnboundedReceiver<HandOver>)
         tokio::time::sleep(HOLD_EVERY).await;
         while let Ok(more) = handed.try_recv() {
             pending.push(more);
+        }
+        let fresh_from = queue::now_ms() - HOLD_WITHIN.as_millis() as i64;
+        let before = pending.len();
+        pending.retain(|hand_over| hand_over.at_ms >= fresh_from);
+        if pending.len() < before {
+            tracing::warn!(
+                hand_overs = before - pending.len(),
+                "relayed messages not marked held in time go out again after their lease"
+            );
         }
         match hold_all(&db, &pending).await {
             Ok(()) => {

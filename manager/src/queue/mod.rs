@@ -368,7 +368,8 @@ const HELD: i64 = i64::MAX;
 
 /// Marks messages as handed over to another queue at `at_ms` (Unix milliseconds, taken
 /// before the hand-over began), each with the sequence that queue stored it at, in one
-/// statement.
+/// statement. A row released meanwhile (found lost, to be published anew) keeps that
+/// state: a published row is always leased, so an unleased one is not marked.
 pub async fn hold(db: &Db, handed: &[(&str, Option<u64>)], at_ms: i64) -> Result<()> {
     if handed.is_empty() {
         return Ok(());
@@ -393,7 +394,8 @@ pub async fn hold(db: &Db, handed: &[(&str, Option<u64>)], at_ms: i64) -> Result
         format!("CASE id{sequences} END")
     };
     let sql = format!(
-        "UPDATE queue SET leased_until = {held}, available_at = {at}, sequence = {sequence} WHERE id IN ({})",
+        "UPDATE queue SET leased_until = {held}, available_at = {at}, sequence = {sequence}
+         WHERE leased_until IS NOT NULL AND id IN ({})",
         ids.join(", ")
     );
     params.query(sql).execute(db.writer()).await?;

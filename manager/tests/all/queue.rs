@@ -18,6 +18,7 @@ on_both_backends!(
     rows_claimed_for_the_express_lane_go_out_by_it_or_after_their_claim,
     the_embedded_queue_delivers_claimed_rows_from_its_lane_or_after_their_claim,
     claimed_rows_in_memory_stop_at_the_lanes_room,
+    a_late_mark_leaves_a_row_released_as_lost_to_be_published_anew,
 );
 
 /// A manager on `backend`, after what must outlive it: bound in this order, the manager
@@ -321,6 +322,44 @@ async fn three_rows(db: &store::Db, express: &Express, claim: Duration) -> queue
         .unwrap();
     tx.commit().await.unwrap();
     handed
+}
+
+/// The relay marks what it published held a moment after the publish. By then the row
+/// may have gone out again (swept once its lease ended), been marked by that hand-over,
+/// and been found lost and released, to go out under a copy's id: the late mark must not
+/// hold it back with a stale sequence. A row still leased is marked.
+async fn a_late_mark_leaves_a_row_released_as_lost_to_be_published_anew(backend: TestBackend) {
+    let (_scratch, _dir, manager) = open(backend).await;
+    let db = manager.engine.db().clone();
+    let mut tx = store::write(&db).await.unwrap();
+    claimed(&mut tx, "o/leased/1", queue::now_ms() + 60_000).await;
+    claimed(&mut tx, "o/released/1", queue::now_ms() + 60_000).await;
+    tx.commit().await.unwrap();
+    let at = queue::now_ms() - 1_000;
+    queue::hold(&db, &[("o/released/1", Some(5))], at)
+        .await
+        .unwrap();
+    let lost = ["o/released/1".to_string()];
+    assert_eq!(queue::release(&db, &lost).await.unwrap(), 1);
+
+    queue::hold(
+        &db,
+        &[("o/leased/1", Some(7)), ("o/released/1", Some(8))],
+        at,
+    )
+    .await
+    .unwrap();
+
+    let held = queue::held_before(&db, queue::now_ms(), 10).await.unwrap();
+    let held: Vec<(&str, u64)> = held.iter().map(|h| (h.id.as_str(), h.sequence)).collect();
+    assert_eq!(held, [("o/leased/1", 7)]);
+    let due = queue::lease(&db, None, 10, 60_000).await.unwrap();
+    assert_eq!(
+        due.iter().map(|row| row.id.as_str()).collect::<Vec<_>>(),
+        ["o/released/1"],
+        "the released row is due to go out again"
+    );
+    assert_eq!(due[0].copies, 1);
 }
 
 /// A new row of `activity.a`, claimed until `until_ms`.
