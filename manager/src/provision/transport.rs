@@ -438,8 +438,9 @@ async fn hold_handed_over(db: Db, mut handed: mpsc::UnboundedReceiver<HandOver>)
 
 /// One mark per row, its latest hand-over's: a row lost and published again may still
 /// be waiting for the mark of its first hand-over. Each statement's rows are marked with
-/// the earliest hand-over among them, which makes them at most [`HOLD_EVERY`] older than
-/// they are to the check for lost messages, whose grace is far longer.
+/// the earliest hand-over among them, which makes them older than they are to the check
+/// for lost messages: by [`HOLD_EVERY`], or up to [`HOLD_WITHIN`] after failed writes,
+/// either within that check's own wait of [`VANISHED_CHECK`] and [`VANISHED_GRACE`].
 async fn hold_all(db: &Db, pending: &[HandOver]) -> crate::Result<()> {
     let mut latest: HashMap<&str, (Option<u64>, i64)> = HashMap::new();
     for hand_over in pending {
