@@ -138,8 +138,9 @@ pub async fn consumer_retrying(
 /// Tries [`consumer_retrying`] makes: 32 s of pauses between them, past a server's restart.
 pub const SETUP_ATTEMPTS: u32 = 10;
 
-/// The pause after `failures` failures in a row: 200 ms doubling to 6.4 s.
-fn backoff(failures: u32) -> Duration {
+/// The pause after `failures` failures in a row: 200 ms doubling to 6.4 s. Every loop
+/// that waits out a failing queue or database pauses this long, so they recover alike.
+pub fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100 << failures.min(6))
 }
 

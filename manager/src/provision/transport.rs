@@ -111,13 +111,16 @@ pub fn run_distributed(
     *engine = engine.clone().with_express(express);
     let engine = engine.clone();
     async move {
-        let relay = tokio::spawn(
+        // In a set, so that the relay stops with this future however it ends: a spawned
+        // task whose handle is dropped would run on, detached, until the runtime ends.
+        let mut relay = JoinSet::new();
+        relay.spawn(
             Relay::new(engine.clone(), queue.clone())
                 .with_express(lane)
                 .run(),
         );
         let outcome = Reports::new(engine, queue, concurrency).run().await;
-        relay.abort();
+        relay.abort_all();
         Ok(outcome?)
     }
 }
@@ -245,7 +248,7 @@ impl Relay {
                     // Express rows that failed stay claimed and go out with a later sweep.
                     failures += 1;
                     sweep = true;
-                    let pause = Duration::from_millis(100 << failures.min(6));
+                    let pause = cfm_queue::backoff(failures);
                     tracing::warn!("cannot relay the outbox (retrying in {pause:?}): {e}");
                     tokio::time::sleep(pause).await;
                 }
@@ -428,7 +431,7 @@ async fn hold_handed_over(db: Db, mut handed: mpsc::UnboundedReceiver<HandOver>)
             }
             Err(e) => {
                 failures += 1;
-                let pause = Duration::from_millis(100 << failures.min(6));
+                let pause = cfm_queue::backoff(failures);
                 tracing::warn!("cannot mark relayed messages held (retrying in {pause:?}): {e}");
                 tokio::time::sleep(pause).await;
             }
