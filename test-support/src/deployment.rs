@@ -130,6 +130,19 @@ pub fn percentile(samples: &[Duration], p: usize) -> Duration {
         .unwrap_or_default()
 }
 
+/// The mean of `samples` leaving out stalls: those over three times the median. Zero when
+/// there are none. Unlike the median, it moves in steps finer than its samples' own (times
+/// read off millisecond timestamps, say, which a median leaves on a whole millisecond).
+pub fn mean_without_stalls(samples: &[Duration]) -> Duration {
+    let limit = percentile(samples, 50) * 3;
+    let kept: Vec<&Duration> = samples.iter().filter(|s| **s <= limit).collect();
+    let count = u32::try_from(kept.len()).unwrap_or(u32::MAX);
+    if count == 0 {
+        return Duration::ZERO;
+    }
+    kept.into_iter().sum::<Duration>() / count
+}
+
 impl Deployment {
     /// Like [`Deployment::start_agents`], with the plugin configuration `plugins` and
     /// `extra` flags (production backends, say) for every agent.
@@ -158,5 +171,25 @@ impl Deployment {
     /// The deployment's scratch directory (replica logs, agent data directories).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mean_without_stalls_keeps_the_steps_between_whole_milliseconds() {
+        let ms = |values: &[u64]| -> Vec<Duration> {
+            values.iter().map(|v| Duration::from_millis(*v)).collect()
+        };
+        // Three 3s and one 4 read to the millisecond: the median says 3, the mean 3.25;
+        // the 40 ms stall (over three times the median) is left out.
+        assert_eq!(
+            mean_without_stalls(&ms(&[3, 40, 4, 3, 3])),
+            Duration::from_micros(3_250)
+        );
+        assert_eq!(mean_without_stalls(&ms(&[7])), Duration::from_millis(7));
+        assert_eq!(mean_without_stalls(&[]), Duration::ZERO);
     }
 }
