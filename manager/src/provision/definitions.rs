@@ -379,6 +379,13 @@ pub async fn select(
     newest_defining(conn, orchestration_type, defines).await
 }
 
+/// The start of every statement that reads definitions whole: the columns [`read`] takes.
+macro_rules! select_definitions {
+    () => {
+        "SELECT id, version, description, schema, activities FROM orchestration_definitions"
+    };
+}
+
 /// The newest definition `defines` accepts, among those whose activities name
 /// `orchestration_type`: the text filter finds them without reading every definition (an
 /// operator may keep many templates) and is only ever wider than the check, since a
@@ -392,10 +399,10 @@ async fn newest_defining(
     if !is_type_name(orchestration_type) {
         return Ok(None);
     }
-    let rows = sqlx::query(
-        "SELECT id, version, description, schema, activities FROM orchestration_definitions
-         WHERE activities LIKE $1 ORDER BY created_at DESC, id DESC",
-    )
+    let rows = sqlx::query(concat!(
+        select_definitions!(),
+        " WHERE activities LIKE $1 ORDER BY created_at DESC, id DESC"
+    ))
     .bind(format!("%\"{orchestration_type}\"%"))
     .fetch_all(conn)
     .await?;
@@ -445,15 +452,13 @@ pub const TEMPLATE_PROPERTY: &str = "cfm.orchestrationDefinitionId";
 
 /// Oldest first.
 async fn all(conn: &mut Conn) -> Result<Vec<OrchestrationDefinition>> {
-    let rows = sqlx::query(
-        "SELECT id, version, description, schema, activities FROM orchestration_definitions ORDER BY created_at, id",
-    )
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(concat!(select_definitions!(), " ORDER BY created_at, id"))
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(read).collect()
 }
 
-static SELECT_ONE: &str = "SELECT id, version, description, schema, activities FROM orchestration_definitions WHERE id = $1";
+static SELECT_ONE: &str = concat!(select_definitions!(), " WHERE id = $1");
 
 fn read(row: &crate::store::Row) -> Result<OrchestrationDefinition> {
     Ok(OrchestrationDefinition {
