@@ -26,6 +26,13 @@ use crate::{Delivery, Message, Queue, QueueError, REPORTS_TOPIC, activity_topic}
 pub trait OutcomeSink: Send + Sync {
     /// Hands one outcome on; once this returns `Ok` the task's message is acknowledged.
     async fn report(&self, report: ActivityReport) -> Result<(), ReportError>;
+
+    /// Whether an outcome this sink took has acknowledged its task's message already, so
+    /// that the worker need not: the embedded engine deletes the outbox row in the
+    /// transaction that applies the outcome.
+    fn acknowledges(&self) -> bool {
+        false
+    }
 }
 
 /// Why an outcome could not be reported; the worker tries again, then hands the task back.
@@ -266,6 +273,9 @@ impl Worker {
             match self.sink.report(report.clone()).await {
                 Ok(()) => {
                     tracing::debug!("outcome reported");
+                    if self.sink.acknowledges() {
+                        return;
+                    }
                     if let Err(e) = delivery.ack().await {
                         // The report is in; a redelivery re-runs an idempotent activity
                         // and its second report is dropped as stale.

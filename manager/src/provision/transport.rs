@@ -48,6 +48,13 @@ impl OutcomeSink for EngineSink {
             .await
             .map_err(|e| ReportError::Apply(Box::new(e)))
     }
+
+    /// The transaction that applies an outcome deletes its task's outbox row: on SQLite
+    /// a look for the row afterwards would be a hand-off to a read connection's thread
+    /// per activity, for nothing.
+    fn acknowledges(&self) -> bool {
+        true
+    }
 }
 
 /// Transactions applying outcomes at once on PostgreSQL: while one waits for a round
@@ -305,7 +312,7 @@ impl Relay {
         let rows =
             queue::lease(db, None, RELAY_BATCH as i64, RELAY_LEASE.as_millis() as i64).await?;
         if rows.is_empty() {
-            self.next_sweep = tokio::time::Instant::now() + queue::until_due(db, None, IDLE).await;
+            self.next_sweep = tokio::time::Instant::now() + queue::until_due(db, IDLE).await;
         }
         self.hand_over(rows).await
     }

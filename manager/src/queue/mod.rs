@@ -489,34 +489,34 @@ fn unleased_at(now: &str) -> String {
     format!("(leased_until IS NULL OR leased_until <= {now})")
 }
 
-/// Whether a message of `topic` is due and not leased: what [`lease`] would find.
-async fn any_due(db: &Db, topic: &str) -> Result<bool> {
-    let now = now_ms();
+/// When a message of `topic` can next be leased, in Unix milliseconds: `now` when one is
+/// due and not leased (what [`lease`] would find), later when the rows there are waiting
+/// for their time or leased, `None` when there are none. One read: the time of the next
+/// is only looked for when nothing is due, since finding it reads every row of the topic.
+async fn next_due(db: &Db, topic: &str, now: i64) -> Result<Option<i64>> {
     let sql = format!(
-        "SELECT 1 FROM queue WHERE topic = $1 AND available_at <= $2 AND {} LIMIT 1",
-        unleased_at("$2")
+        "SELECT CASE
+           WHEN EXISTS (SELECT 1 FROM queue WHERE topic = $1 AND available_at <= $2 AND {unleased})
+           THEN $2
+           ELSE ({NEXT_AVAILABLE} WHERE topic = $1)
+         END",
+        unleased = unleased_at("$2")
     );
-    let due: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(topic)
         .bind(now)
-        .fetch_optional(db.read())
-        .await?;
-    Ok(due.is_some())
+        .fetch_one(db.read())
+        .await?)
 }
 
-/// When the next message (of `topic`, or of any) becomes available, if any is waiting.
-pub async fn next_available_at(db: &Db, topic: Option<&str>) -> Result<Option<i64>> {
-    const DUE: &str = "SELECT MIN(CASE WHEN leased_until > available_at THEN leased_until ELSE available_at END) FROM queue";
-    // Two statements rather than `topic = $1 OR $1 IS NULL`, which no index serves.
-    Ok(match topic {
-        Some(topic) => {
-            sqlx::query_scalar(AssertSqlSafe(format!("{DUE} WHERE topic = $1")))
-                .bind(topic)
-                .fetch_one(db.read())
-                .await?
-        }
-        None => sqlx::query_scalar(DUE).fetch_one(db.read()).await?,
-    })
+/// When the next row becomes available, whether waiting for its time or leased.
+const NEXT_AVAILABLE: &str = "SELECT MIN(CASE WHEN leased_until > available_at THEN leased_until ELSE available_at END) FROM queue";
+
+/// When the next message of any topic becomes available, if any is waiting.
+pub async fn next_available_at(db: &Db) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(NEXT_AVAILABLE)
+        .fetch_one(db.read())
+        .await?)
 }
 
 /// How much work the outbox holds, for the metrics ([`depth`]).
@@ -616,25 +616,21 @@ fn bump(n: &mut u64) {
     *n = n.wrapping_add(1);
 }
 
-/// Waits until `signal` fires, the next row (of `topic`) is due, or `wait` passes.
-pub async fn wait_for_work(
-    db: &Db,
-    topic: Option<&str>,
-    signal: &mut watch::Receiver<u64>,
-    wait: Duration,
-) {
-    let until_due = until_due(db, topic, wait).await;
-    let _ = tokio::time::timeout(until_due, signal.changed()).await;
+/// How long until the next message of any topic falls due, at most `wait`.
+pub async fn until_due(db: &Db, wait: Duration) -> Duration {
+    wait_until(next_available_at(db).await.ok().flatten(), wait)
 }
 
-/// How long until the next message (of `topic`, or of any) falls due, at most `wait`.
-pub async fn until_due(db: &Db, topic: Option<&str>, wait: Duration) -> Duration {
+/// How long to wait for a message available at `at` (Unix milliseconds), at most `wait`;
+/// at least 5 ms, so that a row due already (taken by another consumer meanwhile, or
+/// leased again at once) is not looked for in a busy loop.
+fn wait_until(at: Option<i64>, wait: Duration) -> Duration {
     let wait_ms = wait.as_millis() as i64;
-    let until_due = match next_available_at(db, topic).await {
-        Ok(Some(at)) => (at - now_ms()).clamp(5, wait_ms.max(5)),
-        _ => wait_ms,
+    let until = match at {
+        Some(at) => (at - now_ms()).clamp(5, wait_ms.max(5)),
+        None => wait_ms,
     };
-    Duration::from_millis(until_due as u64)
+    Duration::from_millis(until as u64)
 }
 
 /// The embedded queue: the outbox table leased directly by consumers in this process.
@@ -830,16 +826,18 @@ impl Consumer for DbConsumer {
             self.pulls = self.pulls.wrapping_add(1);
             let table_first = self.pulls.is_multiple_of(TABLE_TURN);
             let mut leased = Vec::new();
+            // When the table has work next, as of a look made after the signal was
+            // marked seen: work that comes later signals.
+            let mut next = None;
             if table_first {
-                leased = self.lease(max).await?;
+                (leased, next) = self.lease(max).await?;
             }
             let handed = self.queue.handed.take(&self.topic, max - leased.len());
             leased.extend(handed);
             // Handed-over work goes out without waiting for a look in the table; the
             // next pull (at once, for the free slots left) or the table's turn looks.
             if !table_first && leased.is_empty() {
-                let more = self.lease(max - leased.len()).await?;
-                leased.extend(more);
+                (leased, next) = self.lease(max).await?;
             }
             if !leased.is_empty() {
                 return Ok(leased
@@ -856,31 +854,37 @@ impl Consumer for DbConsumer {
             if left.is_zero() {
                 return Ok(Vec::new());
             }
-            wait_for_work(&self.queue.db, Some(&self.topic), &mut self.signal, left).await;
+            let _ = tokio::time::timeout(wait_until(next, left), self.signal.changed()).await;
         }
     }
 }
 
 impl DbConsumer {
-    /// Leases up to `max` rows of this consumer's topic in the table. Most looks find
-    /// nothing due (the lane brought the work, or another topic's row woke us), so it
-    /// looks first with a read, which costs no turn at SQLite's one writer; a row that
-    /// falls due after the look signals or is waited for ([`wait_for_work`]).
-    async fn lease(&self, max: usize) -> std::result::Result<Vec<Leased>, QueueError> {
-        if !any_due(&self.queue.db, &self.topic)
+    /// Leases up to `max` rows of this consumer's topic in the table; with them, when
+    /// the table has more work next ([`next_due`]), for a consumer that leased none to
+    /// wait for. Most looks find nothing due (the lane brought the work, or another
+    /// topic's row woke us), so it looks first with a read, which costs no turn at
+    /// SQLite's one writer; a row that falls due after the look signals.
+    async fn lease(
+        &self,
+        max: usize,
+    ) -> std::result::Result<(Vec<Leased>, Option<i64>), QueueError> {
+        let now = now_ms();
+        let next = next_due(&self.queue.db, &self.topic, now)
             .await
-            .map_err(storage)?
-        {
-            return Ok(Vec::new());
+            .map_err(storage)?;
+        if next.is_none_or(|at| at > now) {
+            return Ok((Vec::new(), next));
         }
-        lease(
+        let leased = lease(
             &self.queue.db,
             Some(&self.topic),
             max as i64,
             self.queue.lease_ms,
         )
         .await
-        .map_err(storage)
+        .map_err(storage)?;
+        Ok((leased, next))
     }
 }
 

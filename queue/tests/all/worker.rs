@@ -1,7 +1,8 @@
 //! The agent worker loop against the real JetStream server: a task that keeps killing
 //! its run ends as a fatal report after the delivery limit (the dead-letter record), and
 //! a task running longer than the ack-wait keeps its lease by progress signals and runs
-//! once; a slot is free for the next activity while an outcome is reported.
+//! once; a slot is free for the next activity while an outcome is reported; a sink that
+//! acknowledges in its own apply is left to do so.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +21,17 @@ struct Behaviour {
     runs: AtomicU32,
     panics: bool,
     sleep: Duration,
+}
+
+impl Behaviour {
+    /// Completes at once.
+    fn completing() -> Arc<Self> {
+        Arc::new(Self {
+            runs: AtomicU32::new(0),
+            panics: false,
+            sleep: Duration::ZERO,
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -73,6 +85,16 @@ fn task() -> ActivityTask {
     }
 }
 
+/// The message of [`task`] under `id`, its header naming `trace_parent`.
+fn task_message(id: String, trace_parent: Option<String>) -> Message {
+    Message {
+        id,
+        topic: activity_topic("test.behaviour"),
+        payload: serde_json::to_vec(&task()).unwrap(),
+        trace_parent,
+    }
+}
+
 /// Publishes one task, runs a worker, and returns the first report that comes back.
 async fn run(
     queue: Arc<JetStreamQueue>,
@@ -99,12 +121,7 @@ async fn run_once(
     settings: WorkerSettings,
 ) -> Box<dyn Delivery> {
     let mut reports = queue.consumer(REPORTS_TOPIC).await.unwrap();
-    let message = Message {
-        id: "o1/a1/1".into(),
-        topic: activity_topic("test.behaviour"),
-        payload: serde_json::to_vec(&task()).unwrap(),
-        trace_parent,
-    };
+    let message = task_message("o1/a1/1".into(), trace_parent);
     queue.publish(&[message]).await.unwrap();
     let worker = Worker::new(
         queue.clone(),
@@ -284,19 +301,10 @@ async fn a_slot_is_free_once_its_activity_ran_and_outcomes_on_their_way_are_boun
     // from being delivered again, which would count as runs of their own.
     let queue = queue_leasing_for(Duration::from_secs(60)).await;
     let messages: Vec<Message> = (1..=3)
-        .map(|n| Message {
-            id: format!("o1/a{n}/1"),
-            topic: activity_topic("test.behaviour"),
-            payload: serde_json::to_vec(&task()).unwrap(),
-            trace_parent: None,
-        })
+        .map(|n| task_message(format!("o1/a{n}/1"), None))
         .collect();
     queue.publish(&messages).await.unwrap();
-    let executor = Arc::new(Behaviour {
-        runs: AtomicU32::new(0),
-        panics: false,
-        sleep: Duration::ZERO,
-    });
+    let executor = Behaviour::completing();
     let sink = Arc::new(HeldSink::default());
     let settings = WorkerSettings {
         concurrency: 1,
@@ -331,4 +339,55 @@ async fn until(what: &str, done: impl Fn() -> bool) {
         assert!(started.elapsed() < Duration::from_secs(10), "{what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Takes every report, and says it acknowledges their tasks itself (as the embedded
+/// engine does, in the transaction that applies an outcome) without doing so.
+#[derive(Default)]
+struct AcknowledgingSink {
+    reports: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl OutcomeSink for AcknowledgingSink {
+    async fn report(&self, _report: ActivityReport) -> Result<(), cfm_queue::worker::ReportError> {
+        self.reports.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn acknowledges(&self) -> bool {
+        true
+    }
+}
+
+/// A sink that acknowledges in its own apply gets no second acknowledgement from the
+/// worker: this one does not acknowledge, so the task comes back after the ack-wait and
+/// runs again, where a worker acknowledging after its report would have run it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_acknowledges_itself_is_left_to_do_so() {
+    let queue = queue().await;
+    queue
+        .publish(&[task_message("o1/a1/1".into(), None)])
+        .await
+        .unwrap();
+    let executor = Behaviour::completing();
+    let sink = Arc::new(AcknowledgingSink::default());
+    let settings = WorkerSettings {
+        concurrency: 2,
+        max_deliveries: 10,
+        progress_every: ACK_WAIT / 3,
+        pull_wait: Duration::from_millis(200),
+    };
+    let worker = Worker::new(queue.clone(), executor.clone(), sink.clone(), settings);
+    let running = tokio::spawn(worker.run());
+    let deadline = tokio::time::Instant::now() + ACK_WAIT * 10;
+    while sink.reports.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.abort();
+    assert!(
+        executor.runs.load(Ordering::SeqCst) >= 2,
+        "the worker acknowledged a task its sink said it acknowledges"
+    );
+    (*queue).clone().delete().await.unwrap();
 }
