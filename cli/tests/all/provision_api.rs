@@ -571,6 +571,26 @@ async fn a_manifest_starts_its_orchestration_once(backend: TestBackend) {
         .call(Method::POST, "/orchestrations", Some(owned), None)
         .await;
     assert_eq!(status, 409, "{body}");
+    // Nor may another correlation run in that participant's context, which its plugins'
+    // grants are scoped by.
+    let mut borrowed = manifest.clone();
+    borrowed["id"] = json!("manifest-borrowed");
+    borrowed["correlationId"] = json!("a-participant-of-its-own");
+    borrowed["payload"]["cfm.participant.contextId"] = profile["id"].clone();
+    let (status, body) = api
+        .call(Method::POST, "/orchestrations", Some(borrowed), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|d| d.contains("cfm.participant.contextId")),
+        "{body}"
+    );
+    let (status, body) = api
+        .call(Method::GET, "/orchestrations/manifest-borrowed", None, None)
+        .await;
+    assert_eq!(status, 404, "nothing was started: {body}");
 
     for (bad, why) in [
         (

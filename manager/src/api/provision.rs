@@ -87,7 +87,7 @@ pub(super) async fn put_activity(
     responses(
         (status = 202, description = "Started, or started before under this id: the orchestration", body = Orchestration),
         (status = 400, description = "Malformed manifest, or no definition defines its type", body = ErrorBody),
-        (status = 409, description = "The id is taken by another orchestration, or the correlationId is a participant profile of this tenant manager", body = ErrorBody),
+        (status = 409, description = "The id is taken by another orchestration, or the correlationId or the payload's participant context is a participant profile of this tenant manager", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody)
     )
 )]

@@ -63,7 +63,10 @@ pub async fn start(engine: &Engine, manifest: Manifest) -> Result<bool> {
             keys::PARTICIPANT_CONTEXT_ID
         )));
     }
-    data.insert(keys::PARTICIPANT_CONTEXT_ID.into(), Value::String(context));
+    data.insert(
+        keys::PARTICIPANT_CONTEXT_ID.into(),
+        Value::String(context.clone()),
+    );
     for key in [keys::VPA_DATA, keys::VPA_CREDENTIALS] {
         data.entry(key).or_insert_with(|| Value::Array(Vec::new()));
     }
@@ -74,6 +77,15 @@ pub async fn start(engine: &Engine, manifest: Manifest) -> Result<bool> {
         return Err(ManagerError::conflict(format!(
             "correlationId '{}' is a participant profile of this tenant manager: deploy and dispose it through /tenants/{{tenantId}}/participant-profiles",
             manifest.correlation_id
+        )));
+    }
+    // A profile's context is its id, and plugins' grants are templated by the context: a
+    // manifest naming it would run activities on that participant's secrets, namespace
+    // and records under another correlation.
+    if context != manifest.correlation_id && engine.is_claimed(&mut tx, &context).await? {
+        return Err(ManagerError::conflict(format!(
+            "'{}' '{context}' is the context of a participant profile of this tenant manager: deploy and dispose it through /tenants/{{tenantId}}/participant-profiles",
+            keys::PARTICIPANT_CONTEXT_ID
         )));
     }
     let definition = definitions::select(&mut tx, &manifest.orchestration_type, None)
