@@ -3,7 +3,8 @@
 //!
 //! One pull loop per activity type the executor runs, all sharing one concurrency
 //! limit. A loop pulls no more than the free slots (at least one), so a replica does
-//! not hoard work other replicas could run. An activity gives its slot back once it has
+//! not hoard work other replicas could run; a task taken while every slot is busy keeps
+//! its lease by progress signals until one frees. An activity gives its slot back once it has
 //! run, not once its outcome is reported: the report's publish (or, embedded, the
 //! engine's commit) does not keep the next activity waiting. Tasks taken, running or
 //! with their outcome on its way, are bounded too, by twice the slots. While an activity runs, its message gets a
@@ -188,8 +189,18 @@ impl Worker {
                 _ = drain.wait_for(|draining| *draining) => break,
                 batch = pull => batch,
             };
-            for delivery in batch {
-                let Some((taken, slot)) = slots.acquire().await else {
+            let mut batch = std::collections::VecDeque::from(batch);
+            while let Some(delivery) = batch.pop_front() {
+                // Every slot may be busy with long activities: the tasks taken keep their
+                // leases meanwhile, or another replica would be handed them too.
+                let waiting: Vec<&dyn Delivery> = std::iter::once(delivery.as_ref())
+                    .chain(batch.iter().map(AsRef::as_ref))
+                    .collect();
+                let acquired = self
+                    .keeping_leases(&waiting, slots.acquire(), "a task waiting for a slot")
+                    .await;
+                drop(waiting);
+                let Some((taken, slot)) = acquired else {
                     return;
                 };
                 let this = self.clone();
@@ -295,17 +306,31 @@ impl Worker {
 
     async fn execute_keeping_lease(&self, delivery: &dyn Delivery, task: ActivityTask) -> Executed {
         let execution = self.executor.execute_traced(task);
-        tokio::pin!(execution);
+        self.keeping_leases(&[delivery], execution, "a running activity")
+            .await
+    }
+
+    /// Awaits `work`, signalling progress on `deliveries` every `progress_every` meanwhile
+    /// so that their leases outlast it; `what` names them in the log.
+    async fn keeping_leases<T>(
+        &self,
+        deliveries: &[&dyn Delivery],
+        work: impl Future<Output = T>,
+        what: &str,
+    ) -> T {
+        tokio::pin!(work);
         // The first signal is due one period in. (An interval's immediate first tick
         // still waits for the timer driver, up to a millisecond on every activity.)
         let every = self.settings.progress_every;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
-                outcome = &mut execution => return outcome,
+                done = &mut work => return done,
                 _ = progress.tick() => {
-                    if let Err(e) = delivery.in_progress().await {
-                        tracing::warn!("cannot extend the lease of a running activity: {e}");
+                    for delivery in deliveries {
+                        if let Err(e) = delivery.in_progress().await {
+                            tracing::warn!("cannot extend the lease of {what}: {e}");
+                        }
                     }
                 }
             }

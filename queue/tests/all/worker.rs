@@ -297,8 +297,8 @@ impl OutcomeSink for HeldSink {
 /// bounded all the same: a third task waits until one of the two is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_is_free_once_its_activity_ran_and_outcomes_on_their_way_are_bounded() {
-    // Held reports and a waiting task send no progress signals: a long lease keeps them
-    // from being delivered again, which would count as runs of their own.
+    // Held reports send no progress signals: a long lease keeps their tasks from being
+    // delivered again, which would count as runs of their own.
     let queue = queue_leasing_for(Duration::from_secs(60)).await;
     let messages: Vec<Message> = (1..=3)
         .map(|n| task_message(format!("o1/a{n}/1"), None))
@@ -329,6 +329,53 @@ async fn a_slot_is_free_once_its_activity_ran_and_outcomes_on_their_way_are_boun
     })
     .await;
     running.abort();
+    (*queue).clone().delete().await.unwrap();
+}
+
+/// A task taken while every slot is busy waits for one keeping its lease: with the only
+/// slot running an activity three ack-waits long, a second replica is never handed the
+/// task that waits, which runs once, on the replica that took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waiting_for_a_slot_keeps_its_lease() {
+    let queue = queue().await;
+    let messages: Vec<Message> = (1..=2)
+        .map(|n| task_message(format!("o1/a{n}/1"), None))
+        .collect();
+    queue.publish(&messages).await.unwrap();
+    let settings = WorkerSettings {
+        concurrency: 1,
+        max_deliveries: 10,
+        progress_every: ACK_WAIT / 3,
+        pull_wait: Duration::from_millis(200),
+    };
+    let slow = Arc::new(Behaviour {
+        runs: AtomicU32::new(0),
+        panics: false,
+        sleep: ACK_WAIT * 3,
+    });
+    let sink = Arc::new(QueueSink(queue.clone()));
+    let first = Worker::new(queue.clone(), slow.clone(), sink.clone(), settings.clone());
+    let first = tokio::spawn(first.run());
+    // It runs one task and, its one slot busy, takes the other to wait for that slot.
+    until("the first replica ran a task", || {
+        slow.runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quick = Behaviour::completing();
+    let second = Worker::new(queue.clone(), quick.clone(), sink, settings);
+    let second = tokio::spawn(second.run());
+    until("the waiting task ran on the first replica", || {
+        slow.runs.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(
+        quick.runs.load(Ordering::SeqCst),
+        0,
+        "the task waiting for a slot lost its lease to the other replica"
+    );
+    first.abort();
+    second.abort();
     (*queue).clone().delete().await.unwrap();
 }
 
