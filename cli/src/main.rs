@@ -108,6 +108,7 @@ fn init_logging(
     traces: Option<(&str, &'static str)>,
 ) -> anyhow::Result<Option<Exporter>> {
     use std::io::IsTerminal;
+    use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::prelude::*;
     // The Vault client and its transport log every non-2xx answer as an error, the 404
     // of a secret not yet written and the 400 of a put-if-absent that found one
@@ -139,8 +140,11 @@ fn init_logging(
         }
         None => (None, None),
     };
+    let lines = lines.with_filter(filter.and(tracing_subscriber::filter::filter_fn(
+        cfm_telemetry::not_a_per_batch_export_failure,
+    )));
     tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
+        .with(lines)
         .with(spans)
         .init();
     Ok(exporter)

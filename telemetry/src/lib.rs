@@ -21,6 +21,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
+mod export_failures;
+
 /// The W3C header (and task field) that carries the trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -102,8 +104,16 @@ where
     tracing_opentelemetry::layer().with_tracer(tracer)
 }
 
+/// Whether a log event is kept beside an [`Exporter`]: not the OTLP exporter's line for
+/// each batch it gave up on (`Export.Failed.*`), since the exporter logs its failures
+/// itself, the first and then a summary a minute. For the log lines' layer.
+pub fn not_a_per_batch_export_failure(event: &tracing::Metadata<'_>) -> bool {
+    !(event.target() == "opentelemetry-otlp" && event.name().starts_with("Export.Failed"))
+}
+
 /// Exports the spans of a process to an OTLP collector; flushes what is buffered when
-/// shut down.
+/// shut down. A collector that is away is logged once, then summed up once a minute
+/// ([`not_a_per_batch_export_failure`] keeps the exporter's own line per batch out).
 pub struct Exporter {
     provider: SdkTracerProvider,
 }
@@ -152,6 +162,7 @@ impl Exporter {
         .map_err(|_| fail("the exporter could not be built".into()))?
         .map_err(fail)?;
         // A second between exports: traces show up while an onboarding runs.
+        let built = export_failures::Reporting::new(built, base);
         let processor = BatchSpanProcessor::builder(built)
             .with_batch_config(
                 BatchConfigBuilder::default()
@@ -186,6 +197,43 @@ mod tests {
     use tracing_subscriber::prelude::*;
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Records the targets and names of the events it sees.
+    #[derive(Clone, Default)]
+    struct Seen(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+    impl<S: Subscriber> Layer<S> for Seen {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let meta = event.metadata();
+            let mut seen = self.0.lock().unwrap();
+            seen.push((meta.target().to_string(), meta.name().to_string()));
+        }
+    }
+
+    #[test]
+    fn the_exporters_line_per_failed_batch_is_left_out_of_the_log() {
+        let seen = Seen::default();
+        let filter = tracing_subscriber::filter::filter_fn(not_a_per_batch_export_failure);
+        let subscriber = tracing_subscriber::registry().with(seen.clone().with_filter(filter));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(name: "Export.Failed.Exhausted", target: "opentelemetry-otlp", "lost");
+            tracing::warn!(name: "Export.Failed.Exhausted", target: "cfm", "not the exporter's");
+            tracing::warn!(name: "HttpTraceClient.PartialSuccess", target: "opentelemetry-otlp", "kept");
+        });
+        let seen = seen.0.lock().unwrap().clone();
+        let kept: Vec<(&str, &str)> = seen.iter().map(|(t, n)| (t.as_str(), n.as_str())).collect();
+        assert_eq!(
+            kept,
+            [
+                ("cfm", "Export.Failed.Exhausted"),
+                ("opentelemetry-otlp", "HttpTraceClient.PartialSuccess")
+            ]
+        );
+    }
 
     #[test]
     fn only_a_w3c_traceparent_is_one() {
