@@ -65,6 +65,9 @@ pub struct Metrics {
     pub jetstream_outstanding: Gauge,
     /// Database connections, by pool (`read`, `write`, `queries`) and state (`idle`, `busy`).
     pub db_connections: Family<PoolLabels, Gauge>,
+    /// Batches of spans the trace exporter gave up on (the collector away), their spans
+    /// dropped.
+    pub trace_export_failures: Counter,
 }
 
 /// Labels of an orchestration count.
@@ -255,6 +258,7 @@ static METRICS: LazyLock<Registered> = LazyLock::new(|| {
         queue_oldest_due_seconds: Gauge::default(),
         jetstream_outstanding: Gauge::default(),
         db_connections: Family::default(),
+        trace_export_failures: Counter::default(),
     };
     let mut registry = Registry::with_prefix("cfm");
     let m = &metrics;
@@ -321,6 +325,11 @@ static METRICS: LazyLock<Registered> = LazyLock::new(|| {
         "db_connections",
         "Database connections, by pool and state",
         m.db_connections.clone(),
+    );
+    registry.register(
+        "trace_export_failures",
+        "Batches of spans the trace exporter gave up on, their spans dropped",
+        m.trace_export_failures.clone(),
     );
     Registered { metrics, registry }
 });

@@ -4,7 +4,8 @@
 //! SDK logs each failure as an error of its own. [`Reporting`] takes the failures from the
 //! exporter before the SDK sees them: it logs the first, then at most one line per
 //! [`SUMMARY_EVERY`] with how many batches and spans were lost meanwhile, and one line
-//! when exports go through again.
+//! when exports go through again. Each failure counts in `cfm_trace_export_failures_total`,
+//! for an alert on a collector that stays away.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -58,7 +59,10 @@ impl<E: SpanExporter> SpanExporter for Reporting<E> {
             let result = export.await;
             let noted = match &result {
                 Ok(()) => self.failures().succeeded(),
-                Err(_) => self.failures().failed(Instant::now(), spans),
+                Err(_) => {
+                    cfm_metrics::metrics().trace_export_failures.inc();
+                    self.failures().failed(Instant::now(), spans)
+                }
             };
             match (noted, result) {
                 (Some(lost), Err(e)) => tracing::warn!(
@@ -245,9 +249,15 @@ mod tests {
         exporter.set_resource(&Resource::builder().with_service_name("cfm").build());
         assert!(exporter.inner.resource.load(Ordering::SeqCst));
         exporter.inner.fail.store(true, Ordering::SeqCst);
+        let counted = cfm_metrics::metrics().trace_export_failures.get();
         assert!(export(&exporter).is_ok(), "failures stop here");
         assert!(export(&exporter).is_ok());
         assert_eq!(exporter.failures().outage.batches, 2, "and are counted");
+        assert_eq!(
+            cfm_metrics::metrics().trace_export_failures.get() - counted,
+            2,
+            "in the metrics too"
+        );
         exporter.inner.fail.store(false, Ordering::SeqCst);
         assert!(export(&exporter).is_ok());
         assert_eq!(
