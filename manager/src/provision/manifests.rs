@@ -73,20 +73,20 @@ pub async fn start(engine: &Engine, manifest: Manifest) -> Result<bool> {
 
     let engine = &engine.claiming();
     let mut tx = store::write(engine.db()).await?;
-    if engine.is_claimed(&mut tx, &manifest.correlation_id).await? {
-        return Err(ManagerError::conflict(format!(
-            "correlationId '{}' is a participant profile of this tenant manager: deploy and dispose it through /tenants/{{tenantId}}/participant-profiles",
-            manifest.correlation_id
-        )));
-    }
+    // Neither the correlation nor the context may be one of the tenant manager's profiles.
     // A profile's context is its id, and plugins' grants are templated by the context: a
-    // manifest naming it would run activities on that participant's secrets, namespace
-    // and records under another correlation.
-    if context != manifest.correlation_id && engine.is_claimed(&mut tx, &context).await? {
-        return Err(ManagerError::conflict(format!(
-            "'{}' '{context}' is the context of a participant profile of this tenant manager: deploy and dispose it through /tenants/{{tenantId}}/participant-profiles",
-            keys::PARTICIPANT_CONTEXT_ID
-        )));
+    // manifest naming it under another correlation would run activities on that
+    // participant's secrets, namespace and records.
+    let mut named = vec![("correlationId", &manifest.correlation_id)];
+    if context != manifest.correlation_id {
+        named.push((keys::PARTICIPANT_CONTEXT_ID, &context));
+    }
+    for (key, id) in named {
+        if engine.is_claimed(&mut tx, id).await? {
+            return Err(ManagerError::conflict(format!(
+                "{key} '{id}' is a participant profile of this tenant manager: deploy and dispose it through /tenants/{{tenantId}}/participant-profiles"
+            )));
+        }
     }
     let definition = definitions::select(&mut tx, &manifest.orchestration_type, None)
         .await?
