@@ -4,12 +4,13 @@
 //! One pull loop per activity type the executor runs, all sharing one concurrency
 //! limit. A loop pulls no more than the free slots (at least one), so a replica does
 //! not hoard work other replicas could run; a task taken while every slot is busy keeps
-//! its lease by progress signals until one frees. An activity gives its slot back once it has
-//! run, not once its outcome is reported: the report's publish (or, embedded, the
-//! engine's commit) does not keep the next activity waiting. Tasks taken, running or
-//! with their outcome on its way, are bounded too, by twice the slots. While an activity runs, its message gets a
-//! progress signal every third of the ack-wait, so a long activity is not redelivered
-//! to another replica; a killed worker stops signalling and its work is redelivered.
+//! its lease by progress signals until one frees. An activity gives its slot back once
+//! it has run, not once its outcome is reported: the report's publish (or, embedded,
+//! the engine's commit) does not keep the next activity waiting. Tasks taken, running
+//! or with their outcome on its way, are bounded too, by twice the slots. While an
+//! activity runs, its message gets a progress signal every third of the ack-wait, so a
+//! long activity is not redelivered to another replica; a killed worker stops
+//! signalling and its work is redelivered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,11 +197,10 @@ impl Worker {
                 let waiting: Vec<&dyn Delivery> = std::iter::once(delivery.as_ref())
                     .chain(batch.iter().map(AsRef::as_ref))
                     .collect();
-                let acquired = self
+                let Some((taken, slot)) = self
                     .keeping_leases(&waiting, slots.acquire(), "a task waiting for a slot")
-                    .await;
-                drop(waiting);
-                let Some((taken, slot)) = acquired else {
+                    .await
+                else {
                     return;
                 };
                 let this = self.clone();
@@ -325,6 +325,8 @@ impl Worker {
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
+                // Work first: a slot free at once (the common case) never arms the timer.
+                biased;
                 done = &mut work => return done,
                 _ = progress.tick() => {
                     for delivery in deliveries {
