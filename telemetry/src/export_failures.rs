@@ -27,11 +27,12 @@ pub struct Reporting<E> {
 }
 
 impl<E> Reporting<E> {
-    /// `inner`, sending to `endpoint` (named in the log lines).
+    /// `inner`, sending to `endpoint` (named in the log lines without any credentials
+    /// its URL carries).
     pub fn new(inner: E, endpoint: &str) -> Self {
         Self {
             inner,
-            endpoint: endpoint.to_string(),
+            endpoint: without_credentials(endpoint),
             failures: Mutex::new(Failures::new(SUMMARY_EVERY)),
         }
     }
@@ -94,6 +95,18 @@ impl<E: SpanExporter> SpanExporter for Reporting<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// `url` without the `user:password@` of its authority, if it has one.
+pub(crate) fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_ends = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_ends].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
     }
 }
 
@@ -241,6 +254,17 @@ mod tests {
             Poll::Ready(result) => result,
             Poll::Pending => panic!("the export waits on nothing"),
         }
+    }
+
+    #[test]
+    fn the_endpoint_is_logged_without_credentials() {
+        let exporter = Reporting::new(Told::default(), "http://cfm:s3cret@otel:4318/base");
+        assert_eq!(exporter.endpoint, "http://otel:4318/base");
+        assert_eq!(
+            without_credentials("http://otel:4318/a@b"),
+            "http://otel:4318/a@b"
+        );
+        assert_eq!(without_credentials("http://otel:4318"), "http://otel:4318");
     }
 
     #[test]

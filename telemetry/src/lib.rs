@@ -133,7 +133,7 @@ impl Exporter {
         S: Subscriber + for<'span> LookupSpan<'span>,
     {
         let fail = |detail: String| TelemetryError {
-            endpoint: endpoint.to_string(),
+            endpoint: export_failures::without_credentials(endpoint),
             detail,
         };
         // The exporter's client is built without TLS: spans go to a collector on the
@@ -299,5 +299,11 @@ mod tests {
                 "{endpoint}"
             );
         }
+        let refused = Exporter::start::<Registry>("https://cfm:s3cret@otel:4318", "cfm")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("https://otel:4318"), "{refused}");
+        assert!(!refused.contains("s3cret"), "{refused}");
     }
 }
